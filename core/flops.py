@@ -1,0 +1,90 @@
+"""FLOP counts: prime-rl's MFU formula (for comparability) and the exact hardware FLOPs.
+
+prime-rl (its ``perf.py``): flops/token = 6*N_mm + 12*L*n_heads*(hidden // n_heads)*seq_len for
+full fine-tuning, and 4*N_mm + 2*N_fully_trainable + 6*N_adapter + the same attention term with
+an adapter. N_mm counts the attention projections (real head_dim), the dense MLP or the active
+routed experts plus the router, and the LM head (also when tied), not the embedding. Like
+prime-rl, shared experts are not counted (its check looks for ``num_shared_experts``, a field
+GLM-4.5's config does not have). MFU = flops/token * TPS / peak / num_gpus.
+
+The exact count instead follows what runs: causal attention over each document (half the
+square), shared experts, backward dX/dW only where gradients are needed, recomputation by the
+activation strategy and by the chunked LM head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.models.common import ModelArgs
+
+
+def attn_proj_params(a: ModelArgs) -> int:
+    return a.n_layers * a.dim * a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads)
+
+
+def mlp_params(a: ModelArgs, count_shared: bool) -> int:
+    dense = sum(3 * a.ffn_dim * a.dim for i in range(a.n_layers) if not a.is_moe_layer(i))
+    n_moe = sum(1 for i in range(a.n_layers) if a.is_moe_layer(i))
+    routed = n_moe * (a.top_k * 3 * a.moe_ffn_dim * a.dim + a.n_experts * a.dim)
+    shared = n_moe * a.n_shared_experts * 3 * a.moe_ffn_dim * a.dim if count_shared else 0
+    return dense + routed + shared
+
+
+def active_mm_params(a: ModelArgs, count_shared: bool = False) -> int:
+    """Parameters per token in matmuls (prime-rl's N_mm when ``count_shared`` is False)."""
+    return attn_proj_params(a) + mlp_params(a, count_shared) + a.vocab_size * a.dim
+
+
+def prime_rl_flops_per_token(a: ModelArgs, seq_len: int, adapter_params: int = 0,
+                             fully_trainable: int | None = None, lora: bool = False) -> float:
+    """prime-rl's flops/token used for its MFU column."""
+    attn = 12 * a.n_layers * a.n_heads * (a.dim // a.n_heads) * seq_len
+    n_mm = active_mm_params(a)
+    if not lora:
+        return 6 * n_mm + attn
+    return 4 * n_mm + 2 * (fully_trainable or 0) + 6 * adapter_params + attn
+
+
+def mfu(flops_per_token: float, tps: float, peak_flops: float, num_gpus: int = 1) -> float:
+    """MFU in percent, prime-rl's definition (TPS counts the tokens of all GPUs)."""
+    return 100.0 * flops_per_token * tps / peak_flops / num_gpus
+
+
+@dataclass
+class StepFlops:
+    """FLOPs of one micro-batch, split into matmul and attention, useful and as executed."""
+
+    mm_useful: float
+    attn_useful: float
+    mm_executed: float
+    attn_executed: float
+
+    @property
+    def useful(self) -> float:
+        return self.mm_useful + self.attn_useful
+
+    @property
+    def executed(self) -> float:
+        return self.mm_executed + self.attn_executed
+
+
+def micro_batch_flops(a: ModelArgs, doc_lens: list[int], lora: bool, adapter_params: int = 0,
+                      recompute: str = "full") -> StepFlops:
+    """Exact FLOPs of one micro-batch's forward and backward.
+
+    ``recompute``: "none", "full" (block forward again in backward) or "selective" (block forward
+    again without attention).
+    """
+    T = sum(doc_lens)
+    blocks_mm = 2 * T * (attn_proj_params(a) + mlp_params(a, count_shared=True))  # forward of blocks
+    head_mm = 2 * T * a.vocab_size * a.dim
+    attn_fwd = a.n_layers * 4 * a.n_heads * a.head_dim * sum(s * (s + 1) / 2 for s in doc_lens)
+    bwd_factor = 1.0 if lora else 2.0  # dX (and dW when the weight trains)
+    adapters = 2 * T * adapter_params * 3  # fwd + dX + dW of the LoRA factors
+    mm_useful = (blocks_mm + head_mm) * (1 + bwd_factor) + adapters
+    attn_useful = attn_fwd * 3.5  # FlashAttention backward: 2.5x forward
+    rec_mm = blocks_mm + 2 * T * adapter_params if recompute in ("full", "selective") else 0.0
+    rec_attn = attn_fwd if recompute == "full" else 0.0
+    mm_exec = mm_useful + rec_mm + head_mm  # the chunked head recomputes logits in backward
+    return StepFlops(mm_useful, attn_useful, mm_exec, attn_useful + rec_attn)

@@ -1,0 +1,68 @@
+"""Every stepbench hook spec, in one file.
+
+Plugins fill registries through ``register(...)`` callbacks; Hydra chooses among the registered
+names, pluggy only collects them. A plugin module implements any subset of these hooks with
+``@core.hookimpl``-decorated functions of the same names.
+
+``register(name, factory, why_not=None, doc="")``:
+
+* ``name``: the name a user types (``+attn=<name>``).
+* ``factory``: called as ``factory(cfg)`` with the plugin's Hydra config node; heavy imports
+  (kernels, flash_attn, peft) belong inside it, never at plugin import.
+* ``why_not``: ``None`` or a callable ``why_not(ctx) -> str | None`` that says, cheaply and without
+  allocating on the GPU, why the plugin cannot run here (``ctx`` is a :class:`core.plugins.RunContext`).
+* ``doc``: one line shown by ``python -m core.bench --list``.
+"""
+
+from core import hookspec
+
+
+@hookspec
+def stepbench_register_attention(register):
+    """Register attention backends.
+
+    A backend factory returns an object with ``__call__(q, k, v, meta) -> out``, where q is
+    ``[total_tokens, n_heads, head_dim]``, k and v are ``[total_tokens, n_kv_heads, head_dim]``
+    (bf16, packed documents), ``meta`` is a :class:`core.data.AttnMeta` (cu_seqlens on device and
+    host, max_seqlen), and ``out`` is ``[total_tokens, n_heads, head_dim]``: causal attention
+    within each document, softmax scale ``head_dim ** -0.5``. It also has ``name`` and
+    ``provider`` (a string naming the kernel package and version that ran).
+    """
+
+
+@hookspec
+def stepbench_register_checkpointing(register):
+    """Register activation-memory strategies (recompute, offload, ...).
+
+    A strategy factory returns an object with ``apply(model)`` that wraps the model's transformer
+    blocks (it sets ``model.block_runner``), ``step_context()`` returning a context manager
+    entered around each micro-batch's forward and backward, and ``describe() -> dict`` with what
+    it keeps, recomputes or offloads (host memory used, for offload).
+    """
+
+
+@hookspec
+def stepbench_register_adapters(register):
+    """Register adapters (full fine-tuning, LoRA, ...).
+
+    An adapter factory returns an object with ``apply(model) -> model`` (called on the meta
+    device, before attention binding and checkpointing), ``init_parameters(model)`` (called after
+    materialization, to give adapter weights their initial values), ``param_dtype`` (dtype of
+    frozen weights) and ``counts(model) -> dict`` with ``trainable``, ``adapter`` (LoRA A/B
+    parameters) and ``fully_trainable`` (trainable, not adapter) parameter counts, used by the MFU
+    formula. ``label`` is the Type column text ("Full", "LoRA(r=16)").
+    """
+
+
+@hookspec
+def stepbench_register_models(register):
+    """Register model families.
+
+    The factory is a :class:`core.models.ModelFamily`: ``flavours`` (dict of name -> args
+    dataclass) and ``build(args) -> nn.Module``. Models follow :class:`core.models.common.CausalLM`.
+    """
+
+
+@hookspec
+def stepbench_row_finished(row):
+    """Observe every finished row (a dict, successful or failed) after it is written."""

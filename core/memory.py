@@ -1,0 +1,61 @@
+"""Predict a row's peak GPU memory from its config, before anything is allocated.
+
+A coarse model (weights, gradients, optimizer state, saved activations, one block's live
+activations, the logprob head's chunk) meant to refuse rows that cannot fit, not to replace
+measurement: every row stores the prediction next to the measured peak.
+"""
+
+from __future__ import annotations
+
+from core.models.common import ModelArgs
+
+GIB = 2**30
+
+
+def param_count(a: ModelArgs) -> int:
+    attn = a.dim * a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads) + 2 * a.dim
+    per_layer = []
+    for i in range(a.n_layers):
+        if a.is_moe_layer(i):
+            mlp = a.n_experts * 3 * a.moe_ffn_dim * a.dim + a.n_experts * a.dim
+            mlp += a.n_shared_experts * 3 * a.moe_ffn_dim * a.dim
+        else:
+            mlp = 3 * a.ffn_dim * a.dim
+        per_layer.append(attn + mlp)
+    emb = a.vocab_size * a.dim * (1 if a.tied_embeddings else 2)
+    return sum(per_layer) + emb
+
+
+def lora_params(a: ModelArgs, rank: int) -> int:
+    attn = rank * (2 * a.dim + 2 * a.n_heads * a.head_dim + 2 * (a.dim + a.n_kv_heads * a.head_dim))
+    total = 0
+    for i in range(a.n_layers):
+        if a.is_moe_layer(i):
+            mlp = a.n_experts * rank * 3 * (a.dim + a.moe_ffn_dim)
+        else:
+            mlp = rank * 3 * (a.dim + a.ffn_dim)
+        total += attn + mlp
+    return total
+
+
+def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
+                     head_chunk: int = 1024) -> float:
+    """Predicted peak GPU memory (GiB) of one rank."""
+    n = param_count(a)
+    if lora_rank:
+        states = 2 * n / world + 16 * lora_params(a, lora_rank)  # bf16 frozen + fp32 adapters, grads, Adam
+    else:
+        states = 16 * n / world  # fp32 master, fp32 grad, two Adam moments
+    block_unsharded = 2 * n / a.n_layers  # one block gathered in bf16
+    T, h = seq_len, a.dim
+    ffn = a.moe_ffn_dim * a.top_k if a.n_experts else a.ffn_dim
+    qkv = (a.n_heads + 2 * a.n_kv_heads) * a.head_dim
+    live_block = 2 * T * (6 * h + 2 * qkv + 2 * a.n_heads * a.head_dim + 4 * ffn)  # bf16 activations
+    if ac == "none":
+        saved = a.n_layers * live_block
+    elif ac == "offload":
+        saved = 2 * 2 * T * h
+    else:
+        saved = a.n_layers * 2 * T * h
+    head = head_chunk * a.vocab_size * 4 * 3 + T * h * 2 * 2
+    return (states + 3 * block_unsharded + saved + live_block + head) / GIB * 1.1 + 1.0

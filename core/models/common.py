@@ -1,0 +1,191 @@
+"""Building blocks shared by every model family: RMSNorm, RoPE, attention, SwiGLU, the causal LM.
+
+Module and parameter names follow Hugging Face's Qwen3/GLM naming (``self_attn.q_proj``,
+``mlp.gate_proj``, ...), so adapters can target them by the usual names. Tensors are packed:
+``[total_tokens, hidden]`` with no batch dimension; documents are separated by ``AttnMeta``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.data import AttnMeta
+from core.losses import chunked_logprobs
+
+
+@dataclass
+class ModelArgs:
+    """Hyper-parameters of one model flavour (every field has a default)."""
+
+    name: str = "tiny"
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 16
+    vocab_size: int = 256
+    ffn_dim: int = 128  # dense MLP intermediate size
+    tied_embeddings: bool = True
+    rope_theta: float = 1e6
+    partial_rotary: float = 1.0
+    qk_norm: bool = True
+    attn_bias: bool = False
+    norm_eps: float = 1e-6
+    # mixture of experts (n_experts == 0: dense)
+    n_experts: int = 0
+    top_k: int = 0
+    moe_ffn_dim: int = 0
+    n_shared_experts: int = 0
+    first_dense_layers: int = 0
+    router: str = "softmax"  # "softmax" (Qwen3-MoE) or "sigmoid" (GLM-4.5, with correction bias)
+    norm_topk: bool = True
+    routed_scaling: float = 1.0
+    hf_name: str = ""  # the published model this flavour stands for
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.n_experts > 0 and i >= self.first_dense_layers
+
+    def with_(self, **kw) -> "ModelArgs":
+        return replace(self, **kw)
+
+
+@dataclass
+class ModelFamily:
+    """A registered model family: flavours by name and a builder."""
+
+    name: str
+    flavours: dict[str, ModelArgs]
+    build: Callable[[ModelArgs], nn.Module]
+    doc: str = ""
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
+class Rotary(nn.Module):
+    """RoPE tables for the rotated part of each head (``partial_rotary`` of head_dim)."""
+
+    def __init__(self, head_dim: int, theta: float, partial: float):
+        super().__init__()
+        self.rot = int(head_dim * partial)
+        self.theta = theta
+
+    def forward(self, position_ids: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        half = self.rot // 2
+        inv_freq = 1.0 / (
+            self.theta ** (torch.arange(0, half, device=position_ids.device, dtype=torch.float32) / half)
+        )
+        freqs = position_ids.float()[:, None] * inv_freq[None]
+        emb = torch.cat([freqs, freqs], -1)[:, None, :]  # [T, 1, rot]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` features of each head (rotate-half convention)."""
+    rot = cos.shape[-1]
+    xr, xp = (x, None) if rot == x.shape[-1] else (x[..., :rot], x[..., rot:])
+    x1, x2 = xr.chunk(2, -1)
+    out = xr * cos + torch.cat([-x2, x1], -1) * sin
+    return out if xp is None else torch.cat([out, xp], -1)
+
+
+class Attention(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = a.n_heads, a.n_kv_heads, a.head_dim
+        self.q_proj = nn.Linear(a.dim, a.n_heads * a.head_dim, bias=a.attn_bias)
+        self.k_proj = nn.Linear(a.dim, a.n_kv_heads * a.head_dim, bias=a.attn_bias)
+        self.v_proj = nn.Linear(a.dim, a.n_kv_heads * a.head_dim, bias=a.attn_bias)
+        self.o_proj = nn.Linear(a.n_heads * a.head_dim, a.dim, bias=False)
+        self.q_norm = RMSNorm(a.head_dim, a.norm_eps) if a.qk_norm else None
+        self.k_norm = RMSNorm(a.head_dim, a.norm_eps) if a.qk_norm else None
+        self.backend = None  # bound by the trainer (core.trainer.bind_attention)
+
+    def forward(self, x, rope, meta: AttnMeta):
+        T = x.shape[0]
+        q = self.q_proj(x).view(T, self.n_heads, self.hd)
+        k = self.k_proj(x).view(T, self.n_kv, self.hd)
+        v = self.v_proj(x).view(T, self.n_kv, self.hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        o = self.backend(q, k, v, meta)
+        return self.o_proj(o.reshape(T, self.n_heads * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, a: ModelArgs, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(a.dim, a.norm_eps)
+        self.self_attn = Attention(a)
+        self.post_attention_layernorm = RMSNorm(a.dim, a.norm_eps)
+        if a.is_moe_layer(layer):
+            from core.models.moe import MoE
+
+            self.mlp = MoE(a)
+        else:
+            self.mlp = MLP(a.dim, a.ffn_dim)
+
+    def forward(self, x, rope, meta):
+        x = x + self.self_attn(self.input_layernorm(x), rope, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def run_block(block: nn.Module, x, rope, meta):
+    """The default block runner: no checkpointing."""
+    return block(x, rope, meta)
+
+
+class CausalLM(nn.Module):
+    """Decoder-only LM whose forward returns per-token target log-probabilities and entropies."""
+
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.args = a
+        self.embed_tokens = nn.Embedding(a.vocab_size, a.dim)
+        self.rotary = Rotary(a.head_dim, a.rope_theta, a.partial_rotary)
+        self.layers = nn.ModuleList(Block(a, i) for i in range(a.n_layers))
+        self.norm = RMSNorm(a.dim, a.norm_eps)
+        self.lm_head = None if a.tied_embeddings else nn.Linear(a.dim, a.vocab_size, bias=False)
+        self.block_runner = run_block  # replaced by an activation-memory strategy
+        self.head_chunk = 1024
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden_states(self, input_ids, position_ids, meta: AttnMeta):
+        h = self.embed_tokens(input_ids)
+        rope = self.rotary(position_ids, h.dtype)
+        for block in self.layers:
+            h = self.block_runner(block, h, rope, meta)
+        return self.norm(h)
+
+    def forward(self, input_ids, position_ids, meta: AttnMeta, targets):
+        h = self.hidden_states(input_ids, position_ids, meta)
+        w = self.head_weight()
+        return chunked_logprobs(h, w.to(h.dtype), targets, self.head_chunk)

@@ -1,0 +1,185 @@
+"""The plugin manager: built-in plugins first, then the ``stepbench`` entry-point group.
+
+Environment:
+
+* ``STEPBENCH_BLOCK_PLUGINS``: comma-separated names to block. A name matches a plugin (an
+  entry-point name, or a built-in module's short name such as ``fa3``) or a registered item
+  (``attn:fa3`` or a bare item name). Blocked plugins are not loaded; blocked items are dropped.
+* ``STEPBENCH_DISABLE_PLUGIN_AUTOLOAD=1``: load built-ins only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+import pluggy
+
+from core import PROJECT, hookspecs
+
+BLOCK_ENV = "STEPBENCH_BLOCK_PLUGINS"
+NO_AUTOLOAD_ENV = "STEPBENCH_DISABLE_PLUGIN_AUTOLOAD"
+
+#: built-in plugin modules, registered exactly like third-party ones
+BUILTIN_PLUGINS = (
+    "core.models.registry",
+    "plugins.attention.sdpa",
+    "plugins.attention.cudnn",
+    "plugins.attention.fa2",
+    "plugins.attention.fa3",
+    "plugins.attention.auto",
+    "plugins.checkpointing.none",
+    "plugins.checkpointing.recompute",
+    "plugins.checkpointing.offload",
+    "plugins.adapters.full",
+    "plugins.adapters.lora",
+)
+
+#: hook name -> registry kind (also the Hydra group a user selects it with)
+KINDS = {
+    "stepbench_register_attention": "attn",
+    "stepbench_register_checkpointing": "ac",
+    "stepbench_register_adapters": "adapter",
+    "stepbench_register_models": "model_family",
+}
+
+
+class PluginError(Exception):
+    """A plugin problem the user must fix (duplicate name, unknown name)."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a plugin may ask to decide whether it can run here (cheap, no allocation)."""
+
+    device: str  # "cuda" or "cpu"
+    gpu_name: str | None = None
+    capability: tuple[int, int] | None = None
+    world_size: int = 1
+
+    @staticmethod
+    def detect(world_size: int = 1) -> "RunContext":
+        import torch
+
+        if torch.cuda.is_available():
+            return RunContext(
+                "cuda", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0), world_size
+            )
+        return RunContext("cpu", None, None, world_size)
+
+
+@dataclass
+class Entry:
+    kind: str
+    name: str
+    factory: Any
+    provider: str
+    why_not: Callable[[RunContext], str | None] | None = None
+    doc: str = ""
+
+    def unavailable(self, ctx: RunContext) -> str | None:
+        """None when this plugin can run in ``ctx``, else the reason it cannot."""
+        return self.why_not(ctx) if self.why_not else None
+
+
+@dataclass
+class Registry:
+    entries: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    broken: list[tuple[str, str]] = field(default_factory=list)  # (plugin, first error line)
+    blocked: set[str] = field(default_factory=set)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries.get(kind, {}))
+
+    def get(self, kind: str, name: str) -> Entry:
+        try:
+            return self.entries[kind][name]
+        except KeyError:
+            choices = ", ".join(self.names(kind)) or "(none)"
+            raise PluginError(f"unknown {kind} '{name}': choose one of {choices}") from None
+
+
+def _plugin_name(plugin: Any) -> str:
+    return getattr(plugin, "__name__", None) or type(plugin).__name__
+
+
+def _blocklist() -> set[str]:
+    return {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
+
+
+def make_manager(blocked: set[str] | None = None) -> tuple[pluggy.PluginManager, list[tuple[str, str]]]:
+    """Create the plugin manager with built-ins and entry-point plugins registered.
+
+    Returns the manager and the plugins that failed to import, as (name, error) pairs.
+    """
+    blocked = _blocklist() if blocked is None else blocked
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    broken: list[tuple[str, str]] = []
+    for mod in BUILTIN_PLUGINS:
+        short = mod.rsplit(".", 1)[-1]
+        if short in blocked or mod in blocked:
+            continue
+        pm.register(importlib.import_module(mod), name=mod)
+    if os.environ.get(NO_AUTOLOAD_ENV, "") not in ("", "0"):
+        return pm, broken
+    for ep in entry_points(group=PROJECT):
+        if ep.name in blocked:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as e:  # a broken third-party plugin must not take the others down
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            broken.append((ep.name, f"{type(e).__name__}: {first}"))
+            print(f"stepbench: plugin '{ep.name}' failed to load and was skipped: {first}", file=sys.stderr)
+            continue
+        pm.register(plugin, name=ep.name)
+    return pm, broken
+
+
+def collect(pm: pluggy.PluginManager, broken=(), blocked: set[str] | None = None) -> Registry:
+    """Call every registration hook and build the registry; duplicates are an error."""
+    blocked = _blocklist() if blocked is None else blocked
+    reg = Registry(broken=list(broken), blocked=set(blocked))
+    for hook_name, kind in KINDS.items():
+        reg.entries.setdefault(kind, {})
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            provider = impl.plugin_name
+
+            def register(name, factory, why_not=None, doc="", _kind=kind, _provider=provider):
+                if name in blocked or f"{_kind}:{name}" in blocked:
+                    return
+                table = reg.entries[_kind]
+                if name in table:
+                    raise PluginError(
+                        f"duplicate {_kind} '{name}': registered by both '{table[name].provider}' "
+                        f"and '{_provider}'; block one with {BLOCK_ENV}={_provider}"
+                    )
+                table[name] = Entry(_kind, name, factory, _provider, why_not, doc)
+
+            impl.function(register=register)
+    return reg
+
+
+@lru_cache(maxsize=1)
+def _cached_manager():
+    pm, broken = make_manager()
+    return pm, broken
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The process-wide registry (built once)."""
+    pm, broken = _cached_manager()
+    return collect(pm, broken)
+
+
+def notify_row(row: dict) -> None:
+    """Tell every plugin that implements ``stepbench_row_finished`` about a finished row."""
+    pm, _ = _cached_manager()
+    pm.hook.stepbench_row_finished(row=row)

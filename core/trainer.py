@@ -1,0 +1,181 @@
+"""Build the model, apply the plugins in one fixed order, and run training steps.
+
+Read ``build`` top to bottom: it is the one place where plugins are applied.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from core.data import MicroBatch, make_micro_batch
+from core.losses import rl_loss, sft_loss
+
+
+@dataclass
+class Built:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    params: list
+    device: torch.device
+    attention: object
+    ac: object
+    adapter: object
+    counts: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ distributed
+def init_distributed(device_type: str) -> tuple[int, int]:
+    """Join torchrun's process group, or make a one-process group; returns (rank, world)."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if device_type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return dist.get_rank(), dist.get_world_size()
+
+
+# ------------------------------------------------------------------ composition steps
+def bind_attention(model: nn.Module, backend) -> None:
+    """Point every attention layer at the selected backend."""
+    from core.models.common import Attention
+
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.backend = backend
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Compile each transformer block (after checkpointing wraps the block runner)."""
+    for block in model.layers:
+        block.compile()
+
+
+def apply_fsdp(model: nn.Module, device_type: str, reduce_fp32: bool = True) -> None:
+    """FSDP2: shard each block, then the root; bf16 compute, fp32 gradient reduction."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                              reduce_dtype=torch.float32 if reduce_fp32 else torch.bfloat16)
+    for block in model.layers:
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+
+
+def init_weights(model: nn.Module, seed: int, adapter) -> None:
+    """Seeded random init, identical whatever the sharding: each full parameter is drawn from
+    a generator seeded by (seed, its name) and each rank keeps its shard."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            full_shape = p.shape
+            dev = p.device
+            base_name = name.replace(".base_layer", "")  # an adapter's wrapping keeps base weights' init
+            g = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + zlib.crc32(base_name.encode()))
+            if name.endswith(("norm.weight", "layernorm.weight")):
+                full = torch.ones(full_shape, device=dev)
+            elif name.endswith(".bias") or "lora_B" in name:
+                full = torch.zeros(full_shape, device=dev)
+            elif "lora_A" in name:
+                bound = 1.0 / (full_shape[-1] ** 0.5)
+                full = torch.empty(full_shape, device=dev).uniform_(-bound, bound, generator=g)
+            else:
+                full = torch.empty(full_shape, device=dev).normal_(0.0, 0.02, generator=g)
+            full = full.to(p.dtype)
+            if isinstance(p, DTensor):
+                p.to_local().copy_(distribute_tensor(full, p.device_mesh, p.placements).to_local())
+            else:
+                p.copy_(full)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.zero_()
+
+
+def set_dtypes(model: nn.Module, adapter) -> None:
+    """Frozen weights in the adapter's dtype, trainable weights in fp32 (masters)."""
+    for p in model.parameters():
+        p.data = p.data.to(torch.float32 if p.requires_grad else adapter.param_dtype)
+
+
+# ------------------------------------------------------------------ the one place
+def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, compile: bool = False,
+          head_chunk: int = 1024, lr: float = 1e-6) -> Built:
+    """Compose a trainable model in one fixed order.
+
+    model on meta -> adapter -> attention binding -> activation checkpointing / offload ->
+    torch.compile (optional) -> FSDP2 -> materialize on device + seeded init -> optimizer.
+    Checkpointing wraps blocks before compile, and compile happens before FSDP2 so FSDP2's hooks
+    stay outside compiled code.
+    """
+    from core.models.common import CausalLM
+
+    with torch.device("meta"):
+        model = CausalLM(args)
+    model = adapter.apply(model)  # on meta: peft layers are created without memory
+    set_dtypes(model, adapter)
+    model.head_chunk = head_chunk
+    bind_attention(model, attention)
+    ac.apply(model)
+    if compile:
+        apply_compile(model)
+    apply_fsdp(model, device.type)
+    model.to_empty(device=device)
+    init_weights(model, seed, adapter)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.01, fused=fused,
+                            foreach=None if fused else True)
+    return Built(model, opt, params, device, attention, ac, adapter)
+
+
+# ------------------------------------------------------------------ data and the step
+def make_batches(args, task: str, seq_len: int, micro_batches: int, packing: str, seed: int, step: int,
+                 device, rank: int = 0) -> list[MicroBatch]:
+    """The micro-batches of one step, on the device (seeded by step, micro-batch and rank)."""
+    return [
+        make_micro_batch(seq_len, args.vocab_size, task, packing,
+                         seed=seed + 1_000_000 * rank + 1000 * step + i).to(device)
+        for i in range(micro_batches)
+    ]
+
+
+def forward_backward(b: Built, mb: MicroBatch, task: str, scale: float) -> dict:
+    """One micro-batch: forward, loss, backward. Returns device tensors (no host sync)."""
+    with b.ac.step_context():
+        lp, ent = b.model(mb.input_ids, mb.position_ids, mb.meta, mb.targets)
+        if task == "rl":
+            loss, info = rl_loss(lp, mb.inference_logprobs, mb.advantages, mb.loss_mask)
+        else:
+            loss, info = sft_loss(lp, mb.loss_mask)
+        (loss * scale).backward()
+    m = mb.loss_mask.float()
+    info.update(loss=loss.detach(), entropy=(ent * m).sum() / m.sum().clamp(min=1))
+    return info
+
+
+def train_step(b: Built, batches: list[MicroBatch], task: str, max_norm: float = 1.0) -> dict:
+    """micro-batches of forward/backward, gradient clipping, AdamW step. No host sync inside."""
+    n = len(batches)
+    infos = []
+    for i, mb in enumerate(batches):
+        if hasattr(b.model, "set_requires_gradient_sync"):
+            b.model.set_requires_gradient_sync(i == n - 1)
+        infos.append(forward_backward(b, mb, task, 1.0 / n))
+    grad_norm = torch.nn.utils.clip_grad_norm_(b.params, max_norm, foreach=True)
+    b.optimizer.step()
+    b.optimizer.zero_grad(set_to_none=True)
+    out = {k: torch.stack([i[k] for i in infos]) for k in infos[0]}
+    out["grad_norm"] = grad_norm
+    return out

@@ -1,0 +1,1 @@
+"""Built-in stepbench plugins: attention backends, activation-memory strategies, adapters."""

@@ -1,0 +1,73 @@
+"""``fa2``: FlashAttention-2 varlen (causal, cu_seqlens).
+
+Provider: the ``flash_attn`` package when installed (native GQA); otherwise PyTorch's vendored
+FA2 kernels through ``torch.nn.attention.varlen.varlen_attn`` (GQA native where this torch
+supports ``enable_gqa``, else K/V are repeated to the query heads).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from core import hookimpl
+from plugins.attention.common import has_module, need_cuda, package_version
+
+
+class FA2Package:
+    name = "fa2"
+
+    def __init__(self):
+        from flash_attn import flash_attn_varlen_func
+
+        self.fn = flash_attn_varlen_func
+        self.provider = f"flash_attn {package_version('flash_attn', 'flash-attn')}"
+
+    def __call__(self, q, k, v, meta):
+        m = meta.max_seqlen
+        return self.fn(q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, causal=True)
+
+
+class FA2Torch:
+    name = "fa2"
+
+    def __init__(self):
+        from torch.nn.attention.varlen import varlen_attn
+
+        self.fn = varlen_attn
+        params = inspect.signature(varlen_attn).parameters
+        self.native_gqa = "enable_gqa" in params
+        self.kw = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+        gqa = "native GQA" if self.native_gqa else "K/V repeated"
+        self.provider = f"torch {torch.__version__} varlen_attn (vendored FA2, {gqa})"
+
+    def __call__(self, q, k, v, meta):
+        kw = dict(self.kw)
+        if k.shape[1] != q.shape[1]:
+            if self.native_gqa:
+                kw["enable_gqa"] = True
+            else:
+                rep = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        m = meta.max_seqlen
+        return self.fn(q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, **kw)
+
+
+def make(cfg):
+    return FA2Package() if has_module("flash_attn") else FA2Torch()
+
+
+def why_not(ctx):
+    if ctx.device != "cuda":
+        return need_cuda(ctx)
+    if ctx.capability and ctx.capability < (8, 0):
+        return "FlashAttention-2 needs an SM80+ GPU; use +attn=sdpa"
+    if not has_module("flash_attn") and not has_module("torch.nn.attention.varlen"):
+        return "FA2 needs the flash_attn package or torch>=2.10 (torch.nn.attention.varlen)"
+    return None
+
+
+@hookimpl
+def stepbench_register_attention(register):
+    register("fa2", make, why_not, doc="FlashAttention-2 varlen (flash_attn package, else torch's vendored FA2)")

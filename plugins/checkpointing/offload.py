@@ -1,0 +1,182 @@
+"""``offload``: recompute each block, and keep its input in pinned host memory in between.
+
+What is offloaded: exactly the input of every checkpointed block (``[tokens, hidden]`` bf16) but
+the last ``keep_last`` blocks' (their backward comes first, with no time to bring them back).
+Everything else a block saves is recomputed in backward, as with ``recompute`` (``mode``:
+``full`` or ``selective``).
+
+How: the block input goes to a pinned buffer on a device-to-host stream right after it is
+produced, overlapping the block's forward; in backward, fetching block i's input starts the
+host-to-device copy of block i-1's input on a second stream, overlapping block i's recompute and
+backward. Pinned buffers are allocated once (first step) and reused; streams are ordered with
+events, never with a host sync. On a CPU the same bookkeeping runs with plain copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from core import hookimpl
+from plugins.checkpointing.recompute import Recompute
+
+
+class _Stashed:
+    """One offloaded block input: a host buffer, its copy events, the GPU tensor when resident."""
+
+    __slots__ = ("off", "index", "gpu", "host", "d2h", "h2d", "shape", "dtype", "device", "keep", "grad")
+
+    def __init__(self, off, index, x, keep):
+        self.off, self.index, self.gpu, self.keep = off, index, x, keep
+        self.grad = x.requires_grad
+        self.host = self.d2h = self.h2d = None
+        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+
+    def get(self) -> torch.Tensor:
+        """The block input on the device (waits for its copy back, on the compute stream only)."""
+        if self.gpu is None:
+            self.off.fetch(self)
+        x = self.gpu
+        if self.h2d is not None:
+            torch.cuda.current_stream().wait_event(self.h2d)
+            x.record_stream(torch.cuda.current_stream())
+        if self.off.in_backward():
+            self.off.prefetch(self.index - 1)
+            self.gpu = None  # the recomputed block holds what it needs
+            if x.requires_grad != self.grad:  # recompute must save what the forward saved
+                x = x.detach().requires_grad_(self.grad)
+        return x
+
+
+class HostOffloader:
+    """Moves block inputs to reused pinned host buffers and back, on side streams."""
+
+    def __init__(self, keep_last: int = 1):
+        self.keep_last = keep_last
+        self.cuda = torch.cuda.is_available()
+        self.d2h_stream = torch.cuda.Stream() if self.cuda else None
+        self.h2d_stream = torch.cuda.Stream() if self.cuda else None
+        self.free: dict[tuple, list] = {}
+        self.used: list = []
+        self.stash_list: list[_Stashed] = []
+        self.n_blocks = 0
+        self.host_bytes = 0
+
+    # -- per micro-batch
+    def begin_step(self, n_blocks):
+        self.n_blocks, self.stash_list = n_blocks, []
+
+    def end_step(self):
+        for key, buf, ev in self.used:
+            self.free.setdefault(key, []).append((buf, ev))
+        self.used, self.stash_list = [], []
+
+    @staticmethod
+    def in_backward() -> bool:
+        return torch._C._current_graph_task_id() != -1
+
+    # -- buffers
+    def _buffer(self, shape, dtype):
+        key = (tuple(shape), dtype)
+        pool = self.free.get(key)
+        if pool:
+            buf, ev = pool.pop()
+        else:
+            buf, ev = torch.empty(shape, dtype=dtype, pin_memory=self.cuda), None
+            self.host_bytes += buf.numel() * buf.element_size()
+        return key, buf, ev
+
+    # -- copies
+    def stash(self, x: torch.Tensor) -> _Stashed:
+        i = len(self.stash_list)
+        s = _Stashed(self, i, x, keep=i >= self.n_blocks - self.keep_last)
+        self.stash_list.append(s)
+        if not s.keep:
+            key, buf, last_h2d = self._buffer(x.shape, x.dtype)
+            s.host = buf
+            if self.cuda:
+                self.d2h_stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(self.d2h_stream):
+                    if last_h2d is not None:
+                        self.d2h_stream.wait_event(last_h2d)
+                    buf.copy_(x.detach(), non_blocking=True)
+                    s.d2h = torch.cuda.Event()
+                    s.d2h.record(self.d2h_stream)
+                x.record_stream(self.d2h_stream)
+            else:
+                buf.copy_(x.detach())
+            self.used.append([key, buf, None])
+        return s
+
+    def release(self, s: _Stashed):
+        """After the block's forward: drop the device copy of an offloaded input."""
+        if not s.keep:
+            s.gpu = None
+
+    def fetch(self, s: _Stashed):
+        if s.gpu is not None or s.host is None:
+            return
+        if self.cuda:
+            with torch.cuda.stream(self.h2d_stream):
+                self.h2d_stream.wait_event(s.d2h)
+                s.gpu = torch.empty(s.shape, dtype=s.dtype, device=s.device)
+                s.gpu.copy_(s.host, non_blocking=True)
+                s.h2d = torch.cuda.Event()
+                s.h2d.record(self.h2d_stream)
+            for u in self.used:
+                if u[1] is s.host:
+                    u[2] = s.h2d
+        else:
+            s.gpu = s.host.clone()
+
+    def prefetch(self, index: int):
+        if 0 <= index < len(self.stash_list):
+            self.fetch(self.stash_list[index])
+
+
+def _call_block(block, stashed: _Stashed, rope, meta):
+    return block(stashed.get(), rope, meta)
+
+
+class Offload:
+    name = "offload"
+
+    def __init__(self, mode: str = "full", save=("attention",), keep_last: int = 1):
+        self.recompute = Recompute(mode, save)
+        self.off = HostOffloader(keep_last)
+        self.model = None
+
+    def run(self, block, x, rope, meta):
+        s = self.off.stash(x)
+        y = self.recompute.checkpoint_block(_call_block, block, s, rope, meta)
+        self.off.release(s)
+        return y
+
+    def apply(self, model):
+        self.model = model
+        model.block_runner = self.run
+
+    @contextlib.contextmanager
+    def step_context(self):
+        self.off.begin_step(len(self.model.layers))
+        try:
+            yield
+        finally:
+            self.off.end_step()
+
+    def describe(self) -> dict:
+        return {
+            "ac": "offload", "ac_mode": self.recompute.mode,
+            "saved": f"block inputs in pinned host memory (all but the last {self.off.keep_last})",
+            "host_offload_gib": round(self.off.host_bytes / 2**30, 3),
+        }
+
+
+@hookimpl
+def stepbench_register_checkpointing(register):
+    register(
+        "offload",
+        lambda cfg: Offload(cfg.get("mode", "full"), cfg.get("save", ["attention"]), cfg.get("keep_last", 1)),
+        doc="recompute blocks; their inputs wait in pinned host memory, copies overlapped on side streams",
+    )

@@ -1,0 +1,70 @@
+"""``recompute``: per-block activation checkpointing (non-reentrant torch.utils.checkpoint).
+
+``mode: full`` keeps only each block's input and recomputes the whole block in backward (what
+prime-rl's Recompute rows do). ``mode: selective`` also keeps the outputs of the ops named by
+``save`` (default: the attention kernel, its output and log-sum-exp), so backward does not run
+attention forward again; everything else in the block is recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from functools import partial
+
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from core import hookimpl
+
+#: op-name patterns that ``save`` entries stand for
+SAVE_PATTERNS = {
+    "attention": r"(flash|attention|attn)(?!.*(backward|bwd))",
+    "matmul": r"^aten\.(mm|addmm|_grouped_mm)\.",
+}
+
+
+def save_policy(patterns: list[str]):
+    """A selective-checkpoint policy that saves the outputs of ops whose name matches."""
+    rx = re.compile("|".join(f"(?:{SAVE_PATTERNS.get(p, p)})" for p in patterns))
+
+    def policy(ctx, func, *args, **kwargs):
+        if rx.search(str(func)):
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
+class Recompute:
+    name = "recompute"
+
+    def __init__(self, mode: str = "full", save=("attention",)):
+        if mode not in ("full", "selective"):
+            raise ValueError(f"recompute mode '{mode}' is unknown: use ac.mode=full or ac.mode=selective")
+        self.mode, self.save = mode, list(save)
+        self.context_fn = (
+            partial(create_selective_checkpoint_contexts, save_policy(self.save)) if mode == "selective" else None
+        )
+
+    def checkpoint_block(self, fn, *args):
+        kw = {"context_fn": self.context_fn} if self.context_fn else {}
+        return checkpoint(fn, *args, use_reentrant=False, **kw)
+
+    def apply(self, model):
+        model.block_runner = lambda block, x, rope, meta: self.checkpoint_block(block, x, rope, meta)
+
+    def step_context(self):
+        return contextlib.nullcontext()
+
+    def describe(self) -> dict:
+        kept = "block inputs" + (f" + outputs of {', '.join(self.save)} ops" if self.mode == "selective" else "")
+        return {"ac": "recompute", "ac_mode": self.mode, "saved": kept}
+
+
+@hookimpl
+def stepbench_register_checkpointing(register):
+    register(
+        "recompute",
+        lambda cfg: Recompute(cfg.get("mode", "full"), cfg.get("save", ["attention"])),
+        doc="per-block checkpointing; ac.mode=selective keeps attention outputs",
+    )

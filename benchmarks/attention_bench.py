@@ -1,0 +1,91 @@
+"""Forward+backward TFLOP/s of each attention backend on packed causal batches (GPU).
+
+    python benchmarks/attention_bench.py [--backends fa2,fa3,cudnn] [--out FILE.jsonl]
+
+Shapes: Qwen3-4B heads (32 query, 8 KV, head_dim 128) at 4 docs x 4096, 1 x 16384, 1 x 65536
+tokens. FLOPs count causal attention as 4*s^2*H*D/2 per document forward and backward as 2.5x
+forward, as in shared/reference/h100-ceilings.md, whose figures are printed beside ours.
+Each measurement is the median of CUDA-event-timed iterations after warm-up, on random data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.data import AttnMeta  # noqa: E402
+from core.plugins import RunContext, registry  # noqa: E402
+from core.results import append_row  # noqa: E402
+
+SHAPES = [("4x4096", [4096] * 4), ("1x16384", [16384]), ("1x65536", [65536])]
+#: H100 ceilings measured on this project's H100 (shared/reference/h100-ceilings.md), TFLOP/s
+CEILINGS = {
+    "fa3": {"4x4096": 508, "1x16384": 624, "1x65536": 653},
+    "cudnn": {"1x16384": 559, "1x65536": 570},
+    "fa2": {"4x4096": 261, "1x16384": 317, "1x65536": 325},
+}
+
+
+def causal_flops(doc_lens, heads=32, dim=128) -> float:
+    fwd = sum(4 * s * s * heads * dim / 2 for s in doc_lens)
+    return fwd * 3.5
+
+
+def bench(backend, doc_lens, heads=32, kv=8, dim=128, iters=20) -> float:
+    from triton.testing import do_bench
+
+    T = sum(doc_lens)
+    meta = AttnMeta.from_doc_lens(doc_lens, "cuda")
+    q = torch.randn(T, heads, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(T, kv, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(T, kv, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(T, heads, dim, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        out = backend(q, k, v, meta)
+        torch.autograd.grad(out, (q, k, v), g)
+
+    ms = do_bench(step, warmup=50, rep=max(200, iters * 10), return_mode="median")
+    return causal_flops(doc_lens, heads, dim) / (ms * 1e-3) / 1e12
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", default="fa2,fa3,cudnn")
+    ap.add_argument("--out", default=None, help="append one JSON row per measurement")
+    a = ap.parse_args()
+    reg, ctx = registry(), RunContext.detect()
+    results = []
+    for name in a.backends.split(","):
+        e = reg.get("attn", name)
+        why = e.unavailable(ctx)
+        if why:
+            print(f"{name}: skipped ({why})")
+            continue
+        be = e.factory({})
+        for label, lens in SHAPES:
+            tf = bench(be, lens)
+            ceil = CEILINGS.get(name, {}).get(label)
+            row = {"kind": "attention_bench", "backend": name, "provider": be.provider, "shape": label,
+                   "tflops": tf, "ceiling_tflops": ceil, "frac_of_ceiling": tf / ceil if ceil else None,
+                   "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            results.append(row)
+            if a.out:
+                append_row(a.out, row)
+    print(f"\n{'backend':<8} {'shape':<9} {'TFLOP/s':>8} {'ceiling':>8} {'ratio':>6}  provider")
+    for r in results:
+        ratio = f"{r['frac_of_ceiling']:.2f}" if r["frac_of_ceiling"] else "-"
+        print(f"{r['backend']:<8} {r['shape']:<9} {r['tflops']:8.0f} {str(r['ceiling_tflops'] or '-'):>8} "
+              f"{ratio:>6}  {r['provider']}")
+
+
+if __name__ == "__main__":
+    main()

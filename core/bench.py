@@ -169,9 +169,10 @@ def measure(cfg, r: dict) -> dict:
     labels = row_labels(cfg, r, adapter.label, world)
     args, seq_len, task, mbs = r["args"], r["seq_len"], cfg.task.name, cfg.micro_batches
     predicted = predict_peak_gib(args, seq_len, getattr(adapter, "rank", None) if adapter.lora else None,
-                                 cfg.ac.name, world, cfg.head_chunk)
+                                 cfg.ac.name, world, cfg.head_budget_mib)
     t0 = time.perf_counter()
-    b = build(args, attention, ac, adapter, device, seed=cfg.seed, compile=cfg.compile, head_chunk=cfg.head_chunk)
+    b = build(args, attention, ac, adapter, device, seed=cfg.seed, compile=cfg.compile,
+              head_budget_mib=cfg.head_budget_mib)
     counts = adapter.counts(b.model)
     if world > 1:  # parameters are sharded: counts are per rank
         t = torch.tensor([counts["trainable"], counts["adapter"], counts["fully_trainable"]], device=device)
@@ -323,7 +324,7 @@ def sweep_row(cfg, overrides: list[str]) -> int:
         return 0
     limit = cfg.max_memory_gib or r["hw"]["memory_gib"]
     pred = predict_peak_gib(r["args"], r["seq_len"], cfg.adapter.get("rank") if cfg.adapter.name == "lora" else None,
-                            cfg.ac.name, 1, cfg.head_chunk)
+                            cfg.ac.name, 1, cfg.head_budget_mib)
     if pred > limit:
         _SWEEP["failed"] += 1
         err = f"refused: predicted peak memory {pred:.1f} GiB exceeds {limit:.1f} GiB"
@@ -428,6 +429,8 @@ def check_overrides(argv: list[str]) -> None:
 
 
 def main() -> None:
+    # fewer reserved-but-unused bytes (the peak-memory column is max_memory_reserved)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import hydra
 
     argv = sys.argv[1:]

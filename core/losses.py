@@ -14,11 +14,18 @@ RATIO_LOW, RATIO_HIGH = 0.125, 8.0
 
 
 class ChunkedLogprobs(torch.autograd.Function):
-    """``(h [T, H], w [V, H], targets [T]) -> (logprobs [T] fp32, entropy [T] fp32, no grad)``."""
+    """``(h [T, H], w [V, H], targets [T]) -> (logprobs [T] fp32, entropy [T] fp32, no grad)``.
+
+    Forward walks token chunks (``[chunk, V]`` fp32 logits at a time) and saves only the per-token
+    log-sum-exp. Backward walks vocabulary slices instead: each slice's probabilities for all
+    tokens give that slice of the weight gradient in one GEMM (no ``[V, H]`` accumulator) and
+    add into a ``[T, H]`` fp32 hidden-state gradient. ``budget`` bounds each chunk's bytes.
+    """
 
     @staticmethod
-    def forward(ctx, h, w, targets, chunk: int):
-        T = h.shape[0]
+    def forward(ctx, h, w, targets, budget: int):
+        T, V = h.shape[0], w.shape[0]
+        chunk = max(64, min(T, budget // (12 * V) // 64 * 64))
         lp = torch.empty(T, dtype=torch.float32, device=h.device)
         ent = torch.empty_like(lp)
         lse = torch.empty_like(lp)
@@ -28,10 +35,12 @@ class ChunkedLogprobs(torch.autograd.Function):
             lse_c = torch.logsumexp(logits, dim=-1)
             logits.sub_(lse_c[:, None])  # now log-probabilities
             lp[s:e] = logits.gather(1, targets[s:e, None]).squeeze(1)
-            ent[s:e] = -(logits.exp() * logits).sum(-1)
+            p = logits.exp()
+            ent[s:e] = -p.mul_(logits).sum(-1)
             lse[s:e] = lse_c
+            del logits, p
         ctx.save_for_backward(h, w, targets, lse)
-        ctx.chunk = chunk
+        ctx.budget = budget
         ctx.mark_non_differentiable(ent)
         return lp, ent
 
@@ -39,28 +48,34 @@ class ChunkedLogprobs(torch.autograd.Function):
     def backward(ctx, g_lp, _g_ent):
         h, w, targets, lse = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        T, chunk = h.shape[0], ctx.chunk
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
-        for s in range(0, T, chunk):
-            e = min(s + chunk, T)
-            g = g_lp[s:e].float()
-            p = (h[s:e] @ w.t()).float()
-            p.sub_(lse[s:e, None]).exp_()  # softmax
-            p.mul_(-g[:, None])
-            p.scatter_add_(1, targets[s:e, None], g[:, None])  # g * (onehot - p)
+        T, V = h.shape[0], w.shape[0]
+        vc = max(256, min(V, ctx.budget // (8 * T) // 256 * 256))
+        g = g_lp.float()
+        grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_h else None
+        grad_w = torch.empty_like(w) if need_w else None
+        for v0 in range(0, V, vc):
+            v1 = min(v0 + vc, V)
+            wv = w[v0:v1]
+            p = (h @ wv.t()).float()
+            p.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g * softmax
+            local = targets - v0
+            hit = (local >= 0) & (local < v1 - v0)
+            p.scatter_add_(1, local.clamp(0, v1 - v0 - 1)[:, None], (g * hit)[:, None])  # + g * onehot
             gl = p.to(h.dtype)
             del p
             if need_h:
-                torch.mm(gl, w, out=grad_h[s:e])
+                grad_h += gl @ wv
             if need_w:
-                grad_w += (gl.t() @ h[s:e]).float()
-        return grad_h, (grad_w.to(w.dtype) if need_w else None), None, None
+                torch.mm(gl.t(), h, out=grad_w[v0:v1])
+        return (grad_h.to(h.dtype) if need_h else None), grad_w, None, None
 
 
-def chunked_logprobs(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int = 1024):
-    """Per-token fp32 log-probabilities of ``targets`` (with grad) and entropies (no grad)."""
-    return ChunkedLogprobs.apply(h, w, targets, chunk)
+def chunked_logprobs(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, budget_mib: int = 512):
+    """Per-token fp32 log-probabilities of ``targets`` (with grad) and entropies (no grad).
+
+    At most about ``budget_mib`` MiB of logits exist at any time.
+    """
+    return ChunkedLogprobs.apply(h, w, targets, budget_mib * 2**20)
 
 
 def naive_logprobs(h, w, targets):

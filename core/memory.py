@@ -39,7 +39,7 @@ def lora_params(a: ModelArgs, rank: int) -> int:
 
 
 def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
-                     head_chunk: int = 1024) -> float:
+                     head_budget_mib: int = 512) -> float:
     """Predicted peak GPU memory (GiB) of one rank."""
     n = param_count(a)
     if lora_rank:
@@ -57,5 +57,5 @@ def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str,
         saved = 2 * 2 * T * h
     else:
         saved = a.n_layers * 2 * T * h
-    head = head_chunk * a.vocab_size * 4 * 3 + T * h * 2 * 2
+    head = head_budget_mib * 2**20 * 1.5 + T * h * 4 * 2
     return (states + 3 * block_unsharded + saved + live_block + head) / GIB * 1.1 + 1.0

@@ -111,7 +111,7 @@ def set_dtypes(model: nn.Module, adapter) -> None:
 
 # ------------------------------------------------------------------ the one place
 def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, compile: bool = False,
-          head_chunk: int = 1024, lr: float = 1e-6) -> Built:
+          head_budget_mib: int = 512, lr: float = 1e-6) -> Built:
     """Compose a trainable model in one fixed order.
 
     model on meta -> adapter -> attention binding -> activation checkpointing / offload ->
@@ -125,7 +125,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
         model = CausalLM(args)
     model = adapter.apply(model)  # on meta: peft layers are created without memory
     set_dtypes(model, adapter)
-    model.head_chunk = head_chunk
+    model.head_budget_mib = head_budget_mib
     bind_attention(model, attention)
     ac.apply(model)
     if compile:

@@ -173,7 +173,7 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(a.dim, a.norm_eps)
         self.lm_head = None if a.tied_embeddings else nn.Linear(a.dim, a.vocab_size, bias=False)
         self.block_runner = run_block  # replaced by an activation-memory strategy
-        self.head_chunk = 1024
+        self.head_budget_mib = 512
 
     def head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
@@ -188,4 +188,4 @@ class CausalLM(nn.Module):
     def forward(self, input_ids, position_ids, meta: AttnMeta, targets):
         h = self.hidden_states(input_ids, position_ids, meta)
         w = self.head_weight()
-        return chunked_logprobs(h, w.to(h.dtype), targets, self.head_chunk)
+        return chunked_logprobs(h, w.to(h.dtype), targets, self.head_budget_mib)

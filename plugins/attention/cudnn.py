@@ -2,7 +2,8 @@
 
 cuDNN's fast path in torch is dense, not varlen: each document of a micro-batch runs as its own
 dense causal call (one launch per document). With one document per micro-batch (prime-rl's RL
-rows) that is exactly one call per layer; with many short documents use fa2 or fa3.
+rows) that is exactly one call per layer; with many short documents use fa2 or fa3. Documents
+shorter than ``MIN_LEN`` tokens, which cuDNN's kernels reject, go to PyTorch's default SDPA.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from core import hookimpl
 from plugins.attention.common import need_cuda, per_document
 
 
+MIN_LEN = 16
+
+
 class CuDNN:
     name = "cudnn"
 
@@ -24,10 +28,11 @@ class CuDNN:
 
     def __call__(self, q, k, v, meta):
         def fn(qi, ki, vi):
+            gqa = ki.shape[1] != qi.shape[1]
+            if qi.shape[2] < MIN_LEN:
+                return F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, enable_gqa=gqa)
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                return F.scaled_dot_product_attention(
-                    qi, ki, vi, is_causal=True, enable_gqa=ki.shape[1] != qi.shape[1]
-                )
+                return F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, enable_gqa=gqa)
 
         return per_document(fn, q, k, v, meta)
 

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac")
+GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sweep")
 CHILD_ENV = "STEPBENCH_CHILD_ROW_ID"
 SEQ_MULTIPLE = 128
 
@@ -293,7 +293,23 @@ def format_row(row: dict) -> str:
 _SWEEP = {"done": 0, "failed": 0, "skipped": 0, "start": None}
 
 
-def sweep_row(cfg, overrides: list[str]) -> int:
+def run_sweep_config(cfg, base_overrides: list[str]) -> None:
+    """``+sweep=<name>``: run the rows listed in ``conf/sweep/<name>.yaml`` as a sweep."""
+    import shlex
+
+    from hydra import compose
+
+    rows = list(cfg.sweep.rows)
+    extra = [o for o in base_overrides if not o.lstrip("+").startswith("sweep=")]
+    say(f"sweep '{cfg.sweep.get('name', '?')}': {len(rows)} rows -> {cfg.results}")
+    for i, spec in enumerate(rows, 1):
+        overrides = shlex.split(spec) + extra
+        row_cfg = compose("bench", overrides=overrides)
+        sweep_row(row_cfg, overrides, total=len(rows))
+    say(f"sweep done: {_SWEEP['done']} done, {_SWEEP['failed']} failed, {_SWEEP['skipped']} skipped")
+
+
+def sweep_row(cfg, overrides: list[str], total: int | None = None) -> int:
     """One row of a sweep, in a fresh child process; refusals and crashes become failed rows."""
     from core.memory import predict_peak_gib
     from core.results import append_row, done_keys, row_key
@@ -302,7 +318,7 @@ def sweep_row(cfg, overrides: list[str]) -> int:
         _SWEEP["start"] = time.time()
     n = sum(_SWEEP[k] for k in ("done", "failed", "skipped")) + 1
     elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - _SWEEP["start"]))
-    say(f"[row {n}] {' '.join(overrides)}  (done {_SWEEP['done']}, failed {_SWEEP['failed']}, "
+    say(f"[row {n}{'/' + str(total) if total else ''}] {' '.join(overrides)}  (done {_SWEEP['done']}, failed {_SWEEP['failed']}, "
         f"skipped {_SWEEP['skipped']}, {elapsed} elapsed)")
     base = {"id": uuid.uuid4().hex, "schema": 1, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "tag": cfg.tag, "overrides": overrides}
@@ -375,6 +391,9 @@ def _hydra_task(cfg) -> None:
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
+    if cfg.get("sweep") is not None:
+        run_sweep_config(cfg, list(hc.overrides.task))
+        return
     if hc.mode == RunMode.MULTIRUN:
         sweep_row(cfg, list(hc.overrides.task))
         return

@@ -168,11 +168,9 @@ def forward_backward(b: Built, mb: MicroBatch, task: str, scale: float) -> dict:
 def train_step(b: Built, batches: list[MicroBatch], task: str, max_norm: float = 1.0) -> dict:
     """micro-batches of forward/backward, gradient clipping, AdamW step. No host sync inside."""
     n = len(batches)
-    infos = []
-    for i, mb in enumerate(batches):
-        if hasattr(b.model, "set_requires_gradient_sync"):
-            b.model.set_requires_gradient_sync(i == n - 1)
-        infos.append(forward_backward(b, mb, task, 1.0 / n))
+    # Gradients are reduced after every micro-batch into the fp32 sharded gradient: accumulation
+    # stays in fp32 and no unsharded bf16 gradient outlives its block.
+    infos = [forward_backward(b, mb, task, 1.0 / n) for mb in batches]
     grad_norm = torch.nn.utils.clip_grad_norm_(b.params, max_norm, foreach=True)
     b.optimizer.step()
     b.optimizer.zero_grad(set_to_none=True)

@@ -135,13 +135,15 @@ def environment() -> dict:
         v = package_version(pkg)
         if v != "unknown":
             env[pkg] = v
+    env["git_commit"] = os.environ.get("STEPBENCH_GIT_COMMIT")  # for copies without .git (device runs)
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10)
-        env["git_commit"] = sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+        if sha.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=10)
+            env["git_commit"] = sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except OSError:
-        env["git_commit"] = None
+        pass
     return env
 
 

@@ -34,7 +34,17 @@ class _Stashed:
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
 
     def get(self) -> torch.Tensor:
-        """The block input on the device (waits for its copy back, on the compute stream only)."""
+        """The block input on the device (waits for its copy back, on the compute stream only).
+
+        Runs outside any dispatch mode: in backward it is called from inside the recompute, where a
+        selective-checkpoint mode must not see (or cache) the copies.
+        """
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        with _disable_current_modes():
+            return self._get()
+
+    def _get(self) -> torch.Tensor:
         if self.gpu is None:
             self.off.fetch(self)
         x = self.gpu
@@ -170,6 +180,7 @@ class Offload:
             "ac": "offload", "ac_mode": self.recompute.mode,
             "saved": f"block inputs in pinned host memory (all but the last {self.off.keep_last})",
             "host_offload_gib": round(self.off.host_bytes / 2**30, 3),
+            "host_offload_bytes": self.off.host_bytes,
         }
 
 

@@ -1,0 +1,1 @@
+"""Example stepbench plugin package: FlexAttention with a document mask."""

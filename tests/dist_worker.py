@@ -1,0 +1,46 @@
+"""Run one tiny training micro-step per rank and save losses and full gradients (for test_distributed).
+
+    python tests/dist_worker.py FAMILY OUT.pt                            # one process, both ranks' data
+    python -m torch.distributed.run --nproc-per-node 2 tests/dist_worker.py FAMILY OUT.pt
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.models.registry import GLM4_MOE, QWEN3, QWEN3_MOE  # noqa: E402
+from core.plugins import registry  # noqa: E402
+from core.trainer import build, forward_backward, init_distributed, make_batches  # noqa: E402
+
+FAMILIES = {"qwen3": QWEN3["tiny"], "qwen3_moe": QWEN3_MOE["tiny"], "glm4_moe": GLM4_MOE["tiny"]}
+
+
+def main(family: str, out: str):
+    rank, world = init_distributed("cpu")
+    args = FAMILIES[family]
+    reg = registry()
+    b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
+              reg.get("adapter", "full").factory({}), torch.device("cpu"), seed=0)
+    ranks = [rank] if world > 1 else [0, 1]  # the single process does both ranks' micro-batches
+    losses = []
+    for r in ranks:
+        (mb,) = make_batches(args, "rl", 128, 1, "random", seed=5, step=0, device="cpu", rank=r)
+        losses.append(forward_backward(b, mb, "rl", 1.0 / len(ranks))["loss"])
+    loss = torch.stack(losses)
+    if world > 1:
+        gathered = [torch.zeros_like(loss) for _ in range(world)]
+        dist.all_gather(gathered, loss)
+        loss = torch.cat(gathered)
+    grads = {n: p.grad.full_tensor() for n, p in b.model.named_parameters()}
+    if rank == 0:
+        torch.save({"loss": loss, "grads": grads, "world": world}, out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

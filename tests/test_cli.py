@@ -1,0 +1,96 @@
+"""Config composition, the command line's errors, and sweeps (multirun) with a failing row."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+GROUPS = ["model", "task", "adapter", "hardware", "attn", "ac", "sweep"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes(group):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        for opt in options(group):
+            plus = "+" if group in ("attn", "ac", "sweep") else ""
+            cfg = compose("bench", overrides=[f"{plus}{group}={opt}"])
+            assert cfg[group] is not None
+
+
+def test_card_command_composes_verbatim():
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("bench", overrides=["+attn=fa3", "+ac=offload", "model=qwen3_4b"])
+    assert (cfg.attn.name, cfg.ac.name, cfg.model.flavour) == ("fa3", "offload", "4B")
+
+
+def run(*args, env=None):
+    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "core.bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=e, timeout=600)
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["+attn=nope"], "unknown attn 'nope': choose one of"),
+    (["attn=fa3"], "type +attn=fa3"),
+    (["model=qwen3_5b"], "unknown model 'qwen3_5b'"),
+    (["+ac=fast"], "unknown ac 'fast'"),
+    (["adapter=qlora"], "unknown adapter 'qlora'"),
+    (["hardware=tpu"], "unknown hardware 'tpu'"),
+    (["seq_len=1000"], "seq_len must be a positive multiple of 128 (got 1000): try seq_len=1024"),
+    (["seq_len=0"], "seq_len must be a positive multiple of 128"),
+    (["+attn=fa3", "device=cpu"], "attn 'fa3' cannot run here"),
+    (["+attn=cudnn", "device=cpu"], "attn 'cudnn' cannot run here: needs a CUDA GPU"),
+])
+def test_bad_input_one_line_exit_2(args, expect):
+    p = run(*args)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and expect in lines[0], p.stderr
+
+
+def test_default_run_on_cpu_says_so_and_writes_a_row(tmp_path):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("the CPU default applies without a GPU")
+    res = tmp_path / "rows.jsonl"
+    p = run(f"results={res}", "steps=2")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "no CUDA GPU: running the tiny Qwen3 on the CPU" in p.stderr
+    (row,) = [json.loads(x) for x in res.read_text().splitlines()]
+    assert row["status"] == "ok" and row["tps"] > 0 and len(row["samples"]["step_time"]) == 1
+    assert row["type"] == "RL Full" and row["env"]["torch"]
+
+
+def test_multirun_failed_row_does_not_stop_sweep_and_resume_skips(tmp_path):
+    res = tmp_path / "rows.jsonl"
+    args = ["-m", "model=qwen3_tiny", "+attn=sdpa,fa3", "+ac=recompute,offload", "device=cpu", "steps=2",
+            "seq_len=128", f"results={res}"]
+    p = run(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(x) for x in res.read_text().splitlines()]
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(ok) == 2 and {r["ac"] for r in ok} == {"Recompute", "Offload"}
+    assert len(failed) == 2 and all("fa3" in r["error"] and "cannot run here" in r["error"] for r in failed)
+    p = run(*args)  # resume: finished rows are skipped, refusals are recorded again
+    assert p.returncode == 0
+    assert p.stderr.count("skipped: already in results") == 2
+    assert len([json.loads(x) for x in res.read_text().splitlines()]) == 6
+
+
+def test_sweep_config_runs_its_rows(tmp_path):
+    res = tmp_path / "rows.jsonl"
+    p = run("+sweep=cpu_smoke", f"results={res}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(x) for x in res.read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert {r["family"] for r in rows} == {"qwen3", "qwen3_moe", "glm4_moe"}

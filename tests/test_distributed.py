@@ -1,0 +1,46 @@
+"""FSDP2 over 2 processes (gloo, CPU) gives the single-process loss and gradients; rank 0 writes the row."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+
+def torchrun(*args):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--standalone", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+def test_two_ranks_match_one_process(tmp_path, family):
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    p = subprocess.run([sys.executable, "tests/dist_worker.py", family, str(one)], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = torchrun("tests/dist_worker.py", family, str(two))
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = torch.load(one), torch.load(two)
+    assert b["world"] == 2
+    torch.testing.assert_close(a["loss"], b["loss"])
+    assert a["grads"].keys() == b["grads"].keys()
+    for n in a["grads"]:
+        ga, gb = a["grads"][n].float(), b["grads"][n].float()
+        err = ((ga - gb).norm() / ga.norm().clamp(min=1e-12)).item()
+        assert err < 1e-2, (n, err)
+
+
+def test_torchrun_bench_writes_one_row(tmp_path):
+    res = tmp_path / "rows.jsonl"
+    p = torchrun("-m", "core.bench", "model=qwen3_tiny", "device=cpu", "steps=2", "seq_len=128", f"results={res}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(x) for x in res.read_text().splitlines()]
+    assert len(rows) == 1
+    assert rows[0]["num_gpus"] == 2 and rows[0]["hardware_label"] == "2xCPU" and rows[0]["status"] == "ok"

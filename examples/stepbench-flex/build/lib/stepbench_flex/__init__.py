@@ -1,1 +1,0 @@
-"""Example stepbench plugin package: FlexAttention with a document mask."""

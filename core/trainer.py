@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,6 @@ class Built:
     attention: object
     ac: object
     adapter: object
-    counts: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ distributed
@@ -60,14 +59,13 @@ def apply_compile(model: nn.Module) -> None:
         block.compile()
 
 
-def apply_fsdp(model: nn.Module, device_type: str, reduce_fp32: bool = True) -> None:
+def apply_fsdp(model: nn.Module, device_type: str) -> None:
     """FSDP2: shard each block, then the root; bf16 compute, fp32 gradient reduction."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
-                              reduce_dtype=torch.float32 if reduce_fp32 else torch.bfloat16)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)

@@ -100,6 +100,11 @@ def resolve(cfg, world: int = 1) -> dict:
                 ac=ac_e, adapter=ad_e, hw=hw, notes=notes)
 
 
+def config_adapter_label(cfg) -> str:
+    """The Type column's adapter text from the config alone (for rows that built no adapter)."""
+    return f"LoRA(r={cfg.adapter.get('rank')})" if cfg.adapter.name == "lora" else cfg.adapter.name.capitalize()
+
+
 def row_labels(cfg, r: dict, adapter_label: str, world: int) -> dict:
     ac_names = {"none": "None", "recompute": "Recompute", "offload": "Offload"}
     ac = ac_names.get(cfg.ac.name, cfg.ac.name)
@@ -159,8 +164,8 @@ def measure(cfg, r: dict) -> dict:
     from core.trainer import build, init_distributed, make_batches, train_step
 
     ctx = r["ctx"]
-    device = torch.device(ctx.device, torch.cuda.current_device() if ctx.device == "cuda" else None)
-    rank, world = init_distributed(ctx.device)
+    rank, world = init_distributed(ctx.device)  # under torchrun this picks the rank's GPU first
+    device = torch.device("cpu")
     if ctx.device == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.reset_peak_memory_stats()
@@ -228,7 +233,7 @@ def measure(cfg, r: dict) -> dict:
         "status": "ok", "error": None,
         "mfu": flops.mfu(fpt, tps, hw["peak_flops"], world),
         "tps": tps, "step_time": step_time, "peak_mem_gib": peak, "predicted_mem_gib": predicted,
-        "model_tflops": world * (mm_u + at_u) / step_time / 1e12 / world,
+        "model_tflops": (mm_u + at_u) / step_time / 1e12,
         "hw_tflops": executed / step_time / 1e12,
         "roofline_frac": roofline_s / step_time,
         "flops_per_token_prime_rl": fpt,
@@ -270,8 +275,7 @@ def run_row(cfg) -> int:
     except Exception as e:  # a failed row keeps the first line of its error
         status = 1
         traceback.print_exc()
-        labels = row_labels(cfg, r, "LoRA(r={})".format(cfg.adapter.get("rank")) if cfg.adapter.name == "lora"
-                            else cfg.adapter.name.capitalize(), world)
+        labels = row_labels(cfg, r, config_adapter_label(cfg), world)
         row = {**base, **labels, "status": "failed", "error": first_line(e), "env": environment()}
     if rank == 0:
         append_row(cfg.results, row)
@@ -334,8 +338,7 @@ def sweep_row(cfg, overrides: list[str], total: int | None = None) -> int:
         append_row(cfg.results, row)
         say(f"  refused: {e}")
         return 0
-    label = "LoRA(r={})".format(cfg.adapter.get("rank")) if cfg.adapter.name == "lora" else "Full"
-    labels = row_labels(cfg, r, label, 1)
+    labels = row_labels(cfg, r, config_adapter_label(cfg), 1)
     if not cfg.redo and row_key(labels) in done_keys(cfg.results):
         _SWEEP["skipped"] += 1
         say("  skipped: already in results (redo=true runs it again)")

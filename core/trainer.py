@@ -33,7 +33,7 @@ def init_distributed(device_type: str) -> tuple[int, int]:
     """Join torchrun's process group, or make a one-process group; returns (rank, world)."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    backend = "nccl" if device_type == "cuda" else "gloo"
+    backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"  # CPU tensors may meet too
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         if device_type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

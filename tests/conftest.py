@@ -21,8 +21,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def dist_group():
-    """A one-process gloo group (FSDP2 needs one); CPU tests share it."""
+    """A one-process group (FSDP2 needs one) that all tests share: gloo for CPU tensors, and
+    NCCL for CUDA tensors where a GPU is present."""
     from core.trainer import init_distributed
 
-    init_distributed("cpu")
+    init_distributed("cuda" if torch.cuda.is_available() else "cpu")
     yield

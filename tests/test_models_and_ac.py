@@ -10,16 +10,16 @@ from core.trainer import build, make_batches
 FAMILIES = {"qwen3": QWEN3["tiny"], "qwen3_moe": QWEN3_MOE["tiny"], "glm4_moe": GLM4_MOE["tiny"]}
 
 
-def make(args, ac="none", adapter="full", ac_cfg=None, seed=0):
+def make(args, ac="none", adapter="full", ac_cfg=None, seed=0, device="cpu"):
     reg = registry()
     return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", ac).factory(ac_cfg or {}),
-                 reg.get("adapter", adapter).factory({}), torch.device("cpu"), seed=seed)
+                 reg.get("adapter", adapter).factory({}), torch.device(device), seed=seed)
 
 
-def grads_after_step(b, args, task="rl", packing="random"):
+def grads_after_step(b, args, task="rl", packing="random", device="cpu"):
     from core.trainer import forward_backward
 
-    batches = make_batches(args, task, 128, 2, packing, seed=7, step=0, device="cpu")
+    batches = make_batches(args, task, 128, 2, packing, seed=7, step=0, device=device)
     losses = [forward_backward(b, mb, task, 0.5)["loss"] for mb in batches]
     grads = {n: p.grad.full_tensor().clone() for n, p in b.model.named_parameters() if p.grad is not None}
     return torch.stack(losses), grads
@@ -48,6 +48,24 @@ def test_strategy_equals_none(dist_group, family, adapter, ac, ac_cfg):
     assert ref.keys() == got.keys()
     for n in ref:  # same math in the same order: bitwise
         assert torch.equal(got[n], ref[n]), n
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+@pytest.mark.parametrize("ac,ac_cfg", [("recompute", {}), ("recompute", {"mode": "selective"}),
+                                       ("offload", {}), ("offload", {"mode": "selective"})])
+def test_strategy_equals_none_cuda(dist_group, family, adapter, ac, ac_cfg):
+    """On the GPU (side streams, pinned pool, grouped GEMM): the loss equal and every gradient
+    within bf16 tolerance (scatter-add backward kernels use atomics, so not always bitwise)."""
+    args = FAMILIES[family]
+    ref_loss, ref = grads_after_step(make(args, "none", adapter, device="cuda"), args, device="cuda")
+    loss, got = grads_after_step(make(args, ac, adapter, ac_cfg, device="cuda"), args, device="cuda")
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-3, atol=1e-4)
+    assert ref.keys() == got.keys()
+    for n in ref:
+        err = (got[n] - ref[n]).float().norm() / ref[n].float().norm().clamp_min(1e-12)
+        assert err < 1e-2, (n, err.item())
 
 
 def test_offload_uses_a_reused_host_pool(dist_group):
@@ -105,3 +123,82 @@ def test_grouped_experts_match_loop():
     got = moe.grouped_linear(x, w, offs)
     want = torch.cat([x[0:5] @ w[0].t(), x[5:22] @ w[2].t(), x[22:40] @ w[3].t()])
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+def _expert_lora_case(device, dtype, E=4, H=32, I=24, r=8):
+    from core.models.common import ModelArgs
+    from core.models.moe import Experts
+    from plugins.adapters.lora import GroupedLoRAExperts
+
+    g = torch.Generator().manual_seed(1)
+    args = ModelArgs("t", H, 1, 2, 1, 16, 64, 64, False, n_experts=E, top_k=2, moe_ffn_dim=I)
+    base = Experts(args)
+    lora = GroupedLoRAExperts(base, r, 2 * r)  # scaling 2
+    for p in lora.parameters():
+        p.data = torch.randn(p.shape, generator=g).mul_(0.1).to(device)
+    counts = [13, 0, 30, 7][:E]  # an empty expert included
+    offs = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
+    x = torch.randn(sum(counts), H, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    return lora, x, offs, counts
+
+
+def _expert_lora_reference(lora, x, counts):
+    """Per expert, in float32: the merged weight W_e + s * B_e A_e applied to the expert's rows."""
+    b, s, out, start = lora.base_layer, lora.scaling, [], 0
+    for e, n in enumerate(counts):
+        xe = x[start:start + n].float()
+        start += n
+        w_g = b.gate_up_proj[e, : b.gate_up_proj.shape[1] // 2] + s * lora.lora_B_gate[e] @ lora.lora_A_gate[e]
+        w_u = b.gate_up_proj[e, b.gate_up_proj.shape[1] // 2:] + s * lora.lora_B_up[e] @ lora.lora_A_up[e]
+        w_d = b.down_proj[e] + s * lora.lora_B_down[e] @ lora.lora_A_down[e]
+        out.append((torch.nn.functional.silu(xe @ w_g.float().t()) * (xe @ w_u.float().t())) @ w_d.float().t())
+    return torch.cat(out)
+
+
+def _grads(lora, x, y):
+    names = ["lora_A_gate", "lora_B_gate", "lora_A_up", "lora_B_up", "lora_A_down", "lora_B_down"]
+    params = [x] + [getattr(lora, n) for n in names]
+    return torch.autograd.grad(y.float().pow(2).sum(), params)
+
+
+def test_grouped_expert_lora_matches_merged_weights():
+    """Grouped per-expert LoRA == the merged-weight definition, outputs and gradients (fp32)."""
+    lora, x, offs, counts = _expert_lora_case("cpu", torch.float32)
+    for p in lora.parameters():
+        p.requires_grad_(True)
+    got, want = lora(x, offs), _expert_lora_reference(lora, x, counts)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for gg, gw in zip(_grads(lora, x, got), _grads(lora, x, want)):
+        torch.testing.assert_close(gg, gw, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (grouped GEMM path)")
+def test_grouped_expert_lora_matches_merged_weights_bf16_cuda():
+    """The torch._grouped_mm path in bf16 against the float32 merged-weight reference."""
+    lora, x, offs, counts = _expert_lora_case("cuda", torch.bfloat16, E=4, H=256, I=128, r=16)
+    for p in lora.parameters():
+        p.requires_grad_(True)
+    got = lora(x, offs)
+    want = _expert_lora_reference(lora, x, counts)
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    assert rel(got, want) < 2e-2
+    for gg, gw in zip(_grads(lora, x, got), _grads(lora, x, want)):
+        assert rel(gg, gw) < 3e-2
+
+
+@pytest.mark.parametrize("experts", ["grouped", "peft"])
+def test_moe_lora_expert_modes_train_experts(dist_group, experts):
+    args = FAMILIES["qwen3_moe"]
+    reg = registry()
+    b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "none").factory({}),
+              reg.get("adapter", "lora").factory({"experts": experts}), torch.device("cpu"), seed=0)
+    _, grads = grads_after_step(b, args)
+    assert any("experts" in n and "lora_B" in n and g.abs().sum() > 0 for n, g in grads.items())
+
+
+def test_lora_rejects_unknown_expert_mode():
+    from plugins.adapters.lora import LoRA
+
+    with pytest.raises(ValueError, match="adapter.experts=grouped"):
+        LoRA(experts="fused")

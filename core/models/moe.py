@@ -72,17 +72,22 @@ class MoE(nn.Module):
         self.shared_experts = MLP(a.dim, a.moe_ffn_dim * a.n_shared_experts) if a.n_shared_experts else None
 
     def dispatch(self, x, idx):
-        """Sort token copies by expert: returns the copies, their token index and group ends."""
+        """Sort token copies by expert: returns the copies, their token index and group ends.
+
+        The group sizes come from a scatter-add (``bincount`` on CUDA reads the maximum back to
+        the host), so routing never waits for the GPU."""
         flat = idx.flatten()
         order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.n_experts)
+        counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
         offs = counts.cumsum(0).to(torch.int32)
         token = order // self.top_k
         return x[token], token, order, offs
 
     def combine(self, y, token, order, w, T):
-        y = y * w.flatten()[order, None].to(y.dtype)
-        return torch.zeros(T, y.shape[-1], dtype=y.dtype, device=y.device).index_add_(0, token, y)
+        """Un-sort the expert outputs to ``[T, top_k, H]`` and take the routing-weighted sum
+        (deterministic: no atomic adds)."""
+        yk = y.new_empty(y.shape).index_copy_(0, order, y).view(T, self.top_k, y.shape[-1])
+        return torch.einsum("tkh,tk->th", yk, w.to(y.dtype))
 
     def forward(self, x):
         w, idx = self.gate(x)

@@ -16,9 +16,6 @@ class Full:
     def apply(self, model):
         return model
 
-    def init_parameters(self, model):
-        pass
-
     def counts(self, model) -> dict:
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return {"trainable": n, "adapter": 0, "fully_trainable": n}

@@ -1,20 +1,61 @@
-"""``lora``: LoRA adapters built with peft on q/k/v/o, gate/up/down and the routed experts.
+"""``lora``: LoRA adapters on q/k/v/o, gate/up/down and the routed experts.
 
-Dense projections get peft's ``lora.Linear``; routed experts, stored as 3-D parameters, get
-peft's parameter-targeting LoRA (``target_parameters``). Base weights are frozen in bf16; the
-adapter weights are fp32 masters (computed in bf16 under FSDP2 mixed precision).
+Dense projections get peft's ``lora.Linear``. Routed experts (3-D parameters) get, by default
+(``adapter.experts=grouped``), one LoRA pair per expert and per projection (gate, up, down, as
+prime-rl adapts them), computed as grouped GEMMs next to the frozen base GEMM:
+``y_e = x_e W_e^T + s * (x_e A_e^T) B_e^T``. No per-expert delta weight is formed and the
+backward pass never forms a gradient of the frozen ``[E, out, in]`` weights.
+``adapter.experts=peft`` uses peft's parameter-targeting LoRA (``target_parameters``) instead,
+which adds ``B @ A`` to the fused expert weights in every forward and therefore computes the full
+expert weight gradient in backward (kept for comparison); ``adapter.experts=false`` leaves the
+experts frozen. Base weights are frozen in bf16; adapter weights are fp32 masters (computed in
+bf16 under FSDP2 mixed precision).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
+from torch import nn
 
 from core import hookimpl
+from core.models.moe import Experts, grouped_linear
 
 DENSE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 EXPERT_TARGETS = ["experts.gate_up_proj", "experts.down_proj"]
+EXPERT_MODES = ("grouped", "peft", "none")
+
+
+class GroupedLoRAExperts(nn.Module):
+    """Routed experts with per-expert LoRA on gate, up and down, as grouped GEMMs.
+
+    ``lora_A_*`` are ``[E, r, in]`` and ``lora_B_*`` are ``[E, out, r]`` (nn.Linear layout per
+    expert); gate and up share one grouped GEMM for their A factors (concatenated, which is the
+    same function as two separate ones).
+    """
+
+    def __init__(self, base: Experts, rank: int, alpha: float):
+        super().__init__()
+        self.base_layer = base
+        self.scaling = alpha / rank
+        E, two_i, H = base.gate_up_proj.shape
+        I = two_i // 2
+        dev = base.gate_up_proj.device
+        for name, shape in (("gate", (I, H)), ("up", (I, H)), ("down", (H, I))):
+            out_f, in_f = shape
+            self.register_parameter(f"lora_A_{name}", nn.Parameter(torch.empty(E, rank, in_f, device=dev)))
+            self.register_parameter(f"lora_B_{name}", nn.Parameter(torch.empty(E, out_f, rank, device=dev)))
+
+    def forward(self, xs: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        dt, s, r = xs.dtype, self.scaling, self.lora_A_gate.shape[1]
+        gu = grouped_linear(xs, self.base_layer.gate_up_proj.to(dt), offs)
+        a = grouped_linear(xs, torch.cat([self.lora_A_gate, self.lora_A_up], 1).to(dt), offs)
+        g, u = gu.chunk(2, -1)
+        g = g + s * grouped_linear(a[:, :r].contiguous(), self.lora_B_gate.to(dt), offs)
+        u = u + s * grouped_linear(a[:, r:].contiguous(), self.lora_B_up.to(dt), offs)
+        h = torch.nn.functional.silu(g) * u
+        out = grouped_linear(h, self.base_layer.down_proj.to(dt), offs)
+        low = grouped_linear(h, self.lora_A_down.to(dt), offs)
+        return out + s * grouped_linear(low, self.lora_B_down.to(dt), offs)
 
 
 class LoRA:
@@ -22,9 +63,13 @@ class LoRA:
     lora = True
     param_dtype = torch.bfloat16  # frozen base weights
 
-    def __init__(self, rank: int = 16, alpha: int = 32, targets=None, experts: bool = True):
+    def __init__(self, rank: int = 16, alpha: int = 32, targets=None, experts="grouped"):
         if rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {rank}: try adapter.rank=16")
+        experts = {True: "grouped", False: "none"}.get(experts, experts)
+        if experts not in EXPERT_MODES:
+            raise ValueError(f"adapter.experts={experts!r} is not one of {', '.join(EXPERT_MODES)}: "
+                             "try adapter.experts=grouped")
         self.rank, self.alpha = rank, alpha
         self.targets = list(targets or DENSE_TARGETS)
         self.experts = experts
@@ -36,24 +81,23 @@ class LoRA:
         has_experts = any(n.endswith("experts.gate_up_proj") for n, _ in model.named_parameters())
         return LoraConfig(
             r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, target_modules=self.targets,
-            target_parameters=EXPERT_TARGETS if (self.experts and has_experts) else None,
+            target_parameters=EXPERT_TARGETS if (self.experts == "peft" and has_experts) else None,
         )
 
     def apply(self, model):
         from peft import inject_adapter_in_model
 
-        model = inject_adapter_in_model(self.config(model), model)
+        cfg = self.config(model)
+        dense_hit = any(n.rsplit(".", 1)[-1] in self.targets for n, _ in model.named_modules())
+        if dense_hit or cfg.target_parameters:
+            model = inject_adapter_in_model(cfg, model)
+        if self.experts == "grouped":
+            for parent in list(model.modules()):
+                if isinstance(getattr(parent, "experts", None), Experts):
+                    parent.experts = GroupedLoRAExperts(parent.experts, self.rank, self.alpha)
         for n, p in model.named_parameters():
             p.requires_grad_("lora_" in n)
         return model
-
-    def init_parameters(self, model):
-        """peft's default init: A ~ kaiming-uniform(a=sqrt(5)), B = 0."""
-        for n, p in model.named_parameters():
-            if "lora_A" in n:
-                torch.nn.init.kaiming_uniform_(p, a=math.sqrt(5))
-            elif "lora_B" in n:
-                torch.nn.init.zeros_(p)
 
     def counts(self, model) -> dict:
         adapter = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
@@ -65,6 +109,6 @@ class LoRA:
 def stepbench_register_adapters(register):
     register(
         "lora",
-        lambda cfg: LoRA(cfg.get("rank", 16), cfg.get("alpha", 32), cfg.get("targets"), cfg.get("experts", True)),
+        lambda cfg: LoRA(cfg.get("rank", 16), cfg.get("alpha", 32), cfg.get("targets"), cfg.get("experts", "grouped")),
         doc="LoRA via peft (r=16, alpha=32 by default), base weights frozen in bf16",
     )

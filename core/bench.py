@@ -140,16 +140,21 @@ def environment() -> dict:
         v = package_version(pkg)
         if v != "unknown":
             env[pkg] = v
-    env["git_commit"] = os.environ.get("STEPBENCH_GIT_COMMIT")  # for copies without .git (device runs)
+    env["git_commit"] = os.environ.get("STEPBENCH_GIT_COMMIT") or git_commit()  # device copies set it
+    return env
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout this runs from, ``-dirty`` when tracked files changed."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        if sha.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                   capture_output=True, text=True, timeout=10)
-            env["git_commit"] = sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except OSError:
-        pass
-    return env
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 # ----------------------------------------------------------------------------- one row
@@ -177,6 +182,13 @@ def measure(cfg, r: dict) -> dict:
     args, seq_len, task, mbs = r["args"], r["seq_len"], cfg.task.name, cfg.micro_batches
     predicted = predict_peak_gib(args, seq_len, getattr(adapter, "rank", None) if adapter.lora else None,
                                  cfg.ac.name, world, cfg.head_budget_mib)
+    profile = bool(cfg.get("memory_profile", False)) and ctx.device == "cuda"
+    if cfg.get("memory_profile", False) and not profile and rank == 0:
+        say("memory_profile=true needs CUDA: ignored on the CPU")
+    if profile:
+        from core import memprof
+
+        memprof.start()
     t0 = time.perf_counter()
     b = build(args, attention, ac, adapter, device, seed=cfg.seed, compile=cfg.compile,
               head_budget_mib=cfg.head_budget_mib)
@@ -215,6 +227,11 @@ def measure(cfg, r: dict) -> dict:
         for k, v in stats.items():
             samples[k].append(v)
     peak = torch.cuda.max_memory_reserved() / 2**30 if ctx.device == "cuda" else float("nan")
+    breakdown = None
+    if profile:
+        traced, breakdown = memprof.peak_breakdown(memprof.stop_and_snapshot())
+        if rank == 0:
+            say(memprof.format_breakdown(traced, breakdown))
     if world > 1 and ctx.device == "cuda":
         t = torch.tensor([peak], device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -242,6 +259,8 @@ def measure(cfg, r: dict) -> dict:
         "counts": counts, "samples": samples, "build_s": build_s,
         "peak_flops": hw["peak_flops"],
     }
+    if breakdown is not None:
+        row["memory_profile"] = breakdown  # timings of this row include the recording overhead
     return row
 
 

@@ -46,16 +46,22 @@ class GroupedLoRAExperts(nn.Module):
             self.register_parameter(f"lora_B_{name}", nn.Parameter(torch.empty(E, out_f, rank, device=dev)))
 
     def forward(self, xs: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-        dt, s, r = xs.dtype, self.scaling, self.lora_A_gate.shape[1]
+        dt, s = xs.dtype, self.scaling
         gu = grouped_linear(xs, self.base_layer.gate_up_proj.to(dt), offs)
-        a = grouped_linear(xs, torch.cat([self.lora_A_gate, self.lora_A_up], 1).to(dt), offs)
+        a = grouped_linear(xs, torch.cat([self.lora_A_gate, self.lora_A_up], 1).to(dt), offs)  # [N, 2r]
+        gu = gu + s * grouped_linear(a, self._gate_up_B(dt), offs)
         g, u = gu.chunk(2, -1)
-        g = g + s * grouped_linear(a[:, :r].contiguous(), self.lora_B_gate.to(dt), offs)
-        u = u + s * grouped_linear(a[:, r:].contiguous(), self.lora_B_up.to(dt), offs)
         h = torch.nn.functional.silu(g) * u
         out = grouped_linear(h, self.base_layer.down_proj.to(dt), offs)
         low = grouped_linear(h, self.lora_A_down.to(dt), offs)
         return out + s * grouped_linear(low, self.lora_B_down.to(dt), offs)
+
+    def _gate_up_B(self, dt) -> torch.Tensor:
+        """``[E, 2I, 2r]`` block-diagonal ``diag(B_gate, B_up)``: both B factors in one grouped
+        GEMM whose output adds to the fused gate/up output at once (the same function as two)."""
+        bg, bu = self.lora_B_gate.to(dt), self.lora_B_up.to(dt)
+        zg, zu = bg.new_zeros(bg.shape), bu.new_zeros(bu.shape)
+        return torch.cat([torch.cat([bg, zg], -1), torch.cat([zu, bu], -1)], 1)
 
 
 class LoRA:

@@ -66,9 +66,9 @@ def table_line(r: dict, base: dict | None) -> str:
 
 
 def latest_ok(rows: list[dict]) -> list[dict]:
-    """The newest successful row of each key, in the order keys first appeared."""
+    """The newest (by its ``time``) successful row of each key, in the order keys first appeared."""
     by_key: dict = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: str(r.get("time", ""))):
         if r.get("status") == "ok":
             by_key[row_key(r)] = r
     return list(by_key.values())

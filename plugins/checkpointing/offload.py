@@ -9,7 +9,8 @@ How: the block input goes to a pinned buffer on a device-to-host stream right af
 produced, overlapping the block's forward; in backward, fetching block i's input starts the
 host-to-device copy of block i-1's input on a second stream, overlapping block i's recompute and
 backward. Pinned buffers are allocated once (first step) and reused; streams are ordered with
-events, never with a host sync. On a CPU the same bookkeeping runs with plain copies.
+events, never with a host sync, and no device tensor uses ``record_stream`` (every device buffer
+belongs to the compute stream, which waits for the copies that touch it). On a CPU the same bookkeeping runs with plain copies.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ class _Stashed:
         x = self.gpu
         if self.h2d is not None:
             torch.cuda.current_stream().wait_event(self.h2d)
-            x.record_stream(torch.cuda.current_stream())
         if self.off.in_backward():
             self.off.prefetch(self.index - 1)
             self.gpu = None  # the recomputed block holds what it needs
@@ -113,24 +113,33 @@ class HostOffloader:
                     buf.copy_(x.detach(), non_blocking=True)
                     s.d2h = torch.cuda.Event()
                     s.d2h.record(self.d2h_stream)
-                x.record_stream(self.d2h_stream)
             else:
                 buf.copy_(x.detach())
             self.used.append([key, buf, None])
         return s
 
     def release(self, s: _Stashed):
-        """After the block's forward: drop the device copy of an offloaded input."""
+        """After the block's forward: drop the device copy of an offloaded input.
+
+        The compute stream first waits for the copy out (it started with the block, so this
+        costs nothing); freeing then needs no ``record_stream``, whose deferred frees pile up
+        while the host runs blocks ahead of the GPU."""
         if not s.keep:
+            if s.d2h is not None:
+                torch.cuda.current_stream().wait_event(s.d2h)
             s.gpu = None
 
     def fetch(self, s: _Stashed):
         if s.gpu is not None or s.host is None:
             return
         if self.cuda:
+            # Allocated from the compute stream's pool, written by the copy stream once the
+            # compute work queued so far is done (that memory may have been freed by it); the
+            # compute stream waits for the copy before use, so the block frees it like any other.
+            s.gpu = torch.empty(s.shape, dtype=s.dtype, device=s.device)
+            self.h2d_stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.h2d_stream):
                 self.h2d_stream.wait_event(s.d2h)
-                s.gpu = torch.empty(s.shape, dtype=s.dtype, device=s.device)
                 s.gpu.copy_(s.host, non_blocking=True)
                 s.h2d = torch.cuda.Event()
                 s.h2d.record(self.h2d_stream)

@@ -39,7 +39,8 @@ def test_tiny_forward_backward(dist_group, family, task):
 @pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 @pytest.mark.parametrize("ac,ac_cfg", [("recompute", {}), ("recompute", {"mode": "selective"}),
-                                       ("offload", {}), ("offload", {"mode": "selective"})])
+                                       ("offload", {}), ("offload", {"mode": "selective"}),
+                                       ("offload", {"mode": "attention"})])
 def test_strategy_equals_none(dist_group, family, adapter, ac, ac_cfg):
     args = FAMILIES[family]
     ref_loss, ref = grads_after_step(make(args, "none", adapter), args)
@@ -54,7 +55,8 @@ def test_strategy_equals_none(dist_group, family, adapter, ac, ac_cfg):
 @pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 @pytest.mark.parametrize("ac,ac_cfg", [("recompute", {}), ("recompute", {"mode": "selective"}),
-                                       ("offload", {}), ("offload", {"mode": "selective"})])
+                                       ("offload", {}), ("offload", {"mode": "selective"}),
+                                       ("offload", {"mode": "attention"})])
 def test_strategy_equals_none_cuda(dist_group, family, adapter, ac, ac_cfg):
     """On the GPU (side streams, pinned pool, grouped GEMM): the loss equal and every gradient
     within bf16 tolerance (scatter-add backward kernels use atomics, so not always bitwise)."""
@@ -78,6 +80,29 @@ def test_offload_uses_a_reused_host_pool(dist_group):
     info = b.ac.describe()
     # one buffer per offloaded block input (all blocks but the last), allocated once and reused
     assert info["host_offload_bytes"] == (args.n_layers - 1) * 128 * args.dim * 2  # bf16
+
+
+@pytest.mark.parametrize("mode,calls_per_layer", [("full", 2), ("attention", 1)])
+def test_offload_attention_mode_runs_attention_once(dist_group, mode, calls_per_layer):
+    """mode=attention: backward recomputes the block without the attention kernel, and the
+    kernel's saved tensors wait in host memory (more host bytes than block inputs alone)."""
+    from core.models.common import Attention
+
+    args = FAMILIES["qwen3"]
+    b = make(args, "offload", ac_cfg={"mode": mode})
+    calls = []
+    for m in b.model.modules():
+        if isinstance(m, Attention):
+            inner = m.backend.backend if mode == "attention" else m.backend
+            counting = lambda q, k, v, meta, f=inner: calls.append(1) or f(q, k, v, meta)  # noqa: E731
+            if mode == "attention":
+                m.backend.backend = counting
+            else:
+                m.backend = counting
+    grads_after_step(b, args)
+    assert len(calls) == calls_per_layer * args.n_layers * 2  # two micro-batches
+    block_inputs = (args.n_layers - 1) * 128 * args.dim * 2
+    assert (b.ac.describe()["host_offload_bytes"] > block_inputs) == (mode == "attention")
 
 
 def test_lora_only_adapters_train_and_step_changes_output(dist_group):

@@ -8,7 +8,16 @@ Everything else a block saves is recomputed in backward, as with ``recompute`` (
 How: the block input goes to a pinned buffer on a device-to-host stream right after it is
 produced, overlapping the block's forward; in backward, fetching block i's input starts the
 host-to-device copy of block i-1's input on a second stream, overlapping block i's recompute and
-backward. Pinned buffers are allocated once (first step) and reused; streams are ordered with
+backward.
+
+``mode: attention`` (the label "Offload (attention)") goes further: besides the block input, the
+tensors the attention kernel saves for its backward (q, k, v, output, log-sum-exp) go to pinned
+host memory too, and in backward the block is recomputed *without* attention: the attention
+output comes back from the host, and so do its saved tensors for the kernel's backward (fetched
+one block ahead). Speed of selective recompute, GPU memory of offload, host memory of about
+``layers * tokens * (2*q_dim + 2*kv_dim) * 2`` bytes more.
+
+Pinned buffers are allocated once (first step) and reused; streams are ordered with
 events, never with a host sync, and no device tensor uses ``record_stream`` (every device buffer
 belongs to the compute stream, which waits for the copies that touch it). On a CPU the same bookkeeping runs with plain copies.
 """
@@ -52,6 +61,8 @@ class _Stashed:
         if self.h2d is not None:
             torch.cuda.current_stream().wait_event(self.h2d)
         if self.off.in_backward():
+            self.off.recomputing = self.index
+            self.off.drop_attention(self.index + 1)  # that block's backward is done
             self.off.prefetch(self.index - 1)
             self.gpu = None  # the recomputed block holds what it needs
             if x.requires_grad != self.grad:  # recompute must save what the forward saved
@@ -70,17 +81,19 @@ class HostOffloader:
         self.free: dict[tuple, list] = {}
         self.used: list = []
         self.stash_list: list[_Stashed] = []
+        self.attn: dict[int, _AttnStash] = {}
+        self.recomputing = -1
         self.n_blocks = 0
         self.host_bytes = 0
 
     # -- per micro-batch
     def begin_step(self, n_blocks):
-        self.n_blocks, self.stash_list = n_blocks, []
+        self.n_blocks, self.stash_list, self.attn = n_blocks, [], {}
 
     def end_step(self):
         for key, buf, ev in self.used:
             self.free.setdefault(key, []).append((buf, ev))
-        self.used, self.stash_list = [], []
+        self.used, self.stash_list, self.attn = [], [], {}
 
     @staticmethod
     def in_backward() -> bool:
@@ -152,6 +165,136 @@ class HostOffloader:
     def prefetch(self, index: int):
         if 0 <= index < len(self.stash_list):
             self.fetch(self.stash_list[index])
+        self.fetch_attention(index)
+
+    # -- attention's saved tensors (mode: attention)
+    def current_block(self) -> int:
+        return len(self.stash_list) - 1 if not self.in_backward() else self.recomputing
+
+    def pack(self, t: torch.Tensor):
+        """saved_tensors_hooks pack: inside a kept block the tensor itself, else a host copy."""
+        i = len(self.stash_list) - 1
+        st = self.attn.setdefault(i, _AttnStash())
+        if i >= self.n_blocks - self.keep_last:
+            st.gpu.append(t)
+            return (i, len(st.gpu) - 1)
+        key, buf, last_h2d = self._buffer(t.shape, t.dtype)
+        if self.cuda:
+            self.d2h_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.d2h_stream):
+                if last_h2d is not None:
+                    self.d2h_stream.wait_event(last_h2d)
+                buf.copy_(t, non_blocking=True)
+                st.d2h = torch.cuda.Event()
+                st.d2h.record(self.d2h_stream)
+        else:
+            buf.copy_(t)
+        entry = [key, buf, None]
+        self.used.append(entry)
+        st.entries.append(entry)
+        st.host.append(buf)
+        st.gpu.append(t)  # until the copy is done (released with the block)
+        st.meta.append((t.requires_grad, t.dtype, t.shape))
+        return (i, len(st.host) - 1)
+
+    def unpack(self, handle) -> torch.Tensor:
+        i, j = handle
+        st = self.attn[i]
+        if not st.host:  # kept on the device
+            return st.gpu[j]
+        self.fetch_attention(i)
+        if st.h2d is not None:
+            torch.cuda.current_stream().wait_event(st.h2d)
+        return st.back[j]
+
+    def drop_attention(self, i: int):
+        st = self.attn.get(i)
+        if st is not None:
+            st.back, st.gpu, st.done = [], [], True
+
+    def release_attention(self, i: int):
+        st = self.attn.get(i)
+        if st is None or not st.host:
+            return
+        if st.d2h is not None:
+            torch.cuda.current_stream().wait_event(st.d2h)
+        st.gpu = []
+
+    def fetch_attention(self, i: int):
+        st = self.attn.get(i)
+        if st is None or not st.host or st.back is not None or st.done:
+            return
+        if self.cuda:
+            st.back = [torch.empty(shape, dtype=dt, device="cuda") for _, dt, shape in st.meta]
+            self.h2d_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.h2d_stream):
+                self.h2d_stream.wait_event(st.d2h)
+                for dst, src in zip(st.back, st.host):
+                    dst.copy_(src, non_blocking=True)
+                st.h2d = torch.cuda.Event()
+                st.h2d.record(self.h2d_stream)
+            for e in st.entries:
+                e[2] = st.h2d
+        else:
+            st.back = [h.clone() for h in st.host]
+        st.back = [b.requires_grad_(rg) if rg else b for b, (rg, _, _) in zip(st.back, st.meta)]
+
+    def attention_output(self, i: int, out_grad: bool) -> torch.Tensor:
+        """In the recompute of block ``i``: its attention output, from the saved tensors."""
+        st = self.attn[i]
+        if not st.host:
+            out = st.gpu[st.out_index]
+        else:
+            self.fetch_attention(i)
+            if st.h2d is not None:
+                torch.cuda.current_stream().wait_event(st.h2d)
+            out = st.back[st.out_index]
+        return out.detach().requires_grad_(out_grad)
+
+
+class _AttnStash:
+    """Attention's saved tensors of one block: host copies, their events, device copies back."""
+
+    __slots__ = ("host", "gpu", "back", "meta", "entries", "d2h", "h2d", "out_index", "out_grad", "done")
+
+    def __init__(self):
+        self.host, self.gpu, self.meta, self.entries = [], [], [], []
+        self.back = self.d2h = self.h2d = None
+        self.out_index, self.out_grad, self.done = None, False, False
+
+
+class HostAttention:
+    """Wraps a bound attention backend for ``mode: attention``.
+
+    Forward: runs the kernel with its saved tensors packed to the host, and marks which saved
+    tensor is the output (the output itself is stashed when the kernel saves a different tensor).
+    Recompute in backward: returns the output from there instead of running the kernel.
+    """
+
+    def __init__(self, backend, off: HostOffloader):
+        self.backend, self.off = backend, off
+        self.provider = getattr(backend, "provider", None)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    @torch.compiler.disable
+    def __call__(self, q, k, v, meta):
+        off = self.off
+        i = off.current_block()
+        if off.in_backward():
+            st = off.attn[i]
+            return off.attention_output(i, st.out_grad)
+        with torch.autograd.graph.saved_tensors_hooks(off.pack, off.unpack):
+            out = self.backend(q, k, v, meta)
+        st = off.attn.setdefault(i, _AttnStash())
+        saved = st.gpu
+        idx = next((n for n, t in enumerate(saved) if t.data_ptr() == out.data_ptr() and t.shape == out.shape
+                    and t.stride() == out.stride() and t.dtype == out.dtype), None)
+        if idx is None:  # the kernel saved no tensor that is its returned output: stash that too
+            _, idx = off.pack(out.detach())
+        st.out_index, st.out_grad = idx, out.requires_grad
+        return out
 
 
 def _call_block(block, stashed: _Stashed, rope, meta):
@@ -162,7 +305,10 @@ class Offload:
     name = "offload"
 
     def __init__(self, mode: str = "full", save=("attention",), keep_last: int = 1):
-        self.recompute = Recompute(mode, save)
+        if mode not in ("full", "selective", "attention"):
+            raise ValueError(f"offload mode '{mode}' is unknown: use ac.mode=full, selective or attention")
+        self.mode = mode
+        self.recompute = Recompute("full" if mode == "attention" else mode, save)
         self.off = HostOffloader(keep_last)
         self.model = None
 
@@ -170,11 +316,18 @@ class Offload:
         s = self.off.stash(x)
         y = self.recompute.checkpoint_block(_call_block, block, s, rope, meta)
         self.off.release(s)
+        self.off.release_attention(s.index)
         return y
 
     def apply(self, model):
+        from core.models.common import Attention
+
         self.model = model
         model.block_runner = self.run
+        if self.mode == "attention":
+            for m in model.modules():
+                if isinstance(m, Attention):
+                    m.backend = HostAttention(m.backend, self.off)
 
     @contextlib.contextmanager
     def step_context(self):
@@ -186,8 +339,9 @@ class Offload:
 
     def describe(self) -> dict:
         return {
-            "ac": "offload", "ac_mode": self.recompute.mode,
-            "saved": f"block inputs in pinned host memory (all but the last {self.off.keep_last})",
+            "ac": "offload", "ac_mode": self.mode,
+            "saved": f"block inputs{' and attention saved tensors' if self.mode == 'attention' else ''} "
+                     f"in pinned host memory (all but the last {self.off.keep_last} block)",
             "host_offload_gib": round(self.off.host_bytes / 2**30, 3),
             "host_offload_bytes": self.off.host_bytes,
         }

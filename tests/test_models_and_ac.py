@@ -8,6 +8,9 @@ from core.plugins import registry
 from core.trainer import build, make_batches
 
 FAMILIES = {"qwen3": QWEN3["tiny"], "qwen3_moe": QWEN3_MOE["tiny"], "glm4_moe": GLM4_MOE["tiny"]}
+#: every activation strategy (and mode) compared with ``none``
+STRATEGIES = [("recompute", {}), ("recompute", {"mode": "selective"}), ("offload", {}),
+              ("offload", {"mode": "selective"}), ("offload", {"mode": "attention"})]
 
 
 def make(args, ac="none", adapter="full", ac_cfg=None, seed=0, device="cpu"):
@@ -38,9 +41,7 @@ def test_tiny_forward_backward(dist_group, family, task):
 
 @pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
-@pytest.mark.parametrize("ac,ac_cfg", [("recompute", {}), ("recompute", {"mode": "selective"}),
-                                       ("offload", {}), ("offload", {"mode": "selective"}),
-                                       ("offload", {"mode": "attention"})])
+@pytest.mark.parametrize("ac,ac_cfg", STRATEGIES, ids=lambda v: v.get("mode", "full") if isinstance(v, dict) else v)
 def test_strategy_equals_none(dist_group, family, adapter, ac, ac_cfg):
     args = FAMILIES[family]
     ref_loss, ref = grads_after_step(make(args, "none", adapter), args)
@@ -54,9 +55,7 @@ def test_strategy_equals_none(dist_group, family, adapter, ac, ac_cfg):
 @pytest.mark.gpu
 @pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
-@pytest.mark.parametrize("ac,ac_cfg", [("recompute", {}), ("recompute", {"mode": "selective"}),
-                                       ("offload", {}), ("offload", {"mode": "selective"}),
-                                       ("offload", {"mode": "attention"})])
+@pytest.mark.parametrize("ac,ac_cfg", STRATEGIES, ids=lambda v: v.get("mode", "full") if isinstance(v, dict) else v)
 def test_strategy_equals_none_cuda(dist_group, family, adapter, ac, ac_cfg):
     """On the GPU (side streams, pinned pool, grouped GEMM): the loss equal and every gradient
     within bf16 tolerance (scatter-add backward kernels use atomics, so not always bitwise)."""

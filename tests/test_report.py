@@ -39,3 +39,32 @@ def test_report_cli_writes_markdown_and_baseline(tmp_path):
     main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", str(base), "--no-plots"])
     md = (tmp_path / "B.md").read_text()
     assert "## INTELLECT-3" in md and "OOM: boom" in md and "Against prime-rl" in md
+
+
+def h100_row(published, ac, attn):
+    return next(r for r in published if r["hardware_label"] == "1xH100 HBM3" and r["model"] == "Qwen3-0.6B"
+                and r["type"] == "RL LoRA(r=16)" and r["seq_len"] == 65536 and (r["ac"], r["attn"]) == (ac, attn))
+
+
+def test_best_at_no_more_memory_skips_rows_that_need_more():
+    from core.report import best_at_no_more_memory
+
+    published, _, _ = parse_published()
+    pub = h100_row(published, "Offload", "FA3")  # 9.66k, 7.9 GiB
+    fast_but_big = dict(pub, ac="Recompute (selective)", tps=pub["tps"] * 3, peak_mem_gib=pub["peak_mem_gib"] + 1)
+    lean = dict(pub, ac="Offload (attention)", tps=pub["tps"] * 1.5, peak_mem_gib=pub["peak_mem_gib"] - 0.5)
+    text = best_at_no_more_memory([fast_but_big, lean], published)
+    line = next(ln for ln in text.splitlines() if "| Offload, FA3 |" in ln and "| 65536 |" in ln)
+    assert "Offload (attention), FA3" in line and line.endswith("| 1.50x |")
+    # the published recompute row allows more memory (11.5 GiB), so the faster row wins there
+    line = next(ln for ln in text.splitlines() if "| Recompute, FA3 |" in ln and "| 65536 |" in ln)
+    assert "Recompute (selective), FA3" in line
+
+
+def test_newest_row_by_time_wins():
+    from core.report import latest_ok
+
+    published, _, _ = parse_published()
+    old = dict(published[0], time="2026-01-02T00:00:00+00:00", tps=1.0)
+    new = dict(published[0], time="2026-03-01T00:00:00+00:00", tps=2.0)
+    assert [r["tps"] for r in latest_ok([new, old])] == [2.0]

@@ -40,7 +40,8 @@ def say(msg: str) -> None:
 
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".strip()
+    first = text.splitlines()[0] if text else ""
+    return first if isinstance(e, UserError) else f"{type(e).__name__}: {first}".strip()
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -183,9 +184,12 @@ def measure(cfg, r: dict) -> dict:
         device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.reset_peak_memory_stats()
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
-    attention = r["attn"].factory(plain(cfg.attn))
-    ac = r["ac"].factory(plain(cfg.ac))
-    adapter = r["adapter"].factory(plain(cfg.adapter))
+    try:  # a plugin that rejects its options says what to type instead
+        attention = r["attn"].factory(plain(cfg.attn))
+        ac = r["ac"].factory(plain(cfg.ac))
+        adapter = r["adapter"].factory(plain(cfg.adapter))
+    except ValueError as e:
+        raise UserError(str(e)) from e
     labels = row_labels(cfg, r, adapter.label, world)
     args, seq_len, task, mbs = r["args"], r["seq_len"], cfg.task.name, cfg.micro_batches
     predicted = predict_peak_gib(args, seq_len, getattr(adapter, "rank", None) if adapter.lora else None,
@@ -309,8 +313,9 @@ def run_row(cfg) -> int:
     try:
         row = {**base, **measure(cfg, r), "env": environment()}
     except Exception as e:  # a failed row keeps the first line of its error
-        status = 1
-        traceback.print_exc()
+        status = 2 if isinstance(e, UserError) else 1
+        if status == 1:
+            traceback.print_exc()
         labels = row_labels(cfg, r, config_adapter_label(cfg), world)
         row = {**base, **labels, "status": "failed", "error": first_line(e), "env": environment()}
     if rank == 0:

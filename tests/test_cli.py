@@ -58,6 +58,20 @@ def test_bad_input_one_line_exit_2(args, expect):
     assert len(lines) == 1 and expect in lines[0], p.stderr
 
 
+@pytest.mark.parametrize("args,expect", [
+    (["+ac=offload", "ac.mode=bogus"], "offload mode 'bogus' is unknown: use ac.mode=full, selective or attention"),
+    (["model=qwen3_moe_tiny", "adapter=lora", "adapter.experts=fused"], "try adapter.experts=grouped"),
+])
+def test_bad_plugin_option_one_line_exit_2(tmp_path, args, expect):
+    """A plugin that rejects its options: exit 2, a failed row with that one line, no traceback."""
+    p = run(*args, "device=cpu", "steps=2", "seq_len=256", f"results={tmp_path / 'r.jsonl'}")
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    assert p.stdout.strip().splitlines()[-1].endswith(expect), p.stdout
+    row = json.loads((tmp_path / "r.jsonl").read_text())
+    assert row["status"] == "failed" and row["error"].endswith(expect)
+
+
 def test_default_run_on_cpu_says_so_and_writes_a_row(tmp_path):
     if __import__("torch").cuda.is_available():
         pytest.skip("the CPU default applies without a GPU")

@@ -116,5 +116,6 @@ def stepbench_register_adapters(register):
     register(
         "lora",
         lambda cfg: LoRA(cfg.get("rank", 16), cfg.get("alpha", 32), cfg.get("targets"), cfg.get("experts", "grouped")),
-        doc="LoRA via peft (r=16, alpha=32 by default), base weights frozen in bf16",
+        doc="LoRA (r=16, alpha=32 by default): peft on dense projections, grouped per-expert LoRA on "
+            "routed experts (adapter.experts=grouped|peft|none); base weights frozen in bf16",
     )

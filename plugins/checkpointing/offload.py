@@ -352,5 +352,6 @@ def stepbench_register_checkpointing(register):
     register(
         "offload",
         lambda cfg: Offload(cfg.get("mode", "full"), cfg.get("save", ["attention"]), cfg.get("keep_last", 1)),
-        doc="recompute blocks; their inputs wait in pinned host memory, copies overlapped on side streams",
+        doc="recompute blocks; their inputs wait in pinned host memory, copies overlapped on side streams; "
+            "ac.mode=attention (+ac=offload_attention) also keeps attention's saved tensors there",
     )

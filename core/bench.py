@@ -50,6 +50,7 @@ def resolve(cfg, world: int = 1) -> dict:
     import torch
 
     from core import hardware
+    from core.memory import host_available_gib
     from core.plugins import PluginError, RunContext, registry
 
     reg = registry()
@@ -98,8 +99,25 @@ def resolve(cfg, world: int = 1) -> dict:
     except ValueError as e:
         raise UserError(str(e)) from None
     args = fam.flavours[flavour]
+    host = predicted_host_gib(cfg, args, seq_len)
+    limit = cfg.get("max_host_gib") or host_available_gib()
+    if host and limit and host > limit:
+        raise UserError(f"offload would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
+                        f"try +ac=offload (block inputs only) or a shorter seq_len")
     return dict(ctx=ctx, args=args, family=family, flavour=flavour, seq_len=seq_len, attn=attn_e,
-                ac=ac_e, adapter=ad_e, hw=hw, notes=notes)
+                ac=ac_e, adapter=ad_e, hw=hw, notes=notes, host_gib=host)
+
+
+def predicted_host_gib(cfg, args, seq_len: int) -> float:
+    """Pinned host memory the row's activation strategy will use (0 without offload)."""
+    import importlib.util
+
+    from core.memory import predict_host_gib
+
+    # torch's vendored FA2 (used when the flash_attn package is absent) needs K/V repeated
+    repeated = cfg.attn.name == "fa2" and importlib.util.find_spec("flash_attn") is None
+    return predict_host_gib(args, seq_len, cfg.ac.name, cfg.ac.get("mode", "full"), cfg.ac.get("keep_last", 1),
+                            kv_repeated=repeated)
 
 
 def config_adapter_label(cfg) -> str:
@@ -269,6 +287,7 @@ def measure(cfg, r: dict) -> dict:
         "status": "ok", "error": None,
         "mfu": flops.mfu(fpt, tps, hw["peak_flops"], world),
         "tps": tps, "step_time": step_time, "peak_mem_gib": peak, "predicted_mem_gib": predicted,
+        "predicted_host_gib": r.get("host_gib", 0.0),
         "model_tflops": (mm_u + at_u) / step_time / 1e12,
         "hw_tflops": executed / step_time / 1e12,
         "roofline_frac": roofline_s / step_time,

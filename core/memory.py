@@ -59,3 +59,32 @@ def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str,
         saved = a.n_layers * 2 * T * h
     head = head_budget_mib * 2**20 * 1.5 + T * h * 4 * 2
     return (states + 3 * block_unsharded + saved + live_block + head) / GIB * 1.1 + 1.0
+
+
+def predict_host_gib(a: ModelArgs, seq_len: int, ac: str, mode: str = "full", keep_last: int = 1,
+                     kv_repeated: bool = False) -> float:
+    """Pinned host memory (GiB) that ``offload`` uses: the bf16 input of every block but the last
+    ``keep_last``, and with ``mode: attention`` also what the attention kernel saves (q, k, v and
+    the output in bf16, the fp32 log-sum-exp; K/V at full head count where the kernel needs them
+    repeated). Exact for the kernels measured (FA3), not an estimate of fragmentation."""
+    if ac != "offload":
+        return 0.0
+    blocks = max(a.n_layers - keep_last, 0)
+    per_token = 2 * a.dim
+    if mode == "attention":
+        q = a.n_heads * a.head_dim
+        kv = (a.n_heads if kv_repeated else a.n_kv_heads) * a.head_dim
+        per_token += 2 * (2 * q + 2 * kv) + 4 * a.n_heads
+    return blocks * seq_len * per_token / GIB
+
+
+def host_available_gib() -> float | None:
+    """MemAvailable of this machine (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / GIB
+    except OSError:
+        return None
+    return None

@@ -50,6 +50,7 @@ def run(*args, env=None):
     (["seq_len=0"], "seq_len must be a positive multiple of 128"),
     (["+attn=fa3", "device=cpu"], "attn 'fa3' cannot run here"),
     (["+attn=cudnn", "device=cpu"], "attn 'cudnn' cannot run here: needs a CUDA GPU"),
+    (["+ac=offload_attention", "max_host_gib=0.0001", "device=cpu"], "GiB is available: try +ac=offload"),
 ])
 def test_bad_input_one_line_exit_2(args, expect):
     p = run(*args)

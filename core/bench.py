@@ -102,8 +102,9 @@ def resolve(cfg, world: int = 1) -> dict:
     host = predicted_host_gib(cfg, args, seq_len)
     limit = cfg.get("max_host_gib") or host_available_gib()
     if host and limit and host > limit:
+        instead = "+ac=offload (block inputs only)" if cfg.ac.get("mode") == "attention" else "+ac=recompute"
         raise UserError(f"offload would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
-                        f"try +ac=offload (block inputs only) or a shorter seq_len")
+                        f"try {instead} or a shorter seq_len")
     return dict(ctx=ctx, args=args, family=family, flavour=flavour, seq_len=seq_len, attn=attn_e,
                 ac=ac_e, adapter=ad_e, hw=hw, notes=notes, host_gib=host)
 

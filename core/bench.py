@@ -343,6 +343,7 @@ def run_row(cfg) -> int:
         notify_row(row)
         print(format_row(row), flush=True)
     if dist.is_initialized():
+        dist.barrier()  # rank 0 has written the row; no rank tears down while another works
         dist.destroy_process_group()
     return status
 
@@ -464,6 +465,10 @@ def _hydra_task(cfg) -> None:
         sweep_row(cfg, list(hc.overrides.task))
         return
     status = run_row(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker: the row is written
+        from core.trainer import exit_now
+
+        exit_now(status)
     if status:
         sys.exit(status)
 

@@ -6,6 +6,7 @@ Read ``build`` top to bottom: it is the one place where plugins are applied.
 from __future__ import annotations
 
 import os
+import sys
 import zlib
 from dataclasses import dataclass
 
@@ -41,6 +42,16 @@ def init_distributed(device_type: str) -> tuple[int, int]:
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return dist.get_rank(), dist.get_world_size()
+
+
+def exit_now(status: int) -> None:
+    """End a torchrun worker without interpreter teardown: gloo's worker threads can still hold
+    finished async work (FSDP2's collectives) whose tensors then die during finalization and abort
+    the process (pytorch/pytorch#179291). Call it after the process group is destroyed and the
+    results are written."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 # ------------------------------------------------------------------ composition steps

@@ -48,9 +48,9 @@ def stepbench_register_adapters(register):
     An adapter factory returns an object with ``apply(model) -> model`` (called on the meta
     device, before attention binding and checkpointing; adapter weights are named ``*lora_A*`` /
     ``*lora_B*``, which the trainer initializes by name, A uniform and B zero, identically under
-    any sharding), ``param_dtype`` (dtype of frozen weights) and ``counts(model) -> dict`` with ``trainable``, ``adapter`` (LoRA A/B
-    parameters) and ``fully_trainable`` (trainable, not adapter) parameter counts, used by the MFU
-    formula. ``label`` is the Type column text ("Full", "LoRA(r=16)").
+    any sharding), ``param_dtype`` (dtype of frozen weights) and ``counts(model) -> dict`` with
+    ``trainable``, ``adapter`` (LoRA A/B parameters) and ``fully_trainable`` (trainable, not
+    adapter) parameter counts, used by the MFU formula. ``label`` is the Type column text ("Full", "LoRA(r=16)").
     """
 
 

@@ -7,7 +7,7 @@ prime-rl adapts them), computed as grouped GEMMs next to the frozen base GEMM:
 backward pass never forms a gradient of the frozen ``[E, out, in]`` weights.
 ``adapter.experts=peft`` uses peft's parameter-targeting LoRA (``target_parameters``) instead,
 which adds ``B @ A`` to the fused expert weights in every forward and therefore computes the full
-expert weight gradient in backward (kept for comparison); ``adapter.experts=false`` leaves the
+expert weight gradient in backward (kept for comparison); ``adapter.experts=none`` leaves the
 experts frozen. Base weights are frozen in bf16; adapter weights are fp32 masters (computed in
 bf16 under FSDP2 mixed precision).
 """

@@ -17,9 +17,10 @@ output comes back from the host, and so do its saved tensors for the kernel's ba
 one block ahead). Speed of selective recompute, GPU memory of offload, host memory of about
 ``layers * tokens * (2*q_dim + 2*kv_dim) * 2`` bytes more.
 
-Pinned buffers are allocated once (first step) and reused; streams are ordered with
-events, never with a host sync, and no device tensor uses ``record_stream`` (every device buffer
-belongs to the compute stream, which waits for the copies that touch it). On a CPU the same bookkeeping runs with plain copies.
+Pinned buffers are allocated once (first step) and reused; streams are ordered with events,
+never with a host sync, and no device tensor uses ``record_stream`` (every device buffer belongs
+to the compute stream, which waits for the copies that touch it). On a CPU the same bookkeeping
+runs with plain copies.
 """
 
 from __future__ import annotations

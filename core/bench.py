@@ -111,12 +111,10 @@ def resolve(cfg, world: int = 1) -> dict:
 
 def predicted_host_gib(cfg, args, seq_len: int) -> float:
     """Pinned host memory the row's activation strategy will use (0 without offload)."""
-    import importlib.util
-
     from core.memory import predict_host_gib
+    from plugins.attention.fa2 import repeats_kv
 
-    # torch's vendored FA2 (used when the flash_attn package is absent) needs K/V repeated
-    repeated = cfg.attn.name == "fa2" and importlib.util.find_spec("flash_attn") is None
+    repeated = cfg.attn.name == "fa2" and repeats_kv()
     return predict_host_gib(args, seq_len, cfg.ac.name, cfg.ac.get("mode", "full"), cfg.ac.get("keep_last", 1),
                             kv_repeated=repeated)
 
@@ -240,13 +238,14 @@ def measure(cfg, r: dict) -> dict:
         sync()
         if world > 1:
             dist.barrier()
-        prof = kernel_profiler() if ops_profile and step == cfg.steps - 1 else contextlib.nullcontext()
+        profiled_step = ops_profile and step == cfg.steps - 1
+        prof = kernel_profiler() if profiled_step else contextlib.nullcontext()
         t = time.perf_counter()
         with prof:
             out = train_step(b, batches, task)
             sync()
         dt = time.perf_counter() - t
-        if ops_profile and step == cfg.steps - 1 and rank == 0:
+        if profiled_step and rank == 0:
             ops_table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=25)
             say("time by operator, last step (self device time):\n" + ops_table)
         gn = out["grad_norm"]
@@ -299,9 +298,9 @@ def measure(cfg, r: dict) -> dict:
         "peak_flops": hw["peak_flops"],
     }
     if breakdown is not None:
-        row["memory_profile"] = breakdown  # timings of this row include the recording overhead
-    if ops_profile:
-        row["memory_profile"] = row.get("memory_profile") or "ops_profile"  # profiled: not for the report
+        row["memory_profile"] = breakdown
+    if profile or ops_profile:  # timings include the recording overhead: not for the report
+        row["profiled"] = [k for k, on in (("memory", profile), ("ops", ops_profile)) if on]
     return row
 
 
@@ -386,7 +385,8 @@ def sweep_row(cfg, overrides: list[str], total: int | None = None) -> int:
         _SWEEP["start"] = time.time()
     n = sum(_SWEEP[k] for k in ("done", "failed", "skipped")) + 1
     elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - _SWEEP["start"]))
-    say(f"[row {n}{'/' + str(total) if total else ''}] {' '.join(overrides)}  (done {_SWEEP['done']}, failed {_SWEEP['failed']}, "
+    of = f"/{total}" if total else ""
+    say(f"[row {n}{of}] {' '.join(overrides)}  (done {_SWEEP['done']}, failed {_SWEEP['failed']}, "
         f"skipped {_SWEEP['skipped']}, {elapsed} elapsed)")
     base = {"id": uuid.uuid4().hex, "schema": 1, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "tag": cfg.tag, "overrides": overrides}

@@ -5,7 +5,7 @@ torch's allocator records every allocation and free with its Python stack
 memory was allocated and groups the blocks alive then by where they were allocated (the innermost
 stepbench frame, and the innermost frame outside it). Allocations made by the autograd engine in
 backward carry the stack of the ``backward()`` call. Recording slows the step: rows measured
-with it say so (``memory_profile`` in the row) and are for reading, not for comparing speed.
+with it say so (``profiled`` in the row) and are for reading, not for comparing speed.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def peak_breakdown(snapshot: dict, top: int = 12) -> tuple[int, list[dict]]:
             total += e["size"]
             if total > peak:
                 peak, at_peak = total, dict(live)
-        elif action in ("free_completed",) and e["addr"] in live:
+        elif action == "free_completed" and e["addr"] in live:
             total -= live.pop(e["addr"])[0]
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for size, label in at_peak.values():

@@ -229,7 +229,7 @@ def main(argv=None):
     ap.add_argument("--no-plots", action="store_true")
     a = ap.parse_args(argv)
     all_rows = load_rows(*a.results)
-    all_rows = [r for r in all_rows if "memory_profile" not in r]  # traced rows are slowed by tracing
+    all_rows = [r for r in all_rows if not r.get("profiled") and "memory_profile" not in r]  # slowed by tracing
     rows = [r for r in latest_ok(all_rows) if "type" in r and "mfu" in r]
     ok_keys = {row_key(r) for r in rows}
     failed = [r for r in all_rows if r.get("status") == "failed" and row_key(r) not in ok_keys and r.get("type")]

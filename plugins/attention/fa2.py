@@ -54,6 +54,18 @@ class FA2Torch:
         return self.fn(q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, **kw)
 
 
+def repeats_kv() -> bool:
+    """Whether the fa2 backend built here repeats K/V to the query heads (its kernel then saves
+    them at that size for backward): torch's vendored FA2 without ``enable_gqa``."""
+    if has_module("flash_attn"):
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return False
+    return "enable_gqa" not in inspect.signature(varlen_attn).parameters
+
+
 def make(cfg):
     return FA2Package() if has_module("flash_attn") else FA2Torch()
 

@@ -36,12 +36,12 @@ from plugins.checkpointing.recompute import Recompute
 class _Stashed:
     """One offloaded block input: a host buffer, its copy events, the GPU tensor when resident."""
 
-    __slots__ = ("off", "index", "gpu", "host", "d2h", "h2d", "shape", "dtype", "device", "keep", "grad")
+    __slots__ = ("off", "index", "gpu", "host", "entry", "d2h", "h2d", "shape", "dtype", "device", "keep", "grad")
 
     def __init__(self, off, index, x, keep):
         self.off, self.index, self.gpu, self.keep = off, index, x, keep
         self.grad = x.requires_grad
-        self.host = self.d2h = self.h2d = None
+        self.host = self.entry = self.d2h = self.h2d = None
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
 
     def get(self) -> torch.Tensor:
@@ -112,24 +112,54 @@ class HostOffloader:
         return key, buf, ev
 
     # -- copies
+    def _to_host(self, t: torch.Tensor):
+        """Copy ``t`` into a pooled pinned buffer on the device-to-host stream (after the compute
+        queued so far, and after the buffer's last copy back). Returns the buffer's pool entry
+        ``[key, buffer, last copy-back event]`` and the copy's event (None on a CPU)."""
+        key, buf, last_h2d = self._buffer(t.shape, t.dtype)
+        ev = None
+        if self.cuda:
+            self.d2h_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.d2h_stream):
+                if last_h2d is not None:
+                    self.d2h_stream.wait_event(last_h2d)
+                buf.copy_(t, non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record(self.d2h_stream)
+        else:
+            buf.copy_(t)
+        entry = [key, buf, None]
+        self.used.append(entry)
+        return entry, ev
+
+    def _to_device(self, hosts: list, d2h, device, entries: list):
+        """Copy pinned buffers back on the host-to-device stream; returns the device tensors and
+        the copy's event (None on a CPU), which the buffers' pool entries remember.
+
+        The device tensors are allocated from the compute stream's pool and written once the
+        compute work queued so far is done (that memory may have been freed by it); the compute
+        stream waits for the copy before use, so they are freed like any other tensor."""
+        if not self.cuda:
+            return [h.clone() for h in hosts], None
+        gpus = [torch.empty(h.shape, dtype=h.dtype, device=device) for h in hosts]
+        self.h2d_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.h2d_stream):
+            self.h2d_stream.wait_event(d2h)
+            for g, h in zip(gpus, hosts):
+                g.copy_(h, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(self.h2d_stream)
+        for e in entries:
+            e[2] = ev
+        return gpus, ev
+
     def stash(self, x: torch.Tensor) -> _Stashed:
         i = len(self.stash_list)
         s = _Stashed(self, i, x, keep=i >= self.n_blocks - self.keep_last)
         self.stash_list.append(s)
         if not s.keep:
-            key, buf, last_h2d = self._buffer(x.shape, x.dtype)
-            s.host = buf
-            if self.cuda:
-                self.d2h_stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(self.d2h_stream):
-                    if last_h2d is not None:
-                        self.d2h_stream.wait_event(last_h2d)
-                    buf.copy_(x.detach(), non_blocking=True)
-                    s.d2h = torch.cuda.Event()
-                    s.d2h.record(self.d2h_stream)
-            else:
-                buf.copy_(x.detach())
-            self.used.append([key, buf, None])
+            s.entry, s.d2h = self._to_host(x.detach())
+            s.host = s.entry[1]
         return s
 
     def release(self, s: _Stashed):
@@ -146,22 +176,7 @@ class HostOffloader:
     def fetch(self, s: _Stashed):
         if s.gpu is not None or s.host is None:
             return
-        if self.cuda:
-            # Allocated from the compute stream's pool, written by the copy stream once the
-            # compute work queued so far is done (that memory may have been freed by it); the
-            # compute stream waits for the copy before use, so the block frees it like any other.
-            s.gpu = torch.empty(s.shape, dtype=s.dtype, device=s.device)
-            self.h2d_stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.h2d_stream):
-                self.h2d_stream.wait_event(s.d2h)
-                s.gpu.copy_(s.host, non_blocking=True)
-                s.h2d = torch.cuda.Event()
-                s.h2d.record(self.h2d_stream)
-            for u in self.used:
-                if u[1] is s.host:
-                    u[2] = s.h2d
-        else:
-            s.gpu = s.host.clone()
+        (s.gpu,), s.h2d = self._to_device([s.host], s.d2h, s.device, [s.entry])
 
     def prefetch(self, index: int):
         if 0 <= index < len(self.stash_list):
@@ -174,28 +189,17 @@ class HostOffloader:
 
     def pack(self, t: torch.Tensor):
         """saved_tensors_hooks pack: inside a kept block the tensor itself, else a host copy."""
-        i = len(self.stash_list) - 1
+        i = self.current_block()
         st = self.attn.setdefault(i, _AttnStash())
         if i >= self.n_blocks - self.keep_last:
             st.gpu.append(t)
             return (i, len(st.gpu) - 1)
-        key, buf, last_h2d = self._buffer(t.shape, t.dtype)
-        if self.cuda:
-            self.d2h_stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.d2h_stream):
-                if last_h2d is not None:
-                    self.d2h_stream.wait_event(last_h2d)
-                buf.copy_(t, non_blocking=True)
-                st.d2h = torch.cuda.Event()
-                st.d2h.record(self.d2h_stream)
-        else:
-            buf.copy_(t)
-        entry = [key, buf, None]
-        self.used.append(entry)
+        entry, st.d2h = self._to_host(t)
         st.entries.append(entry)
-        st.host.append(buf)
+        st.host.append(entry[1])
         st.gpu.append(t)  # until the copy is done (released with the block)
-        st.meta.append((t.requires_grad, t.dtype, t.shape))
+        st.grads.append(t.requires_grad)
+        st.device = t.device
         return (i, len(st.host) - 1)
 
     def unpack(self, handle) -> torch.Tensor:
@@ -225,20 +229,8 @@ class HostOffloader:
         st = self.attn.get(i)
         if st is None or not st.host or st.back is not None or st.done:
             return
-        if self.cuda:
-            st.back = [torch.empty(shape, dtype=dt, device="cuda") for _, dt, shape in st.meta]
-            self.h2d_stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.h2d_stream):
-                self.h2d_stream.wait_event(st.d2h)
-                for dst, src in zip(st.back, st.host):
-                    dst.copy_(src, non_blocking=True)
-                st.h2d = torch.cuda.Event()
-                st.h2d.record(self.h2d_stream)
-            for e in st.entries:
-                e[2] = st.h2d
-        else:
-            st.back = [h.clone() for h in st.host]
-        st.back = [b.requires_grad_(rg) if rg else b for b, (rg, _, _) in zip(st.back, st.meta)]
+        back, st.h2d = self._to_device(st.host, st.d2h, st.device, st.entries)
+        st.back = [b.requires_grad_(rg) if rg else b for b, rg in zip(back, st.grads)]
 
     def attention_output(self, i: int, out_grad: bool) -> torch.Tensor:
         """In the recompute of block ``i``: its attention output, from the saved tensors."""
@@ -256,11 +248,12 @@ class HostOffloader:
 class _AttnStash:
     """Attention's saved tensors of one block: host copies, their events, device copies back."""
 
-    __slots__ = ("host", "gpu", "back", "meta", "entries", "d2h", "h2d", "out_index", "out_grad", "done")
+    __slots__ = ("host", "gpu", "back", "grads", "device", "entries", "d2h", "h2d", "out_index", "out_grad",
+                 "done")
 
     def __init__(self):
-        self.host, self.gpu, self.meta, self.entries = [], [], [], []
-        self.back = self.d2h = self.h2d = None
+        self.host, self.gpu, self.grads, self.entries = [], [], [], []
+        self.back = self.d2h = self.h2d = self.device = None
         self.out_index, self.out_grad, self.done = None, False, False
 
 

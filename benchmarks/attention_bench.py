@@ -56,20 +56,47 @@ def bench(backend, doc_lens, heads=32, kv=8, dim=128, iters=20) -> float:
     return causal_flops(doc_lens, heads, dim) / (ms * 1e-3) / 1e12
 
 
+def bench_matmul(n: int = 8192) -> float:
+    """bf16 [n, n] @ [n, n] TFLOP/s (median), rotating among three random input pairs so the
+    inputs do not sit in L2: the matmul ceiling the rows' roofline uses."""
+    from triton.testing import do_bench
+
+    pairs = [(torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+              torch.randn(n, n, device="cuda", dtype=torch.bfloat16)) for _ in range(3)]
+    i = [0]
+
+    def step():
+        a, b = pairs[i[0] % 3]
+        i[0] += 1
+        return a @ b
+
+    ms = do_bench(step, warmup=50, rep=300, return_mode="median")
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="fa2,fa3,cudnn")
     ap.add_argument("--out", default=None, help="append one JSON row per measurement")
+    ap.add_argument("--matmul", action="store_true", help="also measure the bf16 matmul ceiling (8192^3)")
     a = ap.parse_args()
     reg, ctx = registry(), RunContext.detect()
     results = []
+    if a.matmul:
+        row = {"kind": "attention_bench", "backend": "matmul", "provider": f"torch {torch.__version__} bf16 mm",
+               "shape": "8192^3", "tflops": bench_matmul(), "ceiling_tflops": None, "frac_of_ceiling": None,
+               "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        results.append(row)
+        if a.out:
+            append_row(a.out, row)
     for name in a.backends.split(","):
         e = reg.get("attn", name)
         why = e.unavailable(ctx)
         if why:
             print(f"{name}: skipped ({why})")
             continue
-        be = e.factory({})
+        be = e.factory({"name": name})
         for label, lens in SHAPES:
             tf = bench(be, lens)
             ceil = CEILINGS.get(name, {}).get(label)

@@ -74,7 +74,7 @@ def micro_batch_flops(a: ModelArgs, doc_lens: list[int], lora: bool, adapter_par
     """Exact FLOPs of one micro-batch's forward and backward.
 
     ``recompute``: "none", "full" (block forward again in backward) or "selective" (block forward
-    again without attention).
+    again without attention; also offload mode=attention). See :func:`recompute_kind`.
     """
     T = sum(doc_lens)
     blocks_mm = 2 * T * (attn_proj_params(a) + mlp_params(a, count_shared=True))  # forward of blocks
@@ -88,3 +88,58 @@ def micro_batch_flops(a: ModelArgs, doc_lens: list[int], lora: bool, adapter_par
     rec_attn = attn_fwd if recompute == "full" else 0.0
     mm_exec = mm_useful + rec_mm + head_mm  # the chunked head recomputes logits in backward
     return StepFlops(mm_useful, attn_useful, mm_exec, attn_useful + rec_attn)
+
+
+def recompute_kind(ac_name: str, info: dict) -> str:
+    """What an activation strategy runs again in backward: "none", "full" (the whole block) or
+    "selective" (the block without attention: selective recompute and offload mode=attention)."""
+    if ac_name == "none":
+        return "none"
+    mode = info.get("ac_mode") or info.get("mode") or "full"
+    return "selective" if mode in ("selective", "attention") else "full"
+
+
+BENCH_GLOB = "*attention*.jsonl"
+
+
+def _bench_rows() -> list[dict]:
+    from pathlib import Path
+
+    from core.results import load_rows
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    return [r for f in sorted(folder.glob(BENCH_GLOB)) for r in load_rows(f) if r.get("kind") == "attention_bench"]
+
+
+def _backend_of(attn_name: str, provider: str | None) -> str:
+    if attn_name in ("fa2", "fa3", "cudnn", "sdpa"):
+        return attn_name
+    p = (provider or "").lower()
+    return "fa3" if "flash_attn_3" in p else "cudnn" if "cudnn" in p else "fa2" if ("fa2" in p or "flash" in p) \
+        else attn_name
+
+
+def ceilings(hw: dict, attn_name: str, provider: str | None, seq_len: int, rows: list[dict] | None = None) -> dict:
+    """Matmul and attention ceilings (TFLOP/s) for the roofline of a row: the median of the
+    committed bench rows measured on this GPU model (``benchmarks/attention_bench.py``: the
+    backend that ran, at the shape nearest the row's document length; ``--matmul`` for bf16
+    GEMMs), else the hardware profile's figures. The source of each is returned with it."""
+    import statistics
+
+    rows = _bench_rows() if rows is None else rows
+    gpu_key = str(hw.get("name", "")).upper()
+    mine = [r for r in rows if gpu_key and gpu_key in str(r.get("gpu", "")).upper()]
+    out = {"mm_tflops": hw.get("mm_tflops"), "mm_source": "hardware profile",
+           "attn_tflops": hw.get("attn_tflops"), "attn_source": "hardware profile (FA3)"}
+    mm = [r["tflops"] for r in mine if r.get("backend") == "matmul"]
+    if mm:
+        out["mm_tflops"], out["mm_source"] = statistics.median(mm), f"attention_bench matmul ({len(mm)} rows)"
+    backend = _backend_of(attn_name, provider)
+    cands = [r for r in mine if r.get("backend") == backend and "x" in str(r.get("shape", ""))]
+    if cands:
+        doc = lambda r: int(str(r["shape"]).split("x")[1])  # noqa: E731
+        best = min({doc(r) for r in cands}, key=lambda d: abs(d - seq_len))
+        vals = [r["tflops"] for r in cands if doc(r) == best]
+        out["attn_tflops"] = statistics.median(vals)
+        out["attn_source"] = f"attention_bench {backend} 1 doc of {best} ({len(vals)} rows)"
+    return out

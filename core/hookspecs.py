@@ -12,6 +12,8 @@ names, pluggy only collects them. A plugin module implements any subset of these
 * ``why_not``: ``None`` or a callable ``why_not(ctx) -> str | None`` that says, cheaply and without
   allocating on the GPU, why the plugin cannot run here (``ctx`` is a :class:`core.plugins.RunContext`).
 * ``doc``: one line shown by ``python -m core.bench --list``.
+* ``traits``: optional dict of facts the bench may ask without importing the plugin, e.g. an
+  attention backend's ``repeats_kv() -> bool`` (whether its saved K/V have the query head count).
 """
 
 from core import hookspec
@@ -66,3 +68,17 @@ def stepbench_register_models(register):
 @hookspec
 def stepbench_row_finished(row):
     """Observe every finished row (a dict, successful or failed) after it is written."""
+
+
+@hookspec
+def stepbench_register_weight_sync(register):
+    """Register weight-sync methods: the RL step's hand-off of new weights to inference.
+
+    A factory returns an object with ``setup(model, ctx)`` (``ctx`` is a
+    :class:`core.sync.SyncContext`: rank, world size, device, whether the adapter is LoRA, the
+    step count), ``after_step(step)`` called by the trainer after every optimizer step, inside the
+    timed step, ``finish()`` called once after the last step (waits for overlapped work),
+    ``check(ctx) -> str | None`` (a reason the row cannot start, e.g. a full disk; cheap, before
+    anything is built) and ``describe() -> dict`` with the method, the bytes moved per step and the
+    time each step spent in the sync (total and exposed).
+    """

@@ -38,6 +38,9 @@ BUILTIN_PLUGINS = (
     "plugins.checkpointing.offload",
     "plugins.adapters.full",
     "plugins.adapters.lora",
+    "plugins.sync.none",
+    "plugins.sync.filesystem",
+    "plugins.sync.nccl",
 )
 
 #: hook name -> registry kind (also the Hydra group a user selects it with)
@@ -46,6 +49,7 @@ KINDS = {
     "stepbench_register_checkpointing": "ac",
     "stepbench_register_adapters": "adapter",
     "stepbench_register_models": "model_family",
+    "stepbench_register_weight_sync": "sync",
 }
 
 
@@ -81,6 +85,7 @@ class Entry:
     provider: str
     why_not: Callable[[RunContext], str | None] | None = None
     doc: str = ""
+    traits: dict = field(default_factory=dict)  # facts the bench may ask (e.g. "repeats_kv": callable)
 
     def unavailable(self, ctx: RunContext) -> str | None:
         """None when this plugin can run in ``ctx``, else the reason it cannot."""
@@ -92,6 +97,7 @@ class Registry:
     entries: dict[str, dict[str, Entry]] = field(default_factory=dict)
     broken: list[tuple[str, str]] = field(default_factory=list)  # (plugin, first error line)
     blocked: set[str] = field(default_factory=set)
+    matched: set[str] = field(default_factory=set)  # blocklist names that matched a plugin or item
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries.get(kind, {}))
@@ -146,13 +152,18 @@ def collect(pm: pluggy.PluginManager, broken=(), blocked: set[str] | None = None
     """Call every registration hook and build the registry; duplicates are an error."""
     blocked = _blocklist() if blocked is None else blocked
     reg = Registry(broken=list(broken), blocked=set(blocked))
+    for mod in BUILTIN_PLUGINS:
+        reg.matched.update({mod, mod.rsplit(".", 1)[-1]} & blocked)
+    if os.environ.get(NO_AUTOLOAD_ENV, "") in ("", "0"):
+        reg.matched.update({ep.name for ep in entry_points(group=PROJECT)} & blocked)
     for hook_name, kind in KINDS.items():
         reg.entries.setdefault(kind, {})
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             provider = impl.plugin_name
 
-            def register(name, factory, why_not=None, doc="", _kind=kind, _provider=provider):
+            def register(name, factory, why_not=None, doc="", traits=None, _kind=kind, _provider=provider):
                 if name in blocked or f"{_kind}:{name}" in blocked:
+                    reg.matched.update({name, f"{_kind}:{name}"} & blocked)
                     return
                 table = reg.entries[_kind]
                 if name in table:
@@ -160,9 +171,20 @@ def collect(pm: pluggy.PluginManager, broken=(), blocked: set[str] | None = None
                         f"duplicate {_kind} '{name}': registered by both '{table[name].provider}' "
                         f"and '{_provider}'; block one with {BLOCK_ENV}={_provider}"
                     )
-                table[name] = Entry(_kind, name, factory, _provider, why_not, doc)
+                table[name] = Entry(_kind, name, factory, _provider, why_not, doc, dict(traits or {}))
 
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as e:  # a registration hook that raises names its plugin
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise PluginError(f"plugin '{provider}' failed to register its {kind} plugins: "
+                                  f"{type(e).__name__}: {first}; block it with {BLOCK_ENV}={provider}") from None
+    unmatched = sorted(blocked - reg.matched)
+    if unmatched:
+        raise PluginError(f"{BLOCK_ENV} names {', '.join(repr(n) for n in unmatched)}, which matches no plugin "
+                          "or item: see python -m core.bench --list for the names")
     return reg
 
 

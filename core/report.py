@@ -2,19 +2,23 @@
 
     python -m core.report                      # benchmarks/results/*.jsonl -> benchmarks/BENCHMARKS.md
     python -m core.report --save-baseline      # store the current rows as the baseline
-    python -m core.report --results F.jsonl --out X.md --baseline B.jsonl
+    python -m core.report --results F.jsonl --out X.md --baseline B.jsonl --host-budget-gib 32
 
-One section per model, columns Type | SeqLen | AC | Attn | Hardware | MFU | TPS | Step Time |
-Peak Mem, rows ordered by type then sequence length (otherwise in run order). Against the
-baseline, MFU and TPS show their relative change when it is at least 1% and a :warning: when
-they fall more than 5%. Failed rows are listed last. A second table puts each row beside the
-published prime-rl row with the same key.
+One section per model, rows ordered by type then sequence length. Repeated runs of a row (same
+key) are shown as their median run by TPS, with the spread of step times and the number of runs;
+a :warning: marks a spread (coefficient of variation) above 5%. Only rows from a clean, named
+commit are in the headline tables; dirty or unknown-commit rows are listed apart. Two comparison
+views, each saying what it compares: **same configuration** (the headline) and **best at no more
+memory** (GPU peak and pinned host memory both within budget). Failed rows are listed last.
+Nothing is written when no row can be read.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
+import statistics
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,10 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.results import append_row, load_rows, row_key  # noqa: E402
+from core.provenance import row_provenance  # noqa: E402
+from core.results import append_row, read_rows, row_key  # noqa: E402
 
 PUBLISHED = ROOT / "benchmarks" / "reference" / "prime-rl-benchmarks-2026-01.md"
-DIFF_MIN, REGRESSION = 1.0, 5.0
+DIFF_MIN, REGRESSION, SPREAD_WARN = 1.0, 5.0, 0.05
 HEADER = """# Performance Benchmarks
 
 Automated benchmark results for stepbench (`python -m core.bench`), in prime-rl's `--bench` format.
@@ -39,8 +44,24 @@ Automated benchmark results for stepbench (`python -m core.bench`), in prime-rl'
 
 > :clock10: The Step Time shown is the time taken per micro batch. This differs from what gets displayed in the bench table which is the total step time.
 """
+EXTENDED_NOTE = """
+> TPS is tokens over the total measured time; Spread is the coefficient of variation of whole-step
+> times (:warning: above 5%) over n measured steps; Runs is the number of repeated runs (fresh
+> processes) of the row, of which the median by TPS is shown. Sync is the weight hand-off timed
+> inside each step (RL rows: `filesystem` as prime-rl's rows; `none` for SFT). Host is the pinned
+> host memory of offload. Roofline: the step time the measured matmul and attention ceilings of
+> the backend that ran allow, over the measured step time.
+"""
 COLUMNS = "| Type | SeqLen | AC | Attn | Hardware | MFU | TPS | Step Time | Peak Mem |\n" \
           "|------|--------|----|----|----------|-----|-----|-----------|----------|"
+EXT_COLUMNS = ("| Type | SeqLen | AC | Attn | Hardware | Sync | Compiled | MFU | TPS | Step Time | Peak Mem | Host "
+               "| Spread (n) | Runs | Roofline |\n"
+               "|------|--------|----|----|----------|------|----------|-----|-----|-----------|----------|------"
+               "|------------|------|----------|")
+
+
+class ReportError(Exception):
+    """Reported as one line, exit status 2; nothing is written."""
 
 
 def section_name(row: dict) -> str:
@@ -58,11 +79,47 @@ def fmt_change(value: float, base: float | None) -> str:
     return f" ({change:+.1f}%)" if abs(change) >= DIFF_MIN - 1e-9 else ""
 
 
-def table_line(r: dict, base: dict | None) -> str:
+def host_gib(r: dict) -> float:
+    info = r.get("ac_info") or {}
+    if "host_offload_gib" in info:
+        return float(info["host_offload_gib"])
+    if "host_offload_bytes" in info:
+        return float(info["host_offload_bytes"]) / 2**30
+    return float(r.get("predicted_host_gib") or 0.0)
+
+
+def table_line(r: dict, base: dict | None, extended: bool = False) -> str:
     mfu = f"{r['mfu']:.1f}%" + fmt_change(r["mfu"], base and base.get("mfu"))
     tps = f"{r['tps'] / 1e3:.2f}k" + fmt_change(r["tps"], base and base.get("tps"))
-    return (f"| {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | {r['hardware_label']} | {mfu} | {tps} "
-            f"| {r['step_time']:.2f}s | {r['peak_mem_gib']:.1f} GiB |")
+    peak = f"{r['peak_mem_gib']:.1f} GiB" if r.get("peak_mem_gib") is not None else "-"
+    if not extended:
+        return (f"| {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | {r['hardware_label']} | {mfu} | {tps} "
+                f"| {r['step_time']:.2f}s | {peak} |")
+    sp = r.get("spread") or {}
+    cv = sp.get("cv")
+    spread = "-" if cv is None else f"{100 * cv:.1f}% ({sp.get('n')})" + (" :warning:" if cv > SPREAD_WARN else "")
+    host = host_gib(r)
+    roof = r.get("roofline_frac")
+    return (f"| {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | {r['hardware_label']} | "
+            f"{r.get('sync') or '-'} | {'yes' if r.get('compile') else 'no'} | {mfu} | {tps} | "
+            f"{r['step_time']:.2f}s | {peak} | {f'{host:.1f} GiB' if host else '-'} | {spread} | "
+            f"{r.get('runs', 1)} | {f'{100 * roof:.0f}%' if roof else '-'} |")
+
+
+def median_runs(rows: list[dict]) -> list[dict]:
+    """One row per key: the median run by TPS among repeats (with ``runs`` and the TPS of every run),
+    in the order keys first appeared (by time)."""
+    groups: dict = {}
+    for r in sorted(rows, key=lambda r: str(r.get("time", ""))):
+        if r.get("status") == "ok":
+            groups.setdefault(row_key(r), []).append(r)
+    out = []
+    for rs in groups.values():
+        ranked = sorted(rs, key=lambda r: r["tps"])
+        med = dict(ranked[(len(ranked) - 1) // 2])
+        med["runs"], med["runs_tps"] = len(rs), [r["tps"] for r in rs]
+        out.append(med)
+    return out
 
 
 def latest_ok(rows: list[dict]) -> list[dict]:
@@ -76,24 +133,29 @@ def latest_ok(rows: list[dict]) -> list[dict]:
 
 def render(rows: list[dict], baseline: list[dict] = (), failed: list[dict] = (), commit: str = "unknown",
            sources: str = "", updated: str | None = None) -> str:
-    """The markdown report (sections in first-appearance order, rows sorted by type and seq_len)."""
+    """The markdown report (sections in first-appearance order, rows sorted by type and seq_len).
+    Rows that carry step spreads (stepbench's) get the extended columns; published rows keep
+    prime-rl's nine."""
     base = {row_key(b): b for b in baseline}
     sections: dict[str, list[dict]] = {}
     for r in rows:
         sections.setdefault(section_name(r), []).append(r)
     updated = updated or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    extended = any("spread" in r for r in rows)
     out = [HEADER.format(updated=updated, commit=commit, nrows=len(rows), nfailed=len(failed),
                          sources=sources or "-")]
+    if extended:
+        out.append(EXTENDED_NOTE)
     for name, rs in sections.items():
         rs = sorted(rs, key=lambda r: (r["type"], int(r["seq_len"])))
-        out.append(f"## {name}\n\n{COLUMNS}")
-        out += [table_line(r, base.get(row_key(r))) for r in rs]
+        out.append(f"## {name}\n\n{EXT_COLUMNS if extended else COLUMNS}")
+        out += [table_line(r, base.get(row_key(r)), extended) for r in rs]
         out.append("")
     if failed:
         out.append("## Failed Benchmarks\n")
         for f in failed:
-            who = f.get("hf_name") or f.get("model")
-            out.append(f"- **{who}** ({f.get('type')}) on {f.get('hardware_label', '?')}: {f.get('error')}")
+            who = f.get("hf_name") or f.get("model") or " ".join(f.get("overrides") or []) or "?"
+            out.append(f"- **{who}** ({f.get('type', '?')}) on {f.get('hardware_label', '?')}: {f.get('error')}")
         out.append("")
     return "\n".join(out)
 
@@ -140,50 +202,109 @@ def parse_published(path: Path = PUBLISHED) -> tuple[list[dict], list[dict], lis
     return rows, baseline, failed
 
 
+# ---------------------------------------------------------------------------- comparison views
+def published_work(p: dict) -> dict:
+    """The per-step work of a published row that ours must match: 2 micro-batches of one packed
+    sample, and for RL the filesystem hand-off of the weights (prime-rl's default)."""
+    return {"micro_batches": 2, "packing": "single",
+            "sync": "filesystem disk" if p["type"].startswith("RL") else "none"}
+
+
+def same_work(r: dict, p: dict) -> bool:
+    return all(r.get(k) == v for k, v in published_work(p).items())
+
+
+def _geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def _pub_key(r: dict) -> tuple:
+    return section_name(r), r["type"], r["seq_len"], r["hardware_label"]
+
+
 def versus_published(rows: list[dict], published: list[dict]) -> str:
-    """Each row beside the published prime-rl row with the same key."""
-    pub = {(section_name(p), p["type"], p["seq_len"], p["ac"], p["attn"], p["hardware_label"]): p for p in published}
-    lines = ["## Against prime-rl's published rows\n",
-             "| Model | Type | SeqLen | AC | Attn | Hardware | TPS (ours / prime-rl) | ratio | Peak Mem (ours / prime-rl) |"
-             " diff |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        p = pub.get((section_name(r), r["type"], r["seq_len"], r["ac"], r["attn"], r["hardware_label"]))
-        if not p:
+    """View (a), same configuration: each published row beside ours with the same model, type,
+    seq_len, AC, attention, GPUs and per-step work (2 micro-batches, one packed sample, and for RL
+    the filesystem weight hand-off)."""
+    ours = {(*_pub_key(r), r["ac"], r["attn"]): r for r in rows}
+    lines = ["## View (a): same configuration\n",
+             "Each published prime-rl row beside the stepbench row with the same model, type, sequence "
+             "length, AC, attention, GPUs and per-step work: 2 micro-batches of one packed sample, and "
+             "for RL rows the weight hand-off to inference (filesystem, full weights or the LoRA adapter) "
+             "timed inside every step, as prime-rl's published rows include it. `compile` is ours to "
+             "choose (it does not change the work) and is shown. Ratio = our TPS / prime-rl's TPS.\n",
+             "| Model | Type | SeqLen | AC | Attn | Hardware | Sync (s/step) | Compiled | TPS (ours / prime-rl) | "
+             "ratio | Peak Mem (ours / prime-rl) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios = []
+    for p in published:
+        r = ours.get((*_pub_key(p), p["ac"], p["attn"]))
+        if not r or not same_work(r, p):
             continue
-        lines.append(f"| {section_name(r)} | {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | "
-                     f"{r['hardware_label']} | {r['tps'] / 1e3:.2f}k / {p['tps'] / 1e3:.2f}k | "
-                     f"{r['tps'] / p['tps']:.2f}x | {r['peak_mem_gib']:.1f} / {p['peak_mem_gib']:.1f} GiB | "
-                     f"{r['peak_mem_gib'] - p['peak_mem_gib']:+.1f} GiB |")
+        ratio = r["tps"] / p["tps"]
+        ratios.append(ratio)
+        lines.append(f"| {section_name(p)} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | "
+                     f"{p['hardware_label']} | {r.get('sync')} ({r.get('sync_s_per_step', 0):.2f}) | "
+                     f"{'yes' if r.get('compile') else 'no'} | {r['tps'] / 1e3:.2f}k / {p['tps'] / 1e3:.2f}k | "
+                     f"{ratio:.2f}x | {r['peak_mem_gib']:.1f} / {p['peak_mem_gib']:.1f} GiB |")
+    if ratios:
+        lines.append(f"\nSame configuration, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, "
+                     f"min {min(ratios):.2f}x, max {max(ratios):.2f}x.")
+    else:
+        lines.append("\nNo row of ours matches a published row with the same per-step work yet.")
     return "\n".join(lines) + "\n"
 
 
-def best_at_no_more_memory(rows: list[dict], published: list[dict]) -> str:
-    """For each published row on hardware we measured: our fastest row of the same model, type,
-    sequence length and hardware, any AC or attention, whose peak memory is not above it."""
-    lines = ["## Fastest stepbench configuration at no more memory than each published row\n",
-             "Any AC and attention backend of ours counts, as long as its peak memory is at most the "
-             "published row's.\n",
+def best_at_no_more_memory(rows: list[dict], published: list[dict], host_budget_gib: float = 32.0) -> str:
+    """View (b): for each published row on hardware we measured, our fastest row of the same
+    model, type, sequence length, GPUs and per-step work, any AC or attention, whose GPU peak is
+    at most the published peak and whose pinned host memory is within ``host_budget_gib``."""
+    lines = [f"## View (b): fastest stepbench configuration at no more memory\n",
+             "For each published row: our fastest row of the same model, type, sequence length, GPUs "
+             "and per-step work (as in view (a)), with any AC and attention backend, whose GPU peak is "
+             f"at most the published row's and whose pinned host memory is at most {host_budget_gib:g} GiB "
+             "(`--host-budget-gib`). The winning configuration is named.\n",
              "| Model | Type | SeqLen | Hardware | prime-rl (AC, Attn) | TPS | Peak Mem | stepbench (AC, Attn) | TPS "
-             "| Peak Mem | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| Peak Mem | Host | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     hw = {r["hardware_label"] for r in rows}
+    ratios = []
     for p in published:
         if p["hardware_label"] not in hw:
             continue
-        cands = [r for r in rows if (section_name(r), r["type"], r["seq_len"], r["hardware_label"])
-                 == (section_name(p), p["type"], p["seq_len"], p["hardware_label"])
-                 and r["peak_mem_gib"] <= p["peak_mem_gib"]]
+        cands = [r for r in rows if _pub_key(r) == _pub_key(p) and same_work(r, p)
+                 and r.get("peak_mem_gib") is not None and r["peak_mem_gib"] <= p["peak_mem_gib"]
+                 and host_gib(r) <= host_budget_gib]
         if not cands:
             continue
         b = max(cands, key=lambda r: r["tps"])
+        ratios.append(b["tps"] / p["tps"])
+        h = host_gib(b)
         lines.append(f"| {section_name(p)} | {p['type']} | {p['seq_len']} | {p['hardware_label']} | "
                      f"{p['ac']}, {p['attn']} | {p['tps'] / 1e3:.2f}k | {p['peak_mem_gib']:.1f} GiB | "
                      f"{b['ac']}, {b['attn']} | {b['tps'] / 1e3:.2f}k | {b['peak_mem_gib']:.1f} GiB | "
-                     f"{b['tps'] / p['tps']:.2f}x |")
+                     f"{f'{h:.1f} GiB' if h else '-'} | {b['tps'] / p['tps']:.2f}x |")
+    if ratios:
+        lines.append(f"\nBest at no more memory, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, "
+                     f"min {min(ratios):.2f}x.")
     return "\n".join(lines) + "\n"
 
 
-def plots(rows: list[dict], out_dir: Path) -> list[Path]:
-    """PNG charts of TPS and MFU against sequence length, one per model, a line per configuration."""
+def left_out(rows: list[dict]) -> str:
+    """Rows kept out of the headline: from a dirty tree or an unknown commit."""
+    if not rows:
+        return ""
+    lines = ["## Rows left out of the headline (dirty tree or unknown commit)\n",
+             "| Model | Type | SeqLen | AC | Attn | Hardware | TPS | commit | why |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        env = r.get("env") or {}
+        lines.append(f"| {section_name(r)} | {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | "
+                     f"{r['hardware_label']} | {r['tps'] / 1e3:.2f}k | {str(env.get('git_commit'))[:12]} | "
+                     f"{row_provenance(r)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], out_dir: Path, prefix: str) -> list[Path]:
+    """PNG charts of TPS and MFU against sequence length, one per model, a line per configuration,
+    named ``<prefix>-plot-<model>.png`` so that two reports never overwrite each other's plots."""
     try:
         import matplotlib
 
@@ -213,48 +334,80 @@ def plots(rows: list[dict], out_dir: Path) -> list[Path]:
         axes[1].legend(fontsize=6, loc="best")
         fig.suptitle(model)
         fig.tight_layout()
-        path = out_dir / f"plot-{re.sub(r'[^A-Za-z0-9.-]+', '_', model)}.png"
+        path = out_dir / f"{prefix}-plot-{re.sub(r'[^A-Za-z0-9.-]+', '_', model)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
 
 
-def main(argv=None):
+def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(headline rows, rows left out for provenance, failed rows) from the results files."""
+    missing = [p for p in results if not Path(p).exists()]
+    if missing:
+        raise ReportError(f"no such results file or folder: {', '.join(missing)} (the default is "
+                          "--results benchmarks/results)")
+    all_rows, problems = read_rows(*results)
+    for p in problems:
+        print(f"report: skipped {p}", file=sys.stderr)
+    all_rows = [r for r in all_rows if not r.get("profiled") and "memory_profile" not in r and "kind" not in r]
+    ok = [r for r in all_rows if r.get("status") == "ok" and "type" in r and "mfu" in r]
+    clean = [r for r in ok if row_provenance(r) == "clean"]
+    dirty = [r for r in ok if row_provenance(r) != "clean"]
+    ok_keys = {row_key(r) for r in ok}
+    failed = [r for r in all_rows if r.get("status") == "failed" and row_key(r) not in ok_keys]
+    if not ok and not failed:
+        raise ReportError(f"no rows in {', '.join(results)}: nothing written (point --results at the rows' "
+                          "JSONL files or folder)")
+    return median_runs(clean), latest_ok(dirty), failed
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", nargs="+", default=[str(ROOT / "benchmarks" / "results")])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "BENCHMARKS.md"))
     ap.add_argument("--baseline", default=str(ROOT / "benchmarks" / "baseline.jsonl"))
     ap.add_argument("--save-baseline", action="store_true", help="store the current rows as the baseline")
+    ap.add_argument("--host-budget-gib", type=float, default=32.0, help="pinned host memory allowed in view (b)")
     ap.add_argument("--no-plots", action="store_true")
     a = ap.parse_args(argv)
-    all_rows = load_rows(*a.results)
-    all_rows = [r for r in all_rows if not r.get("profiled") and "memory_profile" not in r]  # slowed by tracing
-    rows = [r for r in latest_ok(all_rows) if "type" in r and "mfu" in r]
-    ok_keys = {row_key(r) for r in rows}
-    failed = [r for r in all_rows if r.get("status") == "failed" and row_key(r) not in ok_keys and r.get("type")]
+    try:
+        rows, dirty, failed = gather(a.results)
+        if a.save_baseline and not rows:
+            raise ReportError("no headline rows to save as the baseline: nothing written")
+    except ReportError as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 2
     if a.save_baseline:
-        Path(a.baseline).unlink(missing_ok=True)
+        tmp = Path(a.baseline).with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
         for r in rows:
-            append_row(a.baseline, {k: r[k] for k in ("model", "hf_name", "type", "seq_len", "ac", "attn",
-                                                      "hardware_label", "mfu", "tps", "step_time", "peak_mem_gib")})
+            append_row(tmp, {k: r.get(k) for k in ("model", "hf_name", "type", "seq_len", "ac", "attn",
+                                                   "hardware_label", "micro_batches", "packing", "compile", "sync",
+                                                   "mfu", "tps", "step_time", "peak_mem_gib")})
+        tmp.replace(a.baseline)
         print(f"baseline: {len(rows)} rows -> {a.baseline}")
-        return
-    commits = sorted({c for r in rows if (c := (r.get("env") or {}).get("git_commit")) and c != "HEAD"}) or ["unknown"]
-    text = render(rows, load_rows(a.baseline), failed, commit=", ".join(c[:12] for c in commits),
+        return 0
+    commits = sorted({(r.get("env") or {}).get("git_commit") for r in rows} - {None}) or ["unknown"]
+    baseline = read_rows(a.baseline)[0] if Path(a.baseline).exists() else []
+    text = render(rows, baseline, failed, commit=", ".join(c[:12] for c in commits),
                   sources=", ".join(Path(p).name for p in a.results))
     published, _, _ = parse_published()
     text += "\n" + versus_published(rows, published)
-    text += "\n" + best_at_no_more_memory(rows, published)
+    text += "\n" + best_at_no_more_memory(rows, published, a.host_budget_gib)
+    lo = left_out(dirty)
+    if lo:
+        text += "\n" + lo
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not a.no_plots:
-        pngs = plots(rows, out.parent)
+        pngs = plots(rows, out.parent, out.stem)
         if pngs:
             text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
     out.write_text(text, encoding="utf-8")
-    print(f"{len(rows)} rows, {len(failed)} failed -> {out}")
+    print(f"{len(rows)} rows ({len(dirty)} left out), {len(failed)} failed -> {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,9 @@
-"""Rows: append-only JSON lines, one write per row, and the key that identifies a row."""
+"""Rows: append-only JSON lines, one write per row, and the key that identifies a row.
+
+A results file is only ever appended to. A line torn by a crash elsewhere (no trailing newline)
+never swallows the next row: ``append_row`` starts a new line first. Lines that cannot be read
+(torn, not JSON, not an object, not UTF-8) are skipped and reported with their file and line.
+"""
 
 from __future__ import annotations
 
@@ -6,46 +11,87 @@ import json
 import os
 from pathlib import Path
 
-KEY_FIELDS = ("model", "type", "seq_len", "ac", "attn", "hardware_label")
+#: what defines a row: every option that changes what is measured
+KEY_FIELDS = ("model", "type", "seq_len", "ac", "attn", "hardware_label", "micro_batches", "packing", "compile",
+              "sync")
+
+
+class ResultsError(Exception):
+    """A results destination that cannot be written (reported as one line, before measuring)."""
 
 
 def row_key(row: dict) -> tuple:
-    """What defines a row: model, type, seq_len, AC (with mode), attention, NxGPU."""
+    """What defines a row: model, type, seq_len, AC (with mode), attention, NxGPU, micro-batches,
+    packing, compile and weight sync."""
     return tuple(row.get(k) for k in KEY_FIELDS)
 
 
+def check_writable(path: str | Path) -> Path:
+    """Make sure rows can be appended to ``path`` (called before a row is measured)."""
+    path = Path(path)
+    if path.is_dir() or str(path).endswith(os.sep):
+        raise ResultsError(f"results={path} is a directory: name a file, e.g. results={path / 'rows.jsonl'}")
+    target = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
+    if not os.access(target, os.W_OK) or (target != path and not target.is_dir()):
+        raise ResultsError(f"cannot write results to {path} (permission denied or not a folder): pick another "
+                           "file with results=runs/rows.jsonl")
+    return path
+
+
 def append_row(path: str | Path, row: dict) -> None:
-    """Append one row as a single write, flushed and fsynced (an interrupted sweep loses nothing)."""
+    """Append one row as a single write, flushed and fsynced (an interrupted sweep loses nothing).
+    A torn last line is closed first, so it never merges with this row."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(row, sort_keys=True, default=str) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    line = (json.dumps(row, sort_keys=True, default=str) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def load_rows(*paths: str | Path) -> list[dict]:
-    """Every row in the given JSONL files (or folders of them); unreadable lines are skipped."""
-    rows = []
-    files = []
+def read_rows(*paths: str | Path) -> tuple[list[dict], list[str]]:
+    """Rows of the given JSONL files (or folders of them, not recursive) and the problems found:
+    one ``file:line: reason`` per line that could not be read."""
+    rows, problems, files = [], [], []
     for p in paths:
         p = Path(p)
         files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
     for f in files:
-        if not f.exists():
+        if not f.is_file():
             continue
-        for line in f.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if not line:
+        for i, raw in enumerate(f.read_bytes().split(b"\n"), 1):
+            if not raw.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                problems.append(f"{f}:{i}: not UTF-8")
                 continue
-    return rows
+            except json.JSONDecodeError as e:
+                problems.append(f"{f}:{i}: not JSON ({e.msg}; a torn line?)")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"{f}:{i}: a JSON {type(obj).__name__}, not a row object")
+                continue
+            rows.append(obj)
+    return rows, problems
 
 
-def done_keys(path: str | Path) -> set[tuple]:
-    """Keys of the rows that already succeeded in a results file."""
-    return {row_key(r) for r in load_rows(path) if r.get("status") == "ok"}
+def load_rows(*paths: str | Path) -> list[dict]:
+    """Every readable row in the given JSONL files (or folders of them)."""
+    return read_rows(*paths)[0]
+
+
+def done_keys(path: str | Path) -> dict[tuple, int]:
+    """How many successful rows each key already has in a results file."""
+    out: dict[tuple, int] = {}
+    for r in load_rows(path):
+        if r.get("status") == "ok":
+            out[row_key(r)] = out.get(row_key(r), 0) + 1
+    return out

@@ -27,6 +27,7 @@ class Built:
     attention: object
     ac: object
     adapter: object
+    sync: object = None
 
 
 # ------------------------------------------------------------------ distributed
@@ -174,15 +175,20 @@ def forward_backward(b: Built, mb: MicroBatch, task: str, scale: float) -> dict:
     return info
 
 
-def train_step(b: Built, batches: list[MicroBatch], task: str, max_norm: float = 1.0) -> dict:
-    """micro-batches of forward/backward, gradient clipping, AdamW step. No host sync inside."""
+def train_step(b: Built, batches: list[MicroBatch], task: str, max_norm: float = 1.0, step: int = 0) -> dict:
+    """micro-batches of forward/backward, gradient clipping, AdamW step, then the weight hand-off
+    (``b.sync``). No host sync inside, except what the weight-sync method itself needs."""
     n = len(batches)
     # Gradients are reduced after every micro-batch into the fp32 sharded gradient: accumulation
     # stays in fp32 and no unsharded bf16 gradient outlives its block.
     infos = [forward_backward(b, mb, task, 1.0 / n) for mb in batches]
     grad_norm = torch.nn.utils.clip_grad_norm_(b.params, max_norm, foreach=True)
+    if b.sync is not None:
+        b.sync.before_update()  # an overlapped hand-off must finish reading the weights first
     b.optimizer.step()
     b.optimizer.zero_grad(set_to_none=True)
+    if b.sync is not None:
+        b.sync.after_step(step)  # the hand-off to inference is part of the step (as prime-rl)
     out = {k: torch.stack([i[k] for i in infos]) for k in infos[0]}
     out["grad_norm"] = grad_norm
     return out

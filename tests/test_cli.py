@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
-GROUPS = ["model", "task", "adapter", "hardware", "attn", "ac", "sweep"]
+GROUPS = ["model", "task", "adapter", "hardware", "attn", "ac", "sync", "sweep"]
 
 
 def options(group):
@@ -22,7 +22,7 @@ def options(group):
 def test_every_option_composes(group):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         for opt in options(group):
-            plus = "+" if group in ("attn", "ac", "sweep") else ""
+            plus = "+" if group in ("attn", "ac", "sync", "sweep") else ""
             cfg = compose("bench", overrides=[f"{plus}{group}={opt}"])
             assert cfg[group] is not None
 
@@ -81,7 +81,7 @@ def test_default_run_on_cpu_says_so_and_writes_a_row(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "no CUDA GPU: running the tiny Qwen3 on the CPU" in p.stderr
     (row,) = [json.loads(x) for x in res.read_text().splitlines()]
-    assert row["status"] == "ok" and row["tps"] > 0 and len(row["samples"]["step_time"]) == 1
+    assert row["status"] == "ok" and row["tps"] > 0 and len(row["samples"]["step_s"]) == 1
     assert row["type"] == "RL Full" and row["env"]["torch"]
 
 
@@ -102,10 +102,19 @@ def test_multirun_failed_row_does_not_stop_sweep_and_resume_skips(tmp_path):
     assert len([json.loads(x) for x in res.read_text().splitlines()]) == 6
 
 
-def test_sweep_config_runs_its_rows(tmp_path):
-    res = tmp_path / "rows.jsonl"
-    p = run("+sweep=cpu_smoke", f"results={res}")
-    assert p.returncode == 0, p.stderr[-3000:]
-    rows = [json.loads(x) for x in res.read_text().splitlines()]
-    assert [r["status"] for r in rows] == ["ok"] * 3
-    assert {r["family"] for r in rows} == {"qwen3", "qwen3_moe", "glm4_moe"}
+@pytest.mark.parametrize("sweep", options("sweep"))
+def test_every_sweep_row_composes_and_validates(sweep):
+    import shlex
+
+    from omegaconf import OmegaConf
+
+    from core.options import validate
+
+    rows = OmegaConf.load(CONF / "sweep" / f"{sweep}.yaml").rows
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        for spec in rows:
+            if "++=" in spec:  # cpu_checks holds a row that must not compose
+                continue
+            cfg = compose("bench", overrides=shlex.split(spec))
+            if "fixed:0" not in spec:
+                validate(cfg)

@@ -13,7 +13,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 def offload_rows():
     rows = []
-    for f in sorted(RESULTS.glob("*.jsonl")):
+    for f in sorted(RESULTS.glob("*.jsonl")) + sorted((RESULTS / "history").glob("*.jsonl")):
         for line in f.read_text().splitlines():
             r = json.loads(line)
             info = r.get("ac_info") or {}

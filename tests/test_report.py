@@ -1,18 +1,33 @@
-"""The report reproduces the published file's tables from rows built from it."""
+"""The report: the published format reproduced, the comparison views, provenance, repeats, safety."""
+
+import json
+
+import pytest
 
 from core.report import PUBLISHED, main, parse_published, render
+from core.results import append_row
+
+CLEAN = {"git_commit": "a" * 40, "git_dirty": False}
 
 
 def published_table_lines():
     return [ln for ln in PUBLISHED.read_text().splitlines() if ln.startswith("| ") and ln[2:4] in ("RL", "SF")]
 
 
+def ours(p, **kw):
+    """A stepbench row with the published row's key and per-step work, from a clean commit."""
+    work = {"micro_batches": 2, "packing": "single", "compile": True,
+            "sync": "filesystem disk" if p["type"].startswith("RL") else "none"}
+    return {**p, **work, "env": CLEAN, "spread": {"n": 5, "cv": 0.01}, "time": "2026-11-25T00:00:00+00:00",
+            "roofline_frac": 0.5, **kw}
+
+
 def test_report_reproduces_published_tables_diffs_and_failures():
     rows, baseline, failed = parse_published()
     assert len(rows) == len(published_table_lines()) and len(failed) == 13
     text = render(rows, baseline, failed)
-    ours = [ln for ln in text.splitlines() if ln.startswith("| ") and ln[2:4] in ("RL", "SF")]
-    assert ours == published_table_lines()
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ") and ln[2:4] in ("RL", "SF")]
+    assert lines == published_table_lines()
     for section in ("## INTELLECT-3", "## Qwen3-0.6B", "## Qwen3-4B-Instruct-2507", "## Failed Benchmarks"):
         assert section in text
     fail_lines = [ln for ln in PUBLISHED.read_text().splitlines() if ln.startswith("- **")]
@@ -26,39 +41,112 @@ def test_regression_marked():
     assert ":warning: (-10.0%)" in text
 
 
-def test_report_cli_writes_markdown_and_baseline(tmp_path):
-    from core.results import append_row
-
-    rows, _, _ = parse_published()
-    res = tmp_path / "rows.jsonl"
-    for r in rows[:5]:
-        append_row(res, r)
-    append_row(res, dict(rows[0], seq_len=123, status="failed", error="OOM: boom"))
-    base = tmp_path / "base.jsonl"
-    main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", str(base), "--save-baseline"])
-    main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", str(base), "--no-plots"])
-    md = (tmp_path / "B.md").read_text()
-    assert "## INTELLECT-3" in md and "OOM: boom" in md and "Against prime-rl" in md
-
-
-def h100_row(published, ac, attn):
+def h100(published, type_="RL LoRA(r=16)", seq=65536, ac="Offload", attn="FA3"):
     return next(r for r in published if r["hardware_label"] == "1xH100 HBM3" and r["model"] == "Qwen3-0.6B"
-                and r["type"] == "RL LoRA(r=16)" and r["seq_len"] == 65536 and (r["ac"], r["attn"]) == (ac, attn))
+                and r["type"] == type_ and r["seq_len"] == seq and (r["ac"], r["attn"]) == (ac, attn))
 
 
-def test_best_at_no_more_memory_skips_rows_that_need_more():
+def write(path, rows):
+    for r in rows:
+        append_row(path, r)
+
+
+def test_cli_writes_views_baseline_and_failed_rows(tmp_path):
+    published, _, _ = parse_published()
+    res = tmp_path / "rows.jsonl"
+    p = h100(published)
+    write(res, [ours(p, tps=p["tps"] * 1.5),
+                # failed before its type was known: still reaches the Failed section
+                {"status": "failed", "error": "refused: bad overrides (nope)", "overrides": ["+attn=nope"]}])
+    base = tmp_path / "base.jsonl"
+    assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", str(base),
+                 "--save-baseline"]) == 0
+    assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", str(base)]) == 0
+    md = (tmp_path / "B.md").read_text()
+    assert "View (a): same configuration" in md and "View (b)" in md
+    assert "1 rows: geomean 1.50x, min 1.50x" in md
+    assert "refused: bad overrides (nope)" in md and "+attn=nope" in md
+    assert (tmp_path / "B-plot-Qwen3-0.6B.png").exists()
+
+
+def test_same_configuration_needs_the_same_per_step_work():
+    from core.report import versus_published
+
+    published, _, _ = parse_published()
+    p = h100(published, "RL Full", 8192, "Recompute", "FA2")
+    no_sync = ours(p, tps=p["tps"] * 3, sync="none")  # RL without the hand-off: not like for like
+    text = versus_published([no_sync], published)
+    assert "No row of ours matches" in text
+    text = versus_published([ours(p, tps=p["tps"] * 2)], published)
+    assert "| 2.00x |" in text
+
+
+def test_dirty_rows_are_left_out_of_the_headline_and_listed(tmp_path):
+    published, _, _ = parse_published()
+    p = h100(published)
+    res = tmp_path / "rows.jsonl"
+    write(res, [ours(p), ours(p, ac="Recompute", env={"git_commit": "b" * 40, "git_dirty": True}),
+                ours(p, ac="Recompute (selective)", env={"git_commit": "HEAD"})])
+    assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--no-plots"]) == 0
+    md = (tmp_path / "B.md").read_text()
+    head, left = md.split("## Rows left out of the headline")
+    assert "| Recompute |" not in head.split("## View (a)")[0] and "| dirty |" in left and "| unknown |" in left
+    assert f"**Commit:** `{'a' * 12}`" in md
+
+
+def test_best_at_no_more_memory_holds_gpu_and_host_budgets():
     from core.report import best_at_no_more_memory
 
     published, _, _ = parse_published()
-    pub = h100_row(published, "Offload", "FA3")  # 9.66k, 7.9 GiB
-    fast_but_big = dict(pub, ac="Recompute (selective)", tps=pub["tps"] * 3, peak_mem_gib=pub["peak_mem_gib"] + 1)
-    lean = dict(pub, ac="Offload (attention)", tps=pub["tps"] * 1.5, peak_mem_gib=pub["peak_mem_gib"] - 0.5)
-    text = best_at_no_more_memory([fast_but_big, lean], published)
+    pub = h100(published)  # 9.66k, 7.9 GiB
+    fast_but_big = ours(pub, ac="Recompute (selective)", tps=pub["tps"] * 3, peak_mem_gib=pub["peak_mem_gib"] + 1)
+    host_hungry = ours(pub, ac="Offload (attention)", tps=pub["tps"] * 2, peak_mem_gib=pub["peak_mem_gib"] - 0.5,
+                       ac_info={"host_offload_gib": 23.7})
+    lean = ours(pub, ac="Offload", tps=pub["tps"] * 1.4, peak_mem_gib=pub["peak_mem_gib"] - 1,
+                ac_info={"host_offload_gib": 3.4})
+    text = best_at_no_more_memory([fast_but_big, host_hungry, lean], published, host_budget_gib=16)
     line = next(ln for ln in text.splitlines() if "| Offload, FA3 |" in ln and "| 65536 |" in ln)
-    assert "Offload (attention), FA3" in line and line.endswith("| 1.50x |")
-    # the published recompute row allows more memory (11.5 GiB), so the faster row wins there
-    line = next(ln for ln in text.splitlines() if "| Recompute, FA3 |" in ln and "| 65536 |" in ln)
-    assert "Recompute (selective), FA3" in line
+    assert "| Offload, FA3 | 13.52k" in line and "| 3.4 GiB | 1.40x |" in line
+    text = best_at_no_more_memory([fast_but_big, host_hungry, lean], published, host_budget_gib=32)
+    line = next(ln for ln in text.splitlines() if "| Offload, FA3 |" in ln and "| 65536 |" in ln)
+    assert "Offload (attention), FA3" in line and line.endswith("| 2.00x |")
+
+
+def test_repeats_show_the_median_run_and_spread(tmp_path):
+    published, _, _ = parse_published()
+    p = h100(published)
+    res = tmp_path / "rows.jsonl"
+    write(res, [ours(p, tps=t, spread={"n": 5, "cv": cv}, time=f"2026-11-25T00:00:0{i}+00:00")
+                for i, (t, cv) in enumerate([(10e3, 0.01), (30e3, 0.08), (20e3, 0.02)])])
+    assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--no-plots"]) == 0
+    md = (tmp_path / "B.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("| RL LoRA(r=16) | 65536 |"))
+    assert "| 20.00k |" in line and "| 2.0% (5) | 3 |" in line
+    write(res, [ours(p, ac="Recompute", tps=5e3, spread={"n": 5, "cv": 0.09})])
+    main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--no-plots"])
+    assert "9.0% (5) :warning:" in (tmp_path / "B.md").read_text()
+
+
+@pytest.mark.parametrize("args", [["--results", "benchmarks/reslts"], ["--save-baseline", "--results", "EMPTY"]])
+def test_report_refuses_to_write_from_zero_rows(tmp_path, capsys, args):
+    out, base = tmp_path / "B.md", tmp_path / "base.jsonl"
+    base.write_text("keep\n")
+    (tmp_path / "empty.jsonl").write_text("")
+    args = [a.replace("EMPTY", str(tmp_path / "empty.jsonl")) for a in args]
+    assert main([*args, "--out", str(out), "--baseline", str(base)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing written" in err[0] or "no such results" in err[0]
+    assert not out.exists() and base.read_text() == "keep\n"
+
+
+def test_unreadable_lines_are_reported_and_skipped(tmp_path, capsys):
+    published, _, _ = parse_published()
+    res = tmp_path / "rows.jsonl"
+    res.write_bytes(b'{"torn": \n[1, 2]\n\xff\xfe\n')
+    write(res, [ours(h100(published))])
+    assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert f"{res}:1: not JSON" in err and f"{res}:2: a JSON list" in err and f"{res}:3: not UTF-8" in err
 
 
 def test_newest_row_by_time_wins():

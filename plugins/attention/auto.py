@@ -1,28 +1,68 @@
 """``auto``: the fastest attention backend that can run here.
 
-CUDA: fa3 where it can run; else cuDNN for micro-batches of one document and fa2 for packed
-ones. CPU: sdpa. The row records the provider that ran.
+CUDA: fa3 where it can run (its import and a tiny call are tried once; on failure auto falls back
+with one line saying why); else cuDNN for micro-batches of one document and fa2 for packed ones.
+CPU: sdpa. Only registered (not blocked) backends are considered. The row records the provider
+that ran.
 """
 
 from __future__ import annotations
 
+import sys
+
 from core import hookimpl
+
+
+def _make(reg, ctx, name):
+    """The backend ``name`` if registered and able to run here, else None."""
+    if name not in reg.names("attn"):
+        return None
+    e = reg.get("attn", name)
+    if e.unavailable(ctx):
+        return None
+    return e.factory({"name": name})
+
+
+def try_fa3(reg, ctx):
+    """FA3 if it imports and runs a tiny call here; else None and one line saying why."""
+    import importlib.util
+
+    if "fa3" in reg.names("attn"):
+        why = reg.get("attn", "fa3").unavailable(ctx)
+        if why and importlib.util.find_spec("flash_attn_interface") is not None:  # a partial install
+            print(f"stepbench: attn auto: fa3 cannot run ({why.split(':')[0]}); falling back to fa2/cudnn",
+                  file=sys.stderr, flush=True)
+            return None
+    try:
+        return _make(reg, ctx, "fa3")  # fa3's factory runs a tiny call
+    except Exception as e:  # a partial install: missing _C or flash_attn_config, a kernel that fails
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"stepbench: attn auto: fa3 is installed but does not run ({first}); "
+              "falling back to fa2/cudnn", file=sys.stderr, flush=True)
+        return None
 
 
 class Auto:
     name = "auto"
 
     def __init__(self, ctx):
-        from plugins.attention import cudnn, fa2, fa3, sdpa
+        from core.plugins import registry
 
+        reg = registry()
         self.single = self.packed = None
         if ctx.device != "cuda":
-            self.single = self.packed = sdpa.SDPA()
-        elif fa3.why_not(ctx) is None:
-            self.single = self.packed = fa3.FA3()
+            self.single = self.packed = _make(reg, ctx, "sdpa")
         else:
-            self.single = cudnn.CuDNN() if cudnn.why_not(ctx) is None else fa2.make(None)
-            self.packed = fa2.make(None) if fa2.why_not(ctx) is None else sdpa.SDPA()
+            fa3 = try_fa3(reg, ctx)
+            if fa3 is not None:
+                self.single = self.packed = fa3
+            else:
+                fa2 = _make(reg, ctx, "fa2")
+                self.packed = fa2 or _make(reg, ctx, "sdpa")
+                self.single = _make(reg, ctx, "cudnn") or self.packed
+        if self.single is None or self.packed is None:
+            raise ValueError("attn auto found no registered attention backend that runs here: "
+                             "unblock one (STEPBENCH_BLOCK_PLUGINS) or pick one with +attn=<name>")
         self.used = set()
 
     @property

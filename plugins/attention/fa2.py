@@ -82,4 +82,5 @@ def why_not(ctx):
 
 @hookimpl
 def stepbench_register_attention(register):
-    register("fa2", make, why_not, doc="FlashAttention-2 varlen (flash_attn package, else torch's vendored FA2)")
+    register("fa2", make, why_not, doc="FlashAttention-2 varlen (flash_attn package, else torch's vendored FA2)",
+             traits={"repeats_kv": repeats_kv})

@@ -1,16 +1,49 @@
 """``fa3``: FlashAttention-3 varlen through the installed ``flash_attn_interface`` (SM90 only).
 
-FA3 has no wheel on PyPI: build the ``hopper/`` directory of the flash-attention repository
-(github.com/Dao-AILab/flash-attention), which installs the ``flash_attn_3`` distribution and the
-``flash_attn_interface`` module. stepbench only imports it.
+FA3 has no wheel on PyPI: ``python -m core.fa3_build --source PATH`` builds the ``hopper/``
+directory of a flash-attention checkout (github.com/Dao-AILab/flash-attention) with only what
+stepbench needs and installs it. stepbench only imports it.
 """
 
 from __future__ import annotations
 
-from core import hookimpl
-from plugins.attention.common import has_module, need_cuda, package_version
+import importlib.util
 
-WHY_MISSING = "FA3 needs an SM90 GPU and the flash_attn_3 package (flash_attn_interface); use +attn=fa2"
+from core import hookimpl
+from plugins.attention.common import need_cuda, package_version
+
+WHY_MISSING = ("FA3 needs an SM90 GPU and the flash_attn_3 package (flash_attn_interface): build it with "
+               "python -m core.fa3_build --source PATH, or use +attn=fa2")
+
+
+def missing_parts() -> str | None:
+    """What of an FA3 install is missing (None when the parts are there): the interface module, its
+    compiled extension, or the build-config module the interface imports."""
+    if importlib.util.find_spec("flash_attn_interface") is None:
+        return "flash_attn_interface is not installed"
+    try:
+        has_c = importlib.util.find_spec("flash_attn_3._C") is not None
+    except ModuleNotFoundError:
+        has_c = False
+    if not has_c:
+        return "flash_attn_3._C (the compiled extension) is missing"
+    if importlib.util.find_spec("flash_attn_config") is None:
+        return "flash_attn_config (written by the FA3 build) is missing"
+    return None
+
+
+def smoke_test(backend) -> None:
+    """One tiny causal varlen call (2 documents): raises if the kernels cannot run here."""
+    import torch
+
+    from core.data import AttnMeta
+
+    meta = AttnMeta.from_doc_lens([5, 11], "cuda")
+    q = torch.randn(16, 2, 128, device="cuda", dtype=torch.bfloat16)
+    out = backend(q, q[:, :1].contiguous(), q[:, :1].contiguous(), meta)
+    torch.cuda.synchronize()
+    if out.shape != q.shape or not torch.isfinite(out).all():
+        raise RuntimeError("FA3 smoke test gave a wrong shape or non-finite values")
 
 
 class FA3:
@@ -33,11 +66,24 @@ def why_not(ctx):
         return need_cuda(ctx).replace("+attn=sdpa", "+attn=sdpa (FA3 needs an SM90 GPU)")
     if ctx.capability != (9, 0):
         return f"FA3 needs an SM90 GPU (this is SM{ctx.capability[0]}{ctx.capability[1]}); use +attn=fa2"
-    if not has_module("flash_attn_interface"):
-        return WHY_MISSING
+    missing = missing_parts()
+    if missing:
+        return f"{missing}: build FA3 with python -m core.fa3_build --source PATH, or use +attn=fa2"
     return None
+
+
+def make(cfg) -> FA3:
+    """FA3, checked by one tiny call (a broken install fails here with one line, not mid-row)."""
+    try:
+        b = FA3()
+        smoke_test(b)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"attn fa3 does not run here ({type(e).__name__}: {first}): rebuild it with "
+                         "python -m core.fa3_build --source PATH, or use +attn=fa2") from None
+    return b
 
 
 @hookimpl
 def stepbench_register_attention(register):
-    register("fa3", lambda cfg: FA3(), why_not, doc="FlashAttention-3 varlen, native GQA (SM90, flash_attn_3)")
+    register("fa3", make, why_not, doc="FlashAttention-3 varlen, native GQA (SM90, flash_attn_3)")

@@ -1,0 +1,183 @@
+"""``python -m core.fa3_build``: build and install FlashAttention-3 with only what stepbench needs.
+
+    python -m core.fa3_build --source ~/src/flash-attention          # a checkout you point at
+    python -m core.fa3_build --clone                                 # online: clone at the pinned commit
+
+FA3 has no wheel on PyPI, and a full build of the flash-attention ``hopper/`` directory compiles
+every head dimension, dtype and feature. This command drives that upstream build as it is, with
+the build's own ``FLASH_ATTENTION_DISABLE_*`` switches set so that only what stepbench's ``fa3``
+backend calls is compiled: bf16, head dim 128, varlen, causal, forward and backward, SM90
+(no FP8/FP16, other head dims, split-KV, paged KV, append-KV, softcap, local attention, SM80 or
+clusters). The wheel is cached under ``--wheel-dir`` keyed by the source, torch, CUDA and the
+switches, so a second run installs without compiling. It then installs the wheel and runs the fa3
+plugin's GPU test. Nothing of the flash-attention repository is part of stepbench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM = "https://github.com/Dao-AILab/flash-attention.git"
+PINNED_COMMIT = "0251105a"  # the commit this command was checked with (hopper/ at FA3 3.0.0)
+CUTLASS_COMMIT = "7127592069c2fe01b041e174ba4345ef9b279671"  # that commit's csrc/cutlass submodule
+#: features stepbench's fa3 backend never calls: switched off through the build's own variables
+DISABLE = ("FP8", "FP16", "HDIM64", "HDIM96", "HDIM192", "HDIM256", "HDIMDIFF64", "HDIMDIFF192", "SPLIT",
+           "PAGEDKV", "APPENDKV", "SOFTCAP", "LOCAL", "SM80", "CLUSTER")
+#: measured: the trimmed build took 173 s with 16 jobs on the lent H100's host (16 cores)
+MEASURED_S, MEASURED_JOBS = 173.0, 16
+
+
+class BuildError(Exception):
+    """Reported as one line, exit status 2."""
+
+
+def say(msg: str) -> None:
+    print(f"fa3_build: {msg}", file=sys.stderr, flush=True)
+
+
+def build_env(jobs: int) -> dict:
+    env = dict(os.environ)
+    env.update({f"FLASH_ATTENTION_DISABLE_{d}": "TRUE" for d in DISABLE})
+    env.update(FLASH_ATTENTION_FORCE_BUILD="TRUE", FLASH_ATTENTION_OFFLINE_BUILD="TRUE", MAX_JOBS=str(jobs),
+               NVCC_THREADS=env.get("NVCC_THREADS", "2"))
+    return env
+
+
+def estimate_s(jobs: int) -> float:
+    """Expected build time: the measured build scaled by the number of parallel jobs."""
+    return MEASURED_S * MEASURED_JOBS / max(1, min(jobs, MEASURED_JOBS))
+
+
+def check_source(src: Path, cutlass: Path | None) -> Path:
+    """The ``hopper/`` directory to build; links ``csrc/cutlass`` to ``cutlass`` if given."""
+    hopper = src / "hopper"
+    if not (hopper / "setup.py").is_file():
+        raise BuildError(f"{src} is not a flash-attention checkout (no hopper/setup.py): point --source at one, "
+                         "or use --clone on a machine that is online")
+    inc = src / "csrc" / "cutlass" / "include" / "cutlass"
+    if not inc.is_dir():
+        if cutlass is None:
+            raise BuildError(f"{src}/csrc/cutlass is empty (a git submodule): run git submodule update --init "
+                             "csrc/cutlass there, or pass --cutlass PATH to a CUTLASS checkout")
+        if not (cutlass / "include" / "cutlass").is_dir():
+            raise BuildError(f"--cutlass {cutlass} has no include/cutlass: point it at a CUTLASS checkout")
+        target = src / "csrc" / "cutlass"
+        if target.is_symlink() or (target.exists() and not any(target.iterdir())):
+            target.unlink() if target.is_symlink() else target.rmdir()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(cutlass.resolve(), target_is_directory=True)
+    return hopper
+
+
+def cache_key(hopper: Path) -> str:
+    """Source (setup.py, interface and kernel list), torch, CUDA and switches -> a short key."""
+    import torch
+
+    h = hashlib.sha256()
+    for f in ("setup.py", "flash_attn_interface.py", "flash_api.cpp"):
+        p = hopper / f
+        if p.is_file():
+            h.update(p.read_bytes())
+    h.update("|".join(sorted(os.listdir(hopper / "instantiations"))).encode())
+    h.update(f"{torch.__version__}|{torch.version.cuda}|{','.join(DISABLE)}|{sys.version_info[:2]}".encode())
+    return h.hexdigest()[:16]
+
+
+def clone(dest: Path) -> Path:
+    """Clone the upstream repository at the pinned commit (needs the network)."""
+    if not shutil.which("git"):
+        raise BuildError("git is not installed: install it, or download flash-attention and pass --source PATH")
+    if not dest.exists():
+        r = subprocess.run(["git", "clone", "--filter=blob:none", UPSTREAM, str(dest)])
+        if r.returncode:
+            raise BuildError(f"cloning {UPSTREAM} failed (offline?): download it elsewhere and pass --source PATH")
+    for cmd in (["git", "checkout", PINNED_COMMIT], ["git", "submodule", "update", "--init", "csrc/cutlass"]):
+        if subprocess.run(cmd, cwd=dest).returncode:
+            raise BuildError(f"{' '.join(cmd)} failed in {dest}: fix the checkout or pass --source PATH")
+    return dest
+
+
+def build(hopper: Path, wheel_dir: Path, jobs: int) -> Path:
+    """Run the upstream build (``pip wheel`` of hopper/) with the switches; returns the wheel."""
+    if not shutil.which("nvcc") and not os.environ.get("CUDA_HOME"):
+        raise BuildError("nvcc is not on PATH and CUDA_HOME is unset: install the CUDA toolkit (12.3+)")
+    import torch
+
+    if torch.version.cuda is None:
+        raise BuildError(f"torch {torch.__version__} is a CPU build: FA3 needs a CUDA build of torch")
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    say(f"building FA3 (bf16, head dim 128, varlen, causal, fwd+bwd, SM90) with {jobs} jobs: about "
+        f"{estimate_s(jobs) / 60:.0f} min (measured {MEASURED_S:.0f} s with {MEASURED_JOBS} jobs); wheel -> {wheel_dir}")
+    t = time.time()
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", str(wheel_dir), str(hopper)]
+    r = subprocess.run(cmd, env=build_env(jobs))
+    if r.returncode:
+        raise BuildError(f"the FA3 build failed (exit {r.returncode}); its output is above")
+    wheels = sorted(wheel_dir.glob("flash_attn_3-*.whl"))
+    if not wheels:
+        raise BuildError(f"the build finished but wrote no flash_attn_3 wheel into {wheel_dir}")
+    say(f"built in {time.time() - t:.0f} s: {wheels[-1]}")
+    return wheels[-1]
+
+
+def install(wheel: Path, target: str | None) -> None:
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel)]
+    if target:
+        cmd += ["--target", target, "--upgrade"]
+    if subprocess.run(cmd).returncode:
+        raise BuildError(f"installing {wheel} failed; its output is above")
+
+
+def check() -> int:
+    """The fa3 plugin's GPU tests (correctness against the float32 reference)."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-k", "fa3",
+                           str(ROOT / "tests" / "test_attention.py")], cwd=ROOT).returncode
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source", type=Path, help="a flash-attention checkout (with csrc/cutlass, or --cutlass)")
+    src.add_argument("--clone", type=Path, nargs="?", const=Path.home() / ".cache" / "stepbench" / "flash-attention",
+                     help=f"clone {UPSTREAM} at {PINNED_COMMIT} into this folder (needs the network)")
+    ap.add_argument("--cutlass", type=Path, help=f"a CUTLASS checkout for an empty csrc/cutlass ({CUTLASS_COMMIT[:8]})")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 4)
+    ap.add_argument("--wheel-dir", type=Path, default=Path.home() / ".cache" / "stepbench" / "fa3-wheels")
+    ap.add_argument("--target", help="install into this folder (pip --target) instead of site-packages")
+    ap.add_argument("--no-install", action="store_true")
+    ap.add_argument("--no-test", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        source = clone(a.clone) if a.clone else a.source.expanduser()
+        hopper = check_source(source, a.cutlass)
+        cached = a.wheel_dir / cache_key(hopper)
+        wheels = sorted(cached.glob("flash_attn_3-*.whl"))
+        if wheels:
+            say(f"cached wheel {wheels[-1]} (same source, torch, CUDA and switches): not rebuilding")
+            wheel = wheels[-1]
+        else:
+            wheel = build(hopper, cached, a.jobs)
+        if not a.no_install:
+            install(wheel, a.target)
+    except BuildError as e:
+        say(str(e))
+        return 2
+    if a.no_install or a.no_test:
+        return 0
+    if a.target:
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [a.target, os.environ.get("PYTHONPATH")]))
+    rc = check()
+    say("fa3 GPU tests passed" if rc == 0 else f"fa3 GPU tests failed (pytest exit {rc})")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

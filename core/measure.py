@@ -1,0 +1,185 @@
+"""The measured part of a row: build, warm up, time whole steps, and turn the samples into metrics.
+
+A step is ``micro_batches`` forward/backward passes, the optimizer step and the weight hand-off.
+Step 0 is warm-up. At least ``steps - 1`` steps are measured, more until ``measure_s`` seconds of
+measured steps. TPS is tokens over the total measured time (not a mean of per-step rates);
+``step_time`` is that time per micro-batch (prime-rl's column); the spread of the per-step times
+is kept (min, median, max, coefficient of variation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import sys
+import time
+
+
+def say(msg: str) -> None:
+    print(f"stepbench: {msg}", file=sys.stderr, flush=True)
+
+
+def spread(xs: list[float]) -> dict:
+    """min, median, max and coefficient of variation (population std over mean) of samples."""
+    if not xs:
+        return {"n": 0}
+    mean = sum(xs) / len(xs)
+    cv = statistics.pstdev(xs) / mean if len(xs) > 1 and mean > 0 else 0.0
+    return {"n": len(xs), "min": min(xs), "median": statistics.median(xs), "max": max(xs), "mean": mean, "cv": cv}
+
+
+def throughput(step_times: list[float], tokens_per_step: int, micro_batches: int) -> tuple[float, float]:
+    """(TPS, seconds per micro-batch) from whole-step times: tokens over total time."""
+    total = sum(step_times)
+    return tokens_per_step * len(step_times) / total, total / (len(step_times) * micro_batches)
+
+
+def kernel_profiler():
+    """torch.profiler over one step, CUDA activity only (``ops_profile=true``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CUDA])
+
+
+class NonFiniteError(RuntimeError):
+    """A step produced a non-finite loss or gradient norm."""
+
+
+def measure(cfg, r: dict, row_id: str = "") -> dict:
+    """Build the model, run warm-up + measured steps, and return the row's metrics."""
+    import torch
+    import torch.distributed as dist
+    from omegaconf import OmegaConf
+
+    from core import flops
+    from core.resolve import UserError, row_labels
+    from core.trainer import build, init_distributed, make_batches, train_step
+
+    ctx = r["ctx"]
+    rank, world = init_distributed(ctx.device)  # under torchrun this picks the rank's GPU first
+    device = torch.device("cpu")
+    if ctx.device == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.reset_peak_memory_stats()
+    plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
+    try:  # a plugin that rejects its options says what to type instead
+        attention = r["attn"].factory(plain(cfg.attn))
+        ac = r["ac"].factory(plain(cfg.ac))
+        adapter = r["adapter"].factory(plain(cfg.adapter))
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    sync = r["sync_obj"]
+    labels = row_labels(cfg, r, adapter.label, world)
+    args, seq_len, task, mbs = r["args"], r["seq_len"], cfg.task.name, cfg.micro_batches
+    ops_profile = bool(cfg.get("ops_profile", False)) and ctx.device == "cuda"
+    profile = bool(cfg.get("memory_profile", False)) and ctx.device == "cuda"
+    for opt in ("memory_profile", "ops_profile"):
+        if cfg.get(opt, False) and ctx.device != "cuda" and rank == 0:
+            say(f"{opt}=true needs CUDA: ignored on the CPU")
+    if profile:
+        from core import memprof
+
+        memprof.start()
+    t0 = time.perf_counter()
+    b = build(args, attention, ac, adapter, device, seed=cfg.seed, compile=cfg.compile,
+              head_budget_mib=cfg.head_budget_mib)
+    sync_ctx = r["sync_ctx"]
+    sync_ctx.rank, sync_ctx.world_size, sync_ctx.row_id = rank, world, row_id
+    sync.setup(b.model, sync_ctx)
+    b.sync = sync
+    counts = adapter.counts(b.model)
+    if world > 1:  # parameters are sharded: counts are per rank
+        t = torch.tensor([counts["trainable"], counts["adapter"], counts["fully_trainable"]], device=device)
+        dist.all_reduce(t)
+        counts = dict(zip(("trainable", "adapter", "fully_trainable"), t.tolist()))
+    build_s = time.perf_counter() - t0
+    cuda_sync = torch.cuda.synchronize if ctx.device == "cuda" else (lambda: None)
+    samples = {k: [] for k in ("step_s", "loss", "entropy", "kept_frac", "grad_norm")}
+    doc_lens = []
+    tokens_per_step = world * seq_len * mbs
+    measure_s = float(cfg.get("measure_s", 0) or 0)
+    min_steps = cfg.steps
+    step, measured = 0, 0.0
+    try:
+        while step < min_steps or measured < measure_s:
+            batches = make_batches(args, task, seq_len, mbs, cfg.packing, cfg.seed, step, device, rank)
+            lens = [mb.meta.doc_lens for mb in batches]
+            cuda_sync()
+            if world > 1:
+                dist.barrier()
+            profiled_step = ops_profile and step == min_steps - 1
+            prof = kernel_profiler() if profiled_step else contextlib.nullcontext()
+            t = time.perf_counter()
+            with prof:
+                out = train_step(b, batches, task, step=step)
+                cuda_sync()
+            dt = time.perf_counter() - t
+            if profiled_step and rank == 0:
+                say("time by operator, last step (self device time):\n"
+                    + prof.key_averages().table(sort_by="self_device_time_total", row_limit=25))
+            gn = out["grad_norm"]
+            gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+            stats = dict(loss=out["loss"].mean().item(), entropy=out["entropy"].mean().item(), grad_norm=float(gn),
+                         kept_frac=(out["kept"].sum() / out["tokens"].sum()).item() if "kept" in out else 1.0)
+            if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
+                raise NonFiniteError(
+                    f"step {step} gave loss {stats['loss']} and grad norm {stats['grad_norm']}: not finite with "
+                    f"attn '{cfg.attn.name}' ({getattr(attention, 'provider', '?')}), ac '{cfg.ac.name}', "
+                    f"adapter '{cfg.adapter.name}'")
+            tag = "warm-up" if step == 0 else f"step {step}"
+            if rank == 0:
+                say(f"  {tag}: {dt:.3f} s ({dt / mbs:.3f} s/micro-batch, {tokens_per_step / dt / 1e3:.2f}k tok/s), "
+                    f"loss {stats['loss']:.4f}")
+            if step > 0:
+                samples["step_s"].append(dt)
+                measured += dt
+                doc_lens += lens
+                for k, v in stats.items():
+                    samples[k].append(v)
+            step += 1
+    finally:
+        sync.finish()
+    peak = torch.cuda.max_memory_reserved() / 2**30 if ctx.device == "cuda" else None
+    breakdown = None
+    if profile:
+        traced, breakdown = memprof.peak_breakdown(memprof.stop_and_snapshot())
+        if rank == 0:
+            say(memprof.format_breakdown(traced, breakdown))
+    if world > 1 and ctx.device == "cuda":
+        t = torch.tensor([peak], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        peak = t.item()
+    hw = r["hw"]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    tps, step_time = throughput(samples["step_s"], tokens_per_step, mbs)
+    fpt = flops.prime_rl_flops_per_token(args, seq_len, counts["adapter"], counts["fully_trainable"], adapter.lora)
+    info = ac.describe()
+    recompute = flops.recompute_kind(cfg.ac.name, info)
+    sf = [flops.micro_batch_flops(args, d, adapter.lora, counts["adapter"], recompute) for d in doc_lens]
+    mm_u, at_u = mean([s.mm_useful for s in sf]), mean([s.attn_useful for s in sf])
+    executed = mean([s.executed for s in sf])
+    ceilings = flops.ceilings(hw, cfg.attn.name, getattr(attention, "provider", None), seq_len)
+    roofline_s = mm_u / (ceilings["mm_tflops"] * 1e12) + at_u / (ceilings["attn_tflops"] * 1e12)
+    sync_info = sync.describe()
+    row = {
+        **labels,
+        "status": "ok", "error": None,
+        "mfu": flops.mfu(fpt, tps, hw["peak_flops"], world),
+        "tps": tps, "step_time": step_time, "peak_mem_gib": peak, "predicted_mem_gib": r.get("predicted_gib"),
+        "predicted_host_gib": r.get("host_gib", 0.0),
+        "model_tflops": (mm_u + at_u) / step_time / 1e12,
+        "hw_tflops": executed / step_time / 1e12,
+        "roofline_frac": roofline_s / step_time, "ceilings": ceilings,
+        "flops_per_token_prime_rl": fpt,
+        "steps_measured": len(samples["step_s"]), "spread": spread(samples["step_s"]),
+        "attn_provider": getattr(attention, "provider", None), "ac_info": info,
+        "sync_info": sync_info, "sync_s_per_step": sync_info.get("sync_mean_s", 0.0),
+        "counts": counts, "samples": samples, "build_s": build_s,
+        "peak_flops": hw["peak_flops"],
+    }
+    if breakdown is not None:
+        row["memory_profile"] = breakdown
+    if profile or ops_profile:  # timings include the recording overhead: not for the report
+        row["profiled"] = [k for k, on in (("memory", profile), ("ops", ops_profile)) if on]
+    return row

@@ -1,0 +1,154 @@
+"""Every option of a row, typed and ranged, checked once before anything is allocated.
+
+Top-level keys have an entry in ``OPTIONS``; the keys of a plugin group (``adapter.rank``,
+``sync.overlap``, ...) take the type of their default in ``conf/<group>/*.yaml``. Unknown keys are
+errors that name the nearest valid key. Every message says what to type instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+#: groups whose nodes are plugin options (their keys come from the group's yaml files)
+PLUGIN_GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync")
+APPENDED = ("attn", "ac", "sync", "sweep")
+
+
+class OptionError(ValueError):
+    """A bad option value: one line naming the option and what to type instead."""
+
+
+def _int(name, v, lo=None, multiple=None, example=None):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise OptionError(f"{name} must be an integer (got {v!r}): try {name}={example if example is not None else lo}")
+    if multiple and (v <= 0 or v % multiple):
+        good = max(multiple, round(v / multiple) * multiple)
+        raise OptionError(f"{name} must be a positive multiple of {multiple} (got {v}): try {name}={good}")
+    if lo is not None and v < lo:
+        raise OptionError(f"{name} must be at least {lo} (got {v}): try {name}={example if example is not None else lo}")
+    return v
+
+
+def _float(name, v, lo=0.0, example=1, allow_none=False, strict=False):
+    if v is None and allow_none:
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise OptionError(f"{name} must be a number (got {v!r}): try {name}={example}")
+    if v < lo or (strict and v == lo):
+        raise OptionError(f"{name} must be {'above' if strict else 'at least'} {lo} (got {v}): try {name}={example}")
+    return v
+
+
+def _bool(name, v):
+    if not isinstance(v, bool):
+        raise OptionError(f"{name} must be true or false (got {v!r}): type {name}=true or {name}=false")
+    return v
+
+
+def _choice(name, v, choices):
+    if v not in choices:
+        raise OptionError(f"{name} '{v}' is unknown: use " + ", ".join(f"{name}={c}" for c in choices))
+    return v
+
+
+def check_packing(v) -> str:
+    """single | random | fixed:N (N >= 1 documents per micro-batch)."""
+    if v in ("single", "random"):
+        return v
+    if isinstance(v, str) and v.startswith("fixed:"):
+        n = v.split(":", 1)[1]
+        if n.isdigit() and int(n) >= 1:
+            return v
+    raise OptionError(f"packing={v!r} is unknown: use packing=single, packing=random or packing=fixed:N (N >= 1, "
+                      "e.g. packing=fixed:4)")
+
+
+OPTIONS = {
+    "seq_len": lambda v: _int("seq_len", v, 128, 128, 8192),
+    "micro_batches": lambda v: _int("micro_batches", v, 1, example=2),
+    "steps": lambda v: _int("steps", v, 2, example=6),
+    "measure_s": lambda v: _float("measure_s", v, 0.0, 30),
+    "packing": check_packing,
+    "seed": lambda v: _int("seed", v, 0, example=0),
+    "compile": lambda v: _bool("compile", v),
+    "head_budget_mib": lambda v: _int("head_budget_mib", v, 1, example=512),
+    "device": lambda v: _choice("device", v, ("auto", "cuda", "cpu")),
+    "results": lambda v: v if isinstance(v, str) and v.strip() else (_ for _ in ()).throw(
+        OptionError(f"results must be a file name (got {v!r}): try results=runs/rows.jsonl")),
+    "tag": lambda v: v if isinstance(v, str) else str(v),
+    "row_timeout_s": lambda v: _float("row_timeout_s", v, 0.0, 1800, strict=True),
+    "redo": lambda v: _bool("redo", v),
+    "repeats": lambda v: _int("repeats", v, 1, example=3),
+    "max_memory_gib": lambda v: _float("max_memory_gib", v, 0.0, 80, allow_none=True, strict=True),
+    "max_host_gib": lambda v: _float("max_host_gib", v, 0.0, 64, allow_none=True, strict=True),
+    "memory_profile": lambda v: _bool("memory_profile", v),
+    "ops_profile": lambda v: _bool("ops_profile", v),
+    "hardware_as_label": lambda v: _bool("hardware_as_label", v),
+}
+
+
+def _nearest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def group_schema(group: str, name: str) -> dict:
+    """Keys and default values a group option may have: from every yaml file of the group whose
+    ``name`` is ``name`` (plugin options share a plugin name), and the primary config's default."""
+    from omegaconf import OmegaConf
+
+    schema: dict = {}
+    primary = OmegaConf.to_container(OmegaConf.load(CONF / "bench.yaml"), resolve=False).get(group)
+    if isinstance(primary, dict):  # an appended group merges onto the primary config's defaults
+        schema.update({k: v for k, v in primary.items() if k != "name"})
+    files = sorted((CONF / group).glob("*.yaml"))
+    for f in files:
+        node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
+        if isinstance(node, dict) and (node.get("name") == name or group in ("model", "hardware")):
+            for k, v in node.items():
+                schema.setdefault(k, v)
+    if len(schema) and "name" not in schema:
+        schema["name"] = name
+    return schema
+
+
+def _typed(name: str, v, default):
+    if default is None or isinstance(default, str):
+        return
+    if isinstance(default, bool):
+        _bool(name, v)
+    elif isinstance(default, int):
+        _int(name, v, example=default)
+    elif isinstance(default, float):
+        _float(name, v, lo=-math.inf, example=default)
+    elif isinstance(default, list) and not isinstance(v, (list, tuple)):
+        raise OptionError(f"{name} must be a list (got {v!r}): try {name}=[{','.join(map(str, default))}]")
+
+
+def validate(cfg) -> None:
+    """Check every key of a composed config; raises :class:`OptionError` with one line."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    known = set(OPTIONS) | set(PLUGIN_GROUPS) | {"sweep"}
+    for key, value in plain.items():
+        if key not in known:
+            hint = _nearest(key, known)
+            raise OptionError(f"unknown option '{key}'{hint}: see python -m core.bench --list for the options")
+        if key in OPTIONS:
+            OPTIONS[key](value)
+    for group in PLUGIN_GROUPS:
+        node = plain.get(group)
+        if not isinstance(node, dict):
+            continue
+        schema = group_schema(group, node.get("name"))
+        if not schema:
+            continue
+        for k, v in node.items():
+            if k not in schema:
+                raise OptionError(f"unknown option '{group}.{k}'{_nearest(k, schema)} for {group} "
+                                  f"'{node.get('name')}': its options are {', '.join(sorted(schema))}")
+            _typed(f"{group}.{k}", v, schema[k])

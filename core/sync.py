@@ -1,0 +1,144 @@
+"""What every weight-sync method shares: which tensors inference needs, gathering them from the
+FSDP2 shards into host buffers (optionally on a side stream), and timing the hand-off.
+
+The trainer calls ``before_update()`` just before each optimizer step (an overlapped copy of the
+previous step's weights must finish reading them first) and ``after_step(step)`` right after it,
+inside the timed step, as prime-rl's trainer hands weights to inference at every step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SyncContext:
+    """What a weight-sync method may know about the row."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    lora: bool = False
+    predicted_bytes: int = 0  # bytes handed over per step (bf16), predicted from the config
+    row_id: str = ""
+
+
+def sync_tensors(model, lora: bool) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters inference needs: every weight for full fine-tuning, the adapter for LoRA."""
+    return [(n, p) for n, p in model.named_parameters() if (not lora or "lora_" in n)]
+
+
+def full_tensor(p: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a (possibly FSDP2-sharded) parameter; a collective on every rank."""
+    t = p.detach()
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def digest(tensors) -> str:
+    """sha256 of the tensors' bytes in order (what the receiver must reproduce bit for bit)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.device.type == "cpu"
+                 else t.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class HostStager:
+    """Copies the sync tensors, cast to ``dtype``, into host buffers allocated once (pinned on
+    CUDA). Every rank joins the gathers; rank 0 keeps the bytes. With ``side_stream`` the copies
+    run on a side stream that waits for the optimizer step, and ``ready`` is an event to wait on."""
+
+    def __init__(self, params, dtype: torch.dtype, rank: int, device: torch.device, side_stream: bool):
+        self.params, self.dtype, self.rank, self.device = params, dtype, rank, device
+        cuda = device.type == "cuda"
+        self.host = {n: torch.empty(tuple(p.shape), dtype=dtype, pin_memory=cuda) for n, p in params} \
+            if rank == 0 else {}
+        self.stream = torch.cuda.Stream(device) if (cuda and side_stream) else None
+        self.ready = None
+        self.nbytes = sum(p.numel() * torch.finfo(dtype).bits // 8 for _, p in params)
+
+    def stage(self) -> None:
+        cuda = self.device.type == "cuda"
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _null()
+        with ctx:
+            for n, p in self.params:
+                t = full_tensor(p).to(self.dtype)
+                if self.rank == 0:
+                    self.host[n].copy_(t, non_blocking=cuda)
+            if cuda:
+                self.ready = torch.cuda.Event()
+                self.ready.record()
+
+    def wait_ready(self) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
+
+    def protect(self) -> None:
+        """Make the compute stream wait until the side stream has read the weights."""
+        if self.stream is not None and self.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(self.ready)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+class Timed:
+    """Per-step sync timing: total seconds of the hand-off and the part the step waited for."""
+
+    def __init__(self):
+        self.total: list[float] = []
+        self.exposed: list[float] = []
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="stepbench-sync")
+        self.pending: Future | None = None
+
+    def run_inline(self, fn) -> None:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        self.total.append(dt)
+        self.exposed.append(dt)
+
+    def wait_pending(self) -> float:
+        """Wait for the overlapped hand-off in flight; returns the seconds waited."""
+        if self.pending is None:
+            return 0.0
+        t = time.perf_counter()
+        self.total.append(self.pending.result())
+        self.pending = None
+        return time.perf_counter() - t
+
+    def run_overlapped(self, stage, write) -> None:
+        """Stage now (exposed), write on the host thread; the wait for the previous one is exposed too."""
+        t = time.perf_counter()
+        waited = self.wait_pending()
+        stage()
+        staged = time.perf_counter() - t
+
+        def job():
+            t0 = time.perf_counter()
+            write()
+            return staged - waited + time.perf_counter() - t0
+
+        self.pending = self.pool.submit(job)
+        self.exposed.append(time.perf_counter() - t)
+
+    def close(self) -> None:
+        self.wait_pending()
+        self.pool.shutdown(wait=True)
+
+    def describe(self) -> dict:
+        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+        return {"sync_s": self.total, "sync_exposed_s": self.exposed, "sync_mean_s": mean(self.total),
+                "sync_exposed_mean_s": mean(self.exposed)}

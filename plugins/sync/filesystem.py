@@ -1,0 +1,127 @@
+"""``filesystem``: each step writes the weights inference needs as safetensors (prime-rl's default).
+
+Full fine-tuning writes every weight in bf16; LoRA writes only the adapter. Each step goes to
+``<dir>/step_<n>/model.safetensors`` (written under a temporary name, then renamed) and is marked
+complete by ``<dir>/step_<n>/COMPLETE``, created last by an atomic rename: a crash mid-write never
+leaves a step marked complete. Only the newest ``keep`` complete steps are kept. ``dir`` may be
+on disk or in ``/dev/shm``. ``overlap=true`` copies on a side stream and writes on a host thread
+while the next step computes; the row records how much of the hand-off stayed exposed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from core import hookimpl
+from core.sync import HostStager, Timed, sync_tensors
+
+MARKER = "COMPLETE"
+WEIGHTS = "model.safetensors"
+
+
+def write_step(host: dict, out: Path, step: int, keep: int, fsync: bool) -> None:
+    """Write one step's tensors and mark the step complete; drop steps older than ``keep``."""
+    from safetensors.torch import save_file
+
+    d = out / f"step_{step}"
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / (WEIGHTS + ".tmp")
+    save_file(host, str(tmp), metadata={"step": str(step), "format": "pt"})
+    if fsync:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, d / WEIGHTS)
+    marker_tmp = d / (MARKER + ".tmp")
+    marker_tmp.write_text(f"{step}\n")
+    os.replace(marker_tmp, d / MARKER)
+    done = sorted((int(p.name.split("_", 1)[1]) for p in out.glob("step_*") if p.name.split("_", 1)[1].isdigit()))
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(out / f"step_{old}", ignore_errors=True)
+
+
+def complete_steps(out: str | Path) -> list[int]:
+    """Steps under ``out`` that are marked complete (what an inference server may load)."""
+    out = Path(out)
+    return sorted(int(p.parent.name.split("_", 1)[1]) for p in out.glob(f"step_*/{MARKER}"))
+
+
+class Filesystem:
+    name = "filesystem"
+
+    def __init__(self, dir: str = "runs/weights", keep: int = 2, overlap: bool = False, fsync: bool = False,
+                 cleanup: bool = True):
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"sync.keep must be a positive integer (got {keep!r}): try sync.keep=2")
+        self.root, self.keep, self.overlap, self.fsync = Path(dir), keep, bool(overlap), bool(fsync)
+        self.cleanup = bool(cleanup)
+        self.out = None
+        self.timed = Timed()
+        self.stager = None
+
+    def check(self, ctx) -> str | None:
+        """Refuse before the row starts: an unwritable directory, or too little free space."""
+        if ctx.rank != 0:
+            return None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root):
+                pass
+        except OSError as e:
+            return f"cannot write weights to sync.dir={self.root} ({e.strerror}): pick another, e.g. " \
+                   "sync.dir=/dev/shm/stepbench-weights or +sync=none"
+        need = ctx.predicted_bytes * (self.keep + 1)
+        free = shutil.disk_usage(self.root).free
+        if need > free:
+            return (f"sync.dir={self.root} has {free / 2**30:.2f} GiB free but keeping {self.keep} steps of "
+                    f"{ctx.predicted_bytes / 2**30:.2f} GiB needs {need / 2**30:.2f} GiB: free space, "
+                    "lower sync.keep, or pick another sync.dir")
+        return None
+
+    def setup(self, model, ctx) -> None:
+        self.rank, self.lora = ctx.rank, ctx.lora
+        self.out = self.root / (ctx.row_id or "row")
+        if self.rank == 0:
+            shutil.rmtree(self.out, ignore_errors=True)
+            self.out.mkdir(parents=True, exist_ok=True)
+        device = next(model.parameters()).device
+        self.stager = HostStager(sync_tensors(model, ctx.lora), torch.bfloat16, ctx.rank, device, self.overlap)
+
+    def before_update(self) -> None:
+        if self.stager is not None:
+            self.stager.protect()
+
+    def _write(self, step: int):
+        def write():
+            self.stager.wait_ready()
+            if self.rank == 0:
+                write_step(self.stager.host, self.out, step, self.keep, self.fsync)
+        return write
+
+    def after_step(self, step: int) -> None:
+        if self.overlap:
+            self.timed.run_overlapped(self.stager.stage, self._write(step))
+        else:
+            self.timed.run_inline(lambda: (self.stager.stage(), self._write(step)()))
+
+    def finish(self) -> None:
+        self.timed.close()
+        if self.cleanup and self.out is not None and self.rank == 0:
+            shutil.rmtree(self.out, ignore_errors=True)  # a benchmark leaves no weights behind
+
+    def describe(self) -> dict:
+        return {"method": "filesystem", "dir": str(self.out), "overlap": self.overlap, "keep": self.keep,
+                "adapter_only": self.lora, "bytes_per_step": self.stager.nbytes if self.stager else 0,
+                **self.timed.describe()}
+
+
+@hookimpl
+def stepbench_register_weight_sync(register):
+    register("filesystem", lambda cfg: Filesystem(cfg.get("dir", "runs/weights"), cfg.get("keep", 2),
+                                                  cfg.get("overlap", False), cfg.get("fsync", False),
+                                                  cfg.get("cleanup", True)),
+             doc="write bf16 weights (LoRA: the adapter) as safetensors each step; sync.dir, sync.overlap")

@@ -1,0 +1,32 @@
+"""``none``: no hand-off (SFT rows, or an RL step timed without it)."""
+
+from __future__ import annotations
+
+from core import hookimpl
+
+
+class NoSync:
+    name = "none"
+
+    def check(self, ctx):
+        return None
+
+    def setup(self, model, ctx):
+        pass
+
+    def before_update(self):
+        pass
+
+    def after_step(self, step: int):
+        pass
+
+    def finish(self):
+        pass
+
+    def describe(self) -> dict:
+        return {"method": "none", "bytes_per_step": 0}
+
+
+@hookimpl
+def stepbench_register_weight_sync(register):
+    register("none", lambda cfg: NoSync(), doc="no weight hand-off (SFT; RL timed without it)")

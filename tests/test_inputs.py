@@ -1,0 +1,137 @@
+"""Bad input: one line on stderr, exit 2, no traceback, the results file untouched; sweeps go on."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.results import append_row, read_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["model=qwen3_tiny", "device=cpu", "steps=2", "seq_len=128"]
+
+
+def run(*args, env=None):
+    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "core.bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=e, timeout=600)
+
+
+BAD = [
+    (["packing=fixed:0"], "packing='fixed:0' is unknown: use packing=single"),
+    (["packing=bogus"], "packing='bogus' is unknown"),
+    (["adapter=lora", "adapter.rank=abc"], "adapter.rank must be an integer (got 'abc')"),
+    (["seed=abc"], "seed must be an integer"),
+    (["max_host_gib=abc"], "max_host_gib must be a number"),
+    (["row_timeout_s=abc"], "row_timeout_s must be a number"),
+    (["compile=no"], "compile must be true or false (got 'no')"),
+    (["+seq_lenn=128"], "unknown option 'seq_lenn' (did you mean seq_len?)"),
+    (["foo=1"], "unknown option 'foo'"),
+    (["adapter=lora", "+adapter.rnk=4"], "unknown option 'adapter.rnk' (did you mean rank?)"),
+    (["hardware=a6000"], "hardware=a6000 does not match this machine"),
+    (["steps=1"], "steps must be at least 2"),
+    (["micro_batches=0"], "micro_batches must be at least 1"),
+    (["device=gpu"], "device 'gpu' is unknown: use device=auto"),
+    (["+sync=filesystem", "sync.keep=0"], "sync.keep must be a positive integer"),
+    (["+sync=nccl", "sync.backend=nccl"], "sync.backend=nccl needs a GPU for the receiver"),
+    (["+sync=filesystem", "sync.overlap=maybe"], "sync.overlap must be true or false"),
+    (["seq_len=1000000000"], "predicted peak memory"),
+    (["+sweep=nope"], "unknown sweep 'nope'"),
+    (["results=/"], "results=/ is a directory"),
+]
+
+
+@pytest.mark.parametrize("args,expect", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_one_line_exit_2(tmp_path, args, expect):
+    res = tmp_path / "r.jsonl"
+    extra = [] if any(a.startswith("results=") for a in args) else [f"results={res}"]
+    p = run(*TINY, *args, *extra)
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and expect in lines[0], p.stderr
+    assert "Traceback" not in p.stderr and not res.exists()
+
+
+def test_sweep_suggestion_has_the_plus():
+    p = run("+sweep=nope")
+    assert "e.g. +sweep=" in p.stderr
+
+
+def test_unknown_block_name_and_broken_registration(tmp_path):
+    p = run(*TINY, f"results={tmp_path / 'r.jsonl'}", env={"STEPBENCH_BLOCK_PLUGINS": "bogus"})
+    assert p.returncode == 2 and "'bogus', which matches no plugin" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_blocked_sdpa_is_not_used_by_auto(tmp_path):
+    p = run(*TINY, f"results={tmp_path / 'r.jsonl'}", env={"STEPBENCH_BLOCK_PLUGINS": "sdpa"})
+    assert p.returncode == 2 and "no registered attention backend" in p.stdout
+    (row,) = read_rows(tmp_path / "r.jsonl")[0]
+    assert row["status"] == "failed" and "no registered attention backend" in row["error"]
+
+
+def test_torn_last_line_never_swallows_the_next_row(tmp_path):
+    res = tmp_path / "r.jsonl"
+    res.write_text('{"status": "ok", "half": ')  # a crash mid-write elsewhere
+    append_row(res, {"status": "ok", "n": 1})
+    rows, problems = read_rows(res)
+    assert rows == [{"status": "ok", "n": 1}]
+    assert problems == [f"{res}:1: not JSON (Expecting value; a torn line?)"]
+
+
+def test_a_bad_row_in_a_sweep_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
+    res = tmp_path / "r.jsonl"
+    p = run("+sweep=cpu_checks", f"results={res}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = read_rows(res)[0]
+    assert [r["status"] for r in rows] == ["ok", "failed", "failed", "ok"]
+    assert "packing='fixed:0' is unknown" in rows[1]["error"]
+    assert rows[2]["error"].startswith("refused: bad overrides")
+    assert (rows[0]["family"], rows[0]["ac"], rows[0]["type"]) == ("qwen3_moe", "Offload", "RL LoRA(r=16)")
+    assert (rows[3]["family"], rows[3]["type"]) == ("glm4_moe", "SFT Full")
+
+
+def test_sweep_command_line_replaces_the_rows_own_choice(tmp_path):
+    res = tmp_path / "r.jsonl"
+    p = run("+sweep=cpu_smoke", "+attn=fa2", f"results={res}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = read_rows(res)[0]
+    assert len(rows) == 3 and all(r["status"] == "failed" and "attn 'fa2' cannot run here" in r["error"]
+                                  for r in rows)
+
+
+def test_sweep_over_packing_runs_each_value_and_repeats_resume(tmp_path):
+    res = tmp_path / "r.jsonl"
+    args = ["-m", *TINY, "micro_batches=1", "packing=single,fixed:2", f"results={res}"]
+    p = run(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = read_rows(res)[0]
+    assert len(rows) == 2 and {r["packing"] for r in rows} == {"single", "fixed:2"}  # not skipped as "done"
+    one = ["-m", *TINY, "micro_batches=1", "packing=single", f"results={res}", "repeats=2"]
+    p = run(*one)  # one more fresh run of that row, then nothing left to do
+    assert p.returncode == 0 and len(read_rows(res)[0]) == 3
+    p = run(*one)
+    assert p.stderr.count("skipped: already in results 2x") == 1 and len(read_rows(res)[0]) == 3
+
+
+def test_nan_backend_fails_its_row(tmp_path, monkeypatch, dist_group):
+    from hydra import compose, initialize_config_dir
+
+    import plugins.attention.sdpa as sdpa
+    from core.bench import run_row
+
+    monkeypatch.setattr(sdpa.SDPA, "__call__", lambda self, q, k, v, meta: q * float("nan"))
+    res = tmp_path / "r.jsonl"
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("bench", overrides=[*TINY, "+attn=sdpa", f"results={res}", "+sync=none"])
+    try:
+        assert run_row(cfg) == 1
+    finally:  # run_row ends the process group the other tests share
+        from core.trainer import init_distributed
+
+        init_distributed("cpu")
+    (row,) = read_rows(res)[0]
+    assert row["status"] == "failed" and "not finite with attn 'sdpa'" in row["error"]

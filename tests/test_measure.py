@@ -1,0 +1,82 @@
+"""Metrics from samples: TPS is tokens over time, spreads, executed FLOPs per AC mode, ceilings,
+provenance."""
+
+import pytest
+
+from core import flops
+from core.measure import spread, throughput
+from core.models.registry import QWEN3
+
+
+def test_tps_is_tokens_over_total_time_not_mean_of_rates():
+    steps = [1.0, 2.0, 1.0, 4.0]  # whole-step seconds, 8192 tokens x 2 micro-batches each
+    tps, per_mb = throughput(steps, 16384, 2)
+    assert tps == pytest.approx(16384 * 4 / 8.0)
+    mean_of_rates = sum(16384 / s for s in steps) / len(steps)
+    assert mean_of_rates > tps * 1.3  # the biased figure we no longer report
+    assert per_mb == pytest.approx(8.0 / 8)
+
+
+def test_spread():
+    s = spread([1.0, 1.0, 1.0, 3.0])
+    assert (s["n"], s["min"], s["median"], s["max"]) == (4, 1.0, 1.0, 3.0)
+    assert s["cv"] == pytest.approx(0.8660254 / 1.5)
+
+
+@pytest.mark.parametrize("ac,info,kind", [
+    ("none", {}, "none"), ("recompute", {"ac_mode": "full"}, "full"),
+    ("recompute", {"ac_mode": "selective"}, "selective"), ("offload", {"ac_mode": "full"}, "full"),
+    ("offload", {"ac_mode": "attention"}, "selective"),
+])
+def test_recompute_kind_counts_offload_attention_block_recompute(ac, info, kind):
+    assert flops.recompute_kind(ac, info) == kind
+
+
+def test_offload_attention_executes_the_block_again_without_attention():
+    a = QWEN3["0.6B"]
+    none = flops.micro_batch_flops(a, [8192], False, 0, "none")
+    sel = flops.micro_batch_flops(a, [8192], False, 0, flops.recompute_kind("offload", {"ac_mode": "attention"}))
+    full = flops.micro_batch_flops(a, [8192], False, 0, "full")
+    assert none.executed < sel.executed < full.executed
+    assert sel.attn_executed == none.attn_executed and full.attn_executed > sel.attn_executed
+
+
+def test_ceilings_come_from_the_backend_that_ran():
+    hw = {"name": "H100", "mm_tflops": 790, "attn_tflops": 624}
+    rows = [{"kind": "attention_bench", "gpu": "NVIDIA H100 80GB HBM3", "backend": b, "shape": s, "tflops": t}
+            for b, s, t in [("fa3", "1x16384", 620), ("fa3", "1x65536", 600), ("fa2", "1x16384", 320),
+                            ("fa2", "1x65536", 330), ("matmul", "8192^3", 780), ("matmul", "8192^3", 790),
+                            ("fa2", "1x16384", 300)]]
+    c = flops.ceilings(hw, "fa2", "torch varlen_attn (vendored FA2)", 16384, rows)
+    assert c["attn_tflops"] == 310 and "fa2" in c["attn_source"] and c["mm_tflops"] == 785
+    assert flops.ceilings(hw, "auto", "auto: flash_attn_3 3.0.0", 65536, rows)["attn_tflops"] == 600
+    other = flops.ceilings({"name": "B200", "mm_tflops": 1, "attn_tflops": 2}, "fa2", None, 8192, rows)
+    assert other["attn_tflops"] == 2 and other["attn_source"].startswith("hardware profile")
+
+
+def test_source_digest_matches_the_committed_tree_when_clean():
+    from core.provenance import git_state, source_digest, source_digest_at
+
+    commit, dirty = git_state()
+    if commit is None or dirty is None:
+        pytest.skip("not a git checkout")
+    at = source_digest_at(commit)
+    assert at is not None and len(at) == 16
+    if not dirty:
+        assert at == source_digest()
+
+
+def test_env_commit_wins_on_device_copies(monkeypatch):
+    from core.provenance import git_state, row_provenance
+
+    monkeypatch.setenv("STEPBENCH_GIT_COMMIT", "c" * 40)
+    monkeypatch.setenv("STEPBENCH_GIT_DIRTY", "0")
+    assert git_state() == ("c" * 40, False)
+    monkeypatch.setenv("STEPBENCH_GIT_COMMIT", "c" * 40 + "-dirty")
+    assert git_state() == ("c" * 40, True)
+    monkeypatch.delenv("STEPBENCH_GIT_DIRTY")
+    monkeypatch.setenv("STEPBENCH_GIT_COMMIT", "c" * 40)
+    assert git_state() == ("c" * 40, None)
+    assert row_provenance({"env": {"git_commit": "HEAD"}}) == "unknown"
+    assert row_provenance({"env": {"git_commit": "c" * 40, "git_dirty": False}}) == "clean"
+    assert row_provenance({"env": {"git_commit": "c" * 40, "git_dirty": True}}) == "dirty"

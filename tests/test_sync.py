@@ -1,0 +1,184 @@
+"""Weight sync: what the inference side receives equals the trainer's weights, every step."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.models.registry import QWEN3, QWEN3_MOE
+from core.plugins import registry
+from core.sync import SyncContext
+from core.trainer import build, make_batches, train_step
+from plugins.sync.filesystem import Filesystem, complete_steps
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+
+def built(args, adapter="full", ac="recompute"):
+    reg = registry()
+    ad = reg.get("adapter", adapter).factory({"rank": 4, "alpha": 8} if adapter == "lora" else {})
+    return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", ac).factory({}), ad,
+                 torch.device("cpu"), seed=1)
+
+
+def full(p):
+    t = p.detach()
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path, overlap, adapter):
+    args = QWEN3["tiny"]
+    b = built(args, adapter)
+    fs = Filesystem(str(tmp_path), keep=3, overlap=overlap, cleanup=False)
+    fs.setup(b.model, SyncContext(0, 1, "cpu", adapter == "lora", 0, row_id="r"))
+    b.sync = fs
+    for step in range(3):
+        train_step(b, make_batches(args, "rl", 128, 1, "random", 0, step, "cpu"), "rl", step=step)
+        fs.timed.wait_pending()  # the overlapped write of this step is done
+        got = load_file(str(tmp_path / "r" / f"step_{step}" / "model.safetensors"))
+        want = {n: full(p).to(torch.bfloat16) for n, p in b.model.named_parameters()
+                if adapter == "full" or "lora_" in n}
+        assert got.keys() == want.keys() and len(got) > 0
+        for n in want:
+            assert torch.equal(got[n], want[n]), n  # bit-exact bf16
+    fs.finish()
+    assert complete_steps(tmp_path / "r") == [0, 1, 2]
+    info = fs.describe()
+    assert len(info["sync_s"]) == 3 and info["bytes_per_step"] == sum(t.numel() * 2 for t in got.values())
+    if adapter == "lora":
+        assert all("lora_" in n for n in got)
+
+
+def test_adapter_only_sync_reproduces_merged_output(dist_group, tmp_path):
+    """Inference merges base + alpha/r * B @ A from the synced adapter: same output as the trainer's layer."""
+    args = QWEN3["tiny"]
+    b = built(args, "lora")
+    fs = Filesystem(str(tmp_path), keep=1, cleanup=False)
+    fs.setup(b.model, SyncContext(0, 1, "cpu", True, 0, row_id="r"))
+    b.sync = fs
+    train_step(b, make_batches(args, "rl", 128, 1, "random", 0, 0, "cpu"), "rl", step=0)
+    fs.finish()
+    got = load_file(str(tmp_path / "r" / "step_0" / "model.safetensors"))
+    layer = b.model.layers[0].self_attn.q_proj
+    base = full(layer.base_layer.weight).float()
+    A = got["layers.0.self_attn.q_proj.lora_A.default.weight"].float()
+    B = got["layers.0.self_attn.q_proj.lora_B.default.weight"].float()
+    assert B.abs().sum() > 0  # the step moved B away from its zero init
+    merged = base + (8 / 4) * B @ A
+    A_t, B_t = full(layer.lora_A["default"].weight).float(), full(layer.lora_B["default"].weight).float()
+    x = torch.randn(16, base.shape[1])
+    ref = x @ base.T + (8 / 4) * (x @ A_t.T) @ B_t.T  # the trainer's layer, fp32 adapter masters
+    out = x @ merged.T
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeypatch):
+    import safetensors.torch as st
+
+    args = QWEN3["tiny"]
+    b = built(args)
+    fs = Filesystem(str(tmp_path), keep=2, cleanup=False)
+    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
+    fs.after_step(0)
+
+    def torn(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(st, "save_file", torn)
+    with pytest.raises(OSError):
+        fs.after_step(1)
+    assert complete_steps(tmp_path / "r") == [0]
+    assert not (tmp_path / "r" / "step_1" / "model.safetensors").exists()
+
+
+def test_filesystem_refuses_unwritable_or_full_dir(tmp_path):
+    bad = Filesystem("/proc/stepbench-cannot-write")
+    assert "cannot write weights" in bad.check(SyncContext(predicted_bytes=10))
+    full_disk = Filesystem(str(tmp_path))
+    msg = full_disk.check(SyncContext(predicted_bytes=2**62))
+    assert "GiB free but keeping 2 steps" in msg
+
+
+def bench(*args):
+    return subprocess.run([sys.executable, "-m", "core.bench", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_bad_sync_dir_one_line_exit_2(tmp_path):
+    res = tmp_path / "r.jsonl"
+    p = bench("model=qwen3_tiny", "device=cpu", "steps=2", "seq_len=128", "+sync=filesystem",
+              "sync.dir=/proc/nope", f"results={res}")
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot write weights to sync.dir=/proc/nope" in lines[0], p.stderr
+
+
+@pytest.mark.parametrize("overlap", ["true"])
+def test_broadcast_receiver_verifies_every_step(tmp_path, overlap):
+    res = tmp_path / "r.jsonl"
+    p = bench("model=qwen3_moe_tiny", "adapter=lora", "device=cpu", "steps=3", "seq_len=128", "+sync=nccl",
+              "sync.verify=true", f"sync.overlap={overlap}", f"results={res}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    (row,) = [json.loads(x) for x in res.read_text().splitlines()]
+    info = row["sync_info"]
+    assert info["backend"] == "gloo" and info["adapter_only"] and info["bytes_per_step"] > 0
+    assert info["verified_steps"] == 3 and len(info["sync_s"]) == 3
+    assert row["sync"] == "nccl" + (" overlap" if overlap == "true" else "")
+
+
+def test_rl_rows_sync_by_default_and_sft_rows_do_not():
+    from hydra import compose, initialize_config_dir
+
+    from core.resolve import resolve
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        rl = resolve(compose("bench", overrides=["model=qwen3_tiny", "device=cpu", "task=rl"]))
+        sft = resolve(compose("bench", overrides=["model=qwen3_tiny", "device=cpu", "task=sft"]))
+        lora = resolve(compose("bench", overrides=["model=qwen3_tiny", "device=cpu", "adapter=lora"]))
+    assert rl["sync_node"]["name"] == "filesystem" and not rl["sync_ctx"].lora
+    assert sft["sync_node"]["name"] == "none"
+    assert lora["sync_ctx"].lora and lora["sync_ctx"].predicted_bytes < rl["sync_ctx"].predicted_bytes
+
+
+def test_filesystem_cleans_up_its_row_directory(dist_group, tmp_path):
+    b = built(QWEN3["tiny"])
+    fs = Filesystem(str(tmp_path), keep=1)
+    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
+    fs.after_step(0)
+    assert complete_steps(tmp_path / "r") == [0]
+    fs.finish()
+    assert not (tmp_path / "r").exists()
+
+
+def test_two_ranks_gather_the_same_weights(tmp_path):
+    p = subprocess.run([sys.executable, "tests/sync_worker.py", str(tmp_path)], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                        "tests/sync_worker.py", str(tmp_path)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    one = load_file(str(tmp_path / "world1" / "step_0" / "model.safetensors"))
+    two = load_file(str(tmp_path / "world2" / "step_0" / "model.safetensors"))
+    assert one.keys() == two.keys() and len(one) > 5
+    for n in one:
+        assert torch.equal(one[n], two[n]), n
+
+
+def test_moe_full_sync_includes_experts(dist_group, tmp_path):
+    b = built(QWEN3_MOE["tiny"])
+    fs = Filesystem(str(tmp_path), keep=1, cleanup=False)
+    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
+    fs.after_step(0)
+    fs.finish()
+    got = load_file(str(tmp_path / "r" / "step_0" / "model.safetensors"))
+    assert any("experts" in n for n in got)

@@ -34,9 +34,12 @@ def sync_tensors(model, lora: bool) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def full_tensor(p: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a (possibly FSDP2-sharded) parameter; a collective on every rank."""
+    """The whole tensor of a (possibly FSDP2-sharded) parameter; a collective on every rank with
+    more than one rank (with one, the local shard is the whole tensor: no collective)."""
     t = p.detach()
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
+    if not hasattr(t, "full_tensor"):
+        return t
+    return t.to_local() if t.device_mesh.size() == 1 else t.full_tensor()
 
 
 def digest(tensors) -> str:
@@ -95,15 +98,21 @@ class _null:
 
 
 class Timed:
-    """Per-step sync timing: total seconds of the hand-off and the part the step waited for."""
+    """Per-step sync timing: total seconds of the hand-off and the part the step waited for.
 
-    def __init__(self):
+    ``drain`` (a device synchronize on CUDA) runs before each timer starts: the host runs ahead of
+    the GPU, so without it the hand-off's time would include the tail of the step's own compute.
+    The step time is the same either way (the bench synchronizes at the end of every step)."""
+
+    def __init__(self, drain=None):
+        self.drain = drain or (lambda: None)
         self.total: list[float] = []
         self.exposed: list[float] = []
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="stepbench-sync")
         self.pending: Future | None = None
 
     def run_inline(self, fn) -> None:
+        self.drain()
         t = time.perf_counter()
         fn()
         dt = time.perf_counter() - t
@@ -119,8 +128,10 @@ class Timed:
         self.pending = None
         return time.perf_counter() - t
 
+
     def run_overlapped(self, stage, write) -> None:
         """Stage now (exposed), write on the host thread; the wait for the previous one is exposed too."""
+        self.drain()
         t = time.perf_counter()
         waited = self.wait_pending()
         stage()
@@ -142,3 +153,8 @@ class Timed:
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
         return {"sync_s": self.total, "sync_exposed_s": self.exposed, "sync_mean_s": mean(self.total),
                 "sync_exposed_mean_s": mean(self.exposed)}
+
+
+def device_drain(device: torch.device):
+    """What :class:`Timed` runs before timing a hand-off on ``device``."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from core import hookimpl
-from core.sync import HostStager, Timed, sync_tensors
+from core.sync import HostStager, Timed, device_drain, sync_tensors
 
 MARKER = "COMPLETE"
 WEIGHTS = "model.safetensors"
@@ -89,6 +89,7 @@ class Filesystem:
             shutil.rmtree(self.out, ignore_errors=True)
             self.out.mkdir(parents=True, exist_ok=True)
         device = next(model.parameters()).device
+        self.timed.drain = device_drain(device) or self.timed.drain
         self.stager = HostStager(sync_tensors(model, ctx.lora), torch.bfloat16, ctx.rank, device, self.overlap)
 
     def before_update(self) -> None:

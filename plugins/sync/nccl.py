@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from core import hookimpl
-from core.sync import HostStager, Timed, digest, full_tensor, sync_tensors
+from core.sync import HostStager, Timed, device_drain, digest, full_tensor, sync_tensors
 
 STOP, STEP = 0, 1
 
@@ -98,6 +98,7 @@ class Broadcast:
         self.rank = ctx.rank
         self.backend, self.dev = self.pick_backend(ctx)
         self.device = next(model.parameters()).device
+        self.timed.drain = device_drain(self.device) or self.timed.drain
         self.params = sync_tensors(model, ctx.lora)
         self.lora = ctx.lora
         self.shapes = [tuple(p.shape) for _, p in self.params]

@@ -107,14 +107,16 @@ def table_line(r: dict, base: dict | None, extended: bool = False) -> str:
 
 
 def median_runs(rows: list[dict]) -> list[dict]:
-    """One row per key: the median run by TPS among repeats (with ``runs`` and the TPS of every run),
-    in the order keys first appeared (by time)."""
+    """One row per key: the median run by TPS among the repeats of the newest commit that ran the
+    key (with ``runs`` and the TPS of every run), in the order keys first appeared (by time)."""
     groups: dict = {}
     for r in sorted(rows, key=lambda r: str(r.get("time", ""))):
         if r.get("status") == "ok":
             groups.setdefault(row_key(r), []).append(r)
     out = []
     for rs in groups.values():
+        newest = (rs[-1].get("env") or {}).get("git_commit")
+        rs = [r for r in rs if (r.get("env") or {}).get("git_commit") == newest]
         ranked = sorted(rs, key=lambda r: r["tps"])
         med = dict(ranked[(len(ranked) - 1) // 2])
         med["runs"], med["runs_tps"] = len(rs), [r["tps"] for r in rs]
@@ -210,8 +212,14 @@ def published_work(p: dict) -> dict:
             "sync": "filesystem disk" if p["type"].startswith("RL") else "none"}
 
 
-def same_work(r: dict, p: dict) -> bool:
-    return all(r.get(k) == v for k, v in published_work(p).items())
+def same_work(r: dict, p: dict, strict: bool = True) -> bool:
+    """Whether our row does the published row's per-step work. ``strict``: also the same hand-off
+    method (filesystem on disk, not overlapped); else any method that hands the weights over every
+    step (filesystem on disk or in /dev/shm, overlapped or not, or a broadcast)."""
+    want = published_work(p)
+    if not strict and want["sync"] != "none":
+        return all(r.get(k) == want[k] for k in ("micro_batches", "packing")) and r.get("sync") not in (None, "none")
+    return all(r.get(k) == v for k, v in want.items())
 
 
 def _geomean(xs: list[float]) -> float:
@@ -226,7 +234,9 @@ def versus_published(rows: list[dict], published: list[dict]) -> str:
     """View (a), same configuration: each published row beside ours with the same model, type,
     seq_len, AC, attention, GPUs and per-step work (2 micro-batches, one packed sample, and for RL
     the filesystem weight hand-off)."""
-    ours = {(*_pub_key(r), r["ac"], r["attn"]): r for r in rows}
+    ours = {}
+    for r in rows:  # among rows of one key, the one doing the published per-step work
+        ours.setdefault((*_pub_key(r), r["ac"], r["attn"]), []).append(r)
     lines = ["## View (a): same configuration\n",
              "Each published prime-rl row beside the stepbench row with the same model, type, sequence "
              "length, AC, attention, GPUs and per-step work: 2 micro-batches of one packed sample, and "
@@ -237,8 +247,8 @@ def versus_published(rows: list[dict], published: list[dict]) -> str:
              "ratio | Peak Mem (ours / prime-rl) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios = []
     for p in published:
-        r = ours.get((*_pub_key(p), p["ac"], p["attn"]))
-        if not r or not same_work(r, p):
+        r = next((x for x in ours.get((*_pub_key(p), p["ac"], p["attn"]), []) if same_work(x, p)), None)
+        if r is None:
             continue
         ratio = r["tps"] / p["tps"]
         ratios.append(ratio)
@@ -258,19 +268,21 @@ def best_at_no_more_memory(rows: list[dict], published: list[dict], host_budget_
     """View (b): for each published row on hardware we measured, our fastest row of the same
     model, type, sequence length, GPUs and per-step work, any AC or attention, whose GPU peak is
     at most the published peak and whose pinned host memory is within ``host_budget_gib``."""
-    lines = [f"## View (b): fastest stepbench configuration at no more memory\n",
+    lines = ["## View (b): fastest stepbench configuration at no more memory\n",
              "For each published row: our fastest row of the same model, type, sequence length, GPUs "
-             "and per-step work (as in view (a)), with any AC and attention backend, whose GPU peak is "
+             "and per-step work (2 micro-batches of one packed sample; for RL, the weights handed to "
+             "inference every step by any method: filesystem on disk or /dev/shm, overlapped with the "
+             "next step or not, or a broadcast), with any AC and attention backend, whose GPU peak is "
              f"at most the published row's and whose pinned host memory is at most {host_budget_gib:g} GiB "
              "(`--host-budget-gib`). The winning configuration is named.\n",
-             "| Model | Type | SeqLen | Hardware | prime-rl (AC, Attn) | TPS | Peak Mem | stepbench (AC, Attn) | TPS "
-             "| Peak Mem | Host | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| Model | Type | SeqLen | Hardware | prime-rl (AC, Attn) | TPS | Peak Mem | stepbench (AC, Attn, Sync) "
+             "| TPS | Peak Mem | Host | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     hw = {r["hardware_label"] for r in rows}
     ratios = []
     for p in published:
         if p["hardware_label"] not in hw:
             continue
-        cands = [r for r in rows if _pub_key(r) == _pub_key(p) and same_work(r, p)
+        cands = [r for r in rows if _pub_key(r) == _pub_key(p) and same_work(r, p, strict=False)
                  and r.get("peak_mem_gib") is not None and r["peak_mem_gib"] <= p["peak_mem_gib"]
                  and host_gib(r) <= host_budget_gib]
         if not cands:
@@ -280,7 +292,7 @@ def best_at_no_more_memory(rows: list[dict], published: list[dict], host_budget_
         h = host_gib(b)
         lines.append(f"| {section_name(p)} | {p['type']} | {p['seq_len']} | {p['hardware_label']} | "
                      f"{p['ac']}, {p['attn']} | {p['tps'] / 1e3:.2f}k | {p['peak_mem_gib']:.1f} GiB | "
-                     f"{b['ac']}, {b['attn']} | {b['tps'] / 1e3:.2f}k | {b['peak_mem_gib']:.1f} GiB | "
+                     f"{b['ac']}, {b['attn']}, {b.get('sync')} | {b['tps'] / 1e3:.2f}k | {b['peak_mem_gib']:.1f} GiB | "
                      f"{f'{h:.1f} GiB' if h else '-'} | {b['tps'] / p['tps']:.2f}x |")
     if ratios:
         lines.append(f"\nBest at no more memory, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, "
@@ -341,6 +353,24 @@ def plots(rows: list[dict], out_dir: Path, prefix: str) -> list[Path]:
     return written
 
 
+_DIGESTS: dict = {}
+
+
+def verify_source(r: dict) -> None:
+    """Mark a row dirty when the source digest it recorded differs from its commit's (it did not
+    run that commit's code). Rows of commits git does not know keep their recorded flags."""
+    from core.provenance import source_digest_at
+
+    env = r.get("env") or {}
+    commit, digest = env.get("git_commit"), env.get("source_digest")
+    if not commit or not digest or env.get("git_dirty") is not False:
+        return
+    if commit not in _DIGESTS:
+        _DIGESTS[commit] = source_digest_at(commit)
+    if _DIGESTS[commit] is not None and _DIGESTS[commit] != digest:
+        r["env"] = {**env, "git_dirty": True, "dirty_why": "source digest differs from the commit's"}
+
+
 def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
     """(headline rows, rows left out for provenance, failed rows) from the results files."""
     missing = [p for p in results if not Path(p).exists()]
@@ -352,6 +382,8 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
         print(f"report: skipped {p}", file=sys.stderr)
     all_rows = [r for r in all_rows if not r.get("profiled") and "memory_profile" not in r and "kind" not in r]
     ok = [r for r in all_rows if r.get("status") == "ok" and "type" in r and "mfu" in r]
+    for r in ok:
+        verify_source(r)
     clean = [r for r in ok if row_provenance(r) == "clean"]
     dirty = [r for r in ok if row_provenance(r) != "clean"]
     ok_keys = {row_key(r) for r in ok}

@@ -106,10 +106,13 @@ def test_best_at_no_more_memory_holds_gpu_and_host_budgets():
                 ac_info={"host_offload_gib": 3.4})
     text = best_at_no_more_memory([fast_but_big, host_hungry, lean], published, host_budget_gib=16)
     line = next(ln for ln in text.splitlines() if "| Offload, FA3 |" in ln and "| 65536 |" in ln)
-    assert "| Offload, FA3 | 13.52k" in line and "| 3.4 GiB | 1.40x |" in line
+    assert "| Offload, FA3, filesystem disk | 13.52k" in line and "| 3.4 GiB | 1.40x |" in line
     text = best_at_no_more_memory([fast_but_big, host_hungry, lean], published, host_budget_gib=32)
     line = next(ln for ln in text.splitlines() if "| Offload, FA3 |" in ln and "| 65536 |" in ln)
-    assert "Offload (attention), FA3" in line and line.endswith("| 2.00x |")
+    assert "Offload (attention), FA3, filesystem disk" in line and line.endswith("| 2.00x |")
+    no_sync = ours(pub, ac="Offload", tps=pub["tps"] * 5, peak_mem_gib=1.0, sync="none")  # not the same work
+    text = best_at_no_more_memory([no_sync], published)
+    assert not any("| Offload, FA3 |" in ln and "| 65536 |" in ln for ln in text.splitlines())
 
 
 def test_repeats_show_the_median_run_and_spread(tmp_path):

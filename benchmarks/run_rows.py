@@ -23,21 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.results import append_row, load_rows  # noqa: E402
-
-
-def table(rows: list[dict]) -> str:
-    head = (f"{'model':<16} {'type':<16} {'seq':>6} {'AC':<22} {'attn':<6} {'MFU':>6} {'TPS':>8} "
-            f"{'step/mb':>8} {'peak GiB':>8} {'roofl.':>6}")
-    out = [head]
-    for r in rows:
-        if r.get("status") != "ok":
-            out.append(f"{r.get('model', '?'):<16} {r.get('type', '?'):<16} {r.get('seq_len', 0):>6} "
-                       f"{str(r.get('ac')):<22} {str(r.get('attn')):<6} FAILED: {str(r.get('error'))[:90]}")
-            continue
-        out.append(f"{r['model']:<16} {r['type']:<16} {r['seq_len']:>6} {r['ac']:<22} {r['attn']:<6} "
-                   f"{r['mfu']:5.1f}% {r['tps'] / 1e3:7.2f}k {r['step_time']:7.2f}s {r['peak_mem_gib']:8.1f} "
-                   f"{100 * r['roofline_frac']:5.0f}%")
-    return "\n".join(out)
+from core.sweep import table  # noqa: E402
 
 
 def main():

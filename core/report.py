@@ -332,7 +332,7 @@ def plots(rows: list[dict], out_dir: Path, prefix: str) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         series: dict[str, list[dict]] = {}
         for r in rs:
-            series.setdefault(f"{r['type']} {r['ac']} {r['attn']} {r['hardware_label']}", []).append(r)
+            series.setdefault(f"{r['type']} {r['ac']} {r['attn']} {r['hardware_label']} sync={r.get('sync')}", []).append(r)
         for label, pts in sorted(series.items()):
             pts = sorted(pts, key=lambda r: r["seq_len"])
             xs = [p["seq_len"] for p in pts]

@@ -39,8 +39,9 @@ def lora_params(a: ModelArgs, rank: int) -> int:
 
 
 def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
-                     head_budget_mib: int = 512) -> float:
-    """Predicted peak GPU memory (GiB) of one rank."""
+                     head_budget_mib: int = 512, mode: str = "full") -> float:
+    """Predicted peak GPU memory (GiB) of one rank. ``mode="selective"`` (recompute or offload)
+    also keeps every layer's attention output (bf16) and log-sum-exp (fp32) on the GPU."""
     n = param_count(a)
     if lora_rank:
         states = 2 * n / world + 16 * lora_params(a, lora_rank)  # bf16 frozen + fp32 adapters, grads, Adam
@@ -57,6 +58,8 @@ def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str,
         saved = 2 * 2 * T * h
     else:
         saved = a.n_layers * 2 * T * h
+    if ac != "none" and mode == "selective":
+        saved += a.n_layers * T * (2 * a.n_heads * a.head_dim + 4 * a.n_heads)
     head = head_budget_mib * 2**20 * 1.5 + T * h * 4 * 2
     return (states + 3 * block_unsharded + saved + live_block + head) / GIB * 1.1 + 1.0
 

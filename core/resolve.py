@@ -123,7 +123,7 @@ def resolve(cfg, world: int = 1) -> dict:
         raise UserError(f"offload would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
                         f"try {instead} or a shorter seq_len")
     rank = cfg.adapter.get("rank") if lora else None
-    pred = predict_peak_gib(args, seq_len, rank, cfg.ac.name, world, cfg.head_budget_mib)
+    pred = predict_peak_gib(args, seq_len, rank, cfg.ac.name, world, cfg.head_budget_mib, cfg.ac.get("mode", "full"))
     mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else None)
     if ctx.device == "cpu" and not cfg.get("max_memory_gib"):
         avail = host_available_gib()

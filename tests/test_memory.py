@@ -40,3 +40,32 @@ def test_there_are_measured_rows_of_both_modes():
 
 def test_no_host_memory_without_offload():
     assert predict_host_gib(QWEN3["4B"], 65536, "recompute") == 0.0
+
+
+def measured_rows():
+    from core.models.registry import FAMILIES
+
+    out = []
+    for f in sorted(RESULTS.glob("*.jsonl")) + sorted((RESULTS / "history").glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            commit = (r.get("env") or {}).get("git_commit")
+            if r.get("status") == "ok" and "config" in r and r.get("peak_mem_gib") and not r.get("profiled") \
+                    and r.get("attn") in ("FA2", "FA3") and commit not in (None, "HEAD"):  # HEAD: before the head fix
+                out.append((FAMILIES[r["family"]].flavours[r["flavour"]], r))
+    return out
+
+
+def test_peak_prediction_never_below_measured_by_more_than_10pct_nor_far_above():
+    """The refusal predictor over every committed FA2/FA3 row (one GPU): never more than 10% under
+    the measured peak (it must not let a row that cannot fit start), and within 1.6x above it."""
+    from core.memory import predict_peak_gib
+
+    rows = measured_rows()
+    assert len(rows) > 30
+    for a, r in rows:
+        c = r["config"]
+        rank = c["adapter"].get("rank") if c["adapter"]["name"] == "lora" else None
+        p = predict_peak_gib(a, r["seq_len"], rank, c["ac"]["name"], 1, c.get("head_budget_mib", 512),
+                             c["ac"].get("mode", "full"))
+        assert 0.9 <= p / r["peak_mem_gib"] <= 1.6, (r["model"], r["type"], r["seq_len"], r["ac"], p, r["peak_mem_gib"])

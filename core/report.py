@@ -48,7 +48,8 @@ EXTENDED_NOTE = """
 > TPS is tokens over the total measured time; Spread is the coefficient of variation of whole-step
 > times (:warning: above 5%) over n measured steps; Runs is the number of repeated runs (fresh
 > processes) of the row, of which the median by TPS is shown. Sync is the weight hand-off timed
-> inside each step (RL rows: `filesystem` as prime-rl's rows; `none` for SFT). Host is the pinned
+> inside each step (RL rows: `filesystem` as prime-rl's rows; `none` for SFT), with its seconds per
+> measured step (and, overlapped, the part the step waited for). Host is the pinned
 > host memory of offload. Roofline: the step time the measured matmul and attention ceilings of
 > the backend that ran allow, over the measured step time.
 """
@@ -79,6 +80,15 @@ def fmt_change(value: float, base: float | None) -> str:
     return f" ({change:+.1f}%)" if abs(change) >= DIFF_MIN - 1e-9 else ""
 
 
+def sync_per_step(r: dict) -> tuple[float, float]:
+    """(hand-off seconds, seconds the step waited for it) per measured step, from the row's
+    per-step lists (their first entry is the warm-up step's and is left out)."""
+    info = r.get("sync_info") or {}
+    total, exposed = (info.get("sync_s") or [])[1:], (info.get("sync_exposed_s") or [])[1:]
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    return (mean(total), mean(exposed)) if total else (float(r.get("sync_s_per_step") or 0.0), 0.0)
+
+
 def host_gib(r: dict) -> float:
     info = r.get("ac_info") or {}
     if "host_offload_gib" in info:
@@ -100,8 +110,12 @@ def table_line(r: dict, base: dict | None, extended: bool = False) -> str:
     spread = "-" if cv is None else f"{100 * cv:.1f}% ({sp.get('n')})" + (" :warning:" if cv > SPREAD_WARN else "")
     host = host_gib(r)
     roof = r.get("roofline_frac")
+    sync = r.get("sync") or "-"
+    if sync not in ("-", "none"):
+        total, exposed = sync_per_step(r)
+        sync += f" {total:.2f}s" + (f" ({exposed:.2f}s exposed)" if "overlap" in sync else "")
     return (f"| {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | {r['hardware_label']} | "
-            f"{r.get('sync') or '-'} | {'yes' if r.get('compile') else 'no'} | {mfu} | {tps} | "
+            f"{sync} | {'yes' if r.get('compile') else 'no'} | {mfu} | {tps} | "
             f"{r['step_time']:.2f}s | {peak} | {f'{host:.1f} GiB' if host else '-'} | {spread} | "
             f"{r.get('runs', 1)} | {f'{100 * roof:.0f}%' if roof else '-'} |")
 
@@ -253,7 +267,7 @@ def versus_published(rows: list[dict], published: list[dict]) -> str:
         ratio = r["tps"] / p["tps"]
         ratios.append(ratio)
         lines.append(f"| {section_name(p)} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | "
-                     f"{p['hardware_label']} | {r.get('sync')} ({r.get('sync_s_per_step', 0):.2f}) | "
+                     f"{p['hardware_label']} | {r.get('sync')} ({sync_per_step(r)[0]:.2f}) | "
                      f"{'yes' if r.get('compile') else 'no'} | {r['tps'] / 1e3:.2f}k / {p['tps'] / 1e3:.2f}k | "
                      f"{ratio:.2f}x | {r['peak_mem_gib']:.1f} / {p['peak_mem_gib']:.1f} GiB |")
     if ratios:

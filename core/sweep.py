@@ -107,10 +107,12 @@ def table(rows: list[dict]) -> str:
 def sweep_row(cfg, overrides: list[str], total: int | None = None) -> int:
     """One row of a sweep (``repeats`` times), each run in a fresh child process."""
     from core.resolve import UserError, config_adapter_label, resolve, row_labels
-    from core.results import append_row, done_keys, row_key
+    from core.results import append_row, done_keys, read_rows, row_key
 
     if _SWEEP["start"] is None:
         _SWEEP["start"] = time.time()
+        for problem in read_rows(cfg.results)[1]:  # said once per sweep; such lines are skipped
+            say(f"results: skipped unreadable line {problem}")
     n = sum(_SWEEP[k] for k in ("done", "failed", "skipped")) + 1
     elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - _SWEEP["start"]))
     of = f"/{total}" if total else ""

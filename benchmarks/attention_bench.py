@@ -80,13 +80,16 @@ def main():
     ap.add_argument("--out", default=None, help="append one JSON row per measurement")
     ap.add_argument("--matmul", action="store_true", help="also measure the bf16 matmul ceiling (8192^3)")
     a = ap.parse_args()
+    from core.provenance import environment
+
     reg, ctx = registry(), RunContext.detect()
+    env = environment()  # commit, dirty flag and source digest, like the bench's rows
     results = []
     if a.matmul:
         row = {"kind": "attention_bench", "backend": "matmul", "provider": f"torch {torch.__version__} bf16 mm",
                "shape": "8192^3", "tflops": bench_matmul(), "ceiling_tflops": None, "frac_of_ceiling": None,
                "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+               "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "env": env}
         results.append(row)
         if a.out:
             append_row(a.out, row)
@@ -103,7 +106,7 @@ def main():
             row = {"kind": "attention_bench", "backend": name, "provider": be.provider, "shape": label,
                    "tflops": tf, "ceiling_tflops": ceil, "frac_of_ceiling": tf / ceil if ceil else None,
                    "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "env": env}
             results.append(row)
             if a.out:
                 append_row(a.out, row)

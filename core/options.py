@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from functools import lru_cache
 from pathlib import Path
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -54,6 +55,12 @@ def _choice(name, v, choices):
     return v
 
 
+def _results(v) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise OptionError(f"results must be a file name (got {v!r}): try results=runs/rows.jsonl")
+    return v
+
+
 def check_packing(v) -> str:
     """single | random | fixed:N (N >= 1 documents per micro-batch)."""
     if v in ("single", "random"):
@@ -76,8 +83,7 @@ OPTIONS = {
     "compile": lambda v: _bool("compile", v),
     "head_budget_mib": lambda v: _int("head_budget_mib", v, 1, example=512),
     "device": lambda v: _choice("device", v, ("auto", "cuda", "cpu")),
-    "results": lambda v: v if isinstance(v, str) and v.strip() else (_ for _ in ()).throw(
-        OptionError(f"results must be a file name (got {v!r}): try results=runs/rows.jsonl")),
+    "results": _results,
     "tag": lambda v: v if isinstance(v, str) else str(v),
     "row_timeout_s": lambda v: _float("row_timeout_s", v, 0.0, 1800, strict=True),
     "redo": lambda v: _bool("redo", v),
@@ -95,9 +101,11 @@ def _nearest(word: str, choices) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+@lru_cache(maxsize=None)
 def group_schema(group: str, name: str) -> dict:
     """Keys and default values a group option may have: from every yaml file of the group whose
-    ``name`` is ``name`` (plugin options share a plugin name), and the primary config's default."""
+    ``name`` is ``name`` (plugin options share a plugin name), and the primary config's default.
+    Read once per (group, name); callers must not change the dict."""
     from omegaconf import OmegaConf
 
     schema: dict = {}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import statistics
 import sys
 from datetime import datetime, timezone
 from pathlib import Path

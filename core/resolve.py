@@ -117,17 +117,15 @@ def resolve(cfg, world: int = 1) -> dict:
     args = fam.flavours[flavour]
     lora = cfg.adapter.name == "lora"
     host = predicted_host_gib(cfg, args, seq_len, attn_e)
-    limit = cfg.get("max_host_gib") or host_available_gib()
+    host_avail = host_available_gib()
+    limit = cfg.get("max_host_gib") or host_avail
     if host and limit and host > limit:
         instead = "+ac=offload (block inputs only)" if cfg.ac.get("mode") == "attention" else "+ac=recompute"
         raise UserError(f"offload would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
                         f"try {instead} or a shorter seq_len")
     rank = cfg.adapter.get("rank") if lora else None
     pred = predict_peak_gib(args, seq_len, rank, cfg.ac.name, world, cfg.head_budget_mib, cfg.ac.get("mode", "full"))
-    mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else None)
-    if ctx.device == "cpu" and not cfg.get("max_memory_gib"):
-        avail = host_available_gib()
-        mem_limit = avail
+    mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else host_avail)
     if mem_limit and pred > mem_limit:
         lean = "+ac=offload" if cfg.ac.name != "offload" else "a shorter seq_len"
         raise UserError(f"predicted peak memory {pred:.1f} GiB exceeds the {mem_limit:.1f} GiB available "

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD_ENV = "STEPBENCH_CHILD_ROW_ID"
 
 _SWEEP = {"done": 0, "failed": 0, "skipped": 0, "start": None}
+_SWEEP_IDS: set[str] = set()  # rows this sweep started (its closing table)
 
 
 def override_key(o: str) -> str:
@@ -81,8 +82,6 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
     if mine:
         print("\n" + table(mine), flush=True)
 
-
-_SWEEP_IDS: set[str] = set()
 
 
 def table(rows: list[dict]) -> str:

@@ -8,6 +8,7 @@ inside the timed step, as prime-rl's trainer hands weights to inference at every
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,7 +70,7 @@ class HostStager:
         cuda = self.device.type == "cuda"
         if self.stream is not None:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _null()
+        ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
         with ctx:
             for n, p in self.params:
                 t = full_tensor(p).to(self.dtype)
@@ -87,14 +88,6 @@ class HostStager:
         """Make the compute stream wait until the side stream has read the weights."""
         if self.stream is not None and self.ready is not None:
             torch.cuda.current_stream(self.device).wait_event(self.ready)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 class Timed:
@@ -150,9 +143,8 @@ class Timed:
         self.pool.shutdown(wait=True)
 
     def describe(self) -> dict:
-        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
-        return {"sync_s": self.total, "sync_exposed_s": self.exposed, "sync_mean_s": mean(self.total),
-                "sync_exposed_mean_s": mean(self.exposed)}
+        """Per-step lists, warm-up step first (means are taken over the measured steps by the caller)."""
+        return {"sync_s": self.total, "sync_exposed_s": self.exposed}
 
 
 def device_drain(device: torch.device):

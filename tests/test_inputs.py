@@ -1,23 +1,14 @@
 """Bad input: one line on stderr, exit 2, no traceback, the results file untouched; sweeps go on."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from core.results import append_row, read_rows
+from tests.test_cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model=qwen3_tiny", "device=cpu", "steps=2", "seq_len=128"]
-
-
-def run(*args, env=None):
-    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "core.bench", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=e, timeout=600)
 
 
 BAD = [

@@ -1,6 +1,5 @@
 """The report: the published format reproduced, the comparison views, provenance, repeats, safety."""
 
-import json
 
 import pytest
 

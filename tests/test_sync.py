@@ -15,6 +15,7 @@ from core.plugins import registry
 from core.sync import SyncContext
 from core.trainer import build, make_batches, train_step
 from plugins.sync.filesystem import Filesystem, complete_steps
+from tests.test_cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -108,14 +109,9 @@ def test_filesystem_refuses_unwritable_or_full_dir(tmp_path):
     assert "GiB free but keeping 2 steps" in msg
 
 
-def bench(*args):
-    return subprocess.run([sys.executable, "-m", "core.bench", *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=600)
-
-
 def test_bad_sync_dir_one_line_exit_2(tmp_path):
     res = tmp_path / "r.jsonl"
-    p = bench("model=qwen3_tiny", "device=cpu", "steps=2", "seq_len=128", "+sync=filesystem",
+    p = run("model=qwen3_tiny", "device=cpu", "steps=2", "seq_len=128", "+sync=filesystem",
               "sync.dir=/proc/nope", f"results={res}")
     assert p.returncode == 2
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
@@ -125,7 +121,7 @@ def test_bad_sync_dir_one_line_exit_2(tmp_path):
 @pytest.mark.parametrize("overlap", ["true"])
 def test_broadcast_receiver_verifies_every_step(tmp_path, overlap):
     res = tmp_path / "r.jsonl"
-    p = bench("model=qwen3_moe_tiny", "adapter=lora", "device=cpu", "steps=3", "seq_len=128", "+sync=nccl",
+    p = run("model=qwen3_moe_tiny", "adapter=lora", "device=cpu", "steps=3", "seq_len=128", "+sync=nccl",
               "sync.verify=true", f"sync.overlap={overlap}", f"results={res}")
     assert p.returncode == 0, p.stderr[-3000:]
     (row,) = [json.loads(x) for x in res.read_text().splitlines()]

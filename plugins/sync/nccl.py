@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from datetime import timedelta
 
 import torch

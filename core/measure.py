@@ -42,6 +42,30 @@ def kernel_profiler():
     return profile(activities=[ProfilerActivity.CUDA])
 
 
+def busy_fraction(intervals: list[tuple[int, int]], wall_ns: int) -> float:
+    """Share of ``wall_ns`` covered by at least one of the (start, end) device intervals
+    (kernels and copies; overlapping ones counted once)."""
+    if wall_ns <= 0:
+        raise ValueError(f"wall time must be positive, got {wall_ns} ns")
+    covered, end = 0, None
+    for a, b in sorted(intervals):
+        if end is None or a > end:
+            covered += b - a
+            end = b
+        elif b > end:
+            covered += b - end
+            end = b
+    return min(covered / wall_ns, 1.0)
+
+
+def device_intervals(prof) -> list[tuple[int, int]]:
+    """(start, end) in ns of every device activity (kernel, memcpy, memset) a profiler recorded."""
+    from torch.autograd import DeviceType
+
+    return [(e.start_ns(), e.end_ns()) for e in prof.profiler.kineto_results.events()
+            if e.device_type() != DeviceType.CPU]
+
+
 class NonFiniteError(RuntimeError):
     """A step produced a non-finite loss or gradient norm."""
 
@@ -73,6 +97,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
     labels = row_labels(cfg, r, adapter.label, world)
     args, seq_len, task, mbs = r["args"], r["seq_len"], cfg.task.name, cfg.micro_batches
     ops_profile = bool(cfg.get("ops_profile", False)) and ctx.device == "cuda"
+    busy_step = bool(cfg.get("busy_step", True)) and ctx.device == "cuda"
     profile = bool(cfg.get("memory_profile", False)) and ctx.device == "cuda"
     for opt in ("memory_profile", "ops_profile"):
         if cfg.get(opt, False) and ctx.device != "cuda" and rank == 0:
@@ -138,6 +163,21 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
                 for k, v in stats.items():
                     samples[k].append(v)
             step += 1
+        busy = None
+        if busy_step:  # one more step, not measured: device activity over wall time (host-bound rows)
+            batches = make_batches(args, task, seq_len, mbs, cfg.packing, cfg.seed, step, device, rank)
+            cuda_sync()
+            with kernel_profiler() as prof:
+                t = time.perf_counter_ns()
+                train_step(b, batches, task, step=step)
+                cuda_sync()
+                wall = time.perf_counter_ns() - t
+            try:
+                busy = busy_fraction(device_intervals(prof), wall)
+            except (AttributeError, RuntimeError, ValueError) as e:  # a profiler without kineto events
+                say(f"  busy step: no device activity recorded ({type(e).__name__}: {e}); gpu_busy left empty")
+            if rank == 0 and busy is not None:
+                say(f"  busy step: GPU busy {busy:.0%} of {wall / 1e9:.3f} s (profiled, not measured)")
     finally:
         sync.finish()
     peak = torch.cuda.max_memory_reserved() / 2**30 if ctx.device == "cuda" else None
@@ -173,6 +213,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
         "hw_tflops": executed / step_time / 1e12,
         "roofline_frac": roofline_s / step_time, "ceilings": ceilings,
         "flops_per_token_prime_rl": fpt,
+        "gpu_busy": busy,
         "steps_measured": len(samples["step_s"]), "spread": spread(samples["step_s"]),
         "attn_provider": getattr(attention, "provider", None), "ac_info": info,
         "sync_info": sync_info,

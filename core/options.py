@@ -92,6 +92,7 @@ OPTIONS = {
     "max_host_gib": lambda v: _float("max_host_gib", v, 0.0, 64, allow_none=True, strict=True),
     "memory_profile": lambda v: _bool("memory_profile", v),
     "ops_profile": lambda v: _bool("ops_profile", v),
+    "busy_step": lambda v: _bool("busy_step", v),
     "hardware_as_label": lambda v: _bool("hardware_as_label", v),
 }
 

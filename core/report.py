@@ -50,14 +50,15 @@ EXTENDED_NOTE = """
 > inside each step (RL rows: `filesystem` as prime-rl's rows; `none` for SFT), with its seconds per
 > measured step (and, overlapped, the part the step waited for). Host is the pinned
 > host memory of offload. Roofline: the step time the measured matmul and attention ceilings of
-> the backend that ran allow, over the measured step time.
+> the backend that ran allow, over the measured step time. Busy: the share of one extra, profiled
+> step's wall time in which the GPU ran a kernel or copy (low: the step is host-bound).
 """
 COLUMNS = "| Type | SeqLen | AC | Attn | Hardware | MFU | TPS | Step Time | Peak Mem |\n" \
           "|------|--------|----|----|----------|-----|-----|-----------|----------|"
 EXT_COLUMNS = ("| Type | SeqLen | AC | Attn | Hardware | Sync | Compiled | MFU | TPS | Step Time | Peak Mem | Host "
-               "| Spread (n) | Runs | Roofline |\n"
+               "| Spread (n) | Runs | Roofline | Busy |\n"
                "|------|--------|----|----|----------|------|----------|-----|-----|-----------|----------|------"
-               "|------------|------|----------|")
+               "|------------|------|----------|------|")
 
 
 class ReportError(Exception):
@@ -109,6 +110,7 @@ def table_line(r: dict, base: dict | None, extended: bool = False) -> str:
     spread = "-" if cv is None else f"{100 * cv:.1f}% ({sp.get('n')})" + (" :warning:" if cv > SPREAD_WARN else "")
     host = host_gib(r)
     roof = r.get("roofline_frac")
+    busy = "-" if r.get("gpu_busy") is None else f"{100 * r['gpu_busy']:.0f}%"
     sync = r.get("sync") or "-"
     if sync not in ("-", "none"):
         total, exposed = sync_per_step(r)
@@ -116,7 +118,8 @@ def table_line(r: dict, base: dict | None, extended: bool = False) -> str:
     return (f"| {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | {r['hardware_label']} | "
             f"{sync} | {'yes' if r.get('compile') else 'no'} | {mfu} | {tps} | "
             f"{r['step_time']:.2f}s | {peak} | {f'{host:.1f} GiB' if host else '-'} | {spread} | "
-            f"{r.get('runs', 1)} | {f'{100 * roof:.0f}%' if roof else '-'} |")
+            f"{r.get('runs', 1)} | {f'{100 * roof:.0f}%' if roof else '-'} | "
+            f"{busy} |")
 
 
 def median_runs(rows: list[dict]) -> list[dict]:

@@ -80,3 +80,14 @@ def test_env_commit_wins_on_device_copies(monkeypatch):
     assert row_provenance({"env": {"git_commit": "HEAD"}}) == "unknown"
     assert row_provenance({"env": {"git_commit": "c" * 40, "git_dirty": False}}) == "clean"
     assert row_provenance({"env": {"git_commit": "c" * 40, "git_dirty": True}}) == "dirty"
+
+
+def test_busy_fraction_counts_overlapping_device_work_once():
+    from core.measure import busy_fraction
+
+    # kernels at 0-10 and 5-20 overlap (20 covered), a copy at 30-40, a gap 20-30 and 40-100
+    assert busy_fraction([(30, 40), (0, 10), (5, 20)], 100) == pytest.approx(0.30)
+    assert busy_fraction([(0, 10), (2, 8)], 10) == pytest.approx(1.0)  # nested interval
+    assert busy_fraction([], 50) == 0.0
+    with pytest.raises(ValueError):
+        busy_fraction([(0, 1)], 0)

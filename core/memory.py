@@ -38,20 +38,33 @@ def lora_params(a: ModelArgs, rank: int) -> int:
     return total
 
 
-def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
-                     head_budget_mib: int = 512, mode: str = "full") -> float:
-    """Predicted peak GPU memory (GiB) of one rank. ``mode="selective"`` (recompute or offload)
-    also keeps every layer's attention output (bf16) and log-sum-exp (fp32) on the GPU."""
+def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
+               head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False) -> dict[str, float]:
+    """The peak GPU memory of one rank (of ``world`` under FSDP2), term by term, in bytes.
+
+    states: parameters, gradients and Adam moments, sharded over the ranks (fp32 masters; LoRA: the
+    frozen bf16 base and the fp32 adapters with their grads and moments); blocks in flight:
+    bf16 copies of three blocks (the one running, the prefetched one, the one being reduced);
+    root: the embedding and LM head that FSDP2 keeps gathered (bf16) for the whole step (full
+    fine-tuning; frozen bf16 weights are used as they are on one GPU); saved: what the activation
+    strategy keeps for backward (every block's input, the last two with offload; with
+    ``mode="selective"`` also each layer's attention output and log-sum-exp); live block: one
+    block's activations during its forward/backward; head: the log-prob head's chunk budget and
+    its fp32 hidden-state buffers. ``kv_repeated``: the kernel needs K and V at the full head count
+    (the vendored FA2 path), so the live block also holds the repeated K, V and their gradients."""
     n = param_count(a)
     if lora_rank:
-        states = 2 * n / world + 16 * lora_params(a, lora_rank)  # bf16 frozen + fp32 adapters, grads, Adam
+        states = (2 * n + 16 * lora_params(a, lora_rank)) / world  # FSDP2 shards the adapters too
     else:
-        states = 16 * n / world  # fp32 master, fp32 grad, two Adam moments
-    block_unsharded = 2 * n / a.n_layers  # one block gathered in bf16
+        states = 16 * n / world
+    block_unsharded = 2 * n / a.n_layers
+    gathered_root = 0.0 if (lora_rank and world == 1) else 2 * a.vocab_size * a.dim * (1 if a.tied_embeddings else 2)
     T, h = seq_len, a.dim
     ffn = a.moe_ffn_dim * a.top_k if a.n_experts else a.ffn_dim
     qkv = (a.n_heads + 2 * a.n_kv_heads) * a.head_dim
     live_block = 2 * T * (6 * h + 2 * qkv + 2 * a.n_heads * a.head_dim + 4 * ffn)  # bf16 activations
+    if kv_repeated:
+        live_block += 2 * T * 4 * (a.n_heads - a.n_kv_heads) * a.head_dim  # K, V, dK, dV repeated
     if ac == "none":
         saved = a.n_layers * live_block
     elif ac == "offload":
@@ -60,8 +73,28 @@ def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str,
         saved = a.n_layers * 2 * T * h
     if ac != "none" and mode == "selective":
         saved += a.n_layers * T * (2 * a.n_heads * a.head_dim + 4 * a.n_heads)
-    head = head_budget_mib * 2**20 * 1.5 + T * h * 4 * 2
-    return (states + 3 * block_unsharded + saved + live_block + head) / GIB * 1.1 + 1.0
+    head = head_budget_mib * 2**20 + T * h * 4 * 2
+    return {"states": states, "blocks_in_flight": 3 * block_unsharded, "root_gathered": gathered_root,
+            "saved_activations": saved, "live_block": live_block, "head": head}
+
+
+def expected_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
+                      head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False) -> float:
+    """The predicted peak (GiB) without a safety margin: what ``core.predict`` reports."""
+    return sum(peak_terms(a, seq_len, lora_rank, ac, world, head_budget_mib, mode, kv_repeated).values()) / GIB
+
+
+#: the refusal's margin over the expected peak: allocator fragmentation, workspaces, and the
+#: spread of measured peaks between runs of one row
+REFUSAL_FACTOR, REFUSAL_SLACK_GIB = 1.1, 1.0
+
+
+def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
+                     head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False) -> float:
+    """Peak GPU memory (GiB) of one rank that a row is refused above: the expected peak with a
+    margin, so that a row that fits is never refused for the predictor's error."""
+    return expected_peak_gib(a, seq_len, lora_rank, ac, world, head_budget_mib, mode, kv_repeated) * REFUSAL_FACTOR \
+        + REFUSAL_SLACK_GIB
 
 
 def predict_host_gib(a: ModelArgs, seq_len: int, ac: str, mode: str = "full", keep_last: int = 1,

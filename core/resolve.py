@@ -124,7 +124,8 @@ def resolve(cfg, world: int = 1) -> dict:
         raise UserError(f"offload would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
                         f"try {instead} or a shorter seq_len")
     rank = cfg.adapter.get("rank") if lora else None
-    pred = predict_peak_gib(args, seq_len, rank, cfg.ac.name, world, cfg.head_budget_mib, cfg.ac.get("mode", "full"))
+    pred = predict_peak_gib(args, seq_len, rank, cfg.ac.name, world, cfg.head_budget_mib, cfg.ac.get("mode", "full"),
+                            kv_repeated=kv_repeated(attn_e))
     mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else host_avail)
     if mem_limit and pred > mem_limit:
         lean = "+ac=offload" if cfg.ac.name != "offload" else "a shorter seq_len"
@@ -149,10 +150,14 @@ def predicted_host_gib(cfg, args, seq_len: int, attn_entry=None) -> float:
     """Pinned host memory the row's activation strategy will use (0 without offload)."""
     from core.memory import predict_host_gib
 
-    repeats = (attn_entry.traits.get("repeats_kv") if attn_entry is not None else None)
-    repeated = bool(repeats()) if repeats else False
     return predict_host_gib(args, seq_len, cfg.ac.name, cfg.ac.get("mode", "full"), cfg.ac.get("keep_last", 1),
-                            kv_repeated=repeated)
+                            kv_repeated=kv_repeated(attn_entry))
+
+
+def kv_repeated(attn_entry) -> bool:
+    """Whether the attention backend needs K/V repeated to the full head count (its ``repeats_kv`` trait)."""
+    repeats = attn_entry.traits.get("repeats_kv") if attn_entry is not None else None
+    return bool(repeats()) if repeats else False
 
 
 def config_adapter_label(cfg) -> str:

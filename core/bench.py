@@ -145,8 +145,9 @@ def list_plugins() -> None:
     print("groups: model= task= adapter= hardware= +attn= +ac= +sync= +sweep= (see conf/)")
 
 
-def check_overrides(argv: list[str]) -> None:
-    """Refuse unknown group options with one line (before Hydra prints its multi-line error)."""
+def check_overrides(argv: list[str]):
+    """Refuse unknown group options with one line (before Hydra prints its multi-line error).
+    Returns the composed config (sweep overrides left out), validated."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -191,6 +192,7 @@ def check_overrides(argv: list[str]) -> None:
         validate(cfg)
     except OptionError as e:
         raise UserError(str(e)) from None
+    return cfg
 
 
 def main() -> None:

@@ -410,6 +410,28 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
     return median_runs(clean), latest_ok(dirty), failed
 
 
+def predictions_section(preds: list[dict]) -> str:
+    """Predicted rows (``python -m core.predict``, ``kind: "prediction"``) in a section of their own,
+    never among measured rows."""
+    preds = [p for p in preds if p.get("kind") == "prediction"]
+    if not preds:
+        return ""
+    out = ["## Predicted rows (not measured)\n",
+           "Predictions of stepbench's step on hardware and GPU counts not measured here, from "
+           "`python -m core.predict --published` (terms and fits: `benchmarks/PREDICTIONS.md`). "
+           "They are not measurements and enter no view above.\n",
+           "| Model | Type | SeqLen | AC | Attn | Hardware | predicted TPS | predicted Step Time "
+           "| predicted Peak Mem | prime-rl TPS | prime-rl Peak Mem |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in preds:
+        pub_t = f"{p['published_tps'] / 1e3:.2f}k" if p.get("published_tps") else "-"
+        pub_m = f"{p['published_mem_gib']:.1f} GiB" if p.get("published_mem_gib") else "-"
+        out.append(f"| {p.get('model')} | {p.get('type')} | {p.get('seq_len')} | {p.get('ac')} | {p.get('attn')} "
+                   f"| {p.get('hardware_label')} | {p['tps'] / 1e3:.2f}k | {p['step_time']:.2f}s "
+                   f"| {p['peak_mem_gib']:.1f} GiB | {pub_t} | {pub_m} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", nargs="+", default=[str(ROOT / "benchmarks" / "results")])
@@ -418,6 +440,8 @@ def main(argv=None) -> int:
     ap.add_argument("--save-baseline", action="store_true", help="store the current rows as the baseline")
     ap.add_argument("--host-budget-gib", type=float, default=32.0, help="pinned host memory allowed in view (b)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--predictions", default=str(ROOT / "benchmarks" / "results" / "predicted"),
+                    help="predicted rows (python -m core.predict), shown in their own section")
     a = ap.parse_args(argv)
     try:
         rows, dirty, failed = gather(a.results)
@@ -446,6 +470,8 @@ def main(argv=None) -> int:
     lo = left_out(dirty)
     if lo:
         text += "\n" + lo
+    if Path(a.predictions).exists():
+        text += "\n" + predictions_section(read_rows(a.predictions)[0])
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not a.no_plots:

@@ -1,0 +1,501 @@
+"""``python -m core.predict``: a predicted row for hardware and GPU counts that cannot run here.
+
+    python -m core.predict model=qwen3_4b +attn=fa3 +ac=recompute seq_len=65536 hardware=h200 gpus=8
+    python -m core.predict --published      # every published row: predicted against published
+
+Same overrides as ``core.bench`` (checked the same way), plus ``gpus=N``; ``hardware=`` must name
+a profile (``conf/hardware/``). The prediction is of *stepbench's* step on that hardware, built
+from terms, each printed with where it came from:
+
+- **memory** per GPU: :func:`core.memory.peak_terms` at N ranks (FSDP2 shards parameters,
+  gradients and optimizer states; activations and the head are per rank);
+- **compute** per micro-batch: the executed matmul and attention FLOPs of the row
+  (:func:`core.flops.micro_batch_flops`) at the profile's ceilings for the backend, plus an
+  estimate of the bytes of memory-bound work at the profile's memory bandwidth, divided by an
+  efficiency and plus a per-micro-batch host overhead, both fitted by least squares on our own
+  measured rows of the same attention backend and model kind (dense or MoE), never on published
+  rows;
+- **collectives** per micro-batch (N > 1): FSDP2's all-gathers (bf16 blocks in forward and again
+  in backward, the root once) and reduce-scatters (fp32 gradients of what trains) at the
+  profile's link bandwidth, hidden behind compute except what exceeds it and the first block's
+  gather;
+- **weight sync** per step (RL): the bytes the filesystem hand-off writes (full bf16 weights, or
+  the adapter), gathered to rank 0, at a write rate fitted on our rows.
+
+Predictions are written with ``kind: "prediction"``; the report shows them in their own section.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.measure import say
+from core.resolve import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+#: rows of this commit timed the hand-off together with the GPU's tail of the step (fixed in
+#: 17f6d6f): their TPS is right, their sync figure is not, so the sync fit leaves them out and the
+#: compute fit subtracts the predicted hand-off instead
+SYNC_WITH_GPU_TAIL = ("db4c6f0",)
+GB = 1e9
+
+
+# ------------------------------------------------------------------------------ the work of a row
+def block_params(a) -> int:
+    from core.memory import param_count
+
+    return param_count(a) - a.vocab_size * a.dim * (1 if a.tied_embeddings else 2)
+
+
+def memory_bound_bytes(a, seq_len: int, recompute: str) -> float:
+    """An estimate of the bytes that memory-bound kernels (norms, RoPE, SwiGLU, residual adds,
+    casts, the head's fp32 passes) move in one micro-batch: per token and layer about ten passes
+    over the hidden state, three over the MLP width and two over q/k/v in bf16, each done in
+    forward, backward (twice) and the recompute; the head reads and writes fp32 logits about
+    six times."""
+    ffn = a.moe_ffn_dim * a.top_k if a.n_experts else a.ffn_dim
+    qkv = (a.n_heads + 2 * a.n_kv_heads) * a.head_dim
+    passes = 4 if recompute != "none" else 3
+    blocks = seq_len * a.n_layers * (10 * a.dim + 3 * ffn + 2 * qkv) * 2 * passes
+    return blocks + seq_len * a.vocab_size * 4 * 6
+
+
+def ceilings(hw: dict, backend: str) -> tuple[float, float]:
+    """(matmul, attention) TFLOP/s of a hardware profile for an attention backend."""
+    attn = hw.get(f"attn_tflops_{backend}") or hw["attn_tflops"]
+    return float(hw["mm_tflops"]), float(attn)
+
+
+@dataclass
+class Work:
+    mm_flops: float       # executed matmul FLOPs per micro-batch (recompute and the head's included)
+    attn_flops: float     # executed attention FLOPs per micro-batch
+    mem_bytes: float      # estimated bytes of memory-bound work per micro-batch
+
+    def ideal_s(self, hw: dict, backend: str) -> dict:
+        mm, at = ceilings(hw, backend)
+        return {"matmul": self.mm_flops / (mm * 1e12), "attention": self.attn_flops / (at * 1e12),
+                "memory-bound": self.mem_bytes / (float(hw["hbm_tbps"]) * 1e12)}
+
+
+def work(a, seq_len: int, lora_rank: int | None, ac: str, mode: str = "full") -> Work:
+    from core import flops
+    from core.memory import lora_params
+
+    adapter = lora_params(a, lora_rank) if lora_rank else 0
+    recompute = flops.recompute_kind(ac, {"mode": mode})
+    sf = flops.micro_batch_flops(a, [seq_len], bool(lora_rank), adapter, recompute)
+    return Work(sf.mm_executed, sf.attn_executed, memory_bound_bytes(a, seq_len, recompute))
+
+
+def backend_of(attn: str) -> str:
+    return str(attn).lower()
+
+
+# ------------------------------------------------------------------------------ fits on our rows
+def _short(commit: str | None) -> str:
+    return (commit or "")[:7]
+
+
+def measured_rows(files: list[Path] | None = None) -> list[dict]:
+    """Our measured GPU rows that a fit may use: ok, not profiled, one packed sample per
+    micro-batch, on an H100 or H200, with the config they ran."""
+    from core.results import load_rows
+
+    if files is None:
+        files = sorted(RESULTS.glob("*.jsonl")) + sorted((RESULTS / "history").glob("*.jsonl"))
+    out = []
+    for r in load_rows(*files):
+        if r.get("status") != "ok" or "kind" in r or r.get("profiled") or "config" not in r:
+            continue
+        if r.get("attn") not in ("FA2", "FA3") or r.get("packing", "single") != "single":
+            continue
+        if not any(g in str(r.get("hardware_label", "")) for g in ("H100", "H200")) or r.get("num_gpus", 1) != 1:
+            continue
+        out.append(r)
+    return out
+
+
+@dataclass
+class SyncFit:
+    fixed_s: float
+    gb_per_s: float
+    n: int
+
+    def seconds(self, nbytes: float) -> float:
+        return self.fixed_s + nbytes / (self.gb_per_s * GB) if nbytes else 0.0
+
+    def describe(self) -> str:
+        return f"{self.fixed_s:.3f} s + bytes at {self.gb_per_s:.2f} GB/s (fit on {self.n} rows)"
+
+
+def fit_sync(rows: list[dict]) -> SyncFit:
+    """Filesystem (disk) hand-off seconds per step against bytes written: s = fixed + bytes/rate."""
+    pts = []
+    for r in rows:
+        info = r.get("sync_info") or {}
+        if info.get("method") != "filesystem" or str(info.get("dir", "")).startswith("/dev/shm"):
+            continue
+        if _short((r.get("env") or {}).get("git_commit")) in SYNC_WITH_GPU_TAIL or not info.get("bytes_per_step"):
+            continue
+        per_step = (info.get("sync_s") or [])[1:]
+        if per_step:
+            pts.append((float(info["bytes_per_step"]), sum(per_step) / len(per_step)))
+    if len({b for b, _ in pts}) < 2:
+        raise UserError("the weight-sync fit needs filesystem rows of two sizes in benchmarks/results "
+                        "(run +sweep=h100_table)")
+    slope, icpt = _line(pts)
+    return SyncFit(max(icpt, 0.0), 1.0 / slope / GB, len(pts))
+
+
+def _line(pts: list[tuple[float, float]], relative: bool = False) -> tuple[float, float]:
+    """Least-squares slope and intercept of y on x; ``relative``: minimise relative errors (each
+    point weighted by 1/y^2), so short rows count as much as long ones."""
+    w = [1.0 / y**2 if relative else 1.0 for _, y in pts]
+    sw = sum(w)
+    mx = sum(wi * x for wi, (x, _) in zip(w, pts)) / sw
+    my = sum(wi * y for wi, (_, y) in zip(w, pts)) / sw
+    sxx = sum(wi * (x - mx) ** 2 for wi, (x, _) in zip(w, pts))
+    sxy = sum(wi * (x - mx) * (y - my) for wi, (x, y) in zip(w, pts))
+    slope = sxy / sxx
+    return slope, my - slope * mx
+
+
+@dataclass
+class ComputeFit:
+    key: tuple[str, str]
+    efficiency: float     # ideal time / (measured compute time - overhead)
+    overhead_s: float     # per micro-batch
+    n: int
+    commits: tuple[str, ...]
+    residual: float       # worst |measured/fitted - 1| over the fit's rows
+
+    def describe(self) -> str:
+        return (f"efficiency {self.efficiency:.2f}, host {self.overhead_s * 1e3:.0f} ms per micro-batch "
+                f"(fit on {self.n} {self.key[0]} {self.key[1]} rows of {', '.join(self.commits)}; "
+                f"worst residual {100 * self.residual:.0f}%)")
+
+
+def row_args(r: dict):
+    from core.models.registry import FAMILIES
+
+    return FAMILIES[r["family"]].flavours[str(r["flavour"])]
+
+
+def _row_work(r: dict) -> tuple[object, Work]:
+    c = r["config"]
+    rank = c["adapter"].get("rank") if c["adapter"]["name"] == "lora" else None
+    a = row_args(r)
+    return a, work(a, r["seq_len"], rank, c["ac"]["name"], c["ac"].get("mode", "full"))
+
+
+def fit_compute(rows: list[dict], sync: SyncFit) -> dict[tuple[str, str], ComputeFit]:
+    """Per (attention backend, dense|moe): measured compute time per micro-batch (the step less
+    the weight hand-off) = ideal time / efficiency + host overhead, least squares over our rows."""
+    from core import hardware
+
+    groups: dict = {}
+    for r in rows:
+        if str(r.get("sync") or "none").split()[0] not in ("none", "filesystem"):
+            continue  # a broadcast's receiver shares the host: not a compute sample
+        a, w = _row_work(r)
+        hw = hardware.load(hardware.profile_for(str(r.get("hardware_label", ""))))
+        backend = backend_of(r["attn"])
+        ideal = sum(w.ideal_s(hw, backend).values())
+        mbs = r.get("micro_batches") or r["config"].get("micro_batches", 2)
+        info = r.get("sync_info") or {}
+        hand_off = (info.get("sync_s") or [])[1:]
+        tail = _short((r.get("env") or {}).get("git_commit")) in SYNC_WITH_GPU_TAIL
+        if r.get("sync") in (None, "none"):
+            sync_s = 0.0
+        elif tail and r.get("sync") != "filesystem disk":
+            continue  # neither its own sync figure nor the disk fit says what it waited for
+        elif tail or not hand_off:
+            sync_s = sync.seconds(info.get("bytes_per_step") or 0)
+        else:
+            exposed = (info.get("sync_exposed_s") or info.get("sync_s") or [])[1:]
+            sync_s = sum(exposed) / len(exposed)
+        y = r["step_time"] - sync_s / mbs
+        key = (backend, "moe" if a.n_experts else "dense")
+        groups.setdefault(key, []).append((ideal, y, _short((r.get("env") or {}).get("git_commit"))))
+    fits = {}
+    for key, pts in groups.items():
+        xy = [(x, y) for x, y, _ in pts]
+        if len({round(x, 6) for x, _ in xy}) >= 2:
+            slope, icpt = _line(xy, relative=True)
+            if icpt < 0 or slope <= 0:
+                slope, icpt = sum(y for _, y in xy) / sum(x for x, _ in xy), 0.0
+        else:
+            slope, icpt = sum(y for _, y in xy) / sum(x for x, _ in xy), 0.0
+        worst = max(abs(y / (x * slope + icpt) - 1) for x, y in xy)
+        fits[key] = ComputeFit(key, 1.0 / slope, icpt, len(xy), tuple(sorted({c for *_, c in pts})), worst)
+    return fits
+
+
+def pick_fit(fits: dict, backend: str, moe: bool) -> tuple[ComputeFit, str]:
+    """The fit for a row, and a note when it comes from another backend or model kind."""
+    kind = "moe" if moe else "dense"
+    if (backend, kind) in fits:
+        return fits[(backend, kind)], ""
+    for alt in ((backend, "dense" if moe else "moe"), ("fa3", kind), ("fa2", kind)):
+        if alt in fits:
+            return fits[alt], f"no measured {backend} {kind} row: efficiency of {alt[0]} {alt[1]} rows"
+    raise UserError(f"no measured rows to fit the {backend} compute efficiency on: run some rows first "
+                    "(python -m core.bench +sweep=h100_table)")
+
+
+# ------------------------------------------------------------------------------ one prediction
+def predict(a, *, seq_len: int, task: str, lora_rank: int | None, ac: str, mode: str, attn: str, hw: dict,
+            gpus: int, micro_batches: int = 2, head_budget_mib: int = 512, sync_method: str | None = None,
+            fits: dict, sync_fit: SyncFit) -> dict:
+    """A predicted row (with its terms) of stepbench's step on ``gpus`` GPUs of ``hw``."""
+    from core import flops
+    from core.memory import GIB, lora_params, param_count, peak_terms
+
+    backend = backend_of(attn)
+    mem_terms = peak_terms(a, seq_len, lora_rank, ac, gpus, head_budget_mib, mode, kv_repeated=backend == "fa2")
+    peak = sum(mem_terms.values()) / GIB
+    w = work(a, seq_len, lora_rank, ac, mode)
+    ideal = w.ideal_s(hw, backend)
+    fit, fit_note = pick_fit(fits, backend, bool(a.n_experts))
+    compute = sum(ideal.values()) / fit.efficiency + fit.overhead_s
+    n = param_count(a)
+    trainable = lora_params(a, lora_rank) if lora_rank else n
+    comm = {"all_gather_gb": 0.0, "reduce_scatter_gb": 0.0, "seconds": 0.0, "exposed_s": 0.0}
+    if gpus > 1:
+        frac = (gpus - 1) / gpus
+        blocks = 2 * block_params(a)
+        root = 2 * (n - block_params(a))
+        ag, rs = 2 * blocks + root, 4 * trainable
+        t = (ag + rs) * frac / (float(hw["link_gbps"]) * GB)
+        first = blocks / a.n_layers * frac / (float(hw["link_gbps"]) * GB)
+        comm = {"all_gather_gb": ag / GB, "reduce_scatter_gb": rs / GB, "seconds": t,
+                "exposed_s": max(0.0, t - compute) + first}
+    method = sync_method or ("filesystem" if task == "rl" else "none")
+    sync_bytes = 2 * trainable if method != "none" else 0
+    sync_s = sync_fit.seconds(sync_bytes)
+    if sync_bytes and gpus > 1:  # the shards are gathered to rank 0 first
+        sync_s += sync_bytes * (gpus - 1) / gpus / (float(hw["link_gbps"]) * GB)
+    per_mb = compute + comm["exposed_s"]
+    step = micro_batches * per_mb + sync_s
+    tps = gpus * seq_len * micro_batches / step
+    adapter = lora_params(a, lora_rank) if lora_rank else 0
+    fpt = flops.prime_rl_flops_per_token(a, seq_len, adapter, 0, bool(lora_rank))
+    return {
+        "kind": "prediction", "gpus": gpus, "hardware": hw["name"], "seq_len": seq_len, "task": task,
+        "peak_mem_gib": peak, "memory_terms_gib": {k: v / GIB for k, v in mem_terms.items()},
+        "compute_s": compute, "ideal_s": ideal, "fit": fit.describe(), "fit_note": fit_note,
+        "efficiency": fit.efficiency, "overhead_s": fit.overhead_s,
+        "collectives": comm, "sync": method, "sync_bytes": sync_bytes, "sync_s": sync_s,
+        "sync_fit": sync_fit.describe(), "step_s": step, "step_time": step / micro_batches, "tps": tps,
+        "mfu": flops.mfu(fpt, tps, hw["peak_flops"], gpus),
+        "ceilings_tflops": dict(zip(("matmul", "attention"), ceilings(hw, backend))),
+        "hbm_tbps": hw["hbm_tbps"], "link_gbps": hw["link_gbps"],
+    }
+
+
+def format_prediction(label: str, p: dict) -> str:
+    m = p["memory_terms_gib"]
+    i = p["ideal_s"]
+    c = p["collectives"]
+    lines = [
+        f"predicted (not measured): {label}",
+        f"  peak memory per GPU {p['peak_mem_gib']:.1f} GiB = "
+        + " + ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in m.items()),
+        f"  compute per micro-batch {p['compute_s']:.3f} s = (matmul {i['matmul']:.3f} s at "
+        f"{p['ceilings_tflops']['matmul']:g} TFLOP/s + attention {i['attention']:.3f} s at "
+        f"{p['ceilings_tflops']['attention']:g} + memory-bound {i['memory-bound']:.3f} s at {p['hbm_tbps']:g} TB/s)"
+        f" / efficiency {p['efficiency']:.2f} + host {p['overhead_s']:.3f} s",
+        f"    {p['fit']}" + (f"; {p['fit_note']}" if p["fit_note"] else ""),
+    ]
+    if p["gpus"] > 1:
+        lines.append(f"  collectives per micro-batch: all-gather {c['all_gather_gb']:.2f} GB + reduce-scatter "
+                     f"{c['reduce_scatter_gb']:.2f} GB at {p['link_gbps']:g} GB/s = {c['seconds']:.3f} s, "
+                     f"exposed {c['exposed_s']:.3f} s")
+    if p["sync"] != "none":
+        lines.append(f"  weight sync per step ({p['sync']}): {p['sync_bytes'] / GB:.3f} GB in {p['sync_s']:.3f} s "
+                     f"({p['sync_fit']}" + (", gathered to rank 0 first)" if p["gpus"] > 1 else ")"))
+    lines.append(f"  step {p['step_s']:.2f} s ({p['step_time']:.2f} s per micro-batch) -> TPS "
+                 f"{p['tps'] / 1e3:.2f}k, MFU {p['mfu']:.1f}%")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ published rows
+#: the published table's sections -> (family, flavour)
+SECTIONS = {"Qwen3-0.6B": ("qwen3", "0.6B"), "Qwen3-4B-Instruct-2507": ("qwen3", "4B"),
+            "Qwen3-30B-A3B-Instruct-2507": ("qwen3_moe", "30B-A3B"), "INTELLECT-3": ("glm4_moe", "air"),
+            "Qwen3-235B-A22B-Instruct-2507": ("qwen3_moe", "235B-A22B")}
+HARDWARE = {"H100 HBM3": "h100", "H200": "h200", "B200": "b200", "A6000": "a6000"}
+
+
+def _ratio_stats(xs: list[float]) -> tuple[float, float]:
+    """(median ratio, worst ratio by |log|)."""
+    return statistics.median(xs), max(xs, key=lambda x: abs(math.log(x)))
+
+
+def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tuple[list[dict], str]:
+    """Predicted rows for every published row, and the markdown comparison."""
+    from core import hardware
+    from core.models.registry import FAMILIES
+    from core.report import parse_published, same_work, section_name
+
+    published, _, _ = parse_published()
+    ours = {}
+    for r in sorted(measured, key=lambda r: str(r.get("time", ""))):  # at the published work; newest wins
+        if same_work(r, {"type": r["type"]}):
+            ours[(section_name(r), r["type"], r["seq_len"], r["ac"], r["attn"], r["hardware_label"])] = r
+    out, lines = [], []
+    for p in published:
+        fam, flav = SECTIONS[p["model"]]
+        a = FAMILIES[fam].flavours[flav]
+        hw = hardware.load(HARDWARE[p["hardware"]])
+        lora = p["type"].split()[1].startswith("LoRA")
+        pred = predict(a, seq_len=p["seq_len"], task=p["type"].split()[0].lower(), lora_rank=16 if lora else None,
+                       ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw, gpus=p["num_gpus"],
+                       fits=fits, sync_fit=sync_fit)
+        m = ours.get((p["model"], p["type"], p["seq_len"], p["ac"], p["attn"], p["hardware_label"]))
+        pred.update(model=p["model"], type=p["type"], ac=p["ac"], attn=p["attn"],
+                    hardware_label=p["hardware_label"], num_gpus=p["num_gpus"],
+                    published_tps=p["tps"], published_mem_gib=p["peak_mem_gib"],
+                    measured_tps=m["tps"] if m else None, measured_mem_gib=m["peak_mem_gib"] if m else None)
+        out.append(pred)
+    lines += ["# Predicted rows (not measured)", "",
+              "`python -m core.predict --published` predicts stepbench's step for every row of prime-rl's "
+              "published table (`shared/reference/prime-rl-benchmarks-2026-01.md`) from terms: memory per "
+              "GPU under FSDP2, compute at each hardware profile's ceilings divided by an efficiency fitted "
+              "on our own measured H100/H200 rows (never on published ones), FSDP2's collectives at the "
+              "profile's link bandwidth, and the filesystem weight hand-off. These are predictions, not "
+              "measurements; the ratios to prime-rl's rows mix the predictor's error with the difference "
+              "between stepbench and prime-rl (on the 1xH100 rows, where both were measured, the "
+              "measured ratio is shown beside it).", "",
+              "| Model | Type | SeqLen | AC | Attn | Hardware | TPS pred / published | ratio "
+              "| measured (ours) | pred / measured | Mem pred / published | ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for q in out:
+        meas = f"{q['measured_tps'] / 1e3:.2f}k" if q["measured_tps"] else "-"
+        pm = f"{q['tps'] / q['measured_tps']:.2f}x" if q["measured_tps"] else "-"
+        lines.append(f"| {q['model']} | {q['type']} | {q['seq_len']} | {q['ac']} | {q['attn']} | {q['hardware_label']} "
+                     f"| {q['tps'] / 1e3:.2f}k / {q['published_tps'] / 1e3:.2f}k | {q['tps'] / q['published_tps']:.2f}x "
+                     f"| {meas} | {pm} | {q['peak_mem_gib']:.1f} / {q['published_mem_gib']:.1f} GiB "
+                     f"| {q['peak_mem_gib'] / q['published_mem_gib']:.2f}x |")
+    lines += ["", "Per hardware (ratio = predicted / published; worst = furthest from 1):", "",
+              "| Hardware | rows | TPS median | TPS worst | Mem median | Mem worst | pred / measured (ours) |",
+              "|---|---|---|---|---|---|---|"]
+    for hl in sorted({q["hardware_label"] for q in out}):
+        qs = [q for q in out if q["hardware_label"] == hl]
+        tm, tw = _ratio_stats([q["tps"] / q["published_tps"] for q in qs])
+        mm, mw = _ratio_stats([q["peak_mem_gib"] / q["published_mem_gib"] for q in qs])
+        own = [q["tps"] / q["measured_tps"] for q in qs if q["measured_tps"]]
+        own_s = f"TPS median {_ratio_stats(own)[0]:.2f}x, worst {_ratio_stats(own)[1]:.2f}x ({len(own)} rows)" \
+            if own else "-"
+        lines.append(f"| {hl} | {len(qs)} | {tm:.2f}x | {tw:.2f}x | {mm:.2f}x | {mw:.2f}x | {own_s} |")
+    lines += ["", "Fits used:", ""]
+    lines += [f"- {f.key[0]} {f.key[1]}: {f.describe()}" for f in fits.values()]
+    lines += [f"- weight sync (filesystem, disk): {sync_fit.describe()}", ""]
+    return out, "\n".join(lines)
+
+
+def fits_from_rows(folder: Path = RESULTS) -> tuple[list[dict], SyncFit, dict]:
+    """Our current rows (``folder/*.jsonl``), the weight-sync fit and the compute fits on them; a
+    backend and model kind with no current row is fitted on the rows kept in ``history/`` (older
+    commits, named in the fit's description)."""
+    current = measured_rows(sorted(folder.glob("*.jsonl")))
+    sync_fit = fit_sync(current)
+    fits = fit_compute(current, sync_fit)
+    history = measured_rows(sorted((folder / "history").glob("*.jsonl")))
+    for key, f in fit_compute(history, sync_fit).items():
+        fits.setdefault(key, f)
+    return current, sync_fit, fits
+
+
+# ------------------------------------------------------------------------------ entry point
+def _gpus(argv: list[str]) -> tuple[int, list[str]]:
+    gpus, rest = 1, []
+    for a in argv:
+        if a.startswith("gpus="):
+            v = a.split("=", 1)[1]
+            if not v.isdigit() or not 1 <= int(v) <= 4096:
+                raise UserError(f"gpus={v}: give a whole number of GPUs from 1 to 4096, e.g. gpus=8")
+            gpus = int(v)
+        else:
+            rest.append(a)
+    return gpus, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if "--published" in argv:
+            out = Path(_opt(argv, "--out", str(ROOT / "benchmarks" / "PREDICTIONS.md")))
+            rows_out = Path(_opt(argv, "--rows", str(RESULTS / "predicted" / "published.jsonl")))
+            current, sync_fit, fits = fits_from_rows()
+            preds, md = predict_published(fits, sync_fit, current)
+            out.write_text(md + "\n", encoding="utf-8")
+            rows_out.parent.mkdir(parents=True, exist_ok=True)
+            rows_out.write_text("".join(json.dumps(p, sort_keys=True) + "\n" for p in preds), encoding="utf-8")
+            print(md.split("Per hardware", 1)[1].split("Fits used", 1)[0].strip())
+            say(f"{len(preds)} predicted rows -> {out} and {rows_out}")
+            return 0
+        return _one(argv)
+    except UserError as e:
+        say(str(e))
+        return 2
+
+
+def _opt(argv: list[str], flag: str, default: str) -> str:
+    if flag in argv:
+        i = argv.index(flag)
+        if i + 1 >= len(argv):
+            raise UserError(f"{flag} needs a value, e.g. {flag} {default}")
+        return argv[i + 1]
+    return default
+
+
+def _one(argv: list[str]) -> int:
+    from core import hardware
+    from core.bench import check_overrides
+    from core.models.registry import FAMILIES
+
+    gpus, argv = _gpus(argv)
+    try:
+        cfg = check_overrides(argv)
+    except UserError:
+        raise
+    except Exception as e:  # Hydra's own composition errors, reduced to one line
+        raise UserError(f"bad override: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+    hw_name = str(cfg.hardware.name).lower()
+    if hw_name in ("auto", "cpu"):
+        raise UserError("name the hardware to predict for: hardware=h100, h200, b200 or a6000 (with gpus=N)")
+    hw = hardware.load(hw_name)
+    fam, flav = cfg.model.family, str(cfg.model.flavour)
+    if fam == "auto":
+        raise UserError("name the model to predict: model=qwen3_0_6b, qwen3_4b, qwen3_30b_a3b or intellect3")
+    a = FAMILIES[fam].flavours[flav]
+    lora = cfg.adapter.name == "lora"
+    attn = cfg.attn.name
+    if attn not in ("fa2", "fa3"):
+        raise UserError(f"+attn={attn}: predictions are fitted for fa2 and fa3 only: use +attn=fa3 or +attn=fa2")
+    _, sync_fit, fits = fits_from_rows()
+    sync = cfg.get("sync", {}).get("name", "auto")
+    p = predict(a, seq_len=cfg.seq_len, task=cfg.task.name, lora_rank=cfg.adapter.get("rank") if lora else None,
+                ac=cfg.ac.name, mode=cfg.ac.get("mode", "full"), attn=attn, hw=hw, gpus=gpus,
+                micro_batches=cfg.micro_batches, head_budget_mib=cfg.head_budget_mib,
+                sync_method=None if sync == "auto" else ("none" if sync == "none" else "filesystem"),
+                fits=fits, sync_fit=sync_fit)
+    label = (f"{a.name} {cfg.task.name.upper()} {'LoRA(r=%d)' % cfg.adapter.rank if lora else 'Full'} "
+             f"{cfg.seq_len} {cfg.ac.name} {attn.upper()} on {gpus}x{hw['label']}")
+    print(format_prediction(label, p))
+    if p["peak_mem_gib"] > float(hw["memory_gib"]):
+        say(f"predicted peak {p['peak_mem_gib']:.1f} GiB per GPU exceeds the {hw['memory_gib']:g} GiB of one "
+            f"{hw['label']}: this row would not fit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

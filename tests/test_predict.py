@@ -1,0 +1,92 @@
+"""``core.predict``: predicted rows from terms, checked against our measured rows; clear errors;
+predictions never share a report section with measured rows."""
+
+import json
+
+import pytest
+
+from core import predict as P
+from core.models.registry import QWEN3
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return P.fits_from_rows()
+
+
+def test_fits_come_from_our_rows_and_predict_them(fitted):
+    """In-sample check: the compute and sync fits reproduce the TPS of every current 1xH100 table row
+    within 25% (the fits never see published rows)."""
+    current, sync_fit, fits = fitted
+    assert ("fa3", "dense") in fits and ("fa2", "dense") in fits
+    assert 1.0 < sync_fit.gb_per_s < 50.0
+    preds, _ = P.predict_published(fits, sync_fit, current)
+    mine = [p for p in preds if p["measured_tps"]]
+    assert len(mine) >= 20
+    for p in mine:
+        assert 0.75 <= p["tps"] / p["measured_tps"] <= 1.25, (p["model"], p["type"], p["seq_len"], p["attn"])
+        assert 0.9 <= p["peak_mem_gib"] / p["measured_mem_gib"] <= 1.1
+
+
+def test_eight_gpus_shard_state_pay_collectives_and_scale_below_linear(fitted):
+    _, sync_fit, fits = fitted
+    from core import hardware
+
+    hw = hardware.load("h100")
+    kw = dict(seq_len=16384, task="rl", lora_rank=None, ac="recompute", mode="full", attn="fa3", hw=hw,
+              fits=fits, sync_fit=sync_fit)
+    one, eight = P.predict(QWEN3["4B"], gpus=1, **kw), P.predict(QWEN3["4B"], gpus=8, **kw)
+    assert eight["memory_terms_gib"]["states"] == pytest.approx(one["memory_terms_gib"]["states"] / 8)
+    assert one["collectives"]["seconds"] == 0 and eight["collectives"]["seconds"] > 0
+    assert eight["sync_s"] > one["sync_s"]  # the shards are gathered before the write
+    assert one["tps"] < eight["tps"] <= 8 * one["tps"]
+    # the terms add up to what is reported
+    assert eight["step_s"] == pytest.approx(2 * (eight["compute_s"] + eight["collectives"]["exposed_s"])
+                                            + eight["sync_s"])
+    assert eight["tps"] == pytest.approx(8 * 16384 * 2 / eight["step_s"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["model=qwen3_4b", "hardware=h300", "gpus=8"], "unknown hardware 'h300'"),
+    (["model=qwen3_4b", "hardware=h200", "gpus=0"], "gpus=0"),
+    (["model=qwen3_4b", "hardware=h200", "gpus=eight"], "gpus=eight"),
+    (["model=qwen3_4b", "gpus=8"], "name the hardware"),
+    (["model=qwen3_4b", "hardware=h200", "+attn=sdpa"], "use +attn=fa3"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, args, needle):
+    assert P.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_one_prediction_prints_its_terms(capsys):
+    assert P.main(["model=qwen3_4b", "+attn=fa3", "+ac=recompute", "seq_len=65536", "hardware=h200", "gpus=8",
+                   "adapter=lora"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("predicted (not measured): Qwen3-4B RL LoRA(r=16) 65536 recompute FA3 on 8xH200")
+    for term in ("peak memory per GPU", "states", "efficiency", "collectives per micro-batch", "weight sync", "TPS"):
+        assert term in out
+
+
+def test_predicted_rows_never_share_a_report_section_with_measured_rows(tmp_path):
+    from core import report
+    from core.report import parse_published
+    from tests.test_report import h100, ours
+
+    results, predicted = tmp_path / "results", tmp_path / "predicted"
+    results.mkdir()
+    predicted.mkdir()
+    published, _, _ = parse_published()
+    measured = ours(h100(published), mfu=30.0)
+    pred = {"kind": "prediction", "model": "Qwen3-4B-Instruct-2507", "type": "RL Full", "seq_len": 16384,
+            "ac": "Recompute", "attn": "FA3", "hardware_label": "8xH200", "tps": 123456.0, "step_time": 1.5,
+            "peak_mem_gib": 17.0, "published_tps": 25500.0, "published_mem_gib": 17.1}
+    (results / "rows.jsonl").write_text(json.dumps(measured) + "\n" + json.dumps(pred) + "\n")
+    (predicted / "p.jsonl").write_text(json.dumps(pred) + "\n")
+    out = tmp_path / "B.md"
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots", "--predictions",
+                        str(predicted), "--baseline", str(tmp_path / "none.jsonl")]) == 0
+    text = out.read_text()
+    head, tail = text.split("## Predicted rows (not measured)")
+    assert "123.46k" not in head and "123.46k" in tail  # the prediction only in its own section
+    assert "8xH200" not in head

@@ -476,13 +476,21 @@ def _one(argv: list[str]) -> int:
     fam, flav = cfg.model.family, str(cfg.model.flavour)
     if fam == "auto":
         raise UserError("name the model to predict: model=qwen3_0_6b, qwen3_4b, qwen3_30b_a3b or intellect3")
+    if fam not in FAMILIES or flav not in FAMILIES[fam].flavours:
+        raise UserError(f"model family '{fam}' flavour '{flav}' is not a built-in model: predictions need its "
+                        "shapes; use model=qwen3_0_6b, qwen3_4b, qwen3_30b_a3b or intellect3")
     a = FAMILIES[fam].flavours[flav]
     lora = cfg.adapter.name == "lora"
     attn = cfg.attn.name
+    if attn == "auto":  # what +attn=auto picks there: FA3 on Hopper, FA2 elsewhere
+        attn = "fa3" if hw_name in ("h100", "h200") else "fa2"
     if attn not in ("fa2", "fa3"):
         raise UserError(f"+attn={attn}: predictions are fitted for fa2 and fa3 only: use +attn=fa3 or +attn=fa2")
     _, sync_fit, fits = fits_from_rows()
-    sync = cfg.get("sync", {}).get("name", "auto")
+    sync = str(cfg.get("sync", {}).get("name", "auto"))
+    if sync not in ("auto", "none") and not sync.startswith("filesystem"):
+        raise UserError(f"+sync={sync}: predictions model the filesystem hand-off only: use +sync=filesystem "
+                        "or +sync=none")
     p = predict(a, seq_len=cfg.seq_len, task=cfg.task.name, lora_rank=cfg.adapter.get("rank") if lora else None,
                 ac=cfg.ac.name, mode=cfg.ac.get("mode", "full"), attn=attn, hw=hw, gpus=gpus,
                 micro_batches=cfg.micro_batches, head_budget_mib=cfg.head_budget_mib,

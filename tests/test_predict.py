@@ -52,6 +52,7 @@ def test_eight_gpus_shard_state_pay_collectives_and_scale_below_linear(fitted):
     (["model=qwen3_4b", "hardware=h200", "gpus=eight"], "gpus=eight"),
     (["model=qwen3_4b", "gpus=8"], "name the hardware"),
     (["model=qwen3_4b", "hardware=h200", "+attn=sdpa"], "use +attn=fa3"),
+    (["model=qwen3_4b", "hardware=h200", "+sync=nccl"], "filesystem hand-off only"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, args, needle):
     assert P.main(args) == 2

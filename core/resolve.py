@@ -141,7 +141,7 @@ def resolve(cfg, world: int = 1) -> dict:
         raise UserError(str(e)) from None
     if why:
         raise UserError(f"sync '{sync_e.name}': {why}")
-    return dict(ctx=ctx, args=args, family=family, flavour=flavour, seq_len=seq_len, attn=attn_e,
+    return dict(ctx=ctx, args=args, family=family, family_obj=fam, flavour=flavour, seq_len=seq_len, attn=attn_e,
                 ac=ac_e, adapter=ad_e, hw=hw, notes=notes, host_gib=host, predicted_gib=pred,
                 sync=sync_e, sync_node=sync_node, sync_obj=sync_obj, sync_ctx=sync_ctx)
 

@@ -121,18 +121,19 @@ def set_dtypes(model: nn.Module, adapter) -> None:
 
 # ------------------------------------------------------------------ the one place
 def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, compile: bool = False,
-          head_budget_mib: int = 512, lr: float = 1e-6) -> Built:
+          head_budget_mib: int = 512, lr: float = 1e-6, model_builder=None) -> Built:
     """Compose a trainable model in one fixed order.
 
     model on meta -> adapter -> attention binding -> activation checkpointing / offload ->
     torch.compile (optional) -> FSDP2 -> materialize on device + seeded init -> optimizer.
     Checkpointing wraps blocks before compile, and compile happens before FSDP2 so FSDP2's hooks
-    stay outside compiled code.
+    stay outside compiled code. ``model_builder``: the model family's ``build(args)`` (default:
+    the native :class:`core.models.common.CausalLM`).
     """
     from core.models.common import CausalLM
 
     with torch.device("meta"):
-        model = CausalLM(args)
+        model = (model_builder or CausalLM)(args)
     model = adapter.apply(model)  # on meta: peft layers are created without memory
     set_dtypes(model, adapter)
     model.head_budget_mib = head_budget_mib

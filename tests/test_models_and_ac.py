@@ -226,3 +226,22 @@ def test_lora_rejects_unknown_expert_mode():
 
     with pytest.raises(ValueError, match="adapter.experts=grouped"):
         LoRA(experts="fused")
+
+
+def test_the_family_builder_makes_the_model(dist_group):
+    """The trainer builds what the model family's ``build`` returns (a third-party family's own
+    module), not always the native CausalLM; the row's family reaches the trainer through resolve."""
+    from core.models.common import CausalLM
+
+    built = []
+
+    class Marked(CausalLM):
+        def __init__(self, a):
+            super().__init__(a)
+            built.append(a.name)
+
+    reg = registry()
+    b = build(QWEN3["tiny"], reg.get("attn", "sdpa").factory({}), reg.get("ac", "none").factory({}),
+              reg.get("adapter", "full").factory({}), torch.device("cpu"), model_builder=Marked)
+    assert isinstance(b.model, Marked) and built == [QWEN3["tiny"].name]
+    assert reg.get("model_family", "qwen3").factory.build is CausalLM

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS = (
     "plugins.sync.none",
     "plugins.sync.filesystem",
     "plugins.sync.nccl",
+    "plugins.models.hf",
 )
 
 #: hook name -> registry kind (also the Hydra group a user selects it with)

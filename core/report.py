@@ -65,10 +65,21 @@ class ReportError(Exception):
     """Reported as one line, exit status 2; nothing is written."""
 
 
+def implementation(row: dict) -> str:
+    """Who runs the model: "native" (stepbench's own model code), "hf" (a transformers model with
+    stepbench's plugins) or "plain HF" (transformers' own loop: sdpa, its checkpointing, full logits)."""
+    if row.get("family") != "hf":
+        return "native"
+    return "plain HF" if str(row.get("model", "")).endswith("(plain HF)") else "hf"
+
+
 def section_name(row: dict) -> str:
-    """Published section names: the Hugging Face repo name of the model."""
+    """Published section names: the Hugging Face repo name of the model (with the implementation
+    for rows of the ``hf`` family, which get sections of their own)."""
     hf = row.get("hf_name") or ""
-    return hf.split("/")[-1] if hf else str(row.get("model"))
+    base = hf.split("/")[-1] if hf else str(row.get("model"))
+    impl = implementation(row)
+    return base if impl == "native" or not hf else f"{base} ({impl})"
 
 
 def fmt_change(value: float, base: float | None) -> str:
@@ -410,6 +421,52 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
     return median_runs(clean), latest_ok(dirty), failed
 
 
+def peers_view(rows: list[dict], published: list[dict]) -> str:
+    """For each published row: stepbench's native row, the ``hf`` row with the same plugins and the
+    plain HF loop's row (same model, type, sequence length, GPUs and per-step work), side by side."""
+    base = lambda r: section_name(r).rsplit(" (", 1)[0] if implementation(r) != "native" else section_name(r)  # noqa: E731
+    by_impl: dict = {"native": {}, "hf": {}, "plain HF": {}}
+    for r in rows:
+        impl = implementation(r)
+        key = (base(r), r["type"], r["seq_len"], r["hardware_label"])
+        if impl == "plain HF":
+            if same_work(r, {"type": r["type"]}):
+                by_impl[impl].setdefault(key, r)
+        elif same_work(r, {"type": r["type"]}):
+            by_impl[impl].setdefault((*key, r["ac"], r["attn"]), r)
+    if not by_impl["hf"] and not by_impl["plain HF"]:
+        return ""
+    cell = lambda r: f"{r['tps'] / 1e3:.2f}k ({r['peak_mem_gib']:.1f} GiB)" if r and r.get("peak_mem_gib") \
+        else (f"{r['tps'] / 1e3:.2f}k" if r else "-")  # noqa: E731
+    lines = ["## Peers: stepbench against the Hugging Face loop\n",
+             "For each published row, measured by the same harness (same timing, data, loss and per-step "
+             "work): **native** = stepbench's model code with the row's plugins; **hf** = the transformers "
+             "model (`model=hf_*`) with the same plugins; **plain HF** = what users run today "
+             "(`model.plain=true`: transformers' forward with `attn_implementation=\"sdpa\"`, its gradient "
+             "checkpointing, the loss over full fp32 logits, LoRA through peft), named with its AC and "
+             "attention. Cells: TPS (peak memory). Ratio = native TPS / plain HF TPS.\n",
+             "| Model | Type | SeqLen | AC | Attn | Hardware | prime-rl | native | hf | plain HF | native / plain HF |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios = []
+    for p in published:
+        key = (p["model"], p["type"], p["seq_len"], p["hardware_label"])
+        nat = by_impl["native"].get((*key, p["ac"], p["attn"]))
+        hfr = by_impl["hf"].get((*key, p["ac"], p["attn"]))
+        plain = by_impl["plain HF"].get(key)
+        if not (hfr or plain):
+            continue
+        ratio = f"{nat['tps'] / plain['tps']:.2f}x" if nat and plain else "-"
+        if nat and plain:
+            ratios.append(nat["tps"] / plain["tps"])
+        plain_cell = f"{cell(plain)} [{plain['ac']}, {plain['attn']}]" if plain else "-"
+        lines.append(f"| {p['model']} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | {p['hardware_label']} "
+                     f"| {p['tps'] / 1e3:.2f}k | {cell(nat)} | {cell(hfr)} | {plain_cell} | {ratio} |")
+    if ratios:
+        lines.append(f"\nnative / plain HF, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, "
+                     f"min {min(ratios):.2f}x.")
+    return "\n".join(lines) + "\n"
+
+
 def predictions_section(preds: list[dict]) -> str:
     """Predicted rows (``python -m core.predict``, ``kind: "prediction"``) in a section of their own,
     never among measured rows."""
@@ -465,8 +522,12 @@ def main(argv=None) -> int:
     text = render(rows, baseline, failed, commit=", ".join(c[:12] for c in commits),
                   sources=", ".join(Path(p).name for p in a.results))
     published, _, _ = parse_published()
-    text += "\n" + versus_published(rows, published)
-    text += "\n" + best_at_no_more_memory(rows, published, a.host_budget_gib)
+    native = [r for r in rows if implementation(r) == "native"]  # the views compare stepbench's own rows
+    text += "\n" + versus_published(native, published)
+    text += "\n" + best_at_no_more_memory(native, published, a.host_budget_gib)
+    peers = peers_view(rows, published)
+    if peers:
+        text += "\n" + peers
     lo = left_out(dirty)
     if lo:
         text += "\n" + lo

@@ -91,9 +91,19 @@ def resolve(cfg, world: int = 1) -> dict:
         sync_e = reg.get("sync", sync_node["name"])
     except PluginError as e:
         raise UserError(str(e)) from None
-    if flavour not in fam.flavours:
+    if fam.from_config is not None:  # shapes from a config (model.config=...), not a named flavour
+        from omegaconf import OmegaConf
+
+        try:
+            args = fam.from_config(OmegaConf.to_container(cfg, resolve=True))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        flavour = args.name
+    elif flavour not in fam.flavours:
         raise UserError(f"model family '{family}' has no flavour '{flavour}': choose one of "
                         f"{', '.join(fam.flavours)}")
+    else:
+        args = fam.flavours[flavour]
     if cfg.task.name not in ("rl", "sft"):
         raise UserError(f"task '{cfg.task.name}' is unknown: use task=rl or task=sft")
     for e in (attn_e, ac_e, ad_e, sync_e):
@@ -114,7 +124,6 @@ def resolve(cfg, world: int = 1) -> dict:
             and not cfg.get("hardware_as_label", False):
         raise UserError(f"hardware={str(chosen).lower()} does not match this machine ({ctx.gpu_name or 'CPU'}): "
                         "use hardware=auto, or add hardware_as_label=true to take it as a label")
-    args = fam.flavours[flavour]
     lora = cfg.adapter.name == "lora"
     host = predicted_host_gib(cfg, args, seq_len, attn_e)
     host_avail = host_available_gib()

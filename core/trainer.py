@@ -58,11 +58,10 @@ def exit_now(status: int) -> None:
 # ------------------------------------------------------------------ composition steps
 def bind_attention(model: nn.Module, backend) -> None:
     """Point every attention layer at the selected backend."""
-    from core.models.common import Attention
+    from core.models.common import attention_modules
 
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.backend = backend
+    for m in attention_modules(model):
+        m.backend = backend
 
 
 def apply_compile(model: nn.Module) -> None:
@@ -111,6 +110,8 @@ def init_weights(model: nn.Module, seed: int, adapter) -> None:
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.zero_()
+    if hasattr(model, "init_buffers"):  # a family's own buffers (e.g. transformers' RoPE tables)
+        model.init_buffers()
 
 
 def set_dtypes(model: nn.Module, adapter) -> None:

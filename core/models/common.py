@@ -46,6 +46,8 @@ class ModelArgs:
     norm_topk: bool = True
     routed_scaling: float = 1.0
     hf_name: str = ""  # the published model this flavour stands for
+    #: a Hugging Face config (``config.json`` fields) for families that build ``transformers`` models
+    hf_config: dict | None = field(default=None, compare=False, repr=False)
 
     def is_moe_layer(self, i: int) -> bool:
         return self.n_experts > 0 and i >= self.first_dense_layers
@@ -63,6 +65,15 @@ class ModelFamily:
     build: Callable[[ModelArgs], nn.Module]
     doc: str = ""
     aliases: dict[str, str] = field(default_factory=dict)
+    #: families whose shapes come from a config (``model.config=...``) rather than named flavours:
+    #: ``from_config(value) -> ModelArgs``; raises ValueError with one line on bad input
+    from_config: Callable[[object], ModelArgs] | None = None
+
+
+def attention_modules(model: nn.Module):
+    """The attention layers of a model whose ``backend`` stepbench binds: the native
+    :class:`Attention` and any module marked ``stepbench_attention = True`` (other families)."""
+    return [m for m in model.modules() if isinstance(m, Attention) or getattr(m, "stepbench_attention", False)]
 
 
 class RMSNorm(nn.Module):

@@ -314,14 +314,13 @@ class Offload:
         return y
 
     def apply(self, model):
-        from core.models.common import Attention
+        from core.models.common import attention_modules
 
         self.model = model
         model.block_runner = self.run
         if self.mode == "attention":
-            for m in model.modules():
-                if isinstance(m, Attention):
-                    m.backend = HostAttention(m.backend, self.off)
+            for m in attention_modules(model):
+                m.backend = HostAttention(m.backend, self.off)
 
     @contextlib.contextmanager
     def step_context(self):

@@ -1,0 +1,178 @@
+"""The ``hf`` family: transformers models run by stepbench agree with the native families."""
+
+import pytest
+import torch
+
+from core.data import AttnMeta
+from core.losses import rl_loss
+from core.models.common import CausalLM
+from core.models.registry import QWEN3, QWEN3_MOE
+from core.plugins import registry
+from plugins.models import hf
+
+TINY_DENSE = {"model_type": "qwen3", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 512,
+              "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "attention_bias": False}
+TINY_MOE = {**TINY_DENSE, "model_type": "qwen3_moe", "moe_intermediate_size": 32, "num_experts": 8,
+            "num_experts_per_tok": 2, "norm_topk_prob": True, "tie_word_embeddings": False}
+PAIRS = {"qwen3": (QWEN3["tiny"], TINY_DENSE), "qwen3_moe": (QWEN3_MOE["tiny"], TINY_MOE)}
+
+
+def hf_args(d, plain=False):
+    return hf.from_config({"model": {"config": d, "flavour": "tiny", "plain": plain},
+                           "attn": {"name": "sdpa"}, "ac": {"name": "none"}})
+
+
+def pair(family):
+    """The native model and the hf one with identical fp32 weights, sdpa bound to both."""
+    native_args, d = PAIRS[family]
+    torch.manual_seed(0)
+    native = CausalLM(native_args)
+    with torch.no_grad():
+        for n, p in native.named_parameters():
+            p.copy_(torch.ones_like(p) if n.endswith("norm.weight") else torch.randn_like(p) * 0.05)
+    model = hf.build(hf_args(d))
+    assert set(native.state_dict()) == set(model.state_dict())  # same names: adapters, init, sync work alike
+    model.load_state_dict(native.state_dict())
+    sdpa = registry().get("attn", "sdpa").factory({})
+    for m in (native, model):
+        from core.trainer import bind_attention
+
+        bind_attention(m, sdpa)
+    return native, model
+
+
+def run(model, doc_lens, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T, V = sum(doc_lens), model.args.vocab_size
+    ids = torch.randint(0, V, (T,), generator=g)
+    targets = torch.randint(0, V, (T,), generator=g)
+    pos = torch.cat([torch.arange(n) for n in doc_lens])
+    meta = AttnMeta.from_doc_lens(doc_lens, "cpu")
+    lp, ent = model(ids, pos, meta, targets)
+    old = lp.detach() + 0.1 * torch.randn(T, generator=g)
+    adv = torch.randn(T, generator=g)
+    loss, _ = rl_loss(lp, old, adv, torch.ones(T, dtype=torch.bool))
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return lp.detach(), ent.detach(), loss.detach(), grads
+
+
+@pytest.mark.parametrize("family", PAIRS)
+@pytest.mark.parametrize("doc_lens", [[96], [40, 24, 64]], ids=["one-doc", "packed"])
+def test_hf_equals_native_given_identical_weights(family, doc_lens):
+    """log-probs, entropy, loss and every gradient within fp32 tolerance, one document and packed ones."""
+    native, model = pair(family)
+    a, b = run(native, doc_lens), run(model, doc_lens)
+    for x, y in zip(a[:3], b[:3]):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+    assert a[3].keys() == b[3].keys()
+    for n in a[3]:
+        torch.testing.assert_close(b[3][n], a[3][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_hf_packed_equals_hf_per_document():
+    _, model = pair("qwen3")
+    lens = [40, 24, 64]
+    packed = run(model, lens)[0]
+    g = torch.Generator().manual_seed(0)
+    T, V = sum(lens), model.args.vocab_size
+    ids, targets = torch.randint(0, V, (T,), generator=g), torch.randint(0, V, (T,), generator=g)
+    start, per_doc = 0, []
+    for n in lens:  # each document alone through transformers' layers
+        meta = AttnMeta.from_doc_lens([n], "cpu")
+        lp, _ = model(ids[start:start + n], torch.arange(n), meta, targets[start:start + n])
+        per_doc.append(lp.detach())
+        start += n
+    torch.testing.assert_close(packed, torch.cat(per_doc), rtol=1e-4, atol=1e-5)
+
+
+def test_plain_hf_equals_the_hf_family_on_one_document():
+    """The plain HF loop (transformers' own forward, sdpa, full logits) computes the same
+    log-probs as the hf family with stepbench's head."""
+    _, model = pair("qwen3")
+    plain = hf.build(hf_args(TINY_DENSE, plain=True))
+    plain.lm.model.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("lm_head")},
+                                   strict=False)
+    plain.init_buffers()
+    a, b = run(model, [96]), run(plain, [96])
+    for x, y in zip(a[:3], b[:3]):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+@pytest.mark.parametrize("ac,ac_cfg", [("recompute", {}), ("offload", {}), ("offload", {"mode": "attention"})],
+                         ids=["recompute", "offload", "offload-attention"])
+def test_hf_under_each_strategy_equals_none(dist_group, adapter, ac, ac_cfg):
+    from tests.test_models_and_ac import grads_after_step
+
+    args = hf_args(TINY_DENSE)
+    reg = registry()
+
+    def make(name, cfg):
+        from core.trainer import build
+
+        return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", name).factory(cfg),
+                     reg.get("adapter", adapter).factory({}), torch.device("cpu"), model_builder=hf.build)
+
+    ref_loss, ref = grads_after_step(make("none", {}), args)
+    loss, got = grads_after_step(make(ac, ac_cfg), args)
+    assert torch.equal(loss, ref_loss)
+    assert ref.keys() == got.keys() and ref
+    for n in ref:
+        assert torch.equal(got[n], ref[n]), n
+
+
+@pytest.mark.parametrize("node,needle", [
+    ({"config": None}, "needs a config"),
+    ({"config": "/no/such/config.json"}, "no such file"),
+    ({"config": {"model_type": "no_such_arch"}}, "transformers cannot build model_type 'no_such_arch'"),
+    ({"config": {"model_type": "llama", "hidden_size": 64}}, "not mapped yet"),
+    ({"config": TINY_DENSE, "plain": True}, "use +attn=sdpa"),
+    ({"config": {**TINY_DENSE, "use_sliding_window": True, "sliding_window": 64}}, "use_sliding_window: false"),
+    ({"config": TINY_MOE}, "adapter.experts=peft"),
+])
+def test_bad_configs_say_what_to_type(node, needle):
+    with pytest.raises(ValueError, match=None) as e:
+        hf.from_config({"model": node, "attn": {"name": "fa3"}, "ac": {"name": "recompute"},
+                        "adapter": {"name": "lora", "experts": "grouped"}})
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_tiny_hf_row_runs_through_the_bench(tmp_path):
+    import json
+
+    from tests.test_cli import run as cli
+
+    res = tmp_path / "rows.jsonl"
+    p = cli("model=hf_qwen3_tiny", "device=cpu", "steps=2", "seq_len=128", "+ac=offload", f"results={res}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    (row,) = [json.loads(x) for x in res.read_text().splitlines()]
+    assert row["status"] == "ok" and row["family"] == "hf" and row["model"] == "qwen3-tiny (hf)"
+
+
+def test_report_peers_view_and_hf_rows_stay_out_of_the_headline_views(tmp_path):
+    """Native, hf and plain HF rows of one published row: the peers view shows the three side by
+    side with the native / plain HF ratio; hf rows get their own sections and enter neither view."""
+    from core.report import main, parse_published
+    from tests.test_report import h100, ours, write
+
+    published, _, _ = parse_published()
+    p = h100(published)  # Qwen3-0.6B RL LoRA 65536 Offload FA3 on 1xH100
+    native = ours(p, tps=20000.0, family="qwen3")
+    hf_row = ours(p, tps=18000.0, family="hf", model="Qwen3-0.6B (hf)", hf_name="Qwen/Qwen3-0.6B")
+    plain = ours(p, tps=8000.0, family="hf", model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B",
+                 ac="Recompute", attn="SDPA", time="2026-11-25T00:00:01+00:00")
+    res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
+    write(res, [native, hf_row, plain])
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+                 "--predictions", str(tmp_path / "none")]) == 0
+    text = out.read_text()
+    assert "## Qwen3-0.6B (hf)" in text and "## Qwen3-0.6B (plain HF)" in text
+    view_a = text.split("## View (a)")[1].split("## View (b)")[0]
+    assert "20.00k" in view_a and "18.00k" not in view_a and "8.00k" not in view_a
+    peers = text.split("## Peers")[1]
+    line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
+    assert "20.00k" in line and "18.00k" in line and "8.00k" in line and "[Recompute, SDPA]" in line
+    assert line.rstrip(" |").endswith("2.50x")

@@ -58,12 +58,41 @@ def busy_fraction(intervals: list[tuple[int, int]], wall_ns: int) -> float:
     return min(covered / wall_ns, 1.0)
 
 
-def device_intervals(prof) -> list[tuple[int, int]]:
-    """(start, end) in ns of every device activity (kernel, memcpy, memset) a profiler recorded."""
+#: device activity kinds by kernel name (first match wins; lower-case substrings)
+KERNEL_KINDS = (
+    ("copy", ("memcpy", "memset", "copy_kernel", "cat_", "catarray")),
+    ("attention", ("flash", "fmha", "attn", "attention", "cudnn_sdpa")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "wgmma", "matmul", "_mm_", "sm90_", "sm80_")),
+    ("reduction", ("reduce", "norm", "softmax", "logsumexp", "sum_", "max_", "triton_per_", "triton_red_")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """matmul | attention | copy | reduction | elementwise (everything else) for a kernel's name."""
+    n = name.lower()
+    for kind, keys in KERNEL_KINDS:
+        if any(k in n for k in keys):
+            return kind
+    return "elementwise"
+
+
+def device_events(prof) -> list[tuple[int, int, str]]:
+    """(start, end, name) in ns of every device activity (kernel, memcpy, memset) a profiler recorded."""
     from torch.autograd import DeviceType
 
-    return [(e.start_ns(), e.end_ns()) for e in prof.profiler.kineto_results.events()
+    return [(e.start_ns(), e.end_ns(), e.name()) for e in prof.profiler.kineto_results.events()
             if e.device_type() != DeviceType.CPU]
+
+
+def device_time_by_kind(events: list[tuple[int, int, str]], wall_ns: int) -> dict:
+    """Device time of each kernel kind as a share of the step's wall time (kinds may overlap in
+    time on several streams, so the shares can sum above the busy fraction), and the launch count."""
+    out: dict = {}
+    for a, b, name in events:
+        k = kernel_kind(name)
+        out[k] = out.get(k, 0) + (b - a)
+    shares = {k: v / wall_ns for k, v in sorted(out.items())}
+    return {**shares, "launches": len(events)}
 
 
 class NonFiniteError(RuntimeError):
@@ -163,7 +192,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
                 for k, v in stats.items():
                     samples[k].append(v)
             step += 1
-        busy = None
+        busy, by_kind = None, None
         if busy_step:  # one more step, not measured: device activity over wall time (host-bound rows)
             batches = make_batches(args, task, seq_len, mbs, cfg.packing, cfg.seed, step, device, rank)
             cuda_sync()
@@ -173,11 +202,15 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
                 cuda_sync()
                 wall = time.perf_counter_ns() - t
             try:
-                busy = busy_fraction(device_intervals(prof), wall)
+                events = device_events(prof)
+                busy = busy_fraction([(a, b) for a, b, _ in events], wall)
+                by_kind = device_time_by_kind(events, wall)
             except (AttributeError, RuntimeError, ValueError) as e:  # a profiler without kineto events
                 say(f"  busy step: no device activity recorded ({type(e).__name__}: {e}); gpu_busy left empty")
             if rank == 0 and busy is not None:
-                say(f"  busy step: GPU busy {busy:.0%} of {wall / 1e9:.3f} s (profiled, not measured)")
+                kinds = ", ".join(f"{k} {v:.0%}" for k, v in by_kind.items() if k != "launches")
+                say(f"  busy step: GPU busy {busy:.0%} of {wall / 1e9:.3f} s ({kinds}; {by_kind['launches']} "
+                    "device activities; profiled, not measured)")
     finally:
         sync.finish()
     peak = torch.cuda.max_memory_reserved() / 2**30 if ctx.device == "cuda" else None
@@ -213,7 +246,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
         "hw_tflops": executed / step_time / 1e12,
         "roofline_frac": roofline_s / step_time, "ceilings": ceilings,
         "flops_per_token_prime_rl": fpt,
-        "gpu_busy": busy,
+        "gpu_busy": busy, "gpu_time_by_kind": by_kind,
         "steps_measured": len(samples["step_s"]), "spread": spread(samples["step_s"]),
         "attn_provider": getattr(attention, "provider", None), "ac_info": info,
         "sync_info": sync_info,

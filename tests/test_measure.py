@@ -91,3 +91,20 @@ def test_busy_fraction_counts_overlapping_device_work_once():
     assert busy_fraction([], 50) == 0.0
     with pytest.raises(ValueError):
         busy_fraction([(0, 1)], 0)
+
+
+def test_device_time_by_kind_names_kernels_and_shares_wall_time():
+    from core.measure import device_time_by_kind, kernel_kind
+
+    assert kernel_kind("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert kernel_kind("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NNT") == "matmul"
+    assert kernel_kind("void cutlass::device_kernel<flash::enable_sm90_or_later<flash::FlashAttnFwdSm90<>>>") \
+        == "attention"
+    assert kernel_kind("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<>") == "attention"
+    assert kernel_kind("Memcpy DtoH (Device -> Pinned)") == "copy"
+    assert kernel_kind("triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0") == "reduction"
+    assert kernel_kind("triton_poi_fused_mul_silu_1") == "elementwise"
+    events = [(0, 40, "sm90_xmma_gemm"), (40, 70, "flash_fwd_kernel"), (50, 60, "Memcpy HtoD"),
+              (70, 80, "triton_poi_fused_add_0")]
+    got = device_time_by_kind(events, 100)
+    assert got == {"attention": 0.3, "copy": 0.1, "elementwise": 0.1, "matmul": 0.4, "launches": 4}

@@ -340,7 +340,10 @@ def _ratio_stats(xs: list[float]) -> tuple[float, float]:
 
 
 def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tuple[list[dict], str]:
-    """Predicted rows for every published row, and the markdown comparison."""
+    """Predicted rows for every published row, and the markdown comparison. Where one of our
+    ``measured`` rows has the published configuration, it is also predicted *leave-one-out*: with
+    the compute fits refitted on the other rows (every row of that configuration left out, whatever
+    its hand-off method), an out-of-sample check of the predictor."""
     from core import hardware
     from core.models.registry import FAMILIES
     from core.report import parse_published, same_work, section_name
@@ -360,10 +363,20 @@ def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tu
                        ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw, gpus=p["num_gpus"],
                        fits=fits, sync_fit=sync_fit)
         m = ours.get((p["model"], p["type"], p["seq_len"], p["ac"], p["attn"], p["hardware_label"]))
+        loo = None
+        if m:
+            same = lambda r: (section_name(r), r["type"], r["seq_len"], r["ac"], r["attn"], r["hardware_label"]) \
+                == (p["model"], p["type"], p["seq_len"], p["ac"], p["attn"], p["hardware_label"])  # noqa: E731
+            rest = [r for r in measured if not same(r)]
+            loo = predict(a, seq_len=p["seq_len"], task=p["type"].split()[0].lower(),
+                          lora_rank=16 if lora else None, ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw,
+                          gpus=p["num_gpus"], fits={**fits, **fit_compute(rest, sync_fit)},
+                          sync_fit=sync_fit)["tps"]
         pred.update(model=p["model"], type=p["type"], ac=p["ac"], attn=p["attn"],
                     hardware_label=p["hardware_label"], num_gpus=p["num_gpus"],
                     published_tps=p["tps"], published_mem_gib=p["peak_mem_gib"],
-                    measured_tps=m["tps"] if m else None, measured_mem_gib=m["peak_mem_gib"] if m else None)
+                    measured_tps=m["tps"] if m else None, measured_mem_gib=m["peak_mem_gib"] if m else None,
+                    loo_tps=loo)
         out.append(pred)
     lines += ["# Predicted rows (not measured)", "",
               "`python -m core.predict --published` predicts stepbench's step for every row of prime-rl's "
@@ -375,14 +388,15 @@ def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tu
               "between stepbench and prime-rl (on the 1xH100 rows, where both were measured, the "
               "measured ratio is shown beside it).", "",
               "| Model | Type | SeqLen | AC | Attn | Hardware | TPS pred / published | ratio "
-              "| measured (ours) | pred / measured | Mem pred / published | ratio |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| measured (ours) | pred / measured | leave-one-out / measured | Mem pred / published | ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for q in out:
         meas = f"{q['measured_tps'] / 1e3:.2f}k" if q["measured_tps"] else "-"
         pm = f"{q['tps'] / q['measured_tps']:.2f}x" if q["measured_tps"] else "-"
+        lm = f"{q['loo_tps'] / q['measured_tps']:.2f}x" if q.get("loo_tps") else "-"
         lines.append(f"| {q['model']} | {q['type']} | {q['seq_len']} | {q['ac']} | {q['attn']} | {q['hardware_label']} "
                      f"| {q['tps'] / 1e3:.2f}k / {q['published_tps'] / 1e3:.2f}k | {q['tps'] / q['published_tps']:.2f}x "
-                     f"| {meas} | {pm} | {q['peak_mem_gib']:.1f} / {q['published_mem_gib']:.1f} GiB "
+                     f"| {meas} | {pm} | {lm} | {q['peak_mem_gib']:.1f} / {q['published_mem_gib']:.1f} GiB "
                      f"| {q['peak_mem_gib'] / q['published_mem_gib']:.2f}x |")
     lines += ["", "Per hardware (ratio = predicted / published; worst = furthest from 1):", "",
               "| Hardware | rows | TPS median | TPS worst | Mem median | Mem worst | pred / measured (ours) |",
@@ -392,8 +406,9 @@ def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tu
         tm, tw = _ratio_stats([q["tps"] / q["published_tps"] for q in qs])
         mm, mw = _ratio_stats([q["peak_mem_gib"] / q["published_mem_gib"] for q in qs])
         own = [q["tps"] / q["measured_tps"] for q in qs if q["measured_tps"]]
-        own_s = f"TPS median {_ratio_stats(own)[0]:.2f}x, worst {_ratio_stats(own)[1]:.2f}x ({len(own)} rows)" \
-            if own else "-"
+        loo = [q["loo_tps"] / q["measured_tps"] for q in qs if q.get("loo_tps")]
+        own_s = (f"TPS median {_ratio_stats(own)[0]:.2f}x, worst {_ratio_stats(own)[1]:.2f}x ({len(own)} rows); "
+                 f"leave-one-out median {_ratio_stats(loo)[0]:.2f}x, worst {_ratio_stats(loo)[1]:.2f}x") if own else "-"
         lines.append(f"| {hl} | {len(qs)} | {tm:.2f}x | {tw:.2f}x | {mm:.2f}x | {mw:.2f}x | {own_s} |")
     lines += ["", "Fits used:", ""]
     lines += [f"- {f.key[0]} {f.key[1]}: {f.describe()}" for f in fits.values()]

@@ -26,6 +26,8 @@ def test_fits_come_from_our_rows_and_predict_them(fitted):
     for p in mine:
         assert 0.75 <= p["tps"] / p["measured_tps"] <= 1.25, (p["model"], p["type"], p["seq_len"], p["attn"])
         assert 0.9 <= p["peak_mem_gib"] / p["measured_mem_gib"] <= 1.1
+        # out of sample: refitted without every row of this configuration
+        assert 0.7 <= p["loo_tps"] / p["measured_tps"] <= 1.35, (p["model"], p["type"], p["seq_len"], p["attn"])
 
 
 def test_eight_gpus_shard_state_pay_collectives_and_scale_below_linear(fitted):

@@ -118,10 +118,10 @@ def args_from_config(d: dict, name: str, hf_name: str = "") -> ModelArgs:
 def from_config(cfg: dict) -> ModelArgs:
     """ModelArgs of a row's ``model`` node (``config``: a mapping or a path; ``plain``: the plain HF
     loop), checked against the rest of the row (``cfg``: the whole composed config)."""
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise ValueError("the hf model family needs transformers: pip install 'stepbench[hf]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        raise ValueError("the hf model family needs transformers: pip install 'stepbench[hf]'")
     node = cfg.get("model") or {}
     d = _config_dict(node.get("config"))
     plain = bool(node.get("plain", False))

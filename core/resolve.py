@@ -125,6 +125,10 @@ def resolve(cfg, world: int = 1) -> dict:
         raise UserError(f"hardware={str(chosen).lower()} does not match this machine ({ctx.gpu_name or 'CPU'}): "
                         "use hardware=auto, or add hardware_as_label=true to take it as a label")
     lora = cfg.adapter.name == "lora"
+    supports = attn_e.traits.get("supports")  # can the backend run this model's attention at all?
+    why = supports(args) if supports else None
+    if why:
+        raise UserError(f"attn '{attn_e.name}' cannot run {args.name}: {why}")
     host = predicted_host_gib(cfg, args, seq_len, attn_e)
     host_avail = host_available_gib()
     limit = cfg.get("max_host_gib") or host_avail

@@ -65,3 +65,20 @@ def test_sdpa_cpu(docs, heads, kv):
 @pytest.mark.parametrize("heads,kv", GQA)
 def test_backend_gpu(name, docs, heads, kv):
     check_backend(name, "cuda", docs, heads, kv)
+
+
+def test_backends_say_which_head_dims_they_cannot_run(monkeypatch):
+    """A model whose head_dim the backend has no kernels for is refused before the row, with why."""
+    import sys
+    import types
+
+    from core.models.registry import QWEN3
+    from plugins.attention import fa2, fa3
+
+    config = types.ModuleType("flash_attn_config")  # a trimmed FA3 build: head_dim 128 only
+    config.CONFIG = {"build_flags": {f"FLASHATTENTION_DISABLE_HDIM{d}": d != 128 for d in fa3.HEAD_DIMS}}
+    monkeypatch.setitem(sys.modules, "flash_attn_config", config)
+    assert fa3.supports(QWEN3["0.6B"]) is None
+    why = fa3.supports(QWEN3["0.6B"].with_(head_dim=64))
+    assert "head_dim 128" in why and "has 64" in why and "+attn=fa2" in why
+    assert fa2.supports(QWEN3["tiny"]) is None and "+attn=sdpa" in fa2.supports(QWEN3["tiny"].with_(head_dim=320))

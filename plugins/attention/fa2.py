@@ -80,7 +80,14 @@ def why_not(ctx):
     return None
 
 
+def supports(args) -> str | None:
+    """Why FA2 cannot run this model's attention (None when it can): head dims up to 256, multiples of 8."""
+    if args.head_dim > 256 or args.head_dim % 8:
+        return f"FlashAttention-2 runs head_dim up to 256 in multiples of 8, the model has {args.head_dim}: use +attn=sdpa"
+    return None
+
+
 @hookimpl
 def stepbench_register_attention(register):
     register("fa2", make, why_not, doc="FlashAttention-2 varlen (flash_attn package, else torch's vendored FA2)",
-             traits={"repeats_kv": repeats_kv})
+             traits={"repeats_kv": repeats_kv, "supports": supports})

@@ -84,6 +84,29 @@ def make(cfg) -> FA3:
     return b
 
 
+HEAD_DIMS = (64, 96, 128, 192, 256)
+
+
+def built_head_dims() -> tuple[int, ...]:
+    """The head dims the installed FA3 has kernels for, from its build config (all when unknown)."""
+    try:
+        from flash_attn_config import CONFIG
+    except Exception:
+        return HEAD_DIMS
+    flags = CONFIG.get("build_flags", {}) if isinstance(CONFIG, dict) else {}
+    return tuple(d for d in HEAD_DIMS if not flags.get(f"FLASHATTENTION_DISABLE_HDIM{d}", False))
+
+
+def supports(args) -> str | None:
+    """Why FA3 cannot run this model's attention (None when it can)."""
+    built = built_head_dims()
+    if args.head_dim not in built:
+        return (f"this FA3 build has kernels for head_dim {', '.join(map(str, built))}, the model has "
+                f"{args.head_dim}: use +attn=fa2 (or rebuild FA3 with that head dim)")
+    return None
+
+
 @hookimpl
 def stepbench_register_attention(register):
-    register("fa3", make, why_not, doc="FlashAttention-3 varlen, native GQA (SM90, flash_attn_3)")
+    register("fa3", make, why_not, doc="FlashAttention-3 varlen, native GQA (SM90, flash_attn_3)",
+             traits={"supports": supports})

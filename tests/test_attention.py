@@ -82,3 +82,29 @@ def test_backends_say_which_head_dims_they_cannot_run(monkeypatch):
     why = fa3.supports(QWEN3["0.6B"].with_(head_dim=64))
     assert "head_dim 128" in why and "has 64" in why and "+attn=fa2" in why
     assert fa2.supports(QWEN3["tiny"]) is None and "+attn=sdpa" in fa2.supports(QWEN3["tiny"].with_(head_dim=320))
+
+
+def test_auto_sends_head_dims_its_fa3_lacks_to_the_other_backend():
+    import torch
+
+    from core.data import AttnMeta
+    from plugins.attention.auto import Auto
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.provider = name
+
+        def __call__(self, q, k, v, meta):
+            calls.append(self.provider)
+            return q
+
+    auto = Auto.__new__(Auto)  # as built on an SM90 GPU with a head_dim-128-only FA3
+    auto.single = auto.packed = Fake("fa3")
+    auto.other, auto.fa3_dims, auto.used = Fake("fa2"), (128,), set()
+    meta = AttnMeta.from_doc_lens([4, 4], "cpu")
+    for d in (128, 64):
+        q = torch.zeros(8, 2, d)
+        auto(q, q, q, meta)
+    assert calls == ["fa3", "fa2"] and auto.provider == "auto: fa2 + fa3"

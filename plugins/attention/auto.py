@@ -1,7 +1,8 @@
 """``auto``: the fastest attention backend that can run here.
 
 CUDA: fa3 where it can run (its import and a tiny call are tried once; on failure auto falls back
-with one line saying why); else cuDNN for micro-batches of one document and fa2 for packed ones.
+with one line saying why; head dims the FA3 build has no kernels for go to fa2); else cuDNN for
+micro-batches of one document and fa2 for packed ones.
 CPU: sdpa. Only registered (not blocked) backends are considered. The row records the provider
 that ran.
 """
@@ -55,7 +56,11 @@ class Auto:
         else:
             fa3 = try_fa3(reg, ctx)
             if fa3 is not None:
+                from plugins.attention.fa3 import built_head_dims
+
                 self.single = self.packed = fa3
+                self.fa3_dims = built_head_dims()  # other head dims go to fa2 (or sdpa)
+                self.other = _make(reg, ctx, "fa2") or _make(reg, ctx, "sdpa")
             else:
                 fa2 = _make(reg, ctx, "fa2")
                 self.packed = fa2 or _make(reg, ctx, "sdpa")
@@ -65,12 +70,16 @@ class Auto:
                              "unblock one (STEPBENCH_BLOCK_PLUGINS) or pick one with +attn=<name>")
         self.used = set()
 
+    fa3_dims, other = None, None
+
     @property
     def provider(self):
         return "auto: " + " + ".join(sorted(self.used)) if self.used else "auto"
 
     def __call__(self, q, k, v, meta):
         b = self.single if len(meta.cu_seqlens_host) == 2 else self.packed
+        if self.fa3_dims is not None and q.shape[-1] not in self.fa3_dims and self.other is not None:
+            b = self.other  # a head dim this FA3 build has no kernels for
         self.used.add(b.provider)
         return b(q, k, v, meta)
 

@@ -475,8 +475,6 @@ def _opt(argv: list[str], flag: str, default: str) -> str:
 def _one(argv: list[str]) -> int:
     from core import hardware
     from core.bench import check_overrides
-    from core.models.registry import FAMILIES
-
     gpus, argv = _gpus(argv)
     try:
         cfg = check_overrides(argv)
@@ -491,10 +489,23 @@ def _one(argv: list[str]) -> int:
     fam, flav = cfg.model.family, str(cfg.model.flavour)
     if fam == "auto":
         raise UserError("name the model to predict: model=qwen3_0_6b, qwen3_4b, qwen3_30b_a3b or intellect3")
-    if fam not in FAMILIES or flav not in FAMILIES[fam].flavours:
-        raise UserError(f"model family '{fam}' flavour '{flav}' is not a built-in model: predictions need its "
-                        "shapes; use model=qwen3_0_6b, qwen3_4b, qwen3_30b_a3b or intellect3")
-    a = FAMILIES[fam].flavours[flav]
+    from omegaconf import OmegaConf
+
+    from core.plugins import PluginError, registry
+
+    try:
+        family = registry().get("model_family", fam).factory
+    except PluginError as e:
+        raise UserError(str(e)) from None
+    if family.from_config is not None:  # shapes from a config (model=hf model.config=...)
+        try:
+            a = family.from_config(OmegaConf.to_container(cfg, resolve=True))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    elif flav in family.flavours:
+        a = family.flavours[flav]
+    else:
+        raise UserError(f"model family '{fam}' has no flavour '{flav}': choose one of {', '.join(family.flavours)}")
     lora = cfg.adapter.name == "lora"
     attn = cfg.attn.name
     if attn == "auto":  # what +attn=auto picks there: FA3 on Hopper, FA2 elsewhere
@@ -511,6 +522,9 @@ def _one(argv: list[str]) -> int:
                 micro_batches=cfg.micro_batches, head_budget_mib=cfg.head_budget_mib,
                 sync_method=None if sync == "auto" else ("none" if sync == "none" else "filesystem"),
                 fits=fits, sync_fit=sync_fit)
+    if family.from_config is not None:
+        p["fit_note"] = "; ".join(x for x in (p["fit_note"], "efficiency fitted on the native model code's rows, "
+                                              "not on rows of this family") if x)
     label = (f"{a.name} {cfg.task.name.upper()} {'LoRA(r=%d)' % cfg.adapter.rank if lora else 'Full'} "
              f"{cfg.seq_len} {cfg.ac.name} {attn.upper()} on {gpus}x{hw['label']}")
     print(format_prediction(label, p))

@@ -71,6 +71,12 @@ def test_one_prediction_prints_its_terms(capsys):
         assert term in out
 
 
+def test_a_transformers_config_can_be_predicted(capsys):
+    assert P.main(["model=hf_qwen3_4b", "hardware=h100", "gpus=8", "seq_len=16384"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("predicted (not measured): Qwen3-4B (hf) RL Full 16384") and "native model code" in out
+
+
 def test_predicted_rows_never_share_a_report_section_with_measured_rows(tmp_path):
     from core import report
     from core.report import parse_published

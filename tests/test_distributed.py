@@ -38,9 +38,13 @@ def test_two_ranks_match_one_process(tmp_path, family):
 
 
 def test_torchrun_bench_writes_one_row(tmp_path):
+    """The CLI under torchrun (2 gloo ranks, FSDP2), with a transformers-built model (the hf family),
+    which the native families' 2-rank tests above do not cover."""
     res = tmp_path / "rows.jsonl"
-    p = torchrun("-m", "core.bench", "model=qwen3_tiny", "device=cpu", "steps=2", "seq_len=128", f"results={res}")
+    p = torchrun("-m", "core.bench", "model=hf_qwen3_tiny", "device=cpu", "steps=2", "seq_len=128",
+                 f"results={res}")
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [json.loads(x) for x in res.read_text().splitlines()]
     assert len(rows) == 1
     assert rows[0]["num_gpus"] == 2 and rows[0]["hardware_label"] == "2xCPU" and rows[0]["status"] == "ok"
+    assert rows[0]["family"] == "hf"

@@ -104,8 +104,9 @@ def _short(commit: str | None) -> str:
 
 
 def measured_rows(files: list[Path] | None = None) -> list[dict]:
-    """Our measured GPU rows that a fit may use: ok, not profiled, one packed sample per
-    micro-batch, on an H100 or H200, with the config they ran."""
+    """Our measured GPU rows that a fit may use: ok, not profiled, native model code, one packed
+    sample per micro-batch, on an H100 or H200, with the config they ran."""
+    from core.models.registry import FAMILIES
     from core.results import load_rows
 
     if files is None:
@@ -113,6 +114,8 @@ def measured_rows(files: list[Path] | None = None) -> list[dict]:
     out = []
     for r in load_rows(*files):
         if r.get("status") != "ok" or "kind" in r or r.get("profiled") or "config" not in r:
+            continue
+        if r.get("family") not in FAMILIES:  # the fits describe the native model code
             continue
         if r.get("attn") not in ("FA2", "FA3") or r.get("packing", "single") != "single":
             continue

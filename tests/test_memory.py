@@ -51,7 +51,8 @@ def measured_rows():
             r = json.loads(line)
             commit = (r.get("env") or {}).get("git_commit")
             if r.get("status") == "ok" and "config" in r and r.get("peak_mem_gib") and not r.get("profiled") \
-                    and r.get("attn") in ("FA2", "FA3") and commit not in (None, "HEAD"):  # HEAD: before the head fix
+                    and r.get("attn") in ("FA2", "FA3") and commit not in (None, "HEAD") \
+                    and r.get("family") in FAMILIES:  # HEAD: before the head fix; native model code only
                 out.append((FAMILIES[r["family"]].flavours[r["flavour"]], {**r, "_file": f}))
     return out
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.measure import say
-from core.resolve import UserError
+from core.resolve import UserError, first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -140,6 +140,8 @@ class SyncFit:
 
 def fit_sync(rows: list[dict]) -> SyncFit:
     """Filesystem (disk) hand-off seconds per step against bytes written: s = fixed + bytes/rate."""
+    from core.report import sync_per_step
+
     pts = []
     for r in rows:
         info = r.get("sync_info") or {}
@@ -147,9 +149,8 @@ def fit_sync(rows: list[dict]) -> SyncFit:
             continue
         if _short((r.get("env") or {}).get("git_commit")) in SYNC_WITH_GPU_TAIL or not info.get("bytes_per_step"):
             continue
-        per_step = (info.get("sync_s") or [])[1:]
-        if per_step:
-            pts.append((float(info["bytes_per_step"]), sum(per_step) / len(per_step)))
+        if (info.get("sync_s") or [])[1:]:
+            pts.append((float(info["bytes_per_step"]), sync_per_step(r)[0]))
     if len({b for b, _ in pts}) < 2:
         raise UserError("the weight-sync fit needs filesystem rows of two sizes in benchmarks/results "
                         "(run +sweep=h100_table)")
@@ -198,38 +199,64 @@ def _row_work(r: dict) -> tuple[object, Work]:
     return a, work(a, r["seq_len"], rank, c["ac"]["name"], c["ac"].get("mode", "full"))
 
 
-def fit_compute(rows: list[dict], sync: SyncFit) -> dict[tuple[str, str], ComputeFit]:
-    """Per (attention backend, dense|moe): measured compute time per micro-batch (the step less
-    the weight hand-off) = ideal time / efficiency + host overhead, least squares over our rows."""
-    from core import hardware
+@dataclass
+class Sample:
+    """One measured row as a compute sample: ideal time ``x`` and measured compute time ``y`` per
+    micro-batch, the fit group ``key`` and the row's ``config`` (model, type, seq_len, AC,
+    attention, hardware)."""
 
-    groups: dict = {}
+    key: tuple[str, str]
+    x: float
+    y: float
+    commit: str
+    config: tuple
+
+
+def compute_samples(rows: list[dict], sync: SyncFit) -> list[Sample]:
+    """Our rows as compute samples: the step less the weight hand-off, against the ideal time at the
+    ceilings of the hardware they ran on."""
+    from core import hardware
+    from core.report import section_name, sync_per_step
+
+    profiles: dict = {}
+    out = []
     for r in rows:
         if str(r.get("sync") or "none").split()[0] not in ("none", "filesystem"):
             continue  # a broadcast's receiver shares the host: not a compute sample
-        a, w = _row_work(r)
-        hw = hardware.load(hardware.profile_for(str(r.get("hardware_label", ""))))
-        backend = backend_of(r["attn"])
-        ideal = sum(w.ideal_s(hw, backend).values())
-        mbs = r.get("micro_batches") or r["config"].get("micro_batches", 2)
+        commit = _short((r.get("env") or {}).get("git_commit"))
         info = r.get("sync_info") or {}
-        hand_off = (info.get("sync_s") or [])[1:]
-        tail = _short((r.get("env") or {}).get("git_commit")) in SYNC_WITH_GPU_TAIL
+        tail = commit in SYNC_WITH_GPU_TAIL
         if r.get("sync") in (None, "none"):
             sync_s = 0.0
         elif tail and r.get("sync") != "filesystem disk":
             continue  # neither its own sync figure nor the disk fit says what it waited for
-        elif tail or not hand_off:
+        elif tail or not (info.get("sync_s") or [])[1:]:
             sync_s = sync.seconds(info.get("bytes_per_step") or 0)
         else:
-            exposed = (info.get("sync_exposed_s") or info.get("sync_s") or [])[1:]
-            sync_s = sum(exposed) / len(exposed)
-        y = r["step_time"] - sync_s / mbs
-        key = (backend, "moe" if a.n_experts else "dense")
-        groups.setdefault(key, []).append((ideal, y, _short((r.get("env") or {}).get("git_commit"))))
+            total, exposed = sync_per_step(r)
+            sync_s = exposed if (info.get("sync_exposed_s") or [])[1:] else total
+        a, w = _row_work(r)
+        name = hardware.profile_for(str(r.get("hardware_label", "")))
+        if name not in profiles:
+            profiles[name] = hardware.load(name)
+        hw = profiles[name]
+        backend = backend_of(r["attn"])
+        mbs = r.get("micro_batches") or r["config"].get("micro_batches", 2)
+        out.append(Sample((backend, "moe" if a.n_experts else "dense"), sum(w.ideal_s(hw, backend).values()),
+                          r["step_time"] - sync_s / mbs, commit,
+                          (section_name(r), r["type"], r["seq_len"], r["ac"], r["attn"], r["hardware_label"])))
+    return out
+
+
+def fit_samples(samples: list[Sample]) -> dict[tuple[str, str], ComputeFit]:
+    """Per (attention backend, dense|moe): compute time = ideal time / efficiency + host overhead,
+    relative least squares (through the origin where that gives a negative overhead)."""
+    groups: dict = {}
+    for smp in samples:
+        groups.setdefault(smp.key, []).append(smp)
     fits = {}
-    for key, pts in groups.items():
-        xy = [(x, y) for x, y, _ in pts]
+    for key, ss in groups.items():
+        xy = [(t.x, t.y) for t in ss]
         if len({round(x, 6) for x, _ in xy}) >= 2:
             slope, icpt = _line(xy, relative=True)
             if icpt < 0 or slope <= 0:
@@ -237,8 +264,13 @@ def fit_compute(rows: list[dict], sync: SyncFit) -> dict[tuple[str, str], Comput
         else:
             slope, icpt = sum(y for _, y in xy) / sum(x for x, _ in xy), 0.0
         worst = max(abs(y / (x * slope + icpt) - 1) for x, y in xy)
-        fits[key] = ComputeFit(key, 1.0 / slope, icpt, len(xy), tuple(sorted({c for *_, c in pts})), worst)
+        fits[key] = ComputeFit(key, 1.0 / slope, icpt, len(xy), tuple(sorted({t.commit for t in ss})), worst)
     return fits
+
+
+def fit_compute(rows: list[dict], sync: SyncFit) -> dict[tuple[str, str], ComputeFit]:
+    """The compute fits of our rows (:func:`compute_samples`, :func:`fit_samples`)."""
+    return fit_samples(compute_samples(rows, sync))
 
 
 def pick_fit(fits: dict, backend: str, moe: bool) -> tuple[ComputeFit, str]:
@@ -352,6 +384,7 @@ def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tu
     from core.report import parse_published, same_work, section_name
 
     published, _, _ = parse_published()
+    samples = compute_samples(measured, sync_fit)
     ours = {}
     for r in sorted(measured, key=lambda r: str(r.get("time", ""))):  # at the published work; newest wins
         if same_work(r, {"type": r["type"]}):
@@ -365,16 +398,14 @@ def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tu
         pred = predict(a, seq_len=p["seq_len"], task=p["type"].split()[0].lower(), lora_rank=16 if lora else None,
                        ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw, gpus=p["num_gpus"],
                        fits=fits, sync_fit=sync_fit)
-        m = ours.get((p["model"], p["type"], p["seq_len"], p["ac"], p["attn"], p["hardware_label"]))
+        config = (p["model"], p["type"], p["seq_len"], p["ac"], p["attn"], p["hardware_label"])
+        m = ours.get(config)
         loo = None
-        if m:
-            same = lambda r: (section_name(r), r["type"], r["seq_len"], r["ac"], r["attn"], r["hardware_label"]) \
-                == (p["model"], p["type"], p["seq_len"], p["ac"], p["attn"], p["hardware_label"])  # noqa: E731
-            rest = [r for r in measured if not same(r)]
+        if m:  # refitted without every sample of this configuration
+            loo_fits = {**fits, **fit_samples([t for t in samples if t.config != config])}
             loo = predict(a, seq_len=p["seq_len"], task=p["type"].split()[0].lower(),
                           lora_rank=16 if lora else None, ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw,
-                          gpus=p["num_gpus"], fits={**fits, **fit_compute(rest, sync_fit)},
-                          sync_fit=sync_fit)["tps"]
+                          gpus=p["num_gpus"], fits=loo_fits, sync_fit=sync_fit)["tps"]
         pred.update(model=p["model"], type=p["type"], ac=p["ac"], attn=p["attn"],
                     hardware_label=p["hardware_label"], num_gpus=p["num_gpus"],
                     published_tps=p["tps"], published_mem_gib=p["peak_mem_gib"],
@@ -484,7 +515,7 @@ def _one(argv: list[str]) -> int:
     except UserError:
         raise
     except Exception as e:  # Hydra's own composition errors, reduced to one line
-        raise UserError(f"bad override: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+        raise UserError(f"bad override: {first_line(e)}") from None
     hw_name = str(cfg.hardware.name).lower()
     if hw_name in ("auto", "cpu"):
         raise UserError("name the hardware to predict for: hardware=h100, h200, b200 or a6000 (with gpus=N)")

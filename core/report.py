@@ -73,13 +73,22 @@ def implementation(row: dict) -> str:
     return "plain HF" if str(row.get("model", "")).endswith("(plain HF)") else "hf"
 
 
-def section_name(row: dict) -> str:
-    """Published section names: the Hugging Face repo name of the model (with the implementation
-    for rows of the ``hf`` family, which get sections of their own)."""
+def model_name(row: dict) -> str:
+    """The published model a row stands for: the Hugging Face repo name (else the row's model)."""
     hf = row.get("hf_name") or ""
-    base = hf.split("/")[-1] if hf else str(row.get("model"))
+    return hf.split("/")[-1] if hf else str(row.get("model"))
+
+
+def section_name(row: dict) -> str:
+    """Published section names: :func:`model_name` (with the implementation for rows of the ``hf``
+    family, which get sections of their own)."""
     impl = implementation(row)
-    return base if impl == "native" or not hf else f"{base} ({impl})"
+    return model_name(row) if impl == "native" or not row.get("hf_name") else f"{model_name(row)} ({impl})"
+
+
+def ratio_summary(label: str, ratios: list[float]) -> str:
+    """The closing line of a comparison view over its (non-empty) ratios."""
+    return f"\n{label}, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, min {min(ratios):.2f}x."
 
 
 def fmt_change(value: float, base: float | None) -> str:
@@ -322,8 +331,7 @@ def best_at_no_more_memory(rows: list[dict], published: list[dict], host_budget_
                      f"{b['ac']}, {b['attn']}, {b.get('sync')} | {b['tps'] / 1e3:.2f}k | {b['peak_mem_gib']:.1f} GiB | "
                      f"{f'{h:.1f} GiB' if h else '-'} | {b['tps'] / p['tps']:.2f}x |")
     if ratios:
-        lines.append(f"\nBest at no more memory, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, "
-                     f"min {min(ratios):.2f}x.")
+        lines.append(ratio_summary("Best at no more memory", ratios))
     return "\n".join(lines) + "\n"
 
 
@@ -424,16 +432,13 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
 def peers_view(rows: list[dict], published: list[dict]) -> str:
     """For each published row: stepbench's native row, the ``hf`` row with the same plugins and the
     plain HF loop's row (same model, type, sequence length, GPUs and per-step work), side by side."""
-    base = lambda r: section_name(r).rsplit(" (", 1)[0] if implementation(r) != "native" else section_name(r)  # noqa: E731
     by_impl: dict = {"native": {}, "hf": {}, "plain HF": {}}
     for r in rows:
+        if not same_work(r, {"type": r["type"]}):
+            continue
         impl = implementation(r)
-        key = (base(r), r["type"], r["seq_len"], r["hardware_label"])
-        if impl == "plain HF":
-            if same_work(r, {"type": r["type"]}):
-                by_impl[impl].setdefault(key, r)
-        elif same_work(r, {"type": r["type"]}):
-            by_impl[impl].setdefault((*key, r["ac"], r["attn"]), r)
+        key = (model_name(r), r["type"], r["seq_len"], r["hardware_label"])
+        by_impl[impl].setdefault(key if impl == "plain HF" else (*key, r["ac"], r["attn"]), r)  # plain: its own AC
     if not by_impl["hf"] and not by_impl["plain HF"]:
         return ""
     cell = lambda r: f"{r['tps'] / 1e3:.2f}k ({r['peak_mem_gib']:.1f} GiB)" if r and r.get("peak_mem_gib") \
@@ -455,15 +460,15 @@ def peers_view(rows: list[dict], published: list[dict]) -> str:
         plain = by_impl["plain HF"].get(key)
         if not (hfr or plain):
             continue
-        ratio = f"{nat['tps'] / plain['tps']:.2f}x" if nat and plain else "-"
+        ratio = "-"
         if nat and plain:
             ratios.append(nat["tps"] / plain["tps"])
+            ratio = f"{ratios[-1]:.2f}x"
         plain_cell = f"{cell(plain)} [{plain['ac']}, {plain['attn']}]" if plain else "-"
         lines.append(f"| {p['model']} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | {p['hardware_label']} "
                      f"| {p['tps'] / 1e3:.2f}k | {cell(nat)} | {cell(hfr)} | {plain_cell} | {ratio} |")
     if ratios:
-        lines.append(f"\nnative / plain HF, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, "
-                     f"min {min(ratios):.2f}x.")
+        lines.append(ratio_summary("native / plain HF", ratios))
     return "\n".join(lines) + "\n"
 
 

@@ -86,6 +86,12 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
+def rope_inv_freq(rot: int, theta: float, device) -> torch.Tensor:
+    """The default RoPE's inverse frequencies (fp32) for ``rot`` rotated dims."""
+    half = rot // 2
+    return 1.0 / (theta ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
+
+
 class Rotary(nn.Module):
     """RoPE tables for the rotated part of each head (``partial_rotary`` of head_dim)."""
 
@@ -95,10 +101,7 @@ class Rotary(nn.Module):
         self.theta = theta
 
     def forward(self, position_ids: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        half = self.rot // 2
-        inv_freq = 1.0 / (
-            self.theta ** (torch.arange(0, half, device=position_ids.device, dtype=torch.float32) / half)
-        )
+        inv_freq = rope_inv_freq(self.rot, self.theta, position_ids.device)
         freqs = position_ids.float()[:, None] * inv_freq[None]
         emb = torch.cat([freqs, freqs], -1)[:, None, :]  # [T, 1, rot]
         return emb.cos().to(dtype), emb.sin().to(dtype)

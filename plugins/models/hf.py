@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from core import hookimpl
-from core.models.common import CausalLM, ModelArgs, ModelFamily, Rotary, run_block
+from core.models.common import CausalLM, ModelArgs, ModelFamily, Rotary, rope_inv_freq, run_block
 
 #: model types whose decoder layers and shapes are mapped (and checked against the native ones)
 SUPPORTED = ("qwen3", "qwen3_moe")
@@ -233,12 +233,10 @@ class PlainHFCausalLM(nn.Module):
     def init_buffers(self) -> None:
         """transformers' RoPE tables (``inv_freq``) after materialisation from the meta device
         (the default RoPE: the only kind the family accepts)."""
-        a = self.args
         for name, buf in self.named_buffers():
             if name.endswith("inv_freq"):
                 with torch.no_grad():
-                    d = a.head_dim
-                    buf.copy_(1.0 / (a.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=buf.device) / d)))
+                    buf.copy_(rope_inv_freq(self.args.head_dim, self.args.rope_theta, buf.device))
 
     def forward(self, input_ids, position_ids, meta, targets):
         if meta is not None and len(meta.cu_seqlens_host) != 2:

@@ -35,11 +35,12 @@ def throughput(step_times: list[float], tokens_per_step: int, micro_batches: int
     return tokens_per_step * len(step_times) / total, total / (len(step_times) * micro_batches)
 
 
-def kernel_profiler():
-    """torch.profiler over one step, CUDA activity only (``ops_profile=true``)."""
+def kernel_profiler(host: bool = False):
+    """torch.profiler over one step: CUDA activity, and with ``host`` the host's operators and
+    ``record_function`` ranges too (``ops_trace=``)."""
     from torch.profiler import ProfilerActivity, profile
 
-    return profile(activities=[ProfilerActivity.CUDA])
+    return profile(activities=[ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if host else []))
 
 
 def busy_fraction(intervals: list[tuple[int, int]], wall_ns: int) -> float:
@@ -95,6 +96,27 @@ def device_time_by_kind(events: list[tuple[int, int, str]], wall_ns: int) -> dic
     return {**shares, "launches": len(events)}
 
 
+def write_trace(prof, path: str) -> None:
+    """Export the profiler's Chrome trace to ``path`` (gzip-compressed when it ends in .gz)."""
+    import gzip
+    import os
+    import shutil
+    import tempfile
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not path.endswith(".gz"):
+        prof.export_chrome_trace(path)
+        return
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        tmp = f.name
+    try:
+        prof.export_chrome_trace(tmp)
+        with open(tmp, "rb") as src, gzip.open(path, "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst)
+    finally:
+        os.unlink(tmp)
+
+
 class NonFiniteError(RuntimeError):
     """A step produced a non-finite loss or gradient norm."""
 
@@ -125,12 +147,13 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
     sync = r["sync_obj"]
     labels = row_labels(cfg, r, adapter.label, world)
     args, seq_len, task, mbs = r["args"], r["seq_len"], cfg.task.name, cfg.micro_batches
-    ops_profile = bool(cfg.get("ops_profile", False)) and ctx.device == "cuda"
+    ops_trace = cfg.get("ops_trace") if ctx.device == "cuda" else None
+    ops_profile = (bool(cfg.get("ops_profile", False)) or bool(ops_trace)) and ctx.device == "cuda"
     busy_step = bool(cfg.get("busy_step", True)) and ctx.device == "cuda"
     profile = bool(cfg.get("memory_profile", False)) and ctx.device == "cuda"
-    for opt in ("memory_profile", "ops_profile"):
+    for opt in ("memory_profile", "ops_profile", "ops_trace"):
         if cfg.get(opt, False) and ctx.device != "cuda" and rank == 0:
-            say(f"{opt}=true needs CUDA: ignored on the CPU")
+            say(f"{opt}={cfg.get(opt)} needs CUDA: ignored on the CPU")
     if profile:
         from core import memprof
 
@@ -163,7 +186,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
             if world > 1:
                 dist.barrier()
             profiled_step = ops_profile and step == min_steps - 1
-            prof = kernel_profiler() if profiled_step else contextlib.nullcontext()
+            prof = kernel_profiler(host=bool(ops_trace)) if profiled_step else contextlib.nullcontext()
             t = time.perf_counter()
             with prof:
                 out = train_step(b, batches, task, step=step)
@@ -172,6 +195,10 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
             if profiled_step and rank == 0:
                 say("time by operator, last step (self device time):\n"
                     + prof.key_averages().table(sort_by="self_device_time_total", row_limit=25))
+                if ops_trace:
+                    write_trace(prof, ops_trace)
+                    say(f"trace of step {step} written to {ops_trace} (host and device; open in ui.perfetto.dev, "
+                        "or python benchmarks/trace_summary.py " + str(ops_trace) + ")")
             gn = out["grad_norm"]
             gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
             stats = dict(loss=out["loss"].mean().item(), entropy=out["entropy"].mean().item(), grad_norm=float(gn),

@@ -73,6 +73,14 @@ def check_packing(v) -> str:
                       "e.g. packing=fixed:4)")
 
 
+def _trace_path(v):
+    """null, or a file name ending in .json or .json.gz (a Chrome/Perfetto trace)."""
+    if v is None or (isinstance(v, str) and v.endswith((".json", ".json.gz")) and not v.endswith("/")):
+        return v
+    raise OptionError(f"ops_trace must be a file name ending in .json.gz (got {v!r}): try "
+                      "ops_trace=runs/trace.json.gz")
+
+
 OPTIONS = {
     "seq_len": lambda v: _int("seq_len", v, 128, 128, 8192),
     "micro_batches": lambda v: _int("micro_batches", v, 1, example=2),
@@ -92,6 +100,7 @@ OPTIONS = {
     "max_host_gib": lambda v: _float("max_host_gib", v, 0.0, 64, allow_none=True, strict=True),
     "memory_profile": lambda v: _bool("memory_profile", v),
     "ops_profile": lambda v: _bool("ops_profile", v),
+    "ops_trace": lambda v: _trace_path(v),
     "busy_step": lambda v: _bool("busy_step", v),
     "hardware_as_label": lambda v: _bool("hardware_as_label", v),
 }

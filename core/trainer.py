@@ -180,17 +180,24 @@ def forward_backward(b: Built, mb: MicroBatch, task: str, scale: float) -> dict:
 def train_step(b: Built, batches: list[MicroBatch], task: str, max_norm: float = 1.0, step: int = 0) -> dict:
     """micro-batches of forward/backward, gradient clipping, AdamW step, then the weight hand-off
     (``b.sync``). No host sync inside, except what the weight-sync method itself needs."""
+    from torch.profiler import record_function  # named ranges in a profiler trace (ops_trace=)
+
     n = len(batches)
     # Gradients are reduced after every micro-batch into the fp32 sharded gradient: accumulation
     # stays in fp32 and no unsharded bf16 gradient outlives its block.
-    infos = [forward_backward(b, mb, task, 1.0 / n) for mb in batches]
-    grad_norm = torch.nn.utils.clip_grad_norm_(b.params, max_norm, foreach=True)
+    infos = []
+    for i, mb in enumerate(batches):
+        with record_function(f"stepbench.micro_batch_{i}"):
+            infos.append(forward_backward(b, mb, task, 1.0 / n))
+    with record_function("stepbench.clip_optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(b.params, max_norm, foreach=True)
+        if b.sync is not None:
+            b.sync.before_update()  # an overlapped hand-off must finish reading the weights first
+        b.optimizer.step()
+        b.optimizer.zero_grad(set_to_none=True)
     if b.sync is not None:
-        b.sync.before_update()  # an overlapped hand-off must finish reading the weights first
-    b.optimizer.step()
-    b.optimizer.zero_grad(set_to_none=True)
-    if b.sync is not None:
-        b.sync.after_step(step)  # the hand-off to inference is part of the step (as prime-rl)
+        with record_function("stepbench.weight_sync"):
+            b.sync.after_step(step)  # the hand-off to inference is part of the step (as prime-rl)
     out = {k: torch.stack([i[k] for i in infos]) for k in infos[0]}
     out["grad_norm"] = grad_norm
     return out

@@ -4,6 +4,12 @@ The head turns final hidden states into per-token fp32 log-probabilities of the 
 entropy of each token's distribution, without gradient) a chunk of tokens at a time: at most
 ``[chunk, vocab]`` logits exist at once, never ``[tokens, vocab]``. Backward recomputes each
 chunk's logits from the saved hidden states and the log-sum-exp.
+
+With ``compiled=True`` (rows with ``compile=true``) each chunk's work after its GEMM (fp32 cast,
+log-sum-exp, target log-prob, entropy; in backward the softmax gradient and its bf16 cast) is one
+``torch.compile``-d function: Inductor fuses those passes into a few kernels that read the bf16
+logits instead of a dozen fp32 passes over ``[chunk, vocab]``, so chunks can be larger within the
+same byte budget. Same arithmetic, same outputs within fp32 rounding.
 """
 
 from __future__ import annotations
@@ -11,6 +17,35 @@ from __future__ import annotations
 import torch
 
 RATIO_LOW, RATIO_HIGH = 0.125, 8.0
+
+
+def _fwd_chunk(h, w, targets):
+    """One token chunk: (target log-probs, entropies, log-sum-exps), fp32."""
+    logits = (h @ w.t()).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits - lse[:, None]
+    lp = logp.gather(1, targets[:, None]).squeeze(1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return lp, ent, lse
+
+
+def _bwd_slice(h, wv, lse, g, local):
+    """One vocabulary slice: d(sum g * lp)/d logits = g * (onehot - softmax), in the weights' dtype.
+    ``local``: the targets' index within the slice (out of range: not in this slice)."""
+    p = (h @ wv.t()).float()
+    cols = torch.arange(wv.shape[0], device=h.device)
+    onehot = (cols[None, :] == local[:, None]).float()
+    return (g[:, None] * (onehot - torch.exp(p - lse[:, None]))).to(h.dtype)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """``fn`` compiled once per process (static shapes: one graph per chunk shape)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
 
 
 class ChunkedLogprobs(torch.autograd.Function):
@@ -23,12 +58,22 @@ class ChunkedLogprobs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, w, targets, budget: int):
+    def forward(ctx, h, w, targets, budget: int, compiled: bool = False):
         T, V = h.shape[0], w.shape[0]
-        chunk = max(64, min(T, budget // (12 * V) // 64 * 64))
         lp = torch.empty(T, dtype=torch.float32, device=h.device)
         ent = torch.empty_like(lp)
         lse = torch.empty_like(lp)
+        ctx.budget, ctx.compiled = budget, compiled
+        if compiled:  # bf16 logits and one fp32 temporary at most: 6 bytes per logit
+            chunk = max(64, min(T, budget // (6 * V) // 64 * 64))
+            fwd = _compiled(_fwd_chunk)
+            for s in range(0, T, chunk):
+                e = min(s + chunk, T)
+                lp[s:e], ent[s:e], lse[s:e] = fwd(h[s:e], w, targets[s:e])
+            ctx.save_for_backward(h, w, targets, lse)
+            ctx.mark_non_differentiable(ent)
+            return lp, ent
+        chunk = max(64, min(T, budget // (12 * V) // 64 * 64))
         for s in range(0, T, chunk):
             e = min(s + chunk, T)
             logits = (h[s:e] @ w.t()).float()
@@ -40,7 +85,6 @@ class ChunkedLogprobs(torch.autograd.Function):
             lse[s:e] = lse_c
             del logits, p
         ctx.save_for_backward(h, w, targets, lse)
-        ctx.budget = budget
         ctx.mark_non_differentiable(ent)
         return lp, ent
 
@@ -49,10 +93,22 @@ class ChunkedLogprobs(torch.autograd.Function):
         h, w, targets, lse = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         T, V = h.shape[0], w.shape[0]
-        vc = max(256, min(V, ctx.budget // (8 * T) // 256 * 256))
         g = g_lp.float()
         grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_h else None
         grad_w = torch.empty_like(w) if need_w else None
+        if ctx.compiled:  # bf16 logits + bf16 gradient: 4 bytes per logit
+            vc = max(256, min(V, ctx.budget // (4 * T) // 256 * 256))
+            bwd = _compiled(_bwd_slice)
+            for v0 in range(0, V, vc):
+                v1 = min(v0 + vc, V)
+                wv = w[v0:v1]
+                gl = bwd(h, wv, lse, g, targets - v0)
+                if need_h:
+                    grad_h += gl @ wv
+                if need_w:
+                    torch.mm(gl.t(), h, out=grad_w[v0:v1])
+            return (grad_h.to(h.dtype) if need_h else None), grad_w, None, None, None
+        vc = max(256, min(V, ctx.budget // (8 * T) // 256 * 256))
         for v0 in range(0, V, vc):
             v1 = min(v0 + vc, V)
             wv = w[v0:v1]
@@ -67,15 +123,17 @@ class ChunkedLogprobs(torch.autograd.Function):
                 grad_h += gl @ wv
             if need_w:
                 torch.mm(gl.t(), h, out=grad_w[v0:v1])
-        return (grad_h.to(h.dtype) if need_h else None), grad_w, None, None
+        return (grad_h.to(h.dtype) if need_h else None), grad_w, None, None, None
 
 
-def chunked_logprobs(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, budget_mib: int = 512):
+def chunked_logprobs(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, budget_mib: int = 512,
+                     compiled: bool = False):
     """Per-token fp32 log-probabilities of ``targets`` (with grad) and entropies (no grad).
 
-    At most about ``budget_mib`` MiB of logits exist at any time.
+    At most about ``budget_mib`` MiB of logits exist at any time; ``compiled``: the per-chunk work
+    as ``torch.compile``-d functions (fewer, fused passes).
     """
-    return ChunkedLogprobs.apply(h, w, targets, budget_mib * 2**20)
+    return ChunkedLogprobs.apply(h, w, targets, budget_mib * 2**20, compiled)
 
 
 def naive_logprobs(h, w, targets):

@@ -160,7 +160,8 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
         memprof.start()
     t0 = time.perf_counter()
     b = build(args, attention, ac, adapter, device, seed=cfg.seed, compile=cfg.compile,
-              head_budget_mib=cfg.head_budget_mib, model_builder=r["family_obj"].build)
+              head_budget_mib=cfg.head_budget_mib, model_builder=r["family_obj"].build,
+              compile_head=bool(cfg.get("compile_head", True)))
     sync_ctx = r["sync_ctx"]
     sync_ctx.rank, sync_ctx.world_size, sync_ctx.row_id = rank, world, row_id
     sync.setup(b.model, sync_ctx)
@@ -279,6 +280,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
         "sync_info": sync_info,
         "sync_s_per_step": sum(measured_sync) / len(measured_sync) if measured_sync else 0.0,
         "counts": counts, "samples": samples, "build_s": build_s,
+        "compiled": {"blocks": bool(cfg.compile), "head": bool(cfg.compile and cfg.get("compile_head", True))},
         "peak_flops": hw["peak_flops"],
     }
     if breakdown is not None:

@@ -89,6 +89,7 @@ OPTIONS = {
     "packing": check_packing,
     "seed": lambda v: _int("seed", v, 0, example=0),
     "compile": lambda v: _bool("compile", v),
+    "compile_head": lambda v: _bool("compile_head", v),
     "head_budget_mib": lambda v: _int("head_budget_mib", v, 1, example=512),
     "device": lambda v: _choice("device", v, ("auto", "cuda", "cpu")),
     "results": _results,

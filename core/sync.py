@@ -52,6 +52,10 @@ def digest(tensors) -> str:
     return h.hexdigest()
 
 
+#: elements cast and copied to the host at once by :class:`HostStager` (16 Mi: 32 MiB in bf16)
+STAGE_CHUNK = 1 << 24
+
+
 class HostStager:
     """Copies the sync tensors, cast to ``dtype``, into host buffers allocated once (pinned on
     CUDA). Every rank joins the gathers; rank 0 keeps the bytes. With ``side_stream`` the copies
@@ -73,9 +77,11 @@ class HostStager:
         ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
         with ctx:
             for n, p in self.params:
-                t = full_tensor(p).to(self.dtype)
-                if self.rank == 0:
-                    self.host[n].copy_(t, non_blocking=cuda)
+                t = full_tensor(p)
+                if self.rank == 0:  # cast and copy a slice at a time: a side stream holds no whole bf16 copy
+                    src, dst = t.reshape(-1), self.host[n].view(-1)
+                    for a in range(0, src.numel(), STAGE_CHUNK):
+                        dst[a:a + STAGE_CHUNK].copy_(src[a:a + STAGE_CHUNK].to(self.dtype), non_blocking=cuda)
             if cuda:
                 self.ready = torch.cuda.Event()
                 self.ready.record()

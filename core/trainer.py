@@ -64,10 +64,13 @@ def bind_attention(model: nn.Module, backend) -> None:
         m.backend = backend
 
 
-def apply_compile(model: nn.Module) -> None:
-    """Compile each transformer block (after checkpointing wraps the block runner)."""
+def apply_compile(model: nn.Module, head: bool = True) -> None:
+    """Compile each transformer block (after checkpointing wrapped it) and, with ``head``, the
+    log-prob head's per-chunk work (a model that has the chunked head)."""
     for block in model.layers:
         block.compile()
+    if head and hasattr(model, "head_compiled"):
+        model.head_compiled = True
 
 
 def apply_fsdp(model: nn.Module, device_type: str) -> None:
@@ -122,7 +125,7 @@ def set_dtypes(model: nn.Module, adapter) -> None:
 
 # ------------------------------------------------------------------ the one place
 def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, compile: bool = False,
-          head_budget_mib: int = 512, lr: float = 1e-6, model_builder=None) -> Built:
+          head_budget_mib: int = 512, lr: float = 1e-6, model_builder=None, compile_head: bool = True) -> Built:
     """Compose a trainable model in one fixed order.
 
     model on meta -> adapter -> attention binding -> activation checkpointing / offload ->
@@ -141,7 +144,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
     bind_attention(model, attention)
     ac.apply(model)
     if compile:
-        apply_compile(model)
+        apply_compile(model, head=compile_head)
     apply_fsdp(model, device.type)
     model.to_empty(device=device)
     init_weights(model, seed, adapter)

@@ -188,6 +188,7 @@ class CausalLM(nn.Module):
         self.lm_head = None if a.tied_embeddings else nn.Linear(a.dim, a.vocab_size, bias=False)
         self.block_runner = run_block  # replaced by an activation-memory strategy
         self.head_budget_mib = 512
+        self.head_compiled = False  # compile=true: the head's per-chunk work compiled too
 
     def head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
@@ -202,4 +203,4 @@ class CausalLM(nn.Module):
     def forward(self, input_ids, position_ids, meta: AttnMeta, targets):
         h = self.hidden_states(input_ids, position_ids, meta)
         w = self.head_weight()
-        return chunked_logprobs(h, w.to(h.dtype), targets, self.head_budget_mib)
+        return chunked_logprobs(h, w.to(h.dtype), targets, self.head_budget_mib, self.head_compiled)

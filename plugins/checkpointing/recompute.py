@@ -4,6 +4,14 @@
 prime-rl's Recompute rows do). ``mode: selective`` also keeps the outputs of the ops named by
 ``save`` (default: the attention kernel, its output and log-sum-exp), so backward does not run
 attention forward again; everything else in the block is recomputed.
+
+The checkpoint sits inside each block's ``forward`` (as torchtitan wraps blocks): FSDP2's hooks
+stay on the block's call, outside the checkpointed region, so the recompute runs no FSDP2 hook,
+and with ``compile=true`` the compiled block contains the checkpoint, so its compiled backward
+recomputes the block itself instead of calling the compiled forward again (one compiled region per
+block and direction instead of three). ``inside=false`` puts the checkpoint around the block's
+call instead (the layout before; kept for comparison). A model that checkpoints its own layers
+(``own_checkpointing``, the plain HF loop) only learns that recompute was asked for.
 """
 
 from __future__ import annotations
@@ -38,10 +46,10 @@ def save_policy(patterns: list[str]):
 class Recompute:
     name = "recompute"
 
-    def __init__(self, mode: str = "full", save=("attention",)):
+    def __init__(self, mode: str = "full", save=("attention",), inside: bool = True):
         if mode not in ("full", "selective"):
             raise ValueError(f"recompute mode '{mode}' is unknown: use ac.mode=full or ac.mode=selective")
-        self.mode, self.save = mode, list(save)
+        self.mode, self.save, self.inside = mode, list(save), bool(inside)
         self.context_fn = (
             partial(create_selective_checkpoint_contexts, save_policy(self.save)) if mode == "selective" else None
         )
@@ -51,20 +59,32 @@ class Recompute:
         return checkpoint(fn, *args, use_reentrant=False, **kw)
 
     def apply(self, model):
-        model.block_runner = lambda block, x, rope, meta: self.checkpoint_block(block, x, rope, meta)
+        if getattr(model, "own_checkpointing", False) or not self.inside:
+            model.block_runner = lambda block, x, rope, meta: self.checkpoint_block(block, x, rope, meta)
+            return
+        for block in model.layers:
+            block.forward = partial(self.checkpoint_block, block.forward)  # the block's own forward, checkpointed
+        model.block_runner = run_checkpointed
+
 
     def step_context(self):
         return contextlib.nullcontext()
 
     def describe(self) -> dict:
         kept = "block inputs" + (f" + outputs of {', '.join(self.save)} ops" if self.mode == "selective" else "")
-        return {"ac": "recompute", "ac_mode": self.mode, "saved": kept}
+        return {"ac": "recompute", "ac_mode": self.mode, "saved": kept,
+                "checkpoint": "inside the block" if self.inside else "around the block's call"}
+
+
+def run_checkpointed(block, x, rope, meta):
+    """Block runner of ``recompute`` (inside): a plain call, the block's forward checkpoints itself."""
+    return block(x, rope, meta)
 
 
 @hookimpl
 def stepbench_register_checkpointing(register):
     register(
         "recompute",
-        lambda cfg: Recompute(cfg.get("mode", "full"), cfg.get("save", ["attention"])),
+        lambda cfg: Recompute(cfg.get("mode", "full"), cfg.get("save", ["attention"]), cfg.get("inside", True)),
         doc="per-block checkpointing; ac.mode=selective keeps attention outputs",
     )

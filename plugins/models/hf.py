@@ -204,6 +204,7 @@ class HFCausalLM(CausalLM):
         self.lm_head = None if a.tied_embeddings else lm.lm_head
         self.block_runner = run_block
         self.head_budget_mib = 512
+        self.head_compiled = False
         for layer in self.layers:
             layer.__class__ = _adapted(type(layer))
             layer.self_attn.stepbench_attention = True
@@ -228,6 +229,7 @@ class PlainHFCausalLM(nn.Module):
         self.lm = _from_config(hf_config(a.hf_config), "sdpa")
         self.layers = self.lm.model.layers  # FSDP2 shards these (each decoder layer)
         self.block_runner = run_block
+        self.own_checkpointing = True  # +ac=recompute turns on transformers' gradient checkpointing
         self.head_budget_mib = 512
 
     def init_buffers(self) -> None:

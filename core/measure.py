@@ -117,6 +117,33 @@ def write_trace(prof, path: str) -> None:
         os.unlink(tmp)
 
 
+class GCPauses:
+    """Seconds the Python garbage collector ran, read per step (``gc.callbacks``): host pauses that
+    show up as slow steps in host-bound rows."""
+
+    def __init__(self):
+        import gc
+
+        self.total, self._t = 0.0, None
+        self._gc = gc
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase, info):
+        if phase == "start":
+            self._t = time.perf_counter()
+        elif self._t is not None:
+            self.total += time.perf_counter() - self._t
+            self._t = None
+
+    def take(self) -> float:
+        t, self.total = self.total, 0.0
+        return t
+
+    def close(self) -> None:
+        if self._cb in self._gc.callbacks:
+            self._gc.callbacks.remove(self._cb)
+
+
 class NonFiniteError(RuntimeError):
     """A step produced a non-finite loss or gradient norm."""
 
@@ -173,7 +200,8 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
         counts = dict(zip(("trainable", "adapter", "fully_trainable"), t.tolist()))
     build_s = time.perf_counter() - t0
     cuda_sync = torch.cuda.synchronize if ctx.device == "cuda" else (lambda: None)
-    samples = {k: [] for k in ("step_s", "loss", "entropy", "kept_frac", "grad_norm")}
+    samples = {k: [] for k in ("step_s", "loss", "entropy", "kept_frac", "grad_norm", "gc_s")}
+    gc_pauses = GCPauses()
     doc_lens = []
     tokens_per_step = world * seq_len * mbs
     measure_s = float(cfg.get("measure_s", 0) or 0)
@@ -188,11 +216,13 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
                 dist.barrier()
             profiled_step = ops_profile and step == min_steps - 1
             prof = kernel_profiler(host=bool(ops_trace)) if profiled_step else contextlib.nullcontext()
+            gc_pauses.take()
             t = time.perf_counter()
             with prof:
                 out = train_step(b, batches, task, step=step)
                 cuda_sync()
             dt = time.perf_counter() - t
+            gc_s = gc_pauses.take()
             if profiled_step and rank == 0:
                 say("time by operator, last step (self device time):\n"
                     + prof.key_averages().table(sort_by="self_device_time_total", row_limit=25))
@@ -213,8 +243,17 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
             if rank == 0:
                 say(f"  {tag}: {dt:.3f} s ({dt / mbs:.3f} s/micro-batch, {tokens_per_step / dt / 1e3:.2f}k tok/s), "
                     f"loss {stats['loss']:.4f}")
+            if step == 0:
+                # what the build and warm-up left (modules, compiled graphs, plugin state) lives as
+                # long as the run: out of the collector's reach, so a full collection mid-step walks
+                # only what the steps create (as a long-running trainer would do once)
+                import gc
+
+                gc.collect()
+                gc.freeze()
             if step > 0:
                 samples["step_s"].append(dt)
+                samples["gc_s"].append(gc_s)
                 measured += dt
                 doc_lens += lens
                 for k, v in stats.items():
@@ -240,6 +279,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
                 say(f"  busy step: GPU busy {busy:.0%} of {wall / 1e9:.3f} s ({kinds}; {by_kind['launches']} "
                     "device activities; profiled, not measured)")
     finally:
+        gc_pauses.close()
         sync.finish()
     peak = torch.cuda.max_memory_reserved() / 2**30 if ctx.device == "cuda" else None
     breakdown = None

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.results import append_row, load_rows  # noqa: E402
-from core.sweep import table  # noqa: E402
+from core.sweep import run_id, table  # noqa: E402
 
 
 def main():
@@ -33,6 +33,7 @@ def main():
     ap.add_argument("rows", nargs="+")
     a = ap.parse_args()
     ids = []
+    run_id()  # every row of this set shares one run id (the report's "same call")
     for i, spec in enumerate(a.rows, 1):
         rid = uuid.uuid4().hex
         ids.append(rid)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from core.measure import say
 from core.resolve import UserError, first_line
-from core.sweep import CHILD_ENV
+from core.sweep import CHILD_ENV, run_id
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync", "sweep")
@@ -53,7 +53,7 @@ def run_row(cfg) -> int:
             say(n)
     row_id = os.environ.get(CHILD_ENV) or uuid.uuid4().hex
     base = {"id": row_id, "schema": 2, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "tag": cfg.tag, "config": OmegaConf.to_container(cfg, resolve=True)}
+            "run_id": run_id(), "tag": cfg.tag, "config": OmegaConf.to_container(cfg, resolve=True)}
     if rank == 0:
         say(f"row: {r['args'].name} {cfg.task.name} {cfg.adapter.name} seq_len={r['seq_len']} "
             f"attn={cfg.attn.name} ac={cfg.ac.name} sync={r['sync_node']['name']} on {world}x{r['hw']['label']} "

@@ -429,6 +429,21 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
     return median_runs(clean), latest_ok(dirty), failed
 
 
+def same_call(a: dict, b: dict, window_s: float = 1800.0) -> bool:
+    """Whether two rows ran in one call on one machine: the same ``run_id`` where both have one;
+    for older rows, the same commit and GPU within ``window_s`` (a lease is at most 30 minutes)."""
+    if a.get("run_id") and b.get("run_id"):
+        return a["run_id"] == b["run_id"]
+    ea, eb = a.get("env") or {}, b.get("env") or {}
+    if not ea.get("git_commit") or ea.get("git_commit") != eb.get("git_commit") or ea.get("gpu") != eb.get("gpu"):
+        return False
+    try:
+        ta, tb = (datetime.fromisoformat(str(r["time"])) for r in (a, b))
+    except (KeyError, ValueError):
+        return False
+    return abs((ta - tb).total_seconds()) <= window_s
+
+
 def peers_view(rows: list[dict], published: list[dict]) -> str:
     """For each published row: stepbench's native row, the ``hf`` row with the same plugins and the
     plain HF loop's row (same model, type, sequence length, GPUs and per-step work), side by side."""
@@ -449,7 +464,9 @@ def peers_view(rows: list[dict], published: list[dict]) -> str:
              "model (`model=hf_*`) with the same plugins; **plain HF** = what users run today "
              "(`model.plain=true`: transformers' forward with `attn_implementation=\"sdpa\"`, its gradient "
              "checkpointing, the loss over full fp32 logits, LoRA through peft), named with its AC and "
-             "attention. Cells: TPS (peak memory). Ratio = native TPS / plain HF TPS.\n",
+             "attention. Cells: TPS (peak memory). Ratio = native TPS / plain HF TPS, counted only where "
+             "both rows ran in the same call on the same machine (else shown in parentheses and left out "
+             "of the summary).\n",
              "| Model | Type | SeqLen | AC | Attn | Hardware | prime-rl | native | hf | plain HF | native / plain HF |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios = []
@@ -462,8 +479,12 @@ def peers_view(rows: list[dict], published: list[dict]) -> str:
             continue
         ratio = "-"
         if nat and plain:
-            ratios.append(nat["tps"] / plain["tps"])
-            ratio = f"{ratios[-1]:.2f}x"
+            x = nat["tps"] / plain["tps"]
+            if same_call(nat, plain):
+                ratios.append(x)
+                ratio = f"{x:.2f}x"
+            else:
+                ratio = f"({x:.2f}x, not one call)"
         plain_cell = f"{cell(plain)} [{plain['ac']}, {plain['attn']}]" if plain else "-"
         lines.append(f"| {p['model']} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | {p['hardware_label']} "
                      f"| {p['tps'] / 1e3:.2f}k | {cell(nat)} | {cell(hfr)} | {plain_cell} | {ratio} |")

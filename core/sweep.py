@@ -18,6 +18,16 @@ from core.measure import say
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD_ENV = "STEPBENCH_CHILD_ROW_ID"
+#: one id for every row of one invocation (a sweep's children inherit it; export it to make several
+#: invocations on one machine one run): the report compares rows as "same call" by it
+RUN_ENV = "STEPBENCH_RUN_ID"
+
+
+def run_id() -> str:
+    """This invocation's run id (set in the environment on first use, so child rows share it)."""
+    if not os.environ.get(RUN_ENV):
+        os.environ[RUN_ENV] = uuid.uuid4().hex[:16]
+    return os.environ[RUN_ENV]
 
 _SWEEP = {"done": 0, "failed": 0, "skipped": 0, "start": None}
 _SWEEP_IDS: set[str] = set()  # rows this sweep started (its closing table)
@@ -36,7 +46,7 @@ def merge_overrides(row: list[str], extra: list[str]) -> list[str]:
 
 def base_row(cfg_or_none, overrides: list[str]) -> dict:
     return {"id": uuid.uuid4().hex, "schema": 2, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "tag": getattr(cfg_or_none, "tag", "") if cfg_or_none is not None else "", "overrides": overrides}
+            "run_id": run_id(), "tag": getattr(cfg_or_none, "tag", "") if cfg_or_none is not None else "", "overrides": overrides}
 
 
 def failed_row(base: dict, cfg, error: str, r: dict | None = None) -> dict:

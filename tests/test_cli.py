@@ -96,10 +96,12 @@ def test_multirun_failed_row_does_not_stop_sweep_and_resume_skips(tmp_path):
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(ok) == 2 and {r["ac"] for r in ok} == {"Recompute", "Offload"}
     assert len(failed) == 2 and all("fa3" in r["error"] and "cannot run here" in r["error"] for r in failed)
+    assert len({r["run_id"] for r in rows}) == 1  # one invocation, one run (the report's "same call")
     p = run(*args)  # resume: finished rows are skipped, refusals are recorded again
     assert p.returncode == 0
     assert p.stderr.count("skipped: already in results") == 2
-    assert len([json.loads(x) for x in res.read_text().splitlines()]) == 6
+    rows = [json.loads(x) for x in res.read_text().splitlines()]
+    assert len(rows) == 6 and rows[-1]["run_id"] != rows[0]["run_id"]
 
 
 @pytest.mark.parametrize("sweep", options("sweep"))

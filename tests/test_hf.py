@@ -176,3 +176,27 @@ def test_report_peers_view_and_hf_rows_stay_out_of_the_headline_views(tmp_path):
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
     assert "20.00k" in line and "18.00k" in line and "8.00k" in line and "[Recompute, SDPA]" in line
     assert line.rstrip(" |").endswith("2.50x")
+
+
+def test_peers_ratio_counts_only_rows_of_one_call(tmp_path):
+    """A native / plain HF ratio is counted only for rows of one call (same run id; for rows without
+    one, the same commit and GPU within 30 minutes); otherwise shown in parentheses, not summarised."""
+    from core.report import main, parse_published, same_call
+    from tests.test_report import h100, ours, write
+
+    published, _, _ = parse_published()
+    p = h100(published)
+    native = ours(p, tps=20000.0, family="qwen3", run_id="a")
+    plain = ours(p, tps=8000.0, family="hf", model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B",
+                 ac="Recompute", attn="SDPA", run_id="b")
+    assert not same_call(native, plain) and same_call(native, {**plain, "run_id": "a"})
+    old = {k: v for k, v in native.items() if k != "run_id"}
+    assert same_call(old, {**old, "time": "2026-11-25T00:29:00+00:00"})
+    assert not same_call(old, {**old, "time": "2026-11-25T00:31:00+00:00"})
+    assert not same_call(old, {**old, "env": {**old["env"], "git_commit": "f" * 40}})
+    res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
+    write(res, [native, plain])
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+                 "--predictions", str(tmp_path / "none")]) == 0
+    peers = out.read_text().split("## Peers")[1]
+    assert "(2.50x, not one call)" in peers and "native / plain HF," not in peers

@@ -108,3 +108,38 @@ def test_device_time_by_kind_names_kernels_and_shares_wall_time():
               (70, 80, "triton_poi_fused_add_0")]
     got = device_time_by_kind(events, 100)
     assert got == {"attention": 0.3, "copy": 0.1, "elementwise": 0.1, "matmul": 0.4, "launches": 4}
+
+
+def test_trace_summary_attributes_device_time_and_idle_gaps(tmp_path):
+    """benchmarks/trace_summary.py on a hand-made Chrome trace: device time of the kernels each
+    stepbench range launched, kinds, the op that launched them, and idle gaps by host range."""
+    import gzip
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from trace_summary import load, summarize
+
+    ev = [
+        {"ph": "X", "cat": "user_annotation", "name": "stepbench.micro_batch_0", "ts": 0, "dur": 1000, "tid": 1},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 10, "dur": 50, "tid": 1},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 20, "dur": 5, "tid": 1,
+         "args": {"correlation": 7}},
+        {"ph": "X", "cat": "kernel", "name": "nvjet_sm90_gemm", "ts": 100, "dur": 300, "args": {"correlation": 7}},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::exp", "ts": 500, "dur": 40, "tid": 1},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 510, "dur": 5, "tid": 1,
+         "args": {"correlation": 8}},
+        {"ph": "X", "cat": "kernel", "name": "vectorized_elementwise_kernel", "ts": 900, "dur": 100,
+         "args": {"correlation": 8}},
+    ]
+    p = tmp_path / "t.json.gz"
+    with gzip.open(p, "wt") as f:
+        json.dump({"traceEvents": ev}, f)
+    text = summarize(load(str(p)))
+    assert "step: 1.0 ms wall, GPU busy 40%" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("micro_batch_0"))
+    assert line.split()[1:] == ["1.0", "0.4", "0.9", "2"]  # host ms, device ms, span ms, kernels
+    assert "matmul 0.3 ms (30%)" in text and "elementwise 0.1 ms (10%)" in text
+    assert "1 launches      0.30 ms device  aten::mm" in text
+    assert "device idle: 0.5 ms in 1 gaps" in text and "micro_batch_0 0.5 ms" in text

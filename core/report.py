@@ -464,7 +464,8 @@ def peers_view(rows: list[dict], published: list[dict]) -> str:
              "model (`model=hf_*`) with the same plugins; **plain HF** = what users run today "
              "(`model.plain=true`: transformers' forward with `attn_implementation=\"sdpa\"`, its gradient "
              "checkpointing, the loss over full fp32 logits, LoRA through peft), named with its AC and "
-             "attention. Cells: TPS (peak memory). Ratio = native TPS / plain HF TPS, counted only where "
+             "attention. Cells: TPS (peak memory); an hf cell from another call than the native row says so. "
+             "Ratio = native TPS / plain HF TPS, counted only where "
              "both rows ran in the same call on the same machine (else shown in parentheses and left out "
              "of the summary).\n",
              "| Model | Type | SeqLen | AC | Attn | Hardware | prime-rl | native | hf | plain HF | native / plain HF |",
@@ -486,8 +487,9 @@ def peers_view(rows: list[dict], published: list[dict]) -> str:
             else:
                 ratio = f"({x:.2f}x, not one call)"
         plain_cell = f"{cell(plain)} [{plain['ac']}, {plain['attn']}]" if plain else "-"
+        hf_cell = cell(hfr) + (" (other call)" if hfr and nat and not same_call(nat, hfr) else "")
         lines.append(f"| {p['model']} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | {p['hardware_label']} "
-                     f"| {p['tps'] / 1e3:.2f}k | {cell(nat)} | {cell(hfr)} | {plain_cell} | {ratio} |")
+                     f"| {p['tps'] / 1e3:.2f}k | {cell(nat)} | {hf_cell} | {plain_cell} | {ratio} |")
     if ratios:
         lines.append(ratio_summary("native / plain HF", ratios))
     return "\n".join(lines) + "\n"

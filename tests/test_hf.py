@@ -187,6 +187,7 @@ def test_peers_ratio_counts_only_rows_of_one_call(tmp_path):
     published, _, _ = parse_published()
     p = h100(published)
     native = ours(p, tps=20000.0, family="qwen3", run_id="a")
+    hf_row = ours(p, tps=18000.0, family="hf", model="Qwen3-0.6B (hf)", hf_name="Qwen/Qwen3-0.6B", run_id="c")
     plain = ours(p, tps=8000.0, family="hf", model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B",
                  ac="Recompute", attn="SDPA", run_id="b")
     assert not same_call(native, plain) and same_call(native, {**plain, "run_id": "a"})
@@ -195,8 +196,10 @@ def test_peers_ratio_counts_only_rows_of_one_call(tmp_path):
     assert not same_call(old, {**old, "time": "2026-11-25T00:31:00+00:00"})
     assert not same_call(old, {**old, "env": {**old["env"], "git_commit": "f" * 40}})
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
-    write(res, [native, plain])
+    write(res, [native, hf_row, plain])
     assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
                  "--predictions", str(tmp_path / "none")]) == 0
     peers = out.read_text().split("## Peers")[1]
     assert "(2.50x, not one call)" in peers and "native / plain HF," not in peers
+    line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
+    assert "GiB) (other call) |" in line

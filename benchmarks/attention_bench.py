@@ -11,7 +11,6 @@ Each measurement is the median of CUDA-event-timed iterations after warm-up, on 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path

@@ -89,14 +89,9 @@ def summarize(events: list[dict], top: int = 15) -> str:
         la = launch_of.get(id(k))
         if la is None:
             continue
-        i = bisect.bisect_right(starts, la["ts"]) - 1
-        best = None
-        while i >= 0 and i > bisect.bisect_right(starts, la["ts"]) - 200:  # nearest enclosing op
-            o = ops[i]
-            if o["ts"] <= la["ts"] <= o["ts"] + o["dur"] and o.get("tid") == la.get("tid"):
-                best = o
-                break
-            i -= 1
+        last = bisect.bisect_right(starts, la["ts"]) - 1  # the nearest enclosing op started at or before it
+        best = next((o for o in (ops[i] for i in range(last, max(last - 200, -1), -1))
+                     if o["ts"] + o["dur"] >= la["ts"] and o.get("tid") == la.get("tid")), None)
         name = best["name"] if best else "(no op)"
         issuer[name] += 1
         issuer_dev[name] += k["dur"]

@@ -20,12 +20,22 @@ RATIO_LOW, RATIO_HIGH = 0.125, 8.0
 
 
 def _fwd_chunk(h, w, targets):
-    """One token chunk: (target log-probs, entropies, log-sum-exps), fp32."""
+    """One token chunk: (target log-probs, entropies, log-sum-exps), fp32 (written for Inductor)."""
     logits = (h @ w.t()).float()
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits - lse[:, None]
     lp = logp.gather(1, targets[:, None]).squeeze(1)
     ent = -(logp.exp() * logp).sum(-1)
+    return lp, ent, lse
+
+
+def _fwd_chunk_eager(h, w, targets):
+    """:func:`_fwd_chunk` in eager mode, in place: at most two fp32 ``[chunk, V]`` buffers."""
+    logits = (h @ w.t()).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    logits.sub_(lse[:, None])  # now log-probabilities
+    lp = logits.gather(1, targets[:, None]).squeeze(1)
+    ent = -logits.exp().mul_(logits).sum(-1)
     return lp, ent, lse
 
 
@@ -38,6 +48,16 @@ def _bwd_slice(h, wv, lse, g, local):
     return (g[:, None] * (onehot - torch.exp(p - lse[:, None]))).to(h.dtype)
 
 
+def _bwd_slice_eager(h, wv, lse, g, local):
+    """:func:`_bwd_slice` in eager mode, in place on one fp32 ``[T, slice]`` buffer."""
+    width = wv.shape[0]
+    p = (h @ wv.t()).float()
+    p.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g * softmax
+    hit = (local >= 0) & (local < width)
+    p.scatter_add_(1, local.clamp(0, width - 1)[:, None], (g * hit)[:, None])  # + g * onehot
+    return p.to(h.dtype)
+
+
 _COMPILED: dict = {}
 
 
@@ -48,13 +68,19 @@ def _compiled(fn):
     return _COMPILED[fn]
 
 
+#: bytes per logit each way holds at once: (forward chunk, backward slice)
+_BYTES_PER_LOGIT = {False: (12, 8), True: (6, 4)}
+
+
 class ChunkedLogprobs(torch.autograd.Function):
     """``(h [T, H], w [V, H], targets [T]) -> (logprobs [T] fp32, entropy [T] fp32, no grad)``.
 
-    Forward walks token chunks (``[chunk, V]`` fp32 logits at a time) and saves only the per-token
+    Forward walks token chunks (``[chunk, V]`` logits at a time) and saves only the per-token
     log-sum-exp. Backward walks vocabulary slices instead: each slice's probabilities for all
     tokens give that slice of the weight gradient in one GEMM (no ``[V, H]`` accumulator) and
-    add into a ``[T, H]`` fp32 hidden-state gradient. ``budget`` bounds each chunk's bytes.
+    add into a ``[T, H]`` fp32 hidden-state gradient. ``budget`` bounds each chunk's bytes:
+    eager, fp32 logits and their exponentials (12 bytes per logit forward, 8 backward); compiled,
+    bf16 logits and one fused temporary (6 and 4).
     """
 
     @staticmethod
@@ -63,28 +89,13 @@ class ChunkedLogprobs(torch.autograd.Function):
         lp = torch.empty(T, dtype=torch.float32, device=h.device)
         ent = torch.empty_like(lp)
         lse = torch.empty_like(lp)
-        ctx.budget, ctx.compiled = budget, compiled
-        if compiled:  # bf16 logits and one fp32 temporary at most: 6 bytes per logit
-            chunk = max(64, min(T, budget // (6 * V) // 64 * 64))
-            fwd = _compiled(_fwd_chunk)
-            for s in range(0, T, chunk):
-                e = min(s + chunk, T)
-                lp[s:e], ent[s:e], lse[s:e] = fwd(h[s:e], w, targets[s:e])
-            ctx.save_for_backward(h, w, targets, lse)
-            ctx.mark_non_differentiable(ent)
-            return lp, ent
-        chunk = max(64, min(T, budget // (12 * V) // 64 * 64))
+        fwd = _compiled(_fwd_chunk) if compiled else _fwd_chunk_eager
+        chunk = max(64, min(T, budget // (_BYTES_PER_LOGIT[compiled][0] * V) // 64 * 64))
         for s in range(0, T, chunk):
             e = min(s + chunk, T)
-            logits = (h[s:e] @ w.t()).float()
-            lse_c = torch.logsumexp(logits, dim=-1)
-            logits.sub_(lse_c[:, None])  # now log-probabilities
-            lp[s:e] = logits.gather(1, targets[s:e, None]).squeeze(1)
-            p = logits.exp()
-            ent[s:e] = -p.mul_(logits).sum(-1)
-            lse[s:e] = lse_c
-            del logits, p
+            lp[s:e], ent[s:e], lse[s:e] = fwd(h[s:e], w, targets[s:e])
         ctx.save_for_backward(h, w, targets, lse)
+        ctx.budget, ctx.compiled = budget, compiled
         ctx.mark_non_differentiable(ent)
         return lp, ent
 
@@ -96,33 +107,15 @@ class ChunkedLogprobs(torch.autograd.Function):
         g = g_lp.float()
         grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_h else None
         grad_w = torch.empty_like(w) if need_w else None
-        if ctx.compiled:  # bf16 logits + bf16 gradient: 4 bytes per logit
-            vc = max(256, min(V, ctx.budget // (4 * T) // 256 * 256))
-            bwd = _compiled(_bwd_slice)
-            for v0 in range(0, V, vc):
-                v1 = min(v0 + vc, V)
-                wv = w[v0:v1]
-                gl = bwd(h, wv, lse, g, targets - v0)
-                if need_h:
-                    grad_h += gl @ wv
-                if need_w:
-                    torch.mm(gl.t(), h, out=grad_w[v0:v1])
-            return (grad_h.to(h.dtype) if need_h else None), grad_w, None, None, None
-        vc = max(256, min(V, ctx.budget // (8 * T) // 256 * 256))
+        bwd = _compiled(_bwd_slice) if ctx.compiled else _bwd_slice_eager
+        vc = max(256, min(V, ctx.budget // (_BYTES_PER_LOGIT[ctx.compiled][1] * T) // 256 * 256))
         for v0 in range(0, V, vc):
-            v1 = min(v0 + vc, V)
-            wv = w[v0:v1]
-            p = (h @ wv.t()).float()
-            p.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g * softmax
-            local = targets - v0
-            hit = (local >= 0) & (local < v1 - v0)
-            p.scatter_add_(1, local.clamp(0, v1 - v0 - 1)[:, None], (g * hit)[:, None])  # + g * onehot
-            gl = p.to(h.dtype)
-            del p
+            wv = w[v0:v0 + vc]
+            gl = bwd(h, wv, lse, g, targets - v0)
             if need_h:
                 grad_h += gl @ wv
             if need_w:
-                torch.mm(gl.t(), h, out=grad_w[v0:v1])
+                torch.mm(gl.t(), h, out=grad_w[v0:v0 + vc])
         return (grad_h.to(h.dtype) if need_h else None), grad_w, None, None, None
 
 

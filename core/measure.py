@@ -10,6 +10,7 @@ is kept (min, median, max, coefficient of variation).
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import statistics
 import sys
@@ -122,10 +123,7 @@ class GCPauses:
     show up as slow steps in host-bound rows."""
 
     def __init__(self):
-        import gc
-
         self.total, self._t = 0.0, None
-        self._gc = gc
         gc.callbacks.append(self._cb)
 
     def _cb(self, phase, info):
@@ -140,8 +138,8 @@ class GCPauses:
         return t
 
     def close(self) -> None:
-        if self._cb in self._gc.callbacks:
-            self._gc.callbacks.remove(self._cb)
+        if self._cb in gc.callbacks:
+            gc.callbacks.remove(self._cb)
 
 
 class NonFiniteError(RuntimeError):
@@ -247,8 +245,6 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
                 # what the build and warm-up left (modules, compiled graphs, plugin state) lives as
                 # long as the run: out of the collector's reach, so a full collection mid-step walks
                 # only what the steps create (as a long-running trainer would do once)
-                import gc
-
                 gc.collect()
                 gc.freeze()
             if step > 0:
@@ -320,7 +316,6 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
         "sync_info": sync_info,
         "sync_s_per_step": sum(measured_sync) / len(measured_sync) if measured_sync else 0.0,
         "counts": counts, "samples": samples, "build_s": build_s,
-        "compiled": {"blocks": bool(cfg.compile), "head": bool(cfg.compile and cfg.get("compile_head", True))},
         "peak_flops": hw["peak_flops"],
     }
     if breakdown is not None:

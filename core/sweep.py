@@ -46,7 +46,8 @@ def merge_overrides(row: list[str], extra: list[str]) -> list[str]:
 
 def base_row(cfg_or_none, overrides: list[str]) -> dict:
     return {"id": uuid.uuid4().hex, "schema": 2, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "run_id": run_id(), "tag": getattr(cfg_or_none, "tag", "") if cfg_or_none is not None else "", "overrides": overrides}
+            "run_id": run_id(), "tag": getattr(cfg_or_none, "tag", "") if cfg_or_none is not None else "",
+            "overrides": overrides}
 
 
 def failed_row(base: dict, cfg, error: str, r: dict | None = None) -> dict:
@@ -91,7 +92,6 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
     mine = [r for r in load_rows(cfg.results) if r.get("id") in _SWEEP_IDS]
     if mine:
         print("\n" + table(mine), flush=True)
-
 
 
 def table(rows: list[dict]) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.profiler import record_function  # train_step's named ranges in a profiler trace (ops_trace=)
 
 from core.data import MicroBatch, make_micro_batch
 from core.losses import rl_loss, sft_loss
@@ -183,8 +184,6 @@ def forward_backward(b: Built, mb: MicroBatch, task: str, scale: float) -> dict:
 def train_step(b: Built, batches: list[MicroBatch], task: str, max_norm: float = 1.0, step: int = 0) -> dict:
     """micro-batches of forward/backward, gradient clipping, AdamW step, then the weight hand-off
     (``b.sync``). No host sync inside, except what the weight-sync method itself needs."""
-    from torch.profiler import record_function  # named ranges in a profiler trace (ops_trace=)
-
     n = len(batches)
     # Gradients are reduced after every micro-batch into the fp32 sharded gradient: accumulation
     # stays in fp32 and no unsharded bf16 gradient outlives its block.

@@ -4,7 +4,6 @@
     python -m torch.distributed.run --nproc-per-node 2 tests/dist_worker.py FAMILY OUT.pt
 """
 
-import os
 import sys
 from pathlib import Path
 

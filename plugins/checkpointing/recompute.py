@@ -76,10 +76,8 @@ class Recompute:
         if getattr(model, "own_checkpointing", False) or not self.inside:
             model.block_runner = lambda block, x, rope, meta: self.checkpoint_block(block, x, rope, meta)
             return
-        for block in model.layers:
-            block.forward = partial(self.checkpoint_block, block.forward)  # the block's own forward, checkpointed
-        model.block_runner = run_checkpointed
-
+        for block in model.layers:  # the block runner stays a plain call: each block checkpoints itself
+            block.forward = partial(self.checkpoint_block, block.forward)
 
     def step_context(self):
         return contextlib.nullcontext()
@@ -88,11 +86,6 @@ class Recompute:
         kept = "block inputs" + (f" + outputs of {', '.join(self.save)} ops" if self.mode == "selective" else "")
         return {"ac": "recompute", "ac_mode": self.mode, "saved": kept,
                 "checkpoint": "inside the block" if self.inside else "around the block's call"}
-
-
-def run_checkpointed(block, x, rope, meta):
-    """Block runner of ``recompute`` (inside): a plain call, the block's forward checkpoints itself."""
-    return block(x, rope, meta)
 
 
 @hookimpl

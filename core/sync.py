@@ -57,34 +57,96 @@ STAGE_CHUNK = 1 << 24
 
 
 class HostStager:
-    """Copies the sync tensors, cast to ``dtype``, into host buffers allocated once (pinned on
-    CUDA). Every rank joins the gathers; rank 0 keeps the bytes. With ``side_stream`` the copies
-    run on a side stream that waits for the optimizer step, and ``ready`` is an event to wait on."""
+    """Copies the sync tensors, cast to ``dtype``, into one flat host buffer allocated once (pinned
+    on CUDA); ``host`` maps each name to its view of it, in order, back to back (the layout of a
+    safetensors data section). Every rank joins the gathers; rank 0 keeps the bytes.
 
-    def __init__(self, params, dtype: torch.dtype, rank: int, device: torch.device, side_stream: bool):
+    The flat buffer is filled in buckets of ``chunk`` elements: on CUDA each bucket's slices are
+    cast into one device buffer by a single foreach copy and copied to the host at once, and an
+    event marks the bucket done, so a writer can start on the first bucket while the rest are still
+    in flight (:meth:`ready_chunks`). With ``side_stream`` the copies run on a side stream that
+    waits for the optimizer step."""
+
+    def __init__(self, params, dtype: torch.dtype, rank: int, device: torch.device, side_stream: bool,
+                 chunk: int | None = None):
         self.params, self.dtype, self.rank, self.device = params, dtype, rank, device
         cuda = device.type == "cuda"
-        self.host = {n: torch.empty(tuple(p.shape), dtype=dtype, pin_memory=cuda) for n, p in params} \
-            if rank == 0 else {}
+        sizes = [p.numel() for _, p in params]
+        self.numel = sum(sizes)
+        self.itemsize = torch.finfo(dtype).bits // 8
+        self.nbytes = self.numel * self.itemsize
+        self.flat = torch.empty(self.numel, dtype=dtype, pin_memory=cuda) if rank == 0 else None
+        self.host, self.offsets = {}, []
+        off = 0
+        for (n, p), k in zip(params, sizes):
+            self.offsets.append(off)
+            if rank == 0:
+                self.host[n] = self.flat[off:off + k].view(tuple(p.shape))
+            off += k
+        # bucket b covers flat elements [b * chunk, min((b + 1) * chunk, numel)); its segments are
+        # (param index, first and last element of the param, first element in the bucket)
+        self.chunk = max(1, min(chunk or STAGE_CHUNK, self.numel))
+        self.buckets: list[list[tuple[int, int, int, int]]] = []
+        for i, (o, k) in enumerate(zip(self.offsets, sizes)):
+            a = 0
+            while a < k:
+                b_idx, in_b = divmod(o + a, self.chunk)
+                take = min(k - a, self.chunk - in_b)
+                while len(self.buckets) <= b_idx:
+                    self.buckets.append([])
+                self.buckets[b_idx].append((i, a, a + take, in_b))
+                a += take
         self.stream = torch.cuda.Stream(device) if (cuda and side_stream) else None
+        self.marks: list[tuple[int, object]] = []  # (end element, event or None) per bucket
         self.ready = None
-        self.nbytes = sum(p.numel() * torch.finfo(dtype).bits // 8 for _, p in params)
+
+    def _sources(self):
+        """Each param's whole tensor, flattened, gathered once and dropped once its last bucket is
+        staged (with several ranks only one gathered parameter is held at a time)."""
+        held: dict[int, torch.Tensor] = {}
+
+        def get(i: int) -> torch.Tensor:
+            if i not in held:
+                held.clear()
+                held[i] = full_tensor(self.params[i][1]).reshape(-1)
+            return held[i]
+        return get
 
     def stage(self) -> None:
         cuda = self.device.type == "cuda"
         if self.stream is not None:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
         ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+        marks = []
         with ctx:
-            for n, p in self.params:
-                t = full_tensor(p)
-                if self.rank == 0:  # cast and copy a slice at a time: a side stream holds no whole bf16 copy
-                    src, dst = t.reshape(-1), self.host[n].view(-1)
-                    for a in range(0, src.numel(), STAGE_CHUNK):
-                        dst[a:a + STAGE_CHUNK].copy_(src[a:a + STAGE_CHUNK].to(self.dtype), non_blocking=cuda)
+            get = self._sources()
+            buf = torch.empty(self.chunk, dtype=self.dtype, device=self.device) if (cuda and self.rank == 0) else None
+            for b, segs in enumerate(self.buckets):
+                srcs = [get(i)[a:e] for i, a, e, _ in segs]
+                start = b * self.chunk
+                end = start + sum(e - a for _, a, e, _ in segs)
+                if self.rank != 0:
+                    continue
+                if buf is None:  # host tensors: cast straight into the flat buffer
+                    torch._foreach_copy_([self.flat[start + d:start + d + e - a] for _, a, e, d in segs], srcs)
+                    marks.append((end, None))
+                    continue
+                torch._foreach_copy_([buf[d:d + e - a] for _, a, e, d in segs], srcs)
+                self.flat[start:end].copy_(buf[:end - start], non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record()
+                marks.append((end, ev))
             if cuda:
                 self.ready = torch.cuda.Event()
                 self.ready.record()
+        self.marks = marks
+
+    def ready_chunks(self):
+        """Yields the end (in elements) of each staged bucket, in order, once its bytes are on the host."""
+        for end, ev in self.marks:
+            if ev is not None:
+                ev.synchronize()
+            yield end
 
     def wait_ready(self) -> None:
         if self.ready is not None:

@@ -28,12 +28,12 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
 
-def check_backend(name, device, docs, heads, kv, dim=128, tol=2e-2):
+def check_backend(name, device, docs, heads, kv, dim=128, tol=2e-2, make=None):
     e = registry().get("attn", name)
     why = e.unavailable(RunContext.detect() if device == "cuda" else RunContext("cpu"))
     if why:
         pytest.skip(why)
-    be = e.factory({})
+    be = (make or e.factory)({})
     T = sum(docs)
     gen = torch.Generator(device=device).manual_seed(hash((name, T, heads, kv)) % 2**31)
     mk = lambda h: torch.randn(T, h, dim, device=device, generator=gen)  # noqa: E731
@@ -65,6 +65,20 @@ def test_sdpa_cpu(docs, heads, kv):
 @pytest.mark.parametrize("heads,kv", GQA)
 def test_backend_gpu(name, docs, heads, kv):
     check_backend(name, "cuda", docs, heads, kv)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("via_aten", [True, False])
+@pytest.mark.parametrize("heads,kv", GQA[1:])
+def test_fa2_torch_paths_gpu(via_aten, heads, kv):
+    """torch's vendored FA2 through its aten op (native GQA) and through varlen_attn (K/V repeated
+    where it lacks enable_gqa) both match the reference."""
+    from plugins.attention.fa2 import FA2Torch, has_aten_flash
+
+    if via_aten and not has_aten_flash():
+        pytest.skip("this torch has no aten._flash_attention_forward with a backward")
+    for docs in DOCS:
+        check_backend("fa2", "cuda", docs, heads, kv, make=lambda cfg: FA2Torch(via_aten=via_aten))
 
 
 def test_backends_say_which_head_dims_they_cannot_run(monkeypatch):

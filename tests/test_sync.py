@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from core.models.registry import QWEN3, QWEN3_MOE
@@ -33,9 +34,17 @@ def full(p):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+@pytest.mark.parametrize("chunk", [None, 1000])
 @pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
-def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path, overlap, adapter):
+def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path, overlap, adapter, chunk,
+                                                           monkeypatch):
+    """safetensors reads back every tensor bit for bit; chunk=1000 stages in buckets that split
+    tensors and join several (the tiny model's tensors are 64 to 32k elements)."""
+    import core.sync
+
+    if chunk:
+        monkeypatch.setattr(core.sync, "STAGE_CHUNK", chunk)
     args = QWEN3["tiny"]
     b = built(args, adapter)
     fs = Filesystem(str(tmp_path), keep=3, overlap=overlap, cleanup=False)
@@ -44,7 +53,10 @@ def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path,
     for step in range(3):
         train_step(b, make_batches(args, "rl", 128, 1, "random", 0, step, "cpu"), "rl", step=step)
         fs.timed.wait_pending()  # the overlapped write of this step is done
-        got = load_file(str(tmp_path / "r" / f"step_{step}" / "model.safetensors"))
+        path = tmp_path / "r" / f"step_{step}" / "model.safetensors"
+        got = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            assert f.metadata() == {"step": str(step), "format": "pt"}
         want = {n: full(p).to(torch.bfloat16) for n, p in b.model.named_parameters()
                 if adapter == "full" or "lora_" in n}
         assert got.keys() == want.keys() and len(got) > 0
@@ -82,7 +94,7 @@ def test_adapter_only_sync_reproduces_merged_output(dist_group, tmp_path):
 
 
 def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeypatch):
-    import safetensors.torch as st
+    import plugins.sync.filesystem as fsmod
 
     args = QWEN3["tiny"]
     b = built(args)
@@ -90,11 +102,11 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
     fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
     fs.after_step(0)
 
-    def torn(tensors, path, metadata=None):
-        Path(path).write_bytes(b"half a file")
+    def torn(path, header, stager, fsync):
+        Path(path).write_bytes(header[:10])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(st, "save_file", torn)
+    monkeypatch.setattr(fsmod, "write_file", torn)
     with pytest.raises(OSError):
         fs.after_step(1)
     assert complete_steps(tmp_path / "r") == [0]

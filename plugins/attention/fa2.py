@@ -1,8 +1,10 @@
 """``fa2``: FlashAttention-2 varlen (causal, cu_seqlens).
 
 Provider: the ``flash_attn`` package when installed (native GQA); otherwise PyTorch's vendored
-FA2 kernels through ``torch.nn.attention.varlen.varlen_attn`` (GQA native where this torch
-supports ``enable_gqa``, else K/V are repeated to the query heads).
+FA2 kernels through ``torch.nn.attention.varlen.varlen_attn`` where this torch takes
+``enable_gqa``, else through the aten op that ``varlen_attn`` wraps
+(``aten._flash_attention_forward``, which has its own backward and runs GQA natively: the
+kernel reads each K/V head for its group of query heads), so K/V are never repeated.
 """
 
 from __future__ import annotations
@@ -32,17 +34,25 @@ class FA2Package:
 class FA2Torch:
     name = "fa2"
 
-    def __init__(self):
+    def __init__(self, via_aten: bool | None = None):
         from torch.nn.attention.varlen import varlen_attn
 
         self.fn = varlen_attn
         params = inspect.signature(varlen_attn).parameters
         self.native_gqa = "enable_gqa" in params
         self.kw = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
-        gqa = "native GQA" if self.native_gqa else "K/V repeated"
-        self.provider = f"torch {torch.__version__} varlen_attn (vendored FA2, {gqa})"
+        self.via_aten = (not self.native_gqa and has_aten_flash()) if via_aten is None else via_aten
+        if self.via_aten:
+            self.provider = f"torch {torch.__version__} aten._flash_attention_forward (vendored FA2, native GQA)"
+        else:
+            gqa = "native GQA" if self.native_gqa else "K/V repeated"
+            self.provider = f"torch {torch.__version__} varlen_attn (vendored FA2, {gqa})"
 
     def __call__(self, q, k, v, meta):
+        m = meta.max_seqlen
+        if self.via_aten:
+            return torch.ops.aten._flash_attention_forward(
+                q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, 0.0, True, False)[0]
         kw = dict(self.kw)
         if k.shape[1] != q.shape[1]:
             if self.native_gqa:
@@ -50,20 +60,26 @@ class FA2Torch:
             else:
                 rep = q.shape[1] // k.shape[1]
                 k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        m = meta.max_seqlen
         return self.fn(q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, **kw)
+
+
+def has_aten_flash() -> bool:
+    """Whether this torch has the vendored FA2 op with a backward (what ``varlen_attn`` calls)."""
+    op = getattr(torch.ops.aten, "_flash_attention_forward", None)
+    return op is not None and torch._C._dispatch_has_kernel_for_dispatch_key("aten::_flash_attention_forward",
+                                                                             "Autograd")
 
 
 def repeats_kv() -> bool:
     """Whether the fa2 backend built here repeats K/V to the query heads (its kernel then saves
-    them at that size for backward): torch's vendored FA2 without ``enable_gqa``."""
+    them at that size for backward): torch's vendored FA2 with neither ``enable_gqa`` nor the aten op."""
     if has_module("flash_attn"):
         return False
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return False
-    return "enable_gqa" not in inspect.signature(varlen_attn).parameters
+    return "enable_gqa" not in inspect.signature(varlen_attn).parameters and not has_aten_flash()
 
 
 def make(cfg):

@@ -1,6 +1,9 @@
 """``filesystem``: each step writes the weights inference needs as safetensors (prime-rl's default).
 
-Full fine-tuning writes every weight in bf16; LoRA writes only the adapter. Each step goes to
+Full fine-tuning writes every weight in bf16; LoRA writes only the adapter. The file is the
+safetensors format written straight from the pinned host buffer the weights are staged in (a
+header, then that buffer, each bucket written as soon as its copy from the GPU lands): no
+serialized copy of the weights on the host, and the disk write overlaps the copy. Each step goes to
 ``<dir>/step_<n>/model.safetensors`` (written under a temporary name, then renamed) and is marked
 complete by ``<dir>/step_<n>/COMPLETE``, created last by an atomic rename: a crash mid-write never
 leaves a step marked complete. Only the newest ``keep`` complete steps are kept. ``dir`` may be
@@ -10,8 +13,10 @@ while the next step computes; the row records how much of the hand-off stayed ex
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -24,17 +29,47 @@ MARKER = "COMPLETE"
 WEIGHTS = "model.safetensors"
 
 
-def write_step(host: dict, out: Path, step: int, keep: int, fsync: bool) -> None:
-    """Write one step's tensors and mark the step complete; drop steps older than ``keep``."""
-    from safetensors.torch import save_file
+SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
+
+def safetensors_header(stager: HostStager, metadata: dict) -> bytes:
+    """The safetensors header for the stager's flat buffer: each tensor at its byte range, back to
+    back in staging order (the file's data section is the flat buffer itself)."""
+    head: dict = {"__metadata__": metadata}
+    for (n, p), off in zip(stager.params, stager.offsets):
+        a = off * stager.itemsize
+        head[n] = {"dtype": SAFETENSORS_DTYPES[stager.dtype], "shape": list(p.shape),
+                   "data_offsets": [a, a + p.numel() * stager.itemsize]}
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_file(path: Path, header: bytes, stager: HostStager, fsync: bool) -> None:
+    """Header, then the flat host buffer one staged bucket at a time (each written as soon as its
+    copy from the GPU lands): one copy into the page cache, no serialized copy of the weights."""
+    data = memoryview(stager.flat.view(torch.uint8).numpy()) if stager.numel else memoryview(b"")
+    with open(path, "wb", buffering=0) as f:
+        views = [memoryview(header)]
+        start = 0
+        for end in stager.ready_chunks():
+            views.append(data[start * stager.itemsize:end * stager.itemsize])
+            start = end
+            for v in views:
+                while len(v):
+                    v = v[f.write(v):]
+            views = []
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def write_step(stager: HostStager, out: Path, step: int, keep: int, fsync: bool) -> None:
+    """Write one step's tensors as ``model.safetensors`` and mark the step complete; drop steps
+    older than ``keep``."""
     d = out / f"step_{step}"
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / (WEIGHTS + ".tmp")
-    save_file(host, str(tmp), metadata={"step": str(step), "format": "pt"})
-    if fsync:
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+    write_file(tmp, safetensors_header(stager, {"step": str(step), "format": "pt"}), stager, fsync)
     os.replace(tmp, d / WEIGHTS)
     marker_tmp = d / (MARKER + ".tmp")
     marker_tmp.write_text(f"{step}\n")
@@ -98,9 +133,10 @@ class Filesystem:
 
     def _write(self, step: int):
         def write():
-            self.stager.wait_ready()
             if self.rank == 0:
-                write_step(self.stager.host, self.out, step, self.keep, self.fsync)
+                write_step(self.stager, self.out, step, self.keep, self.fsync)
+            else:
+                self.stager.wait_ready()
         return write
 
     def after_step(self, step: int) -> None:

@@ -122,3 +122,10 @@ def test_auto_sends_head_dims_its_fa3_lacks_to_the_other_backend():
         q = torch.zeros(8, 2, d)
         auto(q, q, q, meta)
     assert calls == ["fa3", "fa2"] and auto.provider == "auto: fa2 + fa3"
+
+
+def test_fa2_via_option_says_what_to_type():
+    from plugins.attention import fa2
+
+    with pytest.raises(ValueError, match="attn.via=bogus is not one of auto, aten, varlen: try attn.via=auto"):
+        fa2.make({"via": "bogus"})

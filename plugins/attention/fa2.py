@@ -82,8 +82,19 @@ def repeats_kv() -> bool:
     return "enable_gqa" not in inspect.signature(varlen_attn).parameters and not has_aten_flash()
 
 
+VIA = {"auto": None, "aten": True, "varlen": False}
+
+
 def make(cfg):
-    return FA2Package() if has_module("flash_attn") else FA2Torch()
+    via = cfg.get("via", "auto")
+    if via not in VIA:
+        raise ValueError(f"attn.via={via} is not one of {', '.join(VIA)}: try attn.via=auto")
+    if has_module("flash_attn"):
+        return FA2Package()
+    if via == "aten" and not has_aten_flash():
+        raise ValueError(f"attn.via=aten needs aten._flash_attention_forward, which torch {torch.__version__} "
+                         "lacks: use attn.via=auto")
+    return FA2Torch(via_aten=VIA[via])
 
 
 def why_not(ctx):

@@ -7,13 +7,16 @@ What an RL row's synchronous hand-off does once per step, for the tensors the ro
 (full fine-tuning: every weight, from fp32 masters; LoRA: the fp32 adapter), cast to bf16:
 
 - ``stage``: the copy to the pinned host buffer alone (the floor of any writer);
-- ``save_file``: stage, wait, then ``safetensors.torch.save_file`` of the staged tensors (how
-  stepbench wrote until this script was added: the library serializes a copy of the weights first);
-- ``direct``: stepbench's writer (``plugins/sync/filesystem.py``): the safetensors header, then the
-  pinned buffer itself, each bucket written as soon as its copy lands.
+- ``safetensors``: stage, wait, then ``safetensors.torch.save_file`` of the staged tensors (how
+  stepbench wrote until this script was added);
+- ``write`` / ``pwrite`` / ``mmap``: stepbench's own writers (``plugins/sync/filesystem.py``, ``sync.writer``):
+  the safetensors header, then the pinned buffer itself, each bucket written as soon as its copy
+  lands: by one thread, by a pool of threads at disjoint offsets, or copied into the mapped file by
+  torch's intra-op threads.
 
 Median of ``--reps`` after one warm-up, per model and directory; the files written by both writers
-are checked to load back equal. Rows (``kind: sync_bench``) carry the commit like the bench's rows.
+are checked to load back equal. Each write is a row's step: a new step directory, the one
+before the last removed (``keep=2``). Rows (``kind: sync_bench``) carry the commit like the bench's rows.
 Without CUDA it runs the tiny model on the CPU (checks the script, measures nothing).
 """
 
@@ -33,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.results import append_row  # noqa: E402
 from core.sync import HostStager, sync_tensors  # noqa: E402
-from plugins.sync.filesystem import WEIGHTS, write_step  # noqa: E402
+from plugins.sync.filesystem import WEIGHTS, WRITERS, write_step  # noqa: E402
 
 
 def handed_over(size: str, adapter: str, device: str) -> list[tuple[str, torch.Tensor]]:
@@ -60,23 +63,18 @@ def timed(fn, device) -> float:
 
 
 def variants(stager: HostStager, out: Path):
-    from safetensors.torch import save_file
-
     def stage():
         stager.stage()
         stager.wait_ready()
 
-    def save():
-        stager.stage()
-        stager.wait_ready()
-        d = out / "save_file"
-        d.mkdir(parents=True, exist_ok=True)
-        save_file(stager.host, str(d / WEIGHTS), metadata={"step": "0", "format": "pt"})
+    def writer(how):
+        steps = iter(range(10**6))
 
-    def direct():
-        stager.stage()
-        write_step(stager, out / "direct", 0, keep=1, fsync=False)
-    return {"stage": stage, "save_file": save, "direct": direct}
+        def run():  # as a row's steps: a new step directory each time, the one before the last removed
+            stager.stage()
+            write_step(stager, out / how, next(steps), keep=2, fsync=False, how=how)
+        return run
+    return {"stage": stage, **{how: writer(how) for how in WRITERS}}
 
 
 def main(argv=None) -> int:
@@ -116,10 +114,11 @@ def main(argv=None) -> int:
                 rows.append(row)
                 if a.out and cuda:
                     append_row(a.out, row)
-            want = load_file(str(out / "save_file" / WEIGHTS))
-            got = load_file(str(out / "direct" / "step_0" / WEIGHTS))
-            assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), \
-                "the direct writer's file differs from save_file's"
+            want = load_file(str(out / "safetensors" / f"step_{a.reps}" / WEIGHTS))
+            for how in WRITERS:
+                got = load_file(str(out / how / f"step_{a.reps}" / WEIGHTS))
+                assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), \
+                    f"the {how} writer's file differs from safetensors' own"
             shutil.rmtree(out, ignore_errors=True)
         del stager, params
     print(f"\n{'model':<6} {'adapter':<7} {'MB':>7} {'dir':<32} {'variant':<10} {'ms':>8} {'GB/s':>6}")

@@ -34,20 +34,21 @@ def full(p):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-@pytest.mark.parametrize("chunk", [None, 1000])
-@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("overlap,chunk,writer", [(False, None, "mmap"), (True, None, "mmap"),
+                                                  (False, 1000, "write"), (True, 1000, "pwrite"),
+                                                  (False, 1000, "mmap"), (False, None, "safetensors")])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
-def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path, overlap, adapter, chunk,
+def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path, overlap, adapter, chunk, writer,
                                                            monkeypatch):
-    """safetensors reads back every tensor bit for bit; chunk=1000 stages in buckets that split
-    tensors and join several (the tiny model's tensors are 64 to 32k elements)."""
+    """safetensors reads back every tensor bit for bit, whichever writer; chunk=1000 stages in
+    buckets that split tensors and join several (the tiny model's tensors are 64 to 32k elements)."""
     import core.sync
 
     if chunk:
         monkeypatch.setattr(core.sync, "STAGE_CHUNK", chunk)
     args = QWEN3["tiny"]
     b = built(args, adapter)
-    fs = Filesystem(str(tmp_path), keep=3, overlap=overlap, cleanup=False)
+    fs = Filesystem(str(tmp_path), keep=3, overlap=overlap, cleanup=False, writer=writer)
     fs.setup(b.model, SyncContext(0, 1, "cpu", adapter == "lora", 0, row_id="r"))
     b.sync = fs
     for step in range(3):
@@ -102,7 +103,7 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
     fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
     fs.after_step(0)
 
-    def torn(path, header, stager, fsync):
+    def torn(path, header, stager, fsync, how):
         Path(path).write_bytes(header[:10])
         raise OSError(28, "No space left on device")
 
@@ -111,6 +112,11 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
         fs.after_step(1)
     assert complete_steps(tmp_path / "r") == [0]
     assert not (tmp_path / "r" / "step_1" / "model.safetensors").exists()
+
+
+def test_filesystem_refuses_unknown_writer():
+    with pytest.raises(ValueError, match="sync.writer=fast is not one of write, pwrite, mmap, safetensors: try sync.writer=mmap"):
+        Filesystem("runs/x", writer="fast")
 
 
 def test_filesystem_refuses_unwritable_or_full_dir(tmp_path):

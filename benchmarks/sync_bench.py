@@ -9,10 +9,8 @@ What an RL row's synchronous hand-off does once per step, for the tensors the ro
 - ``stage``: the copy to the pinned host buffer alone (the floor of any writer);
 - ``safetensors``: stage, wait, then ``safetensors.torch.save_file`` of the staged tensors (how
   stepbench wrote until this script was added);
-- ``write`` / ``pwrite`` / ``mmap``: stepbench's own writers (``plugins/sync/filesystem.py``, ``sync.writer``):
-  the safetensors header, then the pinned buffer itself, each bucket written as soon as its copy
-  lands: by one thread, by a pool of threads at disjoint offsets, or copied into the mapped file by
-  torch's intra-op threads.
+- ``write``: stepbench's writer (``plugins/sync/filesystem.py``, ``sync.writer=write``): the
+  safetensors header, then the pinned buffer itself, each bucket written as soon as its copy lands.
 
 Median of ``--reps`` after one warm-up, per model and directory; the files written by both writers
 are checked to load back equal. Each write is a row's step: a new step directory, the one

@@ -34,9 +34,9 @@ def full(p):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-@pytest.mark.parametrize("overlap,chunk,writer", [(False, None, "mmap"), (True, None, "mmap"),
-                                                  (False, 1000, "write"), (True, 1000, "pwrite"),
-                                                  (False, 1000, "mmap"), (False, None, "safetensors")])
+@pytest.mark.parametrize("overlap,chunk,writer", [(False, None, "write"), (True, None, "write"),
+                                                  (False, 1000, "write"), (True, 1000, "write"),
+                                                  (False, None, "safetensors")])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path, overlap, adapter, chunk, writer,
                                                            monkeypatch):
@@ -115,7 +115,7 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
 
 
 def test_filesystem_refuses_unknown_writer():
-    with pytest.raises(ValueError, match="sync.writer=fast is not one of write, pwrite, mmap, safetensors: try sync.writer=mmap"):
+    with pytest.raises(ValueError, match="sync.writer=fast is not one of write, safetensors: try sync.writer=write"):
         Filesystem("runs/x", writer="fast")
 
 

@@ -444,9 +444,10 @@ def same_call(a: dict, b: dict, window_s: float = 1800.0) -> bool:
     return abs((ta - tb).total_seconds()) <= window_s
 
 
-def peers_view(rows: list[dict], published: list[dict]) -> str:
+def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = ()) -> str:
     """For each published row: stepbench's native row, the ``hf`` row with the same plugins and the
-    plain HF loop's row (same model, type, sequence length, GPUs and per-step work), side by side."""
+    plain HF loop's row (same model, type, sequence length, GPUs and per-step work), side by side.
+    A plain HF row that only failed (e.g. out of memory on the full logits) shows its error."""
     by_impl: dict = {"native": {}, "hf": {}, "plain HF": {}}
     for r in rows:
         if not same_work(r, {"type": r["type"]}):
@@ -454,7 +455,11 @@ def peers_view(rows: list[dict], published: list[dict]) -> str:
         impl = implementation(r)
         key = (model_name(r), r["type"], r["seq_len"], r["hardware_label"])
         by_impl[impl].setdefault(key if impl == "plain HF" else (*key, r["ac"], r["attn"]), r)  # plain: its own AC
-    if not by_impl["hf"] and not by_impl["plain HF"]:
+    plain_failed = {}
+    for r in failed:
+        if implementation(r) == "plain HF" and all(k in r for k in ("type", "seq_len", "hardware_label")):
+            plain_failed.setdefault((model_name(r), r["type"], r["seq_len"], r["hardware_label"]), r)
+    if not by_impl["hf"] and not by_impl["plain HF"] and not plain_failed:
         return ""
     cell = lambda r: f"{r['tps'] / 1e3:.2f}k ({r['peak_mem_gib']:.1f} GiB)" if r and r.get("peak_mem_gib") \
         else (f"{r['tps'] / 1e3:.2f}k" if r else "-")  # noqa: E731
@@ -464,7 +469,8 @@ def peers_view(rows: list[dict], published: list[dict]) -> str:
              "model (`model=hf_*`) with the same plugins; **plain HF** = what users run today "
              "(`model.plain=true`: transformers' forward with `attn_implementation=\"sdpa\"`, its gradient "
              "checkpointing, the loss over full fp32 logits, LoRA through peft), named with its AC and "
-             "attention. Cells: TPS (peak memory); an hf cell from another call than the native row says so. "
+             "attention. Cells: TPS (peak memory); an hf cell from another call than the native row says so; "
+             "a plain HF row that failed (e.g. out of memory on its full logits) shows the error. "
              "Ratio = native TPS / plain HF TPS, counted only where "
              "both rows ran in the same call on the same machine (else shown in parentheses and left out "
              "of the summary).\n",
@@ -476,7 +482,8 @@ def peers_view(rows: list[dict], published: list[dict]) -> str:
         nat = by_impl["native"].get((*key, p["ac"], p["attn"]))
         hfr = by_impl["hf"].get((*key, p["ac"], p["attn"]))
         plain = by_impl["plain HF"].get(key)
-        if not (hfr or plain):
+        broke = plain_failed.get(key) if not plain else None
+        if not (hfr or plain or broke):
             continue
         ratio = "-"
         if nat and plain:
@@ -487,6 +494,8 @@ def peers_view(rows: list[dict], published: list[dict]) -> str:
             else:
                 ratio = f"({x:.2f}x, not one call)"
         plain_cell = f"{cell(plain)} [{plain['ac']}, {plain['attn']}]" if plain else "-"
+        if broke:
+            plain_cell = f"failed: {str(broke.get('error') or 'error').split(':')[0]} [{broke.get('ac')}, {broke.get('attn')}]"
         hf_cell = cell(hfr) + (" (other call)" if hfr and nat and not same_call(nat, hfr) else "")
         lines.append(f"| {p['model']} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | {p['hardware_label']} "
                      f"| {p['tps'] / 1e3:.2f}k | {cell(nat)} | {hf_cell} | {plain_cell} | {ratio} |")
@@ -553,7 +562,7 @@ def main(argv=None) -> int:
     native = [r for r in rows if implementation(r) == "native"]  # the views compare stepbench's own rows
     text += "\n" + versus_published(native, published)
     text += "\n" + best_at_no_more_memory(native, published, a.host_budget_gib)
-    peers = peers_view(rows, published)
+    peers = peers_view(rows, published, failed)
     if peers:
         text += "\n" + peers
     lo = left_out(dirty)

@@ -203,3 +203,24 @@ def test_peers_ratio_counts_only_rows_of_one_call(tmp_path):
     assert "(2.50x, not one call)" in peers and "native / plain HF," not in peers
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
     assert "GiB) (other call) |" in line
+
+
+def test_peers_view_shows_a_plain_hf_row_that_failed(tmp_path):
+    """The plain HF loop out of memory (its full fp32 logits) is a result: the peers cell says so."""
+    from core.report import main, parse_published
+    from tests.test_report import h100, ours, write
+
+    published, _, _ = parse_published()
+    p = h100(published)
+    native = ours(p, tps=20000.0, family="qwen3", run_id="a")
+    plain = ours(p, tps=0.0, family="hf", model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B",
+                 ac="Recompute", attn="sdpa", run_id="a", status="failed",
+                 error="OutOfMemoryError: CUDA out of memory. Tried to allocate 37.09 GiB.")
+    res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
+    write(res, [native, plain])
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+                 "--predictions", str(tmp_path / "none")]) == 0
+    peers = out.read_text().split("## Peers")[1]
+    line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
+    assert "20.00k" in line and "failed: OutOfMemoryError [Recompute, sdpa]" in line
+    assert line.rstrip(" |").endswith("-")  # no ratio against a failed row

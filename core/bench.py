@@ -182,6 +182,9 @@ def check_overrides(argv: list[str]):
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "Could not override" in msg or "Key '" in msg:
                 key = msg.split("'")[1] if "'" in msg else "?"
+                group = key.split(".")[0]
+                if group in APPENDED and "." in key:  # an option of a plugin not (or not yet) chosen
+                    raise UserError(plugin_option_hint(group, key, overrides)) from None
                 raise UserError(f"unknown option '{key}': to add a new key type +{key}=..., or see "
                                 "python -m core.bench --list") from None
             raise UserError(f"bad override: {msg}") from None
@@ -193,6 +196,22 @@ def check_overrides(argv: list[str]):
     except OptionError as e:
         raise UserError(str(e)) from None
     return cfg
+
+
+def plugin_option_hint(group: str, key: str, overrides: list[str]) -> str:
+    """The error for ``group.opt=...`` where the chosen (or default) plugin of an appended group
+    lacks ``opt``: which plugins have it, and what to type."""
+    from omegaconf import OmegaConf
+
+    from core.options import CONF
+
+    opt = key.split(".", 1)[1].split(".")[0]
+    chosen = next((x.split("=", 1)[1] for x in overrides if x.startswith(f"+{group}=")), None)
+    have = sorted(f.stem for f in (CONF / group).glob("*.yaml") if opt in (OmegaConf.load(f) or {}))
+    which = f"the {group} plugin '{chosen}'" if chosen else f"the default {group}"
+    if not have:
+        return f"unknown option '{key}': no {group} plugin has it (python -m core.bench --list shows each one's options)"
+    return f"{which} has no option '{opt}': it is an option of {', '.join(have)}: type +{group}={have[0]} {key}=..."
 
 
 def main() -> None:

@@ -29,6 +29,8 @@ BAD = [
     (["+sync=filesystem", "sync.keep=0"], "sync.keep must be a positive integer"),
     (["+sync=nccl", "sync.backend=nccl"], "sync.backend=nccl needs a GPU for the receiver"),
     (["+sync=filesystem", "sync.overlap=maybe"], "sync.overlap must be true or false"),
+    (["sync.writer=write"], "the default sync has no option 'writer': it is an option of filesystem, "
+                            "filesystem_shm: type +sync=filesystem sync.writer=..."),
     (["seq_len=1000000000"], "predicted peak memory"),
     (["+sweep=nope"], "unknown sweep 'nope'"),
     (["results=/"], "results=/ is a directory"),
@@ -44,6 +46,14 @@ def test_bad_input_one_line_exit_2(tmp_path, args, expect):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and expect in lines[0], p.stderr
     assert "Traceback" not in p.stderr and not res.exists()
+
+
+def test_plugin_option_hint_names_the_plugins_that_have_it():
+    from core.bench import plugin_option_hint
+
+    assert plugin_option_hint("attn", "attn.via", ["+attn=sdpa"]) == \
+        "the attn plugin 'sdpa' has no option 'via': it is an option of fa2: type +attn=fa2 attn.via=..."
+    assert "no ac plugin has it" in plugin_option_hint("ac", "ac.bogus", [])
 
 
 def test_sweep_suggestion_has_the_plus():

@@ -196,3 +196,27 @@ def test_moe_full_sync_includes_experts(dist_group, tmp_path):
     fs.finish()
     got = load_file(str(tmp_path / "r" / "step_0" / "model.safetensors"))
     assert any("experts" in n for n in got)
+
+
+def test_write_file_writes_each_bucket_before_waiting_for_the_next(tmp_path):
+    """The writer overlaps the device-to-host copy: when it asks for bucket k, the header and
+    buckets before k are already in the file."""
+    import core.sync
+    from plugins.sync.filesystem import safetensors_header, write_file
+
+    params = [("a", torch.randn(10)), ("b", torch.randn(7, 3))]
+    st = core.sync.HostStager(params, torch.bfloat16, 0, torch.device("cpu"), False, chunk=8)
+    st.stage()
+    path = tmp_path / "w.safetensors"
+    header = safetensors_header(st, {"step": "0"})
+    seen = []
+
+    def ready_chunks():
+        for end in [8, 16, 24, 31]:
+            seen.append(path.stat().st_size)
+            yield end
+    st.ready_chunks = ready_chunks
+    write_file(path, header, st, fsync=False)
+    assert seen == [len(header) + 2 * e for e in (0, 8, 16, 24)]
+    got = load_file(str(path))
+    assert torch.equal(got["a"], params[0][1].bfloat16()) and torch.equal(got["b"], params[1][1].bfloat16())

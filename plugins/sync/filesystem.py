@@ -13,6 +13,7 @@ while the next step computes; the row records how much of the hand-off stayed ex
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -64,14 +65,12 @@ def write_file(path: Path, header: bytes, stager: HostStager, fsync: bool, how: 
     else:
         data = memoryview(stager.flat.view(torch.uint8).numpy()) if stager.numel else memoryview(b"")
         with open(path, "wb", buffering=0) as f:
-            views, start = [memoryview(header)], 0
-            for end in stager.ready_chunks():
-                views.append(data[start * stager.itemsize:end * stager.itemsize])
+            start = 0
+            for end in itertools.chain([0], stager.ready_chunks()):  # the header, then each bucket as it lands
+                v = memoryview(header) if end == 0 else data[start * stager.itemsize:end * stager.itemsize]
                 start = end
-                for v in views:
-                    while len(v):
-                        v = v[f.write(v):]
-                views = []
+                while len(v):
+                    v = v[f.write(v):]
     if fsync:
         with open(path, "rb") as f:
             os.fsync(f.fileno())

@@ -288,13 +288,16 @@ def pick_fit(fits: dict, backend: str, moe: bool) -> tuple[ComputeFit, str]:
 # ------------------------------------------------------------------------------ one prediction
 def predict(a, *, seq_len: int, task: str, lora_rank: int | None, ac: str, mode: str, attn: str, hw: dict,
             gpus: int, micro_batches: int = 2, head_budget_mib: int = 512, sync_method: str | None = None,
-            fits: dict, sync_fit: SyncFit) -> dict:
-    """A predicted row (with its terms) of stepbench's step on ``gpus`` GPUs of ``hw``."""
+            fits: dict, sync_fit: SyncFit, layout: dict | None = None) -> dict:
+    """A predicted row (with its terms) of stepbench's step on ``gpus`` GPUs of ``hw``. ``layout``
+    (:func:`core.memory.row_layout`): the checkpoint inside a compiled block and K/V repeated; by
+    default the bench's defaults (compiled, inside) and K/V repeated for FA2."""
     from core import flops
     from core.memory import GIB, lora_params, param_count, peak_terms
 
     backend = backend_of(attn)
-    mem_terms = peak_terms(a, seq_len, lora_rank, ac, gpus, head_budget_mib, mode, kv_repeated=backend == "fa2")
+    layout = layout or {"inside_compiled": True, "kv_repeated": backend == "fa2"}
+    mem_terms = peak_terms(a, seq_len, lora_rank, ac, gpus, head_budget_mib, mode, **layout)
     peak = sum(mem_terms.values()) / GIB
     w = work(a, seq_len, lora_rank, ac, mode)
     ideal = w.ideal_s(hw, backend)
@@ -380,6 +383,7 @@ def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tu
     the compute fits refitted on the other rows (every row of that configuration left out, whatever
     its hand-off method), an out-of-sample check of the predictor."""
     from core import hardware
+    from core.memory import row_layout
     from core.models.registry import FAMILIES
     from core.report import parse_published, same_work, section_name
 
@@ -395,17 +399,20 @@ def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tu
         a = FAMILIES[fam].flavours[flav]
         hw = hardware.load(HARDWARE[p["hardware"]])
         lora = p["type"].split()[1].startswith("LoRA")
-        pred = predict(a, seq_len=p["seq_len"], task=p["type"].split()[0].lower(), lora_rank=16 if lora else None,
-                       ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw, gpus=p["num_gpus"],
-                       fits=fits, sync_fit=sync_fit)
         config = (p["model"], p["type"], p["seq_len"], p["ac"], p["attn"], p["hardware_label"])
         m = ours.get(config)
+        # where we measured the row, predict it in the measured row's layout (checkpoint inside or
+        # around the compiled block, K/V repeated or not); else in the bench's defaults
+        layout = row_layout(m.get("config") or {}, m.get("attn_provider", "")) if m else None
+        pred = predict(a, seq_len=p["seq_len"], task=p["type"].split()[0].lower(), lora_rank=16 if lora else None,
+                       ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw, gpus=p["num_gpus"],
+                       fits=fits, sync_fit=sync_fit, layout=layout)
         loo = None
         if m:  # refitted without every sample of this configuration
             loo_fits = {**fits, **fit_samples([t for t in samples if t.config != config])}
             loo = predict(a, seq_len=p["seq_len"], task=p["type"].split()[0].lower(),
                           lora_rank=16 if lora else None, ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw,
-                          gpus=p["num_gpus"], fits=loo_fits, sync_fit=sync_fit)["tps"]
+                          gpus=p["num_gpus"], fits=loo_fits, sync_fit=sync_fit, layout=layout)["tps"]
         pred.update(model=p["model"], type=p["type"], ac=p["ac"], attn=p["attn"],
                     hardware_label=p["hardware_label"], num_gpus=p["num_gpus"],
                     published_tps=p["tps"], published_mem_gib=p["peak_mem_gib"],
@@ -555,7 +562,9 @@ def _one(argv: list[str]) -> int:
                 ac=cfg.ac.name, mode=cfg.ac.get("mode", "full"), attn=attn, hw=hw, gpus=gpus,
                 micro_batches=cfg.micro_batches, head_budget_mib=cfg.head_budget_mib,
                 sync_method=None if sync == "auto" else ("none" if sync == "none" else "filesystem"),
-                fits=fits, sync_fit=sync_fit)
+                fits=fits, sync_fit=sync_fit,
+                layout={"inside_compiled": bool(cfg.get("compile", True)) and bool(cfg.ac.get("inside", False)),
+                        "kv_repeated": attn == "fa2"})
     if family.from_config is not None:
         p["fit_note"] = "; ".join(x for x in (p["fit_note"], "efficiency fitted on the native model code's rows, "
                                               "not on rows of this family") if x)

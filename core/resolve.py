@@ -137,8 +137,9 @@ def resolve(cfg, world: int = 1) -> dict:
         raise UserError(f"offload would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
                         f"try {instead} or a shorter seq_len")
     rank = cfg.adapter.get("rank") if lora else None
+    inside = bool(cfg.compile) and cfg.ac.name == "recompute" and bool(cfg.ac.get("inside", False))
     pred = predict_peak_gib(args, seq_len, rank, cfg.ac.name, world, cfg.head_budget_mib, cfg.ac.get("mode", "full"),
-                            kv_repeated=kv_repeated(attn_e))
+                            kv_repeated=kv_repeated(attn_e), inside_compiled=inside)
     mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else host_avail)
     if mem_limit and pred > mem_limit:
         lean = "+ac=offload" if cfg.ac.name != "offload" else "a shorter seq_len"

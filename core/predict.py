@@ -532,6 +532,7 @@ def _one(argv: list[str]) -> int:
         raise UserError("name the model to predict: model=qwen3_0_6b, qwen3_4b, qwen3_30b_a3b or intellect3")
     from omegaconf import OmegaConf
 
+    from core.memory import row_layout
     from core.plugins import PluginError, registry
 
     try:
@@ -563,7 +564,7 @@ def _one(argv: list[str]) -> int:
                 micro_batches=cfg.micro_batches, head_budget_mib=cfg.head_budget_mib,
                 sync_method=None if sync == "auto" else ("none" if sync == "none" else "filesystem"),
                 fits=fits, sync_fit=sync_fit,
-                layout={"inside_compiled": bool(cfg.get("compile", True)) and bool(cfg.ac.get("inside", False)),
+                layout={**row_layout({"compile": cfg.compile, "ac": OmegaConf.to_container(cfg.ac)}),
                         "kv_repeated": attn == "fa2"})
     if family.from_config is not None:
         p["fit_note"] = "; ".join(x for x in (p["fit_note"], "efficiency fitted on the native model code's rows, "

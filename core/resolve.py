@@ -58,9 +58,10 @@ def resolve(cfg, world: int = 1) -> dict:
     except OptionError as e:
         raise UserError(str(e)) from None
     import torch
+    from omegaconf import OmegaConf
 
     from core import hardware
-    from core.memory import host_available_gib, lora_params, param_count, predict_peak_gib
+    from core.memory import host_available_gib, lora_params, param_count, predict_peak_gib, row_layout
     from core.plugins import PluginError, RunContext, registry
     from core.sync import SyncContext
 
@@ -137,7 +138,7 @@ def resolve(cfg, world: int = 1) -> dict:
         raise UserError(f"offload would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
                         f"try {instead} or a shorter seq_len")
     rank = cfg.adapter.get("rank") if lora else None
-    inside = bool(cfg.compile) and cfg.ac.name == "recompute" and bool(cfg.ac.get("inside", False))
+    inside = row_layout({"compile": cfg.compile, "ac": OmegaConf.to_container(cfg.ac)})["inside_compiled"]
     pred = predict_peak_gib(args, seq_len, rank, cfg.ac.name, world, cfg.head_budget_mib, cfg.ac.get("mode", "full"),
                             kv_repeated=kv_repeated(attn_e), inside_compiled=inside)
     mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else host_avail)

@@ -103,8 +103,8 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
     fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
     fs.after_step(0)
 
-    def torn(path, header, stager, fsync, how):
-        Path(path).write_bytes(header[:10])
+    def torn(path, stager, metadata, fsync, how):
+        Path(path).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(fsmod, "write_file", torn)
@@ -216,7 +216,7 @@ def test_write_file_writes_each_bucket_before_waiting_for_the_next(tmp_path):
             seen.append(path.stat().st_size)
             yield end
     st.ready_chunks = ready_chunks
-    write_file(path, header, st, fsync=False)
+    write_file(path, st, {"step": "0"}, fsync=False)
     assert seen == [len(header) + 2 * e for e in (0, 8, 16, 24)]
     got = load_file(str(path))
     assert torch.equal(got["a"], params[0][1].bfloat16()) and torch.equal(got["b"], params[1][1].bfloat16())

@@ -41,11 +41,12 @@ class FA2Torch:
         params = inspect.signature(varlen_attn).parameters
         self.native_gqa = "enable_gqa" in params
         self.kw = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
-        self.via_aten = (not self.native_gqa and has_aten_flash()) if via_aten is None else via_aten
+        self.via_aten = aten_by_default() if via_aten is None else via_aten
+        self.repeats_kv = not (self.via_aten or self.native_gqa)
         if self.via_aten:
             self.provider = f"torch {torch.__version__} aten._flash_attention_forward (vendored FA2, native GQA)"
         else:
-            gqa = "native GQA" if self.native_gqa else "K/V repeated"
+            gqa = "K/V repeated" if self.repeats_kv else "native GQA"
             self.provider = f"torch {torch.__version__} varlen_attn (vendored FA2, {gqa})"
 
     def __call__(self, q, k, v, meta):
@@ -55,11 +56,11 @@ class FA2Torch:
                 q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, 0.0, True, False)[0]
         kw = dict(self.kw)
         if k.shape[1] != q.shape[1]:
-            if self.native_gqa:
-                kw["enable_gqa"] = True
-            else:
+            if self.repeats_kv:
                 rep = q.shape[1] // k.shape[1]
                 k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+            else:
+                kw["enable_gqa"] = True
         return self.fn(q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, **kw)
 
 
@@ -70,16 +71,22 @@ def has_aten_flash() -> bool:
                                                                              "Autograd")
 
 
+def aten_by_default() -> bool:
+    """``attn.via=auto`` on torch's FA2: the aten op where ``varlen_attn`` lacks ``enable_gqa``."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return "enable_gqa" not in inspect.signature(varlen_attn).parameters and has_aten_flash()
+
+
 def repeats_kv() -> bool:
-    """Whether the fa2 backend built here repeats K/V to the query heads (its kernel then saves
-    them at that size for backward): torch's vendored FA2 with neither ``enable_gqa`` nor the aten op."""
+    """Whether the fa2 backend built here (``attn.via=auto``) repeats K/V to the query heads (its
+    kernel then saves them at that size for backward)."""
     if has_module("flash_attn"):
         return False
     try:
-        from torch.nn.attention.varlen import varlen_attn
+        return FA2Torch().repeats_kv
     except ImportError:
         return False
-    return "enable_gqa" not in inspect.signature(varlen_attn).parameters and not has_aten_flash()
 
 
 VIA = {"auto": None, "aten": True, "varlen": False}

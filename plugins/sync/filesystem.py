@@ -13,7 +13,6 @@ while the next step computes; the row records how much of the hand-off stayed ex
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -55,24 +54,29 @@ def safetensors_header(stager: HostStager, metadata: dict) -> bytes:
 WRITERS = ("write", "safetensors")
 
 
-def write_file(path: Path, header: bytes, stager: HostStager, fsync: bool, how: str = "write") -> None:
+def write_file(path: Path, stager: HostStager, metadata: dict, fsync: bool, how: str = "write") -> None:
     """The safetensors file of the staged tensors at ``path`` (``how``: one of :data:`WRITERS`)."""
     if how == "safetensors":
         from safetensors.torch import save_file
 
         stager.wait_ready()
-        save_file(stager.host, str(path), metadata=json.loads(header[8:].decode())["__metadata__"])
-    else:
-        data = memoryview(stager.flat.view(torch.uint8).numpy()) if stager.numel else memoryview(b"")
-        with open(path, "wb", buffering=0) as f:
-            start = 0
-            for end in itertools.chain([0], stager.ready_chunks()):  # the header, then each bucket as it lands
-                v = memoryview(header) if end == 0 else data[start * stager.itemsize:end * stager.itemsize]
-                start = end
-                while len(v):
-                    v = v[f.write(v):]
-    if fsync:
-        with open(path, "rb") as f:
+        save_file(stager.host, str(path), metadata=metadata)
+        if fsync:
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        return
+    data = memoryview(stager.flat.view(torch.uint8).numpy()) if stager.numel else memoryview(b"")
+    with open(path, "wb", buffering=0) as f:
+        def write_all(v: memoryview) -> None:
+            while len(v):
+                v = v[f.write(v):]
+
+        write_all(memoryview(safetensors_header(stager, metadata)))
+        start = 0
+        for end in stager.ready_chunks():  # each bucket as soon as its copy has landed
+            write_all(data[start * stager.itemsize:end * stager.itemsize])
+            start = end
+        if fsync:
             os.fsync(f.fileno())
 
 
@@ -82,7 +86,7 @@ def write_step(stager: HostStager, out: Path, step: int, keep: int, fsync: bool,
     d = out / f"step_{step}"
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / (WEIGHTS + ".tmp")
-    write_file(tmp, safetensors_header(stager, {"step": str(step), "format": "pt"}), stager, fsync, how)
+    write_file(tmp, stager, {"step": str(step), "format": "pt"}, fsync, how)
     os.replace(tmp, d / WEIGHTS)
     marker_tmp = d / (MARKER + ".tmp")
     marker_tmp.write_text(f"{step}\n")

@@ -9,8 +9,12 @@ What an RL row's synchronous hand-off does once per step, for the tensors the ro
 - ``stage``: the copy to the pinned host buffer alone (the floor of any writer);
 - ``safetensors``: stage, wait, then ``safetensors.torch.save_file`` of the staged tensors (how
   stepbench wrote until this script was added);
-- ``write``: stepbench's writer (``plugins/sync/filesystem.py``, ``sync.writer=write``): the
-  safetensors header, then the pinned buffer itself, each bucket written as soon as its copy lands.
+- ``write``: ``sync.writer=write`` (``plugins/sync/filesystem.py``): the safetensors header, then
+  the pinned buffer itself, each bucket written as soon as its copy lands;
+- ``mapped``: ``sync.writer=mapped`` (the default): the step's file was prepared (created at its
+  size, zeros written, mapped) before the timer starts, as a row's host thread prepares it while the
+  GPU computes; timed: stage, copy into the map, rename. ``mapped_prepare`` times that preparation
+  alone (the host thread's work, off the step in a row).
 
 Median of ``--reps`` after one warm-up, per model and directory; the files written by both writers
 are checked to load back equal. Each write is a row's step: a new step directory, the one
@@ -34,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.results import append_row  # noqa: E402
 from core.sync import HostStager, sync_tensors  # noqa: E402
-from plugins.sync.filesystem import WEIGHTS, WRITERS, write_step  # noqa: E402
+from plugins.sync.filesystem import WEIGHTS, WRITERS, prepare_step, write_step  # noqa: E402
 
 
 def handed_over(size: str, adapter: str, device: str) -> list[tuple[str, torch.Tensor]]:
@@ -53,6 +57,8 @@ def handed_over(size: str, adapter: str, device: str) -> list[tuple[str, torch.T
 
 
 def timed(fn, device) -> float:
+    if hasattr(fn, "before"):
+        fn.before()  # untimed: what a row does off the step
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t = time.perf_counter()
@@ -67,12 +73,23 @@ def variants(stager: HostStager, out: Path):
 
     def writer(how):
         steps = iter(range(10**6))
+        state = {"step": 0, "prepared": None}
+
+        def before():
+            state["step"] = next(steps)
+            if how == "mapped":
+                state["prepared"] = prepare_step(stager, out / how, state["step"])
 
         def run():  # as a row's steps: a new step directory each time, the one before the last removed
             stager.stage()
-            write_step(stager, out / how, next(steps), keep=2, fsync=False, how=how)
+            write_step(stager, out / how, state["step"], keep=2, fsync=False, how=how, prepared=state["prepared"])
+            state["prepared"] = None
+        run.before = before
         return run
-    return {"stage": stage, **{how: writer(how) for how in WRITERS}}
+
+    def prepare_only():
+        prepare_step(stager, out / "prepare", 0).close()
+    return {"stage": stage, **{how: writer(how) for how in WRITERS}, "mapped_prepare": prepare_only}
 
 
 def main(argv=None) -> int:
@@ -101,7 +118,7 @@ def main(argv=None) -> int:
             out = Path(root)
             shutil.rmtree(out, ignore_errors=True)
             for name, fn in variants(stager, out).items():
-                fn()  # warm-up (pinned pages, page cache, allocator)
+                timed(fn, device)  # warm-up (pinned pages, page cache, allocator)
                 ts = [timed(fn, device) for _ in range(a.reps)]
                 ms = statistics.median(ts) * 1e3
                 row = {"kind": "sync_bench", "model": size, "adapter": adapter, "dir": root, "variant": name,

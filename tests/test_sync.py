@@ -34,8 +34,8 @@ def full(p):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-@pytest.mark.parametrize("overlap,chunk,writer", [(False, None, "write"), (True, None, "write"),
-                                                  (False, 1000, "write"), (True, 1000, "write"),
+@pytest.mark.parametrize("overlap,chunk,writer", [(False, None, "mapped"), (True, None, "mapped"),
+                                                  (False, 1000, "mapped"), (True, 1000, "write"),
                                                   (False, None, "safetensors")])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path, overlap, adapter, chunk, writer,
@@ -63,8 +63,14 @@ def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path,
         assert got.keys() == want.keys() and len(got) > 0
         for n in want:
             assert torch.equal(got[n], want[n]), n  # bit-exact bf16
+        if writer == "mapped":  # the next step's file is being prepared: full size, not yet published
+            fs.prepared[1].result()
+            nxt = tmp_path / "r" / f"step_{step + 1}"
+            assert [q.name for q in nxt.iterdir()] == ["model.safetensors.tmp"]
+            assert (nxt / "model.safetensors.tmp").stat().st_size == path.stat().st_size
     fs.finish()
     assert complete_steps(tmp_path / "r") == [0, 1, 2]
+    assert sorted(q.name for q in (tmp_path / "r").iterdir()) == ["step_0", "step_1", "step_2"]  # none left half-made
     info = fs.describe()
     assert len(info["sync_s"]) == 3 and info["bytes_per_step"] == sum(t.numel() * 2 for t in got.values())
     if adapter == "lora":
@@ -94,12 +100,13 @@ def test_adapter_only_sync_reproduces_merged_output(dist_group, tmp_path):
     assert ((out - ref).norm() / ref.norm()).item() < 1e-2
 
 
-def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeypatch):
+@pytest.mark.parametrize("writer", ["mapped", "write"])
+def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeypatch, writer):
     import plugins.sync.filesystem as fsmod
 
     args = QWEN3["tiny"]
     b = built(args)
-    fs = Filesystem(str(tmp_path), keep=2, cleanup=False)
+    fs = Filesystem(str(tmp_path), keep=2, cleanup=False, writer=writer)
     fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
     fs.after_step(0)
 
@@ -107,7 +114,12 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
         Path(path).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
+    def torn_mapped(mm, stager, metadata, fsync):
+        mm[:4] = b"half"
+        raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(fsmod, "write_file", torn)
+    monkeypatch.setattr(fsmod, "write_mapped", torn_mapped)
     with pytest.raises(OSError):
         fs.after_step(1)
     assert complete_steps(tmp_path / "r") == [0]
@@ -115,7 +127,7 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
 
 
 def test_filesystem_refuses_unknown_writer():
-    with pytest.raises(ValueError, match="sync.writer=fast is not one of write, safetensors: try sync.writer=write"):
+    with pytest.raises(ValueError, match="sync.writer=fast is not one of mapped, write, safetensors: try sync.writer=mapped"):
         Filesystem("runs/x", writer="fast")
 
 
@@ -196,6 +208,27 @@ def test_moe_full_sync_includes_experts(dist_group, tmp_path):
     fs.finish()
     got = load_file(str(tmp_path / "r" / "step_0" / "model.safetensors"))
     assert any("experts" in n for n in got)
+
+
+def test_mapped_writer_pads_every_step_header_to_one_size(tmp_path):
+    """Files are sized before their step is known: step 0 and step 10**12 have the same header size,
+    and each loads back with its own step in the metadata."""
+    import core.sync
+    from plugins.sync.filesystem import WEIGHTS, write_step
+
+    params = [("a", torch.randn(10)), ("b", torch.randn(7, 3))]
+    st = core.sync.HostStager(params, torch.bfloat16, 0, torch.device("cpu"), False, chunk=8)
+    st.stage()
+    sizes = []
+    for step in (0, 10**12):
+        write_step(st, tmp_path, step, keep=5, fsync=True, how="mapped")
+        path = tmp_path / f"step_{step}" / WEIGHTS
+        sizes.append(path.stat().st_size)
+        with safe_open(str(path), "pt") as f:
+            assert f.metadata()["step"] == str(step)
+        got = load_file(str(path))
+        assert torch.equal(got["a"], params[0][1].bfloat16()) and torch.equal(got["b"], params[1][1].bfloat16())
+    assert sizes[0] == sizes[1]
 
 
 def test_write_file_writes_each_bucket_before_waiting_for_the_next(tmp_path):

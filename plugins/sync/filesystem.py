@@ -9,15 +9,25 @@ complete by ``<dir>/step_<n>/COMPLETE``, created last by an atomic rename: a cra
 leaves a step marked complete. Only the newest ``keep`` complete steps are kept. ``dir`` may be
 on disk or in ``/dev/shm``. ``overlap=true`` copies on a side stream and writes on a host thread
 while the next step computes; the row records how much of the hand-off stayed exposed.
+
+``writer=mapped`` (the default) takes the page cache's page allocation off the step: while the GPU
+computes step n+1, a host thread creates step n+1's (temporary) file at its final size, fills it
+with zeros and maps it, so the kernel has allocated its pages before the hand-off needs them; the
+hand-off then copies the staged buffer into those pages (a parallel memory copy) and renames the
+file into place. Every step is still a new file, complete before its marker, never rewritten
+after: what a reader sees is the same as with ``write``. A hand-off that starts before its file is
+ready waits for it, inside the timed hand-off.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import struct
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -32,26 +42,79 @@ WEIGHTS = "model.safetensors"
 SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
 
-def safetensors_header(stager: HostStager, metadata: dict) -> bytes:
+def safetensors_header(stager: HostStager, metadata: dict, size: int | None = None) -> bytes:
     """The safetensors header for the stager's flat buffer: each tensor at its byte range, back to
-    back in staging order (the file's data section is the flat buffer itself)."""
+    back in staging order (the file's data section is the flat buffer itself). ``size``: pad the
+    header (its JSON with spaces, which JSON allows) to exactly that many bytes."""
     head: dict = {"__metadata__": metadata}
     for (n, p), off in zip(stager.params, stager.offsets):
         a = off * stager.itemsize
         head[n] = {"dtype": SAFETENSORS_DTYPES[stager.dtype], "shape": list(p.shape),
                    "data_offsets": [a, a + p.numel() * stager.itemsize]}
     raw = json.dumps(head, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    pad = -len(raw) % 8 if size is None else size - 8 - len(raw)  # data starts 8-byte aligned
+    if pad < 0:
+        raise ValueError(f"safetensors header of {len(raw) + 8} bytes does not fit in {size}")
+    raw += b" " * pad
     return struct.pack("<Q", len(raw)) + raw
 
 
-#: how the file reaches the page cache: ``write``: the header, then the pinned buffer itself, one
-#: staged bucket at a time as each copy from the GPU lands (no serialized copy of the weights);
-#: ``safetensors``: the library's ``save_file`` of the staged tensors once all have landed (the
-#: reference). On the lent H100 both write ~3 GB/s into the page cache, disk or /dev/shm alike (the
-#: kernel's page allocation bounds it: a thread pool or an mmap copy was no faster, sync_bench.py);
-#: ``write`` halves the hand-off of a LoRA adapter (20 MB: 12 vs 21 ms)
-WRITERS = ("write", "safetensors")
+def step_metadata(step: int) -> dict:
+    return {"step": str(step), "format": "pt"}
+
+
+def mapped_header_size(stager: HostStager) -> int:
+    """One header size for every step of a row (the step number's digits vary): the header of a
+    20-digit step, 8-byte aligned; each step's header is padded to it, so a file can be sized
+    before its step is known."""
+    return len(safetensors_header(stager, step_metadata(10**19)))
+
+
+def prepare_file(path: Path, size: int) -> mmap.mmap:
+    """``path`` created at ``size`` bytes, its pages allocated in the page cache (zeros written)
+    and mapped shared into this process with its page tables filled (``MAP_POPULATE``): writing
+    into the map afterwards costs a memory copy, no page allocation and no page fault."""
+    zeros = memoryview(bytes(min(size, 64 << 20) or 1))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        off = 0
+        while off < size:
+            off += os.pwrite(fd, zeros[:min(len(zeros), size - off)], off)
+        return mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    finally:
+        os.close(fd)
+
+
+def write_mapped(mm: mmap.mmap, stager: HostStager, metadata: dict, fsync: bool) -> None:
+    """Copy the header and the staged buffer into a prepared file's map, each bucket as soon as
+    its copy from the GPU lands (torch's copy: parallel over the host's threads), then unmap it."""
+    header = safetensors_header(stager, metadata, mapped_header_size(stager))
+    dst = torch.frombuffer(mm, dtype=torch.uint8)
+    try:
+        if len(dst) != len(header) + stager.nbytes:
+            raise ValueError(f"prepared file of {len(dst)} bytes for {len(header) + stager.nbytes}")
+        dst[:len(header)].copy_(torch.frombuffer(bytearray(header), dtype=torch.uint8))
+        data = stager.flat.view(torch.uint8) if stager.numel else None
+        start, h, isz = 0, len(header), stager.itemsize
+        for end in stager.ready_chunks():
+            dst[h + start * isz:h + end * isz].copy_(data[start * isz:end * isz])
+            start = end
+    finally:
+        del dst  # the map cannot close while a tensor views it
+    if fsync:
+        mm.flush()
+    mm.close()
+
+
+#: how the file reaches the page cache: ``mapped``: a file prepared off the step (see the module's
+#: docstring), the staged buffer copied into its pages; ``write``: the header, then the pinned
+#: buffer itself, one staged bucket at a time as each copy from the GPU lands (no serialized copy
+#: of the weights); ``safetensors``: the library's ``save_file`` of the staged tensors once all have
+#: landed (the reference). On the lent H100 ``write`` and ``safetensors`` write ~3 GB/s into the
+#: page cache, disk or /dev/shm alike: the kernel's allocation of fresh pages bounds them (a thread
+#: pool or an mmap copy into a fresh file was no faster, sync_bench.py), which ``mapped`` moves off
+#: the step; ``write`` halves the hand-off of a LoRA adapter (20 MB: 12 vs 21 ms)
+WRITERS = ("mapped", "write", "safetensors")
 
 
 def write_file(path: Path, stager: HostStager, metadata: dict, fsync: bool, how: str = "write") -> None:
@@ -80,18 +143,36 @@ def write_file(path: Path, stager: HostStager, metadata: dict, fsync: bool, how:
             os.fsync(f.fileno())
 
 
-def write_step(stager: HostStager, out: Path, step: int, keep: int, fsync: bool, how: str = "write") -> None:
-    """Write one step's tensors as ``model.safetensors`` and mark the step complete; drop steps
-    older than ``keep``."""
+def temp_path(out: Path, step: int) -> Path:
+    """Where step ``step``'s weights are written before the rename that publishes them."""
+    return out / f"step_{step}" / (WEIGHTS + ".tmp")
+
+
+def prepare_step(stager: HostStager, out: Path, step: int) -> mmap.mmap:
+    """Step ``step``'s temporary file, sized for the stager and prepared (:func:`prepare_file`)."""
+    path = temp_path(out, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return prepare_file(path, mapped_header_size(stager) + stager.nbytes)
+
+
+def write_step(stager: HostStager, out: Path, step: int, keep: int, fsync: bool, how: str = "write",
+               prepared: mmap.mmap | None = None) -> None:
+    """Write one step's tensors as ``model.safetensors`` and mark the step complete; drop complete
+    steps older than the newest ``keep``. ``how="mapped"`` writes into ``prepared`` (the step's
+    temporary file, prepared now if not given)."""
     d = out / f"step_{step}"
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / (WEIGHTS + ".tmp")
-    write_file(tmp, stager, {"step": str(step), "format": "pt"}, fsync, how)
+    tmp = temp_path(out, step)
+    if how == "mapped":
+        write_mapped(prepared if prepared is not None else prepare_step(stager, out, step), stager,
+                     step_metadata(step), fsync)
+    else:
+        write_file(tmp, stager, step_metadata(step), fsync, how)
     os.replace(tmp, d / WEIGHTS)
     marker_tmp = d / (MARKER + ".tmp")
     marker_tmp.write_text(f"{step}\n")
     os.replace(marker_tmp, d / MARKER)
-    done = sorted((int(p.name.split("_", 1)[1]) for p in out.glob("step_*") if p.name.split("_", 1)[1].isdigit()))
+    done = complete_steps(out)
     for old in done[:-keep] if keep > 0 else []:
         shutil.rmtree(out / f"step_{old}", ignore_errors=True)
 
@@ -106,12 +187,14 @@ class Filesystem:
     name = "filesystem"
 
     def __init__(self, dir: str = "runs/weights", keep: int = 2, overlap: bool = False, fsync: bool = False,
-                 cleanup: bool = True, writer: str = "write"):
+                 cleanup: bool = True, writer: str = "mapped"):
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"sync.keep must be a positive integer (got {keep!r}): try sync.keep=2")
         if writer not in WRITERS:
-            raise ValueError(f"sync.writer={writer} is not one of {', '.join(WRITERS)}: try sync.writer=write")
+            raise ValueError(f"sync.writer={writer} is not one of {', '.join(WRITERS)}: try sync.writer=mapped")
         self.writer = writer
+        self.prep_pool = ThreadPoolExecutor(1, thread_name_prefix="stepbench-prepare") if writer == "mapped" else None
+        self.prepared: tuple[int, Future] | None = None  # (step, its prepared file)
         self.root, self.keep, self.overlap, self.fsync = Path(dir), keep, bool(overlap), bool(fsync)
         self.cleanup = bool(cleanup)
         self.out = None
@@ -151,12 +234,28 @@ class Filesystem:
         if self.stager is not None:
             self.stager.protect()
 
+    def _take_prepared(self, step: int):
+        """Step ``step``'s prepared file (waiting for it), or None where another step's was prepared."""
+        if self.prepared is None:
+            return None
+        ready_for, fut = self.prepared
+        self.prepared = None
+        mm = fut.result()
+        if ready_for == step:
+            return mm
+        mm.close()
+        temp_path(self.out, ready_for).unlink(missing_ok=True)
+        return None
+
     def _write(self, step: int):
         def write():
-            if self.rank == 0:
-                write_step(self.stager, self.out, step, self.keep, self.fsync, self.writer)
-            else:
+            if self.rank != 0:
                 self.stager.wait_ready()
+                return
+            prepared = self._take_prepared(step) if self.writer == "mapped" else None
+            write_step(self.stager, self.out, step, self.keep, self.fsync, self.writer, prepared)
+            if self.writer == "mapped":  # the next step's file, while the GPU computes that step
+                self.prepared = (step + 1, self.prep_pool.submit(prepare_step, self.stager, self.out, step + 1))
         return write
 
     def after_step(self, step: int) -> None:
@@ -167,6 +266,16 @@ class Filesystem:
 
     def finish(self) -> None:
         self.timed.close()
+        if self.prepared is not None and self.rank == 0:  # the file prepared for a step that never came
+            step, fut = self.prepared
+            self.prepared = None
+            try:
+                fut.result().close()
+            except OSError:
+                pass
+            shutil.rmtree(self.out / f"step_{step}", ignore_errors=True)
+        if self.prep_pool is not None:
+            self.prep_pool.shutdown(wait=True)
         if self.cleanup and self.out is not None and self.rank == 0:
             shutil.rmtree(self.out, ignore_errors=True)  # a benchmark leaves no weights behind
 
@@ -181,5 +290,5 @@ class Filesystem:
 def stepbench_register_weight_sync(register):
     register("filesystem", lambda cfg: Filesystem(cfg.get("dir", "runs/weights"), cfg.get("keep", 2),
                                                   cfg.get("overlap", False), cfg.get("fsync", False),
-                                                  cfg.get("cleanup", True), cfg.get("writer", "write")),
+                                                  cfg.get("cleanup", True), cfg.get("writer", "mapped")),
              doc="write bf16 weights (LoRA: the adapter) as safetensors each step; sync.dir, sync.overlap")

@@ -65,6 +65,15 @@ def bind_attention(model: nn.Module, backend) -> None:
         m.backend = backend
 
 
+def set_fuse(model: nn.Module, on: bool) -> None:
+    """Native blocks: q/k/v and gate/up as one GEMM each (:mod:`core.models.fused`), or one per layer."""
+    from core.models.common import MLP, Attention
+
+    for m in model.modules():
+        if isinstance(m, (Attention, MLP)):
+            m.fuse = on
+
+
 def apply_compile(model: nn.Module, head: bool = True) -> None:
     """Compile each transformer block (after checkpointing wrapped it) and, with ``head``, the
     log-prob head's per-chunk work (a model that has the chunked head)."""
@@ -126,7 +135,8 @@ def set_dtypes(model: nn.Module, adapter) -> None:
 
 # ------------------------------------------------------------------ the one place
 def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, compile: bool = False,
-          head_budget_mib: int = 512, lr: float = 1e-6, model_builder=None, compile_head: bool = True) -> Built:
+          head_budget_mib: int = 512, lr: float = 1e-6, model_builder=None, compile_head: bool = True,
+          fuse: bool = True) -> Built:
     """Compose a trainable model in one fixed order.
 
     model on meta -> adapter -> attention binding -> activation checkpointing / offload ->
@@ -141,6 +151,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
         model = (model_builder or CausalLM)(args)
     model = adapter.apply(model)  # on meta: peft layers are created without memory
     set_dtypes(model, adapter)
+    set_fuse(model, fuse)
     model.head_budget_mib = head_budget_mib
     bind_attention(model, attention)
     ac.apply(model)

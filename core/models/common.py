@@ -16,6 +16,7 @@ from torch import nn
 
 from core.data import AttnMeta
 from core.losses import chunked_logprobs
+from core.models.fused import project
 
 
 @dataclass
@@ -117,6 +118,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
+    #: q, k and v as one GEMM (:func:`core.models.fused.project`); the trainer sets it per row (fuse=)
+    fuse = True
+
     def __init__(self, a: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = a.n_heads, a.n_kv_heads, a.head_dim
@@ -130,9 +134,8 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, meta: AttnMeta):
         T = x.shape[0]
-        q = self.q_proj(x).view(T, self.n_heads, self.hd)
-        k = self.k_proj(x).view(T, self.n_kv, self.hd)
-        v = self.v_proj(x).view(T, self.n_kv, self.hd)
+        q, k, v = project(x, (self.q_proj, self.k_proj, self.v_proj), self.fuse)
+        q, k, v = q.view(T, self.n_heads, self.hd), k.view(T, self.n_kv, self.hd), v.view(T, self.n_kv, self.hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope
@@ -142,6 +145,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    fuse = True  # gate and up as one GEMM (see Attention.fuse)
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
@@ -149,7 +154,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        g, u = project(x, (self.gate_proj, self.up_proj), self.fuse)
+        return self.down_proj(F.silu(g) * u)
 
 
 class Block(nn.Module):

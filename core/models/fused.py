@@ -1,0 +1,134 @@
+"""Linear layers that read the same input, computed as one GEMM (q/k/v; gate/up), LoRA included.
+
+A transformer block applies q, k and v (and gate and up) to the same tensor. As separate layers
+that is 3 GEMMs forward and 6 backward for q/k/v (with a LoRA adapter on each: 9 and 15, since
+each adapted layer is a base GEMM plus two small ones). :func:`project` computes them together:
+
+    y = x [W_1; ...; W_n]^T + (x [A_1; ...; A_n]^T) diag(s_1 B_1, ..., s_n B_n)^T
+
+one GEMM for the base weights, one for the stacked A factors and one for the block-diagonal B
+factors (1 and 3 forward, 2 and 5 backward, whatever n). It is the same function as the separate
+layers (the zero blocks add exact zeros). The GEMMs are fewer and wider, and the short rows spend
+their host time launching GEMMs (NOTES.md, session 6: 77 per LoRA block and micro-batch).
+
+The weights are concatenated inside a custom autograd function which saves the parameters
+themselves, not their concatenation, so nothing weight-sized outlives the forward (without
+activation checkpointing the concatenation is rebuilt in backward).
+
+Layers qualify when they are all plain ``nn.Linear`` (biases all present or all absent), or all
+peft LoRA ``Linear`` layers in their vanilla form: one active adapter, not merged, no dropout, no
+DoRA or other variant, no LoRA bias. Anything else falls back to calling each layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _lora_parts(m: nn.Module):
+    """(base Linear, A weight, B weight, scaling) of a vanilla peft LoRA Linear, else None."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:  # peft is a dependency; without it nothing is a LoRA layer
+        return None
+    if type(m) is not LoraLinear or m.merged or m.disable_adapters or getattr(m, "fan_in_fan_out", False):
+        return None
+    active = m.active_adapters
+    if len(active) != 1 or active[0] not in m.lora_A:
+        return None
+    a = active[0]
+    if a in getattr(m, "lora_variant", {}) or not isinstance(m.lora_dropout[a], nn.Identity):
+        return None
+    if m.lora_B[a].bias is not None or type(m.base_layer) is not nn.Linear:
+        return None
+    return m.base_layer, m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a]
+
+
+def _block_diag(Bs, scales) -> torch.Tensor:
+    return torch.block_diag(*(b * s for b, s in zip(Bs, scales)))
+
+
+class _FusedLinears(torch.autograd.Function):
+    """``x [W_i]^T (+ bias) (+ (x [A_i]^T) diag(s_i B_i)^T)`` with the weights passed one by one."""
+
+    @staticmethod
+    def forward(ctx, x, n: int, lora: bool, scales: tuple, *ts):
+        Ws, bias = ts[:n], ts[n]
+        W = torch.cat(Ws) if n > 1 else Ws[0]
+        y = F.linear(x, W, bias)
+        low = None
+        if lora:
+            As, Bs = ts[n + 1:2 * n + 1], ts[2 * n + 1:]
+            low = F.linear(x, torch.cat(As) if n > 1 else As[0])
+            y = y + F.linear(low, _block_diag(Bs, scales))
+        ctx.n, ctx.lora, ctx.scales, ctx.has_bias = n, lora, scales, bias is not None
+        ctx.save_for_backward(x, low, *ts)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, low, *ts = ctx.saved_tensors
+        n, need = ctx.n, ctx.needs_input_grad
+        Ws, bias = ts[:n], ts[n]
+        d2 = dy.reshape(-1, dy.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])
+        grads = [None] * len(ts)
+        dx = None
+        if need[0]:
+            dx = dy @ (torch.cat(Ws) if n > 1 else Ws[0])
+        if any(need[4:4 + n]):
+            dW = (d2.t() @ x2).split([w.shape[0] for w in Ws])
+            grads[:n] = [g if need[4 + i] else None for i, g in enumerate(dW)]
+        if bias is not None and need[4 + n]:
+            grads[n] = d2.sum(0)
+        if ctx.lora:
+            As, Bs = ts[n + 1:2 * n + 1], ts[2 * n + 1:]
+            dlow = dy @ _block_diag(Bs, ctx.scales)
+            if need[0]:
+                dx = dx + dlow @ (torch.cat(As) if n > 1 else As[0])
+            l2, dl2 = low.reshape(-1, low.shape[-1]), dlow.reshape(-1, dlow.shape[-1])
+            if any(need[5 + n:5 + 2 * n]):
+                dA = (dl2.t() @ x2).split([a.shape[0] for a in As])
+                for i, g in enumerate(dA):
+                    grads[n + 1 + i] = g if need[5 + n + i] else None
+            if any(need[5 + 2 * n:]):
+                dBbd = d2.t() @ l2  # [sum out, sum r]: the diagonal blocks are the B gradients
+                o = r = 0
+                for i, (b, s) in enumerate(zip(Bs, ctx.scales)):
+                    if need[5 + 2 * n + i]:
+                        grads[2 * n + 1 + i] = dBbd[o:o + b.shape[0], r:r + b.shape[1]] * s
+                    o, r = o + b.shape[0], r + b.shape[1]
+        return (dx, None, None, None, *grads)
+
+
+def fusable(layers) -> str | None:
+    """``"linear"`` or ``"lora"`` where :func:`project` computes ``layers`` as one, else None."""
+    if len(layers) < 2:
+        return None
+    if all(type(m) is nn.Linear for m in layers):
+        return "linear" if len({m.bias is None for m in layers}) == 1 else None
+    parts = [_lora_parts(m) for m in layers]
+    if all(p is not None for p in parts) and len({p[0].bias is None for p in parts}) == 1:
+        return "lora"
+    return None
+
+
+def project(x: torch.Tensor, layers, fuse: bool = True) -> list[torch.Tensor]:
+    """Each layer applied to ``x`` (outputs are views of one tensor where fused)."""
+    kind = fusable(layers) if fuse else None
+    if kind is None:
+        return [m(x) for m in layers]
+    if kind == "linear":
+        bases, extra, scales = layers, (), ()
+    else:
+        parts = [_lora_parts(m) for m in layers]
+        bases = [p[0] for p in parts]
+        dt = x.dtype
+        extra = tuple(p[1].to(dt) for p in parts) + tuple(p[2].to(dt) for p in parts)
+        scales = tuple(float(p[3]) for p in parts)
+    Ws = [m.weight for m in bases]
+    bias = torch.cat([m.bias for m in bases]) if bases[0].bias is not None else None
+    y = _FusedLinears.apply(x, len(Ws), kind == "lora", scales, *Ws, bias, *extra)
+    return list(y.split([w.shape[0] for w in Ws], -1))

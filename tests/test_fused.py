@@ -1,0 +1,144 @@
+"""q/k/v and gate/up as one GEMM (core.models.fused) against the layers they replace."""
+
+import pytest
+import torch
+from torch import nn
+
+from core.models.fused import fusable, project
+from core.models.registry import QWEN3, QWEN3_MOE
+from tests.test_models_and_ac import grads_after_step, make
+
+
+def _layers(kind: str, dim: int, outs, bias: bool, seed: int):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(dim, o, bias=bias, dtype=torch.float64) for o in outs]
+    if kind == "linear":
+        return nn.ModuleList(layers)
+    from peft import LoraConfig, inject_adapter_in_model
+
+    holder = nn.Module()
+    for i, m in enumerate(layers):
+        setattr(holder, f"p{i}", m)
+    holder = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=[f"p{i}" for i in range(len(outs))]),
+                                     holder)
+    mods = [getattr(holder, f"p{i}") for i in range(len(outs))]
+    for i, m in enumerate(mods):
+        m.to(torch.float64)
+        with torch.no_grad():  # B away from its zero init, so A's gradient is not zero either
+            m.lora_B["default"].weight.normal_(0, 0.5)
+        m.scaling["default"] = 0.5 + i  # a different scale per layer
+        m.base_layer.weight.requires_grad_(False)
+    return nn.ModuleList(mods)
+
+
+@pytest.mark.parametrize("kind", ["linear", "lora"])
+@pytest.mark.parametrize("dim,outs,bias,lead", [(16, (8, 4, 4), False, (7,)), (24, (32, 32), True, (5,)),
+                                                (12, (6, 10, 3), True, (2, 9))],
+                         ids=["qkv", "gate_up_bias", "3d_input"])
+def test_project_equals_separate_layers(kind, dim, outs, bias, lead):
+    """Outputs and every gradient (input, weights, biases, A and B) equal the separate layers'."""
+    layers = _layers(kind, dim, outs, bias, seed=len(outs) + dim)
+    assert fusable(list(layers)) == kind
+    x = torch.randn(*lead, dim, dtype=torch.float64, requires_grad=True)
+    dys = [torch.randn(*lead, o, dtype=torch.float64) for o in outs]
+
+    def run(fuse):
+        x.grad = None
+        for p in layers.parameters():
+            p.grad = None
+        ys = project(x, list(layers), fuse)
+        sum((y * d).sum() for y, d in zip(ys, dys)).backward()
+        return [y.detach() for y in ys], x.grad.clone(), {n: p.grad.clone() for n, p in layers.named_parameters()
+                                                          if p.grad is not None}
+
+    ref_y, ref_dx, ref_g = run(False)
+    got_y, got_dx, got_g = run(True)
+    for a, b in zip(got_y, ref_y):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_dx, ref_dx, rtol=1e-12, atol=1e-12)
+    assert got_g.keys() == ref_g.keys() and ref_g
+    for n in ref_g:
+        assert ref_g[n].abs().sum() > 0, n
+        torch.testing.assert_close(got_g[n], ref_g[n], rtol=1e-12, atol=1e-12, msg=n)
+    if kind == "lora":
+        assert not any("base_layer" in n for n in ref_g)  # frozen: no gradient either way
+
+
+def test_project_falls_back_where_it_cannot_fuse():
+    from peft import LoraConfig, inject_adapter_in_model
+
+    plain = [nn.Linear(8, 4, bias=True), nn.Linear(8, 4, bias=False)]
+    assert fusable(plain) is None  # mixed biases
+    holder = nn.Module()
+    holder.a, holder.b = nn.Linear(8, 4), nn.Linear(8, 4)
+    holder = inject_adapter_in_model(LoraConfig(r=2, lora_dropout=0.1, target_modules=["a", "b"]), holder)
+    assert fusable([holder.a, holder.b]) is None  # dropout: peft's own forward
+    assert fusable([holder.a, nn.Linear(8, 4)]) is None  # a LoRA layer beside a plain one
+    assert fusable([nn.Linear(8, 4)]) is None  # nothing to fuse
+    x = torch.randn(3, 8)
+    holder.eval()
+    ys = project(x, [holder.a, holder.b])
+    assert torch.equal(ys[0], holder.a(x)) and torch.equal(ys[1], holder.b(x))
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_fused_model_equals_unfused(dist_group, family, adapter):
+    """A whole step (FSDP2, bf16 compute, recompute) with fuse=true against fuse=false: loss and
+    every gradient within bf16 tolerance."""
+    args = {"qwen3": QWEN3, "qwen3_moe": QWEN3_MOE}[family]["tiny"]
+
+    def step(fuse):
+        b = make(args, "recompute", adapter)
+        from core.trainer import set_fuse
+
+        set_fuse(b.model, fuse)
+        attn = b.model.layers[0].self_attn
+        assert fusable([attn.q_proj, attn.k_proj, attn.v_proj]) == ("linear" if adapter == "full" else "lora")
+        if adapter == "lora":  # B away from zero, so the adapters' A gradients are checked too
+            with torch.no_grad():
+                for n, p in b.model.named_parameters():
+                    if "lora_B" in n:
+                        p.to_local().normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+        return grads_after_step(b, args)
+
+    ref_loss, ref = step(False)
+    loss, got = step(True)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-3, atol=1e-4)
+    assert ref.keys() == got.keys()
+    for n in ref:
+        err = (got[n] - ref[n]).float().norm() / ref[n].float().norm().clamp_min(1e-12)
+        assert err < 2e-2, (n, err.item())
+    if adapter == "lora":
+        assert all(ref[n].abs().sum() > 0 for n in ref if "lora_A" in n)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_fused_compiled_equals_unfused_cuda(dist_group, adapter):
+    """On the GPU, each block compiled with the checkpoint inside (the table's rows): fuse=true
+    against fuse=false, loss and every gradient within bf16 tolerance."""
+    from core.plugins import registry
+    from core.trainer import build
+
+    args = QWEN3["tiny"]
+    reg = registry()
+
+    def step(fuse):
+        torch._dynamo.reset()
+        b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
+                  reg.get("adapter", adapter).factory({}), torch.device("cuda"), seed=0, compile=True, fuse=fuse)
+        if adapter == "lora":
+            with torch.no_grad():
+                for n, p in b.model.named_parameters():
+                    if "lora_B" in n:
+                        p.to_local().normal_(0, 0.02, generator=torch.Generator("cuda").manual_seed(len(n)))
+        return grads_after_step(b, args, device="cuda")
+
+    ref_loss, ref = step(False)
+    loss, got = step(True)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-3, atol=1e-4)
+    assert ref.keys() == got.keys()
+    for n in ref:
+        err = (got[n] - ref[n]).float().norm() / ref[n].float().norm().clamp_min(1e-12)
+        assert err < 2e-2, (n, err.item())

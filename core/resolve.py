@@ -7,6 +7,8 @@ the device, and the predicted GPU and host memory and weight-sync bytes against 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from core.options import OptionError, validate
 
 SEQ_MULTIPLE = 128
@@ -49,6 +51,54 @@ def sync_label(node: dict) -> str:
     if node.get("overlap"):
         bits.append("overlap")
     return " ".join(bits)
+
+
+#: top-level options outside the other key fields that change what a row measures
+VARIANT_OPTIONS = ("compile_head", "fuse", "head_budget_mib")
+#: plugin options the other key fields already say (ac.mode in the AC column, sync.dir and
+#: sync.overlap in the Sync column) or that change nothing measured
+VARIANT_SKIP = {"ac": {"mode"}, "sync": {"dir", "overlap", "cleanup"}}
+#: values older rows spelled otherwise (adapter.experts was a bool before it named a mode)
+VARIANT_LEGACY = {("adapter", "experts"): {True: "grouped", False: "none"}}
+
+
+@lru_cache(maxsize=1)
+def _primary_defaults() -> dict:
+    from omegaconf import OmegaConf
+
+    from core.options import CONF
+
+    return OmegaConf.to_container(OmegaConf.load(CONF / "bench.yaml"), resolve=False)
+
+
+def variant_label(cfg) -> str:
+    """Every option that changes what is measured and is not in the other key fields, where it
+    differs from its default (``fuse=false``, ``ac.inside=false``, ``sync.writer=write``, ...), as
+    ``k=v`` words in order; "" for a row at its defaults. Rows that differ in it are different rows.
+    ``cfg``: the composed config, or a row's stored ``config`` (a dict)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from core.options import group_schema
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    defaults = _primary_defaults()
+
+    def word(k, v):
+        return f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+
+    words = [word(k, cfg[k]) for k in VARIANT_OPTIONS if k in cfg and cfg[k] != defaults.get(k)]
+    for group in ("adapter", "attn", "ac", "sync"):
+        node = cfg.get(group)
+        if not isinstance(node, dict):
+            continue
+        schema = group_schema(group, node.get("name"))
+        for k in sorted(node):
+            v = node[k]
+            v = VARIANT_LEGACY.get((group, k), {}).get(v, v) if isinstance(v, bool) else v
+            if k != "name" and k not in VARIANT_SKIP.get(group, ()) and v != schema.get(k):
+                words.append(word(f"{group}.{k}", v))
+    return " ".join(words)
 
 
 def resolve(cfg, world: int = 1) -> dict:
@@ -207,4 +257,5 @@ def row_labels(cfg, r: dict | None, adapter_label: str, world: int) -> dict:
         "seq_len": seq, "ac": ac, "attn": attn, "hardware": hw_label, "num_gpus": world,
         "hardware_label": f"{world}x{hw_label}", "micro_batches": cfg.get("micro_batches"),
         "packing": cfg.get("packing"), "compile": cfg.get("compile"), "sync": sync,
+        "variant": variant_label(cfg),
     }

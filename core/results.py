@@ -13,17 +13,29 @@ from pathlib import Path
 
 #: what defines a row: every option that changes what is measured
 KEY_FIELDS = ("model", "type", "seq_len", "ac", "attn", "hardware_label", "micro_batches", "packing", "compile",
-              "sync")
+              "sync", "variant")
 
 
 class ResultsError(Exception):
     """A results destination that cannot be written (reported as one line, before measuring)."""
 
 
+def row_variant(row: dict) -> str:
+    """The row's variant (options off their defaults); for rows written before the field existed,
+    worked out from the config the row stores."""
+    if "variant" in row:
+        return row["variant"] or ""
+    if isinstance(row.get("config"), dict):
+        from core.resolve import variant_label
+
+        return variant_label(row["config"])
+    return ""
+
+
 def row_key(row: dict) -> tuple:
     """What defines a row: model, type, seq_len, AC (with mode), attention, NxGPU, micro-batches,
-    packing, compile and weight sync."""
-    return tuple(row.get(k) for k in KEY_FIELDS)
+    packing, compile, weight sync and the variant (:func:`row_variant`)."""
+    return tuple(row_variant(row) if k == "variant" else row.get(k) for k in KEY_FIELDS)
 
 
 def check_writable(path: str | Path) -> Path:

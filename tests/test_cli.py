@@ -120,3 +120,24 @@ def test_every_sweep_row_composes_and_validates(sweep):
             cfg = compose("bench", overrides=shlex.split(spec))
             if "fixed:0" not in spec:
                 validate(cfg)
+
+
+@pytest.mark.parametrize("overrides,variant", [
+    ([], ""),
+    (["+attn=fa2", "+ac=recompute", "+sync=filesystem", "fuse=true", "sync.writer=mapped"], ""),  # defaults spelled out
+    (["fuse=false"], "fuse=false"),
+    (["+ac=recompute", "ac.inside=false", "+sync=filesystem", "sync.writer=write"], "ac.inside=false sync.writer=write"),
+    (["+attn=fa2", "attn.via=varlen", "compile_head=false"], "compile_head=false attn.via=varlen"),
+    (["+ac=offload_selective", "+sync=filesystem_shm"], ""),  # in the AC and Sync columns already
+])
+def test_row_variant_names_options_off_their_defaults(overrides, variant):
+    """Rows that differ only in such an option are different rows (a sweep does not skip one as
+    done because the other is); rows written before the field existed read as defaults."""
+    from core.resolve import variant_label
+    from core.results import row_key
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("bench", overrides=overrides)
+    assert variant_label(cfg) == variant
+    old = {"model": "m", "seq_len": 8}
+    assert row_key(old) == row_key({**old, "variant": ""}) != row_key({**old, "variant": "fuse=false"})

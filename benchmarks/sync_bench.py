@@ -13,8 +13,9 @@ What an RL row's synchronous hand-off does once per step, for the tensors the ro
   the pinned buffer itself, each bucket written as soon as its copy lands;
 - ``mapped``: ``sync.writer=mapped`` (the default): the step's file was prepared (created at its
   size, zeros written, mapped) before the timer starts, as a row's host thread prepares it while the
-  GPU computes; timed: stage, copy into the map, rename. ``mapped_prepare`` times that preparation
-  alone (the host thread's work, off the step in a row).
+  GPU computes; timed: stage, copy into the map, rename. ``mapped_prepare`` times that host
+  thread's work alone (drop the step before the last, which frees its pages; create, fill and map
+  the next file), off the step in a row as long as the step computes longer.
 
 Median of ``--reps`` after one warm-up, per model and directory; the files written by both writers
 are checked to load back equal. Each write is a row's step: a new step directory, the one
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.results import append_row  # noqa: E402
 from core.sync import HostStager, sync_tensors  # noqa: E402
-from plugins.sync.filesystem import WEIGHTS, WRITERS, prepare_step, write_step  # noqa: E402
+from plugins.sync.filesystem import WEIGHTS, WRITERS, drop_old, prepare_step, write_step  # noqa: E402
 
 
 def handed_over(size: str, adapter: str, device: str) -> list[tuple[str, torch.Tensor]]:
@@ -77,18 +78,24 @@ def variants(stager: HostStager, out: Path):
 
         def before():
             state["step"] = next(steps)
-            if how == "mapped":
+            if how == "mapped":  # a row's host thread does this while the GPU computes
+                drop_old(out / how, keep=2)
                 state["prepared"] = prepare_step(stager, out / how, state["step"])
 
         def run():  # as a row's steps: a new step directory each time, the one before the last removed
             stager.stage()
-            write_step(stager, out / how, state["step"], keep=2, fsync=False, how=how, prepared=state["prepared"])
+            write_step(stager, out / how, state["step"], keep=2, fsync=False, how=how, prepared=state["prepared"],
+                       cleanup=how != "mapped")
             state["prepared"] = None
         run.before = before
         return run
 
-    def prepare_only():
-        prepare_step(stager, out / "prepare", 0).close()
+    prep_steps = iter(range(10**6))
+
+    def prepare_only():  # as the row's host thread: drop the step before the last, prepare the next file
+        step = next(prep_steps)
+        shutil.rmtree(out / "prepare" / f"step_{step - 2}", ignore_errors=True)
+        prepare_step(stager, out / "prepare", step).close()
     return {"stage": stage, **{how: writer(how) for how in WRITERS}, "mapped_prepare": prepare_only}
 
 

@@ -137,7 +137,7 @@ def test_fused_compiled_equals_unfused_cuda(dist_group, adapter):
 
     ref_loss, ref = step(False)
     loss, got = step(True)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-2, atol=1e-3)  # as compiled vs eager
     assert ref.keys() == got.keys()
     for n in ref:
         err = (got[n] - ref[n]).float().norm() / ref[n].float().norm().clamp_min(1e-12)

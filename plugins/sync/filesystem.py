@@ -27,6 +27,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -155,11 +156,19 @@ def prepare_step(stager: HostStager, out: Path, step: int) -> mmap.mmap:
     return prepare_file(path, mapped_header_size(stager) + stager.nbytes)
 
 
+def drop_old(out: Path, keep: int) -> None:
+    """Remove the complete steps older than the newest ``keep`` (unlinking a file frees its
+    page-cache pages: as costly as writing them, so the mapped writer does it off the step)."""
+    done = complete_steps(out)
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(out / f"step_{old}", ignore_errors=True)
+
+
 def write_step(stager: HostStager, out: Path, step: int, keep: int, fsync: bool, how: str = "write",
-               prepared: mmap.mmap | None = None) -> None:
-    """Write one step's tensors as ``model.safetensors`` and mark the step complete; drop complete
-    steps older than the newest ``keep``. ``how="mapped"`` writes into ``prepared`` (the step's
-    temporary file, prepared now if not given)."""
+               prepared: mmap.mmap | None = None, cleanup: bool = True) -> None:
+    """Write one step's tensors as ``model.safetensors`` and mark the step complete; with
+    ``cleanup``, drop complete steps older than the newest ``keep`` (:func:`drop_old`).
+    ``how="mapped"`` writes into ``prepared`` (the step's temporary file, prepared now if not given)."""
     d = out / f"step_{step}"
     d.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(out, step)
@@ -172,9 +181,8 @@ def write_step(stager: HostStager, out: Path, step: int, keep: int, fsync: bool,
     marker_tmp = d / (MARKER + ".tmp")
     marker_tmp.write_text(f"{step}\n")
     os.replace(marker_tmp, d / MARKER)
-    done = complete_steps(out)
-    for old in done[:-keep] if keep > 0 else []:
-        shutil.rmtree(out / f"step_{old}", ignore_errors=True)
+    if cleanup:
+        drop_old(out, keep)
 
 
 def complete_steps(out: str | Path) -> list[int]:
@@ -195,6 +203,7 @@ class Filesystem:
         self.writer = writer
         self.prep_pool = ThreadPoolExecutor(1, thread_name_prefix="stepbench-prepare") if writer == "mapped" else None
         self.prepared: tuple[int, Future] | None = None  # (step, its prepared file)
+        self.prepare_wait: list[float] = []  # per step: seconds the hand-off waited for its file
         self.root, self.keep, self.overlap, self.fsync = Path(dir), keep, bool(overlap), bool(fsync)
         self.cleanup = bool(cleanup)
         self.out = None
@@ -234,6 +243,10 @@ class Filesystem:
         if self.stager is not None:
             self.stager.protect()
 
+    def _background(self, step: int) -> mmap.mmap:
+        drop_old(self.out, self.keep)
+        return prepare_step(self.stager, self.out, step)
+
     def _take_prepared(self, step: int):
         """Step ``step``'s prepared file (waiting for it), or None where another step's was prepared."""
         if self.prepared is None:
@@ -252,10 +265,13 @@ class Filesystem:
             if self.rank != 0:
                 self.stager.wait_ready()
                 return
-            prepared = self._take_prepared(step) if self.writer == "mapped" else None
-            write_step(self.stager, self.out, step, self.keep, self.fsync, self.writer, prepared)
-            if self.writer == "mapped":  # the next step's file, while the GPU computes that step
-                self.prepared = (step + 1, self.prep_pool.submit(prepare_step, self.stager, self.out, step + 1))
+            mapped = self.writer == "mapped"
+            t = time.perf_counter()
+            prepared = self._take_prepared(step) if mapped else None
+            self.prepare_wait.append(time.perf_counter() - t)
+            write_step(self.stager, self.out, step, self.keep, self.fsync, self.writer, prepared, cleanup=not mapped)
+            if mapped:  # off the step, while the GPU computes the next one: drop old steps, prepare its file
+                self.prepared = (step + 1, self.prep_pool.submit(self._background, step + 1))
         return write
 
     def after_step(self, step: int) -> None:
@@ -283,6 +299,7 @@ class Filesystem:
         return {"method": "filesystem", "dir": str(self.out), "overlap": self.overlap, "keep": self.keep,
                 "writer": self.writer,
                 "adapter_only": self.lora, "bytes_per_step": self.stager.nbytes if self.stager else 0,
+                **({"prepare_wait_s": self.prepare_wait} if self.writer == "mapped" else {}),
                 **self.timed.describe()}
 
 

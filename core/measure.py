@@ -186,7 +186,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
     t0 = time.perf_counter()
     b = build(args, attention, ac, adapter, device, seed=cfg.seed, compile=cfg.compile,
               head_budget_mib=cfg.head_budget_mib, model_builder=r["family_obj"].build,
-              compile_head=bool(cfg.get("compile_head", True)), fuse=bool(cfg.get("fuse", True)))
+              compile_head=bool(cfg.get("compile_head", True)), fuse=cfg.get("fuse", "lora"))
     sync_ctx = r["sync_ctx"]
     sync_ctx.rank, sync_ctx.world_size, sync_ctx.row_id = rank, world, row_id
     sync.setup(b.model, sync_ctx)

@@ -90,7 +90,7 @@ OPTIONS = {
     "seed": lambda v: _int("seed", v, 0, example=0),
     "compile": lambda v: _bool("compile", v),
     "compile_head": lambda v: _bool("compile_head", v),
-    "fuse": lambda v: _bool("fuse", v),
+    "fuse": lambda v: v if isinstance(v, bool) else _choice("fuse", v, ("lora", "true", "false")),
     "head_budget_mib": lambda v: _int("head_budget_mib", v, 1, example=512),
     "device": lambda v: _choice("device", v, ("auto", "cuda", "cpu")),
     "results": _results,

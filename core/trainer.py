@@ -65,8 +65,9 @@ def bind_attention(model: nn.Module, backend) -> None:
         m.backend = backend
 
 
-def set_fuse(model: nn.Module, on: bool) -> None:
-    """Native blocks: q/k/v and gate/up as one GEMM each (:mod:`core.models.fused`), or one per layer."""
+def set_fuse(model: nn.Module, on) -> None:
+    """Native blocks: q/k/v and gate/up as one GEMM each (:mod:`core.models.fused`): ``"lora"``
+    for LoRA layers only, True for plain layers too, False for one GEMM per layer."""
     from core.models.common import MLP, Attention
 
     for m in model.modules():
@@ -136,7 +137,7 @@ def set_dtypes(model: nn.Module, adapter) -> None:
 # ------------------------------------------------------------------ the one place
 def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, compile: bool = False,
           head_budget_mib: int = 512, lr: float = 1e-6, model_builder=None, compile_head: bool = True,
-          fuse: bool = True) -> Built:
+          fuse="lora") -> Built:
     """Compose a trainable model in one fixed order.
 
     model on meta -> adapter -> attention binding -> activation checkpointing / offload ->

@@ -43,6 +43,7 @@ def test_project_equals_separate_layers(kind, dim, outs, bias, lead):
     dys = [torch.randn(*lead, o, dtype=torch.float64) for o in outs]
 
     def run(fuse):
+        fuse = fuse and True  # True: plain layers too (the default "lora" leaves them to one GEMM each)
         x.grad = None
         for p in layers.parameters():
             p.grad = None
@@ -79,6 +80,21 @@ def test_project_falls_back_where_it_cannot_fuse():
     holder.eval()
     ys = project(x, [holder.a, holder.b])
     assert torch.equal(ys[0], holder.a(x)) and torch.equal(ys[1], holder.b(x))
+
+
+def test_default_fuses_lora_layers_only(monkeypatch):
+    """fuse="lora" (the default): plain layers keep one GEMM each (measured slower fused)."""
+    import core.models.fused as fused
+
+    calls = []
+    real = fused._FusedLinears.apply
+    monkeypatch.setattr(fused._FusedLinears, "apply", lambda *a: calls.append(a[2]) or real(*a))
+    x = torch.randn(3, 16, dtype=torch.float64)
+    plain, lora = _layers("linear", 16, (8, 4), False, 0), _layers("lora", 16, (8, 4), False, 0)
+    for layers, fuse, want in ((plain, "lora", []), (plain, True, [False]), (lora, "lora", [True]), (lora, False, [])):
+        calls.clear()
+        project(x, list(layers), fuse)
+        assert calls == want, (fuse, calls)
 
 
 @pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])

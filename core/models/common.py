@@ -118,8 +118,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    #: q, k and v as one GEMM (:func:`core.models.fused.project`); the trainer sets it per row (fuse=)
-    fuse = True
+    #: q, k and v as one GEMM (:func:`core.models.fused.project`, one of its FUSE_MODES); the
+    #: trainer sets it per row (fuse=)
+    fuse = "lora"
 
     def __init__(self, a: ModelArgs):
         super().__init__()
@@ -145,7 +146,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    fuse = True  # gate and up as one GEMM (see Attention.fuse)
+    fuse = "lora"  # gate and up as one GEMM (see Attention.fuse)
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()

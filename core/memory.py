@@ -40,24 +40,29 @@ def lora_params(a: ModelArgs, rank: int) -> int:
 
 #: LoRA rows with the checkpoint inside a compiled block (``compile=true``, ``ac.inside=true``, the
 #: default): their peak was higher than with eager recompute around the compiled block by 0.4-0.65
-#: of a live block (measured on the H100: 0.6B/8192 +0.19 GiB, 0.6B/16384 +0.46, 4B/16384 +1.49;
-#: full fine-tuning within 0.2 GiB, its peak being elsewhere). Empirical: the cause is not known yet
-#: (benchmarks/NOTES.md, session 6), so the model carries the largest measured fraction.
+#: of a live block with one GEMM per LoRA layer (``fuse=false``; measured on the H100: 0.6B/8192
+#: +0.19 GiB, 0.6B/16384 +0.46, 4B/16384 +1.49; full fine-tuning within 0.2 GiB, its peak being
+#: elsewhere), and by 0.26 with q/k/v and gate/up fused (``fuse=lora``, the default: 4B/16384
+#: 15.4 GiB vs 14.8 around and 16.3 unfused, NOTES.md session 7). Empirical, not derived: the model
+#: carries the largest measured fraction of each.
 COMPILED_LORA_EXTRA = 0.65
+COMPILED_LORA_EXTRA_FUSED = 0.26
 
 
 def row_layout(config: dict, attn_provider: str = "") -> dict:
     """The layout facts of a measured row that change its peak: the checkpoint inside a compiled
-    block, and K/V repeated by the attention kernel (from the row's provider string)."""
+    block, K/V repeated by the attention kernel (from the row's provider string), LoRA layers fused."""
     ac = config.get("ac") or {}
     return {"inside_compiled": bool(config.get("compile")) and ac.get("name") == "recompute"
             and bool(ac.get("inside", False)),
-            "kv_repeated": "K/V repeated" in (attn_provider or "")}
+            "kv_repeated": "K/V repeated" in (attn_provider or ""),
+            # rows from before fuse= existed ran one GEMM per layer
+            "lora_fused": config.get("fuse", False) in ("lora", True, "true")}
 
 
 def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
-               inside_compiled: bool = False) -> dict[str, float]:
+               inside_compiled: bool = False, lora_fused: bool = False) -> dict[str, float]:
     """The peak GPU memory of one rank (of ``world`` under FSDP2), term by term, in bytes.
 
     states: parameters, gradients and Adam moments, sharded over the ranks (fp32 masters; LoRA: the
@@ -71,7 +76,8 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
     its fp32 hidden-state buffers. ``kv_repeated``: the kernel needs K and V at the full head count
     (the vendored FA2 path), so the live block also holds the repeated K, V and their gradients.
     ``inside_compiled``: the checkpoint sits inside a compiled block; with LoRA and recompute that
-    adds :data:`COMPILED_LORA_EXTRA` of a live block (measured, not derived)."""
+    adds :data:`COMPILED_LORA_EXTRA` of a live block, :data:`COMPILED_LORA_EXTRA_FUSED` with
+    ``lora_fused`` (measured, not derived)."""
     n = param_count(a)
     if lora_rank:
         states = (2 * n + 16 * lora_params(a, lora_rank)) / world  # FSDP2 shards the adapters too
@@ -94,17 +100,18 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
     if ac != "none" and mode == "selective":
         saved += a.n_layers * T * (2 * a.n_heads * a.head_dim + 4 * a.n_heads)
     head = head_budget_mib * 2**20 + T * h * 4 * 2
-    extra = COMPILED_LORA_EXTRA * live_block if (inside_compiled and lora_rank and ac == "recompute") else 0.0
+    frac = COMPILED_LORA_EXTRA_FUSED if lora_fused else COMPILED_LORA_EXTRA
+    extra = frac * live_block if (inside_compiled and lora_rank and ac == "recompute") else 0.0
     return {"states": states, "blocks_in_flight": 3 * block_unsharded, "root_gathered": gathered_root,
             "saved_activations": saved, "live_block": live_block, "head": head, "compiled_lora_extra": extra}
 
 
 def expected_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                       head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
-                      inside_compiled: bool = False) -> float:
+                      inside_compiled: bool = False, lora_fused: bool = False) -> float:
     """The predicted peak (GiB) without a safety margin: what ``core.predict`` reports."""
     return sum(peak_terms(a, seq_len, lora_rank, ac, world, head_budget_mib, mode, kv_repeated,
-                          inside_compiled).values()) / GIB
+                          inside_compiled, lora_fused).values()) / GIB
 
 
 #: the refusal's margin over the expected peak: allocator fragmentation, workspaces, and the
@@ -114,11 +121,11 @@ REFUSAL_FACTOR, REFUSAL_SLACK_GIB = 1.1, 1.0
 
 def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                      head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
-                     inside_compiled: bool = False) -> float:
+                     inside_compiled: bool = False, lora_fused: bool = False) -> float:
     """Peak GPU memory (GiB) of one rank that a row is refused above: the expected peak with a
     margin, so that a row that fits is never refused for the predictor's error."""
     return expected_peak_gib(a, seq_len, lora_rank, ac, world, head_budget_mib, mode, kv_repeated,
-                             inside_compiled) * REFUSAL_FACTOR + REFUSAL_SLACK_GIB
+                             inside_compiled, lora_fused) * REFUSAL_FACTOR + REFUSAL_SLACK_GIB
 
 
 def predict_host_gib(a: ModelArgs, seq_len: int, ac: str, mode: str = "full", keep_last: int = 1,

@@ -139,7 +139,18 @@ class SyncFit:
 
 
 def fit_sync(rows: list[dict]) -> SyncFit:
-    """Filesystem (disk) hand-off seconds per step against bytes written: s = fixed + bytes/rate."""
+    """Filesystem (disk) hand-off seconds per step against bytes written: s = fixed + bytes/rate.
+    Fitted on the rows of the default writer (``mapped``: the file prepared off the step) where
+    they cover two sizes, else on every filesystem row (older rows wrote into fresh pages on the
+    step, 3-5x slower per byte)."""
+    mapped = [r for r in rows if (r.get("sync_info") or {}).get("writer") == "mapped"]
+    try:
+        return _fit_sync(mapped)
+    except UserError:
+        return _fit_sync(rows)
+
+
+def _fit_sync(rows: list[dict]) -> SyncFit:
     from core.report import sync_per_step
 
     pts = []
@@ -296,7 +307,7 @@ def predict(a, *, seq_len: int, task: str, lora_rank: int | None, ac: str, mode:
     from core.memory import GIB, lora_params, param_count, peak_terms
 
     backend = backend_of(attn)
-    layout = layout or {"inside_compiled": True, "kv_repeated": backend == "fa2"}
+    layout = layout or {"inside_compiled": True, "kv_repeated": backend == "fa2", "lora_fused": True}
     mem_terms = peak_terms(a, seq_len, lora_rank, ac, gpus, head_budget_mib, mode, **layout)
     peak = sum(mem_terms.values()) / GIB
     w = work(a, seq_len, lora_rank, ac, mode)
@@ -564,7 +575,8 @@ def _one(argv: list[str]) -> int:
                 micro_batches=cfg.micro_batches, head_budget_mib=cfg.head_budget_mib,
                 sync_method=None if sync == "auto" else ("none" if sync == "none" else "filesystem"),
                 fits=fits, sync_fit=sync_fit,
-                layout={**row_layout({"compile": cfg.compile, "ac": OmegaConf.to_container(cfg.ac)}),
+                layout={**row_layout({"compile": cfg.compile, "ac": OmegaConf.to_container(cfg.ac),
+                                      "fuse": cfg.get("fuse", "lora")}),
                         "kv_repeated": attn == "fa2"})
     if family.from_config is not None:
         p["fit_note"] = "; ".join(x for x in (p["fit_note"], "efficiency fitted on the native model code's rows, "

@@ -1,7 +1,10 @@
 """Run one tiny training micro-step per rank and save losses and full gradients (for test_distributed).
 
-    python tests/dist_worker.py FAMILY OUT.pt                            # one process, both ranks' data
-    python -m torch.distributed.run --nproc-per-node 2 tests/dist_worker.py FAMILY OUT.pt
+    python tests/dist_worker.py FAMILY OUT.pt [ADAPTER]                  # one process, both ranks' data
+    python -m torch.distributed.run --nproc-per-node 2 tests/dist_worker.py FAMILY OUT.pt [ADAPTER]
+
+ADAPTER: full (default) or lora (its B factors set away from their zero init, seeded by name, so
+every adapter gradient is non-zero; the q/k/v and gate/up adapters run fused, the default).
 """
 
 import sys
@@ -19,12 +22,20 @@ from core.trainer import build, forward_backward, init_distributed, make_batches
 FAMILIES = {"qwen3": QWEN3["tiny"], "qwen3_moe": QWEN3_MOE["tiny"], "glm4_moe": GLM4_MOE["tiny"]}
 
 
-def main(family: str, out: str):
+def main(family: str, out: str, adapter: str = "full"):
     rank, world = init_distributed("cpu")
     args = FAMILIES[family]
     reg = registry()
     b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
-              reg.get("adapter", "full").factory({}), torch.device("cpu"), seed=0)
+              reg.get("adapter", adapter).factory({}), torch.device("cpu"), seed=0)
+    if adapter == "lora":
+        from torch.distributed.tensor import distribute_tensor
+
+        with torch.no_grad():
+            for n, p in b.model.named_parameters():
+                if "lora_B" in n:
+                    full = torch.empty(p.shape).normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+                    p.to_local().copy_(distribute_tensor(full, p.device_mesh, p.placements).to_local())
     ranks = [rank] if world > 1 else [0, 1]  # the single process does both ranks' micro-batches
     losses = []
     for r in ranks:
@@ -35,7 +46,7 @@ def main(family: str, out: str):
         gathered = [torch.zeros_like(loss) for _ in range(world)]
         dist.all_gather(gathered, loss)
         loss = torch.cat(gathered)
-    grads = {n: p.grad.full_tensor() for n, p in b.model.named_parameters()}
+    grads = {n: p.grad.full_tensor() for n, p in b.model.named_parameters() if p.grad is not None}
     if rank == 0:
         torch.save({"loss": loss, "grads": grads, "world": world}, out)
     dist.barrier()  # no rank tears gloo down while another is still working
@@ -43,7 +54,7 @@ def main(family: str, out: str):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
     from core.trainer import exit_now
 
     exit_now(0)

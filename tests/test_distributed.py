@@ -19,18 +19,22 @@ def torchrun(*args):
                           timeout=300)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
-def test_two_ranks_match_one_process(tmp_path, family):
+@pytest.mark.parametrize("family,adapter", [("qwen3", "full"), ("qwen3_moe", "full"), ("qwen3", "lora")])
+def test_two_ranks_match_one_process(tmp_path, family, adapter):
+    """lora: the fused q/k/v and gate/up adapters (the default) sharded over two ranks."""
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    p = subprocess.run([sys.executable, "tests/dist_worker.py", family, str(one)], cwd=ROOT, env=ENV,
+    p = subprocess.run([sys.executable, "tests/dist_worker.py", family, str(one), adapter], cwd=ROOT, env=ENV,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    p = torchrun("tests/dist_worker.py", family, str(two))
+    p = torchrun("tests/dist_worker.py", family, str(two), adapter)
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
     assert b["world"] == 2
     torch.testing.assert_close(a["loss"], b["loss"])
-    assert a["grads"].keys() == b["grads"].keys()
+    assert a["grads"].keys() == b["grads"].keys() and a["grads"]
+    if adapter == "lora":
+        assert all("lora_" in n for n in a["grads"])
+        assert all(a["grads"][n].abs().sum() > 0 for n in a["grads"])  # A's too: B is away from zero
     for n in a["grads"]:
         ga, gb = a["grads"][n].float(), b["grads"][n].float()
         err = ((ga - gb).norm() / ga.norm().clamp(min=1e-12)).item()

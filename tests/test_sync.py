@@ -131,6 +131,18 @@ def test_filesystem_refuses_unknown_writer():
         Filesystem("runs/x", writer="fast")
 
 
+def test_mapped_writer_refuses_a_dir_that_cannot_map(tmp_path, monkeypatch):
+    import plugins.sync.filesystem as fsmod
+
+    def no_map(path, size):
+        raise OSError(19, "No such device")
+    monkeypatch.setattr(fsmod, "prepare_file", no_map)
+    msg = Filesystem(str(tmp_path)).check(SyncContext(predicted_bytes=10))
+    assert "cannot hold a memory-mapped file" in msg and "sync.writer=write" in msg
+    assert Filesystem(str(tmp_path), writer="write").check(SyncContext(predicted_bytes=10)) is None
+    assert not list(tmp_path.iterdir())  # the probe leaves nothing behind
+
+
 def test_filesystem_refuses_unwritable_or_full_dir(tmp_path):
     bad = Filesystem("/proc/stepbench-cannot-write")
     assert "cannot write weights" in bad.check(SyncContext(predicted_bytes=10))

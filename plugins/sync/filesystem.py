@@ -221,6 +221,15 @@ class Filesystem:
         except OSError as e:
             return f"cannot write weights to sync.dir={self.root} ({e.strerror}): pick another, e.g. " \
                    "sync.dir=/dev/shm/stepbench-weights or +sync=none"
+        if self.writer == "mapped":
+            probe = self.root / f".stepbench-map-probe-{os.getpid()}"
+            try:
+                prepare_file(probe, 4096).close()
+            except (OSError, ValueError) as e:
+                return (f"sync.dir={self.root} cannot hold a memory-mapped file ({e}): use sync.writer=write "
+                        "or another sync.dir")
+            finally:
+                probe.unlink(missing_ok=True)
         need = ctx.predicted_bytes * (self.keep + 1)
         free = shutil.disk_usage(self.root).free
         if need > free:

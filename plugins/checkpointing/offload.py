@@ -268,12 +268,17 @@ class HostAttention:
     def __init__(self, backend, off: HostOffloader):
         self.backend, self.off = backend, off
         self.provider = getattr(backend, "provider", None)
+        # never traced by torch.compile (host-side bookkeeping); wrapped here, not with a decorator
+        # on the class, so that registering the plugin does not import torch._dynamo (~2 s)
+        self._run = torch.compiler.disable(self._call)
 
     def __getattr__(self, name):
         return getattr(self.backend, name)
 
-    @torch.compiler.disable
     def __call__(self, q, k, v, meta):
+        return self._run(q, k, v, meta)
+
+    def _call(self, q, k, v, meta):
         off = self.off
         i = off.current_block()
         if off.in_backward():

@@ -56,8 +56,10 @@ def row_layout(config: dict, attn_provider: str = "") -> dict:
     return {"inside_compiled": bool(config.get("compile")) and ac.get("name") == "recompute"
             and bool(ac.get("inside", False)),
             "kv_repeated": "K/V repeated" in (attn_provider or ""),
-            # rows from before fuse= existed ran one GEMM per layer
-            "lora_fused": config.get("fuse", False) in ("lora", True, "true")}
+            # native models only (the hf family runs transformers' layers); rows from before
+            # fuse= existed ran one GEMM per layer
+            "lora_fused": config.get("fuse", False) in ("lora", True, "true")
+            and (config.get("model") or {}).get("family") != "hf"}
 
 
 def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,

@@ -115,3 +115,17 @@ def test_sharded_state_terms_match_two_rank_gloo_run(tmp_path):
         for name, rank in (("full", None), ("lora", 16)):
             pred = peak_terms(QWEN3["tiny"], 64, rank, "recompute", world)["states"]
             assert pred == pytest.approx(got[name]["max_rank_bytes"], rel=0.01), (name, world)
+
+
+def test_row_layout_reads_fused_lora_from_the_row():
+    """Fused LoRA (fuse=lora, the default, or true) in native models only; rows from before fuse=
+    existed ran one GEMM per layer; the hf family runs transformers' layers, never fused."""
+    from core.memory import row_layout
+
+    base = {"compile": True, "ac": {"name": "recompute", "inside": True}}
+    assert row_layout({**base, "fuse": "lora"})["lora_fused"]
+    assert row_layout({**base, "fuse": True})["lora_fused"]
+    assert not row_layout({**base, "fuse": False})["lora_fused"]
+    assert not row_layout(base)["lora_fused"]
+    assert not row_layout({**base, "fuse": "lora", "model": {"family": "hf"}})["lora_fused"]
+    assert row_layout({**base, "fuse": "lora"})["inside_compiled"]

@@ -58,7 +58,7 @@ def row_layout(config: dict, attn_provider: str = "") -> dict:
             "kv_repeated": "K/V repeated" in (attn_provider or ""),
             # native models only (the hf family runs transformers' layers); rows from before
             # fuse= existed ran one GEMM per layer
-            "lora_fused": config.get("fuse", False) in ("lora", True, "true")
+            "lora_fused": config.get("fuse", False) in ("lora", True)
             and (config.get("model") or {}).get("family") != "hf"}
 
 

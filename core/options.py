@@ -49,6 +49,10 @@ def _bool(name, v):
     return v
 
 
+def _fail(msg: str):
+    raise OptionError(msg)
+
+
 def _choice(name, v, choices):
     if v not in choices:
         raise OptionError(f"{name} '{v}' is unknown: use " + ", ".join(f"{name}={c}" for c in choices))
@@ -90,7 +94,8 @@ OPTIONS = {
     "seed": lambda v: _int("seed", v, 0, example=0),
     "compile": lambda v: _bool("compile", v),
     "compile_head": lambda v: _bool("compile_head", v),
-    "fuse": lambda v: v if isinstance(v, bool) else _choice("fuse", v, ("lora", "true", "false")),
+    "fuse": lambda v: v if isinstance(v, bool) or v == "lora" else _fail(
+        f"fuse '{v}' is unknown: use fuse=lora, fuse=true or fuse=false"),
     "head_budget_mib": lambda v: _int("head_budget_mib", v, 1, example=512),
     "device": lambda v: _choice("device", v, ("auto", "cuda", "cpu")),
     "results": _results,

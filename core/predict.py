@@ -575,9 +575,7 @@ def _one(argv: list[str]) -> int:
                 micro_batches=cfg.micro_batches, head_budget_mib=cfg.head_budget_mib,
                 sync_method=None if sync == "auto" else ("none" if sync == "none" else "filesystem"),
                 fits=fits, sync_fit=sync_fit,
-                layout={**row_layout({"compile": cfg.compile, "ac": OmegaConf.to_container(cfg.ac),
-                                      "fuse": cfg.get("fuse", "lora"), "model": {"family": cfg.model.get("family")}}),
-                        "kv_repeated": attn == "fa2"})
+                layout={**row_layout(OmegaConf.to_container(cfg, resolve=True)), "kv_repeated": attn == "fa2"})
     if family.from_config is not None:
         p["fit_note"] = "; ".join(x for x in (p["fit_note"], "efficiency fitted on the native model code's rows, "
                                               "not on rows of this family") if x)

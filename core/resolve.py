@@ -188,8 +188,7 @@ def resolve(cfg, world: int = 1) -> dict:
         raise UserError(f"offload would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
                         f"try {instead} or a shorter seq_len")
     rank = cfg.adapter.get("rank") if lora else None
-    layout = row_layout({"compile": cfg.compile, "ac": OmegaConf.to_container(cfg.ac), "fuse": cfg.get("fuse", "lora"),
-                         "model": {"family": cfg.model.get("family")}})
+    layout = row_layout(OmegaConf.to_container(cfg, resolve=True))
     pred = predict_peak_gib(args, seq_len, rank, cfg.ac.name, world, cfg.head_budget_mib, cfg.ac.get("mode", "full"),
                             kv_repeated=kv_repeated(attn_e), inside_compiled=layout["inside_compiled"],
                             lora_fused=layout["lora_fused"])

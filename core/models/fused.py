@@ -103,16 +103,21 @@ class _FusedLinears(torch.autograd.Function):
         return (dx, None, None, None, *grads)
 
 
-def fusable(layers) -> str | None:
-    """``"linear"`` or ``"lora"`` where :func:`project` computes ``layers`` as one, else None."""
+def _plan(layers) -> tuple[str | None, list]:
+    """``("linear", [])``, ``("lora", parts)`` (each layer's :func:`_lora_parts`) or ``(None, [])``."""
     if len(layers) < 2:
-        return None
+        return None, []
     if all(type(m) is nn.Linear for m in layers):
-        return "linear" if len({m.bias is None for m in layers}) == 1 else None
+        return ("linear" if len({m.bias is None for m in layers}) == 1 else None), []
     parts = [_lora_parts(m) for m in layers]
     if all(p is not None for p in parts) and len({p[0].bias is None for p in parts}) == 1:
-        return "lora"
-    return None
+        return "lora", parts
+    return None, []
+
+
+def fusable(layers) -> str | None:
+    """``"linear"`` or ``"lora"`` where :func:`project` computes ``layers`` as one, else None."""
+    return _plan(layers)[0]
 
 
 #: ``fuse=`` values: which layer groups :func:`project` computes as one. ``lora`` (the default):
@@ -126,15 +131,12 @@ FUSE_MODES = ("lora", True, False)
 def project(x: torch.Tensor, layers, fuse="lora") -> list[torch.Tensor]:
     """Each layer applied to ``x`` (outputs are views of one tensor where fused). ``fuse``: one of
     :data:`FUSE_MODES` (True: plain and LoRA layers alike)."""
-    kind = fusable(layers) if fuse else None
-    if fuse == "lora" and kind == "linear":
-        kind = None
-    if kind is None:
+    kind, parts = _plan(layers) if fuse else (None, [])
+    if kind is None or (fuse == "lora" and kind == "linear"):
         return [m(x) for m in layers]
     if kind == "linear":
         bases, extra, scales = layers, (), ()
     else:
-        parts = [_lora_parts(m) for m in layers]
         bases = [p[0] for p in parts]
         dt = x.dtype
         extra = tuple(p[1].to(dt) for p in parts) + tuple(p[2].to(dt) for p in parts)

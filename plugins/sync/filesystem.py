@@ -257,17 +257,29 @@ class Filesystem:
         return prepare_step(self.stager, self.out, step)
 
     def _take_prepared(self, step: int):
-        """Step ``step``'s prepared file (waiting for it), or None where another step's was prepared."""
+        """Step ``step``'s prepared file (waiting for it, the wait recorded), or None where none or
+        another step's was prepared (that one is discarded)."""
+        t = time.perf_counter()
+        if self.prepared is not None and self.prepared[0] == step:
+            mm = self.prepared[1].result()
+            self.prepared = None
+        else:
+            self._discard_prepared()
+            mm = None
+        self.prepare_wait.append(time.perf_counter() - t)
+        return mm
+
+    def _discard_prepared(self) -> None:
+        """Unmap and remove a file prepared for a step that did not come (a failed preparation too)."""
         if self.prepared is None:
-            return None
-        ready_for, fut = self.prepared
+            return
+        step, fut = self.prepared
         self.prepared = None
-        mm = fut.result()
-        if ready_for == step:
-            return mm
-        mm.close()
-        temp_path(self.out, ready_for).unlink(missing_ok=True)
-        return None
+        try:
+            fut.result().close()
+        except OSError:
+            pass
+        shutil.rmtree(self.out / f"step_{step}", ignore_errors=True)
 
     def _write(self, step: int):
         def write():
@@ -275,9 +287,7 @@ class Filesystem:
                 self.stager.wait_ready()
                 return
             mapped = self.writer == "mapped"
-            t = time.perf_counter()
             prepared = self._take_prepared(step) if mapped else None
-            self.prepare_wait.append(time.perf_counter() - t)
             write_step(self.stager, self.out, step, self.keep, self.fsync, self.writer, prepared, cleanup=not mapped)
             if mapped:  # off the step, while the GPU computes the next one: drop old steps, prepare its file
                 self.prepared = (step + 1, self.prep_pool.submit(self._background, step + 1))
@@ -291,14 +301,8 @@ class Filesystem:
 
     def finish(self) -> None:
         self.timed.close()
-        if self.prepared is not None and self.rank == 0:  # the file prepared for a step that never came
-            step, fut = self.prepared
-            self.prepared = None
-            try:
-                fut.result().close()
-            except OSError:
-                pass
-            shutil.rmtree(self.out / f"step_{step}", ignore_errors=True)
+        if self.rank == 0:
+            self._discard_prepared()  # the file prepared for a step that never came
         if self.prep_pool is not None:
             self.prep_pool.shutdown(wait=True)
         if self.cleanup and self.out is not None and self.rank == 0:

@@ -2,8 +2,10 @@
 
     python benchmarks/attention_bench.py [--backends fa2,fa3,cudnn] [--out FILE.jsonl]
 
-Shapes: Qwen3-4B heads (32 query, 8 KV, head_dim 128) at 4 docs x 4096, 1 x 16384, 1 x 65536
-tokens. FLOPs count causal attention as 4*s^2*H*D/2 per document forward and backward as 2.5x
+Shapes: 4 docs x 4096, 1 x 8192, 1 x 16384, 1 x 65536 tokens, head_dim 128, with Qwen3-4B's heads
+(32 query, 8 KV) unless ``--heads`` says otherwise (``--heads 16/8``: Qwen3-0.6B's); each row records
+its heads, and a row's roofline takes the ceiling of the kernel that ran with its model's heads where
+one was measured (:func:`core.flops.ceilings`). FLOPs count causal attention as 4*s^2*H*D/2 per document forward and backward as 2.5x
 forward, as in shared/reference/h100-ceilings.md, whose figures are printed beside ours.
 Each measurement is the median of CUDA-event-timed iterations after warm-up, on random data.
 """
@@ -23,7 +25,7 @@ from core.data import AttnMeta  # noqa: E402
 from core.plugins import RunContext, registry  # noqa: E402
 from core.results import append_row  # noqa: E402
 
-SHAPES = [("4x4096", [4096] * 4), ("1x16384", [16384]), ("1x65536", [65536])]
+SHAPES = [("4x4096", [4096] * 4), ("1x8192", [8192]), ("1x16384", [16384]), ("1x65536", [65536])]
 #: H100 ceilings measured on this project's H100 (shared/reference/h100-ceilings.md), TFLOP/s
 CEILINGS = {
     "fa3": {"4x4096": 508, "1x16384": 624, "1x65536": 653},
@@ -78,7 +80,20 @@ def main():
     ap.add_argument("--backends", default="fa2,fa3,cudnn")
     ap.add_argument("--out", default=None, help="append one JSON row per measurement")
     ap.add_argument("--matmul", action="store_true", help="also measure the bf16 matmul ceiling (8192^3)")
+    ap.add_argument("--heads", default="32/8", help="query/KV heads (32/8: Qwen3-4B; 16/8: Qwen3-0.6B)")
+    ap.add_argument("--shapes", default=",".join(s for s, _ in SHAPES),
+                    help=f"comma-separated subset of {', '.join(s for s, _ in SHAPES)}")
     a = ap.parse_args()
+    try:
+        heads, kv = (int(x) for x in a.heads.split("/"))
+        assert heads > 0 and kv > 0 and heads % kv == 0
+    except (ValueError, AssertionError):
+        ap.error(f"--heads {a.heads}: give query/KV heads with KV dividing query, e.g. --heads 16/8")
+    known = dict(SHAPES)
+    shapes = [s for s in a.shapes.split(",") if s]
+    bad = [s for s in shapes if s not in known]
+    if bad:
+        ap.error(f"--shapes {','.join(bad)}: unknown; choose from {','.join(known)}")
     from core.provenance import environment
 
     reg, ctx = registry(), RunContext.detect()
@@ -99,21 +114,22 @@ def main():
             print(f"{name}: skipped ({why})")
             continue
         be = e.factory({"name": name})
-        for label, lens in SHAPES:
-            tf = bench(be, lens)
-            ceil = CEILINGS.get(name, {}).get(label)
+        for label in shapes:
+            tf = bench(be, known[label], heads, kv)
+            ceil = CEILINGS.get(name, {}).get(label) if (heads, kv) == (32, 8) else None
             row = {"kind": "attention_bench", "backend": name, "provider": be.provider, "shape": label,
+                   "heads": f"{heads}/{kv}",
                    "tflops": tf, "ceiling_tflops": ceil, "frac_of_ceiling": tf / ceil if ceil else None,
                    "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
                    "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "env": env}
             results.append(row)
             if a.out:
                 append_row(a.out, row)
-    print(f"\n{'backend':<8} {'shape':<9} {'TFLOP/s':>8} {'ceiling':>8} {'ratio':>6}  provider")
+    print(f"\n{'backend':<8} {'shape':<9} {'heads':<6} {'TFLOP/s':>8} {'ceiling':>8} {'ratio':>6}  provider")
     for r in results:
         ratio = f"{r['frac_of_ceiling']:.2f}" if r["frac_of_ceiling"] else "-"
-        print(f"{r['backend']:<8} {r['shape']:<9} {r['tflops']:8.0f} {str(r['ceiling_tflops'] or '-'):>8} "
-              f"{ratio:>6}  {r['provider']}")
+        print(f"{r['backend']:<8} {r['shape']:<9} {r.get('heads', '-'):<6} {r['tflops']:8.0f} "
+              f"{str(r['ceiling_tflops'] or '-'):>8} {ratio:>6}  {r['provider']}")
 
 
 if __name__ == "__main__":

@@ -93,9 +93,11 @@ def format_row(row: dict) -> str:
     cv = f" (cv {100 * sp['cv']:.1f}%, n={sp['n']})" if sp.get("n") else ""
     sync = f" | sync {row['sync']} {row.get('sync_s_per_step', 0):.3f}s/step" if row.get("sync") not in (None, "none") \
         else ""
+    att = (row.get("step_budget") or {}).get("attainable")
+    att = f" of {100 * att:.0f}% attainable" if att else ""
     return (f"{row['model']} | {row['type']} | {row['seq_len']} | {row['ac']} | {row['attn']} | "
             f"{row['hardware_label']} | MFU {row['mfu']:.1f}% | TPS {row['tps'] / 1e3:.2f}k{cv} | "
-            f"step {row['step_time']:.2f}s | {peak} | roofline {100 * row['roofline_frac']:.0f}%{sync} | "
+            f"step {row['step_time']:.2f}s | {peak} | roofline {100 * row['roofline_frac']:.0f}%{att}{sync} | "
             f"{row['attn_provider']}" + (f" | {row['variant']}" if row.get("variant") else ""))
 
 

@@ -119,11 +119,18 @@ def _backend_of(attn_name: str, provider: str | None) -> str:
         else attn_name
 
 
-def ceilings(hw: dict, attn_name: str, provider: str | None, seq_len: int, rows: list[dict] | None = None) -> dict:
+#: query/KV heads of attention_bench rows that do not record theirs (Qwen3-4B's, its only shape then)
+BENCH_DEFAULT_HEADS = "32/8"
+
+
+def ceilings(hw: dict, attn_name: str, provider: str | None, seq_len: int, rows: list[dict] | None = None,
+             heads: str | None = None) -> dict:
     """Matmul and attention ceilings (TFLOP/s) for the roofline of a row: the median of the
     committed bench rows measured on this GPU model (``benchmarks/attention_bench.py``: the
     backend that ran, at the shape nearest the row's document length; ``--matmul`` for bf16
-    GEMMs), else the hardware profile's figures. The source of each is returned with it."""
+    GEMMs), else the hardware profile's figures. Among the backend's rows, those of the very kernel
+    that ran (the same ``provider``) and of the row's ``heads`` ("query/KV") are preferred where any
+    were measured. The source of each is returned with it."""
     import statistics
 
     rows = _bench_rows() if rows is None else rows
@@ -136,10 +143,35 @@ def ceilings(hw: dict, attn_name: str, provider: str | None, seq_len: int, rows:
         out["mm_tflops"], out["mm_source"] = statistics.median(mm), f"attention_bench matmul ({len(mm)} rows)"
     backend = _backend_of(attn_name, provider)
     cands = [r for r in mine if r.get("backend") == backend and "x" in str(r.get("shape", ""))]
+    notes = []
+    for note, keep in (("same kernel", lambda r: provider and r.get("provider") == provider),
+                       (f"heads {heads}", lambda r: heads and r.get("heads", BENCH_DEFAULT_HEADS) == heads)):
+        narrowed = [r for r in cands if keep(r)]
+        if narrowed:
+            cands = narrowed
+            notes.append(note)
     if cands:
         doc = lambda r: int(str(r["shape"]).split("x")[1])  # noqa: E731
         best = min({doc(r) for r in cands}, key=lambda d: abs(d - seq_len))
         vals = [r["tflops"] for r in cands if doc(r) == best]
         out["attn_tflops"] = statistics.median(vals)
-        out["attn_source"] = f"attention_bench {backend} 1 doc of {best} ({len(vals)} rows)"
+        out["attn_source"] = (f"attention_bench {backend} 1 doc of {best} ({len(vals)} rows"
+                              + "".join(f", {n}" for n in notes) + ")")
     return out
+
+
+def step_budget(sf: list[StepFlops], ceil: dict, step_s: float, handoff_s: float) -> dict:
+    """Where a micro-batch's time goes, as fractions of it (``step_s``: the measured time per
+    micro-batch; ``handoff_s``: the exposed weight hand-off per micro-batch): ``useful`` is the
+    useful FLOPs at the ceilings (the roofline fraction), ``recompute`` what the configuration runs
+    again (activation recompute, the chunked head's logits) at the same ceilings, ``handoff`` the
+    hand-off, ``other`` the rest (kernels below their ceilings, memory-bound kernels, idle GPU).
+    ``attainable``: the roofline fraction of this configuration with ``other`` at zero."""
+    mm, at = ceil["mm_tflops"] * 1e12, ceil["attn_tflops"] * 1e12
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    useful = mean([s.mm_useful / mm + s.attn_useful / at for s in sf])
+    executed = mean([s.mm_executed / mm + s.attn_executed / at for s in sf])
+    parts = {"useful": useful / step_s, "recompute": (executed - useful) / step_s, "handoff": handoff_s / step_s}
+    parts["other"] = 1.0 - sum(parts.values())
+    parts["attainable"] = useful / (executed + handoff_s)
+    return parts

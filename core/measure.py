@@ -296,10 +296,13 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
     sf = [flops.micro_batch_flops(args, d, adapter.lora, counts["adapter"], recompute) for d in doc_lens]
     mm_u, at_u = mean([s.mm_useful for s in sf]), mean([s.attn_useful for s in sf])
     executed = mean([s.executed for s in sf])
-    ceilings = flops.ceilings(hw, cfg.attn.name, getattr(attention, "provider", None), seq_len)
+    ceilings = flops.ceilings(hw, cfg.attn.name, getattr(attention, "provider", None), seq_len,
+                              heads=f"{args.n_heads}/{args.n_kv_heads}")
     roofline_s = mm_u / (ceilings["mm_tflops"] * 1e12) + at_u / (ceilings["attn_tflops"] * 1e12)
     sync_info = sync.describe()
     measured_sync = (sync_info.get("sync_s") or [])[1:]  # entry 0 is the warm-up step's hand-off
+    exposed = (sync_info.get("sync_exposed_s") or sync_info.get("sync_s") or [])[1:]
+    budget = flops.step_budget(sf, ceilings, step_time, mean(exposed) / mbs if exposed else 0.0)
     row = {
         **labels,
         "status": "ok", "error": None,
@@ -308,7 +311,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
         "predicted_host_gib": r.get("host_gib", 0.0),
         "model_tflops": (mm_u + at_u) / step_time / 1e12,
         "hw_tflops": executed / step_time / 1e12,
-        "roofline_frac": roofline_s / step_time, "ceilings": ceilings,
+        "roofline_frac": roofline_s / step_time, "ceilings": ceilings, "step_budget": budget,
         "flops_per_token_prime_rl": fpt,
         "gpu_busy": busy, "gpu_time_by_kind": by_kind,
         "steps_measured": len(samples["step_s"]), "spread": spread(samples["step_s"]),

@@ -504,6 +504,61 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = ())
     return "\n".join(lines) + "\n"
 
 
+def step_budget_of(r: dict) -> dict | None:
+    """A row's ``step_budget`` (:func:`core.flops.step_budget`): stored in rows since it was added,
+    worked out from the stored row for older rows of one packed document per micro-batch."""
+    if r.get("step_budget"):
+        return r["step_budget"]
+    from core import flops
+    from core.predict import SYNC_WITH_GPU_TAIL, row_args
+
+    c, ceil = r.get("config") or {}, r.get("ceilings")
+    if r.get("packing") != "single" or not ceil or not c.get("ac") or not r.get("step_time") \
+            or str((r.get("env") or {}).get("git_commit"))[:7] in SYNC_WITH_GPU_TAIL:
+        return None  # several documents, no ceilings, or a hand-off figure that includes GPU work
+
+    try:
+        a = row_args(r)
+    except KeyError:
+        return None
+    lora = str(r.get("adapter", "")).startswith("LoRA")
+    kind = flops.recompute_kind(c["ac"]["name"], {**c["ac"], **(r.get("ac_info") or {})})
+    sf = flops.micro_batch_flops(a, [int(r["seq_len"])], lora, (r.get("counts") or {}).get("adapter", 0), kind)
+    total, exposed = sync_per_step(r)
+    handoff = exposed if "overlap" in str(r.get("sync")) else total
+    return flops.step_budget([sf], ceil, r["step_time"], handoff / (r.get("micro_batches") or 2))
+
+
+def budget_view(rows: list[dict]) -> str:
+    """Where the time of each native row doing a published row's per-step work goes: the useful work
+    at the measured ceilings (the roofline fraction), what its configuration runs again (recompute,
+    the chunked head) and its weight hand-off, and the rest; ``attainable`` is the roofline fraction
+    with the rest at zero."""
+    lines = ["## Where the step goes\n",
+             "Each native row's time per micro-batch, split: **useful** = its useful FLOPs at the measured "
+             "matmul and attention ceilings (the Roofline column); **recompute** = what the configuration "
+             "executes again (activation recompute; the chunked head's logits in backward) at the same "
+             "ceilings; **hand-off** = the weight hand-off the step waited for; **other** = the rest (kernels "
+             "below their ceilings, memory-bound kernels, an idle GPU). **Attainable** = useful / (useful + "
+             "recompute + hand-off): the roofline fraction this configuration would reach if every kernel ran "
+             "at its ceiling and nothing else took time. Rows doing a published row's per-step work (2 micro-batches "
+             "of one document; RL: the filesystem hand-off on disk, not overlapped); a negative `other` means "
+             "kernels ran above the ceilings measured for them.\n",
+             "| Model | Type | SeqLen | AC | Attn | Compiled | Variant | useful | recompute | hand-off | other "
+             "| attainable |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    n = 0
+    for r in sorted(rows, key=lambda r: (section_name(r), r["type"], int(r["seq_len"]), r["ac"], r["attn"])):
+        b = step_budget_of(r) if same_work(r, {"type": r["type"]}) else None
+        if not b:
+            continue
+        n += 1
+        pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+        lines.append(f"| {section_name(r)} | {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | "
+                     f"{'yes' if r.get('compile') else 'no'} | {r.get('variant') or '-'} | {pct(b['useful'])} | {pct(b['recompute'])} | {pct(b['handoff'])} "
+                     f"| {pct(b['other'])} | {pct(b['attainable'])} |")
+    return "\n".join(lines) + "\n" if n else ""
+
+
 def predictions_section(preds: list[dict]) -> str:
     """Predicted rows (``python -m core.predict``, ``kind: "prediction"``) in a section of their own,
     never among measured rows."""
@@ -565,6 +620,9 @@ def main(argv=None) -> int:
     peers = peers_view(rows, published, failed)
     if peers:
         text += "\n" + peers
+    budget = budget_view(native)
+    if budget:
+        text += "\n" + budget
     lo = left_out(dirty)
     if lo:
         text += "\n" + lo

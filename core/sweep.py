@@ -97,7 +97,7 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
 def table(rows: list[dict]) -> str:
     """A short fixed-width table of rows (printed last by a sweep)."""
     head = (f"{'model':<15} {'type':<14} {'seq':>6} {'AC':<20} {'attn':<5} {'sync':<18} {'MFU':>6} {'TPS':>8} "
-            f"{'cv':>5} {'step/mb':>8} {'peak':>6} {'host':>5} {'sync s':>7} {'roofl':>5}")
+            f"{'cv':>5} {'step/mb':>8} {'peak':>6} {'host':>5} {'sync s':>7} {'roofl':>5} {'attain':>6}")
     out = [head]
     for r in rows:
         if r.get("status") != "ok":
@@ -109,7 +109,8 @@ def table(rows: list[dict]) -> str:
         out.append(f"{r['model']:<15} {r['type']:<14} {r['seq_len']:>6} {r['ac']:<20} {r['attn']:<5} "
                    f"{str(r.get('sync')):<18} {r['mfu']:5.1f}% {r['tps'] / 1e3:7.2f}k {100 * sp.get('cv', 0):4.1f}% "
                    f"{r['step_time']:7.3f}s {r['peak_mem_gib'] or 0:6.1f} {host:5.1f} "
-                   f"{r.get('sync_s_per_step', 0):7.3f} {100 * r['roofline_frac']:4.0f}%"
+                   f"{r.get('sync_s_per_step', 0):7.3f} {100 * r['roofline_frac']:4.0f}% "
+                   f"{100 * (r.get('step_budget') or {}).get('attainable', float('nan')):5.0f}%"
                    + (f"  {r['variant']}" if r.get("variant") else ""))
     return "\n".join(out)
 

@@ -54,6 +54,37 @@ def test_ceilings_come_from_the_backend_that_ran():
     assert other["attn_tflops"] == 2 and other["attn_source"].startswith("hardware profile")
 
 
+def test_ceilings_prefer_the_kernel_and_heads_that_ran():
+    hw = {"name": "H100", "mm_tflops": 790, "attn_tflops": 624}
+    rows = [{"kind": "attention_bench", "gpu": "NVIDIA H100 80GB HBM3", "backend": "fa2", "shape": s, "tflops": t,
+             "provider": p, **({"heads": h} if h else {})}
+            for p, h, s, t in [("old", None, "1x8192", 250), ("new", "32/8", "1x8192", 300),
+                               ("new", "16/8", "1x8192", 280), ("new", "16/8", "1x65536", 330)]]
+    c = flops.ceilings(hw, "fa2", "new", 8192, rows, heads="16/8")
+    assert c["attn_tflops"] == 280 and "same kernel" in c["attn_source"] and "heads 16/8" in c["attn_source"]
+    assert flops.ceilings(hw, "fa2", "new", 8192, rows, heads="32/8")["attn_tflops"] == 300
+    # a kernel never measured: the fa2 rows of those heads (a row without heads counts as 32/8)
+    assert flops.ceilings(hw, "fa2", "other", 8192, rows, heads="32/8")["attn_tflops"] == 275
+    assert flops.ceilings(hw, "fa2", "new", 65536, rows, heads="40/8")["attn_tflops"] == 330
+
+
+@pytest.mark.parametrize("kind", ["none", "full"])
+def test_step_budget_splits_the_micro_batch(kind):
+    """useful is the roofline fraction; the parts add up to the measured time; attainable is what
+    the configuration would reach with nothing but its FLOPs at the ceilings and its hand-off."""
+    a = QWEN3["0.6B"]
+    sf = flops.micro_batch_flops(a, [8192], False, 0, kind)
+    ceil = {"mm_tflops": 790.0, "attn_tflops": 275.0}
+    roof = sf.mm_useful / 790e12 + sf.attn_useful / 275e12
+    ideal = sf.mm_executed / 790e12 + sf.attn_executed / 275e12
+    b = flops.step_budget([sf], ceil, step_s=2 * ideal, handoff_s=0.1 * ideal)
+    assert b["useful"] == pytest.approx(roof / (2 * ideal))
+    assert b["useful"] + b["recompute"] + b["handoff"] + b["other"] == pytest.approx(1.0)
+    assert b["handoff"] == pytest.approx(0.05) and b["other"] == pytest.approx(0.45)
+    assert b["attainable"] == pytest.approx(roof / (1.1 * ideal))
+    assert (b["recompute"] > 0.05) == (kind == "full")  # the head's logits are recomputed either way
+
+
 def test_source_digest_matches_the_committed_tree_when_clean():
     from core.provenance import git_state, source_digest, source_digest_at
 

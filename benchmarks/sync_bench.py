@@ -15,10 +15,7 @@ What an RL row's synchronous hand-off does once per step, for the tensors the ro
   size, zeros written, mapped) before the timer starts, as a row's host thread prepares it while the
   GPU computes; timed: stage, copy into the map, rename. ``mapped_prepare`` times that host
   thread's work alone (drop the step before the last, which frees its pages; create, fill and map
-  the next file), off the step in a row as long as the step computes longer;
-- ``direct``: ``sync.writer=direct`` (CUDA): the prepared file's map is also registered with CUDA
-  before the timer starts, and the timed hand-off copies from the GPU straight into it (no staging
-  buffer, no host copy), then renames; the previous file is unregistered and unmapped untimed.
+  the next file), off the step in a row as long as the step computes longer.
 
 Median of ``--reps`` after one warm-up, per model and directory; the files written by both writers
 are checked to load back equal. Each write is a row's step: a new step directory, the one
@@ -42,8 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.results import append_row  # noqa: E402
 from core.sync import HostStager, sync_tensors  # noqa: E402
-from plugins.sync.filesystem import (  # noqa: E402
-    PREPARED, WEIGHTS, WRITERS, drop_old, prepare_step, release_map, write_step)
+from plugins.sync.filesystem import WEIGHTS, WRITERS, drop_old, prepare_step, write_step  # noqa: E402
 
 
 def handed_over(size: str, adapter: str, device: str) -> list[tuple[str, torch.Tensor]]:
@@ -71,28 +67,25 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t
 
 
-def variants(stager: HostStager, out: Path, cuda: bool):
+def variants(stager: HostStager, out: Path):
     def stage():
         stager.stage()
         stager.wait_ready()
 
     def writer(how):
         steps = iter(range(10**6))
-        state = {"step": 0, "prepared": None, "written": None}
+        state = {"step": 0, "prepared": None}
 
         def before():
             state["step"] = next(steps)
-            if how in PREPARED:  # a row's host thread does this while the GPU computes
-                if state["written"] is not None:
-                    release_map(state["written"])
+            if how == "mapped":  # a row's host thread does this while the GPU computes
                 drop_old(out / how, keep=2)
-                state["prepared"] = prepare_step(stager, out / how, state["step"], register=how == "direct")
+                state["prepared"] = prepare_step(stager, out / how, state["step"])
 
         def run():  # as a row's steps: a new step directory each time, the one before the last removed
-            if how != "direct":  # direct stages into the file itself
-                stager.stage()
-            state["written"] = write_step(stager, out / how, state["step"], keep=2, fsync=False, how=how,
-                                          prepared=state["prepared"], cleanup=how not in PREPARED)
+            stager.stage()
+            write_step(stager, out / how, state["step"], keep=2, fsync=False, how=how, prepared=state["prepared"],
+                       cleanup=how != "mapped")
             state["prepared"] = None
         run.before = before
         return run
@@ -103,8 +96,7 @@ def variants(stager: HostStager, out: Path, cuda: bool):
         step = next(prep_steps)
         shutil.rmtree(out / "prepare" / f"step_{step - 2}", ignore_errors=True)
         prepare_step(stager, out / "prepare", step).close()
-    writers = [how for how in WRITERS if cuda or how != "direct"]
-    return {"stage": stage, **{how: writer(how) for how in writers}, "mapped_prepare": prepare_only}
+    return {"stage": stage, **{how: writer(how) for how in WRITERS}, "mapped_prepare": prepare_only}
 
 
 def main(argv=None) -> int:
@@ -132,7 +124,7 @@ def main(argv=None) -> int:
         for root in a.dirs.split(","):
             out = Path(root)
             shutil.rmtree(out, ignore_errors=True)
-            for name, fn in variants(stager, out, cuda).items():
+            for name, fn in variants(stager, out).items():
                 timed(fn, device)  # warm-up (pinned pages, page cache, allocator)
                 ts = [timed(fn, device) for _ in range(a.reps)]
                 ms = statistics.median(ts) * 1e3
@@ -145,7 +137,7 @@ def main(argv=None) -> int:
                 if a.out and cuda:
                     append_row(a.out, row)
             want = load_file(str(out / "safetensors" / f"step_{a.reps}" / WEIGHTS))
-            for how in [w for w in WRITERS if cuda or w != "direct"]:
+            for how in WRITERS:
                 got = load_file(str(out / how / f"step_{a.reps}" / WEIGHTS))
                 assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), \
                     f"the {how} writer's file differs from safetensors' own"

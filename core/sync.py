@@ -68,20 +68,19 @@ class HostStager:
     waits for the optimizer step."""
 
     def __init__(self, params, dtype: torch.dtype, rank: int, device: torch.device, side_stream: bool,
-                 chunk: int | None = None, own_buffer: bool = True):
+                 chunk: int | None = None):
         self.params, self.dtype, self.rank, self.device = params, dtype, rank, device
         cuda = device.type == "cuda"
         sizes = [p.numel() for _, p in params]
         self.numel = sum(sizes)
         self.itemsize = torch.finfo(dtype).bits // 8
         self.nbytes = self.numel * self.itemsize
-        # own_buffer=False: every stage() is given its destination (no flat buffer, no host views)
-        self.flat = torch.empty(self.numel, dtype=dtype, pin_memory=cuda) if (rank == 0 and own_buffer) else None
+        self.flat = torch.empty(self.numel, dtype=dtype, pin_memory=cuda) if rank == 0 else None
         self.host, self.offsets = {}, []
         off = 0
         for (n, p), k in zip(params, sizes):
             self.offsets.append(off)
-            if self.flat is not None:
+            if rank == 0:
                 self.host[n] = self.flat[off:off + k].view(tuple(p.shape))
             off += k
         # bucket b covers flat elements [b * chunk, min((b + 1) * chunk, numel)); its segments are
@@ -113,11 +112,8 @@ class HostStager:
             return held[i]
         return get
 
-    def stage(self, dest: torch.Tensor | None = None) -> None:
-        """Copy the tensors, cast, into the flat buffer, or into ``dest`` (a flat host tensor of the
-        same dtype and size, e.g. a file's memory map registered with CUDA) instead."""
+    def stage(self) -> None:
         cuda = self.device.type == "cuda"
-        flat = self.flat if dest is None else dest
         if self.stream is not None:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
         ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
@@ -132,11 +128,11 @@ class HostStager:
                 if self.rank != 0:
                     continue
                 if buf is None:  # host tensors: cast straight into the flat buffer
-                    torch._foreach_copy_([flat[start + d:start + d + e - a] for _, a, e, d in segs], srcs)
+                    torch._foreach_copy_([self.flat[start + d:start + d + e - a] for _, a, e, d in segs], srcs)
                     marks.append((end, None))
                     continue
                 torch._foreach_copy_([buf[d:d + e - a] for _, a, e, d in segs], srcs)
-                flat[start:end].copy_(buf[:end - start], non_blocking=True)
+                self.flat[start:end].copy_(buf[:end - start], non_blocking=True)
                 ev = torch.cuda.Event()
                 ev.record()
                 marks.append((end, ev))

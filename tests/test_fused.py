@@ -133,8 +133,10 @@ def test_fused_model_equals_unfused(dist_group, family, adapter):
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_fused_compiled_equals_unfused_cuda(dist_group, adapter):
     """On the GPU, each block compiled with the checkpoint inside (the table's rows), fused
-    (fuse=true: plain and LoRA layers), against the eager model with one GEMM per layer: loss and
-    every gradient within the compiled-vs-eager bf16 tolerance (one compile per case, ~1 minute)."""
+    (fuse=true: plain and LoRA layers), against the eager model with one GEMM per layer: loss
+    within bf16 tolerance, and every gradient no further from the eager one than the compiled
+    unfused model's own (compiled-vs-eager bf16 noise reached 2% on a LoRA A gradient on an H200,
+    so a fixed bound cannot tell it from a fusion error; two compiles per case, ~2 minutes)."""
     from core.plugins import registry
     from core.trainer import build
 
@@ -152,10 +154,14 @@ def test_fused_compiled_equals_unfused_cuda(dist_group, adapter):
                         p.to_local().normal_(0, 0.02, generator=torch.Generator("cuda").manual_seed(len(n)))
         return grads_after_step(b, args, device="cuda")
 
+    def rel(a, b):
+        return ((a - b).float().norm() / b.float().norm().clamp_min(1e-12)).item()
+
     ref_loss, ref = step(False, compile=False)
+    base_loss, base = step(False, compile=True)
     loss, got = step(True, compile=True)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-2, atol=1e-3)
-    assert ref.keys() == got.keys()
+    assert ref.keys() == got.keys() == base.keys()
     for n in ref:
-        err = (got[n] - ref[n]).float().norm() / ref[n].float().norm().clamp_min(1e-12)
-        assert err < 2e-2, (n, err.item())
+        noise = rel(base[n], ref[n])
+        assert rel(got[n], ref[n]) <= 2 * noise + 5e-3, (n, rel(got[n], ref[n]), noise)

@@ -36,20 +36,16 @@ def full(p):
 
 @pytest.mark.parametrize("overlap,chunk,writer", [(False, None, "mapped"), (True, None, "mapped"),
                                                   (False, 1000, "mapped"), (True, 1000, "write"),
-                                                  (False, None, "safetensors"), (False, 1000, "direct")])
+                                                  (False, None, "safetensors")])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path, overlap, adapter, chunk, writer,
                                                            monkeypatch):
     """safetensors reads back every tensor bit for bit, whichever writer; chunk=1000 stages in
-    buckets that split tensors and join several (the tiny model's tensors are 64 to 32k elements).
-    ``direct`` on the CPU runs all but its CUDA registration (the GPU test below runs that too)."""
+    buckets that split tensors and join several (the tiny model's tensors are 64 to 32k elements)."""
     import core.sync
-    import plugins.sync.filesystem as fsmod
 
     if chunk:
         monkeypatch.setattr(core.sync, "STAGE_CHUNK", chunk)
-    if writer == "direct":
-        monkeypatch.setattr(fsmod, "register_map", lambda mm: None)
     args = QWEN3["tiny"]
     b = built(args, adapter)
     fs = Filesystem(str(tmp_path), keep=3, overlap=overlap, cleanup=False, writer=writer)
@@ -67,7 +63,7 @@ def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path,
         assert got.keys() == want.keys() and len(got) > 0
         for n in want:
             assert torch.equal(got[n], want[n]), n  # bit-exact bf16
-        if writer in ("mapped", "direct"):  # the next step's file is being prepared: full size, not yet published
+        if writer == "mapped":  # the next step's file is being prepared: full size, not yet published
             fs.prepared[1].result()
             nxt = tmp_path / "r" / f"step_{step + 1}"
             assert [q.name for q in nxt.iterdir()] == ["model.safetensors.tmp"]
@@ -79,36 +75,6 @@ def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path,
     assert len(info["sync_s"]) == 3 and info["bytes_per_step"] == sum(t.numel() * 2 for t in got.values())
     if adapter == "lora":
         assert all("lora_" in n for n in got)
-    if writer == "direct":
-        assert fs.stager.flat is None  # no pinned staging buffer: the GPU copies into the file
-
-
-@pytest.mark.gpu
-def test_direct_writer_copies_from_the_gpu_into_the_file(tmp_path):
-    """sync.writer=direct on a GPU: the prepared files are registered with CUDA, the weights land in
-    them from the GPU bit for bit, and each is unregistered and unmapped off the step."""
-    args = QWEN3["tiny"]
-    reg = registry()
-    b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
-              reg.get("adapter", "full").factory({}), torch.device("cuda"), seed=1)
-    fs = Filesystem(str(tmp_path), keep=2, cleanup=False, writer="direct")
-    assert fs.check(SyncContext(device="cuda", predicted_bytes=10)) is None
-    fs.setup(b.model, SyncContext(0, 1, "cuda", False, 0, row_id="r"))
-    b.sync = fs
-    for step in range(3):
-        train_step(b, make_batches(args, "rl", 128, 1, "random", 0, step, "cuda"), "rl", step=step)
-        got = load_file(str(tmp_path / "r" / f"step_{step}" / "model.safetensors"))
-        for n, p in b.model.named_parameters():
-            assert torch.equal(got[n], full(p).to(torch.bfloat16).cpu()), n
-    fs.finish()
-    assert complete_steps(tmp_path / "r") == [1, 2]
-
-
-def test_direct_writer_is_refused_off_the_gpu_and_with_overlap(tmp_path):
-    msg = Filesystem(str(tmp_path), writer="direct").check(SyncContext(device="cpu", predicted_bytes=10))
-    assert "sync.writer=direct copies from a GPU" in msg and "sync.writer=mapped" in msg
-    with pytest.raises(ValueError, match="does not overlap: use sync.writer=mapped with sync.overlap=true"):
-        Filesystem(str(tmp_path), writer="direct", overlap=True)
 
 
 def test_adapter_only_sync_reproduces_merged_output(dist_group, tmp_path):
@@ -161,7 +127,7 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
 
 
 def test_filesystem_refuses_unknown_writer():
-    with pytest.raises(ValueError, match="sync.writer=fast is not one of mapped, direct, write, safetensors: try sync.writer=mapped"):
+    with pytest.raises(ValueError, match="sync.writer=fast is not one of mapped, write, safetensors: try sync.writer=mapped"):
         Filesystem("runs/x", writer="fast")
 
 

@@ -17,12 +17,6 @@ hand-off then copies the staged buffer into those pages (a parallel memory copy)
 file into place. Every step is still a new file, complete before its marker, never rewritten
 after: what a reader sees is the same as with ``write``. A hand-off that starts before its file is
 ready waits for it, inside the timed hand-off.
-
-``writer=direct`` goes one copy further (CUDA only): the host thread also registers the prepared
-file's map with CUDA (``cudaHostRegister``: its page-cache pages pinned for the copy engine), so the
-hand-off copies the weights from the GPU straight into the file's pages, with no pinned staging
-buffer and no host-side copy; the thread unregisters and unmaps a written file before it prepares
-the next one. The file, its header and its publication are those of ``mapped``.
 """
 
 from __future__ import annotations
@@ -92,52 +86,6 @@ def prepare_file(path: Path, size: int) -> mmap.mmap:
         os.close(fd)
 
 
-def map_address(mm: mmap.mmap) -> int:
-    """The address of a map's first byte."""
-    t = torch.frombuffer(mm, dtype=torch.uint8)
-    try:
-        return t.data_ptr()
-    finally:
-        del t  # a map cannot close while a tensor views it
-
-
-def register_map(mm: mmap.mmap) -> int:
-    """Pin a prepared file's pages for the GPU's copy engine (``cudaHostRegister``, portable);
-    returns the address to unregister. Raises OSError where the driver refuses (some kernels do
-    not pin file-backed pages for long)."""
-    ptr = map_address(mm)
-    rc = int(torch.cuda.cudart().cudaHostRegister(ptr, len(mm), 1))
-    if rc != 0:
-        raise OSError(f"cudaHostRegister of a memory-mapped file failed (cudaError {rc})")
-    return ptr
-
-
-def release_map(prepared) -> None:
-    """Unregister (``direct``) and unmap a prepared file: ``prepared`` is a map or (map, address)."""
-    mm, ptr = prepared if isinstance(prepared, tuple) else (prepared, None)
-    if ptr is not None:
-        torch.cuda.cudart().cudaHostUnregister(ptr)
-    mm.close()
-
-
-def write_direct(prepared: tuple[mmap.mmap, int], stager: HostStager, metadata: dict, fsync: bool) -> None:
-    """Stage the weights from the GPU straight into a prepared, registered file's map (after its
-    header); the map stays registered and open: :func:`release_map` it once written."""
-    mm, _ = prepared
-    header = safetensors_header(stager, metadata, mapped_header_size(stager))
-    if len(mm) != len(header) + stager.nbytes:
-        raise ValueError(f"prepared file of {len(mm)} bytes for {len(header) + stager.nbytes}")
-    mm[:len(header)] = header
-    dst = torch.frombuffer(mm, dtype=torch.uint8)
-    try:
-        stager.stage(dest=dst[len(header):].view(stager.dtype))
-        stager.wait_ready()
-    finally:
-        del dst
-    if fsync:
-        mm.flush()
-
-
 def write_mapped(mm: mmap.mmap, stager: HostStager, metadata: dict, fsync: bool) -> None:
     """Copy the header and the staged buffer into a prepared file's map, each bucket as soon as
     its copy from the GPU lands (torch's copy: parallel over the host's threads), then unmap it."""
@@ -167,10 +115,7 @@ def write_mapped(mm: mmap.mmap, stager: HostStager, metadata: dict, fsync: bool)
 #: page cache, disk or /dev/shm alike: the kernel's allocation of fresh pages bounds them (a thread
 #: pool or an mmap copy into a fresh file was no faster, sync_bench.py), which ``mapped`` moves off
 #: the step; ``write`` halves the hand-off of a LoRA adapter (20 MB: 12 vs 21 ms)
-#: ``direct``: ``mapped`` with the map registered with CUDA, the GPU copying straight into it
-WRITERS = ("mapped", "direct", "write", "safetensors")
-#: writers whose files a host thread prepares off the step
-PREPARED = ("mapped", "direct")
+WRITERS = ("mapped", "write", "safetensors")
 
 
 def write_file(path: Path, stager: HostStager, metadata: dict, fsync: bool, how: str = "write") -> None:
@@ -204,19 +149,11 @@ def temp_path(out: Path, step: int) -> Path:
     return out / f"step_{step}" / (WEIGHTS + ".tmp")
 
 
-def prepare_step(stager: HostStager, out: Path, step: int, register: bool = False):
-    """Step ``step``'s temporary file, sized for the stager and prepared (:func:`prepare_file`);
-    with ``register``, also registered with CUDA: (map, address) instead of the map."""
+def prepare_step(stager: HostStager, out: Path, step: int) -> mmap.mmap:
+    """Step ``step``'s temporary file, sized for the stager and prepared (:func:`prepare_file`)."""
     path = temp_path(out, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mm = prepare_file(path, mapped_header_size(stager) + stager.nbytes)
-    if not register:
-        return mm
-    try:
-        return mm, register_map(mm)
-    except BaseException:
-        mm.close()
-        raise
+    return prepare_file(path, mapped_header_size(stager) + stager.nbytes)
 
 
 def drop_old(out: Path, keep: int) -> None:
@@ -228,19 +165,14 @@ def drop_old(out: Path, keep: int) -> None:
 
 
 def write_step(stager: HostStager, out: Path, step: int, keep: int, fsync: bool, how: str = "write",
-               prepared=None, cleanup: bool = True):
+               prepared: mmap.mmap | None = None, cleanup: bool = True) -> None:
     """Write one step's tensors as ``model.safetensors`` and mark the step complete; with
     ``cleanup``, drop complete steps older than the newest ``keep`` (:func:`drop_old`).
-    ``how="mapped"`` writes into ``prepared`` (the step's temporary file, prepared now if not given);
-    ``how="direct"`` stages into ``prepared`` (registered; prepared now if not given) itself and
-    returns it, still registered and mapped, for the caller to :func:`release_map`."""
+    ``how="mapped"`` writes into ``prepared`` (the step's temporary file, prepared now if not given)."""
     d = out / f"step_{step}"
     d.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(out, step)
-    if how == "direct":
-        prepared = prepared if prepared is not None else prepare_step(stager, out, step, register=True)
-        write_direct(prepared, stager, step_metadata(step), fsync)
-    elif how == "mapped":
+    if how == "mapped":
         write_mapped(prepared if prepared is not None else prepare_step(stager, out, step), stager,
                      step_metadata(step), fsync)
     else:
@@ -251,7 +183,6 @@ def write_step(stager: HostStager, out: Path, step: int, keep: int, fsync: bool,
     os.replace(marker_tmp, d / MARKER)
     if cleanup:
         drop_old(out, keep)
-    return prepared if how == "direct" else None
 
 
 def complete_steps(out: str | Path) -> list[int]:
@@ -269,13 +200,9 @@ class Filesystem:
             raise ValueError(f"sync.keep must be a positive integer (got {keep!r}): try sync.keep=2")
         if writer not in WRITERS:
             raise ValueError(f"sync.writer={writer} is not one of {', '.join(WRITERS)}: try sync.writer=mapped")
-        if writer == "direct" and overlap:
-            raise ValueError("sync.writer=direct copies into the step's file on the step itself and does not "
-                             "overlap: use sync.writer=mapped with sync.overlap=true")
         self.writer = writer
-        self.prep_pool = ThreadPoolExecutor(1, thread_name_prefix="stepbench-prepare") if writer in PREPARED else None
+        self.prep_pool = ThreadPoolExecutor(1, thread_name_prefix="stepbench-prepare") if writer == "mapped" else None
         self.prepared: tuple[int, Future] | None = None  # (step, its prepared file)
-        self.device = None
         self.prepare_wait: list[float] = []  # per step: seconds the hand-off waited for its file
         self.root, self.keep, self.overlap, self.fsync = Path(dir), keep, bool(overlap), bool(fsync)
         self.cleanup = bool(cleanup)
@@ -294,17 +221,13 @@ class Filesystem:
         except OSError as e:
             return f"cannot write weights to sync.dir={self.root} ({e.strerror}): pick another, e.g. " \
                    "sync.dir=/dev/shm/stepbench-weights or +sync=none"
-        if self.writer == "direct" and not str(ctx.device).startswith("cuda"):
-            return f"sync.writer=direct copies from a GPU and this row runs on {ctx.device}: use sync.writer=mapped"
-        if self.writer in PREPARED:
+        if self.writer == "mapped":
             probe = self.root / f".stepbench-map-probe-{os.getpid()}"
             try:
-                mm = prepare_file(probe, 1 << 20)
-                release_map((mm, register_map(mm)) if self.writer == "direct" else mm)
+                prepare_file(probe, 4096).close()
             except (OSError, ValueError) as e:
-                what, hint = (("memory-mapped file registered with CUDA", "sync.writer=mapped")
-                              if self.writer == "direct" else ("memory-mapped file", "sync.writer=write"))
-                return f"sync.dir={self.root} cannot hold a {what} ({e}): use {hint} or another sync.dir"
+                return (f"sync.dir={self.root} cannot hold a memory-mapped file ({e}): use sync.writer=write "
+                        "or another sync.dir")
             finally:
                 probe.unlink(missing_ok=True)
         need = ctx.predicted_bytes * (self.keep + 1)
@@ -321,25 +244,17 @@ class Filesystem:
         if self.rank == 0:
             shutil.rmtree(self.out, ignore_errors=True)
             self.out.mkdir(parents=True, exist_ok=True)
-        device = self.device = next(model.parameters()).device
+        device = next(model.parameters()).device
         self.timed.drain = device_drain(device) or self.timed.drain
-        self.stager = HostStager(sync_tensors(model, ctx.lora), torch.bfloat16, ctx.rank, device, self.overlap,
-                                 own_buffer=self.writer != "direct")
+        self.stager = HostStager(sync_tensors(model, ctx.lora), torch.bfloat16, ctx.rank, device, self.overlap)
 
     def before_update(self) -> None:
         if self.stager is not None:
             self.stager.protect()
 
-    def _background(self, step: int, written=None):
-        """Off the step: release the file just written (direct: still registered and mapped), drop
-        old steps, prepare the next step's file."""
-        direct = self.writer == "direct"
-        if direct and self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if written is not None:
-            release_map(written)
+    def _background(self, step: int) -> mmap.mmap:
         drop_old(self.out, self.keep)
-        return prepare_step(self.stager, self.out, step, register=direct)
+        return prepare_step(self.stager, self.out, step)
 
     def _take_prepared(self, step: int):
         """Step ``step``'s prepared file (waiting for it, the wait recorded), or None where none or
@@ -361,7 +276,7 @@ class Filesystem:
         step, fut = self.prepared
         self.prepared = None
         try:
-            release_map(fut.result())
+            fut.result().close()
         except OSError:
             pass
         shutil.rmtree(self.out / f"step_{step}", ignore_errors=True)
@@ -371,26 +286,23 @@ class Filesystem:
             if self.rank != 0:
                 self.stager.wait_ready()
                 return
-            ahead = self.writer in PREPARED
-            prepared = self._take_prepared(step) if ahead else None
-            written = write_step(self.stager, self.out, step, self.keep, self.fsync, self.writer, prepared,
-                                 cleanup=not ahead)
-            if ahead:  # off the step, while the GPU computes the next one: drop old steps, prepare its file
-                self.prepared = (step + 1, self.prep_pool.submit(self._background, step + 1, written))
+            mapped = self.writer == "mapped"
+            prepared = self._take_prepared(step) if mapped else None
+            write_step(self.stager, self.out, step, self.keep, self.fsync, self.writer, prepared, cleanup=not mapped)
+            if mapped:  # off the step, while the GPU computes the next one: drop old steps, prepare its file
+                self.prepared = (step + 1, self.prep_pool.submit(self._background, step + 1))
         return write
 
     def after_step(self, step: int) -> None:
         if self.overlap:
             self.timed.run_overlapped(self.stager.stage, self._write(step))
-        elif self.writer == "direct" and self.rank == 0:  # the write stages into the file itself
-            self.timed.run_inline(self._write(step))
         else:
             self.timed.run_inline(lambda: (self.stager.stage(), self._write(step)()))
 
     def finish(self) -> None:
         self.timed.close()
         if self.rank == 0:
-            self._discard_prepared()  # the file prepared for a step that never came (releases the last written)
+            self._discard_prepared()  # the file prepared for a step that never came
         if self.prep_pool is not None:
             self.prep_pool.shutdown(wait=True)
         if self.cleanup and self.out is not None and self.rank == 0:
@@ -400,7 +312,7 @@ class Filesystem:
         return {"method": "filesystem", "dir": str(self.out), "overlap": self.overlap, "keep": self.keep,
                 "writer": self.writer,
                 "adapter_only": self.lora, "bytes_per_step": self.stager.nbytes if self.stager else 0,
-                **({"prepare_wait_s": self.prepare_wait} if self.writer in PREPARED else {}),
+                **({"prepare_wait_s": self.prepare_wait} if self.writer == "mapped" else {}),
                 **self.timed.describe()}
 
 

@@ -79,6 +79,21 @@ def source_digest_at(commit: str) -> str | None:
     return _digest(files)
 
 
+def descendants(commit: str) -> list[str]:
+    """Commits after ``commit`` up to HEAD, oldest first (empty if git cannot tell)."""
+    out = _git("rev-list", "--reverse", f"{commit}..HEAD")
+    return out.split() if out else []
+
+
+def commit_with_digest(digest: str, after: str) -> str | None:
+    """The oldest commit after ``after`` whose sources have ``digest``: where a row ran when its
+    device copy's stale ``.git`` recorded ``after`` (None where no such commit exists)."""
+    for c in descendants(after):
+        if source_digest_at(c) == digest:
+            return c
+    return None
+
+
 def environment() -> dict:
     """GPU, driver, library versions, commit, dirty flag and source digest."""
     import torch

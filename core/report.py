@@ -392,9 +392,11 @@ _DIGESTS: dict = {}
 
 
 def verify_source(r: dict) -> None:
-    """Mark a row dirty when the source digest it recorded differs from its commit's (it did not
-    run that commit's code). Rows of commits git does not know keep their recorded flags."""
-    from core.provenance import source_digest_at
+    """Check the source digest a row recorded against its commit's. A row whose digest differs ran
+    other code: where a later commit has exactly that digest (a device copy whose stale ``.git``
+    named an older commit), the row is taken as that commit's, the recorded one kept beside it;
+    else it is marked dirty. Rows of commits git does not know keep their recorded flags."""
+    from core.provenance import commit_with_digest, source_digest_at
 
     env = r.get("env") or {}
     commit, digest = env.get("git_commit"), env.get("source_digest")
@@ -402,7 +404,15 @@ def verify_source(r: dict) -> None:
         return
     if commit not in _DIGESTS:
         _DIGESTS[commit] = source_digest_at(commit)
-    if _DIGESTS[commit] is not None and _DIGESTS[commit] != digest:
+    if _DIGESTS[commit] is None or _DIGESTS[commit] == digest:
+        return
+    key = (commit, digest)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = commit_with_digest(digest, commit)
+    if _DIGESTS[key]:
+        r["env"] = {**env, "git_commit": _DIGESTS[key], "git_commit_recorded": commit,
+                    "commit_why": "its source digest is this commit's"}
+    else:
         r["env"] = {**env, "git_dirty": True, "dirty_why": "source digest differs from the commit's"}
 
 

@@ -158,3 +158,22 @@ def test_newest_row_by_time_wins():
     old = dict(published[0], time="2026-01-02T00:00:00+00:00", tps=1.0)
     new = dict(published[0], time="2026-03-01T00:00:00+00:00", tps=2.0)
     assert [r["tps"] for r in latest_ok([new, old])] == [2.0]
+
+
+def test_a_row_whose_digest_is_a_later_commits_is_taken_as_that_commit(monkeypatch):
+    """A device copy with a stale .git records an older commit; its source digest names the commit
+    that ran. Without such a commit the row is dirty."""
+    import core.provenance as prov
+    import core.report as rep
+
+    digests = {"old": "d-old", "mid": "d-mid", "new": "d-new"}
+    monkeypatch.setattr(prov, "source_digest_at", lambda c: digests.get(c))
+    monkeypatch.setattr(prov, "descendants", lambda c: ["mid", "new"] if c == "old" else [])
+    monkeypatch.setattr(rep, "_DIGESTS", {})
+    r = {"env": {"git_commit": "old", "git_dirty": False, "source_digest": "d-new"}}
+    rep.verify_source(r)
+    assert r["env"]["git_commit"] == "new" and r["env"]["git_commit_recorded"] == "old"
+    assert rep.row_provenance(r) == "clean"
+    r = {"env": {"git_commit": "old", "git_dirty": False, "source_digest": "d-unknown"}}
+    rep.verify_source(r)
+    assert r["env"]["git_commit"] == "old" and rep.row_provenance(r) == "dirty"

@@ -416,8 +416,9 @@ def verify_source(r: dict) -> None:
         r["env"] = {**env, "git_dirty": True, "dirty_why": "source digest differs from the commit's"}
 
 
-def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
-    """(headline rows, rows left out for provenance, failed rows) from the results files."""
+def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(headline rows: the median run of each key, rows left out for provenance, failed rows, every
+    clean run) from the results files."""
     missing = [p for p in results if not Path(p).exists()]
     if missing:
         raise ReportError(f"no such results file or folder: {', '.join(missing)} (the default is "
@@ -436,7 +437,7 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
     if not ok and not failed:
         raise ReportError(f"no rows in {', '.join(results)}: nothing written (point --results at the rows' "
                           "JSONL files or folder)")
-    return median_runs(clean), latest_ok(dirty), failed
+    return median_runs(clean), latest_ok(dirty), failed, clean
 
 
 def same_call(a: dict, b: dict, window_s: float = 1800.0) -> bool:
@@ -454,17 +455,30 @@ def same_call(a: dict, b: dict, window_s: float = 1800.0) -> bool:
     return abs((ta - tb).total_seconds()) <= window_s
 
 
-def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = ()) -> str:
+def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (), pool: list[dict] = ()) -> str:
     """For each published row: stepbench's native row, the ``hf`` row with the same plugins and the
     plain HF loop's row (same model, type, sequence length, GPUs and per-step work), side by side.
-    A plain HF row that only failed (e.g. out of memory on the full logits) shows its error."""
+    The hf and plain HF rows are taken from the native row's own call where ``pool`` (every run,
+    not only each key's median) has one there. A plain HF row that only failed (e.g. out of memory
+    on the full logits) shows its error."""
     by_impl: dict = {"native": {}, "hf": {}, "plain HF": {}}
-    for r in rows:
-        if not same_work(r, {"type": r["type"]}):
-            continue
-        impl = implementation(r)
+    runs: dict = {"hf": {}, "plain HF": {}}
+
+    def peer_key(r, impl):
         key = (model_name(r), r["type"], r["seq_len"], r["hardware_label"])
-        by_impl[impl].setdefault(key if impl == "plain HF" else (*key, r["ac"], r["attn"]), r)  # plain: its own AC
+        return key if impl == "plain HF" else (*key, r["ac"], r["attn"])  # plain HF: its own AC and attention
+
+    for r in rows:
+        if same_work(r, {"type": r["type"]}):
+            by_impl[implementation(r)].setdefault(peer_key(r, implementation(r)), r)
+    for r in pool:
+        impl = implementation(r)
+        if impl in runs and same_work(r, {"type": r["type"]}):
+            runs[impl].setdefault(peer_key(r, impl), []).append(r)
+
+    def partner(impl, key, nat):
+        here = [r for r in runs[impl].get(key, []) if nat and same_call(nat, r)]
+        return here[-1] if here else by_impl[impl].get(key)
     plain_failed = {}
     for r in failed:
         if implementation(r) == "plain HF" and all(k in r for k in ("type", "seq_len", "hardware_label")):
@@ -490,8 +504,8 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = ())
     for p in published:
         key = (p["model"], p["type"], p["seq_len"], p["hardware_label"])
         nat = by_impl["native"].get((*key, p["ac"], p["attn"]))
-        hfr = by_impl["hf"].get((*key, p["ac"], p["attn"]))
-        plain = by_impl["plain HF"].get(key)
+        hfr = partner("hf", (*key, p["ac"], p["attn"]), nat)
+        plain = partner("plain HF", key, nat)
         broke = plain_failed.get(key) if not plain else None
         if not (hfr or plain or broke):
             continue
@@ -603,7 +617,7 @@ def main(argv=None) -> int:
                     help="predicted rows (python -m core.predict), shown in their own section")
     a = ap.parse_args(argv)
     try:
-        rows, dirty, failed = gather(a.results)
+        rows, dirty, failed, runs = gather(a.results)
         if a.save_baseline and not rows:
             raise ReportError("no headline rows to save as the baseline: nothing written")
     except ReportError as e:
@@ -627,7 +641,7 @@ def main(argv=None) -> int:
     native = [r for r in rows if implementation(r) == "native"]  # the views compare stepbench's own rows
     text += "\n" + versus_published(native, published)
     text += "\n" + best_at_no_more_memory(native, published, a.host_budget_gib)
-    peers = peers_view(rows, published, failed)
+    peers = peers_view(rows, published, failed, runs)
     if peers:
         text += "\n" + peers
     budget = budget_view(native)

@@ -224,3 +224,25 @@ def test_peers_view_shows_a_plain_hf_row_that_failed(tmp_path):
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
     assert "20.00k" in line and "failed: OutOfMemoryError [Recompute, sdpa]" in line
     assert line.rstrip(" |").endswith("-")  # no ratio against a failed row
+
+
+def test_peers_take_the_plain_hf_run_of_the_native_rows_call(tmp_path):
+    """Two plain HF runs of one key: the headline keeps their median, but the peers view pairs the
+    native row with the run of its own call, so the ratio counts."""
+    from core.report import main, parse_published
+    from tests.test_report import h100, ours, write
+
+    published, _, _ = parse_published()
+    p = h100(published)
+    native = ours(p, tps=20000.0, family="qwen3", run_id="a")
+    plain = dict(family="hf", model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B", ac="Recompute", attn="SDPA")
+    here = ours(p, tps=10000.0, run_id="a", **plain)
+    later = ours(p, tps=8000.0, run_id="b", time="2026-11-25T01:00:00+00:00", **plain)
+    res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
+    write(res, [native, here, later])
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+                 "--predictions", str(tmp_path / "none")]) == 0
+    peers = out.read_text().split("## Peers")[1]
+    line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
+    assert "10.00k" in line and line.rstrip(" |").endswith("2.00x")
+    assert "native / plain HF, 1 rows" in peers

@@ -12,10 +12,11 @@ What an RL row's synchronous hand-off does once per step, for the tensors the ro
 - ``write``: ``sync.writer=write`` (``plugins/sync/filesystem.py``): the safetensors header, then
   the pinned buffer itself, each bucket written as soon as its copy lands;
 - ``mapped``: ``sync.writer=mapped`` (the default): the step's file was prepared (created at its
-  size, zeros written, mapped) before the timer starts, as a row's host thread prepares it while the
-  GPU computes; timed: stage, copy into the map, rename. ``mapped_prepare`` times that host
-  thread's work alone (drop the step before the last, which frees its pages; create, fill and map
-  the next file), off the step in a row as long as the step computes longer.
+  size, zeros written, mapped, each page stored to once) before the timer starts, as a row's host
+  thread prepares it while the GPU computes; timed: stage, copy into the map, rename.
+  ``mapped_prepare`` times that host thread's work alone (drop the step before the last, which
+  frees its pages; create, fill, map and touch the next file), off the step in a row as long as
+  the step computes longer.
 
 Median of ``--reps`` after one warm-up, per model and directory; the files written by both writers
 are checked to load back equal. Each write is a row's step: a new step directory, the one

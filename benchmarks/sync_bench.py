@@ -16,7 +16,8 @@ What an RL row's synchronous hand-off does once per step, for the tensors the ro
   thread prepares it while the GPU computes; timed: stage, copy into the map, rename.
   ``mapped_prepare`` times that host thread's work alone (drop the step before the last, which
   frees its pages; create, fill, map and touch the next file), off the step in a row as long as
-  the step computes longer.
+  the step computes longer; ``mapped_untouched``: ``mapped`` with a file whose pages were not
+  stored to through the map (the copy then takes the kernel's write faults: what the touch saves).
 
 Median of ``--reps`` after one warm-up, per model and directory; the files written by both writers
 are checked to load back equal. Each write is a row's step: a new step directory, the one
@@ -40,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.results import append_row  # noqa: E402
 from core.sync import HostStager, sync_tensors  # noqa: E402
-from plugins.sync.filesystem import WEIGHTS, WRITERS, drop_old, prepare_step, write_step  # noqa: E402
+from plugins.sync.filesystem import (  # noqa: E402
+    WEIGHTS, WRITERS, drop_old, mapped_header_size, prepare_file, prepare_step, temp_path, write_step)
 
 
 def handed_over(size: str, adapter: str, device: str) -> list[tuple[str, torch.Tensor]]:
@@ -73,19 +75,25 @@ def variants(stager: HostStager, out: Path):
         stager.stage()
         stager.wait_ready()
 
-    def writer(how):
+    def writer(how, touch=True):
         steps = iter(range(10**6))
         state = {"step": 0, "prepared": None}
+        where = out / (how if touch else f"{how}_untouched")
 
         def before():
             state["step"] = next(steps)
             if how == "mapped":  # a row's host thread does this while the GPU computes
-                drop_old(out / how, keep=2)
-                state["prepared"] = prepare_step(stager, out / how, state["step"])
+                drop_old(where, keep=2)
+                if touch:
+                    state["prepared"] = prepare_step(stager, where, state["step"])
+                else:
+                    path = temp_path(where, state["step"])
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    state["prepared"] = prepare_file(path, mapped_header_size(stager) + stager.nbytes, touch=False)
 
         def run():  # as a row's steps: a new step directory each time, the one before the last removed
             stager.stage()
-            write_step(stager, out / how, state["step"], keep=2, fsync=False, how=how, prepared=state["prepared"],
+            write_step(stager, where, state["step"], keep=2, fsync=False, how=how, prepared=state["prepared"],
                        cleanup=how != "mapped")
             state["prepared"] = None
         run.before = before
@@ -97,7 +105,8 @@ def variants(stager: HostStager, out: Path):
         step = next(prep_steps)
         shutil.rmtree(out / "prepare" / f"step_{step - 2}", ignore_errors=True)
         prepare_step(stager, out / "prepare", step).close()
-    return {"stage": stage, **{how: writer(how) for how in WRITERS}, "mapped_prepare": prepare_only}
+    return {"stage": stage, **{how: writer(how) for how in WRITERS}, "mapped_untouched": writer("mapped", touch=False),
+            "mapped_prepare": prepare_only}
 
 
 def main(argv=None) -> int:

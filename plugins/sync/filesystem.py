@@ -72,14 +72,14 @@ def mapped_header_size(stager: HostStager) -> int:
     return len(safetensors_header(stager, step_metadata(10**19)))
 
 
-def prepare_file(path: Path, size: int) -> mmap.mmap:
+def prepare_file(path: Path, size: int, touch: bool = True) -> mmap.mmap:
     """``path`` created at ``size`` bytes, its pages allocated in the page cache (zeros written),
     mapped shared into this process with its page tables filled (``MAP_POPULATE``) and every page
     written once through the map: writing into the map afterwards costs a memory copy, no page
     allocation and no page fault. (``MAP_POPULATE`` maps a shared file's pages read-only, so the
     first store to each page would fault for the kernel's dirty tracking; a 0.6 GB copy into an
     untouched map took ~16k faults and 130-139 ms on the CI machine, into a touched one none and
-    77-81 ms.)"""
+    77-81 ms; ``touch=False`` leaves the faults to the copy, for ``sync_bench.py``'s comparison.)"""
     zeros = memoryview(bytes(min(size, 64 << 20) or 1))
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -89,6 +89,8 @@ def prepare_file(path: Path, size: int) -> mmap.mmap:
         mm = mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
     finally:
         os.close(fd)
+    if not touch:
+        return mm
     pages = torch.frombuffer(mm, dtype=torch.uint8)
     pages[::mmap.PAGESIZE] = 0  # a store per page (the file holds zeros already): the write faults now
     del pages  # a map cannot close while a tensor views it

@@ -41,8 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.results import append_row  # noqa: E402
 from core.sync import HostStager, sync_tensors  # noqa: E402
-from plugins.sync.filesystem import (  # noqa: E402
-    WEIGHTS, WRITERS, drop_old, mapped_header_size, prepare_file, prepare_step, temp_path, write_step)
+from plugins.sync.filesystem import WEIGHTS, WRITERS, drop_old, prepare_step, write_step  # noqa: E402
 
 
 def handed_over(size: str, adapter: str, device: str) -> list[tuple[str, torch.Tensor]]:
@@ -84,12 +83,7 @@ def variants(stager: HostStager, out: Path):
             state["step"] = next(steps)
             if how == "mapped":  # a row's host thread does this while the GPU computes
                 drop_old(where, keep=2)
-                if touch:
-                    state["prepared"] = prepare_step(stager, where, state["step"])
-                else:
-                    path = temp_path(where, state["step"])
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    state["prepared"] = prepare_file(path, mapped_header_size(stager) + stager.nbytes, touch=False)
+                state["prepared"] = prepare_step(stager, where, state["step"], touch)
 
         def run():  # as a row's steps: a new step directory each time, the one before the last removed
             stager.stage()

@@ -160,11 +160,11 @@ def temp_path(out: Path, step: int) -> Path:
     return out / f"step_{step}" / (WEIGHTS + ".tmp")
 
 
-def prepare_step(stager: HostStager, out: Path, step: int) -> mmap.mmap:
+def prepare_step(stager: HostStager, out: Path, step: int, touch: bool = True) -> mmap.mmap:
     """Step ``step``'s temporary file, sized for the stager and prepared (:func:`prepare_file`)."""
     path = temp_path(out, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return prepare_file(path, mapped_header_size(stager) + stager.nbytes)
+    return prepare_file(path, mapped_header_size(stager) + stager.nbytes, touch)
 
 
 def drop_old(out: Path, keep: int) -> None:
@@ -206,7 +206,7 @@ class Filesystem:
     name = "filesystem"
 
     def __init__(self, dir: str = "runs/weights", keep: int = 2, overlap: bool = False, fsync: bool = False,
-                 cleanup: bool = True, writer: str = "mapped"):
+                 cleanup: bool = True, writer: str = "mapped", touch: bool = True):
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"sync.keep must be a positive integer (got {keep!r}): try sync.keep=2")
         if writer not in WRITERS:
@@ -216,7 +216,7 @@ class Filesystem:
         self.prepared: tuple[int, Future] | None = None  # (step, its prepared file)
         self.prepare_wait: list[float] = []  # per step: seconds the hand-off waited for its file
         self.root, self.keep, self.overlap, self.fsync = Path(dir), keep, bool(overlap), bool(fsync)
-        self.cleanup = bool(cleanup)
+        self.cleanup, self.touch = bool(cleanup), bool(touch)
         self.out = None
         self.timed = Timed()
         self.stager = None
@@ -265,7 +265,7 @@ class Filesystem:
 
     def _background(self, step: int) -> mmap.mmap:
         drop_old(self.out, self.keep)
-        return prepare_step(self.stager, self.out, step)
+        return prepare_step(self.stager, self.out, step, self.touch)
 
     def _take_prepared(self, step: int):
         """Step ``step``'s prepared file (waiting for it, the wait recorded), or None where none or
@@ -331,5 +331,6 @@ class Filesystem:
 def stepbench_register_weight_sync(register):
     register("filesystem", lambda cfg: Filesystem(cfg.get("dir", "runs/weights"), cfg.get("keep", 2),
                                                   cfg.get("overlap", False), cfg.get("fsync", False),
-                                                  cfg.get("cleanup", True), cfg.get("writer", "mapped")),
+                                                  cfg.get("cleanup", True), cfg.get("writer", "mapped"),
+                                                  cfg.get("touch", True)),
              doc="write bf16 weights (LoRA: the adapter) as safetensors each step; sync.dir, sync.overlap")

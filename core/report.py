@@ -567,19 +567,27 @@ def budget_view(rows: list[dict]) -> str:
              "recompute + hand-off): the roofline fraction this configuration would reach if every kernel ran "
              "at its ceiling and nothing else took time. Rows doing a published row's per-step work (2 micro-batches "
              "of one document; RL: the filesystem hand-off on disk, not overlapped); a negative `other` means "
-             "kernels ran above the ceilings measured for them.\n",
+             "kernels ran above the ceilings measured for them. From the row's one profiled step "
+             "(`busy_step`, timed apart from the measured steps, profiler overhead included): **GPU idle** = "
+             "the share of its wall time with no kernel or copy on the GPU (a host-bound step; the hand-off's "
+             "host-side copy counts here too), **memory-bound** = the device time of elementwise, reduction "
+             "and copy kernels (what fused kernels would shrink).\n",
              "| Model | Type | SeqLen | AC | Attn | Compiled | Variant | useful | recompute | hand-off | other "
-             "| attainable |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| attainable | GPU idle | memory-bound |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     n = 0
     for r in sorted(rows, key=lambda r: (section_name(r), r["type"], int(r["seq_len"]), r["ac"], r["attn"])):
         b = step_budget_of(r) if same_work(r, {"type": r["type"]}) else None
         if not b:
             continue
         n += 1
-        pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+        pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+        kinds = r.get("gpu_time_by_kind") or {}
+        idle = 1.0 - r["gpu_busy"] if r.get("gpu_busy") is not None else None
+        mem = sum(kinds.get(k, 0.0) for k in ("elementwise", "reduction", "copy")) if kinds else None
         lines.append(f"| {section_name(r)} | {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | "
-                     f"{'yes' if r.get('compile') else 'no'} | {r.get('variant') or '-'} | {pct(b['useful'])} | {pct(b['recompute'])} | {pct(b['handoff'])} "
-                     f"| {pct(b['other'])} | {pct(b['attainable'])} |")
+                     f"{'yes' if r.get('compile') else 'no'} | {r.get('variant') or '-'} | {pct(b['useful'])} | "
+                     f"{pct(b['recompute'])} | {pct(b['handoff'])} | {pct(b['other'])} | {pct(b['attainable'])} | "
+                     f"{pct(idle)} | {pct(mem)} |")
     return "\n".join(lines) + "\n" if n else ""
 
 

@@ -177,3 +177,20 @@ def test_a_row_whose_digest_is_a_later_commits_is_taken_as_that_commit(monkeypat
     r = {"env": {"git_commit": "old", "git_dirty": False, "source_digest": "d-unknown"}}
     rep.verify_source(r)
     assert r["env"]["git_commit"] == "old" and rep.row_provenance(r) == "dirty"
+
+
+def test_budget_view_splits_each_row_and_shows_the_profiled_step():
+    """The report's "Where the step goes": a row's stored step budget, its GPU idle share and its
+    memory-bound kernels from the profiled step; a row of several documents per micro-batch
+    without a stored budget is left out (its FLOPs are not worked out from the config)."""
+    from core.report import budget_view
+
+    published, _, _ = parse_published()
+    p = h100(published)
+    budget = {"useful": 0.5, "recompute": 0.2, "handoff": 0.1, "other": 0.2, "attainable": 0.625}
+    r = ours(p, family="qwen3", step_budget=budget, gpu_busy=0.9,
+             gpu_time_by_kind={"attention": 0.5, "matmul": 0.2, "copy": 0.05, "elementwise": 0.1, "reduction": 0.05,
+                               "launches": 100})
+    line = next(ln for ln in budget_view([r]).splitlines() if ln.startswith("| Qwen3-0.6B"))
+    assert line.endswith("| 50% | 20% | 10% | 20% | 62% | 10% | 20% |")
+    assert budget_view([ours(p, family="qwen3", packing="random")]) == ""

@@ -12,6 +12,7 @@ import hashlib
 import os
 import platform
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,7 @@ def source_digest() -> str:
     return _digest(files)
 
 
+@lru_cache(maxsize=None)
 def source_digest_at(commit: str) -> str | None:
     """Digest of the same files as committed at ``commit`` (None if git cannot tell)."""
     listing = _git("ls-tree", "-r", "--name-only", commit, *SOURCE_DIRS)
@@ -79,10 +81,15 @@ def source_digest_at(commit: str) -> str | None:
     return _digest(files)
 
 
+#: how many commits after a row's recorded one :func:`commit_with_digest` looks through
+DESCENDANTS_SEARCHED = 100
+
+
 def descendants(commit: str) -> list[str]:
-    """Commits after ``commit`` up to HEAD, oldest first (empty if git cannot tell)."""
+    """The first :data:`DESCENDANTS_SEARCHED` commits after ``commit`` up to HEAD, oldest first
+    (empty if git cannot tell)."""
     out = _git("rev-list", "--reverse", f"{commit}..HEAD")
-    return out.split() if out else []
+    return out.split()[:DESCENDANTS_SEARCHED] if out else []
 
 
 def commit_with_digest(digest: str, after: str) -> str | None:

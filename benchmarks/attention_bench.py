@@ -5,8 +5,9 @@
 Shapes: 4 docs x 4096, 1 x 8192, 1 x 16384, 1 x 65536 tokens, head_dim 128, with Qwen3-4B's heads
 (32 query, 8 KV) unless ``--heads`` says otherwise (``--heads 16/8``: Qwen3-0.6B's); each row records
 its heads, and a row's roofline takes the ceiling of the kernel that ran with its model's heads where
-one was measured (:func:`core.flops.ceilings`). FLOPs count causal attention as 4*s^2*H*D/2 per document forward and backward as 2.5x
-forward, as in shared/reference/h100-ceilings.md, whose figures are printed beside ours.
+one was measured (:func:`core.flops.ceilings`). FLOPs count causal attention as 4*s^2*H*D/2 per
+document forward and backward as 2.5x forward, as in shared/reference/h100-ceilings.md, whose
+figures are printed beside ours.
 Each measurement is the median of CUDA-event-timed iterations after warm-up, on random data.
 """
 
@@ -86,8 +87,9 @@ def main():
     a = ap.parse_args()
     try:
         heads, kv = (int(x) for x in a.heads.split("/"))
-        assert heads > 0 and kv > 0 and heads % kv == 0
-    except (ValueError, AssertionError):
+    except ValueError:
+        heads = kv = 0
+    if heads <= 0 or kv <= 0 or heads % kv:
         ap.error(f"--heads {a.heads}: give query/KV heads with KV dividing query, e.g. --heads 16/8")
     known = dict(SHAPES)
     shapes = [s for s in a.shapes.split(",") if s]

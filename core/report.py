@@ -388,6 +388,7 @@ def plots(rows: list[dict], out_dir: Path, prefix: str) -> list[Path]:
     return written
 
 
+#: (recorded commit, source digest) -> the commit whose sources have that digest, or None
 _DIGESTS: dict = {}
 
 
@@ -402,9 +403,8 @@ def verify_source(r: dict) -> None:
     commit, digest = env.get("git_commit"), env.get("source_digest")
     if not commit or not digest or env.get("git_dirty") is not False:
         return
-    if commit not in _DIGESTS:
-        _DIGESTS[commit] = source_digest_at(commit)
-    if _DIGESTS[commit] is None or _DIGESTS[commit] == digest:
+    at = source_digest_at(commit)  # cached per commit
+    if at is None or at == digest:
         return
     key = (commit, digest)
     if key not in _DIGESTS:
@@ -575,12 +575,12 @@ def budget_view(rows: list[dict]) -> str:
              "| Model | Type | SeqLen | AC | Attn | Compiled | Variant | useful | recompute | hand-off | other "
              "| attainable | GPU idle | memory-bound |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     n = 0
+    pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
     for r in sorted(rows, key=lambda r: (section_name(r), r["type"], int(r["seq_len"]), r["ac"], r["attn"])):
         b = step_budget_of(r) if same_work(r, {"type": r["type"]}) else None
         if not b:
             continue
         n += 1
-        pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
         kinds = r.get("gpu_time_by_kind") or {}
         idle = 1.0 - r["gpu_busy"] if r.get("gpu_busy") is not None else None
         mem = sum(kinds.get(k, 0.0) for k in ("elementwise", "reduction", "copy")) if kinds else None

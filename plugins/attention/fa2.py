@@ -41,7 +41,7 @@ class FA2Torch:
         params = inspect.signature(varlen_attn).parameters
         self.native_gqa = "enable_gqa" in params
         self.kw = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
-        self.via_aten = aten_by_default() if via_aten is None else via_aten
+        self.via_aten = (not self.native_gqa and has_aten_flash()) if via_aten is None else via_aten
         self.repeats_kv = not (self.via_aten or self.native_gqa)
         if self.via_aten:
             self.provider = f"torch {torch.__version__} aten._flash_attention_forward (vendored FA2, native GQA)"
@@ -69,13 +69,6 @@ def has_aten_flash() -> bool:
     op = getattr(torch.ops.aten, "_flash_attention_forward", None)
     return op is not None and torch._C._dispatch_has_kernel_for_dispatch_key("aten::_flash_attention_forward",
                                                                              "Autograd")
-
-
-def aten_by_default() -> bool:
-    """``attn.via=auto`` on torch's FA2: the aten op where ``varlen_attn`` lacks ``enable_gqa``."""
-    from torch.nn.attention.varlen import varlen_attn
-
-    return "enable_gqa" not in inspect.signature(varlen_attn).parameters and has_aten_flash()
 
 
 def repeats_kv() -> bool:

@@ -99,12 +99,11 @@ def prepare_file(path: Path, size: int, touch: bool = True) -> mmap.mmap:
 
 def write_mapped(mm: mmap.mmap, stager: HostStager, metadata: dict, fsync: bool) -> None:
     """Copy the header and the staged buffer into a prepared file's map, each bucket as soon as
-    its copy from the GPU lands (torch's copy: parallel over the host's threads), then unmap it."""
-    header = safetensors_header(stager, metadata, mapped_header_size(stager))
+    its copy from the GPU lands (torch's copy: parallel over the host's threads), then unmap it.
+    The header fills what the map holds before the data (:func:`mapped_header_size`)."""
+    header = safetensors_header(stager, metadata, len(mm) - stager.nbytes)
     dst = torch.frombuffer(mm, dtype=torch.uint8)
     try:
-        if len(dst) != len(header) + stager.nbytes:
-            raise ValueError(f"prepared file of {len(dst)} bytes for {len(header) + stager.nbytes}")
         dst[:len(header)].copy_(torch.frombuffer(bytearray(header), dtype=torch.uint8))
         data = stager.flat.view(torch.uint8) if stager.numel else None
         start, h, isz = 0, len(header), stager.itemsize

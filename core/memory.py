@@ -59,12 +59,18 @@ def row_layout(config: dict, attn_provider: str = "") -> dict:
             # native models only (the hf family runs transformers' layers); rows from before
             # fuse= existed ran one GEMM per layer
             "lora_fused": config.get("fuse", False) in ("lora", True)
-            and (config.get("model") or {}).get("family") != "hf"}
+            and (config.get("model") or {}).get("family") != "hf",
+            # adapters out of FSDP2 (adapter.replicate, session 9; older rows sharded them)
+            # (auto: only at world size 1, where whole and sharded states are the same bytes)
+            "lora_replicated": (config.get("adapter") or {}).get("replicate", False) is True
+            and (config.get("model") or {}).get("family") != "hf"
+            and (config.get("adapter") or {}).get("experts", "grouped") != "peft"}
 
 
 def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
-               inside_compiled: bool = False, lora_fused: bool = False) -> dict[str, float]:
+               inside_compiled: bool = False, lora_fused: bool = False,
+               lora_replicated: bool = False) -> dict[str, float]:
     """The peak GPU memory of one rank (of ``world`` under FSDP2), term by term, in bytes.
 
     states: parameters, gradients and Adam moments, sharded over the ranks (fp32 masters; LoRA: the
@@ -79,10 +85,12 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
     (the vendored FA2 path), so the live block also holds the repeated K, V and their gradients.
     ``inside_compiled``: the checkpoint sits inside a compiled block; with LoRA and recompute that
     adds :data:`COMPILED_LORA_EXTRA` of a live block, :data:`COMPILED_LORA_EXTRA_FUSED` with
-    ``lora_fused`` (measured, not derived)."""
+    ``lora_fused`` (measured, not derived). ``lora_replicated``: the adapters' states are whole on
+    every rank (adapter.replicate), not sharded."""
     n = param_count(a)
     if lora_rank:
-        states = (2 * n + 16 * lora_params(a, lora_rank)) / world  # FSDP2 shards the adapters too
+        adapters = 16 * lora_params(a, lora_rank)
+        states = 2 * n / world + (adapters if lora_replicated else adapters / world)
     else:
         states = 16 * n / world
     block_unsharded = 2 * n / a.n_layers
@@ -110,10 +118,11 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
 
 def expected_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                       head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
-                      inside_compiled: bool = False, lora_fused: bool = False) -> float:
+                      inside_compiled: bool = False, lora_fused: bool = False,
+                      lora_replicated: bool = False) -> float:
     """The predicted peak (GiB) without a safety margin: what ``core.predict`` reports."""
     return sum(peak_terms(a, seq_len, lora_rank, ac, world, head_budget_mib, mode, kv_repeated,
-                          inside_compiled, lora_fused).values()) / GIB
+                          inside_compiled, lora_fused, lora_replicated).values()) / GIB
 
 
 #: the refusal's margin over the expected peak: allocator fragmentation, workspaces, and the
@@ -123,11 +132,12 @@ REFUSAL_FACTOR, REFUSAL_SLACK_GIB = 1.1, 1.0
 
 def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                      head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
-                     inside_compiled: bool = False, lora_fused: bool = False) -> float:
+                     inside_compiled: bool = False, lora_fused: bool = False,
+                     lora_replicated: bool = False) -> float:
     """Peak GPU memory (GiB) of one rank that a row is refused above: the expected peak with a
     margin, so that a row that fits is never refused for the predictor's error."""
     return expected_peak_gib(a, seq_len, lora_rank, ac, world, head_budget_mib, mode, kv_repeated,
-                             inside_compiled, lora_fused) * REFUSAL_FACTOR + REFUSAL_SLACK_GIB
+                             inside_compiled, lora_fused, lora_replicated) * REFUSAL_FACTOR + REFUSAL_SLACK_GIB
 
 
 def predict_host_gib(a: ModelArgs, seq_len: int, ac: str, mode: str = "full", keep_last: int = 1,

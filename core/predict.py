@@ -307,7 +307,8 @@ def predict(a, *, seq_len: int, task: str, lora_rank: int | None, ac: str, mode:
     from core.memory import GIB, lora_params, param_count, peak_terms
 
     backend = backend_of(attn)
-    layout = layout or {"inside_compiled": True, "kv_repeated": backend == "fa2", "lora_fused": True}
+    layout = layout or {"inside_compiled": True, "kv_repeated": backend == "fa2", "lora_fused": True,
+                        "lora_replicated": False}
     mem_terms = peak_terms(a, seq_len, lora_rank, ac, gpus, head_budget_mib, mode, **layout)
     peak = sum(mem_terms.values()) / GIB
     w = work(a, seq_len, lora_rank, ac, mode)

@@ -176,6 +176,9 @@ def resolve(cfg, world: int = 1) -> dict:
         raise UserError(f"hardware={str(chosen).lower()} does not match this machine ({ctx.gpu_name or 'CPU'}): "
                         "use hardware=auto, or add hardware_as_label=true to take it as a label")
     lora = cfg.adapter.name == "lora"
+    if lora and cfg.adapter.get("replicate") is True and not getattr(fam.build, "casts_adapters", False):
+        raise UserError(f"adapter.replicate=true needs a model whose layers compute the adapter in bf16 (the "
+                        f"native families); {family} models would run it in fp32: use adapter.replicate=auto")
     supports = attn_e.traits.get("supports")  # can the backend run this model's attention at all?
     why = supports(args) if supports else None
     if why:
@@ -191,7 +194,7 @@ def resolve(cfg, world: int = 1) -> dict:
     layout = row_layout(OmegaConf.to_container(cfg, resolve=True))
     pred = predict_peak_gib(args, seq_len, rank, cfg.ac.name, world, cfg.head_budget_mib, cfg.ac.get("mode", "full"),
                             kv_repeated=kv_repeated(attn_e), inside_compiled=layout["inside_compiled"],
-                            lora_fused=layout["lora_fused"])
+                            lora_fused=layout["lora_fused"], lora_replicated=layout["lora_replicated"])
     mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else host_avail)
     if mem_limit and pred > mem_limit:
         lean = "+ac=offload" if cfg.ac.name != "offload" else "a shorter seq_len"

@@ -29,6 +29,9 @@ class Built:
     ac: object
     adapter: object
     sync: object = None
+    #: trainable parameters kept out of FSDP2 (whole on every rank; adapter.replicate): their
+    #: gradients are averaged over the ranks once per step (:func:`reduce_replicated`)
+    replicated: tuple = ()
 
 
 # ------------------------------------------------------------------ distributed
@@ -84,16 +87,52 @@ def apply_compile(model: nn.Module, head: bool = True) -> None:
         model.head_compiled = True
 
 
-def apply_fsdp(model: nn.Module, device_type: str) -> None:
-    """FSDP2: shard each block, then the root; bf16 compute, fp32 gradient reduction."""
+def apply_fsdp(model: nn.Module, device_type: str, ignored=()) -> None:
+    """FSDP2: shard each block, then the root; bf16 compute, fp32 gradient reduction. ``ignored``:
+    parameters FSDP2 leaves alone (replicated adapters)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    kw = {"ignored_params": set(ignored)} if ignored else {}
     for block in model.layers:
-        fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+        fully_shard(block, mesh=mesh, mp_policy=mp, **kw)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False, **kw)
+
+
+def replicated_params(model: nn.Module, adapter, world: int = 1) -> list:
+    """The adapter's trainable parameters when it asks to keep them out of FSDP2 (``replicate``:
+    True, or "auto" = at world size 1 where the model computes them in bf16 itself), else []. At
+    world size 1 FSDP2 copies (and casts) each parameter on its own at every unshard: LoRA's 14
+    small tensors a block more than double the block's unshard launches (NOTES.md, session 8).
+    Over several ranks "auto" keeps them sharded (one all-gather copies them in; and MoE expert
+    adapters are too large to hold whole on every rank)."""
+    want = getattr(adapter, "replicate", False)
+    casts = getattr(model, "casts_adapters", False)
+    if want == "auto":
+        want = casts and getattr(adapter, "replicable", True) and world == 1
+    if not want:
+        return []
+    if not casts:
+        raise ValueError(f"adapter.replicate=true needs a model whose layers compute the adapter in bf16 "
+                         f"(the native families); {type(model).__name__} would run it in fp32: "
+                         "use adapter.replicate=false")
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def reduce_replicated(b: Built) -> None:
+    """Average the replicated parameters' gradients over the ranks (FSDP2 averages the sharded
+    ones): one flat all-reduce per step, nothing at world size 1."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world == 1 or not b.replicated:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in b.replicated]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(world)
+    for p, g in zip(b.replicated, flat.split([g.numel() for g in grads])):
+        p.grad = g.view_as(p)
 
 
 def init_weights(model: nn.Module, seed: int, adapter) -> None:
@@ -158,14 +197,16 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
     ac.apply(model)
     if compile:
         apply_compile(model, head=compile_head)
-    apply_fsdp(model, device.type)
+    replicated = replicated_params(model, adapter, dist.get_world_size() if dist.is_initialized() else 1)
+    apply_fsdp(model, device.type, replicated)
     model.to_empty(device=device)
     init_weights(model, seed, adapter)
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.01, fused=fused,
                             foreach=None if fused else True)
-    return Built(model, opt, params, device, attention, ac, adapter)
+    replicated = tuple(p for p in params if replicated and not hasattr(p, "device_mesh"))  # after to_empty
+    return Built(model, opt, params, device, attention, ac, adapter, replicated=replicated)
 
 
 # ------------------------------------------------------------------ data and the step
@@ -204,6 +245,7 @@ def train_step(b: Built, batches: list[MicroBatch], task: str, max_norm: float =
         with record_function(f"stepbench.micro_batch_{i}"):
             infos.append(forward_backward(b, mb, task, 1.0 / n))
     with record_function("stepbench.clip_optimizer"):
+        reduce_replicated(b)
         grad_norm = torch.nn.utils.clip_grad_norm_(b.params, max_norm, foreach=True)
         if b.sync is not None:
             b.sync.before_update()  # an overlapped hand-off must finish reading the weights first

@@ -3,7 +3,7 @@
     python tests/dist_worker.py FAMILY OUT.pt [ADAPTER]                  # one process, both ranks' data
     python -m torch.distributed.run --nproc-per-node 2 tests/dist_worker.py FAMILY OUT.pt [ADAPTER]
 
-ADAPTER: full (default) or lora (its B factors set away from their zero init, seeded by name, so
+ADAPTER: full (default) or lora, then optionally lora's replicate (auto, true or false; its B factors set away from their zero init, seeded by name, so
 every adapter gradient is non-zero; the q/k/v and gate/up adapters run fused, the default).
 """
 
@@ -17,17 +17,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.models.registry import GLM4_MOE, QWEN3, QWEN3_MOE  # noqa: E402
 from core.plugins import registry  # noqa: E402
-from core.trainer import build, forward_backward, init_distributed, make_batches  # noqa: E402
+from core.trainer import build, forward_backward, init_distributed, make_batches, reduce_replicated  # noqa: E402
 
 FAMILIES = {"qwen3": QWEN3["tiny"], "qwen3_moe": QWEN3_MOE["tiny"], "glm4_moe": GLM4_MOE["tiny"]}
 
 
-def main(family: str, out: str, adapter: str = "full"):
+def main(family: str, out: str, adapter: str = "full", replicate: str = "auto"):
     rank, world = init_distributed("cpu")
     args = FAMILIES[family]
     reg = registry()
     b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
-              reg.get("adapter", adapter).factory({}), torch.device("cpu"), seed=0)
+              reg.get("adapter", adapter).factory({} if adapter == "full" else {"replicate": {"true": True, "false": False}.get(replicate, replicate)}), torch.device("cpu"), seed=0)
     if adapter == "lora":
         from torch.distributed.tensor import distribute_tensor
 
@@ -35,7 +35,10 @@ def main(family: str, out: str, adapter: str = "full"):
             for n, p in b.model.named_parameters():
                 if "lora_B" in n:
                     full = torch.empty(p.shape).normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
-                    p.to_local().copy_(distribute_tensor(full, p.device_mesh, p.placements).to_local())
+                    if hasattr(p, "device_mesh"):  # sharded (adapter.replicate=false)
+                        p.to_local().copy_(distribute_tensor(full, p.device_mesh, p.placements).to_local())
+                    else:  # replicated: whole on every rank
+                        p.copy_(full)
     ranks = [rank] if world > 1 else [0, 1]  # the single process does both ranks' micro-batches
     losses = []
     for r in ranks:
@@ -46,15 +49,17 @@ def main(family: str, out: str, adapter: str = "full"):
         gathered = [torch.zeros_like(loss) for _ in range(world)]
         dist.all_gather(gathered, loss)
         loss = torch.cat(gathered)
-    grads = {n: p.grad.full_tensor() for n, p in b.model.named_parameters() if p.grad is not None}
+    reduce_replicated(b)  # train_step does this before clipping
+    grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad)
+             for n, p in b.model.named_parameters() if p.grad is not None}
     if rank == 0:
-        torch.save({"loss": loss, "grads": grads, "world": world}, out)
+        torch.save({"loss": loss, "grads": grads, "world": world, "replicated": len(b.replicated)}, out)
     dist.barrier()  # no rank tears gloo down while another is still working
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])
     from core.trainer import exit_now
 
     exit_now(0)

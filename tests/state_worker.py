@@ -1,6 +1,7 @@
 """Bytes of the training state each rank holds under FSDP2 (for test_memory): parameters,
 gradients and AdamW moments, summed over the local shards, after one micro-batch and one
-optimizer step of the tiny Qwen3, full fine-tuning and LoRA.
+optimizer step of the tiny Qwen3, full fine-tuning and LoRA (adapters sharded, the default over
+several ranks, and replicated: adapter.replicate=true).
 
     python tests/state_worker.py OUT.json                                  # one process
     python -m torch.distributed.run --nproc-per-node 2 tests/state_worker.py OUT.json
@@ -30,9 +31,10 @@ def main(out: str):
     reg = registry()
     args = QWEN3["tiny"]
     result = {"world": world}
-    for name in ("full", "lora"):
+    for name in ("full", "lora", "lora_whole"):  # lora_whole: adapter.replicate=true
+        adapter = reg.get("adapter", name.split("_")[0]).factory({"replicate": True} if name == "lora_whole" else {})
         b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
-                  reg.get("adapter", name).factory({}), torch.device("cpu"), seed=0)
+                  adapter, torch.device("cpu"), seed=0)
         (mb,) = make_batches(args, "rl", 64, 1, "single", seed=1, step=0, device="cpu", rank=rank)
         forward_backward(b, mb, "rl", 1.0)
         params = sum(local_bytes(p) for p in b.model.parameters())

@@ -51,6 +51,7 @@ def run(*args, env=None):
     (["+attn=fa3", "device=cpu"], "attn 'fa3' cannot run here"),
     (["+attn=cudnn", "device=cpu"], "attn 'cudnn' cannot run here: needs a CUDA GPU"),
     (["+ac=offload_attention", "max_host_gib=0.0001", "device=cpu"], "GiB is available: try +ac=offload"),
+    (["model=hf_qwen3_tiny", "adapter=lora", "adapter.replicate=true", "device=cpu"], "use adapter.replicate=auto"),
 ])
 def test_bad_input_one_line_exit_2(args, expect):
     p = run(*args)
@@ -62,6 +63,7 @@ def test_bad_input_one_line_exit_2(args, expect):
 @pytest.mark.parametrize("args,expect", [
     (["+ac=offload", "ac.mode=bogus"], "offload mode 'bogus' is unknown: use ac.mode=full, selective or attention"),
     (["model=qwen3_moe_tiny", "adapter=lora", "adapter.experts=fused"], "try adapter.experts=grouped"),
+    (["model=qwen3_tiny", "adapter=lora", "adapter.replicate=maybe"], "try adapter.replicate=auto"),
 ])
 def test_bad_plugin_option_one_line_exit_2(tmp_path, args, expect):
     """A plugin that rejects its options: exit 2, a failed row with that one line, no traceback."""

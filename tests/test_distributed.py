@@ -19,18 +19,24 @@ def torchrun(*args):
                           timeout=300)
 
 
-@pytest.mark.parametrize("family,adapter", [("qwen3_moe", "full"), ("qwen3", "lora")])
-def test_two_ranks_match_one_process(tmp_path, family, adapter):
-    """Full fine-tuning (attention, router, experts) and LoRA (the fused q/k/v and gate/up adapters,
-    the default; dense MLP) sharded over two ranks."""
+@pytest.mark.parametrize("family,adapter,replicate", [("qwen3_moe", "full", "auto"), ("qwen3", "lora", "auto"),
+                                                      ("qwen3", "lora", "true")])
+def test_two_ranks_match_one_process(tmp_path, family, adapter, replicate):
+    """Full fine-tuning (attention, router, experts) sharded over two ranks; LoRA (the fused q/k/v
+    and gate/up adapters, the default; dense MLP) with the adapters sharded with the base weights
+    (adapter.replicate=auto over two ranks) and whole on both ranks (true: their gradients
+    all-reduced once), against one process (where auto replicates them too)."""
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    p = subprocess.run([sys.executable, "tests/dist_worker.py", family, str(one), adapter], cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "tests/dist_worker.py", family, str(one), adapter, replicate], cwd=ROOT,
+                       env=ENV, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    p = torchrun("tests/dist_worker.py", family, str(two), adapter)
+    p = torchrun("tests/dist_worker.py", family, str(two), adapter, replicate)
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
     assert b["world"] == 2
+    n_lora = sum("lora_" in n for n in a["grads"])
+    assert a["replicated"] == (n_lora if adapter == "lora" else 0)
+    assert b["replicated"] == (n_lora if replicate == "true" else 0)
     torch.testing.assert_close(a["loss"], b["loss"])
     assert a["grads"].keys() == b["grads"].keys() and a["grads"]
     if adapter == "lora":

@@ -6,7 +6,7 @@ from torch import nn
 
 from core.models.fused import fusable, project
 from core.models.registry import QWEN3, QWEN3_MOE
-from tests.test_models_and_ac import grads_after_step, make
+from tests.test_models_and_ac import grads_after_step, local, make
 
 
 def _layers(kind: str, dim: int, outs, bias: bool, seed: int):
@@ -115,7 +115,7 @@ def test_fused_model_equals_unfused(dist_group, family, adapter):
             with torch.no_grad():
                 for n, p in b.model.named_parameters():
                     if "lora_B" in n:
-                        p.to_local().normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+                        local(p).normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
         return grads_after_step(b, args)
 
     ref_loss, ref = step(False)
@@ -151,7 +151,7 @@ def test_fused_compiled_equals_unfused_cuda(dist_group, adapter):
             with torch.no_grad():
                 for n, p in b.model.named_parameters():
                     if "lora_B" in n:
-                        p.to_local().normal_(0, 0.02, generator=torch.Generator("cuda").manual_seed(len(n)))
+                        local(p).normal_(0, 0.02, generator=torch.Generator("cuda").manual_seed(len(n)))
         return grads_after_step(b, args, device="cuda")
 
     def rel(a, b):
@@ -165,3 +165,59 @@ def test_fused_compiled_equals_unfused_cuda(dist_group, adapter):
     for n in ref:
         noise = rel(base[n], ref[n])
         assert rel(got[n], ref[n]) <= 2 * noise + 5e-3, (n, rel(got[n], ref[n]), noise)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+def test_replicated_adapters_equal_sharded(dist_group, family):
+    """LoRA with the adapters out of FSDP2 (adapter.replicate=auto, the native default: fp32
+    factors cast to bf16 where used, o_proj/down_proj included) against the adapters sharded with
+    the base weights (FSDP2's bf16 unshard, peft's own forward for o_proj/down_proj): a whole step's
+    loss and every adapter gradient within bf16 tolerance."""
+    from core.plugins import registry
+    from core.trainer import build
+
+    args = {"qwen3": QWEN3, "qwen3_moe": QWEN3_MOE}[family]["tiny"]
+    reg = registry()
+
+    def step(replicate):
+        b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
+                  reg.get("adapter", "lora").factory({"replicate": replicate}), torch.device("cpu"), seed=0)
+        lora = [p for n, p in b.model.named_parameters() if "lora_" in n]
+        assert len(b.replicated) == (len(lora) if replicate == "auto" else 0)
+        assert all(not hasattr(p, "device_mesh") for p in b.replicated)
+        with torch.no_grad():  # B away from zero, so the adapters' A gradients are checked too
+            for n, p in b.model.named_parameters():
+                if "lora_B" in n:
+                    local(p).normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+        return grads_after_step(b, args)
+
+    ref_loss, ref = step(False)
+    loss, got = step("auto")
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-3, atol=1e-4)
+    assert ref.keys() == got.keys() and all("lora_" in n for n in ref)
+    for n in ref:
+        assert ref[n].abs().sum() > 0, n
+        err = (got[n] - ref[n]).float().norm() / ref[n].float().norm()
+        assert err < 2e-2, (n, err.item())
+
+
+def test_replicate_refused_where_the_model_would_compute_fp32(dist_group):
+    """adapter.replicate=true on a model whose layers do not cast the adapter (transformers'
+    modules under peft) is refused with what to type instead; auto keeps them in FSDP2 there."""
+    from core.trainer import replicated_params
+    from plugins.adapters.lora import LoRA
+
+    class Plain(nn.Module):  # no casts_adapters
+        def __init__(self):
+            super().__init__()
+            self.q_proj = nn.Linear(4, 4)
+
+    m = LoRA(4, replicate=True).apply(Plain())
+    with pytest.raises(ValueError, match="adapter.replicate=false"):
+        replicated_params(m, LoRA(4, replicate=True))
+    assert replicated_params(m, LoRA(4)) == []
+    m.casts_adapters = True
+    assert len(replicated_params(m, LoRA(4))) == 2  # A and B
+    assert replicated_params(m, LoRA(4, experts="peft")) == []  # peft's parameter LoRA: fp32 delta
+    with pytest.raises(ValueError, match="adapter.replicate=auto"):
+        LoRA(4, replicate="yes")

@@ -116,7 +116,9 @@ def test_hf_under_each_strategy_equals_none(dist_group, adapter, ac, ac_cfg):
         return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", name).factory(cfg),
                      reg.get("adapter", adapter).factory({}), torch.device("cpu"), model_builder=hf.build)
 
-    ref_loss, ref = grads_after_step(make("none", {}), args)
+    none = make("none", {})
+    assert none.replicated == ()  # adapter.replicate=auto: peft's layers here, the adapters stay in FSDP2
+    ref_loss, ref = grads_after_step(none, args)
     loss, got = grads_after_step(make(ac, ac_cfg), args)
     assert torch.equal(loss, ref_loss)
     assert ref.keys() == got.keys() and ref

@@ -102,7 +102,8 @@ def test_sharded_terms_scale_with_ranks_and_activations_do_not():
 def test_sharded_state_terms_match_two_rank_gloo_run(tmp_path):
     """The predictor's sharded state term (parameters, gradients, AdamW moments per rank) equals the
     bytes each rank holds in a real FSDP2 run of the tiny Qwen3 over 2 gloo ranks, for full
-    fine-tuning and LoRA, within the few rows by which shards can differ."""
+    fine-tuning and LoRA (adapters sharded, and whole on every rank), within the few rows by which
+    shards can differ."""
     from core.memory import peak_terms
     from tests.test_distributed import torchrun
 
@@ -112,8 +113,9 @@ def test_sharded_state_terms_match_two_rank_gloo_run(tmp_path):
     for f, world in ((two, 2),):
         got = json.loads(f.read_text())
         assert got["world"] == world
-        for name, rank in (("full", None), ("lora", 16)):
-            pred = peak_terms(QWEN3["tiny"], 64, rank, "recompute", world)["states"]
+        for name, rank in (("full", None), ("lora", 16), ("lora_whole", 16)):
+            pred = peak_terms(QWEN3["tiny"], 64, rank, "recompute", world,
+                              lora_replicated=name == "lora_whole")["states"]
             assert pred == pytest.approx(got[name]["max_rank_bytes"], rel=0.01), (name, world)
 
 

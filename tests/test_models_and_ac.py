@@ -19,12 +19,22 @@ def make(args, ac="none", adapter="full", ac_cfg=None, seed=0, device="cpu"):
                  reg.get("adapter", adapter).factory({}), torch.device(device), seed=seed)
 
 
+def whole(t):
+    """A parameter or gradient as one tensor: sharded by FSDP2 (a DTensor) or replicated (adapters)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def local(p):
+    """The part of a parameter this rank holds (all of a replicated one)."""
+    return p.to_local() if hasattr(p, "to_local") else p
+
+
 def grads_after_step(b, args, task="rl", packing="random", device="cpu"):
     from core.trainer import forward_backward
 
     batches = make_batches(args, task, 128, 2, packing, seed=7, step=0, device=device)
     losses = [forward_backward(b, mb, task, 0.5)["loss"] for mb in batches]
-    grads = {n: p.grad.full_tensor().clone() for n, p in b.model.named_parameters() if p.grad is not None}
+    grads = {n: whole(p.grad).clone() for n, p in b.model.named_parameters() if p.grad is not None}
     return torch.stack(losses), grads
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from core.data import AttnMeta
 from core.losses import chunked_logprobs
-from core.models.fused import project
+from core.models.fused import linear, project
 
 
 @dataclass
@@ -142,7 +142,7 @@ class Attention(nn.Module):
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         o = self.backend(q, k, v, meta)
-        return self.o_proj(o.reshape(T, self.n_heads * self.hd))
+        return linear(o.reshape(T, self.n_heads * self.hd), self.o_proj)
 
 
 class MLP(nn.Module):
@@ -156,7 +156,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         g, u = project(x, (self.gate_proj, self.up_proj), self.fuse)
-        return self.down_proj(F.silu(g) * u)
+        return linear(F.silu(g) * u, self.down_proj)
 
 
 class Block(nn.Module):
@@ -184,6 +184,10 @@ def run_block(block: nn.Module, x, rope, meta):
 
 class CausalLM(nn.Module):
     """Decoder-only LM whose forward returns per-token target log-probabilities and entropies."""
+
+    #: its layers compute peft LoRA factors in the activations' dtype whatever the factors' dtype
+    #: (:func:`core.models.fused.linear`), so the adapters may stay out of FSDP2 (adapter.replicate)
+    casts_adapters = True
 
     def __init__(self, a: ModelArgs):
         super().__init__()

@@ -128,20 +128,36 @@ def fusable(layers) -> str | None:
 FUSE_MODES = ("lora", True, False)
 
 
+def _apply(x: torch.Tensor, bases, parts) -> torch.Tensor:
+    """:class:`_FusedLinears` over ``bases`` (plain layers) or LoRA ``parts`` (factors cast to x's dtype)."""
+    extra, scales = (), ()
+    if parts:
+        bases = [p[0] for p in parts]
+        dt = x.dtype
+        extra = tuple(p[1].to(dt) for p in parts) + tuple(p[2].to(dt) for p in parts)
+        scales = tuple(float(p[3]) for p in parts)
+    Ws, bs = [m.weight for m in bases], [m.bias for m in bases]
+    bias = None if bs[0] is None else (bs[0] if len(bs) == 1 else torch.cat(bs))
+    return _FusedLinears.apply(x, len(Ws), bool(parts), scales, *Ws, bias, *extra)
+
+
+def linear(x: torch.Tensor, m: nn.Module) -> torch.Tensor:
+    """``m(x)``, except a vanilla peft LoRA layer whose factors are not in x's dtype (adapters kept
+    out of FSDP2's mixed precision, ``adapter.replicate``): computed by :class:`_FusedLinears` with
+    the factors cast to x's dtype, the bf16 compute FSDP2 gives them otherwise (peft would cast x
+    to fp32 and save that copy for backward)."""
+    parts = _lora_parts(m)
+    if parts is None or parts[1].dtype == x.dtype:
+        return m(x)
+    return _apply(x, None, [parts])
+
+
 def project(x: torch.Tensor, layers, fuse="lora") -> list[torch.Tensor]:
     """Each layer applied to ``x`` (outputs are views of one tensor where fused). ``fuse``: one of
     :data:`FUSE_MODES` (True: plain and LoRA layers alike)."""
     kind, parts = _plan(layers) if fuse else (None, [])
     if kind is None or (fuse == "lora" and kind == "linear"):
-        return [m(x) for m in layers]
-    if kind == "linear":
-        bases, extra, scales = layers, (), ()
-    else:
-        bases = [p[0] for p in parts]
-        dt = x.dtype
-        extra = tuple(p[1].to(dt) for p in parts) + tuple(p[2].to(dt) for p in parts)
-        scales = tuple(float(p[3]) for p in parts)
-    Ws = [m.weight for m in bases]
-    bias = torch.cat([m.bias for m in bases]) if bases[0].bias is not None else None
-    y = _FusedLinears.apply(x, len(Ws), kind == "lora", scales, *Ws, bias, *extra)
+        return [linear(x, m) for m in layers]
+    Ws = [m.weight for m in (layers if kind == "linear" else [p[0] for p in parts])]
+    y = _apply(x, layers if kind == "linear" else None, parts if kind == "lora" else [])
     return list(y.split([w.shape[0] for w in Ws], -1))

@@ -8,8 +8,16 @@ backward pass never forms a gradient of the frozen ``[E, out, in]`` weights.
 ``adapter.experts=peft`` uses peft's parameter-targeting LoRA (``target_parameters``) instead,
 which adds ``B @ A`` to the fused expert weights in every forward and therefore computes the full
 expert weight gradient in backward (kept for comparison); ``adapter.experts=none`` leaves the
-experts frozen. Base weights are frozen in bf16; adapter weights are fp32 masters (computed in
-bf16 under FSDP2 mixed precision).
+experts frozen. Base weights are frozen in bf16; adapter weights are fp32 masters computed in bf16.
+
+``adapter.replicate``: ``true`` keeps the adapter weights out of FSDP2, whole on every rank, their
+gradients averaged over the ranks once per step; the model's layers cast them to bf16 where they
+use them (the native families do; the ``hf`` family's peft layers would compute in fp32, and
+``adapter.experts=peft`` adds an fp32 delta, so neither can). ``auto`` (the default) does so at
+world size 1 where it can: there FSDP2 copies each of a block's 14 small adapter tensors on its own
+at every unshard, forward and backward, and whole or sharded states are the same bytes; over
+several ranks it shards them (MoE expert adapters are too large to hold whole on every rank).
+``false``: always sharded by FSDP2 with the base weights (bf16 by its mixed precision).
 """
 
 from __future__ import annotations
@@ -69,9 +77,12 @@ class LoRA:
     lora = True
     param_dtype = torch.bfloat16  # frozen base weights
 
-    def __init__(self, rank: int = 16, alpha: int = 32, targets=None, experts="grouped"):
+    def __init__(self, rank: int = 16, alpha: int = 32, targets=None, experts="grouped", replicate="auto"):
         if rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {rank}: try adapter.rank=16")
+        if replicate not in ("auto", True, False):
+            raise ValueError(f"adapter.replicate={replicate!r} is not auto, true or false: try adapter.replicate=auto")
+        self.replicate = replicate
         experts = {True: "grouped", False: "none"}.get(experts, experts)
         if experts not in EXPERT_MODES:
             raise ValueError(f"adapter.experts={experts!r} is not one of {', '.join(EXPERT_MODES)}: "
@@ -79,6 +90,7 @@ class LoRA:
         self.rank, self.alpha = rank, alpha
         self.targets = list(targets or DENSE_TARGETS)
         self.experts = experts
+        self.replicable = experts != "peft"  # peft's parameter LoRA would add an fp32 delta
         self.label = f"LoRA(r={rank})"
 
     def config(self, model):
@@ -115,7 +127,9 @@ class LoRA:
 def stepbench_register_adapters(register):
     register(
         "lora",
-        lambda cfg: LoRA(cfg.get("rank", 16), cfg.get("alpha", 32), cfg.get("targets"), cfg.get("experts", "grouped")),
+        lambda cfg: LoRA(cfg.get("rank", 16), cfg.get("alpha", 32), cfg.get("targets"), cfg.get("experts", "grouped"),
+                         cfg.get("replicate", "auto")),
         doc="LoRA (r=16, alpha=32 by default): peft on dense projections, grouped per-expert LoRA on "
-            "routed experts (adapter.experts=grouped|peft|none); base weights frozen in bf16",
+            "routed experts (adapter.experts=grouped|peft|none); base weights frozen in bf16; adapters "
+            "out of FSDP2 at world size 1 where the model casts them (adapter.replicate=auto|true|false)",
     )

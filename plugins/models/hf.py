@@ -190,6 +190,8 @@ class HFCausalLM(CausalLM):
     """A transformers causal LM with stepbench's interface: packed ``[tokens, hidden]`` blocks,
     bound attention backend, per-block AC runner, chunked log-prob head."""
 
+    casts_adapters = False  # transformers' layers call peft's forward, which computes fp32 factors in fp32
+
     def __init__(self, a: ModelArgs):
         nn.Module.__init__(self)
         from transformers import AttentionInterface

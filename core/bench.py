@@ -98,7 +98,8 @@ def format_row(row: dict) -> str:
     return (f"{row['model']} | {row['type']} | {row['seq_len']} | {row['ac']} | {row['attn']} | "
             f"{row['hardware_label']} | MFU {row['mfu']:.1f}% | TPS {row['tps'] / 1e3:.2f}k{cv} | "
             f"step {row['step_time']:.2f}s | {peak} | roofline {100 * row['roofline_frac']:.0f}%{att}{sync} | "
-            f"{row['attn_provider']}" + (f" | {row['variant']}" if row.get("variant") else ""))
+            f"{row['attn_provider']}" + (f" | {row['variant']}" if row.get("variant") else "")
+            + (f" | {row['graph_breaks']} GRAPH BREAKS" if row.get("graph_breaks") else ""))
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -146,6 +146,13 @@ class NonFiniteError(RuntimeError):
     """A step produced a non-finite loss or gradient norm."""
 
 
+def graph_breaks() -> int:
+    """Graph breaks dynamo has reported in this process (compiled code that fell back to eager)."""
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
+
+
 def measure(cfg, r: dict, row_id: str = "") -> dict:
     """Build the model, run warm-up + measured steps, and return the row's metrics."""
     import torch
@@ -183,6 +190,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
         from core import memprof
 
         memprof.start()
+    breaks0 = graph_breaks()
     t0 = time.perf_counter()
     b = build(args, attention, ac, adapter, device, seed=cfg.seed, compile=cfg.compile,
               head_budget_mib=cfg.head_budget_mib, model_builder=r["family_obj"].build,
@@ -241,6 +249,9 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
             if rank == 0:
                 say(f"  {tag}: {dt:.3f} s ({dt / mbs:.3f} s/micro-batch, {tokens_per_step / dt / 1e3:.2f}k tok/s), "
                     f"loss {stats['loss']:.4f}")
+            if step == 0 and cfg.compile and rank == 0 and graph_breaks() > breaks0:
+                say(f"  compile: {graph_breaks() - breaks0} graph breaks (those regions run eagerly; a break "
+                    "inside a checkpointed block runs the whole block eagerly): TORCH_LOGS=graph_breaks shows where")
             if step == 0:
                 # what the build and warm-up left (modules, compiled graphs, plugin state) lives as
                 # long as the run: out of the collector's reach, so a full collection mid-step walks
@@ -319,6 +330,7 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
         "sync_info": sync_info,
         "sync_s_per_step": sum(measured_sync) / len(measured_sync) if measured_sync else 0.0,
         "counts": counts, "samples": samples, "build_s": build_s,
+        "graph_breaks": graph_breaks() - breaks0 if cfg.compile else None,
         "peak_flops": hw["peak_flops"],
     }
     if breakdown is not None:

@@ -138,7 +138,7 @@ def _apply(x: torch.Tensor, bases, parts) -> torch.Tensor:
         scales = tuple(float(p[3]) for p in parts)
     Ws, bs = [m.weight for m in bases], [m.bias for m in bases]
     bias = None if bs[0] is None else (bs[0] if len(bs) == 1 else torch.cat(bs))
-    return _FusedLinears.apply(x, len(Ws), bool(parts), scales, *Ws, bias, *extra)
+    return _FusedLinears.apply(x, len(Ws), len(parts) > 0, scales, *Ws, bias, *extra)  # (bool(list) breaks torch 2.11's dynamo)
 
 
 def linear(x: torch.Tensor, m: nn.Module) -> torch.Tensor:

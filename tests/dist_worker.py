@@ -3,7 +3,8 @@
     python tests/dist_worker.py FAMILY OUT.pt [ADAPTER]                  # one process, both ranks' data
     python -m torch.distributed.run --nproc-per-node 2 tests/dist_worker.py FAMILY OUT.pt [ADAPTER]
 
-ADAPTER: full (default) or lora, then optionally lora's replicate (auto, true or false; its B factors set away from their zero init, seeded by name, so
+ADAPTER: full (default) or lora, then optionally lora's replicate modes, comma-separated (auto, true,
+false; one result per mode; its B factors set away from their zero init, seeded by name, so
 every adapter gradient is non-zero; the q/k/v and gate/up adapters run fused, the default).
 """
 
@@ -22,12 +23,12 @@ from core.trainer import build, forward_backward, init_distributed, make_batches
 FAMILIES = {"qwen3": QWEN3["tiny"], "qwen3_moe": QWEN3_MOE["tiny"], "glm4_moe": GLM4_MOE["tiny"]}
 
 
-def main(family: str, out: str, adapter: str = "full", replicate: str = "auto"):
-    rank, world = init_distributed("cpu")
+def run(family: str, adapter: str, replicate: str, rank: int, world: int) -> dict:
     args = FAMILIES[family]
     reg = registry()
+    opts = {} if adapter == "full" else {"replicate": {"true": True, "false": False}.get(replicate, replicate)}
     b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
-              reg.get("adapter", adapter).factory({} if adapter == "full" else {"replicate": {"true": True, "false": False}.get(replicate, replicate)}), torch.device("cpu"), seed=0)
+              reg.get("adapter", adapter).factory(opts), torch.device("cpu"), seed=0)
     if adapter == "lora":
         from torch.distributed.tensor import distribute_tensor
 
@@ -35,7 +36,7 @@ def main(family: str, out: str, adapter: str = "full", replicate: str = "auto"):
             for n, p in b.model.named_parameters():
                 if "lora_B" in n:
                     full = torch.empty(p.shape).normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
-                    if hasattr(p, "device_mesh"):  # sharded (adapter.replicate=false)
+                    if hasattr(p, "device_mesh"):  # sharded with the base weights
                         p.to_local().copy_(distribute_tensor(full, p.device_mesh, p.placements).to_local())
                     else:  # replicated: whole on every rank
                         p.copy_(full)
@@ -52,8 +53,15 @@ def main(family: str, out: str, adapter: str = "full", replicate: str = "auto"):
     reduce_replicated(b)  # train_step does this before clipping
     grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad)
              for n, p in b.model.named_parameters() if p.grad is not None}
+    return {"loss": loss, "grads": grads, "world": world, "replicated": len(b.replicated)}
+
+
+def main(family: str, out: str, adapter: str = "full", replicate: str = "auto"):
+    """``replicate``: one mode or several, comma-separated (each builds its own model; one launch)."""
+    rank, world = init_distributed("cpu")
+    results = {mode: run(family, adapter, mode, rank, world) for mode in replicate.split(",")}
     if rank == 0:
-        torch.save({"loss": loss, "grads": grads, "world": world, "replicated": len(b.replicated)}, out)
+        torch.save(results, out)
     dist.barrier()  # no rank tears gloo down while another is still working
     dist.destroy_process_group()
 

@@ -51,7 +51,6 @@ def run(*args, env=None):
     (["+attn=fa3", "device=cpu"], "attn 'fa3' cannot run here"),
     (["+attn=cudnn", "device=cpu"], "attn 'cudnn' cannot run here: needs a CUDA GPU"),
     (["+ac=offload_attention", "max_host_gib=0.0001", "device=cpu"], "GiB is available: try +ac=offload"),
-    (["model=hf_qwen3_tiny", "adapter=lora", "adapter.replicate=true", "device=cpu"], "use adapter.replicate=auto"),
 ])
 def test_bad_input_one_line_exit_2(args, expect):
     p = run(*args)

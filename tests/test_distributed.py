@@ -19,33 +19,35 @@ def torchrun(*args):
                           timeout=300)
 
 
-@pytest.mark.parametrize("family,adapter,replicate", [("qwen3_moe", "full", "auto"), ("qwen3", "lora", "auto"),
-                                                      ("qwen3", "lora", "true")])
-def test_two_ranks_match_one_process(tmp_path, family, adapter, replicate):
+@pytest.mark.parametrize("family,adapter,modes", [("qwen3_moe", "full", "auto"), ("qwen3", "lora", "auto,true")])
+def test_two_ranks_match_one_process(tmp_path, family, adapter, modes):
     """Full fine-tuning (attention, router, experts) sharded over two ranks; LoRA (the fused q/k/v
     and gate/up adapters, the default; dense MLP) with the adapters sharded with the base weights
     (adapter.replicate=auto over two ranks) and whole on both ranks (true: their gradients
     all-reduced once), against one process (where auto replicates them too)."""
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    p = subprocess.run([sys.executable, "tests/dist_worker.py", family, str(one), adapter, replicate], cwd=ROOT,
+    p = subprocess.run([sys.executable, "tests/dist_worker.py", family, str(one), adapter, modes], cwd=ROOT,
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    p = torchrun("tests/dist_worker.py", family, str(two), adapter, replicate)
+    p = torchrun("tests/dist_worker.py", family, str(two), adapter, modes)
     assert p.returncode == 0, p.stderr[-3000:]
-    a, b = torch.load(one), torch.load(two)
-    assert b["world"] == 2
-    n_lora = sum("lora_" in n for n in a["grads"])
-    assert a["replicated"] == (n_lora if adapter == "lora" else 0)
-    assert b["replicated"] == (n_lora if replicate == "true" else 0)
-    torch.testing.assert_close(a["loss"], b["loss"])
-    assert a["grads"].keys() == b["grads"].keys() and a["grads"]
-    if adapter == "lora":
-        assert all("lora_" in n for n in a["grads"])
-        assert all(a["grads"][n].abs().sum() > 0 for n in a["grads"])  # A's too: B is away from zero
-    for n in a["grads"]:
-        ga, gb = a["grads"][n].float(), b["grads"][n].float()
-        err = ((ga - gb).norm() / ga.norm().clamp(min=1e-12)).item()
-        assert err < 1e-2, (n, err)
+    ones, twos = torch.load(one), torch.load(two)
+    assert ones.keys() == twos.keys() == set(modes.split(","))
+    for mode in ones:
+        a, b = ones[mode], twos[mode]
+        assert b["world"] == 2
+        torch.testing.assert_close(a["loss"], b["loss"])
+        assert a["grads"].keys() == b["grads"].keys() and a["grads"]
+        n_lora = sum("lora_" in n for n in a["grads"])
+        assert a["replicated"] == (n_lora if adapter == "lora" else 0)
+        assert b["replicated"] == (n_lora if mode == "true" else 0)
+        if adapter == "lora":
+            assert all("lora_" in n for n in a["grads"])
+            assert all(a["grads"][n].abs().sum() > 0 for n in a["grads"])  # A's too: B is away from zero
+        for n in a["grads"]:
+            ga, gb = a["grads"][n].float(), b["grads"][n].float()
+            err = ((ga - gb).norm() / ga.norm().clamp(min=1e-12)).item()
+            assert err < 1e-2, (mode, n, err)
 
 
 def test_torchrun_bench_writes_one_row(tmp_path):

@@ -221,3 +221,13 @@ def test_replicate_refused_where_the_model_would_compute_fp32(dist_group):
     assert replicated_params(m, LoRA(4, experts="peft")) == []  # peft's parameter LoRA: fp32 delta
     with pytest.raises(ValueError, match="adapter.replicate=auto"):
         LoRA(4, replicate="yes")
+    from hydra import compose, initialize_config_dir
+
+    from core.resolve import UserError, resolve
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("bench", overrides=["model=hf_qwen3_tiny", "adapter=lora", "adapter.replicate=true",
+                                          "device=cpu"])
+    with pytest.raises(UserError, match="hf models would run it in fp32: use adapter.replicate=auto$"):
+        resolve(cfg)  # the row is refused before anything is built

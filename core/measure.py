@@ -249,8 +249,8 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
             if rank == 0:
                 say(f"  {tag}: {dt:.3f} s ({dt / mbs:.3f} s/micro-batch, {tokens_per_step / dt / 1e3:.2f}k tok/s), "
                     f"loss {stats['loss']:.4f}")
-            if step == 0 and cfg.compile and rank == 0 and graph_breaks() > breaks0:
-                say(f"  compile: {graph_breaks() - breaks0} graph breaks (those regions run eagerly; a break "
+            if step == 0 and cfg.compile and rank == 0 and (n_breaks := graph_breaks() - breaks0):
+                say(f"  compile: {n_breaks} graph breaks (those regions run eagerly; a break "
                     "inside a checkpointed block runs the whole block eagerly): TORCH_LOGS=graph_breaks shows where")
             if step == 0:
                 # what the build and warm-up left (modules, compiled graphs, plugin state) lives as

@@ -52,19 +52,17 @@ COMPILED_LORA_EXTRA_FUSED = 0.26
 def row_layout(config: dict, attn_provider: str = "") -> dict:
     """The layout facts of a measured row that change its peak: the checkpoint inside a compiled
     block, K/V repeated by the attention kernel (from the row's provider string), LoRA layers fused."""
-    ac = config.get("ac") or {}
+    ac, adapter = config.get("ac") or {}, config.get("adapter") or {}
+    native = (config.get("model") or {}).get("family") != "hf"  # the hf family runs transformers' layers
     return {"inside_compiled": bool(config.get("compile")) and ac.get("name") == "recompute"
             and bool(ac.get("inside", False)),
             "kv_repeated": "K/V repeated" in (attn_provider or ""),
-            # native models only (the hf family runs transformers' layers); rows from before
-            # fuse= existed ran one GEMM per layer
-            "lora_fused": config.get("fuse", False) in ("lora", True)
-            and (config.get("model") or {}).get("family") != "hf",
-            # adapters out of FSDP2 (adapter.replicate, session 9; older rows sharded them)
-            # (auto: only at world size 1, where whole and sharded states are the same bytes)
-            "lora_replicated": (config.get("adapter") or {}).get("replicate", False) is True
-            and (config.get("model") or {}).get("family") != "hf"
-            and (config.get("adapter") or {}).get("experts", "grouped") != "peft"}
+            # native models only; rows from before fuse= existed ran one GEMM per layer
+            "lora_fused": config.get("fuse", False) in ("lora", True) and native,
+            # adapters whole on every rank (adapter.replicate=true; auto replicates only at world
+            # size 1, where whole and sharded states are the same bytes; older rows sharded them)
+            "lora_replicated": adapter.get("replicate", False) is True and native
+            and adapter.get("experts", "grouped") != "peft"}
 
 
 def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,

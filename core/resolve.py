@@ -176,9 +176,12 @@ def resolve(cfg, world: int = 1) -> dict:
         raise UserError(f"hardware={str(chosen).lower()} does not match this machine ({ctx.gpu_name or 'CPU'}): "
                         "use hardware=auto, or add hardware_as_label=true to take it as a label")
     lora = cfg.adapter.name == "lora"
-    if lora and cfg.adapter.get("replicate") is True and not getattr(fam.build, "casts_adapters", False):
-        raise UserError(f"adapter.replicate=true needs a model whose layers compute the adapter in bf16 (the "
-                        f"native families); {family} models would run it in fp32: use adapter.replicate=auto")
+    if lora and cfg.adapter.get("replicate") is True:
+        from core.trainer import replicate_refusal
+
+        why = replicate_refusal(fam.build, family)
+        if why:
+            raise UserError(why)
     supports = attn_e.traits.get("supports")  # can the backend run this model's attention at all?
     why = supports(args) if supports else None
     if why:

@@ -101,6 +101,20 @@ def apply_fsdp(model: nn.Module, device_type: str, ignored=()) -> None:
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False, **kw)
 
 
+def world_size() -> int:
+    """Ranks in the process group (1 without one)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def replicate_refusal(model, family: str, instead: str = "auto") -> str | None:
+    """Why ``adapter.replicate=true`` cannot run on ``model`` (an instance or its class), or None:
+    its layers must compute the adapter in bf16 themselves (``casts_adapters``)."""
+    if getattr(model, "casts_adapters", False):
+        return None
+    return (f"adapter.replicate=true needs a model whose layers compute the adapter in bf16 (the native "
+            f"families); {family} models would run it in fp32: use adapter.replicate={instead}")
+
+
 def replicated_params(model: nn.Module, adapter, world: int = 1) -> list:
     """The adapter's trainable parameters when it asks to keep them out of FSDP2 (``replicate``:
     True, or "auto" = at world size 1 where the model computes them in bf16 itself), else []. At
@@ -109,22 +123,20 @@ def replicated_params(model: nn.Module, adapter, world: int = 1) -> list:
     Over several ranks "auto" keeps them sharded (one all-gather copies them in; and MoE expert
     adapters are too large to hold whole on every rank)."""
     want = getattr(adapter, "replicate", False)
-    casts = getattr(model, "casts_adapters", False)
     if want == "auto":
-        want = casts and getattr(adapter, "replicable", True) and world == 1
+        want = getattr(model, "casts_adapters", False) and getattr(adapter, "replicable", True) and world == 1
     if not want:
         return []
-    if not casts:
-        raise ValueError(f"adapter.replicate=true needs a model whose layers compute the adapter in bf16 "
-                         f"(the native families); {type(model).__name__} would run it in fp32: "
-                         "use adapter.replicate=false")
+    why = replicate_refusal(model, type(model).__name__, instead="false")
+    if why:
+        raise ValueError(why)
     return [p for p in model.parameters() if p.requires_grad]
 
 
 def reduce_replicated(b: Built) -> None:
     """Average the replicated parameters' gradients over the ranks (FSDP2 averages the sharded
     ones): one flat all-reduce per step, nothing at world size 1."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    world = world_size()
     if world == 1 or not b.replicated:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in b.replicated]
@@ -197,7 +209,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
     ac.apply(model)
     if compile:
         apply_compile(model, head=compile_head)
-    replicated = replicated_params(model, adapter, dist.get_world_size() if dist.is_initialized() else 1)
+    replicated = replicated_params(model, adapter, world_size())
     apply_fsdp(model, device.type, replicated)
     model.to_empty(device=device)
     init_weights(model, seed, adapter)

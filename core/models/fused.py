@@ -128,17 +128,16 @@ def fusable(layers) -> str | None:
 FUSE_MODES = ("lora", True, False)
 
 
-def _apply(x: torch.Tensor, bases, parts) -> torch.Tensor:
-    """:class:`_FusedLinears` over ``bases`` (plain layers) or LoRA ``parts`` (factors cast to x's dtype)."""
-    extra, scales = (), ()
-    if parts:
-        bases = [p[0] for p in parts]
-        dt = x.dtype
-        extra = tuple(p[1].to(dt) for p in parts) + tuple(p[2].to(dt) for p in parts)
-        scales = tuple(float(p[3]) for p in parts)
+def _apply(x: torch.Tensor, bases, parts=()) -> torch.Tensor:
+    """:class:`_FusedLinears` over the Linear layers ``bases``, with LoRA ``parts`` (their
+    :func:`_lora_parts`, factors cast to x's dtype) where given."""
+    dt = x.dtype
+    extra = tuple(p[1].to(dt) for p in parts) + tuple(p[2].to(dt) for p in parts)
+    scales = tuple(float(p[3]) for p in parts)
     Ws, bs = [m.weight for m in bases], [m.bias for m in bases]
     bias = None if bs[0] is None else (bs[0] if len(bs) == 1 else torch.cat(bs))
-    return _FusedLinears.apply(x, len(Ws), len(parts) > 0, scales, *Ws, bias, *extra)  # (bool(list) breaks torch 2.11's dynamo)
+    lora = len(parts) > 0  # not bool(parts): torch 2.11's dynamo cannot trace bool(list)
+    return _FusedLinears.apply(x, len(Ws), lora, scales, *Ws, bias, *extra)
 
 
 def linear(x: torch.Tensor, m: nn.Module) -> torch.Tensor:
@@ -149,7 +148,7 @@ def linear(x: torch.Tensor, m: nn.Module) -> torch.Tensor:
     parts = _lora_parts(m)
     if parts is None or parts[1].dtype == x.dtype:
         return m(x)
-    return _apply(x, None, [parts])
+    return _apply(x, [parts[0]], [parts])
 
 
 def project(x: torch.Tensor, layers, fuse="lora") -> list[torch.Tensor]:
@@ -158,6 +157,6 @@ def project(x: torch.Tensor, layers, fuse="lora") -> list[torch.Tensor]:
     kind, parts = _plan(layers) if fuse else (None, [])
     if kind is None or (fuse == "lora" and kind == "linear"):
         return [linear(x, m) for m in layers]
-    Ws = [m.weight for m in (layers if kind == "linear" else [p[0] for p in parts])]
-    y = _apply(x, layers if kind == "linear" else None, parts if kind == "lora" else [])
-    return list(y.split([w.shape[0] for w in Ws], -1))
+    bases = layers if kind == "linear" else [p[0] for p in parts]
+    y = _apply(x, bases, parts if kind == "lora" else ())
+    return list(y.split([m.weight.shape[0] for m in bases], -1))

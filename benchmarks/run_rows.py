@@ -5,6 +5,7 @@
         "model=qwen3_0_6b task=sft +attn=sdpa +ac=recompute seq_len=8192"
 
 Each argument is one row's overrides. A row that fails is recorded as failed and the set goes on.
+``--nproc N`` runs each row under torchrun with N ranks (one a GPU: FSDP2 over NCCL; gloo on CPU).
 The table is printed last (from the rows this invocation wrote), so the end of the output says it all.
 """
 
@@ -30,6 +31,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", required=True)
     ap.add_argument("--timeout", type=int, default=900, help="seconds per row")
+    ap.add_argument("--nproc", type=int, default=1, help="ranks per row (torchrun) where more than 1")
     ap.add_argument("rows", nargs="+")
     a = ap.parse_args()
     ids = []
@@ -37,7 +39,8 @@ def main():
     for i, spec in enumerate(a.rows, 1):
         rid = uuid.uuid4().hex
         ids.append(rid)
-        cmd = [sys.executable, "-m", "core.bench", *shlex.split(spec), f"results={a.results}"]
+        launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.nproc}"] if a.nproc > 1 else []
+        cmd = [sys.executable, *launch, "-m", "core.bench", *shlex.split(spec), f"results={a.results}"]
         print(f"=== [{i}/{len(a.rows)}] {spec}", flush=True)
         t = time.time()
         try:

@@ -43,6 +43,65 @@ def full_tensor(p: torch.Tensor) -> torch.Tensor:
     return t.to_local() if t.device_mesh.size() == 1 else t.full_tensor()
 
 
+#: MiB of whole tensors (in the staged dtype) gathered by one collective at world size > 1
+GATHER_MIB = 128
+
+
+def _dim0_sharded(t: torch.Tensor):
+    """The 1-D mesh of a DTensor sharded on dim 0 over several ranks (FSDP2's layout), else None."""
+    from torch.distributed.tensor.placement_types import Shard
+
+    mesh = getattr(t, "device_mesh", None)
+    if mesh is None or mesh.ndim != 1 or mesh.size() == 1 or tuple(t.placements) != (Shard(0),) or t.dim() == 0:
+        return None
+    return mesh
+
+
+def gather_many(params: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """The whole tensors of several parameters, as :func:`full_tensor` gives them one by one, but
+    with one all-gather for all those sharded on dim 0 over the same ranks (one collective per
+    parameter pays its latency hundreds of times a step: LoRA has 14 tensors a block). Those are
+    gathered in ``dtype``: each rank casts its shard and pads it to ``ceil(dim0 / ranks)`` rows (the
+    rows FSDP2 and ``torch.chunk`` give every rank but the last ones); rank r holds rows
+    ``[r * c, r * c + rows_r)``, so dropping each slot's tail of padding leaves the tensor, and the
+    cast commutes with the gather: the values are those of ``full_tensor(p).to(dtype)``. Tensors
+    that need no gather (one rank, not sharded) come back as they are, in their own dtype. A
+    collective on every rank when any tensor is sharded."""
+    import math
+
+    import torch.distributed as dist
+
+    ts = [p.detach() for p in params]
+    out: list[torch.Tensor | None] = [None] * len(ts)
+    meshes = [_dim0_sharded(t) for t in ts]
+    mesh = next((m for m in meshes if m is not None), None)
+    batch = [i for i, m in enumerate(meshes) if m is not None and m == mesh]
+    batched = set(batch)
+    for i, t in enumerate(ts):
+        if i not in batched:
+            out[i] = full_tensor(t)
+    if batch:
+        world = mesh.size()
+        rows = {i: math.ceil(ts[i].shape[0] / world) for i in batch}
+        inner = {i: math.prod(ts[i].shape[1:]) for i in batch}
+        per = sum(rows[i] * inner[i] for i in batch)
+        device = ts[batch[0]].to_local().device
+        send = torch.zeros(per, dtype=dtype, device=device)
+        off = 0
+        for i in batch:
+            loc = ts[i].to_local().reshape(-1)
+            send[off:off + loc.numel()].copy_(loc)
+            off += rows[i] * inner[i]
+        recv = torch.empty(world * per, dtype=dtype, device=device)
+        dist.all_gather_into_tensor(recv, send, group=mesh.get_group())
+        recv, off = recv.view(world, per), 0
+        for i in batch:
+            c, k = rows[i], inner[i]
+            out[i] = recv[:, off:off + c * k].reshape(world * c, k)[:ts[i].shape[0]].reshape(ts[i].shape)
+            off += c * k
+    return out
+
+
 def digest(tensors) -> str:
     """sha256 of the tensors' bytes in order (what the receiver must reproduce bit for bit)."""
     h = hashlib.sha256()
@@ -65,11 +124,14 @@ class HostStager:
     cast into one device buffer by a single foreach copy and copied to the host at once, and an
     event marks the bucket done, so a writer can start on the first bucket while the rest are still
     in flight (:meth:`ready_chunks`). With ``side_stream`` the copies run on a side stream that
-    waits for the optimizer step."""
+    waits for the optimizer step. ``gather_mib``: with several ranks, tensors are gathered up to
+    that many MiB at a time by one collective (:func:`gather_many`); 0 gathers each tensor by its
+    own collective (``full_tensor``)."""
 
     def __init__(self, params, dtype: torch.dtype, rank: int, device: torch.device, side_stream: bool,
-                 chunk: int | None = None):
+                 chunk: int | None = None, gather_mib: int = GATHER_MIB):
         self.params, self.dtype, self.rank, self.device = params, dtype, rank, device
+        self.gather_mib = gather_mib
         cuda = device.type == "cuda"
         sizes = [p.numel() for _, p in params]
         self.numel = sum(sizes)
@@ -102,13 +164,28 @@ class HostStager:
 
     def _sources(self):
         """Each param's whole tensor, flattened, gathered once and dropped once its last bucket is
-        staged (with several ranks only one gathered parameter is held at a time)."""
+        staged. The params are gathered a group at a time (consecutive params of up to
+        ``gather_mib`` MiB in the staged dtype, one collective: :func:`gather_many`; one param a
+        group with ``gather_mib=0``), and only that group is held."""
         held: dict[int, torch.Tensor] = {}
+        limit = self.gather_mib * 2**20 // self.itemsize
+        group_of, groups, size = [], [], 0
+        for i, (_, p) in enumerate(self.params):
+            if not groups or size + p.numel() > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(i)
+            group_of.append(len(groups) - 1)
+            size += p.numel()
 
         def get(i: int) -> torch.Tensor:
             if i not in held:
                 held.clear()
-                held[i] = full_tensor(self.params[i][1]).reshape(-1)
+                idx = groups[group_of[i]]
+                whole = (gather_many([self.params[j][1] for j in idx], self.dtype) if self.gather_mib
+                         else [full_tensor(self.params[i][1])])
+                for j, t in zip(idx, whole):
+                    held[j] = t.reshape(-1)
             return held[i]
         return get
 

@@ -1,5 +1,7 @@
-"""Write the seeded tiny model's weights through the filesystem sync (for test_sync): under torchrun
-the weights are FSDP2 shards that the sync must gather.
+"""Write the seeded tiny model's weights (full, and its LoRA adapters) through the filesystem sync
+(for test_sync): under torchrun the weights are FSDP2 shards that the sync must gather. Under
+torchrun it also checks the batched gather (``core.sync.gather_many``) against ``full_tensor`` one by
+one on shards of uneven and empty rows, in fp32 and bf16.
 
     python tests/sync_worker.py OUT_DIR                                   # one process
     python -m torch.distributed.run --nproc-per-node 2 tests/sync_worker.py OUT_DIR
@@ -20,15 +22,37 @@ from core.trainer import build, init_distributed  # noqa: E402
 from plugins.sync.filesystem import Filesystem  # noqa: E402
 
 
+def check_gather_many(world: int):
+    """Shapes whose rows do not split evenly (5 over 2 ranks), one with fewer rows than ranks (an
+    empty shard), a vector, and a tensor that is not sharded, in one call."""
+    from torch.distributed.fsdp import fully_shard
+
+    from core.sync import full_tensor, gather_many
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 1), torch.nn.Linear(1, 4))
+    fully_shard(m)
+    ps = [p for _, p in m.named_parameters()] + [torch.randn(2, 3)]
+    for dtype in (torch.float32, torch.bfloat16):
+        got = gather_many(ps, dtype)
+        for p, g in zip(ps, got):
+            want = full_tensor(p)
+            assert g.shape == want.shape and torch.equal(g.to(dtype), want.to(dtype)), (world, dtype, tuple(p.shape))
+
+
 def main(out: str):
     rank, world = init_distributed("cpu")
     reg = registry()
-    b = build(QWEN3["tiny"], reg.get("attn", "sdpa").factory({}), reg.get("ac", "none").factory({}),
-              reg.get("adapter", "full").factory({}), torch.device("cpu"), seed=3)
-    fs = Filesystem(out, keep=1, cleanup=False)
-    fs.setup(b.model, SyncContext(rank, world, "cpu", False, 0, row_id=f"world{world}"))
-    fs.after_step(0)
-    fs.finish()
+    for adapter, tag in (("full", ""), ("lora", "-lora")):
+        b = build(QWEN3["tiny"], reg.get("attn", "sdpa").factory({}), reg.get("ac", "none").factory({}),
+                  reg.get("adapter", adapter).factory({"rank": 4} if adapter == "lora" else {}),
+                  torch.device("cpu"), seed=3)
+        fs = Filesystem(out, keep=1, cleanup=False)
+        fs.setup(b.model, SyncContext(rank, world, "cpu", adapter == "lora", 0, row_id=f"world{world}{tag}"))
+        fs.after_step(0)
+        fs.finish()
+    if world > 1:
+        check_gather_many(world)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -205,11 +205,13 @@ def test_two_ranks_gather_the_same_weights(tmp_path):
                         "tests/sync_worker.py", str(tmp_path)], cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    one = load_file(str(tmp_path / "world1" / "step_0" / "model.safetensors"))
-    two = load_file(str(tmp_path / "world2" / "step_0" / "model.safetensors"))
-    assert one.keys() == two.keys() and len(one) > 5
-    for n in one:
-        assert torch.equal(one[n], two[n]), n
+    for tag, least in (("", 5), ("-lora", 4)):  # full weights; LoRA's A and B of each adapted linear
+        one = load_file(str(tmp_path / f"world1{tag}" / "step_0" / "model.safetensors"))
+        two = load_file(str(tmp_path / f"world2{tag}" / "step_0" / "model.safetensors"))
+        assert one.keys() == two.keys() and len(one) > least, tag
+        assert all(("lora_" in n) == bool(tag) for n in one), tag
+        for n in one:
+            assert torch.equal(one[n], two[n]), (tag, n)
 
 
 def test_moe_full_sync_includes_experts(dist_group, tmp_path):

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from core import hookimpl
-from core.sync import HostStager, Timed, device_drain, sync_tensors
+from core.sync import GATHER_MIB, HostStager, Timed, device_drain, sync_tensors
 
 MARKER = "COMPLETE"
 WEIGHTS = "model.safetensors"
@@ -205,9 +205,13 @@ class Filesystem:
     name = "filesystem"
 
     def __init__(self, dir: str = "runs/weights", keep: int = 2, overlap: bool = False, fsync: bool = False,
-                 cleanup: bool = True, writer: str = "mapped", touch: bool = True):
+                 cleanup: bool = True, writer: str = "mapped", touch: bool = True, gather_mib: int = GATHER_MIB):
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"sync.keep must be a positive integer (got {keep!r}): try sync.keep=2")
+        if not isinstance(gather_mib, int) or isinstance(gather_mib, bool) or gather_mib < 0:
+            raise ValueError(f"sync.gather_mib must be a whole number of MiB, 0 or more (got {gather_mib!r}): "
+                             f"try sync.gather_mib={GATHER_MIB}")
+        self.gather_mib = gather_mib
         if writer not in WRITERS:
             raise ValueError(f"sync.writer={writer} is not one of {', '.join(WRITERS)}: try sync.writer=mapped")
         self.writer = writer
@@ -256,7 +260,8 @@ class Filesystem:
             self.out.mkdir(parents=True, exist_ok=True)
         device = next(model.parameters()).device
         self.timed.drain = device_drain(device) or self.timed.drain
-        self.stager = HostStager(sync_tensors(model, ctx.lora), torch.bfloat16, ctx.rank, device, self.overlap)
+        self.stager = HostStager(sync_tensors(model, ctx.lora), torch.bfloat16, ctx.rank, device, self.overlap,
+                                 gather_mib=self.gather_mib)
 
     def before_update(self) -> None:
         if self.stager is not None:
@@ -331,5 +336,5 @@ def stepbench_register_weight_sync(register):
     register("filesystem", lambda cfg: Filesystem(cfg.get("dir", "runs/weights"), cfg.get("keep", 2),
                                                   cfg.get("overlap", False), cfg.get("fsync", False),
                                                   cfg.get("cleanup", True), cfg.get("writer", "mapped"),
-                                                  cfg.get("touch", True)),
+                                                  cfg.get("touch", True), cfg.get("gather_mib", GATHER_MIB)),
              doc="write bf16 weights (LoRA: the adapter) as safetensors each step; sync.dir, sync.overlap")

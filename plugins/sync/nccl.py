@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from core import hookimpl
-from core.sync import HostStager, Timed, device_drain, digest, full_tensor, sync_tensors
+from core.sync import HostStager, Timed, device_drain, digest, gather_many, sync_tensors
 
 STOP, STEP = 0, 1
 
@@ -127,7 +127,8 @@ class Broadcast:
         """NCCL: gather, cast and pack each bucket on the GPU, then broadcast it."""
         sent = []
         for g in self.groups:
-            flat = torch.cat([full_tensor(self.params[i][1]).to(torch.bfloat16).reshape(-1) for i in g])
+            whole = gather_many([self.params[i][1] for i in g], torch.bfloat16)  # one collective a bucket
+            flat = torch.cat([t.to(torch.bfloat16).reshape(-1) for t in whole])
             if self.rank == 0:
                 if self.verify:
                     sent.append(flat.cpu())

@@ -147,7 +147,12 @@ class NonFiniteError(RuntimeError):
 
 
 def graph_breaks() -> int:
-    """Graph breaks dynamo has reported in this process (compiled code that fell back to eager)."""
+    """Graph breaks dynamo has reported in this process (compiled code that fell back to eager); 0
+    where nothing has imported dynamo (an eager row need not pay seconds to import it)."""
+    import sys
+
+    if "torch._dynamo.utils" not in sys.modules:
+        return 0
     from torch._dynamo.utils import counters
 
     return sum(counters["graph_break"].values())

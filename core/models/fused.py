@@ -29,6 +29,8 @@ from torch import nn
 
 def _lora_parts(m: nn.Module):
     """(base Linear, A weight, B weight, scaling) of a vanilla peft LoRA Linear, else None."""
+    if not hasattr(m, "lora_A"):  # not a LoRA layer: no need to import peft (seconds, for a full row)
+        return None
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:  # peft is a dependency; without it nothing is a LoRA layer

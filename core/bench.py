@@ -94,7 +94,10 @@ def format_row(row: dict) -> str:
     sync = f" | sync {row['sync']} {row.get('sync_s_per_step', 0):.3f}s/step" if row.get("sync") not in (None, "none") \
         else ""
     att = (row.get("step_budget") or {}).get("attainable")
-    att = f" of {100 * att:.0f}% attainable" if att else ""
+    if att and row["roofline_frac"] > att:  # kernels ran above the ceilings measured for them
+        att = f" (above the {100 * att:.0f}% attainable at its measured ceilings: a ceiling is low)"
+    else:
+        att = f" of {100 * att:.0f}% attainable" if att else ""
     return (f"{row['model']} | {row['type']} | {row['seq_len']} | {row['ac']} | {row['attn']} | "
             f"{row['hardware_label']} | MFU {row['mfu']:.1f}% | TPS {row['tps'] / 1e3:.2f}k{cv} | "
             f"step {row['step_time']:.2f}s | {peak} | roofline {100 * row['roofline_frac']:.0f}%{att}{sync} | "

@@ -58,8 +58,9 @@ def measured_rows():
 
 
 def test_peak_prediction_never_below_measured_by_more_than_10pct_nor_far_above():
-    """The refusal predictor over every committed FA2/FA3 row (one GPU): never more than 10% under
-    the measured peak (it must not let a row that cannot fit start), and within 1.6x above it."""
+    """The refusal predictor over every committed FA2/FA3 row (per GPU, at its number of GPUs): never
+    more than 10% under the measured peak (it must not let a row that cannot fit start), and within
+    1.6x above it."""
     from core.memory import predict_peak_gib, row_layout
 
     rows = measured_rows()
@@ -67,16 +68,17 @@ def test_peak_prediction_never_below_measured_by_more_than_10pct_nor_far_above()
     for a, r in rows:
         c = r["config"]
         rank = c["adapter"].get("rank") if c["adapter"]["name"] == "lora" else None
-        p = predict_peak_gib(a, r["seq_len"], rank, c["ac"]["name"], 1, c.get("head_budget_mib", 512),
-                             c["ac"].get("mode", "full"), **row_layout(c, r.get("attn_provider", "")))
+        p = predict_peak_gib(a, r["seq_len"], rank, c["ac"]["name"], r.get("num_gpus", 1),
+                             c.get("head_budget_mib", 512), c["ac"].get("mode", "full"),
+                             **row_layout(c, r.get("attn_provider", "")))
         assert 0.9 <= p / r["peak_mem_gib"] <= 1.6, (r["model"], r["type"], r["seq_len"], r["ac"], p, r["peak_mem_gib"])
 
 
 def test_expected_peak_within_10pct_of_every_current_row():
     """The expected peak (``core.predict``'s memory figure, no margin) against every committed row
-    of the current results (benchmarks/results/*.jsonl, not history/): within 10% of the measured
-    ``max_memory_reserved``, in each row's layout (FA2's repeated K/V where its provider repeated them,
-    the checkpoint inside a compiled block)."""
+    of the current results (benchmarks/results/*.jsonl, not history/), at its number of GPUs: within
+    10% of the measured ``max_memory_reserved`` (per GPU), in each row's layout (FA2's repeated K/V
+    where its provider repeated them, the checkpoint inside a compiled block)."""
     from core.memory import expected_peak_gib, row_layout
 
     rows = [(a, r) for a, r in measured_rows() if r["_file"].parent == RESULTS]
@@ -84,8 +86,9 @@ def test_expected_peak_within_10pct_of_every_current_row():
     for a, r in rows:
         c = r["config"]
         rank = c["adapter"].get("rank") if c["adapter"]["name"] == "lora" else None
-        e = expected_peak_gib(a, r["seq_len"], rank, c["ac"]["name"], 1, c.get("head_budget_mib", 512),
-                              c["ac"].get("mode", "full"), **row_layout(c, r.get("attn_provider", "")))
+        e = expected_peak_gib(a, r["seq_len"], rank, c["ac"]["name"], r.get("num_gpus", 1),
+                              c.get("head_budget_mib", 512), c["ac"].get("mode", "full"),
+                             **row_layout(c, r.get("attn_provider", "")))
         assert 0.9 <= e / r["peak_mem_gib"] <= 1.1, (r["model"], r["type"], r["seq_len"], r["ac"], e, r["peak_mem_gib"])
 
 

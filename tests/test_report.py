@@ -194,3 +194,17 @@ def test_budget_view_splits_each_row_and_shows_the_profiled_step():
     line = next(ln for ln in budget_view([r]).splitlines() if ln.startswith("| Qwen3-0.6B"))
     assert line.endswith("| 50% | 20% | 10% | 20% | 62% | 10% | 20% |")
     assert budget_view([ours(p, family="qwen3", packing="random")]) == ""
+
+
+def test_row_line_says_when_a_ceiling_is_low():
+    """A row above its own attainable figure (kernels faster than their measured ceilings) says so
+    instead of printing "79% of 77% attainable"."""
+    from core.bench import format_row
+
+    row = {"status": "ok", "peak_mem_gib": 17.7, "model": "Qwen3-0.6B", "type": "RL Full", "seq_len": 65536,
+           "ac": "Recompute", "attn": "FA2", "hardware_label": "1xH100 HBM3", "mfu": 23.4, "tps": 8850.0,
+           "step_time": 7.4, "attn_provider": "torch", "roofline_frac": 0.79,
+           "step_budget": {"attainable": 0.77}}
+    assert "roofline 79% (above the 77% attainable at its measured ceilings" in format_row(row)
+    row["roofline_frac"] = 0.62
+    assert "roofline 62% of 77% attainable" in format_row(row)

@@ -196,8 +196,7 @@ def resolve(cfg, world: int = 1) -> dict:
     rank = cfg.adapter.get("rank") if lora else None
     layout = row_layout(OmegaConf.to_container(cfg, resolve=True))
     pred = predict_peak_gib(args, seq_len, rank, cfg.ac.name, world, cfg.head_budget_mib, cfg.ac.get("mode", "full"),
-                            kv_repeated=kv_repeated(attn_e), inside_compiled=layout["inside_compiled"],
-                            lora_fused=layout["lora_fused"], lora_replicated=layout["lora_replicated"])
+                            **{**layout, "kv_repeated": kv_repeated(attn_e)})  # the backend says, not a provider
     mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else host_avail)
     if mem_limit and pred > mem_limit:
         lean = "+ac=offload" if cfg.ac.name != "offload" else "a shorter seq_len"

@@ -47,6 +47,22 @@ def full_tensor(p: torch.Tensor) -> torch.Tensor:
 GATHER_MIB = 128
 
 
+def buckets(shapes: list[tuple], itemsize: int, bucket_bytes: int) -> list[list[int]]:
+    """Indices of tensors grouped so that each group holds at most ``bucket_bytes`` (one tensor per
+    group when it alone is larger)."""
+    out, cur, size = [], [], 0
+    for i, s in enumerate(shapes):
+        n = itemsize * int(torch.Size(s).numel())
+        if cur and size + n > bucket_bytes:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(i)
+        size += n
+    if cur:
+        out.append(cur)
+    return out
+
+
 def _dim0_sharded(t: torch.Tensor):
     """The 1-D mesh of a DTensor sharded on dim 0 over several ranks (FSDP2's layout), else None."""
     from torch.distributed.tensor.placement_types import Shard
@@ -136,6 +152,9 @@ class HostStager:
         sizes = [p.numel() for _, p in params]
         self.numel = sum(sizes)
         self.itemsize = torch.finfo(dtype).bits // 8
+        # gather groups: consecutive params of up to gather_mib MiB (one param each with 0)
+        self.gather_group_of = {i: g for g in buckets([tuple(p.shape) for _, p in params], self.itemsize,
+                                                      gather_mib * 2**20) for i in g}
         self.nbytes = self.numel * self.itemsize
         self.flat = torch.empty(self.numel, dtype=dtype, pin_memory=cuda) if rank == 0 else None
         self.host, self.offsets = {}, []
@@ -168,20 +187,11 @@ class HostStager:
         ``gather_mib`` MiB in the staged dtype, one collective: :func:`gather_many`; one param a
         group with ``gather_mib=0``), and only that group is held."""
         held: dict[int, torch.Tensor] = {}
-        limit = self.gather_mib * 2**20 // self.itemsize
-        group_of, groups, size = [], [], 0
-        for i, (_, p) in enumerate(self.params):
-            if not groups or size + p.numel() > limit:
-                groups.append([])
-                size = 0
-            groups[-1].append(i)
-            group_of.append(len(groups) - 1)
-            size += p.numel()
 
         def get(i: int) -> torch.Tensor:
             if i not in held:
                 held.clear()
-                idx = groups[group_of[i]]
+                idx = self.gather_group_of[i]
                 whole = (gather_many([self.params[j][1] for j in idx], self.dtype) if self.gather_mib
                          else [full_tensor(self.params[i][1])])
                 for j, t in zip(idx, whole):

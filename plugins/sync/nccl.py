@@ -22,25 +22,9 @@ import torch
 import torch.distributed as dist
 
 from core import hookimpl
-from core.sync import HostStager, Timed, device_drain, digest, gather_many, sync_tensors
+from core.sync import HostStager, Timed, buckets, device_drain, digest, gather_many, sync_tensors
 
 STOP, STEP = 0, 1
-
-
-def buckets(shapes: list[tuple], itemsize: int, bucket_bytes: int) -> list[list[int]]:
-    """Indices of tensors grouped so that each group holds at most ``bucket_bytes`` (one tensor per
-    group when it alone is larger)."""
-    out, cur, size = [], [], 0
-    for i, s in enumerate(shapes):
-        n = itemsize * int(torch.Size(s).numel())
-        if cur and size + n > bucket_bytes:
-            out.append(cur)
-            cur, size = [], 0
-        cur.append(i)
-        size += n
-    if cur:
-        out.append(cur)
-    return out
 
 
 def make_group(backend: str, host: str, port: int, rank: int, timeout_s: float = 300.0):

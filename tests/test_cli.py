@@ -34,7 +34,12 @@ def test_card_command_composes_verbatim():
 
 
 def run(*args, env=None):
-    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    """``python -m core.bench ARGS`` as a user types it: a fresh invocation with its own run id (an
+    in-process test before may have set this process's)."""
+    from core.sweep import RUN_ENV
+
+    e = {k: v for k, v in os.environ.items() if k != RUN_ENV}
+    e.update(PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.run([sys.executable, "-m", "core.bench", *args], cwd=ROOT, capture_output=True, text=True,
                           env=e, timeout=600)
 

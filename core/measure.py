@@ -199,7 +199,8 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
     t0 = time.perf_counter()
     b = build(args, attention, ac, adapter, device, seed=cfg.seed, compile=cfg.compile,
               head_budget_mib=cfg.head_budget_mib, model_builder=r["family_obj"].build,
-              compile_head=bool(cfg.get("compile_head", True)), fuse=cfg.get("fuse", "lora"))
+              compile_head=bool(cfg.get("compile_head", True)), fuse=cfg.get("fuse", "lora"),
+              fsdp=cfg.get("fsdp", "auto"))
     sync_ctx = r["sync_ctx"]
     sync_ctx.rank, sync_ctx.world_size, sync_ctx.row_id = rank, world, row_id
     sync.setup(b.model, sync_ctx)
@@ -331,11 +332,14 @@ def measure(cfg, r: dict, row_id: str = "") -> dict:
         "flops_per_token_prime_rl": fpt,
         "gpu_busy": busy, "gpu_time_by_kind": by_kind,
         "steps_measured": len(samples["step_s"]), "spread": spread(samples["step_s"]),
-        "attn_provider": getattr(attention, "provider", None), "ac_info": info,
+        # a model that runs its own attention (the plain HF loop) says what that is
+        "attn_provider": b.model.attention_provider() if hasattr(b.model, "attention_provider")
+        else getattr(attention, "provider", None), "ac_info": info,
         "sync_info": sync_info,
         "sync_s_per_step": sum(measured_sync) / len(measured_sync) if measured_sync else 0.0,
         "counts": counts, "samples": samples, "build_s": build_s,
         "graph_breaks": graph_breaks() - breaks0 if cfg.compile else None,
+        "fsdp": b.fsdp,
         "peak_flops": hw["peak_flops"],
     }
     if breakdown is not None:

@@ -62,13 +62,17 @@ def row_layout(config: dict, attn_provider: str = "") -> dict:
             # adapters whole on every rank (adapter.replicate=true; auto replicates only at world
             # size 1, where whole and sharded states are the same bytes; older rows sharded them)
             "lora_replicated": adapter.get("replicate", False) is True and native
-            and adapter.get("experts", "grouped") != "peft"}
+            and adapter.get("experts", "grouped") != "peft",
+            # LoRA on one GPU without FSDP2 (fsdp=auto with the adapters out of it; rows from
+            # before the option ran FSDP2): no unsharded block copies
+            "lora_unwrapped": config.get("fsdp") == "auto" and native and adapter.get("name") == "lora"
+            and adapter.get("replicate", "auto") in ("auto", True) and adapter.get("experts", "grouped") != "peft"}
 
 
 def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
                inside_compiled: bool = False, lora_fused: bool = False,
-               lora_replicated: bool = False) -> dict[str, float]:
+               lora_replicated: bool = False, lora_unwrapped: bool = False) -> dict[str, float]:
     """The peak GPU memory of one rank (of ``world`` under FSDP2), term by term, in bytes.
 
     states: parameters, gradients and Adam moments, sharded over the ranks (fp32 masters; LoRA: the
@@ -84,7 +88,9 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
     ``inside_compiled``: the checkpoint sits inside a compiled block; with LoRA and recompute that
     adds :data:`COMPILED_LORA_EXTRA` of a live block, :data:`COMPILED_LORA_EXTRA_FUSED` with
     ``lora_fused`` (measured, not derived). ``lora_replicated``: the adapters' states are whole on
-    every rank (adapter.replicate), not sharded."""
+    every rank (adapter.replicate), not sharded. ``lora_unwrapped``: a LoRA row that runs without
+    FSDP2 on one GPU (``fsdp=auto``, :func:`core.trainer.needs_fsdp`): its blocks use the frozen
+    weights in place, no unsharded copies in flight."""
     n = param_count(a)
     if lora_rank:
         adapters = 16 * lora_params(a, lora_rank)
@@ -110,17 +116,18 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
     head = head_budget_mib * 2**20 + T * h * 4 * 2
     frac = COMPILED_LORA_EXTRA_FUSED if lora_fused else COMPILED_LORA_EXTRA
     extra = frac * live_block if (inside_compiled and lora_rank and ac == "recompute") else 0.0
-    return {"states": states, "blocks_in_flight": 3 * block_unsharded, "root_gathered": gathered_root,
+    unwrapped = lora_unwrapped and lora_rank and world == 1
+    return {"states": states, "blocks_in_flight": 0.0 if unwrapped else 3 * block_unsharded, "root_gathered": gathered_root,
             "saved_activations": saved, "live_block": live_block, "head": head, "compiled_lora_extra": extra}
 
 
 def expected_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                       head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
                       inside_compiled: bool = False, lora_fused: bool = False,
-                      lora_replicated: bool = False) -> float:
+                      lora_replicated: bool = False, lora_unwrapped: bool = False) -> float:
     """The predicted peak (GiB) without a safety margin: what ``core.predict`` reports."""
     return sum(peak_terms(a, seq_len, lora_rank, ac, world, head_budget_mib, mode, kv_repeated,
-                          inside_compiled, lora_fused, lora_replicated).values()) / GIB
+                          inside_compiled, lora_fused, lora_replicated, lora_unwrapped).values()) / GIB
 
 
 #: the refusal's margin over the expected peak: allocator fragmentation, workspaces, and the
@@ -131,11 +138,12 @@ REFUSAL_FACTOR, REFUSAL_SLACK_GIB = 1.1, 1.0
 def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                      head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
                      inside_compiled: bool = False, lora_fused: bool = False,
-                     lora_replicated: bool = False) -> float:
+                     lora_replicated: bool = False, lora_unwrapped: bool = False) -> float:
     """Peak GPU memory (GiB) of one rank that a row is refused above: the expected peak with a
     margin, so that a row that fits is never refused for the predictor's error."""
     return expected_peak_gib(a, seq_len, lora_rank, ac, world, head_budget_mib, mode, kv_repeated,
-                             inside_compiled, lora_fused, lora_replicated) * REFUSAL_FACTOR + REFUSAL_SLACK_GIB
+                             inside_compiled, lora_fused, lora_replicated, lora_unwrapped) * REFUSAL_FACTOR \
+        + REFUSAL_SLACK_GIB
 
 
 def predict_host_gib(a: ModelArgs, seq_len: int, ac: str, mode: str = "full", keep_last: int = 1,

@@ -96,6 +96,8 @@ OPTIONS = {
     "compile_head": lambda v: _bool("compile_head", v),
     "fuse": lambda v: v if isinstance(v, bool) or v == "lora" else _fail(
         f"fuse '{v}' is unknown: use fuse=lora, fuse=true or fuse=false"),
+    "fsdp": lambda v: v if v is True or v == "auto" else _fail(
+        f"fsdp={v!r} is unknown: use fsdp=auto (FSDP2 unless one GPU has nothing for it to train) or fsdp=true"),
     "head_budget_mib": lambda v: _int("head_budget_mib", v, 1, example=512),
     "device": lambda v: _choice("device", v, ("auto", "cuda", "cpu")),
     "results": _results,

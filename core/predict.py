@@ -308,7 +308,7 @@ def predict(a, *, seq_len: int, task: str, lora_rank: int | None, ac: str, mode:
 
     backend = backend_of(attn)
     layout = layout or {"inside_compiled": True, "kv_repeated": backend == "fa2", "lora_fused": True,
-                        "lora_replicated": False}
+                        "lora_replicated": False, "lora_unwrapped": True}
     mem_terms = peak_terms(a, seq_len, lora_rank, ac, gpus, head_budget_mib, mode, **layout)
     peak = sum(mem_terms.values()) / GIB
     w = work(a, seq_len, lora_rank, ac, mode)

@@ -466,7 +466,8 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
 
     def peer_key(r, impl):
         key = (model_name(r), r["type"], r["seq_len"], r["hardware_label"])
-        return key if impl == "plain HF" else (*key, r["ac"], r["attn"])  # plain HF: its own AC and attention
+        # plain HF: its own AC; its attention "sdpa" (torch's pick) or the kernel it was held to
+        return (*key, str(r["attn"]).lower()) if impl == "plain HF" else (*key, r["ac"], r["attn"])
 
     for r in rows:
         if same_work(r, {"type": r["type"]}):
@@ -482,7 +483,8 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
     plain_failed = {}
     for r in failed:
         if implementation(r) == "plain HF" and all(k in r for k in ("type", "seq_len", "hardware_label")):
-            plain_failed.setdefault((model_name(r), r["type"], r["seq_len"], r["hardware_label"]), r)
+            plain_failed.setdefault((model_name(r), r["type"], r["seq_len"], r["hardware_label"],
+                                     str(r.get("attn")).lower()), r)
     if not by_impl["hf"] and not by_impl["plain HF"] and not plain_failed:
         return ""
     cell = lambda r: f"{r['tps'] / 1e3:.2f}k ({r['peak_mem_gib']:.1f} GiB)" if r and r.get("peak_mem_gib") \
@@ -493,38 +495,53 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
              "model (`model=hf_*`) with the same plugins; **plain HF** = what users run today "
              "(`model.plain=true`: transformers' forward with `attn_implementation=\"sdpa\"`, its gradient "
              "checkpointing, the loss over full fp32 logits, LoRA through peft), named with its AC and "
-             "attention. Cells: TPS (peak memory); an hf cell from another call than the native row says so; "
-             "a plain HF row that failed (e.g. out of memory on its full logits) shows the error. "
-             "Ratio = native TPS / plain HF TPS, counted only where "
+             "attention: `sdpa` = torch's pick of kernel (cuDNN attention on Hopper, faster than FA2); "
+             "**plain HF, same kernel** = the same loop held to the published row's attention kernel "
+             "(`+attn=fa2`: torch's vendored FlashAttention-2, the kernel of stepbench's FA2 rows here), the "
+             "matching row. Cells: TPS (peak memory); an hf cell from another call than the native row says "
+             "so; a plain HF row that failed (e.g. out of memory on its full logits) shows the error. "
+             "Ratios = native TPS / that plain HF row's TPS, counted only where "
              "both rows ran in the same call on the same machine (else shown in parentheses and left out "
              "of the summary).\n",
-             "| Model | Type | SeqLen | AC | Attn | Hardware | prime-rl | native | hf | plain HF | native / plain HF |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    ratios = []
+             "| Model | Type | SeqLen | AC | Attn | Hardware | prime-rl | native | hf | plain HF | native / plain HF "
+             "| plain HF, same kernel | native / same kernel |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios: dict = {"plain": [], "same": []}
+
+    def versus(nat, other, which):
+        if not (nat and other):
+            return "-"
+        x = nat["tps"] / other["tps"]
+        if not same_call(nat, other):
+            return f"({x:.2f}x, not one call)"
+        ratios[which].append(x)
+        return f"{x:.2f}x"
+
+    def plain_cell(r, broke):
+        if r:
+            return f"{cell(r)} [{r['ac']}, {r['attn']}]"
+        if broke:
+            return f"failed: {str(broke.get('error') or 'error').split(':')[0]} [{broke.get('ac')}, {broke.get('attn')}]"
+        return "-"
+
     for p in published:
         key = (p["model"], p["type"], p["seq_len"], p["hardware_label"])
         nat = by_impl["native"].get((*key, p["ac"], p["attn"]))
         hfr = partner("hf", (*key, p["ac"], p["attn"]), nat)
-        plain = partner("plain HF", key, nat)
-        broke = plain_failed.get(key) if not plain else None
-        if not (hfr or plain or broke):
+        plain = partner("plain HF", (*key, "sdpa"), nat)
+        same = partner("plain HF", (*key, p["attn"].lower()), nat)
+        broke = plain_failed.get((*key, "sdpa")) if not plain else None
+        broke_same = plain_failed.get((*key, p["attn"].lower())) if not same else None
+        if not (hfr or plain or broke or same or broke_same):
             continue
-        ratio = "-"
-        if nat and plain:
-            x = nat["tps"] / plain["tps"]
-            if same_call(nat, plain):
-                ratios.append(x)
-                ratio = f"{x:.2f}x"
-            else:
-                ratio = f"({x:.2f}x, not one call)"
-        plain_cell = f"{cell(plain)} [{plain['ac']}, {plain['attn']}]" if plain else "-"
-        if broke:
-            plain_cell = f"failed: {str(broke.get('error') or 'error').split(':')[0]} [{broke.get('ac')}, {broke.get('attn')}]"
         hf_cell = cell(hfr) + (" (other call)" if hfr and nat and not same_call(nat, hfr) else "")
         lines.append(f"| {p['model']} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | {p['hardware_label']} "
-                     f"| {p['tps'] / 1e3:.2f}k | {cell(nat)} | {hf_cell} | {plain_cell} | {ratio} |")
-    if ratios:
-        lines.append(ratio_summary("native / plain HF", ratios))
+                     f"| {p['tps'] / 1e3:.2f}k | {cell(nat)} | {hf_cell} | {plain_cell(plain, broke)} "
+                     f"| {versus(nat, plain, 'plain')} | {plain_cell(same, broke_same)} | {versus(nat, same, 'same')} |")
+    if ratios["plain"]:
+        lines.append(ratio_summary("native / plain HF", ratios["plain"]))
+    if ratios["same"]:
+        lines.append(ratio_summary("native / plain HF with the same attention kernel", ratios["same"]))
     return "\n".join(lines) + "\n"
 
 

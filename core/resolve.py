@@ -54,7 +54,7 @@ def sync_label(node: dict) -> str:
 
 
 #: top-level options outside the other key fields that change what a row measures
-VARIANT_OPTIONS = ("compile_head", "fuse", "head_budget_mib")
+VARIANT_OPTIONS = ("compile_head", "fuse", "head_budget_mib", "fsdp")
 #: plugin options the other key fields already say (ac.mode in the AC column, sync.dir and
 #: sync.overlap in the Sync column) or that change nothing measured
 VARIANT_SKIP = {"ac": {"mode"}, "sync": {"dir", "overlap", "cleanup"}}

@@ -32,6 +32,8 @@ class Built:
     #: trainable parameters kept out of FSDP2 (whole on every rank; adapter.replicate): their
     #: gradients are averaged over the ranks once per step (:func:`reduce_replicated`)
     replicated: tuple = ()
+    #: whether FSDP2 wraps the model (:func:`needs_fsdp`)
+    fsdp: bool = True
 
 
 # ------------------------------------------------------------------ distributed
@@ -99,6 +101,22 @@ def apply_fsdp(model: nn.Module, device_type: str, ignored=()) -> None:
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=mp, **kw)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False, **kw)
+
+
+def needs_fsdp(model: nn.Module, replicated, world: int, fsdp="auto") -> bool:
+    """Whether FSDP2 wraps the model: always over several ranks or with ``fsdp=true``; on one GPU
+    (``auto``) only where it holds a trainable parameter. A LoRA model whose adapters stay out of
+    FSDP2 (:func:`replicated_params`) has only frozen weights left for it, already in the compute
+    dtype: on one GPU FSDP2 would copy each of them at every unshard (forward, and again in
+    backward for the recompute) and run its hooks around every block, for nothing it shards, casts
+    or reduces. Frozen weights in another dtype than bf16 keep FSDP2 (its mixed precision casts them)."""
+    if fsdp is True or world > 1:
+        return True
+    keep = {id(p) for p in replicated}
+    if any(p.requires_grad and id(p) not in keep for p in model.parameters()):
+        return True
+    return any(p.is_floating_point() and not p.requires_grad and p.dtype != torch.bfloat16
+               for p in model.parameters())
 
 
 def world_size() -> int:
@@ -188,13 +206,13 @@ def set_dtypes(model: nn.Module, adapter) -> None:
 # ------------------------------------------------------------------ the one place
 def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, compile: bool = False,
           head_budget_mib: int = 512, lr: float = 1e-6, model_builder=None, compile_head: bool = True,
-          fuse="lora") -> Built:
+          fuse="lora", fsdp="auto") -> Built:
     """Compose a trainable model in one fixed order.
 
     model on meta -> adapter -> attention binding -> activation checkpointing / offload ->
     torch.compile (optional) -> FSDP2 -> materialize on device + seeded init -> optimizer.
     Checkpointing wraps blocks before compile, and compile happens before FSDP2 so FSDP2's hooks
-    stay outside compiled code. ``model_builder``: the model family's ``build(args)`` (default:
+    stay outside compiled code (``fsdp``: see :func:`needs_fsdp`). ``model_builder``: the model family's ``build(args)`` (default:
     the native :class:`core.models.common.CausalLM`).
     """
     from core.models.common import CausalLM
@@ -209,8 +227,11 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
     ac.apply(model)
     if compile:
         apply_compile(model, head=compile_head)
-    replicated = replicated_params(model, adapter, world_size())
-    apply_fsdp(model, device.type, replicated)
+    world = world_size()
+    replicated = replicated_params(model, adapter, world)
+    sharded = needs_fsdp(model, replicated, world, fsdp)
+    if sharded:
+        apply_fsdp(model, device.type, replicated)
     model.to_empty(device=device)
     init_weights(model, seed, adapter)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -218,7 +239,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.01, fused=fused,
                             foreach=None if fused else True)
     replicated = tuple(p for p in params if replicated and not hasattr(p, "device_mesh"))  # after to_empty
-    return Built(model, opt, params, device, attention, ac, adapter, replicated=replicated)
+    return Built(model, opt, params, device, attention, ac, adapter, replicated=replicated, fsdp=sharded)
 
 
 # ------------------------------------------------------------------ data and the step

@@ -201,6 +201,49 @@ def test_replicated_adapters_equal_sharded(dist_group, family):
         assert err < 2e-2, (n, err.item())
 
 
+def test_one_gpu_lora_runs_without_fsdp(dist_group):
+    """fsdp=auto at world size 1: a LoRA model with its adapters out of FSDP2 runs unwrapped (its
+    frozen bf16 weights used in place) and gives the same loss and adapter gradients, bit for bit,
+    as the same model under FSDP2 (fsdp=true), whose unshard copies those weights unchanged. Full
+    fine-tuning, sharded adapters and frozen weights in fp32 keep FSDP2."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from core.plugins import registry
+    from core.trainer import build, needs_fsdp
+
+    args, reg = QWEN3["tiny"], registry()
+
+    def built(fsdp, adapter="lora", **opts):
+        return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
+                     reg.get("adapter", adapter).factory(opts), torch.device("cpu"), seed=0, fsdp=fsdp)
+
+    def step(b):
+        with torch.no_grad():  # B away from zero, so the A gradients are checked too
+            for n, p in b.model.named_parameters():
+                if "lora_B" in n:
+                    local(p).normal_(0, 0.02, generator=torch.Generator().manual_seed(len(n)))
+        return grads_after_step(b, args)
+
+    bare, wrapped = built("auto"), built(True)
+    assert not bare.fsdp and not any(isinstance(m, FSDPModule) for m in bare.model.modules())
+    assert wrapped.fsdp and isinstance(wrapped.model, FSDPModule)
+    assert {p.dtype for p in bare.model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    (loss, got), (ref_loss, ref) = step(bare), step(wrapped)
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    assert got.keys() == ref.keys() and ref and all("lora_" in n for n in ref)
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=0, atol=0, msg=n)
+    assert built("auto", "full").fsdp  # fp32 masters: FSDP2's mixed precision casts them
+    assert built("auto", replicate=False).fsdp  # sharded adapters: FSDP2 holds trainable weights
+    m = bare.model
+    assert needs_fsdp(m, bare.replicated, world=2)  # several ranks: always
+    assert not needs_fsdp(m, bare.replicated, world=1)
+    assert needs_fsdp(m, (), world=1)  # adapters not replicated
+    frozen = next(p for p in m.parameters() if not p.requires_grad)
+    frozen.data = frozen.data.float()
+    assert needs_fsdp(m, bare.replicated, world=1)  # a frozen fp32 weight needs the cast
+
+
 def test_replicate_refused_where_the_model_would_compute_fp32(dist_group):
     """adapter.replicate=true on a model whose layers do not cast the adapter (transformers'
     modules under peft) is refused with what to type instead; auto keeps them in FSDP2 there."""

@@ -101,6 +101,53 @@ def test_plain_hf_equals_the_hf_family_on_one_document():
         torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
 
 
+def test_plain_hf_held_to_one_kernel_in_forward_and_recompute(monkeypatch):
+    """model.plain=true with +attn=fa2 holds transformers' sdpa calls to one kernel, in the forward
+    and in the checkpointed layers' recompute during backward (torch's checkpoint context_fn). On
+    the CPU torch's flash kernel exists too: held to FLASH_ATTENTION every call (forward and
+    recompute, 2 per layer) runs it; held to MATH (what the same hold does with another kernel) none
+    does, so the recompute obeys the hold rather than torch's default pick. Values equal sdpa's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from core.trainer import bind_attention
+
+    assert hf.from_config({"model": {"config": TINY_DENSE, "plain": True}, "attn": {"name": "fa2"},
+                           "ac": {"name": "recompute"}}).name.endswith("(plain HF)")
+    _, native = pair("qwen3")
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.flash = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.flash += "flash_attention" in str(func) and "backward" not in str(func)  # forward calls
+            return func(*args, **(kwargs or {}))
+
+    def plain_run(attn):
+        torch.manual_seed(0)
+        plain = hf.build(hf_args(TINY_DENSE, plain=True))
+        plain.lm.model.load_state_dict({k: v for k, v in native.state_dict().items() if not k.startswith("lm_head")},
+                                       strict=False)
+        plain.init_buffers()
+        bind_attention(plain, registry().get("attn", attn).factory({}) if attn != "fa2" else type("B", (), {"name": "fa2"})())
+        plain.block_runner = None  # as +ac=recompute leaves it: transformers' own checkpointing
+        with Count() as c:
+            out = run(plain, [96])
+        return out, c.flash, plain.attention_provider()
+
+    layers = TINY_DENSE["num_hidden_layers"]
+    ref, _, provider = plain_run("sdpa")
+    assert "torch's pick" in provider
+    got, flash, provider = plain_run("fa2")
+    assert flash == 2 * layers and "FLASH_ATTENTION backend only" in provider
+    for x, y in zip(ref[:3], got[:3]):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+    monkeypatch.setitem(hf.PLAIN_KERNELS, "fa2", "MATH")
+    _, flash, provider = plain_run("fa2")
+    assert flash == 0 and "MATH backend only" in provider
+
+
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 @pytest.mark.parametrize("ac,ac_cfg", [("recompute", {}), ("offload", {}), ("offload", {"mode": "attention"})],
                          ids=["recompute", "offload", "offload-attention"])
@@ -166,8 +213,10 @@ def test_report_peers_view_and_hf_rows_stay_out_of_the_headline_views(tmp_path):
     hf_row = ours(p, tps=18000.0, family="hf", model="Qwen3-0.6B (hf)", hf_name="Qwen/Qwen3-0.6B")
     plain = ours(p, tps=8000.0, family="hf", model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B",
                  ac="Recompute", attn="SDPA", time="2026-11-25T00:00:01+00:00")
+    same = ours(p, tps=10000.0, family="hf", model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B",
+                ac="Recompute", attn="FA3", time="2026-11-25T00:00:02+00:00")  # held to the row's kernel
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
-    write(res, [native, hf_row, plain])
+    write(res, [native, hf_row, plain, same])
     assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
                  "--predictions", str(tmp_path / "none")]) == 0
     text = out.read_text()
@@ -177,7 +226,11 @@ def test_report_peers_view_and_hf_rows_stay_out_of_the_headline_views(tmp_path):
     peers = text.split("## Peers")[1]
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
     assert "20.00k" in line and "18.00k" in line and "8.00k" in line and "[Recompute, SDPA]" in line
-    assert line.rstrip(" |").endswith("2.50x")
+    plain_cell, ratio, same_cell, same_ratio = [c.strip() for c in line.strip("| ").split("|")][-4:]
+    assert plain_cell.startswith("8.00k") and plain_cell.endswith("[Recompute, SDPA]") and ratio == "2.50x"
+    assert same_cell.startswith("10.00k") and same_cell.endswith("[Recompute, FA3]") and same_ratio == "2.00x"
+    assert "native / plain HF, 1 rows: geomean 2.50x" in peers
+    assert "native / plain HF with the same attention kernel, 1 rows: geomean 2.00x" in peers
 
 
 def test_peers_ratio_counts_only_rows_of_one_call(tmp_path):
@@ -225,7 +278,7 @@ def test_peers_view_shows_a_plain_hf_row_that_failed(tmp_path):
     peers = out.read_text().split("## Peers")[1]
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
     assert "20.00k" in line and "failed: OutOfMemoryError [Recompute, sdpa]" in line
-    assert line.rstrip(" |").endswith("-")  # no ratio against a failed row
+    assert [c.strip() for c in line.strip("| ").split("|")][-3] == "-"  # no ratio against a failed row
 
 
 def test_peers_take_the_plain_hf_run_of_the_native_rows_call(tmp_path):
@@ -246,5 +299,5 @@ def test_peers_take_the_plain_hf_run_of_the_native_rows_call(tmp_path):
                  "--predictions", str(tmp_path / "none")]) == 0
     peers = out.read_text().split("## Peers")[1]
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
-    assert "10.00k" in line and line.rstrip(" |").endswith("2.00x")
+    assert "10.00k" in line and [c.strip() for c in line.strip("| ").split("|")][-3] == "2.00x"
     assert "native / plain HF, 1 rows" in peers

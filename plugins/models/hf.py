@@ -127,9 +127,9 @@ def from_config(cfg: dict) -> ModelArgs:
     plain = bool(node.get("plain", False))
     if plain:
         attn, ac = (cfg.get("attn") or {}), (cfg.get("ac") or {})
-        if attn.get("name") != "sdpa":
-            raise ValueError(f"model.plain=true runs transformers' own sdpa attention: use +attn=sdpa "
-                             f"(not {attn.get('name')})")
+        if attn.get("name") not in PLAIN_KERNELS:
+            raise ValueError(f"model.plain=true runs transformers' own sdpa attention: use +attn=sdpa (torch picks "
+                             f"the kernel), +attn=fa2 or +attn=cudnn (that kernel only); not {attn.get('name')}")
         if ac.get("name") not in ("none", "recompute") or ac.get("mode", "full") != "full":
             raise ValueError("model.plain=true uses transformers' gradient checkpointing: use +ac=recompute or "
                              "+ac=none")
@@ -221,13 +221,26 @@ class HFCausalLM(CausalLM):
         return self.norm(h)[0]
 
 
+#: the attention a plain HF row may name: transformers' ``sdpa`` implementation either way, with
+#: torch's choice of kernel (``sdpa``: cuDNN attention on Hopper) or restricted to one kernel, the
+#: one a stepbench row of that name runs (``fa2``: torch's vendored FlashAttention-2, as the native
+#: ``fa2`` backend without the flash_attn package; ``cudnn``), so a published FA2 row has a plain HF
+#: peer with the same attention kernel
+PLAIN_KERNELS = {"sdpa": None, "fa2": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
+
+
 class PlainHFCausalLM(nn.Module):
     """What a plain transformers loop runs: the model's own forward (sdpa attention, its gradient
-    checkpointing when an AC strategy other than ``none`` is applied), full fp32 logits, log-softmax."""
+    checkpointing when an AC strategy other than ``none`` is applied), full fp32 logits, log-softmax.
+    The row's attention backend is bound to the model itself (``backend``): its name picks the
+    kernel transformers' sdpa calls may use (:data:`PLAIN_KERNELS`)."""
+
+    stepbench_attention = True  # bind_attention sets self.backend: the row's attention choice
 
     def __init__(self, a: ModelArgs):
         super().__init__()
         self.args = a
+        self.backend = None
         self.lm = _from_config(hf_config(a.hf_config), "sdpa")
         self.layers = self.lm.model.layers  # FSDP2 shards these (each decoder layer)
         self.block_runner = run_block
@@ -242,14 +255,35 @@ class PlainHFCausalLM(nn.Module):
                 with torch.no_grad():
                     buf.copy_(rope_inv_freq(self.args.head_dim, self.args.rope_theta, buf.device))
 
+    def attention_provider(self) -> str:
+        """What the row's attention is: transformers' sdpa and the kernels it may use."""
+        kernel = PLAIN_KERNELS.get(getattr(self.backend, "name", "sdpa"))
+        return (f"transformers sdpa_attention_forward -> torch {torch.__version__} scaled_dot_product_attention"
+                + (f" ({kernel} backend only)" if kernel else " (torch's pick of kernel)"))
+
+    def kernel(self):
+        """A context that holds transformers' sdpa calls to the row's kernel (none for ``sdpa``).
+        The forward runs in one; with gradient checkpointing each layer's recompute in backward
+        enters another (torch's checkpoint ``context_fn``), so it runs the same kernel."""
+        import contextlib
+
+        kernel = PLAIN_KERNELS.get(getattr(self.backend, "name", "sdpa"))
+        if kernel is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(getattr(SDPBackend, kernel))
+
     def forward(self, input_ids, position_ids, meta, targets):
         if meta is not None and len(meta.cu_seqlens_host) != 2:
             raise ValueError("model.plain=true runs one document per micro-batch: use packing=single")
         checkpointing = self.block_runner is not run_block  # +ac=recompute: transformers' own checkpointing
         if checkpointing and not self.lm.is_gradient_checkpointing:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        logits = self.lm(input_ids=input_ids.unsqueeze(0), position_ids=position_ids.unsqueeze(0),
-                         use_cache=False).logits[0].float()
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+                "use_reentrant": False, "context_fn": lambda: (self.kernel(), self.kernel())})
+        with self.kernel():
+            logits = self.lm(input_ids=input_ids.unsqueeze(0), position_ids=position_ids.unsqueeze(0),
+                             use_cache=False).logits[0].float()
         logp = torch.log_softmax(logits, -1)
         lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():

@@ -15,7 +15,7 @@ from core.models.registry import QWEN3, QWEN3_MOE
 from core.plugins import registry
 from core.sync import SyncContext
 from core.trainer import build, make_batches, train_step
-from plugins.sync.filesystem import Filesystem, complete_steps
+from plugins.sync.filesystem import AHEAD, Filesystem, complete_steps
 from tests.test_cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,8 @@ def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path,
     fs = Filesystem(str(tmp_path), keep=3, overlap=overlap, cleanup=False, writer=writer)
     fs.setup(b.model, SyncContext(0, 1, "cpu", adapter == "lora", 0, row_id="r"))
     b.sync = fs
+    if writer == "mapped":  # the first AHEAD steps' files are ready before the first step (setup is untimed)
+        assert sorted(fs.prepared) == list(range(AHEAD)) and all(f.done() for f in fs.prepared.values())
     for step in range(3):
         train_step(b, make_batches(args, "rl", 128, 1, "random", 0, step, "cpu"), "rl", step=step)
         fs.timed.wait_pending()  # the overlapped write of this step is done
@@ -63,11 +65,13 @@ def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path,
         assert got.keys() == want.keys() and len(got) > 0
         for n in want:
             assert torch.equal(got[n], want[n]), n  # bit-exact bf16
-        if writer == "mapped":  # the next step's file is being prepared: full size, not yet published
-            fs.prepared[1].result()
-            nxt = tmp_path / "r" / f"step_{step + 1}"
-            assert [q.name for q in nxt.iterdir()] == ["model.safetensors.tmp"]
-            assert (nxt / "model.safetensors.tmp").stat().st_size == path.stat().st_size
+        if writer == "mapped":  # the next AHEAD steps' files are prepared: full size, not yet published
+            assert sorted(fs.prepared) == list(range(step + 1, step + 1 + AHEAD))
+            for ahead in range(step + 1, step + 1 + AHEAD):
+                fs.prepared[ahead].result()
+                nxt = tmp_path / "r" / f"step_{ahead}"
+                assert [q.name for q in nxt.iterdir()] == ["model.safetensors.tmp"]
+                assert (nxt / "model.safetensors.tmp").stat().st_size == path.stat().st_size
     fs.finish()
     assert complete_steps(tmp_path / "r") == [0, 1, 2]
     assert sorted(q.name for q in (tmp_path / "r").iterdir()) == ["step_0", "step_1", "step_2"]  # none left half-made

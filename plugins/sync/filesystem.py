@@ -38,6 +38,10 @@ from core import hookimpl
 from core.sync import GATHER_MIB, HostStager, Timed, device_drain, sync_tensors
 
 MARKER = "COMPLETE"
+#: the mapped writer keeps the files of the next AHEAD steps prepared: those of the first AHEAD
+#: steps at setup (the warm-up step's and the first measured step's), then after step n's hand-off
+#: step n + AHEAD's while step n + 1 computes, so a slow preparation has two steps' time to finish
+AHEAD = 2
 WEIGHTS = "model.safetensors"
 
 
@@ -216,7 +220,7 @@ class Filesystem:
             raise ValueError(f"sync.writer={writer} is not one of {', '.join(WRITERS)}: try sync.writer=mapped")
         self.writer = writer
         self.prep_pool = ThreadPoolExecutor(1, thread_name_prefix="stepbench-prepare") if writer == "mapped" else None
-        self.prepared: tuple[int, Future] | None = None  # (step, its prepared file)
+        self.prepared: dict[int, Future] = {}  # step -> its prepared file
         self.prepare_wait: list[float] = []  # per step: seconds the hand-off waited for its file
         self.root, self.keep, self.overlap, self.fsync = Path(dir), keep, bool(overlap), bool(fsync)
         self.cleanup, self.touch = bool(cleanup), bool(touch)
@@ -244,7 +248,7 @@ class Filesystem:
                         "or another sync.dir")
             finally:
                 probe.unlink(missing_ok=True)
-        need = ctx.predicted_bytes * (self.keep + 1)
+        need = ctx.predicted_bytes * (self.keep + (AHEAD if self.writer == "mapped" else 1))
         free = shutil.disk_usage(self.root).free
         if need > free:
             return (f"sync.dir={self.root} has {free / 2**30:.2f} GiB free but keeping {self.keep} steps of "
@@ -262,6 +266,14 @@ class Filesystem:
         self.timed.drain = device_drain(device) or self.timed.drain
         self.stager = HostStager(sync_tensors(model, ctx.lora), torch.bfloat16, ctx.rank, device, self.overlap,
                                  gather_mib=self.gather_mib)
+        if self.writer == "mapped" and self.rank == 0:
+            # the files of the first AHEAD steps, prepared now (setup is not timed): a machine's first
+            # GBs of page cache come slowly (the first RL Full row of a call waited 0.2-0.6 s for its
+            # file in its first measured steps with one file prepared a step ahead: NOTES, session 11)
+            for step in range(AHEAD):
+                self.prepared[step] = self.prep_pool.submit(prepare_step, self.stager, self.out, step, self.touch)
+            for fut in self.prepared.values():
+                fut.result()
 
     def before_update(self) -> None:
         if self.stager is not None:
@@ -275,26 +287,22 @@ class Filesystem:
         """Step ``step``'s prepared file (waiting for it, the wait recorded), or None where none or
         another step's was prepared (that one is discarded)."""
         t = time.perf_counter()
-        if self.prepared is not None and self.prepared[0] == step:
-            mm = self.prepared[1].result()
-            self.prepared = None
-        else:
-            self._discard_prepared()
-            mm = None
+        fut = self.prepared.pop(step, None)
+        self._discard_prepared(before=step)
+        mm = fut.result() if fut is not None else None
         self.prepare_wait.append(time.perf_counter() - t)
         return mm
 
-    def _discard_prepared(self) -> None:
-        """Unmap and remove a file prepared for a step that did not come (a failed preparation too)."""
-        if self.prepared is None:
-            return
-        step, fut = self.prepared
-        self.prepared = None
-        try:
-            fut.result().close()
-        except OSError:
-            pass
-        shutil.rmtree(self.out / f"step_{step}", ignore_errors=True)
+    def _discard_prepared(self, before: int | None = None) -> None:
+        """Unmap and remove files prepared for steps that did not come (all, or those before
+        ``before``; a failed preparation too)."""
+        for step in [s for s in self.prepared if before is None or s < before]:
+            fut = self.prepared.pop(step)
+            try:
+                fut.result().close()
+            except OSError:
+                pass
+            shutil.rmtree(self.out / f"step_{step}", ignore_errors=True)
 
     def _write(self, step: int):
         def write():
@@ -304,8 +312,9 @@ class Filesystem:
             mapped = self.writer == "mapped"
             prepared = self._take_prepared(step) if mapped else None
             write_step(self.stager, self.out, step, self.keep, self.fsync, self.writer, prepared, cleanup=not mapped)
-            if mapped:  # off the step, while the GPU computes the next one: drop old steps, prepare its file
-                self.prepared = (step + 1, self.prep_pool.submit(self._background, step + 1))
+            nxt = step + AHEAD  # off the step, while the GPU computes the next one: a file AHEAD steps on
+            if mapped and nxt not in self.prepared:
+                self.prepared[nxt] = self.prep_pool.submit(self._background, nxt)
         return write
 
     def after_step(self, step: int) -> None:

@@ -462,7 +462,7 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
     not only each key's median) has one there. A plain HF row that only failed (e.g. out of memory
     on the full logits) shows its error."""
     by_impl: dict = {"native": {}, "hf": {}, "plain HF": {}}
-    runs: dict = {"hf": {}, "plain HF": {}}
+    runs: dict = {"native": {}, "hf": {}, "plain HF": {}}
 
     def peer_key(r, impl):
         key = (model_name(r), r["type"], r["seq_len"], r["hardware_label"])
@@ -480,6 +480,16 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
     def partner(impl, key, nat):
         here = [r for r in runs[impl].get(key, []) if nat and same_call(nat, r)]
         return here[-1] if here else by_impl[impl].get(key)
+
+    def native_of(key, plain_keys):
+        """The key's native row; where it has no plain HF run of its own call but another native run
+        of the key has one, the latest such run (the view compares rows of one call)."""
+        nat = by_impl["native"].get(key)
+        paired = lambda n: any(same_call(n, r) for k in plain_keys for r in runs["plain HF"].get(k, []))  # noqa: E731
+        if nat is None or paired(nat):
+            return nat
+        others = [n for n in runs["native"].get(key, []) if paired(n)]
+        return others[-1] if others else nat
     plain_failed = {}
     for r in failed:
         if implementation(r) == "plain HF" and all(k in r for k in ("type", "seq_len", "hardware_label")):
@@ -526,7 +536,7 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
 
     for p in published:
         key = (p["model"], p["type"], p["seq_len"], p["hardware_label"])
-        nat = by_impl["native"].get((*key, p["ac"], p["attn"]))
+        nat = native_of((*key, p["ac"], p["attn"]), [(*key, "sdpa"), (*key, p["attn"].lower())])
         hfr = partner("hf", (*key, p["ac"], p["attn"]), nat)
         plain = partner("plain HF", (*key, "sdpa"), nat)
         same = partner("plain HF", (*key, p["attn"].lower()), nat)

@@ -301,3 +301,28 @@ def test_peers_take_the_plain_hf_run_of_the_native_rows_call(tmp_path):
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
     assert "10.00k" in line and [c.strip() for c in line.strip("| ").split("|")][-3] == "2.00x"
     assert "native / plain HF, 1 rows" in peers
+
+
+def test_peers_take_a_native_run_that_has_a_plain_hf_run_in_its_call(tmp_path):
+    """The key's median native run has no plain HF run of its own call (an A/B of other rows picked
+    it) but another native run has: the peers view pairs that one, so the ratio is of one call."""
+    from core.report import main, parse_published
+    from tests.test_report import h100, ours, write
+
+    published, _, _ = parse_published()
+    p = h100(published)
+    natives = [ours(p, tps=30000.0, family="qwen3", run_id="x"),
+               ours(p, tps=20000.0, family="qwen3", run_id="a", time="2026-11-25T02:00:00+00:00"),
+               ours(p, tps=25000.0, family="qwen3", run_id="y", time="2026-11-25T04:00:00+00:00")]
+    plain = ours(p, tps=10000.0, run_id="a", time="2026-11-25T02:00:01+00:00", family="hf",
+                 model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B", ac="Recompute", attn="SDPA")
+    res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
+    write(res, [*natives, plain])
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+                 "--predictions", str(tmp_path / "none")]) == 0
+    text = out.read_text()
+    assert "25.00k" in text.split("## Peers")[0]  # the headline keeps the median run
+    line = next(ln for ln in text.split("## Peers")[1].splitlines()
+                if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
+    cells = [c.strip() for c in line.strip("| ").split("|")]
+    assert cells[7].startswith("20.00k") and cells[10] == "2.00x", cells

@@ -117,7 +117,17 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
     frac = COMPILED_LORA_EXTRA_FUSED if lora_fused else COMPILED_LORA_EXTRA
     extra = frac * live_block if (inside_compiled and lora_rank and ac == "recompute") else 0.0
     unwrapped = lora_unwrapped and lora_rank and world == 1
-    return {"states": states, "blocks_in_flight": 0.0 if unwrapped else 3 * block_unsharded, "root_gathered": gathered_root,
+    if unwrapped:
+        # no FSDP2: no unsharded blocks, and the head's logits and a block's backward do not meet at
+        # the peak (the head runs before the blocks' backward; only its fp32 hidden-state buffers
+        # stay). Under FSDP2 the sum of both was what fitted: its world-1 extras that the model does
+        # not name (a root copy of the embedding, unshard buffers: 0.26-0.28 GiB more than the
+        # blocks term in the one-call A/B of session 11) filled that overlap. Measured without FSDP2
+        # (H100, 9b78c6a): 0.6B LoRA 8192 2.40 GiB, 16384 3.46, 4B 16384 14.34.
+        live = live_block + extra + T * h * 4 * 2
+        return {"states": states, "blocks_in_flight": 0.0, "root_gathered": 0.0, "saved_activations": saved,
+                "live_block": max(live, head) - head, "head": head, "compiled_lora_extra": 0.0}
+    return {"states": states, "blocks_in_flight": 3 * block_unsharded, "root_gathered": gathered_root,
             "saved_activations": saved, "live_block": live_block, "head": head, "compiled_lora_extra": extra}
 
 

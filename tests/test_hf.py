@@ -326,3 +326,66 @@ def test_peers_take_a_native_run_that_has_a_plain_hf_run_in_its_call(tmp_path):
                 if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
     cells = [c.strip() for c in line.strip("| ").split("|")]
     assert cells[7].startswith("20.00k") and cells[10] == "2.00x", cells
+
+
+def test_plain_hf_fa3_switches_transformers_attention(monkeypatch):
+    """model.plain=true +attn=fa3 runs transformers' flash_attention_3 (bound when the row's
+    attention is: the implementation switches, and back for sdpa); the row says so. Where FA3 is
+    missing (this CPU) the switch is transformers' own refusal; the fa3 plugin refuses such rows
+    before they are built."""
+    from core.trainer import bind_attention
+
+    assert hf.from_config({"model": {"config": TINY_DENSE, "plain": True}, "attn": {"name": "fa3"},
+                           "ac": {"name": "recompute"}}).name.endswith("(plain HF)")
+    with pytest.raises(ValueError, match="use \\+attn=sdpa"):
+        hf.from_config({"model": {"config": TINY_DENSE, "plain": True}, "attn": {"name": "flex"}, "ac": {"name": "none"}})
+    plain = hf.build(hf_args(TINY_DENSE, plain=True))
+    asked = []
+    monkeypatch.setattr(plain.lm, "set_attn_implementation",
+                        lambda impl: (asked.append(impl), setattr(plain.lm.config, "_attn_implementation", impl)))
+    named = lambda n: type("Backend", (), {"name": n})()  # noqa: E731
+    bind_attention(plain, named("fa3"))
+    assert asked == ["flash_attention_3"] and "flash_attention_3" in plain.attention_provider()
+    bind_attention(plain, named("fa2"))  # back to sdpa, held to FA2
+    assert asked == ["flash_attention_3", "sdpa"] and "FLASH_ATTENTION backend only" in plain.attention_provider()
+    bind_attention(plain, named("sdpa"))
+    assert asked == ["flash_attention_3", "sdpa"]  # already sdpa: nothing to switch
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attn", ["fa2", "fa3"])
+def test_plain_hf_on_one_kernel_equals_torchs_pick_on_the_gpu(attn):
+    """On the GPU (bf16), plain HF held to FA2 or running transformers' flash_attention_3 gives
+    torch's pick's log-probs, loss and gradients within bf16 tolerance, through its checkpointed
+    recompute."""
+    from core.trainer import bind_attention
+
+    _, native = pair("qwen3")
+
+    def go(name):
+        plain = hf.build(hf_args(TINY_DENSE, plain=True))
+        plain.lm.model.load_state_dict({k: v for k, v in native.state_dict().items()
+                                        if not k.startswith("lm_head")}, strict=False)
+        plain.init_buffers()
+        plain = plain.to("cuda", torch.bfloat16)
+        try:
+            bind_attention(plain, type("Backend", (), {"name": name})())
+        except (ImportError, ValueError) as e:  # this machine has no FA3 for transformers
+            pytest.skip(f"{name}: {e}")
+        plain.block_runner = None  # transformers' checkpointing, as +ac=recompute
+        g = torch.Generator().manual_seed(0)
+        T, V = 256, plain.args.vocab_size
+        ids, targets = torch.randint(0, V, (T,), generator=g).cuda(), torch.randint(0, V, (T,), generator=g).cuda()
+        lp, _ = plain(ids, torch.arange(T, device="cuda"), AttnMeta.from_doc_lens([T], "cuda"), targets)
+        adv = torch.randn(T, generator=g).cuda()
+        loss, _ = rl_loss(lp, lp.detach() + 0.1, adv, torch.ones(T, dtype=torch.bool, device="cuda"))
+        loss.backward()
+        return lp.detach().float(), {n: p.grad.float() for n, p in plain.named_parameters() if p.grad is not None}
+
+    ref_lp, ref = go("sdpa")
+    lp, got = go(attn)
+    torch.testing.assert_close(lp, ref_lp, rtol=2e-2, atol=5e-2)
+    assert got.keys() == ref.keys() and ref
+    for n in ref:
+        err = (got[n] - ref[n]).norm() / ref[n].norm().clamp(min=1e-12)
+        assert err < 5e-2, (n, err.item())

@@ -127,9 +127,10 @@ def from_config(cfg: dict) -> ModelArgs:
     plain = bool(node.get("plain", False))
     if plain:
         attn, ac = (cfg.get("attn") or {}), (cfg.get("ac") or {})
-        if attn.get("name") not in PLAIN_KERNELS:
-            raise ValueError(f"model.plain=true runs transformers' own sdpa attention: use +attn=sdpa (torch picks "
-                             f"the kernel), +attn=fa2 or +attn=cudnn (that kernel only); not {attn.get('name')}")
+        if attn.get("name") not in PLAIN_KERNELS and attn.get("name") not in PLAIN_IMPLEMENTATIONS:
+            raise ValueError(f"model.plain=true runs transformers' own attention: use +attn=sdpa (torch picks "
+                             f"the kernel), +attn=fa2 or +attn=cudnn (sdpa on that kernel only) or +attn=fa3 "
+                             f"(transformers' flash_attention_3); not {attn.get('name')}")
         if ac.get("name") not in ("none", "recompute") or ac.get("mode", "full") != "full":
             raise ValueError("model.plain=true uses transformers' gradient checkpointing: use +ac=recompute or "
                              "+ac=none")
@@ -227,20 +228,25 @@ class HFCausalLM(CausalLM):
 #: ``fa2`` backend without the flash_attn package; ``cudnn``), so a published FA2 row has a plain HF
 #: peer with the same attention kernel
 PLAIN_KERNELS = {"sdpa": None, "fa2": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
+#: attention a plain HF row runs through another transformers implementation than sdpa: ``fa3``:
+#: transformers' ``flash_attention_3`` (the flash_attn_interface module, which the FA3 build
+#: installs), what a transformers user with FA3 installed picks
+PLAIN_IMPLEMENTATIONS = {"fa3": "flash_attention_3"}
 
 
 class PlainHFCausalLM(nn.Module):
     """What a plain transformers loop runs: the model's own forward (sdpa attention, its gradient
     checkpointing when an AC strategy other than ``none`` is applied), full fp32 logits, log-softmax.
     The row's attention backend is bound to the model itself (``backend``): its name picks the
-    kernel transformers' sdpa calls may use (:data:`PLAIN_KERNELS`)."""
+    kernel transformers' sdpa calls may use (:data:`PLAIN_KERNELS`) or another transformers
+    attention implementation (:data:`PLAIN_IMPLEMENTATIONS`)."""
 
     stepbench_attention = True  # bind_attention sets self.backend: the row's attention choice
 
     def __init__(self, a: ModelArgs):
         super().__init__()
         self.args = a
-        self.backend = None
+        self._backend = None
         self.lm = _from_config(hf_config(a.hf_config), "sdpa")
         self.layers = self.lm.model.layers  # FSDP2 shards these (each decoder layer)
         self.block_runner = run_block
@@ -255,8 +261,28 @@ class PlainHFCausalLM(nn.Module):
                 with torch.no_grad():
                     buf.copy_(rope_inv_freq(self.args.head_dim, self.args.rope_theta, buf.device))
 
+    @property
+    def backend(self):
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend) -> None:
+        """Bind the row's attention: switch transformers' implementation where its name asks for
+        one other than sdpa (and back)."""
+        self._backend = backend
+        impl = PLAIN_IMPLEMENTATIONS.get(getattr(backend, "name", None), "sdpa")
+        if self.lm.config._attn_implementation != impl:
+            self.lm.set_attn_implementation(impl)
+
     def attention_provider(self) -> str:
-        """What the row's attention is: transformers' sdpa and the kernels it may use."""
+        """What the row's attention is: transformers' sdpa and the kernels it may use, or the
+        other implementation it runs."""
+        impl = PLAIN_IMPLEMENTATIONS.get(getattr(self.backend, "name", None))
+        if impl:
+            from plugins.attention.common import package_version
+
+            version = package_version("flash_attn_3", "flash-attn-3")
+            return f"transformers {impl} -> flash_attn_interface (flash_attn_3 {version})"
         kernel = PLAIN_KERNELS.get(getattr(self.backend, "name", "sdpa"))
         return (f"transformers sdpa_attention_forward -> torch {torch.__version__} scaled_dot_product_attention"
                 + (f" ({kernel} backend only)" if kernel else " (torch's pick of kernel)"))

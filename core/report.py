@@ -518,14 +518,29 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios: dict = {"plain": [], "same": []}
 
-    def versus(nat, other, which):
+    def pair_of_call(nat_key, plain_key):
+        """The latest (native run, plain HF run) of one call for these keys, or None."""
+        found = None
+        for pl in runs["plain HF"].get(plain_key, []):
+            for n in runs["native"].get(nat_key, []):
+                if same_call(n, pl):
+                    found = (n, pl)
+        return found
+
+    def versus(nat, other, which, pair=None):
+        """The ratio of a plain HF column: of the native and plain runs of one call where there are
+        (with that native run's TPS where it is not the one shown), else of the rows shown in
+        parentheses."""
+        if pair:
+            n, pl = pair
+            x = n["tps"] / pl["tps"]
+            ratios[which].append(x)
+            run = lambda r: (r.get("id"), r.get("time"), r.get("tps"))  # noqa: E731  (one run, whichever copy)
+            shown = nat is not None and run(n) == run(nat)
+            return f"{x:.2f}x" + ("" if shown else f" (native {n['tps'] / 1e3:.2f}k of its call)")
         if not (nat and other):
             return "-"
-        x = nat["tps"] / other["tps"]
-        if not same_call(nat, other):
-            return f"({x:.2f}x, not one call)"
-        ratios[which].append(x)
-        return f"{x:.2f}x"
+        return f"({nat['tps'] / other['tps']:.2f}x, not one call)"
 
     def plain_cell(r, broke):
         if r:
@@ -538,8 +553,10 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
         key = (p["model"], p["type"], p["seq_len"], p["hardware_label"])
         nat = native_of((*key, p["ac"], p["attn"]), [(*key, "sdpa"), (*key, p["attn"].lower())])
         hfr = partner("hf", (*key, p["ac"], p["attn"]), nat)
-        plain = partner("plain HF", (*key, "sdpa"), nat)
-        same = partner("plain HF", (*key, p["attn"].lower()), nat)
+        nat_key = (*key, p["ac"], p["attn"])
+        pair, pair_same = pair_of_call(nat_key, (*key, "sdpa")), pair_of_call(nat_key, (*key, p["attn"].lower()))
+        plain = pair[1] if pair else partner("plain HF", (*key, "sdpa"), nat)
+        same = pair_same[1] if pair_same else partner("plain HF", (*key, p["attn"].lower()), nat)
         broke = plain_failed.get((*key, "sdpa")) if not plain else None
         broke_same = plain_failed.get((*key, p["attn"].lower())) if not same else None
         if not (hfr or plain or broke or same or broke_same):
@@ -547,7 +564,8 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
         hf_cell = cell(hfr) + (" (other call)" if hfr and nat and not same_call(nat, hfr) else "")
         lines.append(f"| {p['model']} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | {p['hardware_label']} "
                      f"| {p['tps'] / 1e3:.2f}k | {cell(nat)} | {hf_cell} | {plain_cell(plain, broke)} "
-                     f"| {versus(nat, plain, 'plain')} | {plain_cell(same, broke_same)} | {versus(nat, same, 'same')} |")
+                     f"| {versus(nat, plain, 'plain', pair)} | {plain_cell(same, broke_same)} "
+                     f"| {versus(nat, same, 'same', pair_same)} |")
     if ratios["plain"]:
         lines.append(ratio_summary("native / plain HF", ratios["plain"]))
     if ratios["same"]:

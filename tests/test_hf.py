@@ -178,7 +178,6 @@ def test_hf_under_each_strategy_equals_none(dist_group, adapter, ac, ac_cfg):
     ({"config": "/no/such/config.json"}, "no such file"),
     ({"config": {"model_type": "no_such_arch"}}, "transformers cannot build model_type 'no_such_arch'"),
     ({"config": {"model_type": "llama", "hidden_size": 64}}, "not mapped yet"),
-    ({"config": TINY_DENSE, "plain": True}, "use +attn=sdpa"),
     ({"config": {**TINY_DENSE, "use_sliding_window": True, "sliding_window": 64}}, "use_sliding_window: false"),
     ({"config": TINY_MOE}, "adapter.experts=peft"),
 ])

@@ -573,6 +573,50 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
     return "\n".join(lines) + "\n"
 
 
+def reruns_view(pool: list[dict]) -> str:
+    """Rows run again on the same code in another call (often another lent machine): each call's
+    TPS (its median run) and their spread, max / min - 1. The same code means the same
+    ``env.source_digest`` (a digest of the source files), so the spread is what a rerun gives:
+    machine and run-to-run variation, no code change."""
+    from core.results import row_key
+
+    groups: dict = {}
+    for r in sorted(pool, key=lambda r: str(r.get("time", ""))):
+        digest = (r.get("env") or {}).get("source_digest")
+        if digest:
+            groups.setdefault((row_key(r), digest), []).append(r)
+    lines, spreads = [], []
+    for (_, digest), rs in groups.items():
+        calls: list[list[dict]] = []
+        for r in rs:
+            home = next((c for c in calls if same_call(c[0], r)), None)
+            home.append(r) if home is not None else calls.append([r])
+        if len(calls) < 2:
+            continue
+        tps = [sorted(x["tps"] for x in c)[(len(c) - 1) // 2] for c in calls]
+        spread = max(tps) / min(tps) - 1
+        spreads.append(spread)
+        r = rs[0]
+        each = ", ".join(f"{t / 1e3:.2f}k ({str((c[0].get('env') or {}).get('git_commit') or '?')[:7]}, "
+                         f"{str(c[0].get('time', '?'))[:10]})" for t, c in zip(tps, calls))
+        lines.append(f"| {r['model']} | {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | "
+                     f"{r.get('hardware_label', '-')} | {r.get('variant') or '-'} | {digest[:8]} | {each} | "
+                     f"{100 * spread:.1f}% |")
+    if not lines:
+        return ""
+    head = ["## Reruns: the same row on the same code in another call\n",
+            "Rows measured in more than one device call (a fresh process, often on another lent machine) "
+            "with the same source code (`env.source_digest`): each call's TPS (its median run) with the "
+            "commit that ran it, and the spread max / min - 1. Differences here are the call's (machine, "
+            "where it changed, and run to run), not the code's.\n",
+            "| Model | Type | SeqLen | AC | Attn | Hardware | Variant | Source | TPS per call | Spread |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    srt = sorted(spreads)
+    tail = f"\n{len(spreads)} rows run again: median spread {100 * srt[(len(srt) - 1) // 2]:.1f}%, " \
+           f"largest {100 * srt[-1]:.1f}%."
+    return "\n".join(head + lines) + "\n" + tail + "\n"
+
+
 def step_budget_of(r: dict) -> dict | None:
     """A row's ``step_budget`` (:func:`core.flops.step_budget`): stored in rows since it was added,
     worked out from the stored row for older rows of one packed document per micro-batch."""
@@ -697,6 +741,9 @@ def main(argv=None) -> int:
     peers = peers_view(rows, published, failed, runs)
     if peers:
         text += "\n" + peers
+    reruns = reruns_view(runs)
+    if reruns:
+        text += "\n" + reruns
     budget = budget_view(native)
     if budget:
         text += "\n" + budget

@@ -208,3 +208,30 @@ def test_row_line_says_when_a_ceiling_is_low():
     assert "roofline 79% (above the 77% attainable at its measured ceilings" in format_row(row)
     row["roofline_frac"] = 0.62
     assert "roofline 62% of 77% attainable" in format_row(row)
+
+
+def test_reruns_view_shows_the_same_code_in_other_calls(tmp_path):
+    """The reruns view lists a row measured in two calls on the same source code with each call's
+    TPS and the spread; a run on other code, or a row of one call only, is not a rerun."""
+    from core.report import main
+
+    published, _, _ = parse_published()
+    p = h100(published)
+
+    def run(tps, run_id, digest, t):
+        return ours(p, tps=tps, family="qwen3", run_id=run_id, env={**CLEAN, "source_digest": digest},
+                    time=f"2026-11-25T0{t}:00:00+00:00")
+
+    other = next(q for q in published if q is not p and q["hardware_label"] == p["hardware_label"])
+    rows = [run(20000.0, "a", "d1", 1), run(20400.0, "a", "d1", 1), run(21000.0, "b", "d1", 2),
+            run(30000.0, "c", "d2", 3), ours(other, tps=5000.0, family="qwen3", run_id="a",
+                                             env={**CLEAN, "source_digest": "d1"})]
+    res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
+    write(res, rows)
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+                 "--predictions", str(tmp_path / "none")]) == 0
+    view = out.read_text().split("## Reruns")[1].split("\n## ")[0]
+    (line,) = [ln for ln in view.splitlines() if ln.startswith("| Qwen3")]
+    assert "20.00k" in line and "21.00k" in line and "30.00k" not in line  # call a's median: 20.00k
+    assert line.rstrip(" |").endswith("5.0%") and "5.00k" not in view
+    assert "1 rows run again: median spread 5.0%, largest 5.0%." in view

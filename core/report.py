@@ -440,6 +440,11 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict], list
     return median_runs(clean), latest_ok(dirty), failed, clean
 
 
+def same_run(a: dict, b: dict) -> bool:
+    """Whether two row dicts are one run (copies of it: the headline's median is a copy)."""
+    return all(a.get(k) == b.get(k) for k in ("id", "time", "tps"))
+
+
 def same_call(a: dict, b: dict, window_s: float = 1800.0) -> bool:
     """Whether two rows ran in one call on one machine: the same ``run_id`` where both have one;
     for older rows, the same commit and GPU within ``window_s`` (a lease is at most 30 minutes)."""
@@ -481,15 +486,19 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
         here = [r for r in runs[impl].get(key, []) if nat and same_call(nat, r)]
         return here[-1] if here else by_impl[impl].get(key)
 
-    def native_of(key, plain_keys):
-        """The key's native row; where it has no plain HF run of its own call but another native run
-        of the key has one, the latest such run (the view compares rows of one call)."""
+    def pairs_of_call(nat_key, plain_key):
+        """Every (native run, plain HF run) of one call for these keys, oldest plain run first."""
+        return [(n, pl) for pl in runs["plain HF"].get(plain_key, []) for n in runs["native"].get(nat_key, [])
+                if same_call(n, pl)]
+
+    def native_of(key, pairs):
+        """The key's native row; where it has no plain HF run of its own call (``pairs``) but another
+        native run of the key has one, the latest such run (the view compares rows of one call)."""
         nat = by_impl["native"].get(key)
-        paired = lambda n: any(same_call(n, r) for k in plain_keys for r in runs["plain HF"].get(k, []))  # noqa: E731
-        if nat is None or paired(nat):
+        paired = [n for n, _ in pairs]
+        if nat is None or not paired or any(n is nat or same_run(n, nat) for n in paired):
             return nat
-        others = [n for n in runs["native"].get(key, []) if paired(n)]
-        return others[-1] if others else nat
+        return max(paired, key=lambda n: runs["native"][key].index(n))
     plain_failed = {}
     for r in failed:
         if implementation(r) == "plain HF" and all(k in r for k in ("type", "seq_len", "hardware_label")):
@@ -518,15 +527,6 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios: dict = {"plain": [], "same": []}
 
-    def pair_of_call(nat_key, plain_key):
-        """The latest (native run, plain HF run) of one call for these keys, or None."""
-        found = None
-        for pl in runs["plain HF"].get(plain_key, []):
-            for n in runs["native"].get(nat_key, []):
-                if same_call(n, pl):
-                    found = (n, pl)
-        return found
-
     def versus(nat, other, which, pair=None):
         """The ratio of a plain HF column: of the native and plain runs of one call where there are
         (with that native run's TPS where it is not the one shown), else of the rows shown in
@@ -535,8 +535,7 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
             n, pl = pair
             x = n["tps"] / pl["tps"]
             ratios[which].append(x)
-            run = lambda r: (r.get("id"), r.get("time"), r.get("tps"))  # noqa: E731  (one run, whichever copy)
-            shown = nat is not None and run(n) == run(nat)
+            shown = nat is not None and same_run(n, nat)
             return f"{x:.2f}x" + ("" if shown else f" (native {n['tps'] / 1e3:.2f}k of its call)")
         if not (nat and other):
             return "-"
@@ -551,10 +550,11 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
 
     for p in published:
         key = (p["model"], p["type"], p["seq_len"], p["hardware_label"])
-        nat = native_of((*key, p["ac"], p["attn"]), [(*key, "sdpa"), (*key, p["attn"].lower())])
-        hfr = partner("hf", (*key, p["ac"], p["attn"]), nat)
         nat_key = (*key, p["ac"], p["attn"])
-        pair, pair_same = pair_of_call(nat_key, (*key, "sdpa")), pair_of_call(nat_key, (*key, p["attn"].lower()))
+        pairs, pairs_same = pairs_of_call(nat_key, (*key, "sdpa")), pairs_of_call(nat_key, (*key, p["attn"].lower()))
+        nat = native_of(nat_key, pairs + pairs_same)
+        hfr = partner("hf", nat_key, nat)
+        pair, pair_same = (pairs or [None])[-1], (pairs_same or [None])[-1]
         plain = pair[1] if pair else partner("plain HF", (*key, "sdpa"), nat)
         same = pair_same[1] if pair_same else partner("plain HF", (*key, p["attn"].lower()), nat)
         broke = plain_failed.get((*key, "sdpa")) if not plain else None
@@ -578,8 +578,6 @@ def reruns_view(pool: list[dict]) -> str:
     TPS (its median run) and their spread, max / min - 1. The same code means the same
     ``env.source_digest`` (a digest of the source files), so the spread is what a rerun gives:
     machine and run-to-run variation, no code change."""
-    from core.results import row_key
-
     groups: dict = {}
     for r in sorted(pool, key=lambda r: str(r.get("time", ""))):
         digest = (r.get("env") or {}).get("source_digest")

@@ -212,8 +212,9 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
     model on meta -> adapter -> attention binding -> activation checkpointing / offload ->
     torch.compile (optional) -> FSDP2 -> materialize on device + seeded init -> optimizer.
     Checkpointing wraps blocks before compile, and compile happens before FSDP2 so FSDP2's hooks
-    stay outside compiled code (``fsdp``: see :func:`needs_fsdp`). ``model_builder``: the model family's ``build(args)`` (default:
-    the native :class:`core.models.common.CausalLM`).
+    stay outside compiled code; ``fsdp`` says whether FSDP2 wraps at all (:func:`needs_fsdp`).
+    ``model_builder``: the model family's ``build(args)`` (default: the native
+    :class:`core.models.common.CausalLM`).
     """
     from core.models.common import CausalLM
 

@@ -28,6 +28,7 @@ over full fp32 logits (log-softmax over the vocabulary); LoRA through peft as ab
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -270,20 +271,25 @@ class PlainHFCausalLM(nn.Module):
         """Bind the row's attention: switch transformers' implementation where its name asks for
         one other than sdpa (and back)."""
         self._backend = backend
-        impl = PLAIN_IMPLEMENTATIONS.get(getattr(backend, "name", None), "sdpa")
+        impl = PLAIN_IMPLEMENTATIONS.get(self.attn_name, "sdpa")
         if self.lm.config._attn_implementation != impl:
             self.lm.set_attn_implementation(impl)
+
+    @property
+    def attn_name(self) -> str:
+        """The bound attention's name (``sdpa`` before one is bound)."""
+        return getattr(self._backend, "name", "sdpa")
 
     def attention_provider(self) -> str:
         """What the row's attention is: transformers' sdpa and the kernels it may use, or the
         other implementation it runs."""
-        impl = PLAIN_IMPLEMENTATIONS.get(getattr(self.backend, "name", None))
+        impl = PLAIN_IMPLEMENTATIONS.get(self.attn_name)
         if impl:
             from plugins.attention.common import package_version
 
             version = package_version("flash_attn_3", "flash-attn-3")
             return f"transformers {impl} -> flash_attn_interface (flash_attn_3 {version})"
-        kernel = PLAIN_KERNELS.get(getattr(self.backend, "name", "sdpa"))
+        kernel = PLAIN_KERNELS.get(self.attn_name)
         return (f"transformers sdpa_attention_forward -> torch {torch.__version__} scaled_dot_product_attention"
                 + (f" ({kernel} backend only)" if kernel else " (torch's pick of kernel)"))
 
@@ -291,9 +297,7 @@ class PlainHFCausalLM(nn.Module):
         """A context that holds transformers' sdpa calls to the row's kernel (none for ``sdpa``).
         The forward runs in one; with gradient checkpointing each layer's recompute in backward
         enters another (torch's checkpoint ``context_fn``), so it runs the same kernel."""
-        import contextlib
-
-        kernel = PLAIN_KERNELS.get(getattr(self.backend, "name", "sdpa"))
+        kernel = PLAIN_KERNELS.get(self.attn_name)
         if kernel is None:
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel

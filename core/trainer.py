@@ -103,15 +103,20 @@ def apply_fsdp(model: nn.Module, device_type: str, ignored=()) -> None:
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False, **kw)
 
 
-def needs_fsdp(model: nn.Module, replicated, world: int, fsdp="auto") -> bool:
-    """Whether FSDP2 wraps the model: always over several ranks or with ``fsdp=true``; on one GPU
-    (``auto``) only where it holds a trainable parameter. A LoRA model whose adapters stay out of
-    FSDP2 (:func:`replicated_params`) has only frozen weights left for it, already in the compute
-    dtype: on one GPU FSDP2 would copy each of them at every unshard (forward, and again in
-    backward for the recompute) and run its hooks around every block, for nothing it shards, casts
-    or reduces. Frozen weights in another dtype than bf16 keep FSDP2 (its mixed precision casts them)."""
-    if fsdp is True or world > 1:
+def needs_fsdp(model: nn.Module, replicated, world: int, fsdp="auto", sharded_adapters: bool = False) -> bool:
+    """Whether FSDP2 wraps the model: always over several ranks or with ``fsdp=true``. On one GPU
+    (``auto``) FSDP2 shards nothing, and what it still does costs: it copies every parameter on its
+    own at every unshard (forward, and again in backward for the recompute; casting fp32 masters to
+    bf16 first) and runs its hooks around every block. So it wraps only where it is the one that
+    would cast: a model whose layers cast their weights where used (``casts_weights``: the native
+    families) runs without it, fp32 masters and all; otherwise (the transformers family) it wraps
+    where it holds a trainable parameter not kept out of it (``replicated``) or a frozen one in
+    another dtype than bf16. ``sharded_adapters``: adapters that FSDP2 must hold (asked sharded,
+    ``adapter.replicate=false``, or peft's expert LoRA, which the model does not cast): it wraps."""
+    if fsdp is True or world > 1 or sharded_adapters:
         return True
+    if getattr(model, "casts_weights", False):
+        return False
     keep = {id(p) for p in replicated}
     if any(p.requires_grad and id(p) not in keep for p in model.parameters()):
         return True
@@ -230,7 +235,9 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
         apply_compile(model, head=compile_head)
     world = world_size()
     replicated = replicated_params(model, adapter, world)
-    sharded = needs_fsdp(model, replicated, world, fsdp)
+    # adapters asked sharded (replicate=false), or peft's expert LoRA (its fp32 delta is not cast)
+    sharded_adapters = getattr(adapter, "replicate", None) is False or not getattr(adapter, "replicable", True)
+    sharded = needs_fsdp(model, replicated, world, fsdp, sharded_adapters)
     if sharded:
         apply_fsdp(model, device.type, replicated)
     model.to_empty(device=device)

@@ -6,7 +6,7 @@ from torch import nn
 
 from core.models.fused import fusable, project
 from core.models.registry import QWEN3, QWEN3_MOE
-from tests.test_models_and_ac import grads_after_step, local, make
+from tests.test_models_and_ac import FAMILIES, grads_after_step, local, make
 
 
 def _layers(kind: str, dim: int, outs, bias: bool, seed: int):
@@ -201,11 +201,11 @@ def test_replicated_adapters_equal_sharded(dist_group, family):
         assert err < 2e-2, (n, err.item())
 
 
-def test_one_gpu_lora_runs_without_fsdp(dist_group):
+def test_one_gpu_lora_runs_without_fsdp(dist_group, monkeypatch):
     """fsdp=auto at world size 1: a LoRA model with its adapters out of FSDP2 runs unwrapped (its
     frozen bf16 weights used in place) and gives the same loss and adapter gradients, bit for bit,
-    as the same model under FSDP2 (fsdp=true), whose unshard copies those weights unchanged. Full
-    fine-tuning, sharded adapters and frozen weights in fp32 keep FSDP2."""
+    as the same model under FSDP2 (fsdp=true), whose unshard copies those weights unchanged.
+    Sharded adapters keep FSDP2, and so do frozen weights in fp32 in a model that does not cast them."""
     from torch.distributed.fsdp import FSDPModule
 
     from core.plugins import registry
@@ -233,15 +233,50 @@ def test_one_gpu_lora_runs_without_fsdp(dist_group):
     assert got.keys() == ref.keys() and ref and all("lora_" in n for n in ref)
     for n in ref:
         torch.testing.assert_close(got[n], ref[n], rtol=0, atol=0, msg=n)
-    assert built("auto", "full").fsdp  # fp32 masters: FSDP2's mixed precision casts them
     assert built("auto", replicate=False).fsdp  # sharded adapters: FSDP2 holds trainable weights
     m = bare.model
     assert needs_fsdp(m, bare.replicated, world=2)  # several ranks: always
     assert not needs_fsdp(m, bare.replicated, world=1)
+    assert needs_fsdp(m, bare.replicated, world=1, sharded_adapters=True)
+    monkeypatch.setattr(type(m), "casts_weights", False)  # layers that use weights as they are (transformers')
     assert needs_fsdp(m, (), world=1)  # adapters not replicated
     frozen = next(p for p in m.parameters() if not p.requires_grad)
     frozen.data = frozen.data.float()
     assert needs_fsdp(m, bare.replicated, world=1)  # a frozen fp32 weight needs the cast
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+def test_one_gpu_full_finetuning_runs_without_fsdp(dist_group, family):
+    """fsdp=auto at world size 1: full fine-tuning runs unwrapped, its fp32 master weights cast to
+    bf16 where each layer uses them (what FSDP2's mixed precision does at every unshard), and one
+    step's loss and every gradient equal those under FSDP2 (fsdp=true) bit for bit, except the
+    embedding's, which stays fp32 where FSDP2 sums its rows in bf16 (bf16 tolerance); gradients
+    and masters are fp32 either way."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from core.plugins import registry
+    from core.trainer import build
+
+    args, reg = FAMILIES[family], registry()
+
+    def built(fsdp):
+        return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
+                     reg.get("adapter", "full").factory({}), torch.device("cpu"), seed=0, fsdp=fsdp)
+
+    bare, wrapped = built("auto"), built(True)
+    assert not bare.fsdp and not any(isinstance(m, FSDPModule) for m in bare.model.modules())
+    assert wrapped.fsdp and isinstance(wrapped.model, FSDPModule)
+    assert {p.dtype for p in bare.model.parameters()} == {torch.float32}
+    (loss, got), (ref_loss, ref) = grads_after_step(bare, args), grads_after_step(wrapped, args)
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    assert got.keys() == ref.keys() and len(ref) == sum(1 for _ in bare.model.parameters())
+    for n in ref:
+        assert got[n].dtype == torch.float32, n
+        if n.startswith("embed_tokens"):
+            err = (got[n] - ref[n]).norm() / ref[n].norm()
+            assert err < 1e-2, (n, err.item())
+        else:
+            torch.testing.assert_close(got[n], ref[n], rtol=0, atol=0, msg=n)
 
 
 def test_replicate_refused_where_the_model_would_compute_fp32(dist_group):

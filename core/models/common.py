@@ -188,6 +188,11 @@ class CausalLM(nn.Module):
     #: its layers compute peft LoRA factors in the activations' dtype whatever the factors' dtype
     #: (:func:`core.models.fused.linear`), so the adapters may stay out of FSDP2 (adapter.replicate)
     casts_adapters = True
+    #: its layers cast every weight to the activations' dtype where used (:func:`core.models.fused.linear`,
+    #: RMSNorm, the head, the MoE experts, the embedding's output to :attr:`compute_dtype`), so fp32
+    #: master weights can run without FSDP2's mixed precision on one GPU (``fsdp=auto``)
+    casts_weights = True
+    compute_dtype = torch.bfloat16
 
     def __init__(self, a: ModelArgs):
         super().__init__()
@@ -205,7 +210,7 @@ class CausalLM(nn.Module):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def hidden_states(self, input_ids, position_ids, meta: AttnMeta):
-        h = self.embed_tokens(input_ids)
+        h = self.embed_tokens(input_ids).to(self.compute_dtype)  # fp32 masters unwrapped: the rows, cast
         rope = self.rotary(position_ids, h.dtype)
         for block in self.layers:
             h = self.block_runner(block, h, rope, meta)

@@ -136,17 +136,22 @@ def _apply(x: torch.Tensor, bases, parts=()) -> torch.Tensor:
     dt = x.dtype
     extra = tuple(p[1].to(dt) for p in parts) + tuple(p[2].to(dt) for p in parts)
     scales = tuple(float(p[3]) for p in parts)
-    Ws, bs = [m.weight for m in bases], [m.bias for m in bases]
+    Ws, bs = [m.weight.to(dt) for m in bases], [None if m.bias is None else m.bias.to(dt) for m in bases]
     bias = None if bs[0] is None else (bs[0] if len(bs) == 1 else torch.cat(bs))
     lora = len(parts) > 0  # not bool(parts): torch 2.11's dynamo cannot trace bool(list)
     return _FusedLinears.apply(x, len(Ws), lora, scales, *Ws, bias, *extra)
 
 
 def linear(x: torch.Tensor, m: nn.Module) -> torch.Tensor:
-    """``m(x)``, except a vanilla peft LoRA layer whose factors are not in x's dtype (adapters kept
-    out of FSDP2's mixed precision, ``adapter.replicate``): computed by :class:`_FusedLinears` with
-    the factors cast to x's dtype, the bf16 compute FSDP2 gives them otherwise (peft would cast x
-    to fp32 and save that copy for backward)."""
+    """``m(x)`` in x's dtype: a plain ``nn.Linear`` whose weight is in another dtype (fp32 masters
+    without FSDP2's mixed precision, ``fsdp=auto`` on one GPU) with its weight cast where used, and
+    a vanilla peft LoRA layer whose factors are not in x's dtype (adapters kept out of FSDP2,
+    ``adapter.replicate``) by :class:`_FusedLinears` with the factors cast, the bf16 compute FSDP2
+    gives them otherwise (peft would cast x to fp32 and save that copy for backward)."""
+    if type(m) is nn.Linear:
+        if m.weight.dtype == x.dtype:
+            return m(x)
+        return F.linear(x, m.weight.to(x.dtype), None if m.bias is None else m.bias.to(x.dtype))
     parts = _lora_parts(m)
     if parts is None or parts[1].dtype == x.dtype:
         return m(x)

@@ -38,7 +38,8 @@ class Router(nn.Module):
             self.register_buffer("e_score_correction_bias", torch.zeros(a.n_experts, dtype=torch.float32))
 
     def forward(self, x) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = F.linear(x.float(), self.weight.float())
+        # the weight as the layers compute with it (bf16, whether FSDP2 or the model cast it), then fp32
+        logits = F.linear(x.float(), self.weight.to(x.dtype).float())
         if self.kind == "softmax":
             probs = logits.softmax(-1)
             w, idx = probs.topk(self.top_k, -1)

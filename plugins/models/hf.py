@@ -193,6 +193,7 @@ class HFCausalLM(CausalLM):
     bound attention backend, per-block AC runner, chunked log-prob head."""
 
     casts_adapters = False  # transformers' layers call peft's forward, which computes fp32 factors in fp32
+    casts_weights = False  # transformers' layers use their weights as they are: FSDP2's mixed precision casts them
 
     def __init__(self, a: ModelArgs):
         nn.Module.__init__(self)

@@ -49,11 +49,17 @@ COMPILED_LORA_EXTRA = 0.65
 COMPILED_LORA_EXTRA_FUSED = 0.26
 
 
-def row_layout(config: dict, attn_provider: str = "") -> dict:
+def row_layout(config: dict, attn_provider: str = "", wrapped: bool | None = None) -> dict:
     """The layout facts of a measured row that change its peak: the checkpoint inside a compiled
-    block, K/V repeated by the attention kernel (from the row's provider string), LoRA layers fused."""
+    block, K/V repeated by the attention kernel (from the row's provider string), LoRA layers fused,
+    the model run without FSDP2. ``wrapped``: whether FSDP2 wrapped the row's model (its ``fsdp``
+    field, recorded since fsdp= exists); None: as the config says a row would run now."""
     ac, adapter = config.get("ac") or {}, config.get("adapter") or {}
     native = (config.get("model") or {}).get("family") != "hf"  # the hf family runs transformers' layers
+    lora = adapter.get("name") == "lora"
+    if wrapped is None:  # core.trainer.needs_fsdp at world size 1 (rows from before fsdp= ran FSDP2)
+        wrapped = not (config.get("fsdp") == "auto" and native and (not lora or (
+            adapter.get("replicate", "auto") in ("auto", True) and adapter.get("experts", "grouped") != "peft")))
     return {"inside_compiled": bool(config.get("compile")) and ac.get("name") == "recompute"
             and bool(ac.get("inside", False)),
             "kv_repeated": "K/V repeated" in (attn_provider or ""),
@@ -63,16 +69,14 @@ def row_layout(config: dict, attn_provider: str = "") -> dict:
             # size 1, where whole and sharded states are the same bytes; older rows sharded them)
             "lora_replicated": adapter.get("replicate", False) is True and native
             and adapter.get("experts", "grouped") != "peft",
-            # LoRA on one GPU without FSDP2 (fsdp=auto with the adapters out of it; rows from
-            # before the option ran FSDP2): no unsharded block copies
-            "lora_unwrapped": config.get("fsdp") == "auto" and native and adapter.get("name") == "lora"
-            and adapter.get("replicate", "auto") in ("auto", True) and adapter.get("experts", "grouped") != "peft"}
+            # one GPU without FSDP2 (fsdp=auto): no unsharded block copies, no gathered root
+            "unwrapped": not wrapped}
 
 
 def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
                inside_compiled: bool = False, lora_fused: bool = False,
-               lora_replicated: bool = False, lora_unwrapped: bool = False) -> dict[str, float]:
+               lora_replicated: bool = False, unwrapped: bool = False) -> dict[str, float]:
     """The peak GPU memory of one rank (of ``world`` under FSDP2), term by term, in bytes.
 
     states: parameters, gradients and Adam moments, sharded over the ranks (fp32 masters; LoRA: the
@@ -88,9 +92,11 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
     ``inside_compiled``: the checkpoint sits inside a compiled block; with LoRA and recompute that
     adds :data:`COMPILED_LORA_EXTRA` of a live block, :data:`COMPILED_LORA_EXTRA_FUSED` with
     ``lora_fused`` (measured, not derived). ``lora_replicated``: the adapters' states are whole on
-    every rank (adapter.replicate), not sharded. ``lora_unwrapped``: a LoRA row that runs without
-    FSDP2 on one GPU (``fsdp=auto``, :func:`core.trainer.needs_fsdp`): its blocks use the frozen
-    weights in place, no unsharded copies in flight."""
+    every rank (adapter.replicate), not sharded. ``unwrapped``: a row that runs without FSDP2 on one
+    GPU (``fsdp=auto``, :func:`core.trainer.needs_fsdp`): no unsharded block copies in flight (LoRA's
+    blocks use the frozen weights in place; full fine-tuning's layers cast their fp32 masters where
+    used, one block's weights at a time) and no gathered root (full fine-tuning: only the head's bf16
+    copy of its weight, saved from the head's forward to its backward)."""
     n = param_count(a)
     if lora_rank:
         adapters = 16 * lora_params(a, lora_rank)
@@ -116,8 +122,11 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
     head = head_budget_mib * 2**20 + T * h * 4 * 2
     frac = COMPILED_LORA_EXTRA_FUSED if lora_fused else COMPILED_LORA_EXTRA
     extra = frac * live_block if (inside_compiled and lora_rank and ac == "recompute") else 0.0
-    unwrapped = lora_unwrapped and lora_rank and world == 1
-    if unwrapped:
+    if unwrapped and world == 1 and not lora_rank:
+        # measured without FSDP2 (H100, eef2e08): 0.6B full 8192 10.7 GiB, 16384 11.5 (FSDP2: 11.2, 12.1)
+        return {"states": states, "blocks_in_flight": 0.0, "root_gathered": 2 * a.vocab_size * a.dim,
+                "saved_activations": saved, "live_block": live_block, "head": head, "compiled_lora_extra": extra}
+    if unwrapped and world == 1:
         # no FSDP2: no unsharded blocks, and the head's logits and a block's backward do not meet at
         # the peak (the head runs before the blocks' backward; only its fp32 hidden-state buffers
         # stay). Under FSDP2 the sum of both was what fitted: its world-1 extras that the model does
@@ -134,10 +143,10 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
 def expected_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                       head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
                       inside_compiled: bool = False, lora_fused: bool = False,
-                      lora_replicated: bool = False, lora_unwrapped: bool = False) -> float:
+                      lora_replicated: bool = False, unwrapped: bool = False) -> float:
     """The predicted peak (GiB) without a safety margin: what ``core.predict`` reports."""
     return sum(peak_terms(a, seq_len, lora_rank, ac, world, head_budget_mib, mode, kv_repeated,
-                          inside_compiled, lora_fused, lora_replicated, lora_unwrapped).values()) / GIB
+                          inside_compiled, lora_fused, lora_replicated, unwrapped).values()) / GIB
 
 
 #: the refusal's margin over the expected peak: allocator fragmentation, workspaces, and the
@@ -148,11 +157,11 @@ REFUSAL_FACTOR, REFUSAL_SLACK_GIB = 1.1, 1.0
 def predict_peak_gib(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world: int = 1,
                      head_budget_mib: int = 512, mode: str = "full", kv_repeated: bool = False,
                      inside_compiled: bool = False, lora_fused: bool = False,
-                     lora_replicated: bool = False, lora_unwrapped: bool = False) -> float:
+                     lora_replicated: bool = False, unwrapped: bool = False) -> float:
     """Peak GPU memory (GiB) of one rank that a row is refused above: the expected peak with a
     margin, so that a row that fits is never refused for the predictor's error."""
     return expected_peak_gib(a, seq_len, lora_rank, ac, world, head_budget_mib, mode, kv_repeated,
-                             inside_compiled, lora_fused, lora_replicated, lora_unwrapped) * REFUSAL_FACTOR \
+                             inside_compiled, lora_fused, lora_replicated, unwrapped) * REFUSAL_FACTOR \
         + REFUSAL_SLACK_GIB
 
 

@@ -308,7 +308,7 @@ def predict(a, *, seq_len: int, task: str, lora_rank: int | None, ac: str, mode:
 
     backend = backend_of(attn)
     layout = layout or {"inside_compiled": True, "kv_repeated": backend == "fa2", "lora_fused": True,
-                        "lora_replicated": False, "lora_unwrapped": True}
+                        "lora_replicated": False, "unwrapped": True}
     mem_terms = peak_terms(a, seq_len, lora_rank, ac, gpus, head_budget_mib, mode, **layout)
     peak = sum(mem_terms.values()) / GIB
     w = work(a, seq_len, lora_rank, ac, mode)
@@ -415,7 +415,7 @@ def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tu
         m = ours.get(config)
         # where we measured the row, predict it in the measured row's layout (checkpoint inside or
         # around the compiled block, K/V repeated or not); else in the bench's defaults
-        layout = row_layout(m.get("config") or {}, m.get("attn_provider", "")) if m else None
+        layout = row_layout(m.get("config") or {}, m.get("attn_provider", ""), m.get("fsdp")) if m else None
         pred = predict(a, seq_len=p["seq_len"], task=p["type"].split()[0].lower(), lora_rank=16 if lora else None,
                        ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw, gpus=p["num_gpus"],
                        fits=fits, sync_fit=sync_fit, layout=layout)

@@ -70,7 +70,7 @@ def test_peak_prediction_never_below_measured_by_more_than_10pct_nor_far_above()
         rank = c["adapter"].get("rank") if c["adapter"]["name"] == "lora" else None
         p = predict_peak_gib(a, r["seq_len"], rank, c["ac"]["name"], r.get("num_gpus", 1),
                              c.get("head_budget_mib", 512), c["ac"].get("mode", "full"),
-                             **row_layout(c, r.get("attn_provider", "")))
+                             **row_layout(c, r.get("attn_provider", ""), r.get("fsdp")))
         assert 0.9 <= p / r["peak_mem_gib"] <= 1.6, (r["model"], r["type"], r["seq_len"], r["ac"], p, r["peak_mem_gib"])
 
 
@@ -88,7 +88,7 @@ def test_expected_peak_within_10pct_of_every_current_row():
         rank = c["adapter"].get("rank") if c["adapter"]["name"] == "lora" else None
         e = expected_peak_gib(a, r["seq_len"], rank, c["ac"]["name"], r.get("num_gpus", 1),
                               c.get("head_budget_mib", 512), c["ac"].get("mode", "full"),
-                             **row_layout(c, r.get("attn_provider", "")))
+                             **row_layout(c, r.get("attn_provider", ""), r.get("fsdp")))
         assert 0.9 <= e / r["peak_mem_gib"] <= 1.1, (r["model"], r["type"], r["seq_len"], r["ac"], e, r["peak_mem_gib"])
 
 
@@ -134,3 +134,22 @@ def test_row_layout_reads_fused_lora_from_the_row():
     assert not row_layout(base)["lora_fused"]
     assert not row_layout({**base, "fuse": "lora", "model": {"family": "hf"}})["lora_fused"]
     assert row_layout({**base, "fuse": "lora"})["inside_compiled"]
+
+
+def test_row_layout_knows_which_rows_ran_without_fsdp():
+    """A row's recorded ``fsdp`` (whether FSDP2 wrapped it) decides; without one, the config as a row
+    would run now: native models at fsdp=auto run unwrapped on one GPU (full fine-tuning and LoRA
+    with its adapters out of FSDP2), the hf family and sharded adapters keep FSDP2, and rows from
+    before fsdp= existed ran FSDP2."""
+    from core.memory import row_layout
+
+    full = {"fsdp": "auto", "adapter": {"name": "full"}}
+    lora = {"fsdp": "auto", "adapter": {"name": "lora", "replicate": "auto"}}
+    assert row_layout(full)["unwrapped"] and row_layout(lora)["unwrapped"]
+    assert not row_layout(full, wrapped=True)["unwrapped"]  # a full row of session 11: FSDP2 wrapped it
+    assert row_layout(full, wrapped=False)["unwrapped"]
+    assert not row_layout({"adapter": {"name": "full"}})["unwrapped"]  # before fsdp=
+    assert not row_layout({**full, "fsdp": True})["unwrapped"]
+    assert not row_layout({**full, "model": {"family": "hf"}})["unwrapped"]
+    assert not row_layout({**lora, "adapter": {"name": "lora", "replicate": False}})["unwrapped"]
+    assert not row_layout({**lora, "adapter": {"name": "lora", "experts": "peft"}})["unwrapped"]

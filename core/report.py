@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.provenance import row_provenance  # noqa: E402
-from core.results import append_row, read_rows, row_key  # noqa: E402
+from core.results import append_row, read_rows, row_key, row_variant  # noqa: E402
 
 PUBLISHED = ROOT / "benchmarks" / "reference" / "prime-rl-benchmarks-2026-01.md"
 DIFF_MIN, REGRESSION, SPREAD_WARN = 1.0, 5.0, 0.05
@@ -51,7 +51,8 @@ EXTENDED_NOTE = """
 > measured step (and, overlapped, the part the step waited for). Host is the pinned
 > host memory of offload. Roofline: the step time the measured matmul and attention ceilings of
 > the backend that ran allow, over the measured step time. Busy: the share of one extra, profiled
-> step's wall time in which the GPU ran a kernel or copy (low: the step is host-bound).
+> step's wall time in which the GPU ran a kernel or copy (low: the step is host-bound). Compiled
+> also names the row's variant, the options it ran off their defaults (e.g. `fsdp=true`), where any.
 """
 COLUMNS = "| Type | SeqLen | AC | Attn | Hardware | MFU | TPS | Step Time | Peak Mem |\n" \
           "|------|--------|----|----|----------|-----|-----|-----------|----------|"
@@ -135,8 +136,9 @@ def table_line(r: dict, base: dict | None, extended: bool = False) -> str:
     if sync not in ("-", "none"):
         total, exposed = sync_per_step(r)
         sync += f" {total:.2f}s" + (f" ({exposed:.2f}s exposed)" if "overlap" in sync else "")
+    variant = f", {row_variant(r)}" if row_variant(r) else ""  # an option off its default (an A/B of ours)
     return (f"| {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | {r['hardware_label']} | "
-            f"{sync} | {'yes' if r.get('compile') else 'no'} | {mfu} | {tps} | "
+            f"{sync} | {'yes' if r.get('compile') else 'no'}{variant} | {mfu} | {tps} | "
             f"{r['step_time']:.2f}s | {peak} | {f'{host:.1f} GiB' if host else '-'} | {spread} | "
             f"{r.get('runs', 1)} | {f'{100 * roof:.0f}%' if roof else '-'} | "
             f"{busy} |")
@@ -271,7 +273,9 @@ def versus_published(rows: list[dict], published: list[dict]) -> str:
     seq_len, AC, attention, GPUs and per-step work (2 micro-batches, one packed sample, and for RL
     the filesystem weight hand-off)."""
     ours = {}
-    for r in rows:  # among rows of one key, the one doing the published per-step work
+    # among rows of one key, the one doing the published per-step work: the default configuration's
+    # where measured (a variant, e.g. fsdp=true, runs the same work with an option off its default)
+    for r in sorted(rows, key=lambda r: bool(row_variant(r))):
         ours.setdefault((*_pub_key(r), r["ac"], r["attn"]), []).append(r)
     lines = ["## View (a): same configuration\n",
              "Each published prime-rl row beside the stepbench row with the same model, type, sequence "
@@ -474,12 +478,12 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
         # plain HF: its own AC; its attention "sdpa" (torch's pick) or the kernel it was held to
         return (*key, str(r["attn"]).lower()) if impl == "plain HF" else (*key, r["ac"], r["attn"])
 
-    for r in rows:
-        if same_work(r, {"type": r["type"]}):
+    for r in rows:  # default configurations only (a variant, e.g. fsdp=true, is an A/B of ours)
+        if same_work(r, {"type": r["type"]}) and not row_variant(r):
             by_impl[implementation(r)].setdefault(peer_key(r, implementation(r)), r)
     for r in pool:
         impl = implementation(r)
-        if impl in runs and same_work(r, {"type": r["type"]}):
+        if impl in runs and same_work(r, {"type": r["type"]}) and not row_variant(r):
             runs[impl].setdefault(peer_key(r, impl), []).append(r)
 
     def partner(impl, key, nat):

@@ -227,6 +227,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
         model = (model_builder or CausalLM)(args)
     model = adapter.apply(model)  # on meta: peft layers are created without memory
     set_dtypes(model, adapter)
+    model.compute_dtype = torch.bfloat16  # what FSDP2's mixed precision computes in, wrapped or not
     set_fuse(model, fuse)
     model.head_budget_mib = head_budget_mib
     bind_attention(model, attention)

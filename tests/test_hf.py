@@ -327,6 +327,32 @@ def test_peers_take_a_native_run_that_has_a_plain_hf_run_in_its_call(tmp_path):
     assert cells[7].startswith("20.00k") and cells[10] == "2.00x", cells
 
 
+def test_peers_and_view_a_take_the_default_configuration_not_a_variant(tmp_path):
+    """An A/B call measures a variant (``fsdp=true``) beside the default row and the plain HF row:
+    the peers view pairs the default row, never the variant, and view (a) shows the default row
+    whatever the order of the rows."""
+    from core.report import main, parse_published
+    from tests.test_report import h100, ours, write
+
+    published, _, _ = parse_published()
+    p = h100(published)
+    variant = ours(p, tps=16000.0, family="qwen3", run_id="a", variant="fsdp=true")
+    native = ours(p, tps=20000.0, family="qwen3", run_id="a", time="2026-11-25T00:00:01+00:00")
+    plain = ours(p, tps=10000.0, run_id="a", time="2026-11-25T00:00:02+00:00", family="hf",
+                 model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B", ac="Recompute", attn="SDPA")
+    res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
+    write(res, [variant, native, plain])
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+                 "--predictions", str(tmp_path / "none")]) == 0
+    text = out.read_text()
+    view_a = text.split("## View (a)")[1].split("## View (b)")[0]
+    assert "20.00k" in view_a and "16.00k" not in view_a
+    line = next(ln for ln in text.split("## Peers")[1].splitlines()
+                if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
+    cells = [c.strip() for c in line.strip("| ").split("|")]
+    assert cells[7].startswith("20.00k") and cells[10] == "2.00x" and "16.00k" not in line, cells
+
+
 def test_plain_hf_fa3_switches_transformers_attention(monkeypatch):
     """model.plain=true +attn=fa3 runs transformers' flash_attention_3 (bound when the row's
     attention is: the implementation switches, and back for sdpa); the row says so. Where FA3 is

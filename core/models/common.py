@@ -189,10 +189,11 @@ class CausalLM(nn.Module):
     #: (:func:`core.models.fused.linear`), so the adapters may stay out of FSDP2 (adapter.replicate)
     casts_adapters = True
     #: its layers cast every weight to the activations' dtype where used (:func:`core.models.fused.linear`,
-    #: RMSNorm, the head, the MoE experts, the embedding's output to :attr:`compute_dtype`), so fp32
-    #: master weights can run without FSDP2's mixed precision on one GPU (``fsdp=auto``)
+    #: RMSNorm, the head, the MoE experts), so fp32 master weights can run without FSDP2's mixed
+    #: precision on one GPU (``fsdp=auto``); the trainer sets :attr:`compute_dtype` (bf16), the
+    #: activations' dtype from the embedding on (None: the embedding's own dtype)
     casts_weights = True
-    compute_dtype = torch.bfloat16
+    compute_dtype = None
 
     def __init__(self, a: ModelArgs):
         super().__init__()
@@ -210,7 +211,9 @@ class CausalLM(nn.Module):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def hidden_states(self, input_ids, position_ids, meta: AttnMeta):
-        h = self.embed_tokens(input_ids).to(self.compute_dtype)  # fp32 masters unwrapped: the rows, cast
+        h = self.embed_tokens(input_ids)
+        if self.compute_dtype is not None:  # fp32 masters without FSDP2: the gathered rows, cast
+            h = h.to(self.compute_dtype)
         rope = self.rotary(position_ids, h.dtype)
         for block in self.layers:
             h = self.block_runner(block, h, rope, meta)

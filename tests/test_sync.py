@@ -81,6 +81,34 @@ def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path,
         assert all("lora_" in n for n in got)
 
 
+@pytest.mark.parametrize("unmap", ["background", "inline"])
+def test_mapped_writer_unmaps_off_the_step_after_publishing(dist_group, tmp_path, monkeypatch, unmap):
+    """``sync.unmap=background`` (the default): the hand-off publishes each step's file still mapped
+    (its stores are in the page cache: the file reads back bit for bit) and the preparation thread
+    unmaps it afterwards; ``inline`` unmaps inside the hand-off. Every map is closed by ``finish``."""
+    import plugins.sync.filesystem as fsmod
+
+    maps, closes = [], []
+    prepare, write = fsmod.prepare_step, fsmod.write_mapped
+    monkeypatch.setattr(fsmod, "prepare_step", lambda *a, **k: maps.append(prepare(*a, **k)) or maps[-1])
+    monkeypatch.setattr(fsmod, "write_mapped", lambda *a, **k: closes.append(k.get("close", True)) or write(*a, **k))
+    args = QWEN3["tiny"]
+    b = built(args)
+    fs = Filesystem(str(tmp_path), keep=3, cleanup=False, unmap=unmap)
+    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
+    b.sync = fs
+    for step in range(2):
+        train_step(b, make_batches(args, "rl", 128, 1, "random", 0, step, "cpu"), "rl", step=step)
+        got = load_file(str(tmp_path / "r" / f"step_{step}" / "model.safetensors"))
+        assert all(torch.equal(got[n], full(p).to(torch.bfloat16)) for n, p in b.model.named_parameters())
+    assert closes == [unmap == "inline"] * 2
+    fs.finish()
+    assert len(maps) == 4 and all(m.closed for m in maps)  # two written, two prepared for steps never run
+    assert complete_steps(tmp_path / "r") == [0, 1]
+    with pytest.raises(ValueError, match="sync.unmap=background"):
+        Filesystem(str(tmp_path), unmap="later")
+
+
 def test_adapter_only_sync_reproduces_merged_output(dist_group, tmp_path):
     """Inference merges base + alpha/r * B @ A from the synced adapter: same output as the trainer's layer."""
     args = QWEN3["tiny"]

@@ -146,7 +146,7 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
         Path(path).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
-    def torn_mapped(mm, stager, metadata, fsync):
+    def torn_mapped(mm, stager, metadata, fsync, close=True):
         mm[:4] = b"half"
         raise OSError(28, "No space left on device")
 

@@ -123,7 +123,10 @@ def peak_terms(a: ModelArgs, seq_len: int, lora_rank: int | None, ac: str, world
     frac = COMPILED_LORA_EXTRA_FUSED if lora_fused else COMPILED_LORA_EXTRA
     extra = frac * live_block if (inside_compiled and lora_rank and ac == "recompute") else 0.0
     if unwrapped and world == 1 and not lora_rank:
-        # measured without FSDP2 (H100, eef2e08): 0.6B full 8192 10.7 GiB, 16384 11.5 (FSDP2: 11.2, 12.1)
+        # measured without FSDP2 (H100, eef2e08): 0.6B full 8192 10.7 GiB, 16384 11.5 (FSDP2: 11.2, 12.1).
+        # Without AC each layer saves its weight's bf16 cast for backward (FSDP2 would unshard again)
+        if ac == "none":
+            saved += 2 * (n - a.vocab_size * a.dim * (1 if a.tied_embeddings else 2))
         return {"states": states, "blocks_in_flight": 0.0, "root_gathered": 2 * a.vocab_size * a.dim,
                 "saved_activations": saved, "live_block": live_block, "head": head, "compiled_lora_extra": extra}
     if unwrapped and world == 1:

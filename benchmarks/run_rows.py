@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 import time
 import uuid
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.results import append_row, load_rows  # noqa: E402
-from core.sweep import run_id, table  # noqa: E402
+from core.sweep import child_error, run_id, stream_child, table  # noqa: E402
 
 
 def main():
@@ -43,15 +42,12 @@ def main():
         cmd = [sys.executable, *launch, "-m", "core.bench", *shlex.split(spec), f"results={a.results}"]
         print(f"=== [{i}/{len(a.rows)}] {spec}", flush=True)
         t = time.time()
-        try:
-            rc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, STEPBENCH_CHILD_ROW_ID=rid),
-                                timeout=a.timeout).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
+        rc, tail = stream_child(cmd, dict(os.environ, STEPBENCH_CHILD_ROW_ID=rid), a.timeout, sys.stdout, "")
         print(f"=== rc={rc} in {time.time() - t:.0f}s", flush=True)
         if rc != 0 and not any(r.get("id") == rid for r in load_rows(a.results)):
+            # a row refused before it started (status 2) keeps the bench's one line saying why
             append_row(a.results, {"id": rid, "status": "failed", "overrides": spec, "model": spec,
-                                   "error": f"core.bench ended with {rc} before writing its row"})
+                                   "error": child_error(rc, tail)})
     rows = [r for r in load_rows(a.results) if r.get("id") in set(ids)]
     print("\n" + table(rows))
 

@@ -101,8 +101,9 @@ def table(rows: list[dict]) -> str:
     out = [head]
     for r in rows:
         if r.get("status") != "ok":
-            out.append(f"{str(r.get('model', '?')):<15} {str(r.get('type', '?')):<14} {str(r.get('seq_len', '')):>6} "
-                       f"{str(r.get('ac')):<20} {str(r.get('attn')):<5} FAILED: {str(r.get('error'))[:80]}")
+            cell = lambda k, d="-": str(r.get(k) if r.get(k) is not None else d)  # noqa: E731 (refused: few labels)
+            out.append(f"{cell('model', '?'):<15} {cell('type'):<14} {cell('seq_len', ''):>6} "
+                       f"{cell('ac'):<20} {cell('attn'):<5} FAILED: {cell('error')[:100]}")
             continue
         sp = r.get("spread") or {}
         host = (r.get("ac_info") or {}).get("host_offload_gib") or 0.0
@@ -155,39 +156,55 @@ def sweep_row(cfg, overrides: list[str], total: int | None = None) -> int:
     return 0
 
 
+def stream_child(cmd: list[str], env: dict, timeout_s: float, out=None, prefix: str = "    ") -> tuple[int, list[str]]:
+    """Run ``cmd`` from the repository root, echoing its output (stdout and stderr, line by line,
+    with ``prefix``) to ``out`` (default: stderr) as it comes; return its exit status and its last
+    50 lines. Past ``timeout_s`` the child is killed: status -1 and a TimeoutError line."""
+    out = out or sys.stderr
+    tail: list[str] = []
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + float(timeout_s)
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    while True:
+        if time.time() > deadline:
+            proc.kill()
+            proc.wait()
+            return -1, tail + [f"TimeoutError: the row exceeded {timeout_s:g} s"]
+        if sel.select(timeout=1.0):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out.write(prefix + line)
+            out.flush()
+            tail = (tail + [line.rstrip()])[-50:]
+    return proc.wait(), tail
+
+
+def child_error(rc: int, tail: list[str]) -> str:
+    """The one line a failed row keeps for a child that wrote no row of its own: a refusal's line
+    (status 2: the bench refused the row before measuring, saying what to type instead), else the
+    last line that names an error, else the exit status."""
+    said = [ln for ln in tail if ln.startswith("stepbench: ")]
+    if rc == 2 and said:
+        err = said[-1]
+    else:
+        err = next((ln for ln in reversed(tail) if "Error" in ln or "error" in ln), None)
+    err = err or (f"child exited with status {rc}" + (f" (signal {-rc})" if rc < 0 else ""))
+    return err.strip().removeprefix("stepbench: ")
+
+
 def run_child(cfg, overrides: list[str], r: dict, labels: dict) -> None:
     from core.results import append_row, load_rows
 
     base = base_row(cfg, overrides)
     _SWEEP_IDS.add(base["id"])
     cmd = [sys.executable, "-m", "core.bench", *overrides]
-    env = dict(os.environ, **{CHILD_ENV: base["id"]})
-    tail: list[str] = []
-    try:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + float(cfg.row_timeout_s)
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            if time.time() > deadline:
-                proc.kill()
-                proc.wait()
-                raise TimeoutError(f"row exceeded row_timeout_s={cfg.row_timeout_s}")
-            if sel.select(timeout=1.0):
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                sys.stderr.write("    " + line)
-                tail = (tail + [line.rstrip()])[-50:]
-        rc = proc.wait()
-    except TimeoutError as e:
-        rc, tail = -1, tail + [f"TimeoutError: {e}"]
+    rc, tail = stream_child(cmd, dict(os.environ, **{CHILD_ENV: base["id"]}), float(cfg.row_timeout_s))
     written = any(x.get("id") == base["id"] for x in load_rows(cfg.results))
     if rc == 0 and written:
         _SWEEP["done"] += 1
         return
     _SWEEP["failed"] += 1
     if not written:
-        err = next((ln for ln in reversed(tail) if "Error" in ln or "error" in ln), None)
-        err = err or (f"child exited with status {rc}" + (f" (signal {-rc})" if rc < 0 else ""))
-        append_row(cfg.results, {**base, **labels, "status": "failed", "error": err.strip().removeprefix("stepbench: ")})
+        append_row(cfg.results, {**base, **labels, "status": "failed", "error": child_error(rc, tail)})

@@ -110,6 +110,26 @@ def test_multirun_failed_row_does_not_stop_sweep_and_resume_skips(tmp_path):
     assert len(rows) == 6 and rows[-1]["run_id"] != rows[0]["run_id"]
 
 
+def test_run_rows_keeps_a_refused_rows_reason_and_goes_on(tmp_path):
+    """benchmarks/run_rows.py: a row the bench refuses before measuring (status 2, no row of its
+    own) becomes a failed row that keeps the bench's one line saying what to type instead; the set
+    goes on and its table is printed last."""
+    from core.sweep import child_error
+
+    res = tmp_path / "rows.jsonl"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_rows.py"), "--results", str(res),
+                        "model=qwen3_tiny device=cpu task=rl sync.unmap=inline", "model=qwen3_tiny attn=fa3"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [json.loads(x) for x in res.read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert rows[0]["error"].endswith("type +sync=filesystem sync.unmap=..."), rows[0]["error"]
+    assert "+attn=fa3" in rows[1]["error"]  # Hydra's own hint for an appended group
+    assert "FAILED: " + rows[0]["error"][:40] in p.stdout.splitlines()[-2]  # the table, last
+    assert child_error(-9, ["x"]) == "child exited with status -9 (signal 9)"
+    assert child_error(1, ["stepbench: something", "RuntimeError: boom"]) == "RuntimeError: boom"
+
+
 @pytest.mark.parametrize("sweep", options("sweep"))
 def test_every_sweep_row_composes_and_validates(sweep):
     import shlex

@@ -89,6 +89,11 @@ def apply_compile(model: nn.Module, head: bool = True) -> None:
         model.head_compiled = True
 
 
+#: the dtype every layer computes in: FSDP2's mixed-precision parameter dtype where it wraps, the
+#: native layers' cast of their weights where it does not (:func:`needs_fsdp`)
+COMPUTE_DTYPE = torch.bfloat16
+
+
 def apply_fsdp(model: nn.Module, device_type: str, ignored=()) -> None:
     """FSDP2: shard each block, then the root; bf16 compute, fp32 gradient reduction. ``ignored``:
     parameters FSDP2 leaves alone (replicated adapters)."""
@@ -96,7 +101,7 @@ def apply_fsdp(model: nn.Module, device_type: str, ignored=()) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    mp = MixedPrecisionPolicy(param_dtype=COMPUTE_DTYPE, reduce_dtype=torch.float32)
     kw = {"ignored_params": set(ignored)} if ignored else {}
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=mp, **kw)
@@ -120,7 +125,7 @@ def needs_fsdp(model: nn.Module, replicated, world: int, fsdp="auto", sharded_ad
     keep = {id(p) for p in replicated}
     if any(p.requires_grad and id(p) not in keep for p in model.parameters()):
         return True
-    return any(p.is_floating_point() and not p.requires_grad and p.dtype != torch.bfloat16
+    return any(p.is_floating_point() and not p.requires_grad and p.dtype != COMPUTE_DTYPE
                for p in model.parameters())
 
 
@@ -227,7 +232,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
         model = (model_builder or CausalLM)(args)
     model = adapter.apply(model)  # on meta: peft layers are created without memory
     set_dtypes(model, adapter)
-    model.compute_dtype = torch.bfloat16  # what FSDP2's mixed precision computes in, wrapped or not
+    model.compute_dtype = COMPUTE_DTYPE  # wrapped by FSDP2 or not
     set_fuse(model, fuse)
     model.head_budget_mib = head_budget_mib
     bind_attention(model, attention)

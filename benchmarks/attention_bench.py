@@ -5,7 +5,8 @@
 Shapes: 4 docs x 4096, 1 x 8192, 1 x 16384, 1 x 65536 tokens, head_dim 128, with Qwen3-4B's heads
 (32 query, 8 KV) unless ``--heads`` says otherwise (``--heads 16/8``: Qwen3-0.6B's); each row records
 its heads, and a row's roofline takes the ceiling of the kernel that ran with its model's heads where
-one was measured (:func:`core.flops.ceilings`). FLOPs count causal attention as 4*s^2*H*D/2 per
+one was measured (:func:`core.flops.ceilings`, from the hardware profile's ``measured`` entries:
+``python benchmarks/write_ceilings.py`` writes them from the committed rows). FLOPs count causal attention as 4*s^2*H*D/2 per
 document forward and backward as 2.5x forward, as in shared/reference/h100-ceilings.md, whose
 figures are printed beside ours.
 Each measurement is the median of CUDA-event-timed iterations after warm-up, on random data.

@@ -28,7 +28,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.models.moe import Experts  # noqa: E402
-from core.models.registry import QWEN3_MOE  # noqa: E402
+from core.models.flavours import QWEN3_MOE  # noqa: E402
 from core.results import append_row  # noqa: E402
 
 

@@ -12,18 +12,16 @@ The table is printed last (from the rows this invocation wrote), so the end of t
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.results import append_row, load_rows  # noqa: E402
-from core.sweep import child_error, run_id, stream_child, table  # noqa: E402
+from core.results import load_rows  # noqa: E402
+from core.sweep import base_row, run_child, table  # noqa: E402
 
 
 def main():
@@ -34,20 +32,14 @@ def main():
     ap.add_argument("rows", nargs="+")
     a = ap.parse_args()
     ids = []
-    run_id()  # every row of this set shares one run id (the report's "same call")
-    for i, spec in enumerate(a.rows, 1):
-        rid = uuid.uuid4().hex
-        ids.append(rid)
-        launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.nproc}"] if a.nproc > 1 else []
-        cmd = [sys.executable, *launch, "-m", "core.bench", *shlex.split(spec), f"results={a.results}"]
-        print(f"=== [{i}/{len(a.rows)}] {spec}", flush=True)
+    start = time.time()
+    for i, spec in enumerate(a.rows, 1):  # every row of this set shares one run id (the report's "same call")
+        base = base_row(None, shlex.split(spec))
+        ids.append(base["id"])
+        print(f"=== [{i}/{len(a.rows)}] {spec}  ({time.time() - start:.0f}s elapsed)", flush=True)
         t = time.time()
-        rc, tail = stream_child(cmd, dict(os.environ, STEPBENCH_CHILD_ROW_ID=rid), a.timeout, sys.stdout, "")
+        rc, _ = run_child(shlex.split(spec), a.results, a.timeout, base, nproc=a.nproc, out=sys.stdout, prefix="")
         print(f"=== rc={rc} in {time.time() - t:.0f}s", flush=True)
-        if rc != 0 and not any(r.get("id") == rid for r in load_rows(a.results)):
-            # a row refused before it started (status 2) keeps the bench's one line saying why
-            append_row(a.results, {"id": rid, "status": "failed", "overrides": spec, "model": spec,
-                                   "error": child_error(rc, tail)})
     rows = [r for r in load_rows(a.results) if r.get("id") in set(ids)]
     print("\n" + table(rows))
 

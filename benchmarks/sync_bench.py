@@ -47,7 +47,7 @@ from plugins.sync.filesystem import WEIGHTS, WRITERS, drop_old, prepare_step, wr
 def handed_over(size: str, adapter: str, device: str) -> list[tuple[str, torch.Tensor]]:
     """The tensors an RL row of this model hands over, fp32 on ``device`` (random values)."""
     from core.models.common import CausalLM
-    from core.models.registry import QWEN3
+    from core.models.flavours import QWEN3
     from core.plugins import registry
 
     with torch.device("meta"):

@@ -18,14 +18,11 @@ import resource
 import sys
 import traceback
 import uuid
-from datetime import datetime, timezone
-from pathlib import Path
 
 from core.measure import say
 from core.resolve import UserError, first_line
 from core.sweep import CHILD_ENV, run_id
 
-ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync", "sweep")
 
 
@@ -33,11 +30,12 @@ def run_row(cfg) -> int:
     """Resolve, run and write one row. Returns the exit status."""
     from omegaconf import OmegaConf
 
-    from core.measure import measure
+    from core.measure import NonFiniteError, measure
     from core.plugins import notify_row
     from core.provenance import environment
-    from core.resolve import config_adapter_label, resolve, row_labels
+    from core.resolve import resolve, row_labels
     from core.results import ResultsError, append_row, check_writable
+    from core.sweep import base_row
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -48,28 +46,23 @@ def run_row(cfg) -> int:
     except (UserError, ResultsError) as e:
         say(str(e))
         return 2
-    for n in r["notes"]:
+    for n in r.notes:
         if rank == 0:
             say(n)
-    row_id = os.environ.get(CHILD_ENV) or uuid.uuid4().hex
-    base = {"id": row_id, "schema": 2, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "run_id": run_id(), "tag": cfg.tag, "config": OmegaConf.to_container(cfg, resolve=True)}
+    base = {**base_row(cfg, None, os.environ.get(CHILD_ENV) or uuid.uuid4().hex),
+            "config": OmegaConf.to_container(cfg, resolve=True)}
     if rank == 0:
-        say(f"row: {r['args'].name} {cfg.task.name} {cfg.adapter.name} seq_len={r['seq_len']} "
-            f"attn={cfg.attn.name} ac={cfg.ac.name} sync={r['sync_node']['name']} on {world}x{r['hw']['label']} "
-            f"({r['ctx'].device})")
+        say(f"row: {r.args.name} {cfg.task.name} {r.adapter.label} seq_len={r.seq_len} attn={r.attention.name} "
+            f"ac={r.ac.label} sync={r.sync.label} on {world}x{r.hw['label']} ({r.ctx.device})")
     status = 0
     try:
-        row = {**base, **measure(cfg, r, row_id), "env": environment()}
+        row = {**base, **measure(cfg, r, base["id"]), "env": environment()}
     except Exception as e:  # a failed row keeps the first line of its error
-        from core.measure import NonFiniteError
-
         status = 2 if isinstance(e, UserError) else 1
         if status == 1 and not isinstance(e, NonFiniteError):
             traceback.print_exc()
-        labels = row_labels(cfg, r, config_adapter_label(cfg), world)
-        row = {**base, **labels, "status": "failed", "error": first_line(e),
-               "predicted_mem_gib": r.get("predicted_gib"), "env": environment()}
+        row = {**base, **row_labels(cfg, r, world), "status": "failed", "error": first_line(e),
+               "predicted_mem_gib": r.predicted_gib, "env": environment()}
     if rank == 0:
         append_row(cfg.results, row)
         notify_row(row)
@@ -83,6 +76,7 @@ def run_row(cfg) -> int:
 
 
 def format_row(row: dict) -> str:
+    """The one line printed for a finished row."""
     if row.get("status") != "ok":
         return f"FAILED {row.get('model')} {row.get('type')} {row.get('seq_len')}: {row.get('error')}"
     if row.get("peak_mem_gib") is not None:
@@ -91,16 +85,19 @@ def format_row(row: dict) -> str:
         peak = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (host)"
     sp = row.get("spread") or {}
     cv = f" (cv {100 * sp['cv']:.1f}%, n={sp['n']})" if sp.get("n") else ""
-    sync = f" | sync {row['sync']} {row.get('sync_s_per_step', 0):.3f}s/step" if row.get("sync") not in (None, "none") \
-        else ""
+    sync = f" | sync {row['sync']} {row.get('sync_s_per_step', 0):.3f}s/step" if row.get("sync_s_per_step") else ""
     att = (row.get("step_budget") or {}).get("attainable")
     if att and row["roofline_frac"] > att:  # kernels ran above the ceilings measured for them
         att = f" (above the {100 * att:.0f}% attainable at its measured ceilings: a ceiling is low)"
     else:
         att = f" of {100 * att:.0f}% attainable" if att else ""
+    if row.get("peak_mem_gib") is None:  # a CPU row: MFU and roofline against a nominal profile mean nothing
+        mfu, roof = "MFU n/a (CPU)", "roofline n/a (CPU)"
+    else:
+        mfu, roof = f"MFU {row['mfu']:.1f}%", f"roofline {100 * row['roofline_frac']:.0f}%{att}"
     return (f"{row['model']} | {row['type']} | {row['seq_len']} | {row['ac']} | {row['attn']} | "
-            f"{row['hardware_label']} | MFU {row['mfu']:.1f}% | TPS {row['tps'] / 1e3:.2f}k{cv} | "
-            f"step {row['step_time']:.2f}s | {peak} | roofline {100 * row['roofline_frac']:.0f}%{att}{sync} | "
+            f"{row['hardware_label']} | {mfu} | TPS {row['tps'] / 1e3:.2f}k{cv} | "
+            f"step {row['step_time']:.2f}s | {peak} | {roof}{sync} | "
             f"{row['attn_provider']}" + (f" | {row['variant']}" if row.get("variant") else "")
             + (f" | {row['graph_breaks']} GRAPH BREAKS" if row.get("graph_breaks") else ""))
 
@@ -158,7 +155,7 @@ def check_overrides(argv: list[str]):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from core.options import APPENDED
+    from core.options import APPENDED, conf_dir
 
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
     try:
@@ -166,7 +163,7 @@ def check_overrides(argv: list[str]):
     except Exception as e:
         raise UserError(f"cannot parse overrides: {first_line(e)}") from None
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         for o in parsed:
             group = o.key_or_group
@@ -209,11 +206,11 @@ def plugin_option_hint(group: str, key: str, overrides: list[str]) -> str:
     lacks ``opt``: which plugins have it, and what to type."""
     from omegaconf import OmegaConf
 
-    from core.options import CONF
+    from core.options import conf_dir
 
     opt = key.split(".", 1)[1].split(".")[0]
     chosen = next((x.split("=", 1)[1] for x in overrides if x.startswith(f"+{group}=")), None)
-    have = sorted(f.stem for f in (CONF / group).glob("*.yaml") if opt in (OmegaConf.load(f) or {}))
+    have = sorted(f.stem for f in (conf_dir() / group).glob("*.yaml") if opt in (OmegaConf.load(f) or {}))
     which = f"the {group} plugin '{chosen}'" if chosen else f"the default {group}"
     if not have:
         return f"unknown option '{key}': no {group} plugin has it (python -m core.bench --list shows each one's options)"
@@ -242,8 +239,9 @@ def main() -> None:
         except Exception as e:  # Hydra's own composition errors, reduced to one line
             say(f"bad override: {first_line(e)}")
             sys.exit(2)
-    sys.path.insert(0, str(ROOT))
-    hydra.main(config_path=str(ROOT / "conf"), config_name="bench", version_base="1.3")(_hydra_task)()
+    from core.options import conf_dir
+
+    hydra.main(config_path=str(conf_dir()), config_name="bench", version_base="1.3")(_hydra_task)()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.contracts import RecomputeFacts
 from core.models.common import ModelArgs
 
 
@@ -37,11 +38,11 @@ def active_mm_params(a: ModelArgs, count_shared: bool = False) -> int:
 
 
 def prime_rl_flops_per_token(a: ModelArgs, seq_len: int, adapter_params: int = 0,
-                             fully_trainable: int | None = None, lora: bool = False) -> float:
-    """prime-rl's flops/token used for its MFU column."""
+                             fully_trainable: int | None = None, frozen_base: bool = False) -> float:
+    """prime-rl's flops/token used for its MFU column (its adapter formula where the base is frozen)."""
     attn = 12 * a.n_layers * a.n_heads * (a.dim // a.n_heads) * seq_len
     n_mm = active_mm_params(a)
-    if not lora:
+    if not frozen_base:
         return 6 * n_mm + attn
     return 4 * n_mm + 2 * (fully_trainable or 0) + 6 * adapter_params + attn
 
@@ -69,93 +70,62 @@ class StepFlops:
         return self.mm_executed + self.attn_executed
 
 
-def micro_batch_flops(a: ModelArgs, doc_lens: list[int], lora: bool, adapter_params: int = 0,
-                      recompute: str = "full") -> StepFlops:
+#: the recompute of full activation checkpointing: every block's forward again, attention included
+FULL_RECOMPUTE = RecomputeFacts(blocks=True, attention=True)
+
+
+def micro_batch_flops(a: ModelArgs, doc_lens: list[int], frozen_base: bool, adapter_params: int = 0,
+                      recompute: RecomputeFacts = FULL_RECOMPUTE) -> StepFlops:
     """Exact FLOPs of one micro-batch's forward and backward.
 
-    ``recompute``: "none", "full" (block forward again in backward) or "selective" (block forward
-    again without attention; also offload mode=attention). See :func:`recompute_kind`.
+    ``frozen_base``: only an adapter trains (no weight gradients of the base); ``recompute``: what
+    the activation strategy runs again in backward (its declaration).
     """
     T = sum(doc_lens)
     blocks_mm = 2 * T * (attn_proj_params(a) + mlp_params(a, count_shared=True))  # forward of blocks
     head_mm = 2 * T * a.vocab_size * a.dim
     attn_fwd = a.n_layers * 4 * a.n_heads * a.head_dim * sum(s * (s + 1) / 2 for s in doc_lens)
-    bwd_factor = 1.0 if lora else 2.0  # dX (and dW when the weight trains)
+    bwd_factor = 1.0 if frozen_base else 2.0  # dX (and dW when the weight trains)
     adapters = 2 * T * adapter_params * 3  # fwd + dX + dW of the LoRA factors
     mm_useful = (blocks_mm + head_mm) * (1 + bwd_factor) + adapters
     attn_useful = attn_fwd * 3.5  # FlashAttention backward: 2.5x forward
-    rec_mm = blocks_mm + 2 * T * adapter_params if recompute in ("full", "selective") else 0.0
-    rec_attn = attn_fwd if recompute == "full" else 0.0
+    rec_mm = blocks_mm + 2 * T * adapter_params if recompute.blocks else 0.0
+    rec_attn = attn_fwd if recompute.attention else 0.0
     mm_exec = mm_useful + rec_mm + head_mm  # the chunked head recomputes logits in backward
     return StepFlops(mm_useful, attn_useful, mm_exec, attn_useful + rec_attn)
 
 
-def recompute_kind(ac_name: str, info: dict) -> str:
-    """What an activation strategy runs again in backward: "none", "full" (the whole block) or
-    "selective" (the block without attention: selective recompute and offload mode=attention)."""
-    if ac_name == "none":
-        return "none"
-    mode = info.get("ac_mode") or info.get("mode") or "full"
-    return "selective" if mode in ("selective", "attention") else "full"
-
-
-BENCH_GLOB = "*attention*.jsonl"
-
-
-def _bench_rows() -> list[dict]:
-    from pathlib import Path
-
-    from core.results import load_rows
-
-    folder = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-    return [r for f in sorted(folder.glob(BENCH_GLOB)) for r in load_rows(f) if r.get("kind") == "attention_bench"]
-
-
-def _backend_of(attn_name: str, provider: str | None) -> str:
-    if attn_name in ("fa2", "fa3", "cudnn", "sdpa"):
-        return attn_name
-    p = (provider or "").lower()
-    return "fa3" if "flash_attn_3" in p else "cudnn" if "cudnn" in p else "fa2" if ("fa2" in p or "flash" in p) \
-        else attn_name
-
-
-#: query/KV heads of attention_bench rows that do not record theirs (Qwen3-4B's, its only shape then)
-BENCH_DEFAULT_HEADS = "32/8"
-
-
-def ceilings(hw: dict, attn_name: str, provider: str | None, seq_len: int, rows: list[dict] | None = None,
-             heads: str | None = None) -> dict:
-    """Matmul and attention ceilings (TFLOP/s) for the roofline of a row: the median of the
-    committed bench rows measured on this GPU model (``benchmarks/attention_bench.py``: the
-    backend that ran, at the shape nearest the row's document length; ``--matmul`` for bf16
-    GEMMs), else the hardware profile's figures. Among the backend's rows, those of the very kernel
-    that ran (the same ``provider``) and of the row's ``heads`` ("query/KV") are preferred where any
-    were measured. The source of each is returned with it."""
+def ceilings(hw: dict, kernel: str, provider: str | None, seq_len: int, *, heads: str | None = None) -> dict:
+    """Matmul and attention ceilings (TFLOP/s) for the roofline of a row, from the hardware
+    profile's ``measured`` entries (``benchmarks/attention_bench.py`` on this GPU, written into
+    the profile by ``benchmarks/write_ceilings.py``): the bf16 matmul entries (``--matmul``), and
+    the entries of ``kernel`` (the attention backend's declared kernel family) at the document
+    length nearest the row's; else the profile's own figures. Among the kernel's entries, those of
+    the very kernel that ran (the same ``provider``) and of the row's ``heads`` ("query/KV") are
+    preferred where any were measured. Each is the median of the chosen entries' rows, a row counted
+    at its entry's median; the source of each is returned with it."""
     import statistics
 
-    rows = _bench_rows() if rows is None else rows
-    gpu_key = str(hw.get("name", "")).upper()
-    mine = [r for r in rows if gpu_key and gpu_key in str(r.get("gpu", "")).upper()]
+    measured = hw.get("measured") or []
+    median = lambda es: statistics.median([e["tflops"] for e in es for _ in range(e["n"])])  # noqa: E731
     out = {"mm_tflops": hw.get("mm_tflops"), "mm_source": "hardware profile",
            "attn_tflops": hw.get("attn_tflops"), "attn_source": "hardware profile (FA3)"}
-    mm = [r["tflops"] for r in mine if r.get("backend") == "matmul"]
+    mm = [e for e in measured if e["kernel"] == "matmul"]
     if mm:
-        out["mm_tflops"], out["mm_source"] = statistics.median(mm), f"attention_bench matmul ({len(mm)} rows)"
-    backend = _backend_of(attn_name, provider)
-    cands = [r for r in mine if r.get("backend") == backend and "x" in str(r.get("shape", ""))]
+        out["mm_tflops"], out["mm_source"] = median(mm), f"attention_bench matmul ({sum(e['n'] for e in mm)} rows)"
+    cands = [e for e in measured if e["kernel"] == kernel]
     notes = []
-    for note, keep in (("same kernel", lambda r: provider and r.get("provider") == provider),
-                       (f"heads {heads}", lambda r: heads and r.get("heads", BENCH_DEFAULT_HEADS) == heads)):
-        narrowed = [r for r in cands if keep(r)]
+    for note, keep in (("same kernel", lambda e: provider and e["provider"] == provider),
+                       (f"heads {heads}", lambda e: heads and e["heads"] == heads)):
+        narrowed = [e for e in cands if keep(e)]
         if narrowed:
             cands = narrowed
             notes.append(note)
     if cands:
-        doc = lambda r: int(str(r["shape"]).split("x")[1])  # noqa: E731
-        best = min({doc(r) for r in cands}, key=lambda d: abs(d - seq_len))
-        vals = [r["tflops"] for r in cands if doc(r) == best]
-        out["attn_tflops"] = statistics.median(vals)
-        out["attn_source"] = (f"attention_bench {backend} 1 doc of {best} ({len(vals)} rows"
+        best = min({e["doc_len"] for e in cands}, key=lambda d: abs(d - seq_len))
+        picked = [e for e in cands if e["doc_len"] == best]
+        out["attn_tflops"] = median(picked)
+        out["attn_source"] = (f"attention_bench {kernel} 1 doc of {best} ({sum(e['n'] for e in picked)} rows"
                               + "".join(f", {n}" for n in notes) + ")")
     return out
 

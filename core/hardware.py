@@ -6,7 +6,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "hardware"
+from core.options import conf_dir
+
+CONF = conf_dir() / "hardware"
 
 #: substrings of torch.cuda.get_device_name() -> profile (first match wins)
 GPU_NAMES = [("H200", "h200"), ("H100", "h100"), ("B200", "b200"), ("A6000", "a6000")]
@@ -34,5 +36,4 @@ def resolve(hw_cfg: dict, gpu_name: str | None) -> dict:
     hw = dict(hw_cfg)
     if hw.get("name") == "auto":
         hw = load(profile_for(gpu_name))
-    hw.setdefault("datasheet_flops", hw["peak_flops"])
     return hw

@@ -2,18 +2,21 @@
 
 Plugins fill registries through ``register(...)`` callbacks; Hydra chooses among the registered
 names, pluggy only collects them. A plugin module implements any subset of these hooks with
-``@core.hookimpl``-decorated functions of the same names.
+``@core.hookimpl``-decorated functions of the same names. What each registered object must provide
+is its kind's contract in :mod:`core.contracts`; :mod:`core.testing` checks it.
 
 ``register(name, factory, why_not=None, doc="")``:
 
-* ``name``: the name a user types (``+attn=<name>``).
-* ``factory``: called as ``factory(cfg)`` with the plugin's Hydra config node; heavy imports
-  (kernels, flash_attn, peft) belong inside it, never at plugin import.
-* ``why_not``: ``None`` or a callable ``why_not(ctx) -> str | None`` that says, cheaply and without
-  allocating on the GPU, why the plugin cannot run here (``ctx`` is a :class:`core.plugins.RunContext`).
+* ``name``: the name a user types (``+attn=<name>``); a name registered twice is an error that
+  names both plugins.
+* ``factory``: ``factory(options, ctx)`` returns the plugin object: ``options`` is a dict of the
+  plugin's Hydra options (``conf/<group>/*.yaml``), ``ctx`` a :class:`core.contracts.RunContext`.
+  It must be cheap and allocate nothing on the GPU (the core also makes plugins to ask their
+  declarations, before anything is built); heavy imports (kernels, peft) belong inside it or in
+  the object's methods, never at plugin import. Bad options: ``ValueError`` with one line.
+* ``why_not``: ``None`` or ``why_not(ctx) -> str | None``: cheaply and without allocating on the
+  GPU, why the plugin cannot run here (the bench refuses the row with that reason).
 * ``doc``: one line shown by ``python -m core.bench --list``.
-* ``traits``: optional dict of facts the bench may ask without importing the plugin, e.g. an
-  attention backend's ``repeats_kv() -> bool`` (whether its saved K/V have the query head count).
 """
 
 from core import hookspec
@@ -21,64 +24,53 @@ from core import hookspec
 
 @hookspec
 def stepbench_register_attention(register):
-    """Register attention backends.
+    """Register attention backends: factories of :class:`core.contracts.AttentionBackend`.
 
-    A backend factory returns an object with ``__call__(q, k, v, meta) -> out``, where q is
-    ``[total_tokens, n_heads, head_dim]``, k and v are ``[total_tokens, n_kv_heads, head_dim]``
-    (bf16, packed documents), ``meta`` is a :class:`core.data.AttnMeta` (cu_seqlens on device and
-    host, max_seqlen), and ``out`` is ``[total_tokens, n_heads, head_dim]``: causal attention
-    within each document, softmax scale ``head_dim ** -0.5``. It also has ``name`` and
-    ``provider`` (a string naming the kernel package and version that ran).
+    Called once per process when the registry is built. The trainer calls the backend's
+    ``prepare()`` on the device, then binds it to every attention layer; each layer calls it on
+    packed ``[total_tokens, heads, head_dim]`` tensors with the micro-batch's ``cu_seqlens``.
     """
 
 
 @hookspec
 def stepbench_register_checkpointing(register):
-    """Register activation-memory strategies (recompute, offload, ...).
+    """Register activation-memory strategies: factories of :class:`core.contracts.ActivationMemory`.
 
-    A strategy factory returns an object with ``apply(model)`` that wraps the model's transformer
-    blocks (it sets ``model.block_runner``), ``step_context()`` returning a context manager
-    entered around each micro-batch's forward and backward, and ``describe() -> dict`` with what
-    it keeps, recomputes or offloads (host memory used, for offload).
+    The trainer calls ``apply(model)`` after the adapter and the attention binding (before compile
+    and FSDP2) and enters ``step_context()`` around each micro-batch; the memory predictor asks
+    ``saved_bytes`` and ``host_bytes``, the FLOP count ``recompute``.
     """
 
 
 @hookspec
 def stepbench_register_adapters(register):
-    """Register adapters (full fine-tuning, LoRA, ...).
+    """Register adapters: factories of :class:`core.contracts.Adapter`.
 
-    An adapter factory returns an object with ``apply(model) -> model`` (called on the meta
-    device, before attention binding and checkpointing; adapter weights are named ``*lora_A*`` /
-    ``*lora_B*``, which the trainer initializes by name, A uniform and B zero, identically under
-    any sharding), ``param_dtype`` (dtype of frozen weights) and ``counts(model) -> dict`` with
-    ``trainable``, ``adapter`` (LoRA A/B parameters) and ``fully_trainable`` (trainable, not
-    adapter) parameter counts, used by the MFU formula. ``label`` is the Type column text ("Full", "LoRA(r=16)").
+    The trainer calls ``apply(model)`` first, on the meta device, and ``counts(model)`` after
+    materializing (the MFU formula); the memory predictor and the weight sync ask
+    ``trainable_params``, ``handoff_params`` and ``handoff``.
     """
 
 
 @hookspec
 def stepbench_register_models(register):
-    """Register model families.
+    """Register model families: ``register(name, family)`` with a :class:`core.contracts.ModelFamily`
+    (not a factory): its ``flavours`` or ``from_config`` give the shapes, ``build(args)`` a
+    :class:`core.contracts.TrainableModel` on the meta device. ``model=<yaml>`` names it as
+    ``family: <name>``.
+    """
 
-    The factory is a :class:`core.models.ModelFamily`: ``flavours`` (dict of name -> args
-    dataclass) and ``build(args) -> nn.Module``. Models follow :class:`core.models.common.CausalLM`.
+
+@hookspec
+def stepbench_register_weight_sync(register):
+    """Register weight-sync methods: factories of :class:`core.contracts.WeightSync`.
+
+    The core calls ``check(sync_ctx)`` before anything is built, ``setup(model, sync_ctx)`` after,
+    ``before_update()`` before and ``after_step(step)`` after every optimizer step (inside the timed
+    step), and ``finish()`` once at the end, also when the row failed.
     """
 
 
 @hookspec
 def stepbench_row_finished(row):
-    """Observe every finished row (a dict, successful or failed) after it is written."""
-
-
-@hookspec
-def stepbench_register_weight_sync(register):
-    """Register weight-sync methods: the RL step's hand-off of new weights to inference.
-
-    A factory returns an object with ``setup(model, ctx)`` (``ctx`` is a
-    :class:`core.sync.SyncContext`: rank, world size, device, whether the adapter is LoRA, the
-    step count), ``after_step(step)`` called by the trainer after every optimizer step, inside the
-    timed step, ``finish()`` called once after the last step (waits for overlapped work),
-    ``check(ctx) -> str | None`` (a reason the row cannot start, e.g. a full disk; cheap, before
-    anything is built) and ``describe() -> dict`` with the method, the bytes moved per step and the
-    time each step spent in the sync (total and exposed).
-    """
+    """Observe every finished row (a dict, successful or failed) after it is written to the results."""

@@ -15,6 +15,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 
 
 def say(msg: str) -> None:
@@ -158,192 +159,260 @@ def graph_breaks() -> int:
     return sum(counters["graph_break"].values())
 
 
-def measure(cfg, r: dict, row_id: str = "") -> dict:
-    """Build the model, run warm-up + measured steps, and return the row's metrics."""
+@dataclass
+class Samples:
+    """What the measured steps left: per-step lists (``step_s``, ``loss``, ``entropy``, ``kept_frac``,
+    ``grad_norm``, ``gc_s``) and the document lengths of every measured micro-batch."""
+
+    values: dict = field(default_factory=lambda: {k: [] for k in ("step_s", "loss", "entropy", "kept_frac",
+                                                                   "grad_norm", "gc_s")})
+    doc_lens: list = field(default_factory=list)
+    graph_breaks: int | None = None
+    next_step: int = 0  #: the index of the step after the last measured one
+
+
+def build_row(cfg, r, rank: int, world: int, device, row_id: str):
+    """Build the row's model with its plugins (the attention backend prepared on the device first)
+    and set up its weight sync. Returns the built model and its parameter counts (summed over ranks)."""
     import torch
     import torch.distributed as dist
-    from omegaconf import OmegaConf
 
-    from core import flops
-    from core.resolve import UserError, row_labels
-    from core.trainer import build, init_distributed, make_batches, train_step
+    from core.resolve import UserError
+    from core.trainer import build
 
-    ctx = r["ctx"]
-    rank, world = init_distributed(ctx.device)  # under torchrun this picks the rank's GPU first
-    device = torch.device("cpu")
-    if ctx.device == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.reset_peak_memory_stats()
-    plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
-    try:  # a plugin that rejects its options says what to type instead
-        attention = r["attn"].factory(plain(cfg.attn))
-        ac = r["ac"].factory(plain(cfg.ac))
-        adapter = r["adapter"].factory(plain(cfg.adapter))
+    try:
+        r.attention.prepare()  # load kernels, a smoke test: a broken install is one line
     except ValueError as e:
         raise UserError(str(e)) from e
-    sync = r["sync_obj"]
-    labels = row_labels(cfg, r, adapter.label, world)
-    args, seq_len, task, mbs = r["args"], r["seq_len"], cfg.task.name, cfg.micro_batches
-    ops_trace = cfg.get("ops_trace") if ctx.device == "cuda" else None
-    ops_profile = (bool(cfg.get("ops_profile", False)) or bool(ops_trace)) and ctx.device == "cuda"
-    busy_step = bool(cfg.get("busy_step", True)) and ctx.device == "cuda"
-    profile = bool(cfg.get("memory_profile", False)) and ctx.device == "cuda"
-    for opt in ("memory_profile", "ops_profile", "ops_trace"):
-        if cfg.get(opt, False) and ctx.device != "cuda" and rank == 0:
-            say(f"{opt}={cfg.get(opt)} needs CUDA: ignored on the CPU")
-    if profile:
-        from core import memprof
-
-        memprof.start()
-    breaks0 = graph_breaks()
-    t0 = time.perf_counter()
-    b = build(args, attention, ac, adapter, device, seed=cfg.seed, compile=cfg.compile,
-              head_budget_mib=cfg.head_budget_mib, model_builder=r["family_obj"].build,
+    b = build(r.args, r.attention, r.ac, r.adapter, device, seed=cfg.seed, compile=cfg.compile,
+              head_budget_mib=cfg.head_budget_mib, model_builder=r.family_obj.build,
               compile_head=bool(cfg.get("compile_head", True)), fuse=cfg.get("fuse", "lora"),
               fsdp=cfg.get("fsdp", "auto"))
-    sync_ctx = r["sync_ctx"]
-    sync_ctx.rank, sync_ctx.world_size, sync_ctx.row_id = rank, world, row_id
-    sync.setup(b.model, sync_ctx)
-    b.sync = sync
-    counts = adapter.counts(b.model)
+    r.sync_ctx.rank, r.sync_ctx.world_size, r.sync_ctx.row_id = rank, world, row_id
+    r.sync.setup(b.model, r.sync_ctx)
+    b.sync = r.sync
+    counts = r.adapter.counts(b.model)
     if world > 1:  # parameters are sharded: counts are per rank
         t = torch.tensor([counts["trainable"], counts["adapter"], counts["fully_trainable"]], device=device)
         dist.all_reduce(t)
         counts = dict(zip(("trainable", "adapter", "fully_trainable"), t.tolist()))
-    build_s = time.perf_counter() - t0
-    cuda_sync = torch.cuda.synchronize if ctx.device == "cuda" else (lambda: None)
-    samples = {k: [] for k in ("step_s", "loss", "entropy", "kept_frac", "grad_norm", "gc_s")}
-    gc_pauses = GCPauses()
-    doc_lens = []
+    return b, counts
+
+
+def _check_finite(stats: dict, step: int, r) -> None:
+    if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
+        raise NonFiniteError(
+            f"step {step} gave loss {stats['loss']} and grad norm {stats['grad_norm']}: not finite with "
+            f"attn '{r.attention.name}' ({r.attention.provider}), ac '{r.ac.name}', adapter '{r.adapter.name}'")
+
+
+def _step_stats(out: dict) -> dict:
+    gn = out["grad_norm"]
+    gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+    return dict(loss=out["loss"].mean().item(), entropy=out["entropy"].mean().item(), grad_norm=float(gn),
+                kept_frac=(out["kept"].sum() / out["tokens"].sum()).item() if "kept" in out else 1.0)
+
+
+def timed_steps(cfg, r, b, rank: int, world: int, device) -> Samples:
+    """Step 0 (warm-up) and at least ``steps - 1`` measured steps, more until ``measure_s`` seconds
+    were measured; each step timed whole, from a drained GPU to a drained GPU. With ``ops_profile``
+    the last step runs under the profiler (and ``ops_trace`` writes its trace)."""
+    import torch.distributed as dist
+
+    from core.trainer import make_batches, train_step
+
+    cuda = r.ctx.device == "cuda"
+    cuda_sync = _cuda_sync(cuda)
+    ops_trace = cfg.get("ops_trace") if cuda else None
+    ops_profile = (bool(cfg.get("ops_profile", False)) or bool(ops_trace)) and cuda
+    mbs, seq_len = cfg.micro_batches, r.seq_len
     tokens_per_step = world * seq_len * mbs
     measure_s = float(cfg.get("measure_s", 0) or 0)
-    min_steps = cfg.steps
+    out_samples, gc_pauses = Samples(), GCPauses()
+    breaks0 = graph_breaks()
     step, measured = 0, 0.0
     try:
-        while step < min_steps or measured < measure_s:
-            batches = make_batches(args, task, seq_len, mbs, cfg.packing, cfg.seed, step, device, rank)
+        while step < cfg.steps or measured < measure_s:
+            batches = make_batches(r.args, cfg.task.name, seq_len, mbs, cfg.packing, cfg.seed, step, device, rank)
             lens = [mb.meta.doc_lens for mb in batches]
             cuda_sync()
             if world > 1:
                 dist.barrier()
-            profiled_step = ops_profile and step == min_steps - 1
-            prof = kernel_profiler(host=bool(ops_trace)) if profiled_step else contextlib.nullcontext()
+            profiled = ops_profile and step == cfg.steps - 1
+            prof = kernel_profiler(host=bool(ops_trace)) if profiled else contextlib.nullcontext()
             gc_pauses.take()
             t = time.perf_counter()
             with prof:
-                out = train_step(b, batches, task, step=step)
+                out = train_step(b, batches, cfg.task.name, step=step)
                 cuda_sync()
             dt = time.perf_counter() - t
             gc_s = gc_pauses.take()
-            if profiled_step and rank == 0:
-                say("time by operator, last step (self device time):\n"
-                    + prof.key_averages().table(sort_by="self_device_time_total", row_limit=25))
-                if ops_trace:
-                    write_trace(prof, ops_trace)
-                    say(f"trace of step {step} written to {ops_trace} (host and device; open in ui.perfetto.dev, "
-                        "or python benchmarks/trace_summary.py " + str(ops_trace) + ")")
-            gn = out["grad_norm"]
-            gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
-            stats = dict(loss=out["loss"].mean().item(), entropy=out["entropy"].mean().item(), grad_norm=float(gn),
-                         kept_frac=(out["kept"].sum() / out["tokens"].sum()).item() if "kept" in out else 1.0)
-            if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
-                raise NonFiniteError(
-                    f"step {step} gave loss {stats['loss']} and grad norm {stats['grad_norm']}: not finite with "
-                    f"attn '{cfg.attn.name}' ({getattr(attention, 'provider', '?')}), ac '{cfg.ac.name}', "
-                    f"adapter '{cfg.adapter.name}'")
-            tag = "warm-up" if step == 0 else f"step {step}"
+            if profiled and rank == 0:
+                _report_profile(prof, ops_trace, step)
+            stats = _step_stats(out)
+            _check_finite(stats, step, r)
             if rank == 0:
+                tag = "warm-up" if step == 0 else f"step {step}"
                 say(f"  {tag}: {dt:.3f} s ({dt / mbs:.3f} s/micro-batch, {tokens_per_step / dt / 1e3:.2f}k tok/s), "
                     f"loss {stats['loss']:.4f}")
-            if step == 0 and cfg.compile and rank == 0 and (n_breaks := graph_breaks() - breaks0):
-                say(f"  compile: {n_breaks} graph breaks (those regions run eagerly; a break "
-                    "inside a checkpointed block runs the whole block eagerly): TORCH_LOGS=graph_breaks shows where")
             if step == 0:
+                if cfg.compile and rank == 0 and (n_breaks := graph_breaks() - breaks0):
+                    say(f"  compile: {n_breaks} graph breaks (those regions run eagerly; a break "
+                        "inside a checkpointed block runs the whole block eagerly): TORCH_LOGS=graph_breaks shows where")
                 # what the build and warm-up left (modules, compiled graphs, plugin state) lives as
                 # long as the run: out of the collector's reach, so a full collection mid-step walks
                 # only what the steps create (as a long-running trainer would do once)
                 gc.collect()
                 gc.freeze()
-            if step > 0:
-                samples["step_s"].append(dt)
-                samples["gc_s"].append(gc_s)
+            else:
+                v = out_samples.values
+                v["step_s"].append(dt)
+                v["gc_s"].append(gc_s)
                 measured += dt
-                doc_lens += lens
-                for k, v in stats.items():
-                    samples[k].append(v)
+                out_samples.doc_lens += lens
+                for k, x in stats.items():
+                    v[k].append(x)
             step += 1
-        busy, by_kind = None, None
-        if busy_step:  # one more step, not measured: device activity over wall time (host-bound rows)
-            batches = make_batches(args, task, seq_len, mbs, cfg.packing, cfg.seed, step, device, rank)
-            cuda_sync()
-            with kernel_profiler() as prof:
-                t = time.perf_counter_ns()
-                train_step(b, batches, task, step=step)
-                cuda_sync()
-                wall = time.perf_counter_ns() - t
-            try:
-                events = device_events(prof)
-                busy = busy_fraction([(a, b) for a, b, _ in events], wall)
-                by_kind = device_time_by_kind(events, wall)
-            except (AttributeError, RuntimeError, ValueError) as e:  # a profiler without kineto events
-                say(f"  busy step: no device activity recorded ({type(e).__name__}: {e}); gpu_busy left empty")
-            if rank == 0 and busy is not None:
-                kinds = ", ".join(f"{k} {v:.0%}" for k, v in by_kind.items() if k != "launches")
-                say(f"  busy step: GPU busy {busy:.0%} of {wall / 1e9:.3f} s ({kinds}; {by_kind['launches']} "
-                    "device activities; profiled, not measured)")
     finally:
         gc_pauses.close()
-        sync.finish()
-    peak = torch.cuda.max_memory_reserved() / 2**30 if ctx.device == "cuda" else None
-    breakdown = None
-    if profile:
-        traced, breakdown = memprof.peak_breakdown(memprof.stop_and_snapshot())
-        if rank == 0:
-            say(memprof.format_breakdown(traced, breakdown))
-    if world > 1 and ctx.device == "cuda":
+    out_samples.graph_breaks = graph_breaks() - breaks0 if cfg.compile else None
+    out_samples.next_step = step
+    return out_samples
+
+
+def _report_profile(prof, ops_trace, step: int) -> None:
+    say("time by operator, last step (self device time):\n"
+        + prof.key_averages().table(sort_by="self_device_time_total", row_limit=25))
+    if ops_trace:
+        write_trace(prof, ops_trace)
+        say(f"trace of step {step} written to {ops_trace} (host and device; open in ui.perfetto.dev, "
+            "or python benchmarks/trace_summary.py " + str(ops_trace) + ")")
+
+
+def _cuda_sync(cuda: bool):
+    import torch
+
+    return torch.cuda.synchronize if cuda else (lambda: None)
+
+
+def profiled_step(cfg, r, b, step: int, rank: int, device) -> tuple[float | None, dict | None]:
+    """One more step, not measured, under the profiler: the share of its wall time in which the GPU
+    ran a kernel or copy, and the device time by kernel kind (host-bound rows show low)."""
+    from core.trainer import make_batches, train_step
+
+    batches = make_batches(r.args, cfg.task.name, r.seq_len, cfg.micro_batches, cfg.packing, cfg.seed, step,
+                           device, rank)
+    cuda_sync = _cuda_sync(True)
+    cuda_sync()
+    with kernel_profiler() as prof:
+        t = time.perf_counter_ns()
+        train_step(b, batches, cfg.task.name, step=step)
+        cuda_sync()
+        wall = time.perf_counter_ns() - t
+    try:
+        events = device_events(prof)
+        busy, by_kind = busy_fraction([(a, e) for a, e, _ in events], wall), device_time_by_kind(events, wall)
+    except (AttributeError, RuntimeError, ValueError) as e:  # a profiler without kineto events
+        say(f"  busy step: no device activity recorded ({type(e).__name__}: {e}); gpu_busy left empty")
+        return None, None
+    if rank == 0:
+        kinds = ", ".join(f"{k} {v:.0%}" for k, v in by_kind.items() if k != "launches")
+        say(f"  busy step: GPU busy {busy:.0%} of {wall / 1e9:.3f} s ({kinds}; {by_kind['launches']} "
+            "device activities; profiled, not measured)")
+    return busy, by_kind
+
+
+def metrics(cfg, r, b, counts: dict, s: Samples, world: int) -> dict:
+    """The row's figures from its samples: TPS, step time, MFU, executed FLOPs, roofline, the step
+    budget and the weight sync's per-step seconds."""
+    from core import flops
+
+    mbs, seq_len, a, hw = cfg.micro_batches, r.seq_len, r.args, r.hw
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    tps, step_time = throughput(s.values["step_s"], world * seq_len * mbs, mbs)
+    frozen = r.adapter.frozen_base
+    fpt = flops.prime_rl_flops_per_token(a, seq_len, counts["adapter"], counts["fully_trainable"], frozen)
+    sf = [flops.micro_batch_flops(a, d, frozen, counts["adapter"], r.ac.recompute) for d in s.doc_lens]
+    mm_u, at_u = mean([x.mm_useful for x in sf]), mean([x.attn_useful for x in sf])
+    ceilings = flops.ceilings(hw, r.attention.kernel, r.attention.provider, seq_len,
+                              heads=f"{a.n_heads}/{a.n_kv_heads}")
+    roofline_s = mm_u / (ceilings["mm_tflops"] * 1e12) + at_u / (ceilings["attn_tflops"] * 1e12)
+    sync_info = r.sync.describe()
+    measured_sync = (sync_info.get("sync_s") or [])[1:]  # entry 0 is the warm-up step's hand-off
+    exposed = (sync_info.get("sync_exposed_s") or sync_info.get("sync_s") or [])[1:]
+    return {
+        "mfu": flops.mfu(fpt, tps, hw["peak_flops"], world), "tps": tps, "step_time": step_time,
+        "model_tflops": (mm_u + at_u) / step_time / 1e12, "hw_tflops": mean([x.executed for x in sf]) / step_time / 1e12,
+        "roofline_frac": roofline_s / step_time, "ceilings": ceilings,
+        "step_budget": flops.step_budget(sf, ceilings, step_time, mean(exposed) / mbs if exposed else 0.0),
+        "flops_per_token_prime_rl": fpt, "sync_info": sync_info,
+        "sync_s_per_step": sum(measured_sync) / len(measured_sync) if measured_sync else 0.0,
+        "peak_flops": hw["peak_flops"],
+    }
+
+
+def _peak_gib(cuda: bool, world: int, device) -> float | None:
+    import torch
+    import torch.distributed as dist
+
+    if not cuda:
+        return None
+    peak = torch.cuda.max_memory_reserved() / 2**30
+    if world > 1:
         t = torch.tensor([peak], device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         peak = t.item()
-    hw = r["hw"]
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    tps, step_time = throughput(samples["step_s"], tokens_per_step, mbs)
-    fpt = flops.prime_rl_flops_per_token(args, seq_len, counts["adapter"], counts["fully_trainable"], adapter.lora)
-    info = ac.describe()
-    recompute = flops.recompute_kind(cfg.ac.name, info)
-    sf = [flops.micro_batch_flops(args, d, adapter.lora, counts["adapter"], recompute) for d in doc_lens]
-    mm_u, at_u = mean([s.mm_useful for s in sf]), mean([s.attn_useful for s in sf])
-    executed = mean([s.executed for s in sf])
-    ceilings = flops.ceilings(hw, cfg.attn.name, getattr(attention, "provider", None), seq_len,
-                              heads=f"{args.n_heads}/{args.n_kv_heads}")
-    roofline_s = mm_u / (ceilings["mm_tflops"] * 1e12) + at_u / (ceilings["attn_tflops"] * 1e12)
-    sync_info = sync.describe()
-    measured_sync = (sync_info.get("sync_s") or [])[1:]  # entry 0 is the warm-up step's hand-off
-    exposed = (sync_info.get("sync_exposed_s") or sync_info.get("sync_s") or [])[1:]
-    budget = flops.step_budget(sf, ceilings, step_time, mean(exposed) / mbs if exposed else 0.0)
+    return peak
+
+
+def measure(cfg, r, row_id: str = "") -> dict:
+    """Build the row, run warm-up and measured steps (and the profiled busy step), and return the
+    row's metrics (its labels included)."""
+    import torch
+
+    from core.resolve import row_labels
+    from core.trainer import init_distributed
+
+    rank, world = init_distributed(r.ctx.device)  # under torchrun this picks the rank's GPU first
+    cuda = r.ctx.device == "cuda"
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for opt in ("memory_profile", "ops_profile", "ops_trace"):
+        if cfg.get(opt, False) and not cuda and rank == 0:
+            say(f"{opt}={cfg.get(opt)} needs CUDA: ignored on the CPU")
+    mem_profile = bool(cfg.get("memory_profile", False)) and cuda
+    ops_profile = (bool(cfg.get("ops_profile", False)) or bool(cfg.get("ops_trace"))) and cuda
+    if mem_profile:
+        from core import memprof
+
+        memprof.start()
+    t0 = time.perf_counter()
+    try:
+        b, counts = build_row(cfg, r, rank, world, device, row_id)
+        build_s = time.perf_counter() - t0
+        s = timed_steps(cfg, r, b, rank, world, device)
+        busy, by_kind = (profiled_step(cfg, r, b, s.next_step, rank, device)
+                         if bool(cfg.get("busy_step", True)) and cuda else (None, None))
+    finally:
+        r.sync.finish()
+    peak = _peak_gib(cuda, world, device)
     row = {
-        **labels,
-        "status": "ok", "error": None,
-        "mfu": flops.mfu(fpt, tps, hw["peak_flops"], world),
-        "tps": tps, "step_time": step_time, "peak_mem_gib": peak, "predicted_mem_gib": r.get("predicted_gib"),
-        "predicted_host_gib": r.get("host_gib", 0.0),
-        "model_tflops": (mm_u + at_u) / step_time / 1e12,
-        "hw_tflops": executed / step_time / 1e12,
-        "roofline_frac": roofline_s / step_time, "ceilings": ceilings, "step_budget": budget,
-        "flops_per_token_prime_rl": fpt,
+        **row_labels(cfg, r, world), "status": "ok", "error": None, **metrics(cfg, r, b, counts, s, world),
+        "peak_mem_gib": peak, "predicted_mem_gib": r.predicted_gib, "predicted_host_gib": r.host_gib,
         "gpu_busy": busy, "gpu_time_by_kind": by_kind,
-        "steps_measured": len(samples["step_s"]), "spread": spread(samples["step_s"]),
+        "steps_measured": len(s.values["step_s"]), "spread": spread(s.values["step_s"]),
         # a model that runs its own attention (the plain HF loop) says what that is
         "attn_provider": b.model.attention_provider() if hasattr(b.model, "attention_provider")
-        else getattr(attention, "provider", None), "ac_info": info,
-        "sync_info": sync_info,
-        "sync_s_per_step": sum(measured_sync) / len(measured_sync) if measured_sync else 0.0,
-        "counts": counts, "samples": samples, "build_s": build_s,
-        "graph_breaks": graph_breaks() - breaks0 if cfg.compile else None,
-        "fsdp": b.fsdp,
-        "peak_flops": hw["peak_flops"],
+        else r.attention.provider, "attn_kernel": r.attention.kernel, "ac_info": r.ac.describe(),
+        "counts": counts, "samples": s.values, "build_s": build_s, "graph_breaks": s.graph_breaks, "fsdp": b.fsdp,
     }
-    if breakdown is not None:
-        row["memory_profile"] = breakdown
-    if profile or ops_profile:  # timings include the recording overhead: not for the report
-        row["profiled"] = [k for k, on in (("memory", profile), ("ops", ops_profile)) if on]
+    if mem_profile:
+        from core import memprof
+
+        traced, row["memory_profile"] = memprof.peak_breakdown(memprof.stop_and_snapshot())
+        if rank == 0:
+            say(memprof.format_breakdown(traced, row["memory_profile"]))
+    if mem_profile or ops_profile:  # timings include the recording overhead: not for the report
+        row["profiled"] = [k for k, on in (("memory", mem_profile), ("ops", ops_profile)) if on]
     return row

@@ -12,7 +12,17 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def conf_dir() -> Path:
+    """The configs: ``conf/`` beside ``core/`` in a checkout, else the copy a wheel installs as
+    package data (``core/conf``)."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "conf"
+    return checkout if (checkout / "bench.yaml").is_file() else here / "conf"
+
+
+CONF = conf_dir()
 #: groups whose nodes are plugin options (their keys come from the group's yaml files)
 PLUGIN_GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync")
 APPENDED = ("attn", "ac", "sync", "sweep")
@@ -92,7 +102,7 @@ OPTIONS = {
     "measure_s": lambda v: _float("measure_s", v, 0.0, 30),
     "packing": check_packing,
     "seed": lambda v: _int("seed", v, 0, example=0),
-    "compile": lambda v: _bool("compile", v),
+    "compile": lambda v: v if v == "auto" else _bool("compile", v),
     "compile_head": lambda v: _bool("compile_head", v),
     "fuse": lambda v: v if isinstance(v, bool) or v == "lora" else _fail(
         f"fuse '{v}' is unknown: use fuse=lora, fuse=true or fuse=false"),

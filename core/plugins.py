@@ -21,13 +21,14 @@ from typing import Any, Callable
 import pluggy
 
 from core import PROJECT, hookspecs
+from core.contracts import RunContext
 
 BLOCK_ENV = "STEPBENCH_BLOCK_PLUGINS"
 NO_AUTOLOAD_ENV = "STEPBENCH_DISABLE_PLUGIN_AUTOLOAD"
 
 #: built-in plugin modules, registered exactly like third-party ones
 BUILTIN_PLUGINS = (
-    "core.models.registry",
+    "plugins.models.native",
     "plugins.attention.sdpa",
     "plugins.attention.cudnn",
     "plugins.attention.fa2",
@@ -39,6 +40,8 @@ BUILTIN_PLUGINS = (
     "plugins.adapters.full",
     "plugins.adapters.lora",
     "plugins.sync.none",
+    "plugins.sync.auto",
+    "plugins.sync.host",
     "plugins.sync.filesystem",
     "plugins.sync.nccl",
     "plugins.models.hf",
@@ -58,26 +61,6 @@ class PluginError(Exception):
     """A plugin problem the user must fix (duplicate name, unknown name)."""
 
 
-@dataclass(frozen=True)
-class RunContext:
-    """What a plugin may ask to decide whether it can run here (cheap, no allocation)."""
-
-    device: str  # "cuda" or "cpu"
-    gpu_name: str | None = None
-    capability: tuple[int, int] | None = None
-    world_size: int = 1
-
-    @staticmethod
-    def detect(world_size: int = 1) -> "RunContext":
-        import torch
-
-        if torch.cuda.is_available():
-            return RunContext(
-                "cuda", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0), world_size
-            )
-        return RunContext("cpu", None, None, world_size)
-
-
 @dataclass
 class Entry:
     kind: str
@@ -86,11 +69,15 @@ class Entry:
     provider: str
     why_not: Callable[[RunContext], str | None] | None = None
     doc: str = ""
-    traits: dict = field(default_factory=dict)  # facts the bench may ask (e.g. "repeats_kv": callable)
 
     def unavailable(self, ctx: RunContext) -> str | None:
         """None when this plugin can run in ``ctx``, else the reason it cannot."""
         return self.why_not(ctx) if self.why_not else None
+
+    def make(self, options: dict, ctx: RunContext | None = None):
+        """The plugin object for ``options`` (its Hydra node as a dict) in ``ctx`` (default: a CPU
+        context): cheap, allocates nothing; ``ValueError`` with one line for bad options."""
+        return self.factory(dict(options), ctx or RunContext())
 
 
 @dataclass
@@ -109,10 +96,6 @@ class Registry:
         except KeyError:
             choices = ", ".join(self.names(kind)) or "(none)"
             raise PluginError(f"unknown {kind} '{name}': choose one of {choices}") from None
-
-
-def _plugin_name(plugin: Any) -> str:
-    return getattr(plugin, "__name__", None) or type(plugin).__name__
 
 
 def _blocklist() -> set[str]:
@@ -162,7 +145,7 @@ def collect(pm: pluggy.PluginManager, broken=(), blocked: set[str] | None = None
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             provider = impl.plugin_name
 
-            def register(name, factory, why_not=None, doc="", traits=None, _kind=kind, _provider=provider):
+            def register(name, factory, why_not=None, doc="", _kind=kind, _provider=provider):
                 if name in blocked or f"{_kind}:{name}" in blocked:
                     reg.matched.update({name, f"{_kind}:{name}"} & blocked)
                     return
@@ -172,7 +155,7 @@ def collect(pm: pluggy.PluginManager, broken=(), blocked: set[str] | None = None
                         f"duplicate {_kind} '{name}': registered by both '{table[name].provider}' "
                         f"and '{_provider}'; block one with {BLOCK_ENV}={_provider}"
                     )
-                table[name] = Entry(_kind, name, factory, _provider, why_not, doc, dict(traits or {}))
+                table[name] = Entry(_kind, name, factory, _provider, why_not, doc)
 
             try:
                 impl.function(register=register)
@@ -200,6 +183,12 @@ def registry() -> Registry:
     """The process-wide registry (built once)."""
     pm, broken = _cached_manager()
     return collect(pm, broken)
+
+
+def make(kind: str, options: dict, ctx: RunContext | None = None):
+    """The registered ``kind`` plugin named by ``options["name"]``, made from ``options`` (a row's
+    composed or stored config node): what the core asks for a plugin's declarations."""
+    return registry().get(kind, options["name"]).make(options, ctx)
 
 
 def notify_row(row: dict) -> None:

@@ -35,14 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.measure import say
+from core.published import section_name, sync_per_step
 from core.resolve import UserError, first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-#: rows of this commit timed the hand-off together with the GPU's tail of the step (fixed in
-#: 17f6d6f): their TPS is right, their sync figure is not, so the sync fit leaves them out and the
-#: compute fit subtracts the predicted hand-off instead
-SYNC_WITH_GPU_TAIL = ("db4c6f0",)
 GB = 1e9
 
 
@@ -53,7 +50,7 @@ def block_params(a) -> int:
     return param_count(a) - a.vocab_size * a.dim * (1 if a.tied_embeddings else 2)
 
 
-def memory_bound_bytes(a, seq_len: int, recompute: str) -> float:
+def memory_bound_bytes(a, seq_len: int, recompute) -> float:
     """An estimate of the bytes that memory-bound kernels (norms, RoPE, SwiGLU, residual adds,
     casts, the head's fp32 passes) move in one micro-batch: per token and layer about ten passes
     over the hidden state, three over the MLP width and two over q/k/v in bf16, each done in
@@ -61,7 +58,7 @@ def memory_bound_bytes(a, seq_len: int, recompute: str) -> float:
     six times."""
     ffn = a.moe_ffn_dim * a.top_k if a.n_experts else a.ffn_dim
     qkv = (a.n_heads + 2 * a.n_kv_heads) * a.head_dim
-    passes = 4 if recompute != "none" else 3
+    passes = 4 if recompute.blocks else 3
     blocks = seq_len * a.n_layers * (10 * a.dim + 3 * ffn + 2 * qkv) * 2 * passes
     return blocks + seq_len * a.vocab_size * 4 * 6
 
@@ -84,17 +81,18 @@ class Work:
                 "memory-bound": self.mem_bytes / (float(hw["hbm_tbps"]) * 1e12)}
 
 
-def work(a, seq_len: int, lora_rank: int | None, ac: str, mode: str = "full") -> Work:
+def work(a, seq_len: int, adapter, ac) -> Work:
+    """The executed work of one micro-batch of one document, from the adapter's and the activation
+    strategy's declarations."""
     from core import flops
-    from core.memory import lora_params
 
-    adapter = lora_params(a, lora_rank) if lora_rank else 0
-    recompute = flops.recompute_kind(ac, {"mode": mode})
-    sf = flops.micro_batch_flops(a, [seq_len], bool(lora_rank), adapter, recompute)
-    return Work(sf.mm_executed, sf.attn_executed, memory_bound_bytes(a, seq_len, recompute))
+    added = adapter.trainable_params(a) if adapter.frozen_base else 0
+    sf = flops.micro_batch_flops(a, [seq_len], adapter.frozen_base, added, ac.recompute)
+    return Work(sf.mm_executed, sf.attn_executed, memory_bound_bytes(a, seq_len, ac.recompute))
 
 
 def backend_of(attn: str) -> str:
+    """The fit key of an attention label ("FA3" -> "fa3")."""
     return str(attn).lower()
 
 
@@ -106,7 +104,7 @@ def _short(commit: str | None) -> str:
 def measured_rows(files: list[Path] | None = None) -> list[dict]:
     """Our measured GPU rows that a fit may use: ok, not profiled, native model code, one packed
     sample per micro-batch, on an H100 or H200, with the config they ran."""
-    from core.models.registry import FAMILIES
+    from core.published import implementation
     from core.results import load_rows
 
     if files is None:
@@ -115,7 +113,7 @@ def measured_rows(files: list[Path] | None = None) -> list[dict]:
     for r in load_rows(*files):
         if r.get("status") != "ok" or "kind" in r or r.get("profiled") or "config" not in r:
             continue
-        if r.get("family") not in FAMILIES:  # the fits describe the native model code
+        if implementation(r) != "native":  # the fits describe the native model code
             continue
         if r.get("attn") not in ("FA2", "FA3") or r.get("packing", "single") != "single":
             continue
@@ -138,35 +136,35 @@ class SyncFit:
         return f"{self.fixed_s:.3f} s + bytes at {self.gb_per_s:.2f} GB/s (fit on {self.n} rows)"
 
 
-def fit_sync(rows: list[dict]) -> SyncFit:
-    """Filesystem (disk) hand-off seconds per step against bytes written: s = fixed + bytes/rate.
-    Fitted on the rows of the default writer (``mapped``: the file prepared off the step) where
-    they cover two sizes, else on every filesystem row (older rows wrote into fresh pages on the
-    step, 3-5x slower per byte)."""
-    mapped = [r for r in rows if (r.get("sync_info") or {}).get("writer") == "mapped"]
-    try:
-        return _fit_sync(mapped)
-    except UserError:
-        return _fit_sync(rows)
-
-
-def _fit_sync(rows: list[dict]) -> SyncFit:
-    from core.report import sync_per_step
-
-    pts = []
+def fit_sync(rows: list[dict]) -> dict[str, SyncFit]:
+    """Hand-off seconds per step against bytes handed off, s = fixed + bytes/rate, one fit per Sync
+    label with rows of two sizes (for a writer with variants, the rows of the newest variant where
+    they cover two sizes: the mapped writer's files are prepared off the step)."""
+    groups: dict = {}
     for r in rows:
         info = r.get("sync_info") or {}
-        if info.get("method") != "filesystem" or str(info.get("dir", "")).startswith("/dev/shm"):
+        if info.get("includes_gpu_tail") or not info.get("bytes_per_step") or not (info.get("sync_s") or [])[1:]:
             continue
-        if _short((r.get("env") or {}).get("git_commit")) in SYNC_WITH_GPU_TAIL or not info.get("bytes_per_step"):
-            continue
-        if (info.get("sync_s") or [])[1:]:
-            pts.append((float(info["bytes_per_step"]), sync_per_step(r)[0]))
-    if len({b for b, _ in pts}) < 2:
-        raise UserError("the weight-sync fit needs filesystem rows of two sizes in benchmarks/results "
-                        "(run +sweep=h100_table)")
-    slope, icpt = _line(pts)
-    return SyncFit(max(icpt, 0.0), 1.0 / slope / GB, len(pts))
+        groups.setdefault(str(r.get("sync")), []).append(r)
+    fits = {}
+    for label, rs in groups.items():
+        for pick in ([r for r in rs if (r.get("sync_info") or {}).get("writer") == "mapped"], rs):
+            pts = [(float(r["sync_info"]["bytes_per_step"]), sync_per_step(r)[0]) for r in pick]
+            if len({b for b, _ in pts}) >= 2:
+                slope, icpt = _line(pts)
+                fits[label] = SyncFit(max(icpt, 0.0), 1.0 / slope / GB, len(pts))
+                break
+    return fits
+
+
+def sync_fit_for(fits: dict[str, SyncFit], label: str) -> tuple[SyncFit | None, str]:
+    """The hand-off fit of a Sync label, or of the label with the most rows (and a note saying so)."""
+    if label in fits:
+        return fits[label], ""
+    if not fits:
+        return None, f"no measured rows of sync {label}: its hand-off is not predicted"
+    other = max(fits, key=lambda k: fits[k].n)
+    return fits[other], f"no measured rows of sync {label}: the {other} fit"
 
 
 def _line(pts: list[tuple[float, float]], relative: bool = False) -> tuple[float, float]:
@@ -197,17 +195,14 @@ class ComputeFit:
                 f"worst residual {100 * self.residual:.0f}%)")
 
 
-def row_args(r: dict):
-    from core.models.registry import FAMILIES
-
-    return FAMILIES[r["family"]].flavours[str(r["flavour"])]
-
-
 def _row_work(r: dict) -> tuple[object, Work]:
+    """A stored row's model shapes and work, from its family and its plugins' declarations."""
+    from core.plugins import make
+    from core.published import row_args
+
     c = r["config"]
-    rank = c["adapter"].get("rank") if c["adapter"]["name"] == "lora" else None
     a = row_args(r)
-    return a, work(a, r["seq_len"], rank, c["ac"]["name"], c["ac"].get("mode", "full"))
+    return a, work(a, r["seq_len"], make("adapter", c["adapter"]), make("ac", c["ac"]))
 
 
 @dataclass
@@ -223,26 +218,24 @@ class Sample:
     config: tuple
 
 
-def compute_samples(rows: list[dict], sync: SyncFit) -> list[Sample]:
+def compute_samples(rows: list[dict], syncs: dict[str, SyncFit]) -> list[Sample]:
     """Our rows as compute samples: the step less the weight hand-off, against the ideal time at the
     ceilings of the hardware they ran on."""
     from core import hardware
-    from core.report import section_name, sync_per_step
 
     profiles: dict = {}
     out = []
     for r in rows:
-        if str(r.get("sync") or "none").split()[0] not in ("none", "filesystem"):
-            continue  # a broadcast's receiver shares the host: not a compute sample
         commit = _short((r.get("env") or {}).get("git_commit"))
         info = r.get("sync_info") or {}
-        tail = commit in SYNC_WITH_GPU_TAIL
-        if r.get("sync") in (None, "none"):
+        tail = bool(info.get("includes_gpu_tail"))
+        if not info.get("bytes_per_step"):
             sync_s = 0.0
-        elif tail and r.get("sync") != "filesystem disk":
-            continue  # neither its own sync figure nor the disk fit says what it waited for
         elif tail or not (info.get("sync_s") or [])[1:]:
-            sync_s = sync.seconds(info.get("bytes_per_step") or 0)
+            fit = syncs.get(str(r.get("sync")))
+            if fit is None:
+                continue  # neither its own figure nor a fit says what it waited for
+            sync_s = fit.seconds(info.get("bytes_per_step") or 0)
         else:
             total, exposed = sync_per_step(r)
             sync_s = exposed if (info.get("sync_exposed_s") or [])[1:] else total
@@ -285,11 +278,13 @@ def fit_compute(rows: list[dict], sync: SyncFit) -> dict[tuple[str, str], Comput
 
 
 def pick_fit(fits: dict, backend: str, moe: bool) -> tuple[ComputeFit, str]:
-    """The fit for a row, and a note when it comes from another backend or model kind."""
+    """The fit for a row, and a note when it comes from another backend or model kind (the other
+    kind of the same backend, else the same kind's fit on the most rows)."""
     kind = "moe" if moe else "dense"
     if (backend, kind) in fits:
         return fits[(backend, kind)], ""
-    for alt in ((backend, "dense" if moe else "moe"), ("fa3", kind), ("fa2", kind)):
+    same_kind = sorted((k for k in fits if k[1] == kind), key=lambda k: -fits[k].n)
+    for alt in [(backend, "dense" if moe else "moe")] + same_kind:
         if alt in fits:
             return fits[alt], f"no measured {backend} {kind} row: efficiency of {alt[0]} {alt[1]} rows"
     raise UserError(f"no measured rows to fit the {backend} compute efficiency on: run some rows first "
@@ -297,26 +292,24 @@ def pick_fit(fits: dict, backend: str, moe: bool) -> tuple[ComputeFit, str]:
 
 
 # ------------------------------------------------------------------------------ one prediction
-def predict(a, *, seq_len: int, task: str, lora_rank: int | None, ac: str, mode: str, attn: str, hw: dict,
-            gpus: int, micro_batches: int = 2, head_budget_mib: int = 512, sync_method: str | None = None,
-            fits: dict, sync_fit: SyncFit, layout: dict | None = None) -> dict:
-    """A predicted row (with its terms) of stepbench's step on ``gpus`` GPUs of ``hw``. ``layout``
-    (:func:`core.memory.row_layout`): the checkpoint inside a compiled block and K/V repeated; by
-    default the bench's defaults (compiled, inside) and K/V repeated for FA2."""
+def predict(a, *, seq_len: int, task: str, adapter, ac, attn: str, hw: dict, gpus: int, micro_batches: int = 2,
+            head_budget_mib: int = 512, sync_label: str = "none", fits: dict, sync_fits: dict[str, SyncFit],
+            layout) -> dict:
+    """A predicted row (with its terms) of stepbench's step on ``gpus`` GPUs of ``hw``, from the
+    row's plugins' declarations (``adapter``, ``ac``), its attention label ``attn`` (the compute
+    fit's key), its Sync label and its :class:`core.memory.Layout`."""
     from core import flops
-    from core.memory import GIB, lora_params, param_count, peak_terms
+    from core.memory import GIB, param_count, peak_terms
 
     backend = backend_of(attn)
-    layout = layout or {"inside_compiled": True, "kv_repeated": backend == "fa2", "lora_fused": True,
-                        "lora_replicated": False, "unwrapped": True}
-    mem_terms = peak_terms(a, seq_len, lora_rank, ac, gpus, head_budget_mib, mode, **layout)
+    mem_terms = peak_terms(a, seq_len, adapter, ac, gpus, head_budget_mib, layout)
     peak = sum(mem_terms.values()) / GIB
-    w = work(a, seq_len, lora_rank, ac, mode)
+    w = work(a, seq_len, adapter, ac)
     ideal = w.ideal_s(hw, backend)
     fit, fit_note = pick_fit(fits, backend, bool(a.n_experts))
     compute = sum(ideal.values()) / fit.efficiency + fit.overhead_s
     n = param_count(a)
-    trainable = lora_params(a, lora_rank) if lora_rank else n
+    trainable = adapter.trainable_params(a)
     comm = {"all_gather_gb": 0.0, "reduce_scatter_gb": 0.0, "seconds": 0.0, "exposed_s": 0.0}
     if gpus > 1:
         frac = (gpus - 1) / gpus
@@ -327,23 +320,24 @@ def predict(a, *, seq_len: int, task: str, lora_rank: int | None, ac: str, mode:
         first = blocks / a.n_layers * frac / (float(hw["link_gbps"]) * GB)
         comm = {"all_gather_gb": ag / GB, "reduce_scatter_gb": rs / GB, "seconds": t,
                 "exposed_s": max(0.0, t - compute) + first}
-    method = sync_method or ("filesystem" if task == "rl" else "none")
-    sync_bytes = 2 * trainable if method != "none" else 0
-    sync_s = sync_fit.seconds(sync_bytes)
+    sync_fit, sync_note = sync_fit_for(sync_fits, sync_label) if sync_label != "none" else (None, "")
+    sync_bytes = 2 * adapter.handoff_params(a) if sync_label != "none" else 0
+    sync_s = sync_fit.seconds(sync_bytes) if sync_fit else 0.0
     if sync_bytes and gpus > 1:  # the shards are gathered to rank 0 first
         sync_s += sync_bytes * (gpus - 1) / gpus / (float(hw["link_gbps"]) * GB)
     per_mb = compute + comm["exposed_s"]
     step = micro_batches * per_mb + sync_s
     tps = gpus * seq_len * micro_batches / step
-    adapter = lora_params(a, lora_rank) if lora_rank else 0
-    fpt = flops.prime_rl_flops_per_token(a, seq_len, adapter, 0, bool(lora_rank))
+    added = trainable if adapter.frozen_base else 0
+    fpt = flops.prime_rl_flops_per_token(a, seq_len, added, 0, adapter.frozen_base)
     return {
         "kind": "prediction", "gpus": gpus, "hardware": hw["name"], "seq_len": seq_len, "task": task,
         "peak_mem_gib": peak, "memory_terms_gib": {k: v / GIB for k, v in mem_terms.items()},
         "compute_s": compute, "ideal_s": ideal, "fit": fit.describe(), "fit_note": fit_note,
         "efficiency": fit.efficiency, "overhead_s": fit.overhead_s,
-        "collectives": comm, "sync": method, "sync_bytes": sync_bytes, "sync_s": sync_s,
-        "sync_fit": sync_fit.describe(), "step_s": step, "step_time": step / micro_batches, "tps": tps,
+        "collectives": comm, "sync": sync_label, "sync_bytes": sync_bytes, "sync_s": sync_s,
+        "sync_fit": (sync_fit.describe() if sync_fit else "-") + (f"; {sync_note}" if sync_note else ""),
+        "step_s": step, "step_time": step / micro_batches, "tps": tps,
         "mfu": flops.mfu(fpt, tps, hw["peak_flops"], gpus),
         "ceilings_tflops": dict(zip(("matmul", "attention"), ceilings(hw, backend))),
         "hbm_tbps": hw["hbm_tbps"], "link_gbps": hw["link_gbps"],
@@ -377,11 +371,15 @@ def format_prediction(label: str, p: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ published rows
-#: the published table's sections -> (family, flavour)
-SECTIONS = {"Qwen3-0.6B": ("qwen3", "0.6B"), "Qwen3-4B-Instruct-2507": ("qwen3", "4B"),
-            "Qwen3-30B-A3B-Instruct-2507": ("qwen3_moe", "30B-A3B"), "INTELLECT-3": ("glm4_moe", "air"),
-            "Qwen3-235B-A22B-Instruct-2507": ("qwen3_moe", "235B-A22B")}
-HARDWARE = {"H100 HBM3": "h100", "H200": "h200", "B200": "b200", "A6000": "a6000"}
+HEADER = ["# Predicted rows (not measured)", "",
+          "`python -m core.predict --published` predicts stepbench's step for every row of prime-rl's "
+          "published table (`benchmarks/reference/prime-rl-benchmarks-2026-01.md`; each row composed from "
+          "its cells' overrides, `prime-rl-configs.yaml`) from terms: memory per GPU under FSDP2, compute "
+          "at each hardware profile's ceilings divided by an efficiency fitted on our own measured "
+          "H100/H200 rows (never on published ones), FSDP2's collectives at the profile's link bandwidth, "
+          "and the weight hand-off the row does by default. These are predictions, not measurements; the "
+          "ratios to prime-rl's rows mix the predictor's error with the difference between stepbench and "
+          "prime-rl (on the 1xH100 rows, where both were measured, the measured ratio is shown beside it).", ""]
 
 
 def _ratio_stats(xs: list[float]) -> tuple[float, float]:
@@ -389,60 +387,109 @@ def _ratio_stats(xs: list[float]) -> tuple[float, float]:
     return statistics.median(xs), max(xs, key=lambda x: abs(math.log(x)))
 
 
-def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tuple[list[dict], str]:
+@dataclass
+class Declared:
+    """A composed row's shapes, plugins and layout: what a prediction needs (nothing built)."""
+
+    args: object
+    adapter: object
+    ac: object
+    attn: str  #: the row's attention label (the compute fit's key)
+    sync_label: str
+    layout: object
+    cfg: object
+
+
+def declare(cfg) -> Declared:
+    """The declarations of a composed config's model and plugins, made on a CPU context (the
+    plugins' options checked, nothing built); the checkpoint layout as the bench runs it there."""
+    from omegaconf import OmegaConf
+
+    from core.contracts import RunContext, SyncContext
+    from core.memory import layout_of
+    from core.plugins import registry
+    from core.resolve import _model_args, make_plugins, model_choice
+
+    family, flavour, seq_len, _ = model_choice(cfg, "cuda")
+    fam = registry().get("model_family", family).factory
+    a = _model_args(cfg, fam, family, flavour)
+    p = make_plugins(cfg, RunContext("cuda", world_size=1))
+    p["sync"].check(SyncContext(0, 1, "cuda", p["adapter"].frozen_base, cfg.task.name, 0,
+                                handoff=p["adapter"].handoff))  # a method chosen by the row says so now
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if config.get("compile") == "auto":
+        config["compile"] = True  # what a GPU row runs
+    layout = layout_of(config, p["ac"], p["adapter"], fam)
+    layout = type(layout)(**{**layout.as_dict(), "kv_repeated": bool(p["attn"].repeats_kv)})
+    return Declared(a, p["adapter"], p["ac"], p["attn"].label, p["sync"].label, layout, cfg)
+
+
+def compose(overrides: list[str]):
+    """The bench config of ``overrides`` (Hydra compose of conf/bench.yaml)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from core.options import conf_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = hydra_compose("bench", overrides=overrides)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def predict_config(d: Declared, hw: dict, gpus: int, fits: dict, sync_fits: dict) -> dict:
+    """:func:`predict` of a declared row."""
+    c = d.cfg
+    return predict(d.args, seq_len=c.seq_len, task=c.task.name, adapter=d.adapter, ac=d.ac, attn=d.attn, hw=hw,
+                   gpus=gpus, micro_batches=c.micro_batches, head_budget_mib=c.head_budget_mib,
+                   sync_label=d.sync_label, fits=fits, sync_fits=sync_fits, layout=d.layout)
+
+
+def predict_published(fits: dict, sync_fits: dict, measured: list[dict]) -> tuple[list[dict], str]:
     """Predicted rows for every published row, and the markdown comparison. Where one of our
     ``measured`` rows has the published configuration, it is also predicted *leave-one-out*: with
     the compute fits refitted on the other rows (every row of that configuration left out, whatever
     its hand-off method), an out-of-sample check of the predictor."""
     from core import hardware
-    from core.memory import row_layout
-    from core.models.registry import FAMILIES
-    from core.report import parse_published, same_work, section_name
+    from core.memory import layout_of
+    from core.plugins import make, registry
+    from core.published import configs, overrides_of, parse_published, same_work
 
     published, _, _ = parse_published()
-    samples = compute_samples(measured, sync_fit)
+    samples = compute_samples(measured, sync_fits)
     ours = {}
     for r in sorted(measured, key=lambda r: str(r.get("time", ""))):  # at the published work; newest wins
         if same_work(r, {"type": r["type"]}):
             ours[(section_name(r), r["type"], r["seq_len"], r["ac"], r["attn"], r["hardware_label"])] = r
     out, lines = [], []
     for p in published:
-        fam, flav = SECTIONS[p["model"]]
-        a = FAMILIES[fam].flavours[flav]
-        hw = hardware.load(HARDWARE[p["hardware"]])
-        lora = p["type"].split()[1].startswith("LoRA")
+        d = declare(compose(overrides_of(p)))
+        hw = hardware.load(configs()["hardware"][p["hardware"]].split("=", 1)[1])
         config = (p["model"], p["type"], p["seq_len"], p["ac"], p["attn"], p["hardware_label"])
         m = ours.get(config)
-        # where we measured the row, predict it in the measured row's layout (checkpoint inside or
-        # around the compiled block, K/V repeated or not); else in the bench's defaults
-        layout = row_layout(m.get("config") or {}, m.get("attn_provider", ""), m.get("fsdp")) if m else None
-        pred = predict(a, seq_len=p["seq_len"], task=p["type"].split()[0].lower(), lora_rank=16 if lora else None,
-                       ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw, gpus=p["num_gpus"],
-                       fits=fits, sync_fit=sync_fit, layout=layout)
+        if m:  # where we measured the row, predict it in the measured row's layout and hand-off
+            mc = m.get("config") or {}
+            fam = registry().get("model_family", m["family"]).factory
+            d.layout = layout_of(mc, make("ac", mc["ac"]), make("adapter", mc["adapter"]), fam,
+                                 m.get("attn_provider", ""), m.get("fsdp"))
+            d.sync_label = m.get("sync") or d.sync_label
+        pred = predict_config(d, hw, p["num_gpus"], fits, sync_fits)
         loo = None
         if m:  # refitted without every sample of this configuration
             loo_fits = {**fits, **fit_samples([t for t in samples if t.config != config])}
-            loo = predict(a, seq_len=p["seq_len"], task=p["type"].split()[0].lower(),
-                          lora_rank=16 if lora else None, ac=p["ac"].lower(), mode="full", attn=p["attn"], hw=hw,
-                          gpus=p["num_gpus"], fits=loo_fits, sync_fit=sync_fit, layout=layout)["tps"]
+            loo = predict_config(d, hw, p["num_gpus"], loo_fits, sync_fits)["tps"]
         pred.update(model=p["model"], type=p["type"], ac=p["ac"], attn=p["attn"],
                     hardware_label=p["hardware_label"], num_gpus=p["num_gpus"],
                     published_tps=p["tps"], published_mem_gib=p["peak_mem_gib"],
                     measured_tps=m["tps"] if m else None, measured_mem_gib=m["peak_mem_gib"] if m else None,
                     loo_tps=loo)
         out.append(pred)
-    lines += ["# Predicted rows (not measured)", "",
-              "`python -m core.predict --published` predicts stepbench's step for every row of prime-rl's "
-              "published table (`shared/reference/prime-rl-benchmarks-2026-01.md`) from terms: memory per "
-              "GPU under FSDP2, compute at each hardware profile's ceilings divided by an efficiency fitted "
-              "on our own measured H100/H200 rows (never on published ones), FSDP2's collectives at the "
-              "profile's link bandwidth, and the filesystem weight hand-off. These are predictions, not "
-              "measurements; the ratios to prime-rl's rows mix the predictor's error with the difference "
-              "between stepbench and prime-rl (on the 1xH100 rows, where both were measured, the "
-              "measured ratio is shown beside it).", "",
-              "| Model | Type | SeqLen | AC | Attn | Hardware | TPS pred / published | ratio "
-              "| measured (ours) | pred / measured | leave-one-out / measured | Mem pred / published | ratio |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += HEADER + [
+        "| Model | Type | SeqLen | AC | Attn | Hardware | TPS pred / published | ratio "
+        "| measured (ours) | pred / measured | leave-one-out / measured | Mem pred / published | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for q in out:
         meas = f"{q['measured_tps'] / 1e3:.2f}k" if q["measured_tps"] else "-"
         pm = f"{q['tps'] / q['measured_tps']:.2f}x" if q["measured_tps"] else "-"
@@ -465,21 +512,42 @@ def predict_published(fits: dict, sync_fit: SyncFit, measured: list[dict]) -> tu
         lines.append(f"| {hl} | {len(qs)} | {tm:.2f}x | {tw:.2f}x | {mm:.2f}x | {mw:.2f}x | {own_s} |")
     lines += ["", "Fits used:", ""]
     lines += [f"- {f.key[0]} {f.key[1]}: {f.describe()}" for f in fits.values()]
-    lines += [f"- weight sync (filesystem, disk): {sync_fit.describe()}", ""]
+    lines += [f"- weight sync ({label}): {f.describe()}" for label, f in sorted(sync_fits.items())] + [""]
     return out, "\n".join(lines)
 
 
-def fits_from_rows(folder: Path = RESULTS) -> tuple[list[dict], SyncFit, dict]:
-    """Our current rows (``folder/*.jsonl``), the weight-sync fit and the compute fits on them; a
+def fits_from_rows(folder: Path = RESULTS) -> tuple[list[dict], dict, dict]:
+    """Our current rows (``folder/*.jsonl``), the weight-sync fits and the compute fits on them; a
     backend and model kind with no current row is fitted on the rows kept in ``history/`` (older
     commits, named in the fit's description)."""
     current = measured_rows(sorted(folder.glob("*.jsonl")))
-    sync_fit = fit_sync(current)
-    fits = fit_compute(current, sync_fit)
     history = measured_rows(sorted((folder / "history").glob("*.jsonl")))
-    for key, f in fit_compute(history, sync_fit).items():
+    sync_fits = {**fit_sync(history), **fit_sync(current)}
+    fits = fit_compute(current, sync_fits)
+    for key, f in fit_compute(history, sync_fits).items():
         fits.setdefault(key, f)
-    return current, sync_fit, fits
+    return current, sync_fits, fits
+
+
+def predicted_step_s(cfg) -> float:
+    """The predicted seconds of one step of a composed row on this machine's GPU (for a sweep's
+    estimate of what is left); raises where it cannot say."""
+    import torch
+
+    from core import hardware
+
+    hw = hardware.load(hardware.profile_for(torch.cuda.get_device_name(0) if torch.cuda.is_available() else None))
+    _, sync_fits, fits = _cached_fits()
+    return predict_config(declare(cfg), hw, 1, fits, sync_fits)["step_s"]
+
+
+_FITS: list = []
+
+
+def _cached_fits():
+    if not _FITS:
+        _FITS.append(fits_from_rows())
+    return _FITS[0]
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -502,8 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         if "--published" in argv:
             out = Path(_opt(argv, "--out", str(ROOT / "benchmarks" / "PREDICTIONS.md")))
             rows_out = Path(_opt(argv, "--rows", str(RESULTS / "predicted" / "published.jsonl")))
-            current, sync_fit, fits = fits_from_rows()
-            preds, md = predict_published(fits, sync_fit, current)
+            current, sync_fits, fits = fits_from_rows()
+            preds, md = predict_published(fits, sync_fits, current)
             out.write_text(md + "\n", encoding="utf-8")
             rows_out.parent.mkdir(parents=True, exist_ok=True)
             rows_out.write_text("".join(json.dumps(p, sort_keys=True) + "\n" for p in preds), encoding="utf-8")
@@ -528,6 +596,7 @@ def _opt(argv: list[str], flag: str, default: str) -> str:
 def _one(argv: list[str]) -> int:
     from core import hardware
     from core.bench import check_overrides
+
     gpus, argv = _gpus(argv)
     try:
         cfg = check_overrides(argv)
@@ -538,55 +607,37 @@ def _one(argv: list[str]) -> int:
     hw_name = str(cfg.hardware.name).lower()
     if hw_name in ("auto", "cpu"):
         raise UserError("name the hardware to predict for: hardware=h100, h200, b200 or a6000 (with gpus=N)")
-    hw = hardware.load(hw_name)
-    fam, flav = cfg.model.family, str(cfg.model.flavour)
-    if fam == "auto":
+    if cfg.model.get("by_device"):
         raise UserError("name the model to predict: model=qwen3_0_6b, qwen3_4b, qwen3_30b_a3b or intellect3")
-    from omegaconf import OmegaConf
-
-    from core.memory import row_layout
-    from core.plugins import PluginError, registry
-
-    try:
-        family = registry().get("model_family", fam).factory
-    except PluginError as e:
-        raise UserError(str(e)) from None
-    if family.from_config is not None:  # shapes from a config (model=hf model.config=...)
-        try:
-            a = family.from_config(OmegaConf.to_container(cfg, resolve=True))
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    elif flav in family.flavours:
-        a = family.flavours[flav]
-    else:
-        raise UserError(f"model family '{fam}' has no flavour '{flav}': choose one of {', '.join(family.flavours)}")
-    lora = cfg.adapter.name == "lora"
-    attn = cfg.attn.name
-    if attn == "auto":  # what +attn=auto picks there: FA3 on Hopper, FA2 elsewhere
-        attn = "fa3" if hw_name in ("h100", "h200") else "fa2"
-    if attn not in ("fa2", "fa3"):
-        raise UserError(f"+attn={attn}: predictions are fitted for fa2 and fa3 only: use +attn=fa3 or +attn=fa2")
-    _, sync_fit, fits = fits_from_rows()
-    sync = str(cfg.get("sync", {}).get("name", "auto"))
-    if sync not in ("auto", "none") and not sync.startswith("filesystem"):
-        raise UserError(f"+sync={sync}: predictions model the filesystem hand-off only: use +sync=filesystem "
-                        "or +sync=none")
-    p = predict(a, seq_len=cfg.seq_len, task=cfg.task.name, lora_rank=cfg.adapter.get("rank") if lora else None,
-                ac=cfg.ac.name, mode=cfg.ac.get("mode", "full"), attn=attn, hw=hw, gpus=gpus,
-                micro_batches=cfg.micro_batches, head_budget_mib=cfg.head_budget_mib,
-                sync_method=None if sync == "auto" else ("none" if sync == "none" else "filesystem"),
-                fits=fits, sync_fit=sync_fit,
-                layout={**row_layout(OmegaConf.to_container(cfg, resolve=True)), "kv_repeated": attn == "fa2"})
+    d = declare(cfg)
+    if not d.args or not backend_of(d.attn) or d.attn == cfg.attn.name and not _has_fit_key(d.attn):
+        raise UserError(f"+attn={cfg.attn.name} picks its kernel when the row runs: name the attention to "
+                        "predict, e.g. +attn=fa3")
+    _, sync_fits, fits = fits_from_rows()
+    p = predict_config(d, hardware.load(hw_name), gpus, fits, sync_fits)
+    family = registry_family(cfg)
     if family.from_config is not None:
         p["fit_note"] = "; ".join(x for x in (p["fit_note"], "efficiency fitted on the native model code's rows, "
                                               "not on rows of this family") if x)
-    label = (f"{a.name} {cfg.task.name.upper()} {'LoRA(r=%d)' % cfg.adapter.rank if lora else 'Full'} "
-             f"{cfg.seq_len} {cfg.ac.name} {attn.upper()} on {gpus}x{hw['label']}")
+    hw = hardware.load(hw_name)
+    label = (f"{d.args.name} {cfg.task.name.upper()} {d.adapter.label} {cfg.seq_len} {d.ac.label} {d.attn} "
+             f"on {gpus}x{hw['label']}")
     print(format_prediction(label, p))
     if p["peak_mem_gib"] > float(hw["memory_gib"]):
         say(f"predicted peak {p['peak_mem_gib']:.1f} GiB per GPU exceeds the {hw['memory_gib']:g} GiB of one "
             f"{hw['label']}: this row would not fit")
     return 0
+
+
+def _has_fit_key(attn_label: str) -> bool:
+    """Whether any measured row ran this attention label (a backend that picks at run time has none)."""
+    return any(backend_of(r.get("attn")) == backend_of(attn_label) for r in measured_rows())
+
+
+def registry_family(cfg):
+    from core.plugins import registry
+
+    return registry().get("model_family", cfg.model.family).factory
 
 
 if __name__ == "__main__":

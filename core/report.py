@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.provenance import row_provenance  # noqa: E402
+from core.published import (host_gib, implementation, model_name, parse_published, same_work,  # noqa: E402
+                            row_args, section_name, sync_per_step, work_rank)
 from core.results import append_row, read_rows, row_key, row_variant  # noqa: E402
-
-PUBLISHED = ROOT / "benchmarks" / "reference" / "prime-rl-benchmarks-2026-01.md"
 DIFF_MIN, REGRESSION, SPREAD_WARN = 1.0, 5.0, 0.05
 HEADER = """# Performance Benchmarks
 
@@ -66,25 +66,7 @@ class ReportError(Exception):
     """Reported as one line, exit status 2; nothing is written."""
 
 
-def implementation(row: dict) -> str:
-    """Who runs the model: "native" (stepbench's own model code), "hf" (a transformers model with
-    stepbench's plugins) or "plain HF" (transformers' own loop: sdpa, its checkpointing, full logits)."""
-    if row.get("family") != "hf":
-        return "native"
-    return "plain HF" if str(row.get("model", "")).endswith("(plain HF)") else "hf"
 
-
-def model_name(row: dict) -> str:
-    """The published model a row stands for: the Hugging Face repo name (else the row's model)."""
-    hf = row.get("hf_name") or ""
-    return hf.split("/")[-1] if hf else str(row.get("model"))
-
-
-def section_name(row: dict) -> str:
-    """Published section names: :func:`model_name` (with the implementation for rows of the ``hf``
-    family, which get sections of their own)."""
-    impl = implementation(row)
-    return model_name(row) if impl == "native" or not row.get("hf_name") else f"{model_name(row)} ({impl})"
 
 
 def ratio_summary(label: str, ratios: list[float]) -> str:
@@ -101,22 +83,6 @@ def fmt_change(value: float, base: float | None) -> str:
     return f" ({change:+.1f}%)" if abs(change) >= DIFF_MIN - 1e-9 else ""
 
 
-def sync_per_step(r: dict) -> tuple[float, float]:
-    """(hand-off seconds, seconds the step waited for it) per measured step, from the row's
-    per-step lists (their first entry is the warm-up step's and is left out)."""
-    info = r.get("sync_info") or {}
-    total, exposed = (info.get("sync_s") or [])[1:], (info.get("sync_exposed_s") or [])[1:]
-    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
-    return (mean(total), mean(exposed)) if total else (float(r.get("sync_s_per_step") or 0.0), 0.0)
-
-
-def host_gib(r: dict) -> float:
-    info = r.get("ac_info") or {}
-    if "host_offload_gib" in info:
-        return float(info["host_offload_gib"])
-    if "host_offload_bytes" in info:
-        return float(info["host_offload_bytes"]) / 2**30
-    return float(r.get("predicted_host_gib") or 0.0)
 
 
 def table_line(r: dict, base: dict | None, extended: bool = False) -> str:
@@ -201,63 +167,11 @@ def render(rows: list[dict], baseline: list[dict] = (), failed: list[dict] = (),
 
 
 # ---------------------------------------------------------------------------- the published file
-_NUM = re.compile(r"([-+]?[0-9.]+)")
 
 
-def _value_and_change(cell: str) -> tuple[float, float | None]:
-    nums = _NUM.findall(cell)
-    return float(nums[0]), (float(nums[1]) if len(nums) > 1 else None)
-
-
-def parse_published(path: Path = PUBLISHED) -> tuple[list[dict], list[dict], list[dict]]:
-    """Rows, baseline rows (undoing the shown changes) and failed rows of a published report."""
-    rows, baseline, failed, section = [], [], [], None
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            section = line[3:].strip()
-            continue
-        if line.startswith("- **"):
-            m = re.match(r"- \*\*(.+?)\*\* \((.+?)\) on (.+?): (.*)$", line)
-            if m:
-                failed.append({"hf_name": m[1], "type": m[2], "hardware_label": m[3], "error": m[4],
-                               "status": "failed"})
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 9 or not cells[1].isdigit():
-            continue
-        mfu, mfu_d = _value_and_change(cells[5])
-        tps, tps_d = _value_and_change(cells[6])
-        hw = cells[4]
-        r = {"hf_name": section, "model": section, "type": cells[0], "seq_len": int(cells[1]), "ac": cells[2],
-             "attn": cells[3], "hardware_label": hw, "num_gpus": int(hw.split("x", 1)[0]),
-             "hardware": hw.split("x", 1)[1], "mfu": mfu, "tps": tps * 1e3,
-             "step_time": float(cells[7].rstrip("s")), "peak_mem_gib": float(cells[8].split()[0]), "status": "ok"}
-        rows.append(r)
-        b = dict(r)
-        if mfu_d is not None:
-            b["mfu"] = mfu / (1 + mfu_d / 100)
-        if tps_d is not None:
-            b["tps"] = r["tps"] / (1 + tps_d / 100)
-        baseline.append(b)
-    return rows, baseline, failed
 
 
 # ---------------------------------------------------------------------------- comparison views
-def published_work(p: dict) -> dict:
-    """The per-step work of a published row that ours must match: 2 micro-batches of one packed
-    sample, and for RL the filesystem hand-off of the weights (prime-rl's default)."""
-    return {"micro_batches": 2, "packing": "single",
-            "sync": "filesystem disk" if p["type"].startswith("RL") else "none"}
-
-
-def same_work(r: dict, p: dict, strict: bool = True) -> bool:
-    """Whether our row does the published row's per-step work. ``strict``: also the same hand-off
-    method (filesystem on disk, not overlapped); else any method that hands the weights over every
-    step (filesystem on disk or in /dev/shm, overlapped or not, or a broadcast)."""
-    want = published_work(p)
-    if not strict and want["sync"] != "none":
-        return all(r.get(k) == want[k] for k in ("micro_batches", "packing")) and r.get("sync") not in (None, "none")
-    return all(r.get(k) == v for k, v in want.items())
 
 
 def _geomean(xs: list[float]) -> float:
@@ -277,17 +191,21 @@ def versus_published(rows: list[dict], published: list[dict]) -> str:
     # where measured (a variant, e.g. fsdp=true, runs the same work with an option off its default)
     for r in sorted(rows, key=lambda r: bool(row_variant(r))):
         ours.setdefault((*_pub_key(r), r["ac"], r["attn"]), []).append(r)
+    # the row doing exactly the published work where there is one, else the one closest to it
     lines = ["## View (a): same configuration\n",
              "Each published prime-rl row beside the stepbench row with the same model, type, sequence "
              "length, AC, attention, GPUs and per-step work: 2 micro-batches of one packed sample, and "
-             "for RL rows the weight hand-off to inference (filesystem, full weights or the LoRA adapter) "
-             "timed inside every step, as prime-rl's published rows include it. `compile` is ours to "
-             "choose (it does not change the work) and is shown. Ratio = our TPS / prime-rl's TPS.\n",
+             "the published hand-off (prime-rl's bench mode: RL Full gathers the bf16 weights to the host "
+             "every step, RL LoRA hands nothing off) or more (a file written every step: the Sync column "
+             "says which), timed inside every step. stepbench's LoRA rows also take the optimizer step "
+             "that prime-rl's bench mode skipped. `compile` is ours to choose (it does not change the "
+             "work) and is shown. Ratio = our TPS / prime-rl's TPS.\n",
              "| Model | Type | SeqLen | AC | Attn | Hardware | Sync (s/step) | Compiled | TPS (ours / prime-rl) | "
              "ratio | Peak Mem (ours / prime-rl) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios = []
     for p in published:
-        r = next((x for x in ours.get((*_pub_key(p), p["ac"], p["attn"]), []) if same_work(x, p)), None)
+        cands = [x for x in ours.get((*_pub_key(p), p["ac"], p["attn"]), []) if same_work(x, p)]
+        r = min(cands, key=lambda x: (work_rank(x, p), bool(row_variant(x)))) if cands else None
         if r is None:
             continue
         ratio = r["tps"] / p["tps"]
@@ -310,9 +228,9 @@ def best_at_no_more_memory(rows: list[dict], published: list[dict], host_budget_
     at most the published peak and whose pinned host memory is within ``host_budget_gib``."""
     lines = ["## View (b): fastest stepbench configuration at no more memory\n",
              "For each published row: our fastest row of the same model, type, sequence length, GPUs "
-             "and per-step work (2 micro-batches of one packed sample; for RL, the weights handed to "
-             "inference every step by any method: filesystem on disk or /dev/shm, overlapped with the "
-             "next step or not, or a broadcast), with any AC and attention backend, whose GPU peak is "
+             "and at least the published per-step work (2 micro-batches of one packed sample; the published "
+             "hand-off or more, overlapped with the next step or not), with any AC and attention backend, "
+             "whose GPU peak is "
              f"at most the published row's and whose pinned host memory is at most {host_budget_gib:g} GiB "
              "(`--host-budget-gib`). The winning configuration is named.\n",
              "| Model | Type | SeqLen | Hardware | prime-rl (AC, Attn) | TPS | Peak Mem | stepbench (AC, Attn, Sync) "
@@ -322,7 +240,7 @@ def best_at_no_more_memory(rows: list[dict], published: list[dict], host_budget_
     for p in published:
         if p["hardware_label"] not in hw:
             continue
-        cands = [r for r in rows if _pub_key(r) == _pub_key(p) and same_work(r, p, strict=False)
+        cands = [r for r in rows if _pub_key(r) == _pub_key(p) and same_work(r, p)
                  and r.get("peak_mem_gib") is not None and r["peak_mem_gib"] <= p["peak_mem_gib"]
                  and host_gib(r) <= host_budget_gib]
         if not cands:
@@ -352,44 +270,6 @@ def left_out(rows: list[dict]) -> str:
                      f"{row_provenance(r)} |")
     return "\n".join(lines) + "\n"
 
-
-def plots(rows: list[dict], out_dir: Path, prefix: str) -> list[Path]:
-    """PNG charts of TPS and MFU against sequence length, one per model, a line per configuration,
-    named ``<prefix>-plot-<model>.png`` so that two reports never overwrite each other's plots."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    written = []
-    by_model: dict[str, list[dict]] = {}
-    for r in rows:
-        by_model.setdefault(section_name(r), []).append(r)
-    for model, rs in by_model.items():
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        series: dict[str, list[dict]] = {}
-        for r in rs:
-            series.setdefault(f"{r['type']} {r['ac']} {r['attn']} {r['hardware_label']} sync={r.get('sync')}", []).append(r)
-        for label, pts in sorted(series.items()):
-            pts = sorted(pts, key=lambda r: r["seq_len"])
-            xs = [p["seq_len"] for p in pts]
-            axes[0].plot(xs, [p["tps"] / 1e3 for p in pts], marker="o", label=label)
-            axes[1].plot(xs, [p["mfu"] for p in pts], marker="o", label=label)
-        for ax, yl in zip(axes, ("TPS (k tokens/s)", "MFU (%)")):
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("sequence length")
-            ax.set_ylabel(yl)
-            ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=6, loc="best")
-        fig.suptitle(model)
-        fig.tight_layout()
-        path = out_dir / f"{prefix}-plot-{re.sub(r'[^A-Za-z0-9.-]+', '_', model)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
 
 
 #: (recorded commit, source digest) -> the commit whose sources have that digest, or None
@@ -625,23 +505,38 @@ def step_budget_of(r: dict) -> dict | None:
     if r.get("step_budget"):
         return r["step_budget"]
     from core import flops
-    from core.predict import SYNC_WITH_GPU_TAIL, row_args
+    from core.plugins import make
 
     c, ceil = r.get("config") or {}, r.get("ceilings")
     if r.get("packing") != "single" or not ceil or not c.get("ac") or not r.get("step_time") \
-            or str((r.get("env") or {}).get("git_commit"))[:7] in SYNC_WITH_GPU_TAIL:
+            or (r.get("sync_info") or {}).get("includes_gpu_tail"):
         return None  # several documents, no ceilings, or a hand-off figure that includes GPU work
-
     try:
         a = row_args(r)
-    except KeyError:
+        ac, adapter = make("ac", c["ac"]), make("adapter", c["adapter"])
+    except Exception:  # a row of a family or plugin not installed here
         return None
-    lora = str(r.get("adapter", "")).startswith("LoRA")
-    kind = flops.recompute_kind(c["ac"]["name"], {**c["ac"], **(r.get("ac_info") or {})})
-    sf = flops.micro_batch_flops(a, [int(r["seq_len"])], lora, (r.get("counts") or {}).get("adapter", 0), kind)
+    sf = flops.micro_batch_flops(a, [int(r["seq_len"])], adapter.frozen_base,
+                                 (r.get("counts") or {}).get("adapter", 0), ac.recompute)
     total, exposed = sync_per_step(r)
     handoff = exposed if "overlap" in str(r.get("sync")) else total
     return flops.step_budget([sf], ceil, r["step_time"], handoff / (r.get("micro_batches") or 2))
+
+
+def plot_views(rows: list[dict], published: list[dict], host_budget_gib: float) -> dict:
+    """Per published configuration, the rows views (a) and (b) show: ``same`` and ``best``."""
+    from core.plots import config_key
+
+    out = {}
+    for p in published:
+        same = [r for r in rows if (*_pub_key(r), r["ac"], r["attn"]) == (*_pub_key(p), p["ac"], p["attn"])
+                and same_work(r, p)]
+        best = [r for r in rows if _pub_key(r) == _pub_key(p) and same_work(r, p) and r.get("peak_mem_gib")
+                and r["peak_mem_gib"] <= p["peak_mem_gib"] and host_gib(r) <= host_budget_gib]
+        if same or best:
+            out[config_key(p)] = {"same": min(same, key=lambda x: (work_rank(x, p), bool(row_variant(x))))
+                                  if same else None, "best": max(best, key=lambda x: x["tps"]) if best else None}
+    return out
 
 
 def budget_view(rows: list[dict]) -> str:
@@ -757,7 +652,9 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not a.no_plots:
-        pngs = plots(rows, out.parent, out.stem)
+        from core.plots import plots
+
+        pngs = plots(rows, published, out.parent, out.stem, plot_views(native, published, a.host_budget_gib))
         if pngs:
             text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
     out.write_text(text, encoding="utf-8")

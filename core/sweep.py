@@ -1,6 +1,8 @@
 """Sweeps: many rows, each in a fresh child process; a bad, refused or crashed row becomes a
 failed row and the sweep goes on. Re-running resumes (rows already done are skipped, up to
-``repeats`` successful rows per key)."""
+``repeats`` successful rows per key). :func:`run_child` is the one row runner of ``-m``,
+``+sweep=`` and ``benchmarks/run_rows.py``; :class:`Progress` says how far a sweep is.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +24,8 @@ CHILD_ENV = "STEPBENCH_CHILD_ROW_ID"
 #: one id for every row of one invocation (a sweep's children inherit it; export it to make several
 #: invocations on one machine one run): the report compares rows as "same call" by it
 RUN_ENV = "STEPBENCH_RUN_ID"
+#: the rows' schema: 3 since the plugins' labels and the model's implementation are stored (``impl``)
+SCHEMA = 3
 
 
 def run_id() -> str:
@@ -29,8 +34,31 @@ def run_id() -> str:
         os.environ[RUN_ENV] = uuid.uuid4().hex[:16]
     return os.environ[RUN_ENV]
 
-_SWEEP = {"done": 0, "failed": 0, "skipped": 0, "start": None}
-_SWEEP_IDS: set[str] = set()  # rows this sweep started (its closing table)
+
+def base_row(cfg_or_none, overrides: list[str] | None, row_id: str | None = None) -> dict:
+    """The fields every row starts with: id, schema, time, run id, tag (and the overrides it ran)."""
+    row = {"id": row_id or uuid.uuid4().hex, "schema": SCHEMA,
+           "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": run_id(),
+           "tag": getattr(cfg_or_none, "tag", "") if cfg_or_none is not None else ""}
+    if overrides is not None:
+        row["overrides"] = overrides
+    return row
+
+
+def failed_row(base: dict, cfg, error: str, r=None) -> dict:
+    """A failed row with whatever labels are known (a row refused before it resolved still has
+    its model, type, seq_len, AC and attention, so it reaches the report's Failed section)."""
+    from core.resolve import row_labels
+
+    labels = {}
+    if cfg is not None:
+        try:
+            labels = row_labels(cfg, r, 1)
+        except Exception:  # labels of a config that does not even compose
+            labels = {}
+    labels.setdefault("type", "?")
+    labels.setdefault("model", " ".join(base.get("overrides", [])) or "?")
+    return {**base, **labels, "status": "failed", "error": error}
 
 
 def override_key(o: str) -> str:
@@ -44,28 +72,139 @@ def merge_overrides(row: list[str], extra: list[str]) -> list[str]:
     return [o for o in row if override_key(o) not in keys] + extra
 
 
-def base_row(cfg_or_none, overrides: list[str]) -> dict:
-    return {"id": uuid.uuid4().hex, "schema": 2, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "run_id": run_id(), "tag": getattr(cfg_or_none, "tag", "") if cfg_or_none is not None else "",
-            "overrides": overrides}
+# ---------------------------------------------------------------------------------- progress
+def _clock(s: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(max(0.0, s)))
 
 
-def failed_row(base: dict, cfg, error: str, r: dict | None = None) -> dict:
-    """A failed row with whatever labels are known (a row refused before it resolved still has
-    its model, type, seq_len, AC and attention, so it reaches the report's Failed section)."""
-    from core.resolve import config_adapter_label, row_labels
+@dataclass
+class Progress:
+    """Row i of N, elapsed time and an estimate of what is left: each remaining row's predicted
+    time (``estimate_s``: the predictor's step time times the steps, plus what building and
+    compiling took in the rows done) or, without a prediction, the mean time of the rows done."""
 
-    labels = {}
-    if cfg is not None:
-        try:
-            labels = row_labels(cfg, r, config_adapter_label(cfg), 1)
-        except Exception:  # labels of a config that does not even compose
-            labels = {}
-    labels.setdefault("type", "?")
-    labels.setdefault("model", " ".join(base.get("overrides", [])) or "?")
-    return {**base, **labels, "status": "failed", "error": error}
+    total: int | None = None
+    start: float = field(default_factory=time.time)
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    durations: list = field(default_factory=list)  # (seconds, predicted seconds or None) per row run
+    ids: set = field(default_factory=set)  # rows this sweep started (its closing table)
+
+    @property
+    def index(self) -> int:
+        return self.done + self.failed + self.skipped + 1
+
+    def overhead_s(self) -> float:
+        """What the rows done took beyond their prediction (build, compile, warm-up), on average."""
+        extra = [d - p for d, p in self.durations if p is not None]
+        return sum(extra) / len(extra) if extra else 0.0
+
+    def left_s(self, predicted_left: list[float | None]) -> float | None:
+        """Seconds left for the rows not started yet (their predictions, where there are)."""
+        mean = sum(d for d, _ in self.durations) / len(self.durations) if self.durations else None
+        out = 0.0
+        for p in predicted_left:
+            if p is not None:
+                out += p + self.overhead_s()
+            elif mean is not None:
+                out += mean
+            else:
+                return None
+        return out
+
+    def line(self, what: str, predicted_left: list[float | None] = ()) -> str:
+        """``[row i/N] what (done d, failed f, skipped s, 00:01:02 elapsed, about 00:03:00 left)``."""
+        of = f"/{self.total}" if self.total else ""
+        left = self.left_s(list(predicted_left)) if predicted_left else None
+        eta = f", about {_clock(left)} left" if left is not None else ""
+        return (f"[row {self.index}{of}] {what}  (done {self.done}, failed {self.failed}, skipped {self.skipped}, "
+                f"{_clock(time.time() - self.start)} elapsed{eta})")
 
 
+PROGRESS = Progress()
+
+
+def predicted_row_s(cfg) -> float | None:
+    """The predictor's seconds for a row's measured and warm-up steps (None where it cannot say:
+    no GPU profile, no fit for its attention kernel)."""
+    try:
+        from core.predict import predicted_step_s
+
+        return predicted_step_s(cfg) * (cfg.steps + 1)
+    except Exception:  # an estimate only: no prediction is no estimate
+        return None
+
+
+# ---------------------------------------------------------------------------------- one row
+def stream_child(cmd: list[str], env: dict, timeout_s: float, out=None, prefix: str = "    ") -> tuple[int, list[str]]:
+    """Run ``cmd`` in the current folder, echoing its output (stdout and stderr, line by line,
+    with ``prefix``) to ``out`` (default: stderr) as it comes; return its exit status and its last
+    50 lines. Past ``timeout_s`` the child is killed: status -1 and a TimeoutError line."""
+    out = out or sys.stderr
+    tail: list[str] = []
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + float(timeout_s)
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        while True:
+            if time.time() > deadline:
+                proc.kill()
+                proc.wait()
+                return -1, tail + [f"TimeoutError: the row exceeded {timeout_s:g} s"]
+            if sel.select(timeout=1.0):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                out.write(prefix + line)
+                out.flush()
+                tail = (tail + [line.rstrip()])[-50:]
+        return proc.wait(), tail
+    finally:
+        if proc.poll() is None:  # interrupted (Ctrl-C): the child goes too
+            proc.kill()
+            proc.wait()
+
+
+def child_error(rc: int, tail: list[str]) -> str:
+    """The one line a failed row keeps for a child that wrote no row of its own: a refusal's line
+    (status 2: the bench refused the row before measuring, saying what to type instead), else the
+    last line that names an error, else the exit status."""
+    said = [ln for ln in tail if ln.startswith("stepbench: ")]
+    if rc == 2 and said:
+        err = said[-1]
+    else:
+        err = next((ln for ln in reversed(tail) if "Error" in ln or "error" in ln), None)
+    err = err or (f"child exited with status {rc}" + (f" (signal {-rc})" if rc < 0 else ""))
+    return err.strip().removeprefix("stepbench: ")
+
+
+def child_env() -> dict:
+    """The environment of a row's child: this one, with the checkout importable from any folder."""
+    path = os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), path])))
+
+
+def run_child(overrides: list[str], results: str, timeout_s: float, base: dict, labels: dict | None = None,
+              nproc: int = 1, out=None, prefix: str = "    ") -> tuple[int, bool]:
+    """Run one row as ``python -m core.bench OVERRIDES results=RESULTS`` in a fresh process (under
+    torchrun with ``nproc`` ranks where more than one) with the row id of ``base``; where it wrote
+    no row (a crash, a timeout, a refusal), append a failed row with ``labels`` and the child's one
+    line. Returns (exit status, whether the child wrote its row)."""
+    from core.results import append_row, load_rows
+
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
+    cmd = [sys.executable, *launch, "-m", "core.bench", *overrides, f"results={results}"]
+    rc, tail = stream_child(cmd, {**child_env(), CHILD_ENV: base["id"]}, timeout_s, out, prefix)
+    written = any(x.get("id") == base["id"] for x in load_rows(results))
+    if not written:
+        append_row(results, {**base, **(labels or {"model": " ".join(overrides)}), "status": "failed",
+                             "error": child_error(rc, tail)})
+    return rc, written
+
+
+# ---------------------------------------------------------------------------------- sweeps
 def run_sweep_config(cfg, base_overrides: list[str]) -> None:
     """``+sweep=<name>``: run the rows listed in ``conf/sweep/<name>.yaml`` as a sweep."""
     from hydra import compose
@@ -75,21 +214,34 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
     rows = list(cfg.sweep.rows)
     extra = [o for o in base_overrides if override_key(o) != "sweep"]
     say(f"sweep '{cfg.sweep.get('name', '?')}': {len(rows)} rows x {cfg.repeats} -> {cfg.results}")
-    for spec in rows:
-        overrides = merge_overrides(shlex.split(spec), extra)
+    PROGRESS.total = len(rows)
+    specs = [merge_overrides(shlex.split(spec), extra) for spec in rows]
+    composed = []
+    for overrides in specs:
         try:
-            row_cfg = compose("bench", overrides=overrides)
+            composed.append(compose("bench", overrides=overrides))
         except Exception as e:  # a bad row in the sweep file is a failed row
-            _SWEEP["failed"] += 1
+            composed.append(e)
+    left = [predicted_row_s(c) if not isinstance(c, Exception) else 0.0 for c in composed]
+    for i, (overrides, row_cfg) in enumerate(zip(specs, composed)):
+        if isinstance(row_cfg, Exception):
+            PROGRESS.failed += 1
+            e = row_cfg
             msg = f"refused: bad overrides ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
-            say(f"[row] {spec}: {msg}")
+            say(f"[row] {' '.join(overrides)}: {msg}")
             append_row(cfg.results, failed_row(base_row(None, overrides), None, msg))
             continue
-        sweep_row(row_cfg, overrides, total=len(rows))
-    say(f"sweep done: {_SWEEP['done']} done, {_SWEEP['failed']} failed, {_SWEEP['skipped']} skipped")
+        sweep_row(row_cfg, overrides, left[i + 1:])
+    finish_sweep(cfg.results)
+
+
+def finish_sweep(results: str) -> None:
+    """The sweep's closing line and the table of the rows it ran."""
     from core.results import load_rows
 
-    mine = [r for r in load_rows(cfg.results) if r.get("id") in _SWEEP_IDS]
+    p = PROGRESS
+    say(f"sweep done: {p.done} done, {p.failed} failed, {p.skipped} skipped in {_clock(time.time() - p.start)}")
+    mine = [r for r in load_rows(results) if r.get("id") in p.ids]
     if mine:
         print("\n" + table(mine), flush=True)
 
@@ -116,95 +268,44 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def sweep_row(cfg, overrides: list[str], total: int | None = None) -> int:
+def sweep_row(cfg, overrides: list[str], predicted_left: list[float | None] = ()) -> int:
     """One row of a sweep (``repeats`` times), each run in a fresh child process."""
-    from core.resolve import UserError, config_adapter_label, resolve, row_labels
+    from core.resolve import UserError, resolve, row_labels
     from core.results import append_row, done_keys, read_rows, row_key
 
-    if _SWEEP["start"] is None:
-        _SWEEP["start"] = time.time()
+    p = PROGRESS
+    if not p.durations and not (p.done or p.failed or p.skipped):
+        p.start = time.time()
         for problem in read_rows(cfg.results)[1]:  # said once per sweep; such lines are skipped
             say(f"results: skipped unreadable line {problem}")
-    n = sum(_SWEEP[k] for k in ("done", "failed", "skipped")) + 1
-    elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - _SWEEP["start"]))
-    of = f"/{total}" if total else ""
-    say(f"[row {n}{of}] {' '.join(overrides)}  (done {_SWEEP['done']}, failed {_SWEEP['failed']}, "
-        f"skipped {_SWEEP['skipped']}, {elapsed} elapsed)")
+    say(p.line(" ".join(overrides), predicted_left))
     try:
         r = resolve(cfg)
-    except UserError as e:
-        _SWEEP["failed"] += 1
-        append_row(cfg.results, failed_row(base_row(cfg, overrides), cfg, f"refused: {e}"))
-        say(f"  refused: {e}")
+    except Exception as e:  # noqa: BLE001 - a refused row, or a plugin that breaks while resolving, fails its row only
+        p.failed += 1
+        why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        append_row(cfg.results, failed_row(base_row(cfg, overrides), cfg, f"refused: {why}"))
+        say(f"  refused: {why}")
         return 0
-    except Exception as e:  # noqa: BLE001 - a plugin that breaks while resolving fails its row only
-        _SWEEP["failed"] += 1
-        append_row(cfg.results, failed_row(base_row(cfg, overrides), cfg, f"refused: {type(e).__name__}: {e}"))
-        say(f"  refused: {type(e).__name__}: {e}")
-        return 0
-    labels = row_labels(cfg, r, config_adapter_label(cfg), 1)
+    labels = row_labels(cfg, r, 1)
     have = 0 if cfg.redo else done_keys(cfg.results).get(row_key(labels), 0)
     todo = max(0, int(cfg.repeats) - have)
     if not todo:
-        _SWEEP["skipped"] += 1
+        p.skipped += 1
         say(f"  skipped: already in results {have}x (redo=true runs it again)")
         return 0
+    predicted = predicted_row_s(cfg)
     for i in range(todo):
         if todo > 1:
             say(f"  repeat {have + i + 1}/{cfg.repeats}")
-        run_child(cfg, overrides, r, labels)
+        base = base_row(cfg, overrides)
+        p.ids.add(base["id"])
+        t = time.time()
+        rc, written = run_child([o for o in overrides if override_key(o) != "results"], cfg.results,
+                                float(cfg.row_timeout_s), base, labels)
+        p.durations.append((time.time() - t, predicted))
+        if rc == 0 and written:
+            p.done += 1
+        else:
+            p.failed += 1
     return 0
-
-
-def stream_child(cmd: list[str], env: dict, timeout_s: float, out=None, prefix: str = "    ") -> tuple[int, list[str]]:
-    """Run ``cmd`` from the repository root, echoing its output (stdout and stderr, line by line,
-    with ``prefix``) to ``out`` (default: stderr) as it comes; return its exit status and its last
-    50 lines. Past ``timeout_s`` the child is killed: status -1 and a TimeoutError line."""
-    out = out or sys.stderr
-    tail: list[str] = []
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + float(timeout_s)
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    while True:
-        if time.time() > deadline:
-            proc.kill()
-            proc.wait()
-            return -1, tail + [f"TimeoutError: the row exceeded {timeout_s:g} s"]
-        if sel.select(timeout=1.0):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            out.write(prefix + line)
-            out.flush()
-            tail = (tail + [line.rstrip()])[-50:]
-    return proc.wait(), tail
-
-
-def child_error(rc: int, tail: list[str]) -> str:
-    """The one line a failed row keeps for a child that wrote no row of its own: a refusal's line
-    (status 2: the bench refused the row before measuring, saying what to type instead), else the
-    last line that names an error, else the exit status."""
-    said = [ln for ln in tail if ln.startswith("stepbench: ")]
-    if rc == 2 and said:
-        err = said[-1]
-    else:
-        err = next((ln for ln in reversed(tail) if "Error" in ln or "error" in ln), None)
-    err = err or (f"child exited with status {rc}" + (f" (signal {-rc})" if rc < 0 else ""))
-    return err.strip().removeprefix("stepbench: ")
-
-
-def run_child(cfg, overrides: list[str], r: dict, labels: dict) -> None:
-    from core.results import append_row, load_rows
-
-    base = base_row(cfg, overrides)
-    _SWEEP_IDS.add(base["id"])
-    cmd = [sys.executable, "-m", "core.bench", *overrides]
-    rc, tail = stream_child(cmd, dict(os.environ, **{CHILD_ENV: base["id"]}), float(cfg.row_timeout_s))
-    written = any(x.get("id") == base["id"] for x in load_rows(cfg.results))
-    if rc == 0 and written:
-        _SWEEP["done"] += 1
-        return
-    _SWEEP["failed"] += 1
-    if not written:
-        append_row(cfg.results, {**base, **labels, "status": "failed", "error": child_error(rc, tail)})

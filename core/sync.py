@@ -1,5 +1,6 @@
-"""What every weight-sync method shares: which tensors inference needs, gathering them from the
-FSDP2 shards into host buffers (optionally on a side stream), and timing the hand-off.
+"""What every weight-sync method shares: gathering the tensors inference needs (the adapter
+declares which: :meth:`core.contracts.Adapter.handoff`) from the FSDP2 shards into host buffers
+(optionally on a side stream), and timing the hand-off.
 
 The trainer calls ``before_update()`` just before each optimizer step (an overlapped copy of the
 previous step's weights must finish reading them first) and ``after_step(step)`` right after it,
@@ -12,26 +13,8 @@ import contextlib
 import hashlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
-
-
-@dataclass
-class SyncContext:
-    """What a weight-sync method may know about the row."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: str = "cpu"
-    lora: bool = False
-    predicted_bytes: int = 0  # bytes handed over per step (bf16), predicted from the config
-    row_id: str = ""
-
-
-def sync_tensors(model, lora: bool) -> list[tuple[str, torch.nn.Parameter]]:
-    """The parameters inference needs: every weight for full fine-tuning, the adapter for LoRA."""
-    return [(n, p) for n, p in model.named_parameters() if (not lora or "lora_" in n)]
 
 
 def full_tensor(p: torch.Tensor) -> torch.Tensor:

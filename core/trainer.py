@@ -150,9 +150,9 @@ def replicated_params(model: nn.Module, adapter, world: int = 1) -> list:
     small tensors a block more than double the block's unshard launches (NOTES.md, session 8).
     Over several ranks "auto" keeps them sharded (one all-gather copies them in; and MoE expert
     adapters are too large to hold whole on every rank)."""
-    want = getattr(adapter, "replicate", False)
+    want = adapter.replicate
     if want == "auto":
-        want = getattr(model, "casts_adapters", False) and getattr(adapter, "replicable", True) and world == 1
+        want = getattr(model, "casts_adapters", False) and adapter.replicable and world == 1
     if not want:
         return []
     why = replicate_refusal(model, type(model).__name__, instead="false")
@@ -242,7 +242,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
     world = world_size()
     replicated = replicated_params(model, adapter, world)
     # adapters asked sharded (replicate=false), or peft's expert LoRA (its fp32 delta is not cast)
-    sharded_adapters = getattr(adapter, "replicate", None) is False or not getattr(adapter, "replicable", True)
+    sharded_adapters = adapter.frozen_base and (adapter.replicate is False or not adapter.replicable)
     sharded = needs_fsdp(model, replicated, world, fsdp, sharded_adapters)
     if sharded:
         apply_fsdp(model, device.type, replicated)

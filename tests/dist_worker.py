@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.models.registry import GLM4_MOE, QWEN3, QWEN3_MOE  # noqa: E402
+from core.models.flavours import GLM4_MOE, QWEN3, QWEN3_MOE  # noqa: E402
 from core.plugins import registry  # noqa: E402
 from core.trainer import build, forward_backward, init_distributed, make_batches, reduce_replicated  # noqa: E402
 

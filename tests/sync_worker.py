@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.models.registry import QWEN3  # noqa: E402
+from core.models.flavours import QWEN3  # noqa: E402
 from core.plugins import registry  # noqa: E402
 from core.sync import SyncContext  # noqa: E402
 from core.trainer import build, init_distributed  # noqa: E402

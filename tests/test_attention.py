@@ -86,7 +86,7 @@ def test_backends_say_which_head_dims_they_cannot_run(monkeypatch):
     import sys
     import types
 
-    from core.models.registry import QWEN3
+    from core.models.flavours import QWEN3
     from plugins.attention import fa2, fa3
 
     config = types.ModuleType("flash_attn_config")  # a trimmed FA3 build: head_dim 128 only

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from core.models.fused import fusable, project
-from core.models.registry import QWEN3, QWEN3_MOE
+from core.models.flavours import QWEN3, QWEN3_MOE
 from tests.test_models_and_ac import FAMILIES, grads_after_step, local, make
 
 

@@ -6,7 +6,7 @@ import torch
 from core.data import AttnMeta
 from core.losses import rl_loss
 from core.models.common import CausalLM
-from core.models.registry import QWEN3, QWEN3_MOE
+from core.models.flavours import QWEN3, QWEN3_MOE
 from core.plugins import registry
 from plugins.models import hf
 

@@ -5,7 +5,7 @@ import pytest
 
 from core import flops
 from core.measure import spread, throughput
-from core.models.registry import QWEN3
+from core.models.flavours import QWEN3
 
 
 def test_tps_is_tokens_over_total_time_not_mean_of_rates():

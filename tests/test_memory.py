@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from core.memory import predict_host_gib
-from core.models.registry import QWEN3
+from core.models.flavours import QWEN3
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
@@ -43,7 +43,7 @@ def test_no_host_memory_without_offload():
 
 
 def measured_rows():
-    from core.models.registry import FAMILIES
+    from plugins.models.native import FAMILIES
 
     out = []
     for f in sorted(RESULTS.glob("*.jsonl")) + sorted((RESULTS / "history").glob("*.jsonl")):

@@ -3,7 +3,7 @@ architecture switches of the family they stand for."""
 
 import pytest
 
-from core.models.registry import FAMILIES
+from plugins.models.native import FAMILIES
 from tests.published_configs import PUBLISHED
 
 

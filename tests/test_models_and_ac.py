@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.models.registry import GLM4_MOE, QWEN3, QWEN3_MOE
+from core.models.flavours import GLM4_MOE, QWEN3, QWEN3_MOE
 from core.plugins import registry
 from core.trainer import build, make_batches
 

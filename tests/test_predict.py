@@ -6,7 +6,7 @@ import json
 import pytest
 
 from core import predict as P
-from core.models.registry import QWEN3
+from core.models.flavours import QWEN3
 
 
 @pytest.fixture(scope="module")

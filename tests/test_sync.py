@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from core.models.registry import QWEN3, QWEN3_MOE
+from core.models.flavours import QWEN3, QWEN3_MOE
 from core.plugins import registry
 from core.sync import SyncContext
 from core.trainer import build, make_batches, train_step

@@ -8,7 +8,6 @@ Module and parameter names follow Hugging Face's Qwen3/GLM naming (``self_attn.q
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,20 +54,6 @@ class ModelArgs:
 
     def with_(self, **kw) -> "ModelArgs":
         return replace(self, **kw)
-
-
-@dataclass
-class ModelFamily:
-    """A registered model family: flavours by name and a builder."""
-
-    name: str
-    flavours: dict[str, ModelArgs]
-    build: Callable[[ModelArgs], nn.Module]
-    doc: str = ""
-    aliases: dict[str, str] = field(default_factory=dict)
-    #: families whose shapes come from a config (``model.config=...``) rather than named flavours:
-    #: ``from_config(value) -> ModelArgs``; raises ValueError with one line on bad input
-    from_config: Callable[[object], ModelArgs] | None = None
 
 
 def attention_modules(model: nn.Module):

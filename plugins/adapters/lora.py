@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from core import hookimpl
+from core.contracts import Adapter
 from core.models.moe import Experts, grouped_linear
 
 DENSE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -72,13 +73,13 @@ class GroupedLoRAExperts(nn.Module):
         return torch.cat([torch.cat([bg, zg], -1), torch.cat([zu, bu], -1)], 1)
 
 
-class LoRA:
+class LoRA(Adapter):
     name = "lora"
-    lora = True
+    frozen_base = True
     param_dtype = torch.bfloat16  # frozen base weights
 
     def __init__(self, rank: int = 16, alpha: int = 32, targets=None, experts="grouped", replicate="auto"):
-        if rank <= 0:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {rank}: try adapter.rank=16")
         if replicate not in ("auto", True, False):
             raise ValueError(f"adapter.replicate={replicate!r} is not auto, true or false: try adapter.replicate=auto")
@@ -122,13 +123,27 @@ class LoRA:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return {"trainable": trainable, "adapter": adapter, "fully_trainable": trainable - adapter}
 
+    def trainable_params(self, args) -> int:
+        """The LoRA factors on q/k/v/o and gate/up/down, and on the routed experts unless
+        ``experts=none`` leaves them frozen."""
+        from core.memory import lora_params
+
+        return lora_params(args, self.rank, experts=self.experts != "none")
+
+    def handoff(self, model) -> list:
+        """The adapter: inference keeps the frozen base it already has."""
+        return [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+
+    def handoff_params(self, args) -> int:
+        return self.trainable_params(args)
+
 
 @hookimpl
 def stepbench_register_adapters(register):
     register(
         "lora",
-        lambda cfg: LoRA(cfg.get("rank", 16), cfg.get("alpha", 32), cfg.get("targets"), cfg.get("experts", "grouped"),
-                         cfg.get("replicate", "auto")),
+        lambda options, ctx: LoRA(options.get("rank", 16), options.get("alpha", 32), options.get("targets"),
+                                  options.get("experts", "grouped"), options.get("replicate", "auto")),
         doc="LoRA (r=16, alpha=32 by default): peft on dense projections, grouped per-expert LoRA on "
             "routed experts (adapter.experts=grouped|peft|none); base weights frozen in bf16; adapters "
             "out of FSDP2 at world size 1 where the model casts them (adapter.replicate=auto|true|false)",

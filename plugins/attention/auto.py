@@ -1,10 +1,10 @@
 """``auto``: the fastest attention backend that can run here.
 
-CUDA: fa3 where it can run (its import and a tiny call are tried once; on failure auto falls back
-with one line saying why; head dims the FA3 build has no kernels for go to fa2); else cuDNN for
-micro-batches of one document and fa2 for packed ones.
-CPU: sdpa. Only registered (not blocked) backends are considered. The row records the provider
-that ran.
+CUDA: fa3 where it can run (its import and a tiny call are tried once, in :meth:`Auto.prepare`; on
+failure auto falls back with one line saying why; head dims the FA3 build has no kernels for go to
+fa2); else cuDNN for micro-batches of one document and fa2 for packed ones. CPU: sdpa. Only
+registered (not blocked) backends are considered. The row records the provider that ran, and its
+roofline uses the measured ceilings of the kernel that ran.
 """
 
 from __future__ import annotations
@@ -12,16 +12,23 @@ from __future__ import annotations
 import sys
 
 from core import hookimpl
+from core.contracts import AttentionBackend
 
 
 def _make(reg, ctx, name):
-    """The backend ``name`` if registered and able to run here, else None."""
+    """The backend ``name``, prepared, if registered and able to run here, else None."""
     if name not in reg.names("attn"):
         return None
     e = reg.get("attn", name)
     if e.unavailable(ctx):
         return None
-    return e.factory({"name": name})
+    b = e.factory({"name": name}, ctx)
+    b.prepare()
+    return b
+
+
+def say(msg: str) -> None:
+    print(f"stepbench: attn auto: {msg}", file=sys.stderr, flush=True)
 
 
 def try_fa3(reg, ctx):
@@ -31,26 +38,29 @@ def try_fa3(reg, ctx):
     if "fa3" in reg.names("attn"):
         why = reg.get("attn", "fa3").unavailable(ctx)
         if why and importlib.util.find_spec("flash_attn_interface") is not None:  # a partial install
-            print(f"stepbench: attn auto: fa3 cannot run ({why.split(':')[0]}); falling back to fa2/cudnn",
-                  file=sys.stderr, flush=True)
+            say(f"fa3 cannot run ({why.split(':')[0]}); falling back to fa2/cudnn")
             return None
     try:
-        return _make(reg, ctx, "fa3")  # fa3's factory runs a tiny call
+        return _make(reg, ctx, "fa3")  # prepare runs a tiny call
     except Exception as e:  # a partial install: missing _C or flash_attn_config, a kernel that fails
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(f"stepbench: attn auto: fa3 is installed but does not run ({first}); "
-              "falling back to fa2/cudnn", file=sys.stderr, flush=True)
+        say(f"fa3 is installed but does not run ({first}); falling back to fa2/cudnn")
         return None
 
 
-class Auto:
-    name = "auto"
+class Auto(AttentionBackend):
+    name = label = "auto"
 
     def __init__(self, ctx):
+        self.ctx = ctx
+        self.single = self.packed = self.other = None
+        self.fa3_dims = None
+        self.used: dict = {}  # provider -> backend, in the order first used
+
+    def prepare(self) -> None:
         from core.plugins import registry
 
-        reg = registry()
-        self.single = self.packed = None
+        reg, ctx = registry(), self.ctx
         if ctx.device != "cuda":
             self.single = self.packed = _make(reg, ctx, "sdpa")
         else:
@@ -68,24 +78,28 @@ class Auto:
         if self.single is None or self.packed is None:
             raise ValueError("attn auto found no registered attention backend that runs here: "
                              "unblock one (STEPBENCH_BLOCK_PLUGINS) or pick one with +attn=<name>")
-        self.used = set()
-
-    fa3_dims, other = None, None
 
     @property
-    def provider(self):
+    def provider(self) -> str:
         return "auto: " + " + ".join(sorted(self.used)) if self.used else "auto"
+
+    @property
+    def kernel(self) -> str:
+        """The kernel family of the backend that ran (the first one used, where several did)."""
+        return next(iter(self.used.values())).kernel if self.used else ""
+
+    @property
+    def repeats_kv(self) -> bool:
+        return any(getattr(b, "repeats_kv", False) for b in (self.single, self.packed) if b is not None)
 
     def __call__(self, q, k, v, meta):
         b = self.single if len(meta.cu_seqlens_host) == 2 else self.packed
         if self.fa3_dims is not None and q.shape[-1] not in self.fa3_dims and self.other is not None:
             b = self.other  # a head dim this FA3 build has no kernels for
-        self.used.add(b.provider)
+        self.used.setdefault(b.provider, b)
         return b(q, k, v, meta)
 
 
 @hookimpl
 def stepbench_register_attention(register):
-    from core.plugins import RunContext
-
-    register("auto", lambda cfg: Auto(RunContext.detect()), doc="fastest backend that runs here")
+    register("auto", lambda options, ctx: Auto(ctx), doc="fastest backend that runs here")

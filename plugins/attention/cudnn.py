@@ -13,14 +13,15 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core import hookimpl
+from core.contracts import AttentionBackend
 from plugins.attention.common import need_cuda, per_document
 
 
 MIN_LEN = 16
 
 
-class CuDNN:
-    name = "cudnn"
+class CuDNN(AttentionBackend):
+    name = label = kernel = "cudnn"
 
     def __init__(self):
         v = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -47,4 +48,4 @@ def why_not(ctx):
 
 @hookimpl
 def stepbench_register_attention(register):
-    register("cudnn", lambda cfg: CuDNN(), why_not, doc="cuDNN SDPA, dense causal per document (GPU)")
+    register("cudnn", lambda options, ctx: CuDNN(), why_not, doc="cuDNN SDPA, dense causal per document (GPU)")

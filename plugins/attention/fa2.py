@@ -14,11 +14,21 @@ import inspect
 import torch
 
 from core import hookimpl
+from core.contracts import AttentionBackend
 from plugins.attention.common import has_module, need_cuda, package_version
 
 
-class FA2Package:
-    name = "fa2"
+def supports(args) -> str | None:
+    """Why FA2 cannot run this model's attention (None when it can): head dims up to 256, multiples of 8."""
+    if args.head_dim > 256 or args.head_dim % 8:
+        return f"FlashAttention-2 runs head_dim up to 256 in multiples of 8, the model has {args.head_dim}: use +attn=sdpa"
+    return None
+
+
+class FA2Package(AttentionBackend):
+    name, label, kernel = "fa2", "FA2", "fa2"
+    repeats_kv = False
+    supports = staticmethod(supports)
 
     def __init__(self):
         from flash_attn import flash_attn_varlen_func
@@ -31,8 +41,9 @@ class FA2Package:
         return self.fn(q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, causal=True)
 
 
-class FA2Torch:
-    name = "fa2"
+class FA2Torch(AttentionBackend):
+    name, label, kernel = "fa2", "FA2", "fa2"
+    supports = staticmethod(supports)
 
     def __init__(self, via_aten: bool | None = None):
         from torch.nn.attention.varlen import varlen_attn
@@ -71,22 +82,11 @@ def has_aten_flash() -> bool:
                                                                              "Autograd")
 
 
-def repeats_kv() -> bool:
-    """Whether the fa2 backend built here (``attn.via=auto``) repeats K/V to the query heads (its
-    kernel then saves them at that size for backward)."""
-    if has_module("flash_attn"):
-        return False
-    try:
-        return FA2Torch().repeats_kv
-    except ImportError:
-        return False
-
-
 VIA = {"auto": None, "aten": True, "varlen": False}
 
 
-def make(cfg):
-    via = cfg.get("via", "auto")
+def make(options, ctx):
+    via = options.get("via", "auto")
     if via not in VIA:
         raise ValueError(f"attn.via={via} is not one of {', '.join(VIA)}: try attn.via=auto")
     if has_module("flash_attn"):
@@ -107,14 +107,6 @@ def why_not(ctx):
     return None
 
 
-def supports(args) -> str | None:
-    """Why FA2 cannot run this model's attention (None when it can): head dims up to 256, multiples of 8."""
-    if args.head_dim > 256 or args.head_dim % 8:
-        return f"FlashAttention-2 runs head_dim up to 256 in multiples of 8, the model has {args.head_dim}: use +attn=sdpa"
-    return None
-
-
 @hookimpl
 def stepbench_register_attention(register):
-    register("fa2", make, why_not, doc="FlashAttention-2 varlen (flash_attn package, else torch's vendored FA2)",
-             traits={"repeats_kv": repeats_kv, "supports": supports})
+    register("fa2", make, why_not, doc="FlashAttention-2 varlen (flash_attn package, else torch's vendored FA2)")

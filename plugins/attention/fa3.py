@@ -10,10 +10,8 @@ from __future__ import annotations
 import importlib.util
 
 from core import hookimpl
+from core.contracts import AttentionBackend
 from plugins.attention.common import need_cuda, package_version
-
-WHY_MISSING = ("FA3 needs an SM90 GPU and the flash_attn_3 package (flash_attn_interface): build it with "
-               "python -m core.fa3_build --source PATH, or use +attn=fa2")
 
 
 def missing_parts() -> str | None:
@@ -46,14 +44,33 @@ def smoke_test(backend) -> None:
         raise RuntimeError("FA3 smoke test gave a wrong shape or non-finite values")
 
 
-class FA3:
-    name = "fa3"
+class FA3(AttentionBackend):
+    """FA3's varlen kernels; the package is imported and checked by :meth:`prepare`, on the GPU."""
+
+    name, label, kernel = "fa3", "FA3", "fa3"
+    repeats_kv = False
 
     def __init__(self):
-        from flash_attn_interface import flash_attn_varlen_func
+        self.fn = None
 
-        self.fn = flash_attn_varlen_func
-        self.provider = f"flash_attn_3 {package_version('flash_attn_3', 'flash-attn-3')}"
+    @property
+    def provider(self) -> str:
+        return f"flash_attn_3 {package_version('flash_attn_3', 'flash-attn-3')}"
+
+    def prepare(self) -> None:
+        """Import the kernels and run one tiny call: a broken install fails here with one line."""
+        try:
+            from flash_attn_interface import flash_attn_varlen_func
+
+            self.fn = flash_attn_varlen_func
+            smoke_test(self)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"attn fa3 does not run here ({type(e).__name__}: {first}): rebuild it with "
+                             "python -m core.fa3_build --source PATH, or use +attn=fa2") from None
+
+    def supports(self, args) -> str | None:
+        return supports(args)
 
     def __call__(self, q, k, v, meta):
         m = meta.max_seqlen
@@ -70,18 +87,6 @@ def why_not(ctx):
     if missing:
         return f"{missing}: build FA3 with python -m core.fa3_build --source PATH, or use +attn=fa2"
     return None
-
-
-def make(cfg) -> FA3:
-    """FA3, checked by one tiny call (a broken install fails here with one line, not mid-row)."""
-    try:
-        b = FA3()
-        smoke_test(b)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"attn fa3 does not run here ({type(e).__name__}: {first}): rebuild it with "
-                         "python -m core.fa3_build --source PATH, or use +attn=fa2") from None
-    return b
 
 
 HEAD_DIMS = (64, 96, 128, 192, 256)
@@ -108,5 +113,4 @@ def supports(args) -> str | None:
 
 @hookimpl
 def stepbench_register_attention(register):
-    register("fa3", make, why_not, doc="FlashAttention-3 varlen, native GQA (SM90, flash_attn_3)",
-             traits={"supports": supports})
+    register("fa3", lambda options, ctx: FA3(), why_not, doc="FlashAttention-3 varlen, native GQA (SM90, flash_attn_3)")

@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from core import hookimpl
+from core.contracts import AttentionBackend
 from plugins.attention.common import per_document
 
 
-class SDPA:
-    name = "sdpa"
+class SDPA(AttentionBackend):
+    name = label = kernel = "sdpa"
 
     def __init__(self):
         self.provider = f"torch {torch.__version__} scaled_dot_product_attention (per document)"
@@ -24,4 +25,4 @@ class SDPA:
 
 @hookimpl
 def stepbench_register_attention(register):
-    register("sdpa", lambda cfg: SDPA(), doc="reference: PyTorch SDPA on each document (CPU and GPU)")
+    register("sdpa", lambda options, ctx: SDPA(), doc="reference: PyTorch SDPA on each document (CPU and GPU)")

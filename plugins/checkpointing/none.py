@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 
 from core import hookimpl
+from core.contracts import ActivationMemory, RecomputeFacts
 from core.models.common import run_block
 
 
-class NoCheckpointing:
+class NoCheckpointing(ActivationMemory):
     name = "none"
+    label = "None"
+    recompute = RecomputeFacts(blocks=False, attention=False)
+    checkpoint_in_block = False
+    leaner = "+ac=recompute"
 
     def apply(self, model):
         model.block_runner = run_block
@@ -20,7 +25,13 @@ class NoCheckpointing:
     def describe(self) -> dict:
         return {"ac": "none", "saved": "every activation"}
 
+    def saved_bytes(self, shape) -> float:
+        return shape.args.n_layers * shape.live_block_bytes
+
+    def host_bytes(self, shape) -> float:
+        return 0.0
+
 
 @hookimpl
 def stepbench_register_checkpointing(register):
-    register("none", lambda cfg: NoCheckpointing(), doc="no activation checkpointing")
+    register("none", lambda options, ctx: NoCheckpointing(), doc="no activation checkpointing")

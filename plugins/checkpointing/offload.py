@@ -30,7 +30,8 @@ import contextlib
 import torch
 
 from core import hookimpl
-from plugins.checkpointing.recompute import Recompute
+from core.contracts import ActivationMemory, RecomputeFacts
+from plugins.checkpointing.recompute import Recompute, selective_saved_bytes
 
 
 class _Stashed:
@@ -300,20 +301,44 @@ def _call_block(block, stashed: _Stashed, rope, meta):
     return block(stashed.get(), rope, meta)
 
 
-class Offload:
+class Offload(ActivationMemory):
     name = "offload"
+    checkpoint_in_block = False  # the checkpoint wraps the block's call (around the stash)
+    leaner = None
 
     def __init__(self, mode: str = "full", save=("attention",), keep_last: int = 1):
         if mode not in ("full", "selective", "attention"):
             raise ValueError(f"offload mode '{mode}' is unknown: use ac.mode=full, selective or attention")
-        self.mode = mode
-        self.recompute = Recompute("full" if mode == "attention" else mode, save)
-        self.off = HostOffloader(keep_last)
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
+            raise ValueError(f"ac.keep_last must be a whole number of blocks >= 0 (got {keep_last!r}): try ac.keep_last=1")
+        self.mode, self.keep_last = mode, keep_last
+        self.checkpointer = Recompute("full" if mode == "attention" else mode, save)
+        self.label = "Offload" + (f" ({mode})" if mode != "full" else "")
+        self.recompute = RecomputeFacts(blocks=True, attention=mode == "full")
+        self.off = None  # the host offloader (its CUDA streams) is made by apply, not the factory
         self.model = None
+
+    def saved_bytes(self, shape) -> float:
+        """Two block inputs stay on the GPU (the one being copied out, the one being fetched), and
+        in selective mode attention's outputs."""
+        extra = selective_saved_bytes(shape) if self.mode == "selective" else 0.0
+        return 2 * shape.block_input_bytes + extra
+
+    def host_bytes(self, shape) -> float:
+        """The bf16 input of every block but the last ``keep_last``, and with ``mode: attention`` also
+        what the attention kernel saves (q, k, v and the output in bf16, the fp32 log-sum-exp; K/V
+        at the query head count where the kernel repeats them). Exact for the kernels measured."""
+        a = shape.args
+        per_token = 2 * a.dim
+        if self.mode == "attention":
+            q = a.n_heads * a.head_dim
+            kv = (a.n_heads if shape.kv_repeated else a.n_kv_heads) * a.head_dim
+            per_token += 2 * (2 * q + 2 * kv) + 4 * a.n_heads
+        return max(a.n_layers - self.keep_last, 0) * shape.seq_len * per_token
 
     def run(self, block, x, rope, meta):
         s = self.off.stash(x)
-        y = self.recompute.checkpoint_block(_call_block, block, s, rope, meta)
+        y = self.checkpointer.checkpoint_block(_call_block, block, s, rope, meta)
         self.off.release(s)
         self.off.release_attention(s.index)
         return y
@@ -322,6 +347,7 @@ class Offload:
         from core.models.common import attention_modules
 
         self.model = model
+        self.off = HostOffloader(self.keep_last)
         model.block_runner = self.run
         if self.mode == "attention":
             for m in attention_modules(model):
@@ -339,9 +365,9 @@ class Offload:
         return {
             "ac": "offload", "ac_mode": self.mode,
             "saved": f"block inputs{' and attention saved tensors' if self.mode == 'attention' else ''} "
-                     f"in pinned host memory (all but the last {self.off.keep_last} block)",
-            "host_offload_gib": round(self.off.host_bytes / 2**30, 3),
-            "host_offload_bytes": self.off.host_bytes,
+                     f"in pinned host memory (all but the last {self.keep_last} block)",
+            "host_offload_gib": round(self.off.host_bytes / 2**30, 3) if self.off else 0.0,
+            "host_offload_bytes": self.off.host_bytes if self.off else 0,
         }
 
 
@@ -349,7 +375,8 @@ class Offload:
 def stepbench_register_checkpointing(register):
     register(
         "offload",
-        lambda cfg: Offload(cfg.get("mode", "full"), cfg.get("save", ["attention"]), cfg.get("keep_last", 1)),
+        lambda options, ctx: Offload(options.get("mode", "full"), options.get("save", ["attention"]),
+                                     options.get("keep_last", 1)),
         doc="recompute blocks; their inputs wait in pinned host memory, copies overlapped on side streams; "
             "ac.mode=attention (+ac=offload_attention) also keeps attention's saved tensors there",
     )

@@ -24,6 +24,7 @@ import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from core import hookimpl
+from core.contracts import ActivationMemory, RecomputeFacts
 
 #: op-name patterns that ``save`` entries stand for
 SAVE_PATTERNS = {
@@ -52,8 +53,16 @@ def _recompute(ctx, func, *args, **kwargs):
 RECOMPUTE_ALL = partial(create_selective_checkpoint_contexts, _recompute)
 
 
-class Recompute:
+def selective_saved_bytes(shape) -> float:
+    """What selective recompute keeps beyond the block inputs: each layer's attention output (bf16)
+    and log-sum-exp (fp32)."""
+    a = shape.args
+    return a.n_layers * shape.seq_len * (2 * a.n_heads * a.head_dim + 4 * a.n_heads)
+
+
+class Recompute(ActivationMemory):
     name = "recompute"
+    leaner = "+ac=offload"
 
     def __init__(self, mode: str = "full", save=("attention",), inside: bool = True):
         if mode not in ("full", "selective"):
@@ -62,6 +71,17 @@ class Recompute:
         self.context_fn = (
             partial(create_selective_checkpoint_contexts, save_policy(self.save)) if mode == "selective" else None
         )
+        self.label = "Recompute" + (f" ({mode})" if mode != "full" else "")
+        self.recompute = RecomputeFacts(blocks=True, attention=mode == "full")
+        self.checkpoint_in_block = self.inside
+
+    def saved_bytes(self, shape) -> float:
+        """Every block's input, and in selective mode attention's outputs."""
+        extra = selective_saved_bytes(shape) if self.mode == "selective" else 0.0
+        return shape.args.n_layers * shape.block_input_bytes + extra
+
+    def host_bytes(self, shape) -> float:
+        return 0.0
 
     def checkpoint_block(self, fn, *args):
         context_fn = self.context_fn
@@ -92,6 +112,7 @@ class Recompute:
 def stepbench_register_checkpointing(register):
     register(
         "recompute",
-        lambda cfg: Recompute(cfg.get("mode", "full"), cfg.get("save", ["attention"]), cfg.get("inside", True)),
+        lambda options, ctx: Recompute(options.get("mode", "full"), options.get("save", ["attention"]),
+                                       options.get("inside", True)),
         doc="per-block checkpointing; ac.mode=selective keeps attention outputs",
     )

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from core import hookimpl
-from core.models.common import CausalLM, ModelArgs, ModelFamily, Rotary, rope_inv_freq, run_block
+from core.contracts import ModelFamily
+from core.models.common import CausalLM, ModelArgs, Rotary, rope_inv_freq, run_block
 
 #: model types whose decoder layers and shapes are mapped (and checked against the native ones)
 SUPPORTED = ("qwen3", "qwen3_moe")
@@ -326,8 +327,16 @@ def build(a: ModelArgs) -> nn.Module:
     return PlainHFCausalLM(a) if a.name.endswith(PLAIN_SUFFIX) else HFCausalLM(a)
 
 
+def implementation(a: ModelArgs) -> str:
+    """Who runs the model, for the report: "plain HF" (transformers' own loop) or "hf" (transformers'
+    modules with stepbench's plugins)."""
+    return "plain HF" if a.name.endswith(PLAIN_SUFFIX) else "hf"
+
+
 FAMILY = ModelFamily("hf", {}, build, "Hugging Face transformers models (model=hf model.config=PATH; "
-                     "model=hf_qwen3_0_6b ...; model.plain=true: the plain HF loop)", from_config=from_config)
+                     "model=hf_qwen3_0_6b ...; model.plain=true: the plain HF loop)", from_config=from_config,
+                     implementation=implementation, casts_weights=False, casts_adapters=False,
+                     fuses_projections=False)
 
 
 @hookimpl

@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 from core import hookimpl
-from core.sync import GATHER_MIB, HostStager, Timed, device_drain, sync_tensors
+from core.contracts import WeightSync
+from core.sync import GATHER_MIB, HostStager, Timed, device_drain
 
 MARKER = "COMPLETE"
 #: the mapped writer keeps the files of the next AHEAD steps prepared: those of the first AHEAD
@@ -217,7 +218,7 @@ def complete_steps(out: str | Path) -> list[int]:
     return sorted(int(p.parent.name.split("_", 1)[1]) for p in out.glob(f"step_*/{MARKER}"))
 
 
-class Filesystem:
+class Filesystem(WeightSync):
     name = "filesystem"
 
     def __init__(self, dir: str = "runs/weights", keep: int = 2, overlap: bool = False, fsync: bool = False,
@@ -243,6 +244,12 @@ class Filesystem:
         self.out = None
         self.timed = Timed()
         self.stager = None
+
+    @property
+    def label(self) -> str:
+        """``filesystem disk`` or ``filesystem shm`` (``sync.dir`` under /dev/shm), ``overlap`` added."""
+        return f"filesystem {'shm' if str(self.root).startswith('/dev/shm') else 'disk'}" \
+            + (" overlap" if self.overlap else "")
 
     def check(self, ctx) -> str | None:
         """Refuse before the row starts: an unwritable directory, or too little free space."""
@@ -273,14 +280,14 @@ class Filesystem:
         return None
 
     def setup(self, model, ctx) -> None:
-        self.rank, self.lora = ctx.rank, ctx.lora
+        self.rank, self.adapter_only = ctx.rank, ctx.adapter_only
         self.out = self.root / (ctx.row_id or "row")
         if self.rank == 0:
             shutil.rmtree(self.out, ignore_errors=True)
             self.out.mkdir(parents=True, exist_ok=True)
         device = next(model.parameters()).device
         self.timed.drain = device_drain(device) or self.timed.drain
-        self.stager = HostStager(sync_tensors(model, ctx.lora), torch.bfloat16, ctx.rank, device, self.overlap,
+        self.stager = HostStager(ctx.tensors(model), torch.bfloat16, ctx.rank, device, self.overlap,
                                  gather_mib=self.gather_mib)
         if self.writer == "mapped" and self.rank == 0:
             # the files of the first AHEAD steps, prepared now (setup is not timed): a machine's first
@@ -353,16 +360,16 @@ class Filesystem:
     def describe(self) -> dict:
         return {"method": "filesystem", "dir": str(self.out), "overlap": self.overlap, "keep": self.keep,
                 "writer": self.writer, **({"unmap": self.unmap} if self.writer == "mapped" else {}),
-                "adapter_only": self.lora, "bytes_per_step": self.stager.nbytes if self.stager else 0,
+                "adapter_only": self.adapter_only, "bytes_per_step": self.stager.nbytes if self.stager else 0,
                 **({"prepare_wait_s": self.prepare_wait} if self.writer == "mapped" else {}),
                 **self.timed.describe()}
 
 
 @hookimpl
 def stepbench_register_weight_sync(register):
-    register("filesystem", lambda cfg: Filesystem(cfg.get("dir", "runs/weights"), cfg.get("keep", 2),
-                                                  cfg.get("overlap", False), cfg.get("fsync", False),
-                                                  cfg.get("cleanup", True), cfg.get("writer", "mapped"),
-                                                  cfg.get("touch", True), cfg.get("gather_mib", GATHER_MIB),
-                                                  cfg.get("unmap", "background")),
+    register("filesystem", lambda o, ctx: Filesystem(o.get("dir", "runs/weights"), o.get("keep", 2),
+                                                     o.get("overlap", False), o.get("fsync", False),
+                                                     o.get("cleanup", True), o.get("writer", "mapped"),
+                                                     o.get("touch", True), o.get("gather_mib", GATHER_MIB),
+                                                     o.get("unmap", "background")),
              doc="write bf16 weights (LoRA: the adapter) as safetensors each step; sync.dir, sync.overlap")

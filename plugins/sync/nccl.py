@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 from core import hookimpl
-from core.sync import HostStager, Timed, buckets, device_drain, digest, gather_many, sync_tensors
+from core.contracts import WeightSync
+from core.sync import HostStager, Timed, buckets, device_drain, digest, gather_many
 
 STOP, STEP = 0, 1
 
@@ -43,7 +44,7 @@ def broadcast(pg, t: torch.Tensor):
     return pg.broadcast([t], dist.BroadcastOptions())
 
 
-class Broadcast:
+class Broadcast(WeightSync):
     name = "nccl"
 
     def __init__(self, backend: str = "auto", bucket_mib: int = 256, overlap: bool = False, verify: bool = False,
@@ -58,6 +59,11 @@ class Broadcast:
         self.proc = None
         self.checked = 0
         self.backend = None
+
+    @property
+    def label(self) -> str:
+        """``nccl``, with the backend where one was asked for and ``overlap``."""
+        return " ".join(["nccl"] + ([self.want] if self.want != "auto" else []) + (["overlap"] if self.overlap else []))
 
     def pick_backend(self, ctx) -> tuple[str, str]:
         """(backend, receiver device): NCCL needs a GPU of its own for the receiver."""
@@ -82,8 +88,8 @@ class Broadcast:
         self.backend, self.dev = self.pick_backend(ctx)
         self.device = next(model.parameters()).device
         self.timed.drain = device_drain(self.device) or self.timed.drain
-        self.params = sync_tensors(model, ctx.lora)
-        self.lora = ctx.lora
+        self.params = ctx.tensors(model)
+        self.adapter_only = ctx.adapter_only
         self.shapes = [tuple(p.shape) for _, p in self.params]
         self.groups = buckets(self.shapes, 2, self.bucket_bytes)
         self.nbytes = sum(2 * torch.Size(s).numel() for s in self.shapes)
@@ -192,7 +198,7 @@ class Broadcast:
 
     def describe(self) -> dict:
         return {"method": "nccl", "backend": self.backend, "receiver_device": getattr(self, "dev", None),
-                "overlap": self.overlap, "adapter_only": getattr(self, "lora", None),
+                "overlap": self.overlap, "adapter_only": getattr(self, "adapter_only", None),
                 "bytes_per_step": getattr(self, "nbytes", 0), "verified_steps": self.checked,
                 **self.timed.describe()}
 
@@ -207,7 +213,7 @@ def _free_port() -> int:
 
 @hookimpl
 def stepbench_register_weight_sync(register):
-    register("nccl", lambda cfg: Broadcast(cfg.get("backend", "auto"), cfg.get("bucket_mib", 256),
-                                           cfg.get("overlap", False), cfg.get("verify", False),
-                                           cfg.get("receiver_device", "auto")),
+    register("nccl", lambda o, ctx: Broadcast(o.get("backend", "auto"), o.get("bucket_mib", 256),
+                                              o.get("overlap", False), o.get("verify", False),
+                                              o.get("receiver_device", "auto")),
              doc="broadcast bf16 weights (LoRA: the adapter) to a receiver process; sync.backend=auto|nccl|gloo")

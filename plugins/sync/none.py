@@ -1,12 +1,13 @@
-"""``none``: no hand-off (SFT rows, or an RL step timed without it)."""
+"""``none``: no hand-off (SFT rows; RL adapter rows, as prime-rl's published bench rows)."""
 
 from __future__ import annotations
 
 from core import hookimpl
+from core.contracts import WeightSync
 
 
-class NoSync:
-    name = "none"
+class NoSync(WeightSync):
+    name = label = "none"
 
     def check(self, ctx):
         return None
@@ -29,4 +30,4 @@ class NoSync:
 
 @hookimpl
 def stepbench_register_weight_sync(register):
-    register("none", lambda cfg: NoSync(), doc="no weight hand-off (SFT; RL timed without it)")
+    register("none", lambda options, ctx: NoSync(), doc="no weight hand-off (SFT; RL timed without it)")

@@ -1,9 +1,8 @@
-"""The built-in model families as a stepbench plugin (published hyper-parameters, tiny flavours)."""
+"""Flavours of the native model code: the published models' hyper-parameters and tiny ones for tests."""
 
 from __future__ import annotations
 
-from core import hookimpl
-from core.models.common import CausalLM, ModelArgs, ModelFamily
+from core.models.common import ModelArgs
 
 V_QWEN, V_GLM = 151936, 151552
 
@@ -31,16 +30,3 @@ GLM4_MOE = {
                       attn_bias=True, norm_eps=1e-5, n_experts=8, top_k=2, moe_ffn_dim=32, n_shared_experts=1,
                       first_dense_layers=1, router="sigmoid"),
 }
-
-FAMILIES = {
-    "qwen3": ModelFamily("qwen3", QWEN3, CausalLM, "Qwen3 dense (QK-norm, GQA, tied embeddings)"),
-    "qwen3_moe": ModelFamily("qwen3_moe", QWEN3_MOE, CausalLM, "Qwen3-MoE (128 experts, top-8, softmax router)"),
-    "glm4_moe": ModelFamily("glm4_moe", GLM4_MOE, CausalLM,
-                            "GLM-4.5-Air / INTELLECT-3 (dense first layer, sigmoid router, shared expert)"),
-}
-
-
-@hookimpl
-def stepbench_register_models(register):
-    for name, fam in FAMILIES.items():
-        register(name, fam, doc=fam.doc)

@@ -1,0 +1,79 @@
+"""``stepbench``: the console script a wheel install puts on the PATH. One command per tool, each
+the same as its ``python -m`` form (same arguments, same output, same exit status):
+
+    stepbench bench +attn=fa3 +ac=offload model=qwen3_4b    # = python -m core.bench ...
+    stepbench report --results rows.jsonl --out report.md    # = python -m core.report ...
+    stepbench predict model=qwen3_4b hardware=h200 gpus=8    # = python -m core.predict ...
+    stepbench fa3-build --clone                              # = python -m core.fa3_build ...
+
+A command's module is imported only when it runs, so ``stepbench --help`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+#: command -> (module, one line for --help)
+COMMANDS = {
+    "bench": ("core.bench", "one benchmark row, or a sweep of rows with -m"),
+    "report": ("core.report", "rows -> a BENCHMARKS.md (prime-rl's published format) and PNG plots"),
+    "predict": ("core.predict", "a predicted row for hardware and GPU counts that cannot run here"),
+    "fa3-build": ("core.fa3_build", "build and install FlashAttention-3 with only what stepbench needs"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: stepbench <command> [arguments]", "",
+             "Benchmark LLM training steps (RL and SFT). Each command is its python -m form:", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {text} (python -m {mod})" for name, (mod, text) in COMMANDS.items()]
+    lines += ["", "stepbench <command> --help shows a command's options; stepbench bench --list lists the plugins."]
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stepbench")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Returns its exit status; a command that is not one exits with status 2 and
+    one line on stderr (as the tools' own bad input does)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        print(f"stepbench {_version()}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        near = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f"did you mean 'stepbench {near[0]}'? " if near else ""
+        print(f"stepbench: unknown command '{name}': {hint}choose one of {', '.join(COMMANDS)} (stepbench --help)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    module = import_module(COMMANDS[name][0])
+    if name == "bench":
+        # core.bench reads sys.argv[1:] and hands it to Hydra: give it exactly what
+        # `python -m core.bench ARGS` would (argv[0] is the module's file there too)
+        saved = sys.argv
+        sys.argv = [module.__file__, *rest]
+        try:
+            rc = module.main()
+        finally:
+            sys.argv = saved
+        return rc or 0
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The plugin contracts: what each plugin kind provides, and what the core calls it for.
+
+A plugin module registers factories through the hooks of :mod:`core.hookspecs`. A factory is
+called as ``factory(options, ctx)``: ``options`` is a plain ``dict`` of the plugin's Hydra options
+(``{"name": "lora", "rank": 16, ...}``), ``ctx`` a :class:`RunContext`. It must be cheap: it checks
+its options (``ValueError`` with one line that says what to type instead; the bench exits with
+status 2) and allocates nothing on the GPU, because the core also calls it to *ask* a plugin about
+a row before anything is built (the refusal of rows that cannot fit, ``python -m core.predict``,
+the report). Work that needs the device (loading kernels, a smoke test) belongs in a method the
+trainer calls while it builds the row (:meth:`AttentionBackend.prepare`, ``apply``, ``setup``).
+
+Every member below is what the core calls; the core never asks a plugin's name what it does. The
+declarations (memory, recomputed work, bytes handed off, head dims) feed the memory predictor and
+the refusal (:mod:`core.memory`), the executed-FLOP count and the roofline (:mod:`core.flops`) and
+``python -m core.predict``, so a third-party plugin is predicted from its own facts.
+:mod:`core.testing` checks a plugin against this contract (``check_attention``, ``check_ac``, ...).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+#: the kinds of plugin, each its own Hydra group (``+attn=``, ``+ac=``, ``adapter=``, ``+sync=``,
+#: ``model=``); the hook that registers each is ``stepbench_register_<hook>``
+KINDS = {"attn": "attention", "ac": "checkpointing", "adapter": "adapters", "sync": "weight_sync",
+         "model_family": "models"}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a row runs: what a factory and a ``why_not`` check may ask (cheap, no allocation)."""
+
+    device: str = "cpu"  #: "cuda" or "cpu"
+    gpu_name: str | None = None
+    capability: tuple[int, int] | None = None  #: CUDA compute capability, e.g. (9, 0)
+    world_size: int = 1
+    compute_dtype: str = "bfloat16"  #: the dtype every layer computes in
+    hardware: dict = field(default_factory=dict, compare=False)  #: the hardware profile (conf/hardware)
+
+    @staticmethod
+    def detect(world_size: int = 1, hardware: dict | None = None) -> "RunContext":
+        """The context of this process: its first GPU, or the CPU."""
+        import torch
+
+        if torch.cuda.is_available():
+            return RunContext("cuda", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0),
+                              world_size, hardware=dict(hardware or {}))
+        return RunContext("cpu", None, None, world_size, hardware=dict(hardware or {}))
+
+
+@dataclass(frozen=True)
+class RecomputeFacts:
+    """What an activation strategy runs again in backward: the blocks' matmuls (``blocks``) and the
+    attention forward (``attention``). Full recompute is (True, True); selective recompute, which
+    keeps attention's outputs, is (True, False); keeping everything is (False, False)."""
+
+    blocks: bool = False
+    attention: bool = False
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What an activation strategy may need of a row to declare its memory: the model's
+    hyper-parameters (:class:`core.models.common.ModelArgs`), the tokens per micro-batch, the bytes
+    of one block's input (bf16 ``[tokens, hidden]``) and of one block's live activations during its
+    forward and backward (:func:`core.memory.live_block_bytes`), and whether the attention kernel
+    saves K/V at the query head count."""
+
+    args: Any
+    seq_len: int
+    block_input_bytes: float
+    live_block_bytes: float
+    kv_repeated: bool = False
+
+
+# ------------------------------------------------------------------------------------ attention
+@runtime_checkable
+class AttentionBackend(Protocol):
+    """``+attn=<name>``: causal attention over packed documents.
+
+    Tensors are packed varlen: q is ``[total_tokens, n_heads, head_dim]``, k and v are
+    ``[total_tokens, n_kv_heads, head_dim]`` (bf16, or fp32 on a CPU), ``meta`` is a
+    :class:`core.data.AttnMeta` (``cu_seqlens`` on the device and on the host, ``max_seqlen``).
+    """
+
+    name: str  #: the name a user types (``+attn=<name>``)
+
+    @property
+    def label(self) -> str:
+        """The Attn column of a row ("FA3")."""
+        return self.name
+    #: the kernel family whose measured ceilings set the row's roofline ("fa3"; conf/hardware); ""
+    #: for the hardware profile's nominal attention ceiling
+    kernel: str = ""
+    repeats_kv: bool = False  #: saves K/V at the query head count for backward (the memory model adds them)
+
+    provider: str = ""  #: the kernel package and version that ran, stored in the row ("flash_attn_3 3.0.0")
+
+    def prepare(self) -> None:
+        """Called once on the row's device before the model is built: load kernels, run a smoke
+        test. Raise ``ValueError`` with one line (what is missing, what to type instead)."""
+
+    def supports(self, args) -> str | None:
+        """``None`` when this backend runs the model's attention (``args``: its ModelArgs), else why
+        not, with the backend to use instead. Called before anything is built."""
+
+    def __call__(self, q, k, v, meta):
+        """``[total_tokens, n_heads, head_dim]``: causal attention within each document, softmax
+        scale ``head_dim ** -0.5``, GQA by head groups."""
+
+
+# ------------------------------------------------------------------------------ activation memory
+@runtime_checkable
+class ActivationMemory(Protocol):
+    """``+ac=<name>``: what a block keeps for backward, recomputes, or moves to the host."""
+
+    name: str
+    label: str  #: the AC column of a row ("Recompute", "Offload (attention)")
+    recompute: RecomputeFacts  #: what backward runs again (the executed FLOPs and the roofline)
+    #: a strategy whose checkpoint sits inside each block's forward (compiled with it): the memory
+    #: model adds what torch.compile keeps there with LoRA (:data:`core.memory.COMPILED_LORA_EXTRA`)
+    checkpoint_in_block: bool = False
+    #: what to suggest when a row is predicted not to fit ("+ac=offload"), or None
+    leaner: str | None = None
+
+    def apply(self, model) -> None:
+        """Wrap the model's blocks (``model.layers``): set ``model.block_runner(block, x, rope, meta)``
+        or wrap each block's ``forward``. Called on the meta device, after the adapter and the
+        attention binding, before torch.compile and FSDP2. A model with ``own_checkpointing``
+        (transformers' plain loop) checkpoints itself: set a ``block_runner`` other than
+        :func:`core.models.common.run_block` to ask it to."""
+
+    def step_context(self) -> AbstractContextManager:
+        """Entered around each micro-batch's forward and backward."""
+
+    def describe(self) -> dict:
+        """What it keeps, recomputes or offloads, stored in the row (``ac_info``); offload reports
+        the pinned bytes it used (``host_offload_bytes``)."""
+
+    def saved_bytes(self, shape: Shape) -> float:
+        """GPU bytes kept from each block's forward to its backward, all blocks together, at the
+        peak (every block's input for recompute; every activation without AC)."""
+
+    def host_bytes(self, shape: Shape) -> float:
+        """Pinned host bytes it will use (0 without offload); a row that would pin more than the
+        host has is refused before it starts."""
+
+
+# ---------------------------------------------------------------------------------------- adapter
+@runtime_checkable
+class Adapter(Protocol):
+    """``adapter=<name>``: which weights train, and how."""
+
+    name: str
+    label: str  #: the Type column's adapter text ("Full", "LoRA(r=16)")
+    param_dtype: Any  #: torch dtype of the frozen weights (trainable ones are fp32 masters)
+    #: the base model's weights are frozen (an adapter trains beside them): prime-rl's adapter MFU
+    #: formula, no weight gradients of the base in the executed FLOPs, no gathered root under FSDP2
+    frozen_base: bool
+    #: keep the trainable weights out of FSDP2, whole on every rank: "auto" (at world size 1 where
+    #: the model casts them, ``casts_adapters``), True or False (FSDP2 shards them with the base)
+    replicate: Any = False
+    #: whether the trainable weights may be replicated at all (the model's layers compute them in
+    #: bf16 where they are used); False: FSDP2 must hold them
+    replicable: bool = False
+
+    def apply(self, model):
+        """Transform the model on the meta device (before attention binding and checkpointing) and
+        return it; set ``requires_grad`` on what trains. Adapter weights are named ``*lora_A*`` /
+        ``*lora_B*`` where the trainer's seeded init should treat them as LoRA factors."""
+
+    def counts(self, model) -> dict:
+        """Parameter counts of the built model: ``trainable``, ``adapter`` (weights the adapter
+        added) and ``fully_trainable`` (trainable weights of the base model): the MFU formula."""
+
+    def trainable_params(self, args) -> int:
+        """Trainable parameters of a model of ``args``, predicted before it is built (memory)."""
+
+    def handoff(self, model) -> list:
+        """``[(name, parameter)]`` that inference needs after each step (weight sync)."""
+
+    def handoff_params(self, args) -> int:
+        """Parameters handed off per step for a model of ``args``, predicted (weight sync bytes)."""
+
+
+# ------------------------------------------------------------------------------------ weight sync
+@dataclass
+class SyncContext:
+    """What a weight-sync method knows about the row."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    adapter_only: bool = False  #: only the adapter's weights are handed off (a frozen base)
+    task: str = "rl"  #: the row's task ("rl" or "sft")
+    predicted_bytes: int = 0  #: bf16 bytes handed off per step, predicted from the config
+    row_id: str = ""
+    #: ``handoff(model) -> [(name, parameter)]``: what inference needs (the adapter's declaration)
+    handoff: Callable | None = None
+
+    def tensors(self, model) -> list:
+        """The ``(name, parameter)`` pairs to hand off (every parameter when no adapter said)."""
+        return self.handoff(model) if self.handoff else list(model.named_parameters())
+
+
+@runtime_checkable
+class WeightSync(Protocol):
+    """``+sync=<name>``: the RL step's hand-off of new weights to inference, inside the timed step."""
+
+    name: str
+
+    @property
+    def label(self) -> str:
+        """The Sync column ("filesystem disk", "host"); rows differ by it."""
+        return self.name
+
+    def check(self, ctx: SyncContext) -> str | None:
+        """Why the row cannot start (a full disk, an unwritable folder), or None. Cheap; called
+        before anything is built."""
+
+    def setup(self, model, ctx: SyncContext) -> None:
+        """Called once after the model is built (buffers, threads, receivers)."""
+
+    def before_update(self) -> None:
+        """Called just before each optimizer step: an overlapped hand-off of the previous step's
+        weights must finish reading them."""
+
+    def after_step(self, step: int) -> None:
+        """Called after every optimizer step, inside the timed step: hand the weights over."""
+
+    def finish(self) -> None:
+        """Called once after the last step, also when the row failed: wait for overlapped work,
+        stop receivers, remove what the row wrote."""
+
+    def describe(self) -> dict:
+        """Stored in the row (``sync_info``): ``method``, ``bytes_per_step``, and per step
+        ``sync_s`` (hand-off seconds) and ``sync_exposed_s`` (what the step waited for)."""
+
+
+# ----------------------------------------------------------------------------------- model family
+@runtime_checkable
+class TrainableModel(Protocol):
+    """What a model family's ``build(args)`` returns (see :class:`core.models.common.CausalLM`)."""
+
+    layers: Any  #: the transformer blocks (``nn.ModuleList``): AC, compile and FSDP2 wrap each
+    block_runner: Callable  #: ``(block, x, rope, meta) -> x``; an AC strategy replaces it
+    head_budget_mib: int  #: MiB of logits the log-prob head may hold at once
+    #: its layers cast every weight to the activations' dtype where used, so fp32 masters can run
+    #: without FSDP2's mixed precision on one GPU
+    casts_weights: bool
+    #: its layers compute adapter factors in the activations' dtype (adapters may stay out of FSDP2)
+    casts_adapters: bool
+
+    def forward(self, input_ids, position_ids, meta, targets):
+        """Packed tokens ``[T]`` -> (per-token fp32 log-probs of ``targets``, entropies), without
+        materializing ``[T, vocab]`` fp32 logits."""
+
+
+@dataclass
+class ModelFamily:
+    """``model=<yaml>`` with ``family: <name>``: a registered model family.
+
+    ``flavours``: ModelArgs by name (``"0.6B"``); ``build(args)`` returns a
+    :class:`TrainableModel` on the current (meta) device; ``from_config(cfg)``, for families whose
+    shapes come from a config (``model.config=PATH``), returns ModelArgs from the whole composed
+    config (a dict) or raises ``ValueError`` with one line. ``implementation(args)`` names who runs
+    the model in the report ("native" for stepbench's own code). ``casts_weights``,
+    ``casts_adapters``, ``fuses_projections``: what its models do (see :class:`TrainableModel`),
+    read before a model is built and from a stored row's config."""
+
+    name: str
+    flavours: dict
+    build: Callable
+    doc: str = ""
+    from_config: Callable | None = None
+    implementation: Callable[[Any], str] = lambda args: "native"
+    casts_weights: bool = True
+    casts_adapters: bool = True
+    fuses_projections: bool = True

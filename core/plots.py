@@ -1,0 +1,165 @@
+"""Grouped-bar PNGs, one per published model and hardware: for each published configuration,
+prime-rl's published TPS beside stepbench's (same configuration, best at no more memory) and its
+peers' (the plain Hugging Face loop, a transformers model with stepbench's plugins), with whiskers
+from repeated runs, and a second panel of peak GPU memory for the same bars."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from core.results import row_key
+
+#: (series, legend label, colour): Okabe-Ito, a colour-blind safe palette
+SERIES = (("published", "prime-rl, published", "#E69F00"),
+          ("same", "stepbench, same config", "#0072B2"),
+          ("best", "stepbench, best at no more memory", "#009E73"),
+          ("plain HF", "peer: plain HF training loop", "#CC79A7"),
+          ("hf", "peer: HF model + stepbench plugins", "#56B4E9"))
+COLOURS = {s: (label, c) for s, label, c in SERIES}
+PEERS = {" (plain HF)": "plain HF", " (hf)": "hf"}
+
+
+def implementation(row: dict) -> str | None:
+    """"native" (stepbench's own model code), "plain HF" or "hf" (the peers), from the row's model
+    name and family; None for a transformers-family row that names no peer."""
+    for suffix, impl in PEERS.items():
+        if str(row.get("model", "")).endswith(suffix):
+            return impl
+    return "native" if row.get("family") != "hf" else None
+
+
+def section(row: dict) -> str:
+    """The published section a row stands for: the Hugging Face repo name, else the model less any
+    peer suffix."""
+    if row.get("hf_name"):
+        return row["hf_name"].split("/")[-1]
+    model = str(row.get("model", ""))
+    for suffix in PEERS:
+        model = model.removesuffix(suffix)
+    return model
+
+
+def config_key(p: dict) -> tuple:
+    """What identifies a published configuration (the key of ``views``)."""
+    return section(p), p["type"], p["seq_len"], p["ac"], p["attn"], p["hardware_label"]
+
+
+def figure_groups(rows: list[dict], published: list[dict]) -> dict[tuple, tuple[list[dict], list[dict]]]:
+    """(section, hardware) -> (its published rows, our training rows of that model and hardware), for
+    every published model and hardware that at least one of our rows measured."""
+    ours = [r for r in rows if "kind" not in r and r.get("status", "ok") == "ok" and implementation(r)]
+    out: dict[tuple, tuple[list[dict], list[dict]]] = {}
+    for p in published:
+        fig = (section(p), p["hardware_label"])
+        mine = [r for r in ours if (section(r), r.get("hardware_label")) == fig]
+        if mine:
+            out.setdefault(fig, ([], mine))[0].append(p)
+    return out
+
+
+def _fastest(rows: list[dict], p: dict, impl: str, exact: bool) -> dict | None:
+    """Our fastest row of implementation ``impl`` for published row ``p``: same model, type, sequence
+    length, hardware, AC and attention backend; unless ``exact``, any AC and attention where no row
+    has the published ones."""
+    want = config_key(p)
+    cands = [r for r in rows if implementation(r) == impl and (section(r), r["type"], r["seq_len"]) == want[:3]
+             and r["hardware_label"] == want[5]]
+    same = [r for r in cands if (r["ac"], r["attn"]) == want[3:5]]
+    cands = same if exact or same else cands
+    return max(cands, key=lambda r: r["tps"]) if cands else None
+
+
+def _bar(row: dict | None, rows: list[dict], p: dict) -> tuple | None:
+    """(TPS, peak GiB or None, lowest TPS, highest TPS, whether its AC or attention differs from
+    published row ``p``) of a row; the TPS range is over its repeats: the ``runs_tps`` it carries,
+    else the runs of its key on its commit."""
+    if row is None:
+        return None
+    runs = row.get("runs_tps")
+    if not runs:
+        commit = (row.get("env") or {}).get("git_commit")
+        runs = [r["tps"] for r in rows
+                if row_key(r) == row_key(row) and (r.get("env") or {}).get("git_commit") == commit]
+    runs = list(runs) + [row["tps"]]
+    return row["tps"], row.get("peak_mem_gib"), min(runs), max(runs), (row["ac"], row["attn"]) != (p["ac"], p["attn"])
+
+
+def _bars(pubs: list[dict], mine: list[dict], views: dict | None) -> dict[str, list]:
+    """Series -> one bar (or None) per published row; series without any bar are left out."""
+    out: dict[str, list] = {s: [] for s, _, _ in SERIES}
+    for p in pubs:
+        view = views.get(config_key(p), {}) if views is not None else {"same": _fastest(mine, p, "native", True)}
+        out["published"].append((p["tps"], p["peak_mem_gib"], p["tps"], p["tps"], False))
+        out["same"].append(_bar(view.get("same"), mine, p))
+        out["best"].append(_bar(view.get("best"), mine, p))
+        for impl in ("plain HF", "hf"):
+            out[impl].append(_bar(_fastest(mine, p, impl, False), mine, p))
+    return {s: bars for s, bars in out.items() if any(bars)}
+
+
+def _draw(plt, title: str, pubs: list[dict], bars: dict[str, list], path: Path) -> None:
+    """Two panels (TPS with whiskers, peak memory) of grouped bars, the legend below them."""
+    from matplotlib.patches import Patch
+
+    n, k = len(pubs), len(bars)
+    width = 0.8 / k
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, layout="constrained",
+                                      figsize=(1.5 + n * max(1.0, 0.22 * k), 7.5))
+    for i, (series, values) in enumerate(bars.items()):
+        colour = COLOURS[series][1]
+        for j, v in enumerate(values):
+            if v is None:
+                continue
+            x = j - 0.4 + width * (i + 0.5)
+            tps, mem, lo, hi, other = v
+            style = {"color": colour, "edgecolor": "white", "linewidth": 0.5, "hatch": "///" if other else None}
+            err = [[(tps - lo) / 1e3], [(hi - tps) / 1e3]] if hi > lo else None
+            top.bar(x, tps / 1e3, width, **style, yerr=err,
+                    error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "#333333"})
+            labels = [(top, hi / 1e3, f"{tps / 1e3:.1f}")]
+            if mem is not None:
+                bottom.bar(x, mem, width, **style)
+                labels.append((bottom, mem, f"{mem:.1f}"))
+            for ax, y, text in labels:
+                ax.annotate(text, (x, y), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                            rotation=90, fontsize=6)
+    for ax, ylabel in ((top, "throughput (k tokens/s)"), (bottom, "peak GPU memory (GiB)")):
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.spines[["top", "right"]].set_visible(False)
+    bottom.set_xticks(range(n), [f"{p['type']}\n{p['seq_len']}\n{p['ac']} {p['attn']}" for p in pubs], fontsize=7)
+    bottom.set_xlim(-0.6, n - 0.4)
+    top.set_title("whiskers: slowest to fastest of repeated runs (same key and commit); "
+                  "hatched: another AC or attention than published; no bar: not measured", fontsize=8, color="#555555")
+    fig.suptitle(title, fontsize=12)
+    fig.legend(handles=[Patch(color=COLOURS[s][1], label=COLOURS[s][0]) for s in bars], loc="outside lower center",
+               ncol=k, fontsize=8, frameon=False)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plots(rows: list[dict], published: list[dict], out_dir: Path, prefix: str,
+          views: dict | None = None) -> list[Path]:
+    """Write one PNG per published model and hardware that our rows measured, named
+    ``<prefix>-plot-<model>-<hardware>.png``, and return their paths ([] without matplotlib).
+    ``views``: {config_key: {"same": row or None, "best": row or None}} from the caller; without it,
+    "same" is our fastest native row of the configuration and "best" is left out."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (model, hw), (pubs, mine) in figure_groups(rows, published).items():
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{prefix}-plot-{model}-{hw}")
+        path = out_dir / f"{name}.png"
+        _draw(plt, f"{model} on {hw}: prime-rl published vs stepbench", pubs, _bars(pubs, mine, views), path)
+        written.append(path)
+    return written

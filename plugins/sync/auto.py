@@ -1,0 +1,60 @@
+"""``auto`` (the default): the per-step hand-off of prime-rl's published rows.
+
+RL with full fine-tuning: ``host`` (the bf16 weights gathered into pinned host memory every step);
+RL with an adapter, and SFT: ``none`` (prime-rl's bench mode handed nothing off for LoRA). The
+method is chosen by :meth:`Auto.check`, which the core calls before anything is built, and the row
+is labelled with the chosen method's name.
+"""
+
+from __future__ import annotations
+
+from core import hookimpl
+from core.contracts import WeightSync
+
+
+class Auto(WeightSync):
+    name = "auto"
+
+    def __init__(self, ctx):
+        self.ctx, self.chosen = ctx, None
+
+    def choose(self, sync_ctx):
+        from core.plugins import registry
+
+        name = "host" if (sync_ctx.task == "rl" and not sync_ctx.adapter_only) else "none"
+        self.chosen = registry().get("sync", name).factory({"name": name}, self.ctx)
+        return self.chosen
+
+    @property
+    def label(self) -> str:
+        return self.chosen.label if self.chosen is not None else "auto"
+
+    @property
+    def options(self) -> dict:
+        """The chosen method's options (what the row stores as its sync node)."""
+        return {"name": self.chosen.name} if self.chosen is not None else {"name": "auto"}
+
+    def check(self, ctx):
+        return self.choose(ctx).check(ctx)
+
+    def setup(self, model, ctx):
+        (self.chosen or self.choose(ctx)).setup(model, ctx)
+
+    def before_update(self):
+        self.chosen.before_update()
+
+    def after_step(self, step: int):
+        self.chosen.after_step(step)
+
+    def finish(self):
+        if self.chosen is not None:
+            self.chosen.finish()
+
+    def describe(self) -> dict:
+        return self.chosen.describe() if self.chosen is not None else {"method": "auto", "bytes_per_step": 0}
+
+
+@hookimpl
+def stepbench_register_weight_sync(register):
+    register("auto", lambda options, ctx: Auto(ctx),
+             doc="RL full fine-tuning: host; RL with an adapter and SFT: none (the published rows' per-step work)")

@@ -5,7 +5,9 @@
 Schema 3 rows carry what the report once worked out from a row's plugin names at read time:
 ``impl`` (who ran the model: "native", "hf" or "plain HF", the model family's own declaration),
 ``variant`` (the options off their defaults; rows written before it existed get it from their
-stored config, with ``adapter.experts`` spelled as a mode where old rows stored a boolean), and
+stored config), stored options whose default changed since the row ran spelled out as they ran
+(``adapter.experts`` as a mode where old rows stored a boolean; ``ac.inside: false`` on recompute
+rows from before the checkpoint moved inside the block), and
 ``sync_info.includes_gpu_tail`` on the rows of commit db4c6f0, which timed the hand-off together
 with the GPU's tail of the step (their TPS is right, their hand-off figure is not). Every other
 field is left byte-for-byte as it was (tests/test_migrate.py checks it against git).
@@ -37,14 +39,17 @@ def migrate(row: dict) -> dict:
         out["impl"] = "native"
     cfg = row.get("config")
     if isinstance(cfg, dict):
-        adapter = cfg.get("adapter") or {}
+        adapter, ac = cfg.get("adapter") or {}, cfg.get("ac") or {}
         if isinstance(adapter.get("experts"), bool):
             cfg = {**cfg, "adapter": {**adapter, "experts": "grouped" if adapter["experts"] else "none"}}
-            out["config"] = cfg
         if "variant" not in row:
             from core.resolve import variant_label
 
             out["variant"] = variant_label(cfg)
+        if ac.get("name") == "recompute" and "inside" not in ac:  # before ac.inside existed: around the block
+            cfg = {**cfg, "ac": {**ac, "inside": False}}
+        if cfg is not row["config"]:
+            out["config"] = cfg
     commit = str((row.get("env") or {}).get("git_commit") or "")
     if commit.startswith(GPU_TAIL_COMMIT) and isinstance(row.get("sync_info"), dict):
         out["sync_info"] = {**row["sync_info"], "includes_gpu_tail": True}

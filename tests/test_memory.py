@@ -5,8 +5,30 @@ from pathlib import Path
 
 import pytest
 
-from core.memory import predict_host_gib
+from core.memory import Layout, layout_of, predict_host_gib
 from core.models.flavours import QWEN3
+from core.plugins import make, registry
+
+
+def plugins_of(config: dict):
+    """A stored (or partial) config's AC, adapter and model family, as the core asks them."""
+    ac = make("ac", config.get("ac") or {"name": "recompute"})
+    adapter = make("adapter", config.get("adapter") or {"name": "full"})
+    family = registry().get("model_family", (config.get("model") or {}).get("family", "qwen3")).factory
+    return ac, adapter, family
+
+
+def row_layout(config: dict, provider: str = "", wrapped=None) -> dict:
+    ac, adapter, family = plugins_of(config)
+    return layout_of(config, ac, adapter, family, provider, wrapped).as_dict()
+
+
+def recompute(mode: str = "full"):
+    return make("ac", {"name": "recompute", "mode": mode})
+
+
+def adapter_of(rank):
+    return make("adapter", {"name": "lora", "rank": rank} if rank else {"name": "full"})
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
@@ -28,8 +50,7 @@ def test_host_prediction_equals_measured_offload_rows(row):
     """Every committed FA3 offload row (block inputs, and attention's saved tensors in mode=attention):
     the pinned bytes it reported equal the prediction made from its config."""
     cfg = row["config"]
-    pred = predict_host_gib(QWEN3[row["flavour"]], row["seq_len"], "offload", cfg["ac"].get("mode", "full"),
-                            cfg["ac"].get("keep_last", 1))
+    pred = predict_host_gib(QWEN3[row["flavour"]], row["seq_len"], make("ac", cfg["ac"]))
     assert pred * 2**30 == pytest.approx(row["ac_info"]["host_offload_bytes"], rel=1e-3)
 
 
@@ -39,7 +60,7 @@ def test_there_are_measured_rows_of_both_modes():
 
 
 def test_no_host_memory_without_offload():
-    assert predict_host_gib(QWEN3["4B"], 65536, "recompute") == 0.0
+    assert predict_host_gib(QWEN3["4B"], 65536, recompute()) == 0.0
 
 
 def measured_rows():
@@ -61,16 +82,15 @@ def test_peak_prediction_never_below_measured_by_more_than_10pct_nor_far_above()
     """The refusal predictor over every committed FA2/FA3 row (per GPU, at its number of GPUs): never
     more than 10% under the measured peak (it must not let a row that cannot fit start), and within
     1.6x above it."""
-    from core.memory import predict_peak_gib, row_layout
+    from core.memory import predict_peak_gib
 
     rows = measured_rows()
     assert len(rows) > 30
     for a, r in rows:
         c = r["config"]
-        rank = c["adapter"].get("rank") if c["adapter"]["name"] == "lora" else None
-        p = predict_peak_gib(a, r["seq_len"], rank, c["ac"]["name"], r.get("num_gpus", 1),
-                             c.get("head_budget_mib", 512), c["ac"].get("mode", "full"),
-                             **row_layout(c, r.get("attn_provider", ""), r.get("fsdp")))
+        ac, adapter, family = plugins_of(c)
+        p = predict_peak_gib(a, r["seq_len"], adapter, ac, r.get("num_gpus", 1), c.get("head_budget_mib", 512),
+                             layout_of(c, ac, adapter, family, r.get("attn_provider", ""), r.get("fsdp")))
         assert 0.9 <= p / r["peak_mem_gib"] <= 1.6, (r["model"], r["type"], r["seq_len"], r["ac"], p, r["peak_mem_gib"])
 
 
@@ -79,24 +99,23 @@ def test_expected_peak_within_10pct_of_every_current_row():
     of the current results (benchmarks/results/*.jsonl, not history/), at its number of GPUs: within
     10% of the measured ``max_memory_reserved`` (per GPU), in each row's layout (FA2's repeated K/V
     where its provider repeated them, the checkpoint inside a compiled block)."""
-    from core.memory import expected_peak_gib, row_layout
+    from core.memory import expected_peak_gib
 
     rows = [(a, r) for a, r in measured_rows() if r["_file"].parent == RESULTS]
     assert len(rows) >= 24
     for a, r in rows:
         c = r["config"]
-        rank = c["adapter"].get("rank") if c["adapter"]["name"] == "lora" else None
-        e = expected_peak_gib(a, r["seq_len"], rank, c["ac"]["name"], r.get("num_gpus", 1),
-                              c.get("head_budget_mib", 512), c["ac"].get("mode", "full"),
-                             **row_layout(c, r.get("attn_provider", ""), r.get("fsdp")))
+        ac, adapter, family = plugins_of(c)
+        e = expected_peak_gib(a, r["seq_len"], adapter, ac, r.get("num_gpus", 1), c.get("head_budget_mib", 512),
+                              layout_of(c, ac, adapter, family, r.get("attn_provider", ""), r.get("fsdp")))
         assert 0.9 <= e / r["peak_mem_gib"] <= 1.1, (r["model"], r["type"], r["seq_len"], r["ac"], e, r["peak_mem_gib"])
 
 
 def test_sharded_terms_scale_with_ranks_and_activations_do_not():
     from core.memory import peak_terms
 
-    one = peak_terms(QWEN3["4B"], 16384, None, "recompute", 1)
-    eight = peak_terms(QWEN3["4B"], 16384, None, "recompute", 8)
+    one = peak_terms(QWEN3["4B"], 16384, adapter_of(None), recompute(), 1)
+    eight = peak_terms(QWEN3["4B"], 16384, adapter_of(None), recompute(), 8)
     assert eight["states"] == pytest.approx(one["states"] / 8)
     for k in ("saved_activations", "live_block", "head", "blocks_in_flight", "root_gathered"):
         assert eight[k] == one[k]
@@ -117,16 +136,14 @@ def test_sharded_state_terms_match_two_rank_gloo_run(tmp_path):
         got = json.loads(f.read_text())
         assert got["world"] == world
         for name, rank in (("full", None), ("lora", 16), ("lora_whole", 16)):
-            pred = peak_terms(QWEN3["tiny"], 64, rank, "recompute", world,
-                              lora_replicated=name == "lora_whole")["states"]
+            pred = peak_terms(QWEN3["tiny"], 64, adapter_of(rank), recompute(), world,
+                              layout=Layout(lora_replicated=name == "lora_whole"))["states"]
             assert pred == pytest.approx(got[name]["max_rank_bytes"], rel=0.01), (name, world)
 
 
 def test_row_layout_reads_fused_lora_from_the_row():
     """Fused LoRA (fuse=lora, the default, or true) in native models only; rows from before fuse=
     existed ran one GEMM per layer; the hf family runs transformers' layers, never fused."""
-    from core.memory import row_layout
-
     base = {"compile": True, "ac": {"name": "recompute", "inside": True}}
     assert row_layout({**base, "fuse": "lora"})["lora_fused"]
     assert row_layout({**base, "fuse": True})["lora_fused"]
@@ -141,8 +158,6 @@ def test_row_layout_knows_which_rows_ran_without_fsdp():
     would run now: native models at fsdp=auto run unwrapped on one GPU (full fine-tuning and LoRA
     with its adapters out of FSDP2), the hf family and sharded adapters keep FSDP2, and rows from
     before fsdp= existed ran FSDP2."""
-    from core.memory import row_layout
-
     full = {"fsdp": "auto", "adapter": {"name": "full"}}
     lora = {"fsdp": "auto", "adapter": {"name": "lora", "replicate": "auto"}}
     assert row_layout(full)["unwrapped"] and row_layout(lora)["unwrapped"]

@@ -3,7 +3,8 @@
     python benchmarks/migrate_rows.py benchmarks/results          # rewrites the JSONL files in place
 
 Schema 3 rows carry what the report once worked out from a row's plugin names at read time:
-``impl`` (who ran the model: "native", "hf" or "plain HF", the model family's own declaration),
+``impl`` (who ran the model: "native", "hf" or "plain HF", the model family's own declaration) and
+``own_loop`` (transformers' plain loop, which runs its own checkpointing and attention choice),
 ``variant`` (the options off their defaults; rows written before it existed get it from their
 stored config), stored options whose default changed since the row ran spelled out as they ran
 (``adapter.experts`` as a mode where old rows stored a boolean; ``ac.inside: false`` on recompute
@@ -35,6 +36,7 @@ def migrate(row: dict) -> dict:
     model = str(row.get("model", ""))
     if row.get("family") == "hf" or model.endswith((PLAIN, HF)):
         out["impl"] = "plain HF" if model.endswith(PLAIN) else "hf"
+        out["own_loop"] = model.endswith(PLAIN)
     elif row.get("status") == "ok" or row.get("family"):
         out["impl"] = "native"
     cfg = row.get("config")

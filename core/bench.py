@@ -21,7 +21,7 @@ import uuid
 
 from core.measure import say
 from core.resolve import UserError, first_line
-from core.sweep import CHILD_ENV, run_id
+from core.sweep import CHILD_ENV
 
 GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync", "sweep")
 

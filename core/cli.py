@@ -62,17 +62,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         raise SystemExit(2)
     module = import_module(COMMANDS[name][0])
-    if name == "bench":
-        # core.bench reads sys.argv[1:] and hands it to Hydra: give it exactly what
-        # `python -m core.bench ARGS` would (argv[0] is the module's file there too)
-        saved = sys.argv
-        sys.argv = [module.__file__, *rest]
-        try:
-            rc = module.main()
-        finally:
-            sys.argv = saved
-        return rc or 0
-    return module.main(rest) or 0
+    saved = sys.argv
+    try:
+        if name == "bench":
+            # core.bench reads sys.argv[1:] and hands it to Hydra: give it exactly what
+            # `python -m core.bench ARGS` would (argv[0] is the module's file there too)
+            sys.argv = [module.__file__, *rest]
+            return module.main() or 0
+        sys.argv = [f"stepbench {name}", *rest]  # argparse's usage line says `stepbench report ...`
+        return module.main(rest) or 0
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

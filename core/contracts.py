@@ -194,9 +194,9 @@ class SyncContext:
     world_size: int = 1
     device: str = "cpu"
     adapter_only: bool = False  #: only the adapter's weights are handed off (a frozen base)
-    task: str = "rl"  #: the row's task ("rl" or "sft")
     predicted_bytes: int = 0  #: bf16 bytes handed off per step, predicted from the config
     row_id: str = ""
+    task: str = "rl"  #: the row's task ("rl" or "sft")
     #: ``handoff(model) -> [(name, parameter)]``: what inference needs (the adapter's declaration)
     handoff: Callable | None = None
 
@@ -266,7 +266,9 @@ class ModelFamily:
     :class:`TrainableModel` on the current (meta) device; ``from_config(cfg)``, for families whose
     shapes come from a config (``model.config=PATH``), returns ModelArgs from the whole composed
     config (a dict) or raises ``ValueError`` with one line. ``implementation(args)`` names who runs
-    the model in the report ("native" for stepbench's own code). ``casts_weights``,
+    the model in the report ("native" for stepbench's own code); ``own_loop(args)``: the model runs
+    its own loop (its own activation checkpointing and attention kernel choice, as transformers'
+    plain loop), so the report's peers view pairs it by attention kernel, not by plugins. ``casts_weights``,
     ``casts_adapters``, ``fuses_projections``: what its models do (see :class:`TrainableModel`),
     read before a model is built and from a stored row's config."""
 
@@ -276,6 +278,7 @@ class ModelFamily:
     doc: str = ""
     from_config: Callable | None = None
     implementation: Callable[[Any], str] = lambda args: "native"
+    own_loop: Callable[[Any], bool] = lambda args: False
     casts_weights: bool = True
     casts_adapters: bool = True
     fuses_projections: bool = True

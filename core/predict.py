@@ -34,261 +34,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.fits import (GB, RESULTS, ROOT, SyncFit, _cached_fits, backend_of, block_params,
+                       ceilings, fit_samples, compute_samples, fits_from_rows, pick_fit, sync_fit_for, work)
 from core.measure import say
-from core.published import section_name, sync_per_step
+from core.published import section_name
 from core.resolve import UserError, first_line
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-GB = 1e9
-
-
-# ------------------------------------------------------------------------------ the work of a row
-def block_params(a) -> int:
-    from core.memory import param_count
-
-    return param_count(a) - a.vocab_size * a.dim * (1 if a.tied_embeddings else 2)
-
-
-def memory_bound_bytes(a, seq_len: int, recompute) -> float:
-    """An estimate of the bytes that memory-bound kernels (norms, RoPE, SwiGLU, residual adds,
-    casts, the head's fp32 passes) move in one micro-batch: per token and layer about ten passes
-    over the hidden state, three over the MLP width and two over q/k/v in bf16, each done in
-    forward, backward (twice) and the recompute; the head reads and writes fp32 logits about
-    six times."""
-    ffn = a.moe_ffn_dim * a.top_k if a.n_experts else a.ffn_dim
-    qkv = (a.n_heads + 2 * a.n_kv_heads) * a.head_dim
-    passes = 4 if recompute.blocks else 3
-    blocks = seq_len * a.n_layers * (10 * a.dim + 3 * ffn + 2 * qkv) * 2 * passes
-    return blocks + seq_len * a.vocab_size * 4 * 6
-
-
-def ceilings(hw: dict, backend: str) -> tuple[float, float]:
-    """(matmul, attention) TFLOP/s of a hardware profile for an attention backend."""
-    attn = hw.get(f"attn_tflops_{backend}") or hw["attn_tflops"]
-    return float(hw["mm_tflops"]), float(attn)
-
-
-@dataclass
-class Work:
-    mm_flops: float       # executed matmul FLOPs per micro-batch (recompute and the head's included)
-    attn_flops: float     # executed attention FLOPs per micro-batch
-    mem_bytes: float      # estimated bytes of memory-bound work per micro-batch
-
-    def ideal_s(self, hw: dict, backend: str) -> dict:
-        mm, at = ceilings(hw, backend)
-        return {"matmul": self.mm_flops / (mm * 1e12), "attention": self.attn_flops / (at * 1e12),
-                "memory-bound": self.mem_bytes / (float(hw["hbm_tbps"]) * 1e12)}
-
-
-def work(a, seq_len: int, adapter, ac) -> Work:
-    """The executed work of one micro-batch of one document, from the adapter's and the activation
-    strategy's declarations."""
-    from core import flops
-
-    added = adapter.trainable_params(a) if adapter.frozen_base else 0
-    sf = flops.micro_batch_flops(a, [seq_len], adapter.frozen_base, added, ac.recompute)
-    return Work(sf.mm_executed, sf.attn_executed, memory_bound_bytes(a, seq_len, ac.recompute))
-
-
-def backend_of(attn: str) -> str:
-    """The fit key of an attention label ("FA3" -> "fa3")."""
-    return str(attn).lower()
-
-
-# ------------------------------------------------------------------------------ fits on our rows
-def _short(commit: str | None) -> str:
-    return (commit or "")[:7]
-
-
-def measured_rows(files: list[Path] | None = None) -> list[dict]:
-    """Our measured GPU rows that a fit may use: ok, not profiled, native model code, one packed
-    sample per micro-batch, on an H100 or H200, with the config they ran."""
-    from core.published import implementation
-    from core.results import load_rows
-
-    if files is None:
-        files = sorted(RESULTS.glob("*.jsonl")) + sorted((RESULTS / "history").glob("*.jsonl"))
-    out = []
-    for r in load_rows(*files):
-        if r.get("status") != "ok" or "kind" in r or r.get("profiled") or "config" not in r:
-            continue
-        if implementation(r) != "native":  # the fits describe the native model code
-            continue
-        if r.get("attn") not in ("FA2", "FA3") or r.get("packing", "single") != "single":
-            continue
-        if not any(g in str(r.get("hardware_label", "")) for g in ("H100", "H200")) or r.get("num_gpus", 1) != 1:
-            continue
-        out.append(r)
-    return out
-
-
-@dataclass
-class SyncFit:
-    fixed_s: float
-    gb_per_s: float
-    n: int
-
-    def seconds(self, nbytes: float) -> float:
-        return self.fixed_s + nbytes / (self.gb_per_s * GB) if nbytes else 0.0
-
-    def describe(self) -> str:
-        return f"{self.fixed_s:.3f} s + bytes at {self.gb_per_s:.2f} GB/s (fit on {self.n} rows)"
-
-
-def fit_sync(rows: list[dict]) -> dict[str, SyncFit]:
-    """Hand-off seconds per step against bytes handed off, s = fixed + bytes/rate, one fit per Sync
-    label with rows of two sizes (for a writer with variants, the rows of the newest variant where
-    they cover two sizes: the mapped writer's files are prepared off the step)."""
-    groups: dict = {}
-    for r in rows:
-        info = r.get("sync_info") or {}
-        if info.get("includes_gpu_tail") or not info.get("bytes_per_step") or not (info.get("sync_s") or [])[1:]:
-            continue
-        groups.setdefault(str(r.get("sync")), []).append(r)
-    fits = {}
-    for label, rs in groups.items():
-        for pick in ([r for r in rs if (r.get("sync_info") or {}).get("writer") == "mapped"], rs):
-            pts = [(float(r["sync_info"]["bytes_per_step"]), sync_per_step(r)[0]) for r in pick]
-            if len({b for b, _ in pts}) >= 2:
-                slope, icpt = _line(pts)
-                fits[label] = SyncFit(max(icpt, 0.0), 1.0 / slope / GB, len(pts))
-                break
-    return fits
-
-
-def sync_fit_for(fits: dict[str, SyncFit], label: str) -> tuple[SyncFit | None, str]:
-    """The hand-off fit of a Sync label, or of the label with the most rows (and a note saying so)."""
-    if label in fits:
-        return fits[label], ""
-    if not fits:
-        return None, f"no measured rows of sync {label}: its hand-off is not predicted"
-    other = max(fits, key=lambda k: fits[k].n)
-    return fits[other], f"no measured rows of sync {label}: the {other} fit"
-
-
-def _line(pts: list[tuple[float, float]], relative: bool = False) -> tuple[float, float]:
-    """Least-squares slope and intercept of y on x; ``relative``: minimise relative errors (each
-    point weighted by 1/y^2), so short rows count as much as long ones."""
-    w = [1.0 / y**2 if relative else 1.0 for _, y in pts]
-    sw = sum(w)
-    mx = sum(wi * x for wi, (x, _) in zip(w, pts)) / sw
-    my = sum(wi * y for wi, (_, y) in zip(w, pts)) / sw
-    sxx = sum(wi * (x - mx) ** 2 for wi, (x, _) in zip(w, pts))
-    sxy = sum(wi * (x - mx) * (y - my) for wi, (x, y) in zip(w, pts))
-    slope = sxy / sxx
-    return slope, my - slope * mx
-
-
-@dataclass
-class ComputeFit:
-    key: tuple[str, str]
-    efficiency: float     # ideal time / (measured compute time - overhead)
-    overhead_s: float     # per micro-batch
-    n: int
-    commits: tuple[str, ...]
-    residual: float       # worst |measured/fitted - 1| over the fit's rows
-
-    def describe(self) -> str:
-        return (f"efficiency {self.efficiency:.2f}, host {self.overhead_s * 1e3:.0f} ms per micro-batch "
-                f"(fit on {self.n} {self.key[0]} {self.key[1]} rows of {', '.join(self.commits)}; "
-                f"worst residual {100 * self.residual:.0f}%)")
-
-
-def _row_work(r: dict) -> tuple[object, Work]:
-    """A stored row's model shapes and work, from its family and its plugins' declarations."""
-    from core.plugins import make
-    from core.published import row_args
-
-    c = r["config"]
-    a = row_args(r)
-    return a, work(a, r["seq_len"], make("adapter", c["adapter"]), make("ac", c["ac"]))
-
-
-@dataclass
-class Sample:
-    """One measured row as a compute sample: ideal time ``x`` and measured compute time ``y`` per
-    micro-batch, the fit group ``key`` and the row's ``config`` (model, type, seq_len, AC,
-    attention, hardware)."""
-
-    key: tuple[str, str]
-    x: float
-    y: float
-    commit: str
-    config: tuple
-
-
-def compute_samples(rows: list[dict], syncs: dict[str, SyncFit]) -> list[Sample]:
-    """Our rows as compute samples: the step less the weight hand-off, against the ideal time at the
-    ceilings of the hardware they ran on."""
-    from core import hardware
-
-    profiles: dict = {}
-    out = []
-    for r in rows:
-        commit = _short((r.get("env") or {}).get("git_commit"))
-        info = r.get("sync_info") or {}
-        tail = bool(info.get("includes_gpu_tail"))
-        if not info.get("bytes_per_step"):
-            sync_s = 0.0
-        elif tail or not (info.get("sync_s") or [])[1:]:
-            fit = syncs.get(str(r.get("sync")))
-            if fit is None:
-                continue  # neither its own figure nor a fit says what it waited for
-            sync_s = fit.seconds(info.get("bytes_per_step") or 0)
-        else:
-            total, exposed = sync_per_step(r)
-            sync_s = exposed if (info.get("sync_exposed_s") or [])[1:] else total
-        a, w = _row_work(r)
-        name = hardware.profile_for(str(r.get("hardware_label", "")))
-        if name not in profiles:
-            profiles[name] = hardware.load(name)
-        hw = profiles[name]
-        backend = backend_of(r["attn"])
-        mbs = r.get("micro_batches") or r["config"].get("micro_batches", 2)
-        out.append(Sample((backend, "moe" if a.n_experts else "dense"), sum(w.ideal_s(hw, backend).values()),
-                          r["step_time"] - sync_s / mbs, commit,
-                          (section_name(r), r["type"], r["seq_len"], r["ac"], r["attn"], r["hardware_label"])))
-    return out
-
-
-def fit_samples(samples: list[Sample]) -> dict[tuple[str, str], ComputeFit]:
-    """Per (attention backend, dense|moe): compute time = ideal time / efficiency + host overhead,
-    relative least squares (through the origin where that gives a negative overhead)."""
-    groups: dict = {}
-    for smp in samples:
-        groups.setdefault(smp.key, []).append(smp)
-    fits = {}
-    for key, ss in groups.items():
-        xy = [(t.x, t.y) for t in ss]
-        if len({round(x, 6) for x, _ in xy}) >= 2:
-            slope, icpt = _line(xy, relative=True)
-            if icpt < 0 or slope <= 0:
-                slope, icpt = sum(y for _, y in xy) / sum(x for x, _ in xy), 0.0
-        else:
-            slope, icpt = sum(y for _, y in xy) / sum(x for x, _ in xy), 0.0
-        worst = max(abs(y / (x * slope + icpt) - 1) for x, y in xy)
-        fits[key] = ComputeFit(key, 1.0 / slope, icpt, len(xy), tuple(sorted({t.commit for t in ss})), worst)
-    return fits
-
-
-def fit_compute(rows: list[dict], sync: SyncFit) -> dict[tuple[str, str], ComputeFit]:
-    """The compute fits of our rows (:func:`compute_samples`, :func:`fit_samples`)."""
-    return fit_samples(compute_samples(rows, sync))
-
-
-def pick_fit(fits: dict, backend: str, moe: bool) -> tuple[ComputeFit, str]:
-    """The fit for a row, and a note when it comes from another backend or model kind (the other
-    kind of the same backend, else the same kind's fit on the most rows)."""
-    kind = "moe" if moe else "dense"
-    if (backend, kind) in fits:
-        return fits[(backend, kind)], ""
-    same_kind = sorted((k for k in fits if k[1] == kind), key=lambda k: -fits[k].n)
-    for alt in [(backend, "dense" if moe else "moe")] + same_kind:
-        if alt in fits:
-            return fits[alt], f"no measured {backend} {kind} row: efficiency of {alt[0]} {alt[1]} rows"
-    raise UserError(f"no measured rows to fit the {backend} compute efficiency on: run some rows first "
-                    "(python -m core.bench +sweep=h100_table)")
 
 
 # ------------------------------------------------------------------------------ one prediction
@@ -395,6 +145,7 @@ class Declared:
     adapter: object
     ac: object
     attn: str  #: the row's attention label (the compute fit's key)
+    kernel: str  #: the attention backend's declared kernel ("" where it picks one when it runs)
     sync_label: str
     layout: object
     cfg: object
@@ -414,14 +165,14 @@ def declare(cfg) -> Declared:
     fam = registry().get("model_family", family).factory
     a = _model_args(cfg, fam, family, flavour)
     p = make_plugins(cfg, RunContext("cuda", world_size=1))
-    p["sync"].check(SyncContext(0, 1, "cuda", p["adapter"].frozen_base, cfg.task.name, 0,
+    p["sync"].check(SyncContext(0, 1, "cuda", p["adapter"].frozen_base, 0, task=cfg.task.name,
                                 handoff=p["adapter"].handoff))  # a method chosen by the row says so now
     config = OmegaConf.to_container(cfg, resolve=True)
     if config.get("compile") == "auto":
         config["compile"] = True  # what a GPU row runs
     layout = layout_of(config, p["ac"], p["adapter"], fam)
     layout = type(layout)(**{**layout.as_dict(), "kv_repeated": bool(p["attn"].repeats_kv)})
-    return Declared(a, p["adapter"], p["ac"], p["attn"].label, p["sync"].label, layout, cfg)
+    return Declared(a, p["adapter"], p["ac"], p["attn"].label, p["attn"].kernel, p["sync"].label, layout, cfg)
 
 
 def compose(overrides: list[str]):
@@ -516,19 +267,6 @@ def predict_published(fits: dict, sync_fits: dict, measured: list[dict]) -> tupl
     return out, "\n".join(lines)
 
 
-def fits_from_rows(folder: Path = RESULTS) -> tuple[list[dict], dict, dict]:
-    """Our current rows (``folder/*.jsonl``), the weight-sync fits and the compute fits on them; a
-    backend and model kind with no current row is fitted on the rows kept in ``history/`` (older
-    commits, named in the fit's description)."""
-    current = measured_rows(sorted(folder.glob("*.jsonl")))
-    history = measured_rows(sorted((folder / "history").glob("*.jsonl")))
-    sync_fits = {**fit_sync(history), **fit_sync(current)}
-    fits = fit_compute(current, sync_fits)
-    for key, f in fit_compute(history, sync_fits).items():
-        fits.setdefault(key, f)
-    return current, sync_fits, fits
-
-
 def predicted_step_s(cfg) -> float:
     """The predicted seconds of one step of a composed row on this machine's GPU (for a sweep's
     estimate of what is left); raises where it cannot say."""
@@ -539,15 +277,6 @@ def predicted_step_s(cfg) -> float:
     hw = hardware.load(hardware.profile_for(torch.cuda.get_device_name(0) if torch.cuda.is_available() else None))
     _, sync_fits, fits = _cached_fits()
     return predict_config(declare(cfg), hw, 1, fits, sync_fits)["step_s"]
-
-
-_FITS: list = []
-
-
-def _cached_fits():
-    if not _FITS:
-        _FITS.append(fits_from_rows())
-    return _FITS[0]
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -610,16 +339,26 @@ def _one(argv: list[str]) -> int:
     if cfg.model.get("by_device"):
         raise UserError("name the model to predict: model=qwen3_0_6b, qwen3_4b, qwen3_30b_a3b or intellect3")
     d = declare(cfg)
-    if not d.args or not backend_of(d.attn) or d.attn == cfg.attn.name and not _has_fit_key(d.attn):
-        raise UserError(f"+attn={cfg.attn.name} picks its kernel when the row runs: name the attention to "
-                        "predict, e.g. +attn=fa3")
     _, sync_fits, fits = fits_from_rows()
-    p = predict_config(d, hardware.load(hw_name), gpus, fits, sync_fits)
+    hw = hardware.load(hw_name)
+    measured = sorted({k[0] for k in fits})
+    if backend_of(d.attn) not in measured:
+        if d.kernel:  # a named kernel nobody measured: nothing to fit its compute on
+            raise UserError(f"+attn={cfg.attn.name}: no measured rows to fit its compute on (measured: "
+                            f"{', '.join(measured)}): use +attn={measured[-1]}")
+        # a backend that picks its kernel when it runs: the fastest measured one
+        tried = {k: predict_config(Declared(**{**d.__dict__, "attn": k}), hw, gpus, fits, sync_fits) for k in measured}
+        best = max(tried, key=lambda k: tried[k]["tps"])
+        p = tried[best]
+        p["fit_note"] = "; ".join(x for x in (p["fit_note"], f"+attn={cfg.attn.name} picks its kernel when the row "
+                                              f"runs: predicted with the fastest measured one, {best}") if x)
+        d.attn = best.upper()
+    else:
+        p = predict_config(d, hw, gpus, fits, sync_fits)
     family = registry_family(cfg)
     if family.from_config is not None:
         p["fit_note"] = "; ".join(x for x in (p["fit_note"], "efficiency fitted on the native model code's rows, "
                                               "not on rows of this family") if x)
-    hw = hardware.load(hw_name)
     label = (f"{d.args.name} {cfg.task.name.upper()} {d.adapter.label} {cfg.seq_len} {d.ac.label} {d.attn} "
              f"on {gpus}x{hw['label']}")
     print(format_prediction(label, p))
@@ -627,11 +366,6 @@ def _one(argv: list[str]) -> int:
         say(f"predicted peak {p['peak_mem_gib']:.1f} GiB per GPU exceeds the {hw['memory_gib']:g} GiB of one "
             f"{hw['label']}: this row would not fit")
     return 0
-
-
-def _has_fit_key(attn_label: str) -> bool:
-    """Whether any measured row ran this attention label (a backend that picks at run time has none)."""
-    return any(backend_of(r.get("attn")) == backend_of(attn_label) for r in measured_rows())
 
 
 def registry_family(cfg):

@@ -8,12 +8,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-
-def reference_dir() -> Path:
-    """``benchmarks/reference`` in a checkout, else the copy a wheel installs (``core/reference``)."""
-    here = Path(__file__).resolve().parent
-    checkout = here.parent / "benchmarks" / "reference"
-    return checkout if checkout.is_dir() else here / "reference"
+from core.paths import reference_dir
 
 
 PUBLISHED_NAME = "prime-rl-benchmarks-2026-01.md"

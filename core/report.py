@@ -16,8 +16,6 @@ Nothing is written when no row can be read.
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,9 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.provenance import row_provenance  # noqa: E402
-from core.published import (host_gib, implementation, model_name, parse_published, same_work,  # noqa: E402
-                            row_args, section_name, sync_per_step, work_rank)
+from core.published import host_gib, implementation, parse_published, section_name, sync_per_step  # noqa: E402
 from core.results import append_row, read_rows, row_key, row_variant  # noqa: E402
+from core.views import (best_at_no_more_memory, budget_view, peers_view, plot_views, reruns_view,  # noqa: E402
+                        versus_published)
 DIFF_MIN, REGRESSION, SPREAD_WARN = 1.0, 5.0, 0.05
 HEADER = """# Performance Benchmarks
 
@@ -67,11 +66,6 @@ class ReportError(Exception):
 
 
 
-
-
-def ratio_summary(label: str, ratios: list[float]) -> str:
-    """The closing line of a comparison view over its (non-empty) ratios."""
-    return f"\n{label}, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, min {min(ratios):.2f}x."
 
 
 def fmt_change(value: float, base: float | None) -> str:
@@ -174,89 +168,6 @@ def render(rows: list[dict], baseline: list[dict] = (), failed: list[dict] = (),
 # ---------------------------------------------------------------------------- comparison views
 
 
-def _geomean(xs: list[float]) -> float:
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
-
-
-def _pub_key(r: dict) -> tuple:
-    return section_name(r), r["type"], r["seq_len"], r["hardware_label"]
-
-
-def versus_published(rows: list[dict], published: list[dict]) -> str:
-    """View (a), same configuration: each published row beside ours with the same model, type,
-    seq_len, AC, attention, GPUs and per-step work (2 micro-batches, one packed sample, and for RL
-    the filesystem weight hand-off)."""
-    ours = {}
-    # among rows of one key, the one doing the published per-step work: the default configuration's
-    # where measured (a variant, e.g. fsdp=true, runs the same work with an option off its default)
-    for r in sorted(rows, key=lambda r: bool(row_variant(r))):
-        ours.setdefault((*_pub_key(r), r["ac"], r["attn"]), []).append(r)
-    # the row doing exactly the published work where there is one, else the one closest to it
-    lines = ["## View (a): same configuration\n",
-             "Each published prime-rl row beside the stepbench row with the same model, type, sequence "
-             "length, AC, attention, GPUs and per-step work: 2 micro-batches of one packed sample, and "
-             "the published hand-off (prime-rl's bench mode: RL Full gathers the bf16 weights to the host "
-             "every step, RL LoRA hands nothing off) or more (a file written every step: the Sync column "
-             "says which), timed inside every step. stepbench's LoRA rows also take the optimizer step "
-             "that prime-rl's bench mode skipped. `compile` is ours to choose (it does not change the "
-             "work) and is shown. Ratio = our TPS / prime-rl's TPS.\n",
-             "| Model | Type | SeqLen | AC | Attn | Hardware | Sync (s/step) | Compiled | TPS (ours / prime-rl) | "
-             "ratio | Peak Mem (ours / prime-rl) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    ratios = []
-    for p in published:
-        cands = [x for x in ours.get((*_pub_key(p), p["ac"], p["attn"]), []) if same_work(x, p)]
-        r = min(cands, key=lambda x: (work_rank(x, p), bool(row_variant(x)))) if cands else None
-        if r is None:
-            continue
-        ratio = r["tps"] / p["tps"]
-        ratios.append(ratio)
-        lines.append(f"| {section_name(p)} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | "
-                     f"{p['hardware_label']} | {r.get('sync')} ({sync_per_step(r)[0]:.2f}) | "
-                     f"{'yes' if r.get('compile') else 'no'} | {r['tps'] / 1e3:.2f}k / {p['tps'] / 1e3:.2f}k | "
-                     f"{ratio:.2f}x | {r['peak_mem_gib']:.1f} / {p['peak_mem_gib']:.1f} GiB |")
-    if ratios:
-        lines.append(f"\nSame configuration, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, "
-                     f"min {min(ratios):.2f}x, max {max(ratios):.2f}x.")
-    else:
-        lines.append("\nNo row of ours matches a published row with the same per-step work yet.")
-    return "\n".join(lines) + "\n"
-
-
-def best_at_no_more_memory(rows: list[dict], published: list[dict], host_budget_gib: float = 32.0) -> str:
-    """View (b): for each published row on hardware we measured, our fastest row of the same
-    model, type, sequence length, GPUs and per-step work, any AC or attention, whose GPU peak is
-    at most the published peak and whose pinned host memory is within ``host_budget_gib``."""
-    lines = ["## View (b): fastest stepbench configuration at no more memory\n",
-             "For each published row: our fastest row of the same model, type, sequence length, GPUs "
-             "and at least the published per-step work (2 micro-batches of one packed sample; the published "
-             "hand-off or more, overlapped with the next step or not), with any AC and attention backend, "
-             "whose GPU peak is "
-             f"at most the published row's and whose pinned host memory is at most {host_budget_gib:g} GiB "
-             "(`--host-budget-gib`). The winning configuration is named.\n",
-             "| Model | Type | SeqLen | Hardware | prime-rl (AC, Attn) | TPS | Peak Mem | stepbench (AC, Attn, Sync) "
-             "| TPS | Peak Mem | Host | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    hw = {r["hardware_label"] for r in rows}
-    ratios = []
-    for p in published:
-        if p["hardware_label"] not in hw:
-            continue
-        cands = [r for r in rows if _pub_key(r) == _pub_key(p) and same_work(r, p)
-                 and r.get("peak_mem_gib") is not None and r["peak_mem_gib"] <= p["peak_mem_gib"]
-                 and host_gib(r) <= host_budget_gib]
-        if not cands:
-            continue
-        b = max(cands, key=lambda r: r["tps"])
-        ratios.append(b["tps"] / p["tps"])
-        h = host_gib(b)
-        lines.append(f"| {section_name(p)} | {p['type']} | {p['seq_len']} | {p['hardware_label']} | "
-                     f"{p['ac']}, {p['attn']} | {p['tps'] / 1e3:.2f}k | {p['peak_mem_gib']:.1f} GiB | "
-                     f"{b['ac']}, {b['attn']}, {b.get('sync')} | {b['tps'] / 1e3:.2f}k | {b['peak_mem_gib']:.1f} GiB | "
-                     f"{f'{h:.1f} GiB' if h else '-'} | {b['tps'] / p['tps']:.2f}x |")
-    if ratios:
-        lines.append(ratio_summary("Best at no more memory", ratios))
-    return "\n".join(lines) + "\n"
-
-
 def left_out(rows: list[dict]) -> str:
     """Rows kept out of the headline: from a dirty tree or an unknown commit."""
     if not rows:
@@ -322,259 +233,6 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict], list
         raise ReportError(f"no rows in {', '.join(results)}: nothing written (point --results at the rows' "
                           "JSONL files or folder)")
     return median_runs(clean), latest_ok(dirty), failed, clean
-
-
-def same_run(a: dict, b: dict) -> bool:
-    """Whether two row dicts are one run (copies of it: the headline's median is a copy)."""
-    return all(a.get(k) == b.get(k) for k in ("id", "time", "tps"))
-
-
-def same_call(a: dict, b: dict, window_s: float = 1800.0) -> bool:
-    """Whether two rows ran in one call on one machine: the same ``run_id`` where both have one;
-    for older rows, the same commit and GPU within ``window_s`` (a lease is at most 30 minutes)."""
-    if a.get("run_id") and b.get("run_id"):
-        return a["run_id"] == b["run_id"]
-    ea, eb = a.get("env") or {}, b.get("env") or {}
-    if not ea.get("git_commit") or ea.get("git_commit") != eb.get("git_commit") or ea.get("gpu") != eb.get("gpu"):
-        return False
-    try:
-        ta, tb = (datetime.fromisoformat(str(r["time"])) for r in (a, b))
-    except (KeyError, ValueError):
-        return False
-    return abs((ta - tb).total_seconds()) <= window_s
-
-
-def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (), pool: list[dict] = ()) -> str:
-    """For each published row: stepbench's native row, the ``hf`` row with the same plugins and the
-    plain HF loop's row (same model, type, sequence length, GPUs and per-step work), side by side.
-    The hf and plain HF rows are taken from the native row's own call where ``pool`` (every run,
-    not only each key's median) has one there. A plain HF row that only failed (e.g. out of memory
-    on the full logits) shows its error."""
-    by_impl: dict = {"native": {}, "hf": {}, "plain HF": {}}
-    runs: dict = {"native": {}, "hf": {}, "plain HF": {}}
-
-    def peer_key(r, impl):
-        key = (model_name(r), r["type"], r["seq_len"], r["hardware_label"])
-        # plain HF: its own AC; its attention "sdpa" (torch's pick) or the kernel it was held to
-        return (*key, str(r["attn"]).lower()) if impl == "plain HF" else (*key, r["ac"], r["attn"])
-
-    for r in rows:  # default configurations only (a variant, e.g. fsdp=true, is an A/B of ours)
-        if same_work(r, {"type": r["type"]}) and not row_variant(r):
-            by_impl[implementation(r)].setdefault(peer_key(r, implementation(r)), r)
-    for r in pool:
-        impl = implementation(r)
-        if impl in runs and same_work(r, {"type": r["type"]}) and not row_variant(r):
-            runs[impl].setdefault(peer_key(r, impl), []).append(r)
-
-    def partner(impl, key, nat):
-        here = [r for r in runs[impl].get(key, []) if nat and same_call(nat, r)]
-        return here[-1] if here else by_impl[impl].get(key)
-
-    def pairs_of_call(nat_key, plain_key):
-        """Every (native run, plain HF run) of one call for these keys, oldest plain run first."""
-        return [(n, pl) for pl in runs["plain HF"].get(plain_key, []) for n in runs["native"].get(nat_key, [])
-                if same_call(n, pl)]
-
-    def native_of(key, pairs):
-        """The key's native row; where it has no plain HF run of its own call (``pairs``) but another
-        native run of the key has one, the latest such run (the view compares rows of one call)."""
-        nat = by_impl["native"].get(key)
-        paired = [n for n, _ in pairs]
-        if nat is None or not paired or any(n is nat or same_run(n, nat) for n in paired):
-            return nat
-        return max(paired, key=lambda n: runs["native"][key].index(n))
-    plain_failed = {}
-    for r in failed:
-        if implementation(r) == "plain HF" and all(k in r for k in ("type", "seq_len", "hardware_label")):
-            plain_failed.setdefault((model_name(r), r["type"], r["seq_len"], r["hardware_label"],
-                                     str(r.get("attn")).lower()), r)
-    if not by_impl["hf"] and not by_impl["plain HF"] and not plain_failed:
-        return ""
-    cell = lambda r: f"{r['tps'] / 1e3:.2f}k ({r['peak_mem_gib']:.1f} GiB)" if r and r.get("peak_mem_gib") \
-        else (f"{r['tps'] / 1e3:.2f}k" if r else "-")  # noqa: E731
-    lines = ["## Peers: stepbench against the Hugging Face loop\n",
-             "For each published row, measured by the same harness (same timing, data, loss and per-step "
-             "work): **native** = stepbench's model code with the row's plugins; **hf** = the transformers "
-             "model (`model=hf_*`) with the same plugins; **plain HF** = what users run today "
-             "(`model.plain=true`: transformers' forward with `attn_implementation=\"sdpa\"`, its gradient "
-             "checkpointing, the loss over full fp32 logits, LoRA through peft), named with its AC and "
-             "attention: `sdpa` = torch's pick of kernel (cuDNN attention on Hopper, faster than FA2); "
-             "**plain HF, same kernel** = the same loop held to the published row's attention kernel "
-             "(`+attn=fa2`: torch's vendored FlashAttention-2, the kernel of stepbench's FA2 rows here), the "
-             "matching row. Cells: TPS (peak memory); an hf cell from another call than the native row says "
-             "so; a plain HF row that failed (e.g. out of memory on its full logits) shows the error. "
-             "Ratios = native TPS / that plain HF row's TPS, counted only where "
-             "both rows ran in the same call on the same machine (else shown in parentheses and left out "
-             "of the summary).\n",
-             "| Model | Type | SeqLen | AC | Attn | Hardware | prime-rl | native | hf | plain HF | native / plain HF "
-             "| plain HF, same kernel | native / same kernel |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    ratios: dict = {"plain": [], "same": []}
-
-    def versus(nat, other, which, pair=None):
-        """The ratio of a plain HF column: of the native and plain runs of one call where there are
-        (with that native run's TPS where it is not the one shown), else of the rows shown in
-        parentheses."""
-        if pair:
-            n, pl = pair
-            x = n["tps"] / pl["tps"]
-            ratios[which].append(x)
-            shown = nat is not None and same_run(n, nat)
-            return f"{x:.2f}x" + ("" if shown else f" (native {n['tps'] / 1e3:.2f}k of its call)")
-        if not (nat and other):
-            return "-"
-        return f"({nat['tps'] / other['tps']:.2f}x, not one call)"
-
-    def plain_cell(r, broke):
-        if r:
-            return f"{cell(r)} [{r['ac']}, {r['attn']}]"
-        if broke:
-            return f"failed: {str(broke.get('error') or 'error').split(':')[0]} [{broke.get('ac')}, {broke.get('attn')}]"
-        return "-"
-
-    for p in published:
-        key = (p["model"], p["type"], p["seq_len"], p["hardware_label"])
-        nat_key = (*key, p["ac"], p["attn"])
-        pairs, pairs_same = pairs_of_call(nat_key, (*key, "sdpa")), pairs_of_call(nat_key, (*key, p["attn"].lower()))
-        nat = native_of(nat_key, pairs + pairs_same)
-        hfr = partner("hf", nat_key, nat)
-        pair, pair_same = (pairs or [None])[-1], (pairs_same or [None])[-1]
-        plain = pair[1] if pair else partner("plain HF", (*key, "sdpa"), nat)
-        same = pair_same[1] if pair_same else partner("plain HF", (*key, p["attn"].lower()), nat)
-        broke = plain_failed.get((*key, "sdpa")) if not plain else None
-        broke_same = plain_failed.get((*key, p["attn"].lower())) if not same else None
-        if not (hfr or plain or broke or same or broke_same):
-            continue
-        hf_cell = cell(hfr) + (" (other call)" if hfr and nat and not same_call(nat, hfr) else "")
-        lines.append(f"| {p['model']} | {p['type']} | {p['seq_len']} | {p['ac']} | {p['attn']} | {p['hardware_label']} "
-                     f"| {p['tps'] / 1e3:.2f}k | {cell(nat)} | {hf_cell} | {plain_cell(plain, broke)} "
-                     f"| {versus(nat, plain, 'plain', pair)} | {plain_cell(same, broke_same)} "
-                     f"| {versus(nat, same, 'same', pair_same)} |")
-    if ratios["plain"]:
-        lines.append(ratio_summary("native / plain HF", ratios["plain"]))
-    if ratios["same"]:
-        lines.append(ratio_summary("native / plain HF with the same attention kernel", ratios["same"]))
-    return "\n".join(lines) + "\n"
-
-
-def reruns_view(pool: list[dict]) -> str:
-    """Rows run again on the same code in another call (often another lent machine): each call's
-    TPS (its median run) and their spread, max / min - 1. The same code means the same
-    ``env.source_digest`` (a digest of the source files), so the spread is what a rerun gives:
-    machine and run-to-run variation, no code change."""
-    groups: dict = {}
-    for r in sorted(pool, key=lambda r: str(r.get("time", ""))):
-        digest = (r.get("env") or {}).get("source_digest")
-        if digest:
-            groups.setdefault((row_key(r), digest), []).append(r)
-    lines, spreads = [], []
-    for (_, digest), rs in groups.items():
-        calls: list[list[dict]] = []
-        for r in rs:
-            home = next((c for c in calls if same_call(c[0], r)), None)
-            home.append(r) if home is not None else calls.append([r])
-        if len(calls) < 2:
-            continue
-        tps = [sorted(x["tps"] for x in c)[(len(c) - 1) // 2] for c in calls]
-        spread = max(tps) / min(tps) - 1
-        spreads.append(spread)
-        r = rs[0]
-        each = ", ".join(f"{t / 1e3:.2f}k ({str((c[0].get('env') or {}).get('git_commit') or '?')[:7]}, "
-                         f"{str(c[0].get('time', '?'))[:10]})" for t, c in zip(tps, calls))
-        lines.append(f"| {r['model']} | {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | "
-                     f"{r.get('hardware_label', '-')} | {r.get('variant') or '-'} | {digest[:8]} | {each} | "
-                     f"{100 * spread:.1f}% |")
-    if not lines:
-        return ""
-    head = ["## Reruns: the same row on the same code in another call\n",
-            "Rows measured in more than one device call (a fresh process, often on another lent machine) "
-            "with the same source code (`env.source_digest`): each call's TPS (its median run) with the "
-            "commit that ran it, and the spread max / min - 1. Differences here are the call's (machine, "
-            "where it changed, and run to run), not the code's.\n",
-            "| Model | Type | SeqLen | AC | Attn | Hardware | Variant | Source | TPS per call | Spread |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    srt = sorted(spreads)
-    tail = f"\n{len(spreads)} rows run again: median spread {100 * srt[(len(srt) - 1) // 2]:.1f}%, " \
-           f"largest {100 * srt[-1]:.1f}%."
-    return "\n".join(head + lines) + "\n" + tail + "\n"
-
-
-def step_budget_of(r: dict) -> dict | None:
-    """A row's ``step_budget`` (:func:`core.flops.step_budget`): stored in rows since it was added,
-    worked out from the stored row for older rows of one packed document per micro-batch."""
-    if r.get("step_budget"):
-        return r["step_budget"]
-    from core import flops
-    from core.plugins import make
-
-    c, ceil = r.get("config") or {}, r.get("ceilings")
-    if r.get("packing") != "single" or not ceil or not c.get("ac") or not r.get("step_time") \
-            or (r.get("sync_info") or {}).get("includes_gpu_tail"):
-        return None  # several documents, no ceilings, or a hand-off figure that includes GPU work
-    try:
-        a = row_args(r)
-        ac, adapter = make("ac", c["ac"]), make("adapter", c["adapter"])
-    except Exception:  # a row of a family or plugin not installed here
-        return None
-    sf = flops.micro_batch_flops(a, [int(r["seq_len"])], adapter.frozen_base,
-                                 (r.get("counts") or {}).get("adapter", 0), ac.recompute)
-    total, exposed = sync_per_step(r)
-    handoff = exposed if "overlap" in str(r.get("sync")) else total
-    return flops.step_budget([sf], ceil, r["step_time"], handoff / (r.get("micro_batches") or 2))
-
-
-def plot_views(rows: list[dict], published: list[dict], host_budget_gib: float) -> dict:
-    """Per published configuration, the rows views (a) and (b) show: ``same`` and ``best``."""
-    from core.plots import config_key
-
-    out = {}
-    for p in published:
-        same = [r for r in rows if (*_pub_key(r), r["ac"], r["attn"]) == (*_pub_key(p), p["ac"], p["attn"])
-                and same_work(r, p)]
-        best = [r for r in rows if _pub_key(r) == _pub_key(p) and same_work(r, p) and r.get("peak_mem_gib")
-                and r["peak_mem_gib"] <= p["peak_mem_gib"] and host_gib(r) <= host_budget_gib]
-        if same or best:
-            out[config_key(p)] = {"same": min(same, key=lambda x: (work_rank(x, p), bool(row_variant(x))))
-                                  if same else None, "best": max(best, key=lambda x: x["tps"]) if best else None}
-    return out
-
-
-def budget_view(rows: list[dict]) -> str:
-    """Where the time of each native row doing a published row's per-step work goes: the useful work
-    at the measured ceilings (the roofline fraction), what its configuration runs again (recompute,
-    the chunked head) and its weight hand-off, and the rest; ``attainable`` is the roofline fraction
-    with the rest at zero."""
-    lines = ["## Where the step goes\n",
-             "Each native row's time per micro-batch, split: **useful** = its useful FLOPs at the measured "
-             "matmul and attention ceilings (the Roofline column); **recompute** = what the configuration "
-             "executes again (activation recompute; the chunked head's logits in backward) at the same "
-             "ceilings; **hand-off** = the weight hand-off the step waited for; **other** = the rest (kernels "
-             "below their ceilings, memory-bound kernels, an idle GPU). **Attainable** = useful / (useful + "
-             "recompute + hand-off): the roofline fraction this configuration would reach if every kernel ran "
-             "at its ceiling and nothing else took time. Rows doing a published row's per-step work (2 micro-batches "
-             "of one document; RL: the filesystem hand-off on disk, not overlapped); a negative `other` means "
-             "kernels ran above the ceilings measured for them. From the row's one profiled step "
-             "(`busy_step`, timed apart from the measured steps, profiler overhead included): **GPU idle** = "
-             "the share of its wall time with no kernel or copy on the GPU (a host-bound step; the hand-off's "
-             "host-side copy counts here too), **memory-bound** = the device time of elementwise, reduction "
-             "and copy kernels (what fused kernels would shrink).\n",
-             "| Model | Type | SeqLen | AC | Attn | Compiled | Variant | useful | recompute | hand-off | other "
-             "| attainable | GPU idle | memory-bound |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    n = 0
-    pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
-    for r in sorted(rows, key=lambda r: (section_name(r), r["type"], int(r["seq_len"]), r["ac"], r["attn"])):
-        b = step_budget_of(r) if same_work(r, {"type": r["type"]}) else None
-        if not b:
-            continue
-        n += 1
-        kinds = r.get("gpu_time_by_kind") or {}
-        idle = 1.0 - r["gpu_busy"] if r.get("gpu_busy") is not None else None
-        mem = sum(kinds.get(k, 0.0) for k in ("elementwise", "reduction", "copy")) if kinds else None
-        lines.append(f"| {section_name(r)} | {r['type']} | {r['seq_len']} | {r['ac']} | {r['attn']} | "
-                     f"{'yes' if r.get('compile') else 'no'} | {r.get('variant') or '-'} | {pct(b['useful'])} | "
-                     f"{pct(b['recompute'])} | {pct(b['handoff'])} | {pct(b['other'])} | {pct(b['attainable'])} | "
-                     f"{pct(idle)} | {pct(mem)} |")
-    return "\n".join(lines) + "\n" if n else ""
 
 
 def predictions_section(preds: list[dict]) -> str:

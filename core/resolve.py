@@ -230,8 +230,8 @@ def resolve(cfg, world: int = 1) -> Resolved:
         raise UserError(f"predicted peak memory {pred:.1f} GiB exceeds the {mem_limit:.1f} GiB available "
                         f"({'GPU' if ctx.device == 'cuda' else 'host'}): try {lean}, another adapter, more GPUs, "
                         "or max_memory_gib=<GiB> to run it anyway")
-    sync_ctx = SyncContext(0, world, ctx.device, adapter.frozen_base, cfg.task.name,
-                           2 * adapter.handoff_params(args), handoff=adapter.handoff)
+    sync_ctx = SyncContext(0, world, ctx.device, adapter.frozen_base, 2 * adapter.handoff_params(args),
+                           task=cfg.task.name, handoff=adapter.handoff)
     try:
         why = sync.check(sync_ctx)
     except ValueError as e:
@@ -271,13 +271,14 @@ def row_labels(cfg, r: Resolved | None, world: int) -> dict:
     if r is not None:
         labels = {"ac": r.ac.label, "attn": r.attention.label, "adapter": r.adapter.label, "sync": r.sync.label}
         model, hf, family, flavour, seq = r.args.name, r.args.hf_name, r.family, r.flavour, r.seq_len
-        hw_label, impl = r.hw["label"], r.family_obj.implementation(r.args)
+        hw_label, impl, own_loop = r.hw["label"], r.family_obj.implementation(r.args), r.family_obj.own_loop(r.args)
     else:
         labels = config_labels(cfg)
         model, hf, family, flavour = str(cfg.model.get("family")), "", cfg.model.get("family"), cfg.model.get("flavour")
-        seq, hw_label, impl = cfg.get("seq_len"), str(cfg.hardware.get("label", cfg.hardware.get("name"))), None
+        seq, hw_label = cfg.get("seq_len"), str(cfg.hardware.get("label", cfg.hardware.get("name")))
+        impl = own_loop = None  # unknown: the family did not resolve
     return {
-        "model": model, "hf_name": hf, "family": family, "flavour": flavour, "impl": impl,
+        "model": model, "hf_name": hf, "family": family, "flavour": flavour, "impl": impl, "own_loop": own_loop,
         "task": task, "adapter": labels["adapter"], "type": f"{task} {labels['adapter']}",
         "seq_len": seq, "ac": labels["ac"], "attn": labels["attn"], "hardware": hw_label, "num_gpus": world,
         "hardware_label": f"{world}x{hw_label}", "micro_batches": cfg.get("micro_batches"),

@@ -27,8 +27,8 @@ def run(family: str, adapter: str, replicate: str, rank: int, world: int) -> dic
     args = FAMILIES[family]
     reg = registry()
     opts = {} if adapter == "full" else {"replicate": {"true": True, "false": False}.get(replicate, replicate)}
-    b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
-              reg.get("adapter", adapter).factory(opts), torch.device("cpu"), seed=0)
+    b = build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", "recompute").make({}),
+              reg.get("adapter", adapter).make(opts), torch.device("cpu"), seed=0)
     if adapter == "lora":
         from torch.distributed.tensor import distribute_tensor
 

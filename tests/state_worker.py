@@ -32,8 +32,8 @@ def main(out: str):
     args = QWEN3["tiny"]
     result = {"world": world}
     for name in ("full", "lora", "lora_whole"):  # lora_whole: adapter.replicate=true
-        adapter = reg.get("adapter", name.split("_")[0]).factory({"replicate": True} if name == "lora_whole" else {})
-        b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
+        adapter = reg.get("adapter", name.split("_")[0]).make({"replicate": True} if name == "lora_whole" else {})
+        b = build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", "recompute").make({}),
                   adapter, torch.device("cpu"), seed=0)
         (mb,) = make_batches(args, "rl", 64, 1, "single", seed=1, step=0, device="cpu", rank=rank)
         forward_backward(b, mb, "rl", 1.0)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.models.flavours import QWEN3  # noqa: E402
 from core.plugins import registry  # noqa: E402
-from core.sync import SyncContext  # noqa: E402
+from core.contracts import SyncContext  # noqa: E402
 from core.trainer import build, init_distributed  # noqa: E402
 from plugins.sync.filesystem import Filesystem  # noqa: E402
 
@@ -44,11 +44,11 @@ def main(out: str):
     rank, world = init_distributed("cpu")
     reg = registry()
     for adapter, tag in (("full", ""), ("lora", "-lora")):
-        b = build(QWEN3["tiny"], reg.get("attn", "sdpa").factory({}), reg.get("ac", "none").factory({}),
-                  reg.get("adapter", adapter).factory({"rank": 4} if adapter == "lora" else {}),
+        b = build(QWEN3["tiny"], reg.get("attn", "sdpa").make({}), reg.get("ac", "none").make({}),
+                  reg.get("adapter", adapter).make({"rank": 4} if adapter == "lora" else {}),
                   torch.device("cpu"), seed=3)
         fs = Filesystem(out, keep=1, cleanup=False)
-        fs.setup(b.model, SyncContext(rank, world, "cpu", adapter == "lora", 0, row_id=f"world{world}{tag}"))
+        fs.setup(b.model, SyncContext(rank, world, "cpu", adapter == "lora", 0, row_id=f"world{world}{tag}", handoff=b.adapter.handoff))
         fs.after_step(0)
         fs.finish()
     if world > 1:

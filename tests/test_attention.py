@@ -33,7 +33,8 @@ def check_backend(name, device, docs, heads, kv, dim=128, tol=2e-2, make=None):
     why = e.unavailable(RunContext.detect() if device == "cuda" else RunContext("cpu"))
     if why:
         pytest.skip(why)
-    be = (make or e.factory)({})
+    be = make({}) if make else e.make({})
+    be.prepare()
     T = sum(docs)
     gen = torch.Generator(device=device).manual_seed(hash((name, T, heads, kv)) % 2**31)
     mk = lambda h: torch.randn(T, h, dim, device=device, generator=gen)  # noqa: E731
@@ -78,7 +79,7 @@ def test_fa2_torch_paths_gpu(via_aten, heads, kv):
     if via_aten and not has_aten_flash():
         pytest.skip("this torch has no aten._flash_attention_forward with a backward")
     for docs in DOCS:
-        check_backend("fa2", "cuda", docs, heads, kv, make=lambda cfg: FA2Torch(via_aten=via_aten))
+        check_backend("fa2", "cuda", docs, heads, kv, make=lambda options: FA2Torch(via_aten=via_aten))
 
 
 def test_backends_say_which_head_dims_they_cannot_run(monkeypatch):
@@ -116,7 +117,7 @@ def test_auto_sends_head_dims_its_fa3_lacks_to_the_other_backend():
 
     auto = Auto.__new__(Auto)  # as built on an SM90 GPU with a head_dim-128-only FA3
     auto.single = auto.packed = Fake("fa3")
-    auto.other, auto.fa3_dims, auto.used = Fake("fa2"), (128,), set()
+    auto.other, auto.fa3_dims, auto.used = Fake("fa2"), (128,), {}
     meta = AttnMeta.from_doc_lens([4, 4], "cpu")
     for d in (128, 64):
         q = torch.zeros(8, 2, d)
@@ -128,4 +129,4 @@ def test_fa2_via_option_says_what_to_type():
     from plugins.attention import fa2
 
     with pytest.raises(ValueError, match="attn.via=bogus is not one of auto, aten, varlen: try attn.via=auto"):
-        fa2.make({"via": "bogus"})
+        fa2.make({"via": "bogus"}, None)

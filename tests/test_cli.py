@@ -55,7 +55,7 @@ def run(*args, env=None):
     (["seq_len=0"], "seq_len must be a positive multiple of 128"),
     (["+attn=fa3", "device=cpu"], "attn 'fa3' cannot run here"),
     (["+attn=cudnn", "device=cpu"], "attn 'cudnn' cannot run here: needs a CUDA GPU"),
-    (["+ac=offload_attention", "max_host_gib=0.0001", "device=cpu"], "GiB is available: try +ac=offload"),
+    (["+ac=offload_attention", "max_host_gib=0.0001", "device=cpu"], "GiB is available: try a shorter seq_len"),
 ])
 def test_bad_input_one_line_exit_2(args, expect):
     p = run(*args)
@@ -70,13 +70,14 @@ def test_bad_input_one_line_exit_2(args, expect):
     (["model=qwen3_tiny", "adapter=lora", "adapter.replicate=maybe"], "try adapter.replicate=auto"),
 ])
 def test_bad_plugin_option_one_line_exit_2(tmp_path, args, expect):
-    """A plugin that rejects its options: exit 2, a failed row with that one line, no traceback."""
+    """A plugin that rejects its options: refused before anything is built (its factory is asked
+    while the row resolves), exit 2, that one line, no traceback, and no row appended for a typo."""
     p = run(*args, "device=cpu", "steps=2", "seq_len=256", f"results={tmp_path / 'r.jsonl'}")
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
-    assert p.stdout.strip().splitlines()[-1].endswith(expect), p.stdout
-    row = json.loads((tmp_path / "r.jsonl").read_text())
-    assert row["status"] == "failed" and row["error"].endswith(expect)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].endswith(expect), p.stderr
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 def test_default_run_on_cpu_says_so_and_writes_a_row(tmp_path):
@@ -85,7 +86,7 @@ def test_default_run_on_cpu_says_so_and_writes_a_row(tmp_path):
     res = tmp_path / "rows.jsonl"
     p = run(f"results={res}", "steps=2")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "no CUDA GPU: running the tiny Qwen3 on the CPU" in p.stderr
+    assert "no CUDA GPU: running qwen3 tiny on the CPU" in p.stderr
     (row,) = [json.loads(x) for x in res.read_text().splitlines()]
     assert row["status"] == "ok" and row["tps"] > 0 and len(row["samples"]["step_s"]) == 1
     assert row["type"] == "RL Full" and row["env"]["torch"]

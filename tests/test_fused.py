@@ -145,8 +145,8 @@ def test_fused_compiled_equals_unfused_cuda(dist_group, adapter):
 
     def step(fuse, compile):
         torch._dynamo.reset()
-        b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
-                  reg.get("adapter", adapter).factory({}), torch.device("cuda"), seed=0, compile=compile, fuse=fuse)
+        b = build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", "recompute").make({}),
+                  reg.get("adapter", adapter).make({}), torch.device("cuda"), seed=0, compile=compile, fuse=fuse)
         if adapter == "lora":
             with torch.no_grad():
                 for n, p in b.model.named_parameters():
@@ -180,8 +180,8 @@ def test_replicated_adapters_equal_sharded(dist_group, family):
     reg = registry()
 
     def step(replicate):
-        b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
-                  reg.get("adapter", "lora").factory({"replicate": replicate}), torch.device("cpu"), seed=0)
+        b = build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", "recompute").make({}),
+                  reg.get("adapter", "lora").make({"replicate": replicate}), torch.device("cpu"), seed=0)
         lora = [p for n, p in b.model.named_parameters() if "lora_" in n]
         assert len(b.replicated) == (len(lora) if replicate == "auto" else 0)
         assert all(not hasattr(p, "device_mesh") for p in b.replicated)
@@ -214,8 +214,8 @@ def test_one_gpu_lora_runs_without_fsdp(dist_group, monkeypatch):
     args, reg = QWEN3["tiny"], registry()
 
     def built(fsdp, adapter="lora", **opts):
-        return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
-                     reg.get("adapter", adapter).factory(opts), torch.device("cpu"), seed=0, fsdp=fsdp)
+        return build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", "recompute").make({}),
+                     reg.get("adapter", adapter).make(opts), torch.device("cpu"), seed=0, fsdp=fsdp)
 
     def step(b):
         with torch.no_grad():  # B away from zero, so the A gradients are checked too
@@ -260,8 +260,8 @@ def test_one_gpu_full_finetuning_runs_without_fsdp(dist_group, family):
     args, reg = FAMILIES[family], registry()
 
     def built(fsdp):
-        return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "recompute").factory({}),
-                     reg.get("adapter", "full").factory({}), torch.device("cpu"), seed=0, fsdp=fsdp)
+        return build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", "recompute").make({}),
+                     reg.get("adapter", "full").make({}), torch.device("cpu"), seed=0, fsdp=fsdp)
 
     bare, wrapped = built("auto"), built(True)
     assert not bare.fsdp and not any(isinstance(m, FSDPModule) for m in bare.model.modules())

@@ -34,7 +34,7 @@ def pair(family):
     model = hf.build(hf_args(d))
     assert set(native.state_dict()) == set(model.state_dict())  # same names: adapters, init, sync work alike
     model.load_state_dict(native.state_dict())
-    sdpa = registry().get("attn", "sdpa").factory({})
+    sdpa = registry().get("attn", "sdpa").make({})
     for m in (native, model):
         from core.trainer import bind_attention
 
@@ -130,7 +130,7 @@ def test_plain_hf_held_to_one_kernel_in_forward_and_recompute(monkeypatch):
         plain.lm.model.load_state_dict({k: v for k, v in native.state_dict().items() if not k.startswith("lm_head")},
                                        strict=False)
         plain.init_buffers()
-        bind_attention(plain, registry().get("attn", attn).factory({}) if attn != "fa2" else type("B", (), {"name": "fa2"})())
+        bind_attention(plain, registry().get("attn", attn).make({}) if attn != "fa2" else type("B", (), {"name": "fa2"})())
         plain.block_runner = None  # as +ac=recompute leaves it: transformers' own checkpointing
         with Count() as c:
             out = run(plain, [96])
@@ -160,8 +160,8 @@ def test_hf_under_each_strategy_equals_none(dist_group, adapter, ac, ac_cfg):
     def make(name, cfg):
         from core.trainer import build
 
-        return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", name).factory(cfg),
-                     reg.get("adapter", adapter).factory({}), torch.device("cpu"), model_builder=hf.build)
+        return build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", name).make(cfg),
+                     reg.get("adapter", adapter).make({}), torch.device("cpu"), model_builder=hf.build)
 
     none = make("none", {})
     assert none.replicated == ()  # adapter.replicate=auto: peft's layers here, the adapters stay in FSDP2
@@ -203,7 +203,8 @@ def test_a_tiny_hf_row_runs_through_the_bench(tmp_path):
 def test_report_peers_view_and_hf_rows_stay_out_of_the_headline_views(tmp_path):
     """Native, hf and plain HF rows of one published row: the peers view shows the three side by
     side with the native / plain HF ratio; hf rows get their own sections and enter neither view."""
-    from core.report import main, parse_published
+    from core.published import parse_published
+    from core.report import main
     from tests.test_report import h100, ours, write
 
     published, _, _ = parse_published()
@@ -235,7 +236,9 @@ def test_report_peers_view_and_hf_rows_stay_out_of_the_headline_views(tmp_path):
 def test_peers_ratio_counts_only_rows_of_one_call(tmp_path):
     """A native / plain HF ratio is counted only for rows of one call (same run id; for rows without
     one, the same commit and GPU within 30 minutes); otherwise shown in parentheses, not summarised."""
-    from core.report import main, parse_published, same_call
+    from core.published import parse_published
+    from core.report import main
+    from core.views import same_call
     from tests.test_report import h100, ours, write
 
     published, _, _ = parse_published()
@@ -261,7 +264,8 @@ def test_peers_ratio_counts_only_rows_of_one_call(tmp_path):
 
 def test_peers_view_shows_a_plain_hf_row_that_failed(tmp_path):
     """The plain HF loop out of memory (its full fp32 logits) is a result: the peers cell says so."""
-    from core.report import main, parse_published
+    from core.published import parse_published
+    from core.report import main
     from tests.test_report import h100, ours, write
 
     published, _, _ = parse_published()
@@ -283,7 +287,8 @@ def test_peers_view_shows_a_plain_hf_row_that_failed(tmp_path):
 def test_peers_take_the_plain_hf_run_of_the_native_rows_call(tmp_path):
     """Two plain HF runs of one key: the headline keeps their median, but the peers view pairs the
     native row with the run of its own call, so the ratio counts."""
-    from core.report import main, parse_published
+    from core.published import parse_published
+    from core.report import main
     from tests.test_report import h100, ours, write
 
     published, _, _ = parse_published()
@@ -302,10 +307,18 @@ def test_peers_take_the_plain_hf_run_of_the_native_rows_call(tmp_path):
     assert "native / plain HF, 1 rows" in peers
 
 
+def peer_cells(text: str, line: str) -> dict:
+    """A peers-view row's cells by column name (the view's columns depend on the peers present)."""
+    head = next(ln for ln in text.split("## Peers")[1].splitlines() if ln.startswith("| Model |"))
+    split = lambda ln: [c.strip() for c in ln.strip().strip("|").split("|")]  # noqa: E731
+    return dict(zip(split(head), split(line)))
+
+
 def test_peers_take_a_native_run_that_has_a_plain_hf_run_in_its_call(tmp_path):
     """The key's median native run has no plain HF run of its own call (an A/B of other rows picked
     it) but another native run has: the peers view pairs that one, so the ratio is of one call."""
-    from core.report import main, parse_published
+    from core.published import parse_published
+    from core.report import main
     from tests.test_report import h100, ours, write
 
     published, _, _ = parse_published()
@@ -323,15 +336,16 @@ def test_peers_take_a_native_run_that_has_a_plain_hf_run_in_its_call(tmp_path):
     assert "25.00k" in text.split("## Peers")[0]  # the headline keeps the median run
     line = next(ln for ln in text.split("## Peers")[1].splitlines()
                 if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
-    cells = [c.strip() for c in line.strip("| ").split("|")]
-    assert cells[7].startswith("20.00k") and cells[10] == "2.00x", cells
+    cells = peer_cells(text, line)
+    assert cells["native"].startswith("20.00k") and cells["native / plain HF"] == "2.00x", cells
 
 
 def test_peers_and_view_a_take_the_default_configuration_not_a_variant(tmp_path):
     """An A/B call measures a variant (``fsdp=true``) beside the default row and the plain HF row:
     the peers view pairs the default row, never the variant, and view (a) shows the default row
     whatever the order of the rows."""
-    from core.report import main, parse_published
+    from core.published import parse_published
+    from core.report import main
     from tests.test_report import h100, ours, write
 
     published, _, _ = parse_published()
@@ -349,8 +363,8 @@ def test_peers_and_view_a_take_the_default_configuration_not_a_variant(tmp_path)
     assert "20.00k" in view_a and "16.00k" not in view_a
     line = next(ln for ln in text.split("## Peers")[1].splitlines()
                 if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
-    cells = [c.strip() for c in line.strip("| ").split("|")]
-    assert cells[7].startswith("20.00k") and cells[10] == "2.00x" and "16.00k" not in line, cells
+    cells = peer_cells(text, line)
+    assert cells["native"].startswith("20.00k") and cells["native / plain HF"] == "2.00x" and "16.00k" not in line
 
 
 def test_plain_hf_fa3_switches_transformers_attention(monkeypatch):

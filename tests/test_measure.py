@@ -4,6 +4,7 @@ provenance."""
 import pytest
 
 from core import flops
+from core.contracts import RecomputeFacts
 from core.measure import spread, throughput
 from core.models.flavours import QWEN3
 
@@ -23,49 +24,28 @@ def test_spread():
     assert s["cv"] == pytest.approx(0.8660254 / 1.5)
 
 
-@pytest.mark.parametrize("ac,info,kind", [
-    ("none", {}, "none"), ("recompute", {"ac_mode": "full"}, "full"),
-    ("recompute", {"ac_mode": "selective"}, "selective"), ("offload", {"ac_mode": "full"}, "full"),
-    ("offload", {"ac_mode": "attention"}, "selective"),
+@pytest.mark.parametrize("options,blocks,attention", [
+    ({"name": "none"}, False, False), ({"name": "recompute"}, True, True),
+    ({"name": "recompute", "mode": "selective"}, True, False), ({"name": "offload"}, True, True),
+    ({"name": "offload", "mode": "attention"}, True, False),
 ])
-def test_recompute_kind_counts_offload_attention_block_recompute(ac, info, kind):
-    assert flops.recompute_kind(ac, info) == kind
+def test_each_strategy_declares_what_backward_runs_again(options, blocks, attention):
+    """The executed FLOPs ask the activation strategy (offload mode=attention runs the block again
+    without attention, as selective recompute does)."""
+    from core.plugins import make
+
+    assert make("ac", options).recompute == RecomputeFacts(blocks=blocks, attention=attention)
 
 
 def test_offload_attention_executes_the_block_again_without_attention():
+    from core.plugins import make
+
     a = QWEN3["0.6B"]
-    none = flops.micro_batch_flops(a, [8192], False, 0, "none")
-    sel = flops.micro_batch_flops(a, [8192], False, 0, flops.recompute_kind("offload", {"ac_mode": "attention"}))
-    full = flops.micro_batch_flops(a, [8192], False, 0, "full")
+    none = flops.micro_batch_flops(a, [8192], False, 0, RecomputeFacts())
+    sel = flops.micro_batch_flops(a, [8192], False, 0, make("ac", {"name": "offload", "mode": "attention"}).recompute)
+    full = flops.micro_batch_flops(a, [8192], False, 0, flops.FULL_RECOMPUTE)
     assert none.executed < sel.executed < full.executed
     assert sel.attn_executed == none.attn_executed and full.attn_executed > sel.attn_executed
-
-
-def test_ceilings_come_from_the_backend_that_ran():
-    hw = {"name": "H100", "mm_tflops": 790, "attn_tflops": 624}
-    rows = [{"kind": "attention_bench", "gpu": "NVIDIA H100 80GB HBM3", "backend": b, "shape": s, "tflops": t}
-            for b, s, t in [("fa3", "1x16384", 620), ("fa3", "1x65536", 600), ("fa2", "1x16384", 320),
-                            ("fa2", "1x65536", 330), ("matmul", "8192^3", 780), ("matmul", "8192^3", 790),
-                            ("fa2", "1x16384", 300)]]
-    c = flops.ceilings(hw, "fa2", "torch varlen_attn (vendored FA2)", 16384, rows)
-    assert c["attn_tflops"] == 310 and "fa2" in c["attn_source"] and c["mm_tflops"] == 785
-    assert flops.ceilings(hw, "auto", "auto: flash_attn_3 3.0.0", 65536, rows)["attn_tflops"] == 600
-    other = flops.ceilings({"name": "B200", "mm_tflops": 1, "attn_tflops": 2}, "fa2", None, 8192, rows)
-    assert other["attn_tflops"] == 2 and other["attn_source"].startswith("hardware profile")
-
-
-def test_ceilings_prefer_the_kernel_and_heads_that_ran():
-    hw = {"name": "H100", "mm_tflops": 790, "attn_tflops": 624}
-    rows = [{"kind": "attention_bench", "gpu": "NVIDIA H100 80GB HBM3", "backend": "fa2", "shape": s, "tflops": t,
-             "provider": p, **({"heads": h} if h else {})}
-            for p, h, s, t in [("old", None, "1x8192", 250), ("new", "32/8", "1x8192", 300),
-                               ("new", "16/8", "1x8192", 280), ("new", "16/8", "1x65536", 330)]]
-    c = flops.ceilings(hw, "fa2", "new", 8192, rows, heads="16/8")
-    assert c["attn_tflops"] == 280 and "same kernel" in c["attn_source"] and "heads 16/8" in c["attn_source"]
-    assert flops.ceilings(hw, "fa2", "new", 8192, rows, heads="32/8")["attn_tflops"] == 300
-    # a kernel never measured: the fa2 rows of those heads (a row without heads counts as 32/8)
-    assert flops.ceilings(hw, "fa2", "other", 8192, rows, heads="32/8")["attn_tflops"] == 275
-    assert flops.ceilings(hw, "fa2", "new", 65536, rows, heads="40/8")["attn_tflops"] == 330
 
 
 @pytest.mark.parametrize("kind", ["none", "full"])
@@ -73,7 +53,7 @@ def test_step_budget_splits_the_micro_batch(kind):
     """useful is the roofline fraction; the parts add up to the measured time; attainable is what
     the configuration would reach with nothing but its FLOPs at the ceilings and its hand-off."""
     a = QWEN3["0.6B"]
-    sf = flops.micro_batch_flops(a, [8192], False, 0, kind)
+    sf = flops.micro_batch_flops(a, [8192], False, 0, RecomputeFacts(kind == "full", kind == "full"))
     ceil = {"mm_tflops": 790.0, "attn_tflops": 275.0}
     roof = sf.mm_useful / 790e12 + sf.attn_useful / 275e12
     ideal = sf.mm_executed / 790e12 + sf.attn_executed / 275e12

@@ -15,8 +15,8 @@ STRATEGIES = [("recompute", {}), ("recompute", {"inside": False}), ("recompute",
 
 def make(args, ac="none", adapter="full", ac_cfg=None, seed=0, device="cpu"):
     reg = registry()
-    return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", ac).factory(ac_cfg or {}),
-                 reg.get("adapter", adapter).factory({}), torch.device(device), seed=seed)
+    return build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", ac).make(ac_cfg or {}),
+                 reg.get("adapter", adapter).make({}), torch.device(device), seed=seed)
 
 
 def whole(t):
@@ -92,8 +92,8 @@ def test_compiled_equals_eager_cuda(dist_group, adapter, ac, ac_cfg):
     reg = registry()
 
     def built(compile):
-        return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", ac).factory(ac_cfg),
-                     reg.get("adapter", adapter).factory({}), torch.device("cuda"), seed=0, compile=compile)
+        return build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", ac).make(ac_cfg),
+                     reg.get("adapter", adapter).make({}), torch.device("cuda"), seed=0, compile=compile)
 
     ref_loss, ref = grads_after_step(built(False), args, device="cuda")
     loss, got = grads_after_step(built(True), args, device="cuda")
@@ -121,8 +121,8 @@ def _saved_shapes(device, mode):
     # a fresh dynamo: after the other compiled tests of a session the block's code can be past its
     # recompile limit, run eagerly, and save nothing through the outer hook (failed on an H100 so)
     torch._dynamo.reset()
-    b = build(args, reg.get("attn", attn).factory({}), reg.get("ac", "recompute").factory({"mode": mode}),
-              reg.get("adapter", "lora").factory({}), torch.device(device), seed=0, compile=True)
+    b = build(args, reg.get("attn", attn).make({}), reg.get("ac", "recompute").make({"mode": mode}),
+              reg.get("adapter", "lora").make({}), torch.device(device), seed=0, compile=True)
     mb = make_batches(args, "rl", 256, 1, "single", seed=0, step=0, device=device)[0]
     shapes = []
 
@@ -302,8 +302,8 @@ def test_grouped_expert_lora_matches_merged_weights_bf16_cuda():
 def test_moe_lora_expert_modes_train_experts(dist_group, experts):
     args = FAMILIES["qwen3_moe"]
     reg = registry()
-    b = build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", "none").factory({}),
-              reg.get("adapter", "lora").factory({"experts": experts}), torch.device("cpu"), seed=0)
+    b = build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", "none").make({}),
+              reg.get("adapter", "lora").make({"experts": experts}), torch.device("cpu"), seed=0)
     _, grads = grads_after_step(b, args)
     assert any("experts" in n and "lora_B" in n and g.abs().sum() > 0 for n, g in grads.items())
 
@@ -328,8 +328,8 @@ def test_the_family_builder_makes_the_model(dist_group):
             built.append(a.name)
 
     reg = registry()
-    b = build(QWEN3["tiny"], reg.get("attn", "sdpa").factory({}), reg.get("ac", "none").factory({}),
-              reg.get("adapter", "full").factory({}), torch.device("cpu"), model_builder=Marked)
+    b = build(QWEN3["tiny"], reg.get("attn", "sdpa").make({}), reg.get("ac", "none").make({}),
+              reg.get("adapter", "full").make({}), torch.device("cpu"), model_builder=Marked)
     assert isinstance(b.model, Marked) and built == [QWEN3["tiny"].name]
     assert reg.get("model_family", "qwen3").factory.build is CausalLM
 

@@ -6,21 +6,22 @@ import json
 import pytest
 
 from core import predict as P
+from core.fits import fits_from_rows
 from core.models.flavours import QWEN3
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    return P.fits_from_rows()
+    return fits_from_rows()
 
 
 def test_fits_come_from_our_rows_and_predict_them(fitted):
     """In-sample check: the compute and sync fits reproduce the TPS of every current 1xH100 table row
     within 25% (the fits never see published rows)."""
-    current, sync_fit, fits = fitted
+    current, sync_fits, fits = fitted
     assert ("fa3", "dense") in fits and ("fa2", "dense") in fits
-    assert 1.0 < sync_fit.gb_per_s < 50.0
-    preds, _ = P.predict_published(fits, sync_fit, current)
+    assert 1.0 < sync_fits["filesystem disk"].gb_per_s < 50.0
+    preds, _ = P.predict_published(fits, sync_fits, current)
     mine = [p for p in preds if p["measured_tps"]]
     assert len(mine) >= 20
     for p in mine:
@@ -31,12 +32,15 @@ def test_fits_come_from_our_rows_and_predict_them(fitted):
 
 
 def test_eight_gpus_shard_state_pay_collectives_and_scale_below_linear(fitted):
-    _, sync_fit, fits = fitted
+    _, sync_fits, fits = fitted
     from core import hardware
+    from core.memory import Layout
+    from core.plugins import make
 
     hw = hardware.load("h100")
-    kw = dict(seq_len=16384, task="rl", lora_rank=None, ac="recompute", mode="full", attn="fa3", hw=hw,
-              fits=fits, sync_fit=sync_fit)
+    kw = dict(seq_len=16384, task="rl", adapter=make("adapter", {"name": "full"}), ac=make("ac", {"name": "recompute"}),
+              attn="FA3", hw=hw, fits=fits, sync_fits=sync_fits, sync_label="filesystem disk",
+              layout=Layout(inside_compiled=True, lora_fused=True, unwrapped=True))
     one, eight = P.predict(QWEN3["4B"], gpus=1, **kw), P.predict(QWEN3["4B"], gpus=8, **kw)
     assert eight["memory_terms_gib"]["states"] == pytest.approx(one["memory_terms_gib"]["states"] / 8)
     assert one["collectives"]["seconds"] == 0 and eight["collectives"]["seconds"] > 0
@@ -54,7 +58,7 @@ def test_eight_gpus_shard_state_pay_collectives_and_scale_below_linear(fitted):
     (["model=qwen3_4b", "hardware=h200", "gpus=eight"], "gpus=eight"),
     (["model=qwen3_4b", "gpus=8"], "name the hardware"),
     (["model=qwen3_4b", "hardware=h200", "+attn=sdpa"], "use +attn=fa3"),
-    (["model=qwen3_4b", "hardware=h200", "+sync=nccl"], "filesystem hand-off only"),
+    (["model=qwen3_4b", "hardware=h200", "adapter=lora", "adapter.rank=0"], "adapter.rank=16"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, args, needle):
     assert P.main(args) == 2
@@ -64,9 +68,9 @@ def test_bad_input_is_one_line_exit_2(capsys, args, needle):
 
 def test_one_prediction_prints_its_terms(capsys):
     assert P.main(["model=qwen3_4b", "+attn=fa3", "+ac=recompute", "seq_len=65536", "hardware=h200", "gpus=8",
-                   "adapter=lora"]) == 0
+                   "adapter=lora", "+sync=filesystem"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("predicted (not measured): Qwen3-4B RL LoRA(r=16) 65536 recompute FA3 on 8xH200")
+    assert out.startswith("predicted (not measured): Qwen3-4B RL LoRA(r=16) 65536 Recompute FA3 on 8xH200")
     for term in ("peak memory per GPU", "states", "efficiency", "collectives per micro-batch", "weight sync", "TPS"):
         assert term in out
 
@@ -75,11 +79,12 @@ def test_a_transformers_config_can_be_predicted(capsys):
     assert P.main(["model=hf_qwen3_4b", "hardware=h100", "gpus=8", "seq_len=16384"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("predicted (not measured): Qwen3-4B (hf) RL Full 16384") and "native model code" in out
+    assert "picks its kernel when the row runs" in out  # +attn=auto: the fastest measured kernel
 
 
 def test_predicted_rows_never_share_a_report_section_with_measured_rows(tmp_path):
     from core import report
-    from core.report import parse_published
+    from core.published import parse_published
     from tests.test_report import h100, ours
 
     results, predicted = tmp_path / "results", tmp_path / "predicted"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from core.models.flavours import QWEN3, QWEN3_MOE
 from core.plugins import registry
-from core.sync import SyncContext
+from core.contracts import SyncContext
 from core.trainer import build, make_batches, train_step
 from plugins.sync.filesystem import AHEAD, Filesystem, complete_steps
 from tests.test_cli import run
@@ -24,8 +24,8 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 def built(args, adapter="full", ac="recompute"):
     reg = registry()
-    ad = reg.get("adapter", adapter).factory({"rank": 4, "alpha": 8} if adapter == "lora" else {})
-    return build(args, reg.get("attn", "sdpa").factory({}), reg.get("ac", ac).factory({}), ad,
+    ad = reg.get("adapter", adapter).make({"rank": 4, "alpha": 8} if adapter == "lora" else {})
+    return build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", ac).make({}), ad,
                  torch.device("cpu"), seed=1)
 
 
@@ -49,7 +49,7 @@ def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path,
     args = QWEN3["tiny"]
     b = built(args, adapter)
     fs = Filesystem(str(tmp_path), keep=3, overlap=overlap, cleanup=False, writer=writer)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", adapter == "lora", 0, row_id="r"))
+    fs.setup(b.model, SyncContext(0, 1, "cpu", adapter == "lora", 0, row_id="r", handoff=b.adapter.handoff))
     b.sync = fs
     if writer == "mapped":  # the first AHEAD steps' files are ready before the first step (setup is untimed)
         assert sorted(fs.prepared) == list(range(AHEAD)) and all(f.done() for f in fs.prepared.values())
@@ -95,7 +95,7 @@ def test_mapped_writer_unmaps_off_the_step_after_publishing(dist_group, tmp_path
     args = QWEN3["tiny"]
     b = built(args)
     fs = Filesystem(str(tmp_path), keep=3, cleanup=False, unmap=unmap)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
+    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r", handoff=b.adapter.handoff))
     b.sync = fs
     for step in range(2):
         train_step(b, make_batches(args, "rl", 128, 1, "random", 0, step, "cpu"), "rl", step=step)
@@ -114,7 +114,7 @@ def test_adapter_only_sync_reproduces_merged_output(dist_group, tmp_path):
     args = QWEN3["tiny"]
     b = built(args, "lora")
     fs = Filesystem(str(tmp_path), keep=1, cleanup=False)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", True, 0, row_id="r"))
+    fs.setup(b.model, SyncContext(0, 1, "cpu", True, 0, row_id="r", handoff=b.adapter.handoff))
     b.sync = fs
     train_step(b, make_batches(args, "rl", 128, 1, "random", 0, 0, "cpu"), "rl", step=0)
     fs.finish()
@@ -139,7 +139,7 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
     args = QWEN3["tiny"]
     b = built(args)
     fs = Filesystem(str(tmp_path), keep=2, cleanup=False, writer=writer)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
+    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r", handoff=b.adapter.handoff))
     fs.after_step(0)
 
     def torn(path, stager, metadata, fsync, how):
@@ -205,7 +205,9 @@ def test_broadcast_receiver_verifies_every_step(tmp_path, overlap):
     assert row["sync"] == "nccl" + (" overlap" if overlap == "true" else "")
 
 
-def test_rl_rows_sync_by_default_and_sft_rows_do_not():
+def test_default_hand_off_is_the_published_rows_per_step_work():
+    """``sync=auto``: RL full fine-tuning gathers the weights to pinned host memory every step (what
+    prime-rl's bench mode did for its RL Full rows); RL LoRA and SFT hand nothing off."""
     from hydra import compose, initialize_config_dir
 
     from core.resolve import resolve
@@ -214,15 +216,33 @@ def test_rl_rows_sync_by_default_and_sft_rows_do_not():
         rl = resolve(compose("bench", overrides=["model=qwen3_tiny", "device=cpu", "task=rl"]))
         sft = resolve(compose("bench", overrides=["model=qwen3_tiny", "device=cpu", "task=sft"]))
         lora = resolve(compose("bench", overrides=["model=qwen3_tiny", "device=cpu", "adapter=lora"]))
-    assert rl["sync_node"]["name"] == "filesystem" and not rl["sync_ctx"].lora
-    assert sft["sync_node"]["name"] == "none"
-    assert lora["sync_ctx"].lora and lora["sync_ctx"].predicted_bytes < rl["sync_ctx"].predicted_bytes
+    assert rl.sync.label == "host" and not rl.sync_ctx.adapter_only
+    assert sft.sync.label == "none" and lora.sync.label == "none"
+    assert lora.sync_ctx.adapter_only and lora.sync_ctx.predicted_bytes < rl.sync_ctx.predicted_bytes
+
+
+def test_host_hand_off_copies_the_weights_every_step(dist_group):
+    """``+sync=host``: the bf16 weights land in one pinned host buffer every step, equal to the model's."""
+    from plugins.sync.host import Host
+
+    args = QWEN3["tiny"]
+    b = built(args, "full")
+    h = Host()
+    h.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r", handoff=b.adapter.handoff))
+    for step in range(2):
+        h.after_step(step)
+    h.finish()
+    info = h.describe()
+    assert info["method"] == "host" and len(info["sync_s"]) == 2
+    assert info["bytes_per_step"] == 2 * sum(p.numel() for p in b.model.parameters())
+    for name, p in b.model.named_parameters():
+        assert torch.equal(h.stager.host[name], p.detach().to(torch.bfloat16)), name
 
 
 def test_filesystem_cleans_up_its_row_directory(dist_group, tmp_path):
     b = built(QWEN3["tiny"])
     fs = Filesystem(str(tmp_path), keep=1)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
+    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r", handoff=b.adapter.handoff))
     fs.after_step(0)
     assert complete_steps(tmp_path / "r") == [0]
     fs.finish()
@@ -249,7 +269,7 @@ def test_two_ranks_gather_the_same_weights(tmp_path):
 def test_moe_full_sync_includes_experts(dist_group, tmp_path):
     b = built(QWEN3_MOE["tiny"])
     fs = Filesystem(str(tmp_path), keep=1, cleanup=False)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r"))
+    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r", handoff=b.adapter.handoff))
     fs.after_step(0)
     fs.finish()
     got = load_file(str(tmp_path / "r" / "step_0" / "model.safetensors"))

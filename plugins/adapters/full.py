@@ -13,8 +13,7 @@ class Full(Adapter):
     label = "Full"
     frozen_base = False
     param_dtype = torch.float32  # master weights; compute runs in bf16 (FSDP2 mixed precision, or the layers' cast)
-    replicate = "auto"  # nothing to keep out of FSDP2 but the model itself (core.trainer.needs_fsdp)
-    replicable = True
+    replicate = replicable = False  # the trainable weights are the model: FSDP2 holds them where it wraps
 
     def apply(self, model):
         return model

@@ -335,7 +335,8 @@ def implementation(a: ModelArgs) -> str:
 
 FAMILY = ModelFamily("hf", {}, build, "Hugging Face transformers models (model=hf model.config=PATH; "
                      "model=hf_qwen3_0_6b ...; model.plain=true: the plain HF loop)", from_config=from_config,
-                     implementation=implementation, casts_weights=False, casts_adapters=False,
+                     implementation=implementation, own_loop=lambda a: a.name.endswith(PLAIN_SUFFIX),
+                     casts_weights=False, casts_adapters=False,
                      fuses_projections=False)
 
 

@@ -1,0 +1,668 @@
+"""Conformance checks: does a plugin do what its kind's contract (:mod:`core.contracts`) says?
+
+A plugin's own tests call these; they need no pytest::
+
+    from core.testing import check_attention
+
+    def test_my_backend():
+        check_attention(MyBackend())
+
+Each ``check_*`` builds what it needs (random inputs, a tiny model of :data:`TINY`'s shapes, on the
+CPU unless ``device`` says otherwise), raises ``AssertionError`` with one message that names the
+plugin and what is wrong, and returns a small dict of what it measured. Tiny models are built with
+:func:`core.trainer.build` (the trainer's own composition order) and bound to :class:`DocumentSDPA`
+unless an ``attention`` backend is given; where FSDP2 must wrap the model (an adapter whose
+weights FSDP2 holds) a one-process group is created first (:func:`core.trainer.init_distributed`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable, NamedTuple
+
+from core.contracts import (ActivationMemory, Adapter, AttentionBackend, ModelFamily, RecomputeFacts, RunContext,
+                            SyncContext, TrainableModel)
+from core.models.flavours import QWEN3
+
+#: the tiny model the checks build: Qwen3's tiny flavour with 4 blocks (so that a strategy that
+#: treats blocks differently, or keeps the last ones, has several of each)
+TINY = QWEN3["tiny"].with_(n_layers=4)
+#: relative error (Frobenius norm) allowed for a bf16 attention kernel against the float32
+#: reference computed from the same bf16 inputs: bf16 rounds each value by up to 2**-8 (0.4%);
+#: PyTorch's SDPA measures 0.2-0.5% here, SDPA ignoring the document bounds 69%, a 10% wrong scale 9%
+ATTENTION_TOL = 2e-2
+#: relative error allowed between a strategy's loss and gradients and those of keeping everything:
+#: on a CPU the same ops run in the same order (the built-in strategies are bitwise equal); on a GPU
+#: atomics in backward kernels reorder bf16 sums
+AC_TOL = {"cpu": 1e-4, "cuda": 1e-2}
+
+
+class AttentionCase(NamedTuple):
+    """One packed micro-batch of :func:`check_attention`: document lengths, query and K/V heads, head dim."""
+
+    docs: tuple
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+
+#: the default cases: one document (MHA), packed documents with a one-token document (GQA 4), and
+#: packed documents at head dim 64 (GQA 2); at most 128 tokens, so that a CPU runs them in a second
+ATTENTION_CASES = (
+    AttentionCase((128,), 8, 8, 128),
+    AttentionCase((1, 37, 90), 8, 2, 128),
+    AttentionCase((5, 64, 17, 42), 8, 4, 64),
+)
+
+
+def _fail(what: str, msg: str):
+    raise AssertionError(f"{what}: {msg}")
+
+
+def _rel(got, want) -> float:
+    """Relative error ``|got - want| / |want|`` in float64 (Frobenius norms)."""
+    g, w = got.double(), want.double()
+    return ((g - w).norm() / w.norm().clamp(min=1e-30)).item()
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _members(obj, what: str, spec: dict) -> None:
+    """Each member of ``spec`` present with a value of its type (a tuple of types, or a predicate)."""
+    for member, ok in spec.items():
+        if not hasattr(obj, member):
+            _fail(what, f"has no '{member}' (see core.contracts)")
+        value = getattr(obj, member)
+        good = ok(value) if callable(ok) and not isinstance(ok, (type, tuple)) else isinstance(value, ok)
+        if not good:
+            _fail(what, f"'{member}' is {value!r}, which the contract does not allow (see core.contracts)")
+
+
+def _optional_str(v) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _json(d: dict, what: str, member: str) -> None:
+    try:
+        json.dumps(d)
+    except (TypeError, ValueError) as e:
+        _fail(what, f"{member} must be JSON-serializable (it is stored in the row): {e}")
+
+
+# ------------------------------------------------------------------------------------ references
+def reference_attention(q, k, v, doc_lens):
+    """float32 causal attention within each document, softmax scale ``head_dim ** -0.5``, GQA by
+    head groups (query head h reads K/V head ``h // (heads // kv_heads)``)."""
+    import torch
+
+    rep = q.shape[1] // k.shape[1]
+    q, k, v = q.float(), k.float().repeat_interleave(rep, 1), v.float().repeat_interleave(rep, 1)
+    outs, s = [], 0
+    for n in doc_lens:
+        qi, ki, vi = (t[s:s + n].transpose(0, 1) for t in (q, k, v))
+        att = (qi @ ki.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        att = att.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        outs.append((att.softmax(-1) @ vi).transpose(0, 1))
+        s += n
+    return torch.cat(outs)
+
+
+class DocumentSDPA(AttentionBackend):
+    """The attention the checks bind to the models they build: PyTorch's SDPA on each document
+    (a fused kernel that saves q, k, v, its output and log-sum-exp, as the GPU kernels do)."""
+
+    name = label = "conformance"
+    kernel = ""
+    provider = "core.testing: torch scaled_dot_product_attention per document"
+
+    def __call__(self, q, k, v, meta):
+        import torch
+        import torch.nn.functional as F
+
+        outs, c = [], meta.cu_seqlens_host
+        for i in range(len(c) - 1):
+            qi, ki, vi = (t[c[i]:c[i + 1]].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+            o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, enable_gqa=ki.shape[1] != qi.shape[1])
+            outs.append(o.squeeze(0).transpose(0, 1))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+class _KeepAll(ActivationMemory):
+    """The reference activation strategy: every block runs as it is (no checkpointing); counts
+    the block runner's calls."""
+
+    name = label = "conformance-keep-all"
+    recompute = RecomputeFacts()
+
+    def __init__(self):
+        self.calls = 0
+
+    def apply(self, model) -> None:
+        from core.models.common import run_block
+
+        def runner(block, x, rope, meta):
+            self.calls += 1
+            return run_block(block, x, rope, meta)
+
+        model.block_runner = runner
+
+    def step_context(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def describe(self) -> dict:
+        return {}
+
+    def saved_bytes(self, shape) -> float:
+        return shape.args.n_layers * shape.live_block_bytes
+
+    def host_bytes(self, shape) -> float:
+        return 0.0
+
+
+class _TrainAll(Adapter):
+    """The reference adapter: every weight trains (fp32 masters), every weight is handed off."""
+
+    name = label = "conformance-train-all"
+    frozen_base = False
+    replicate, replicable = "auto", True
+
+    def __init__(self):
+        import torch
+
+        self.param_dtype = torch.float32
+
+    def apply(self, model):
+        return model
+
+    def counts(self, model) -> dict:
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return {"trainable": n, "adapter": 0, "fully_trainable": n}
+
+    def trainable_params(self, args) -> int:
+        import torch
+
+        from core.models.common import CausalLM
+
+        with torch.device("meta"):
+            return sum(p.numel() for p in CausalLM(args).parameters())
+
+    def handoff(self, model) -> list:
+        return list(model.named_parameters())
+
+    def handoff_params(self, args) -> int:
+        return self.trainable_params(args)
+
+
+def _same_count(predicted, built, rtol: float) -> bool:
+    """Whether a predicted parameter count is the built one (within ``rtol`` of it)."""
+    return predicted == built if not rtol else abs(predicted - built) <= rtol * max(built, 1)
+
+
+def _build(args, ac, adapter, attention=None, device: str = "cpu", family: ModelFamily | None = None, seed: int = 0):
+    """A tiny model composed by the trainer (:func:`core.trainer.build`), with a process group."""
+    import torch
+    import torch.distributed as dist
+
+    from core.trainer import build, init_distributed
+
+    if not dist.is_initialized():  # FSDP2 wraps where an adapter's weights need it; it needs a group
+        init_distributed(device)
+    return build(args, attention or DocumentSDPA(), ac, adapter, torch.device(device), seed=seed,
+                 model_builder=family.build if family is not None else None)
+
+
+def _whole(t):
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _losses_and_grads(b, args, device, seq_len, packing, task="rl"):
+    """One step's micro-batches (2) through forward and backward: their losses and the gradients."""
+    import torch
+
+    from core.trainer import forward_backward, make_batches
+
+    batches = make_batches(args, task, seq_len, 2, packing, seed=7, step=0, device=device)
+    losses = torch.stack([forward_backward(b, mb, task, 0.5)["loss"] for mb in batches])
+    grads = [(n, None if p.grad is None else _whole(p.grad).detach().clone()) for n, p in b.model.named_parameters()]
+    return losses, grads
+
+
+# ------------------------------------------------------------------------------------- attention
+def check_attention(backend, device: str = "cpu", shapes=ATTENTION_CASES, tol: float = ATTENTION_TOL) -> dict:
+    """``backend`` (an :class:`core.contracts.AttentionBackend`, made by its factory) against
+    :func:`reference_attention`: its output and the q, k, v gradients of random bf16 inputs, on
+    each :class:`AttentionCase` of ``shapes`` whose model shapes ``backend.supports`` accepts
+    (relative error below ``tol``, :data:`ATTENTION_TOL`). Also checks the contract's members:
+    ``name``, ``label``, ``kernel``, ``repeats_kv``, ``provider``, ``supports(args)`` (None or a
+    str), ``prepare()``. Returns the errors per case and the cases the backend declined."""
+    import torch
+
+    from core.data import AttnMeta
+
+    what = f"attention backend {getattr(backend, 'name', type(backend).__name__)!r}"
+    _members(backend, what, {"name": lambda v: isinstance(v, str) and v, "prepare": callable,
+                             "supports": callable})
+    backend.prepare()
+    _members(backend, what, {"label": lambda v: isinstance(v, str) and v, "kernel": str, "repeats_kv": bool,
+                             "provider": str})
+    cases, declined = [], []
+    for i, case in enumerate(shapes):
+        case = AttentionCase(*case)
+        args = TINY.with_(n_heads=case.heads, n_kv_heads=case.kv_heads, head_dim=case.head_dim,
+                          dim=case.heads * case.head_dim)
+        why = backend.supports(args)
+        if why is not None:
+            if not isinstance(why, str) or not why:
+                _fail(what, f"supports(args) must return None or a reason (a str), got {why!r}")
+            declined.append({"case": case._asdict(), "why": why})
+            continue
+        T = sum(case.docs)
+        gen = torch.Generator(device=device).manual_seed(1234 + i)
+        q, k, v = (torch.randn(T, h, case.head_dim, device=device, generator=gen).bfloat16().requires_grad_()
+                   for h in (case.heads, case.kv_heads, case.kv_heads))
+        g = torch.randn(T, case.heads, case.head_dim, device=device, generator=gen).bfloat16()
+        meta = AttnMeta.from_doc_lens(list(case.docs), device)
+        out = backend(q, k, v, meta)
+        if tuple(out.shape) != (T, case.heads, case.head_dim):
+            _fail(what, f"returned shape {tuple(out.shape)} for {case}; expected {(T, case.heads, case.head_dim)}")
+        if not torch.isfinite(out).all():
+            _fail(what, f"returned non-finite values for {case}")
+        grads = torch.autograd.grad(out, (q, k, v), g)
+        qr, kr, vr = (t.detach().float().requires_grad_() for t in (q, k, v))
+        ref = reference_attention(qr, kr, vr, case.docs)
+        refs = torch.autograd.grad(ref, (qr, kr, vr), g.float())
+        errs = {}
+        for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *refs)):
+            errs[name] = _rel(got, want)
+            if not errs[name] < tol:
+                _fail(what, f"{name} differs from the float32 reference by {errs[name]:.2e} (relative; allowed "
+                            f"{tol:.0e}) for documents {list(case.docs)}, heads {case.heads}/{case.kv_heads}, "
+                            f"head_dim {case.head_dim}")
+        cases.append({"case": case._asdict(), "errors": errs})
+    if not cases:
+        _fail(what, f"declined every case ({'; '.join(d['why'] for d in declined)}): pass shapes= it supports")
+    _members(backend, what, {"provider": lambda v: isinstance(v, str) and v})  # known once it ran
+    return {"name": backend.name, "provider": backend.provider, "kernel": backend.kernel, "cases": cases,
+            "declined": declined, "tol": tol}
+
+
+# ----------------------------------------------------------------------------- activation memory
+def check_ac(strategy_factory: Callable[[], Any], args=None, adapter=None, device: str = "cpu", seq_len: int = 128,
+             packing: str = "random", tol: float | None = None, attention=None) -> dict:
+    """An activation strategy against keeping every activation: ``strategy_factory()`` (a fresh
+    :class:`core.contracts.ActivationMemory` each call: ``apply`` binds one to a model) applied to
+    a tiny model (``args``, default :data:`TINY`) gives one step's loss and every gradient within
+    ``tol`` (:data:`AC_TOL`) of the reference's, with the same seed and micro-batches. Also checks
+    the members (``name``, ``label``, ``recompute`` a :class:`RecomputeFacts`, ``leaner``,
+    ``checkpoint_in_block``), that ``saved_bytes`` and ``host_bytes`` are non-negative finite
+    numbers, that ``describe()`` is JSON, and, on a CPU, where ``describe()`` reports
+    ``host_offload_bytes``, that they equal the declared ``host_bytes`` of a one-document
+    micro-batch."""
+    from core.memory import shape
+
+    args = args or TINY
+    tol = AC_TOL.get(device, AC_TOL["cuda"]) if tol is None else tol
+    s = strategy_factory()
+    what = f"activation strategy {getattr(s, 'name', type(s).__name__)!r}"
+    _members(s, what, {"name": lambda v: isinstance(v, str) and v, "label": lambda v: isinstance(v, str) and v,
+                       "checkpoint_in_block": bool, "leaner": _optional_str, "apply": callable,
+                       "step_context": callable, "describe": callable})
+    try:
+        facts = s.recompute
+    except AttributeError:
+        facts = None
+    if not isinstance(facts, RecomputeFacts):
+        _fail(what, "its recompute member must be a core.contracts.RecomputeFacts (what backward runs again)")
+    declared = {}
+    for sh in (shape(args, seq_len), shape(args, seq_len, kv_repeated=True), shape(args, 64 * seq_len)):
+        for member in ("saved_bytes", "host_bytes"):
+            v = getattr(s, member)(sh)
+            if not _number(v) or v < 0:
+                _fail(what, f"{member}(shape) returned {v!r} for seq_len={sh.seq_len}: it must be a finite number "
+                            "of bytes, 0 or more")
+            declared.setdefault(member, float(v))
+    ref_loss, ref = _losses_and_grads(_build(args, _KeepAll(), adapter or _TrainAll(), attention, device),
+                                      args, device, seq_len, packing)
+    b = _build(args, s, adapter or _TrainAll(), attention, device)
+    loss, got = _losses_and_grads(b, args, device, seq_len, packing)
+    loss_err = _rel(loss, ref_loss)
+    if not loss_err <= tol:
+        _fail(what, f"the loss {loss.tolist()} differs from keeping every activation's {ref_loss.tolist()} "
+                    f"(relative {loss_err:.2e}, allowed {tol:.0e})")
+    if len(got) != len(ref):
+        _fail(what, f"the model has {len(got)} parameters after apply(), {len(ref)} without it")
+    worst = 0.0
+    for (name, want), (_, g) in zip(ref, got):
+        if (want is None) != (g is None):
+            _fail(what, f"{name} has {'no' if g is None else 'a'} gradient; keeping every activation, it has "
+                        f"{'one' if want is not None else 'none'}")
+        if want is None:
+            continue
+        err = _rel(g, want) if want.norm() > 0 else g.double().norm().item()
+        worst = max(worst, err)
+        if not err <= tol:
+            _fail(what, f"the gradient of {name} differs from keeping every activation's by {err:.2e} "
+                        f"(relative; allowed {tol:.0e})")
+    info = s.describe()
+    if not isinstance(info, dict):
+        _fail(what, f"describe() returned {type(info).__name__}, not a dict")
+    _json(info, what, "describe()")
+    out = {"name": s.name, "label": s.label, "recomputes": s.recompute, "loss_err": loss_err,
+           "max_grad_err": worst, **declared}
+    if device == "cpu" and "host_offload_bytes" in info:
+        fresh = strategy_factory()
+        attn = attention or DocumentSDPA()
+        b = _build(args, fresh, adapter or _TrainAll(), attn, device)
+        _losses_and_grads(b, args, device, seq_len, "single")
+        used = fresh.describe()["host_offload_bytes"]
+        want = fresh.host_bytes(shape(args, seq_len, bool(getattr(attn, "repeats_kv", False))))
+        if used != want:
+            _fail(what, f"host_bytes() declares {want:.0f} bytes for a {seq_len}-token micro-batch, but "
+                        f"describe() reports {used} host_offload_bytes used")
+        out["host_offload_bytes"] = used
+    return out
+
+
+# --------------------------------------------------------------------------------------- adapter
+def check_adapter(adapter, args=None, family: ModelFamily | None = None, run_step: bool = True,
+                  device: str = "cpu", count_rtol: float = 0.0) -> dict:
+    """An adapter against its contract: ``apply`` on a tiny model on the meta device (``args``,
+    default :data:`TINY`; ``family``'s ``build``, default the native model) returns the model;
+    ``counts(model)`` has ``trainable``, ``adapter`` and ``fully_trainable`` that add up, equal to
+    the parameters that require grad, that the adapter added, and that train in the base model;
+    ``trainable_params(args)`` predicts the trainable count; ``frozen_base`` says whether base
+    weights train; ``handoff(model)`` names parameters of the model, as many as
+    ``handoff_params(args)`` predicts (exactly, or within ``count_rtol`` of the built counts). With
+    ``run_step``, one training step on the CPU: every trainable weight gets a finite gradient, the
+    frozen ones none, and the frozen ones do not move."""
+    import torch
+
+    from core.models.common import CausalLM
+
+    args = args or TINY
+    what = f"adapter {getattr(adapter, 'name', type(adapter).__name__)!r}"
+    _members(adapter, what, {"name": lambda v: isinstance(v, str) and v, "label": lambda v: isinstance(v, str) and v,
+                             "param_dtype": torch.dtype, "frozen_base": bool,
+                             "replicate": lambda v: v in ("auto", True, False), "replicable": bool})
+    with torch.device("meta"):
+        base = (family.build if family is not None else CausalLM)(args)
+    base_names = {n for n, _ in base.named_parameters()}
+    model = adapter.apply(base)
+    if not isinstance(model, torch.nn.Module):
+        _fail(what, f"apply(model) returned {type(model).__name__}, not the model")
+    params = dict(model.named_parameters())
+    trains = sum(p.numel() for p in params.values() if p.requires_grad)
+    added = {n: p for n, p in params.items() if n.replace(".base_layer", "") not in base_names}
+    counts = adapter.counts(model)
+    for key in ("trainable", "adapter", "fully_trainable"):
+        if not isinstance(counts.get(key), int) or counts[key] < 0:
+            _fail(what, f"counts(model)[{key!r}] is {counts.get(key)!r}: it must be a count (an int, 0 or more)")
+    if counts["trainable"] != counts["adapter"] + counts["fully_trainable"]:
+        _fail(what, f"counts(model): trainable {counts['trainable']} != adapter {counts['adapter']} + "
+                    f"fully_trainable {counts['fully_trainable']}")
+    if counts["trainable"] != trains:
+        _fail(what, f"counts(model)['trainable'] is {counts['trainable']} but {trains} parameters require grad")
+    if counts["adapter"] != sum(p.numel() for p in added.values()):
+        _fail(what, f"counts(model)['adapter'] is {counts['adapter']} but apply() added "
+                    f"{sum(p.numel() for p in added.values())} parameters ({', '.join(list(added)[:3])}, ...)")
+    predicted = adapter.trainable_params(args)
+    if not _same_count(predicted, trains, count_rtol):
+        _fail(what, f"trainable_params(args) predicts {predicted} but the built model trains {trains} parameters")
+    base_trains = [n for n, p in params.items() if n not in added and p.requires_grad]
+    if adapter.frozen_base and base_trains:
+        _fail(what, f"frozen_base is True but base weights train ({', '.join(base_trains[:3])})")
+    if not adapter.frozen_base and not base_trains:
+        _fail(what, "frozen_base is False but no base weight trains")
+    handed = adapter.handoff(model)
+    ids = {id(p) for p in params.values()}
+    if not isinstance(handed, list) or any(not (isinstance(n, str) and id(p) in ids) for n, p in handed):
+        _fail(what, "handoff(model) must be a list of (name, parameter) pairs of the model's own parameters")
+    if len({n for n, _ in handed}) != len(handed):
+        _fail(what, "handoff(model) names a parameter twice")
+    n_handed = sum(p.numel() for _, p in handed)
+    if not _same_count(adapter.handoff_params(args), n_handed, count_rtol):
+        _fail(what, f"handoff_params(args) predicts {adapter.handoff_params(args)} but handoff(model) hands off "
+                    f"{n_handed} parameters")
+    out = {"name": adapter.name, "label": adapter.label, "counts": counts, "handoff_params": n_handed}
+    if run_step:
+        out.update(_adapter_step(adapter, args, family, device, what))
+    return out
+
+
+def _adapter_step(adapter, args, family, device, what) -> dict:
+    import torch
+
+    from core.trainer import make_batches, train_step
+
+    b = _build(args, _KeepAll(), adapter, None, device, family)
+    frozen = {n: _whole(p).detach().clone() for n, p in b.model.named_parameters() if not p.requires_grad}
+    _, grads = _losses_and_grads(b, args, device, 128, "random")
+    trainable = {n for n, p in b.model.named_parameters() if p.requires_grad}
+    for n, g in grads:
+        if n in trainable and (g is None or not torch.isfinite(g).all()):
+            _fail(what, f"the trainable weight {n} got {'no' if g is None else 'a non-finite'} gradient")
+        if n not in trainable and g is not None:
+            _fail(what, f"the frozen weight {n} got a gradient")
+    if not any(g is not None and g.abs().sum() > 0 for _, g in grads):
+        _fail(what, "every gradient is zero after one step")
+    b.optimizer.zero_grad(set_to_none=True)
+    out = train_step(b, make_batches(args, "rl", 128, 2, "random", seed=7, step=1, device=device), "rl")
+    if not torch.isfinite(out["loss"]).all():
+        _fail(what, f"a training step gave the loss {out['loss'].tolist()}")
+    for n, p in b.model.named_parameters():
+        if n in frozen and not torch.equal(_whole(p).detach(), frozen[n]):
+            _fail(what, f"the frozen weight {n} changed in the optimizer step")
+    return {"step_loss": out["loss"].mean().item(), "fsdp": b.fsdp}
+
+
+# ----------------------------------------------------------------------------------- weight sync
+def check_sync(sync, adapter=None, args=None, task: str = "rl", steps: int = 2, device: str = "cpu") -> dict:
+    """A weight-sync method through a row's life on a tiny model: ``check`` (None, or a reason: a
+    failure here), ``setup``, ``steps`` training steps (``before_update`` and ``after_step`` in
+    each), ``finish``, then ``describe()``: JSON with ``method`` and ``bytes_per_step``, and
+    ``sync_s`` per step where it times them. A method that moves weights (``bytes_per_step`` > 0)
+    moves 2 bytes (bf16) per handed-off parameter (``SyncContext.tensors``: ``adapter.handoff``;
+    default: every weight)."""
+    from core.trainer import make_batches, train_step
+
+    args = args or TINY
+    adapter = adapter or _TrainAll()
+    what = f"weight sync {getattr(sync, 'name', type(sync).__name__)!r}"
+    _members(sync, what, {"name": lambda v: isinstance(v, str) and v, "check": callable, "setup": callable,
+                          "before_update": callable, "after_step": callable, "finish": callable, "describe": callable})
+    ctx = SyncContext(rank=0, world_size=1, device=device, adapter_only=adapter.frozen_base, task=task,
+                      predicted_bytes=2 * adapter.handoff_params(args), row_id="conformance", handoff=adapter.handoff)
+    why = sync.check(ctx)
+    if why is not None:
+        _fail(what, f"check() refused a tiny {device} row: {why}")
+    b = _build(args, _KeepAll(), adapter, None, device)
+    handed = sum(p.numel() for _, p in ctx.tensors(b.model))
+    try:
+        sync.setup(b.model, ctx)
+        b.sync = sync
+        for step in range(steps):
+            train_step(b, make_batches(args, task, 128, 2, "random", seed=0, step=step, device=device), task, step=step)
+    finally:
+        sync.finish()
+    info = sync.describe()
+    if not isinstance(info, dict):
+        _fail(what, f"describe() returned {type(info).__name__}, not a dict")
+    _json(info, what, "describe()")
+    _members(sync, what, {"label": lambda v: isinstance(v, str) and v})
+    if not isinstance(info.get("method"), str) or not info["method"]:
+        _fail(what, f"describe() has no 'method' (got {info.get('method')!r})")
+    moved = info.get("bytes_per_step")
+    if not _number(moved) or moved < 0:
+        _fail(what, f"describe()['bytes_per_step'] is {moved!r}: it must be a number of bytes, 0 or more")
+    if moved and moved != 2 * handed:
+        _fail(what, f"describe() says {moved} bytes per step but {handed} parameters are handed off: "
+                    f"{2 * handed} bytes in bf16")
+    if "sync_s" in info and len(info["sync_s"]) != steps:
+        _fail(what, f"describe()['sync_s'] has {len(info['sync_s'])} entries for {steps} steps (one per step)")
+    return {"name": sync.name, "label": sync.label, "method": info["method"], "bytes_per_step": moved,
+            "handed_off_params": handed, "sync_s": info.get("sync_s")}
+
+
+# ---------------------------------------------------------------------------------- model family
+def check_model_family(family: ModelFamily, flavours=None, device: str = "cpu", seq_len: int = 128,
+                       count_rtol: float = 0.0) -> dict:
+    """A model family against :class:`core.contracts.ModelFamily`: each of ``flavours`` (default:
+    all) is a :class:`core.models.common.ModelArgs` whose model builds on the meta device, follows
+    :class:`core.contracts.TrainableModel`, has attention layers the trainer can bind, and has the
+    parameter count the memory model computes from its args (:func:`core.memory.param_count`;
+    exactly, or within ``count_rtol``).
+    The smallest flavour then runs on ``device``: its forward calls the block runner once per
+    block and gives fp32 log-probs (<= 0) and entropies (0 to log(vocab)) of shape ``[tokens]``,
+    finite, and a backward that gives finite gradients."""
+    import torch
+
+    from core.memory import param_count
+    from core.models.common import ModelArgs, attention_modules
+
+    what = f"model family {getattr(family, 'name', type(family).__name__)!r}"
+    if not isinstance(family, ModelFamily):
+        _fail(what, f"is a {type(family).__name__}; register a core.contracts.ModelFamily")
+    _members(family, what, {"name": lambda v: isinstance(v, str) and v, "flavours": dict, "build": callable,
+                            "doc": str, "from_config": lambda v: v is None or callable(v), "implementation": callable,
+                            "casts_weights": bool, "casts_adapters": bool, "fuses_projections": bool})
+    names = list(family.flavours) if flavours is None else list(flavours)
+    if not names:
+        _fail(what, "has no flavours to check (a from_config family: pass its ModelArgs in a flavours dict)")
+    table = family.flavours if flavours is None or not isinstance(flavours, dict) else flavours
+    counts = {}
+    for name in names:
+        args = table[name]
+        if not isinstance(args, ModelArgs):
+            _fail(what, f"flavour {name!r} is a {type(args).__name__}, not core.models.common.ModelArgs")
+        if not isinstance(family.implementation(args), str):
+            _fail(what, f"implementation(args) of flavour {name!r} is not a str")
+        with torch.device("meta"):
+            model = family.build(args)
+        if not isinstance(model, TrainableModel):
+            missing = [m for m in ("layers", "block_runner", "head_budget_mib", "casts_weights", "casts_adapters",
+                                   "forward") if not hasattr(model, m)]
+            _fail(what, f"build(args) of flavour {name!r} lacks {', '.join(missing)} (core.contracts.TrainableModel)")
+        if len(model.layers) != args.n_layers:
+            _fail(what, f"flavour {name!r} has {len(model.layers)} layers, its args say {args.n_layers}")
+        if not attention_modules(model):
+            _fail(what, f"flavour {name!r} has no attention layer the trainer can bind (core.models.common."
+                        "Attention, or a module with stepbench_attention = True and a backend attribute)")
+        n = sum(p.numel() for p in model.parameters())
+        if not _same_count(param_count(args), n, count_rtol):
+            _fail(what, f"flavour {name!r} has {n} parameters; the memory model counts {param_count(args)} from "
+                        "its args (core.memory.param_count)")
+        counts[name] = n
+        del model
+    small = min(names, key=lambda k: counts[k])
+    args = table[small]
+    keep = _KeepAll()
+    b = _build(args, keep, _TrainAll(), None, device, family)
+    from core.trainer import make_batches
+
+    mb = make_batches(args, "rl", seq_len, 1, "random", seed=3, step=0, device=device)[0]
+    lp, ent = b.model(mb.input_ids, mb.position_ids, mb.meta, mb.targets)
+    T = mb.num_tokens
+    for label, t in (("log-probs", lp), ("entropies", ent)):
+        if tuple(t.shape) != (T,) or t.dtype != torch.float32:
+            _fail(what, f"forward gave {label} of shape {tuple(t.shape)} ({t.dtype}); expected ({T},) float32")
+        if not torch.isfinite(t).all():
+            _fail(what, f"forward gave non-finite {label}")
+    if (lp > 1e-4).any():
+        _fail(what, f"forward gave log-probs above 0 (max {lp.max().item():.3g})")
+    if (ent < -1e-4).any() or (ent > math.log(args.vocab_size) + 1e-3).any():
+        _fail(what, f"forward gave entropies outside [0, log(vocab)] ({ent.min().item():.3g} to {ent.max().item():.3g})")
+    if keep.calls != len(b.model.layers):
+        _fail(what, f"forward called the block runner {keep.calls} times for {len(b.model.layers)} blocks: an "
+                    "activation strategy replaces model.block_runner, so every block must run through it")
+    lp.sum().backward()
+    bad = [n for n, p in b.model.named_parameters() if p.grad is not None and not torch.isfinite(_whole(p.grad)).all()]
+    if bad:
+        _fail(what, f"backward gave non-finite gradients ({', '.join(bad[:3])})")
+    return {"name": family.name, "params": counts, "ran": small, "tokens": T,
+            "mean_logprob": lp.mean().item(), "mean_entropy": ent.mean().item()}
+
+
+# ------------------------------------------------------------------------------------ options
+def _group(kind: str) -> str:
+    return "model" if kind == "model_family" else kind
+
+
+def load_options(kind: str, options) -> list[dict]:
+    """The option nodes a factory of ``kind`` gets from ``options`` (a dict, or the path of its
+    yaml file): the node itself and, for an appended group (``+attn=``, ``+ac=``, ``+sync=``), the
+    node merged onto the primary config's defaults (what ``+ac=<name>`` composes)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from core.options import APPENDED, conf_dir
+
+    if isinstance(options, (str, Path)):
+        options = OmegaConf.to_container(OmegaConf.load(options), resolve=True)
+    nodes = [dict(options)]
+    group = _group(kind)
+    if group in APPENDED:
+        primary = OmegaConf.to_container(OmegaConf.load(conf_dir() / "bench.yaml"), resolve=False).get(group) or {}
+        merged = {**primary, **options}
+        if merged != nodes[0]:
+            nodes.append(merged)
+    return nodes
+
+
+def check_options_roundtrip(kind: str, options, bad: dict | None = None, ctx: RunContext | None = None) -> dict:
+    """A registered plugin's Hydra options: its factory (``core.plugins.Entry.make``) accepts
+    ``options`` (a dict, or its yaml file; also as merged onto the primary config's defaults, see
+    :func:`load_options`) and makes a plugin of that name with a label, cheaply; each ``key:
+    value`` of ``bad`` alone makes it raise ``ValueError`` with one line. ``why_not(ctx)`` is None or
+    a reason. For ``model_family``, ``options`` is a model yaml (``family``, ``flavour``): the
+    family is registered and has the flavour (or shapes from a config); a ``bad`` flavour it has not."""
+    from core.plugins import KINDS, registry
+
+    ctx = ctx or RunContext()
+    if kind not in KINDS.values():
+        _fail(f"kind {kind!r}", f"is not one of {', '.join(KINDS.values())}")
+    nodes = load_options(kind, options)
+    key = "family" if kind == "model_family" else "name"
+    name = nodes[0].get(key)
+    entry = registry().get(kind, name)
+    what = f"{kind} {name!r} ({entry.provider})"
+    if not isinstance(entry.doc, str):
+        _fail(what, "its doc (register(..., doc=...)) must be a str")
+    why = entry.unavailable(ctx)
+    if not _optional_str(why):
+        _fail(what, f"why_not(ctx) returned {why!r}: None or a reason (a str)")
+    rejected = {}
+    if kind == "model_family":
+        fam = entry.factory
+        flavour = str(nodes[0].get("flavour"))
+        if fam.from_config is None and flavour not in fam.flavours:
+            _fail(what, f"has no flavour {flavour!r} (its flavours: {', '.join(fam.flavours)})")
+        for k, v in (bad or {}).items():
+            if k != "flavour" or str(v) in fam.flavours:
+                _fail(what, f"the bad value {k}={v!r} is accepted")
+            rejected[k] = f"no flavour {v!r}"
+        return {"kind": kind, "name": name, "accepted": nodes, "rejected": rejected}
+    for node in nodes:
+        try:
+            obj = entry.make(node, ctx)
+        except ValueError as e:
+            _fail(what, f"rejects its own options {node}: {e}")
+        if getattr(obj, "name", None) != name:
+            _fail(what, f"made a plugin named {getattr(obj, 'name', None)!r} for name={name!r}")
+        _members(obj, what, {"label": lambda v: isinstance(v, str) and v})
+    for k, v in (bad or {}).items():
+        try:
+            entry.make({**nodes[-1], k: v}, ctx)
+        except ValueError as e:
+            msg = str(e)
+            if not msg or "\n" in msg.strip():
+                _fail(what, f"{k}={v!r}: its ValueError must be one line that says what to type instead, got {msg!r}")
+            rejected[k] = msg
+        else:
+            _fail(what, f"accepts the bad value {k}={v!r}: its factory must raise ValueError")
+    return {"kind": kind, "name": name, "accepted": nodes, "rejected": rejected}

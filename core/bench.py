@@ -241,7 +241,11 @@ def main() -> None:
             sys.exit(2)
     from core.options import conf_dir
 
-    hydra.main(config_path=str(conf_dir()), config_name="bench", version_base="1.3")(_hydra_task)()
+    try:
+        hydra.main(config_path=str(conf_dir()), config_name="bench", version_base="1.3")(_hydra_task)()
+    except KeyboardInterrupt:  # rows that finished are written; the one in flight is not
+        say("interrupted (Ctrl-C): rows that finished are in the results; run the same command to resume")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

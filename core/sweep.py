@@ -6,6 +6,8 @@ failed row and the sweep goes on. Re-running resumes (rows already done are skip
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import selectors
 import shlex
@@ -268,6 +270,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+@contextlib.contextmanager
+def results_lock(results: str):
+    """Hold ``<results>.lock`` exclusively: two sweeps writing one results file take turns at a row
+    (check what is done, measure, write), so neither measures a key the other has done."""
+    path = Path(f"{results}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"  waiting for another sweep writing to {results}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def sweep_row(cfg, overrides: list[str], predicted_left: list[float | None] = ()) -> int:
     """One row of a sweep (``repeats`` times), each run in a fresh child process."""
     from core.resolve import UserError, resolve, row_labels
@@ -288,24 +308,25 @@ def sweep_row(cfg, overrides: list[str], predicted_left: list[float | None] = ()
         say(f"  refused: {why}")
         return 0
     labels = row_labels(cfg, r, 1)
-    have = 0 if cfg.redo else done_keys(cfg.results).get(row_key(labels), 0)
-    todo = max(0, int(cfg.repeats) - have)
-    if not todo:
-        p.skipped += 1
-        say(f"  skipped: already in results {have}x (redo=true runs it again)")
-        return 0
     predicted = predicted_row_s(cfg)
-    for i in range(todo):
-        if todo > 1:
-            say(f"  repeat {have + i + 1}/{cfg.repeats}")
-        base = base_row(cfg, overrides)
-        p.ids.add(base["id"])
-        t = time.time()
-        rc, written = run_child([o for o in overrides if override_key(o) != "results"], cfg.results,
-                                float(cfg.row_timeout_s), base, labels)
-        p.durations.append((time.time() - t, predicted))
-        if rc == 0 and written:
-            p.done += 1
-        else:
-            p.failed += 1
+    with results_lock(cfg.results):
+        have = 0 if cfg.redo else done_keys(cfg.results).get(row_key(labels), 0)
+        todo = max(0, int(cfg.repeats) - have)
+        if not todo:
+            p.skipped += 1
+            say(f"  skipped: already in results {have}x (redo=true runs it again)")
+            return 0
+        for i in range(todo):
+            if todo > 1:
+                say(f"  repeat {have + i + 1}/{cfg.repeats}")
+            base = base_row(cfg, overrides)
+            p.ids.add(base["id"])
+            t = time.time()
+            rc, written = run_child([o for o in overrides if override_key(o) != "results"], cfg.results,
+                                    float(cfg.row_timeout_s), base, labels)
+            p.durations.append((time.time() - t, predicted))
+            if rc == 0 and written:
+                p.done += 1
+            else:
+                p.failed += 1
     return 0

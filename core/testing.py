@@ -575,7 +575,8 @@ def check_model_family(family: ModelFamily, flavours=None, device: str = "cpu", 
     if (lp > 1e-4).any():
         _fail(what, f"forward gave log-probs above 0 (max {lp.max().item():.3g})")
     if (ent < -1e-4).any() or (ent > math.log(args.vocab_size) + 1e-3).any():
-        _fail(what, f"forward gave entropies outside [0, log(vocab)] ({ent.min().item():.3g} to {ent.max().item():.3g})")
+        _fail(what, f"forward gave entropies outside [0, log(vocab)] ({ent.min().item():.3g} to "
+                    f"{ent.max().item():.3g})")
     if keep.calls != len(b.model.layers):
         _fail(what, f"forward called the block runner {keep.calls} times for {len(b.model.layers)} blocks: an "
                     "activation strategy replaces model.block_runner, so every block must run through it")

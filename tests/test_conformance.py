@@ -165,7 +165,9 @@ def test_model_options_roundtrip(yaml):
 #: full recompute, ...): allowed as constants, but never compared with a plugin's name
 GENERIC = {"auto", "none", "full", "lora"}
 #: what a plugin's name is read from: ``<x>.name``, ``<x>["name"]``, ``<x>.get("name")``,
-#: ``getattr(<x>, "name")`` with ``<x>`` one of these (an attribute, key or variable)
+#: ``getattr(<x>, "name")`` with ``<x>`` one of these (an attribute, key or variable); its label
+#: (``.label``, ``["label"]``) and variables or keys that hold either (``sync_label``, ``p["sync"]``)
+#: count too: the core asks a plugin's declarations, never what it is called
 PLUGIN_HOLDERS = {"attn", "attention", "ac", "adapter", "sync", "family", "model", "model_family"}
 #: core/fa3_build.py builds and installs the FA3 kernels and then runs their tests, selected with
 #: ``pytest -k fa3``: the test selection is the plugin's name by design (a build tool for one plugin)
@@ -192,26 +194,35 @@ def _holder(node) -> str | None:
     return None
 
 
-def _is_name(node) -> bool:
-    return isinstance(node, ast.Constant) and node.value == "name"
+def _is_key(node, keys=("name", "label")) -> bool:
+    return isinstance(node, ast.Constant) and node.value in keys
+
+
+def _is_holder(name) -> bool:
+    return isinstance(name, str) and name.lstrip("_").lower() in PLUGIN_HOLDERS
 
 
 def _reads_plugin_name(node) -> bool:
-    """Whether ``node`` is a plugin's name: ``.name``, ``["name"]``, ``.get("name")`` or
-    ``getattr(_, "name")`` of something named in :data:`PLUGIN_HOLDERS`."""
+    """Whether ``node`` is a plugin's name or label: ``.name``, ``["name"]``, ``.get("name")`` or
+    ``getattr(_, "name")`` (or ``label``) of something named in :data:`PLUGIN_HOLDERS`, a variable
+    or attribute ``<holder>_name`` / ``<holder>_label``, or a key ``[<holder>]``."""
     of = None
-    if isinstance(node, ast.Attribute) and node.attr == "name":
+    if isinstance(node, ast.Attribute) and node.attr in ("name", "label"):
         of = node.value
-    elif isinstance(node, ast.Subscript) and _is_name(node.slice):
+    elif isinstance(node, ast.Subscript) and _is_key(node.slice):
         of = node.value
+    elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and _is_holder(node.slice.value):
+        return True
     elif isinstance(node, ast.Call):
         f, args = node.func, node.args
-        if isinstance(f, ast.Attribute) and f.attr == "get" and args and _is_name(args[0]):
+        if isinstance(f, ast.Attribute) and f.attr == "get" and args and _is_key(args[0]):
             of = f.value
-        elif isinstance(f, ast.Name) and f.id == "getattr" and len(args) >= 2 and _is_name(args[1]):
+        elif isinstance(f, ast.Name) and f.id == "getattr" and len(args) >= 2 and _is_key(args[1]):
             of = args[0]
-    name = _holder(of) if of is not None else None
-    return isinstance(name, str) and name.lstrip("_").lower() in PLUGIN_HOLDERS
+    ident = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+    if ident and ident.rsplit("_", 1)[-1] in ("name", "label") and _is_holder(ident.rsplit("_", 1)[0]):
+        return True
+    return of is not None and _is_holder(_holder(of))
 
 
 def _constants(node) -> set:
@@ -222,7 +233,8 @@ def _constants(node) -> set:
 
 def scan(path: Path, names: set, rel: str) -> list[str]:
     """``file:line: ...`` for each string constant of ``path`` equal to a registered name (not a
-    docstring; the :data:`GENERIC` words allowed) and each comparison of a plugin's name with one."""
+    docstring; the :data:`GENERIC` words allowed) and each comparison of a plugin's name or label
+    with a :data:`GENERIC` word."""
     tree = ast.parse(path.read_text(), str(path))
     docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
     out = []
@@ -238,8 +250,8 @@ def scan(path: Path, names: set, rel: str) -> list[str]:
                 for mine, other in ((a, b), (b, a)):
                     hit = sorted(_constants(other) & GENERIC & names)
                     if hit and _reads_plugin_name(mine):
-                        out.append(f"{rel}:{node.lineno}: {ast.unparse(node)} (a plugin's name compared with "
-                                   f"{', '.join(map(repr, hit))})")
+                        out.append(f"{rel}:{node.lineno}: {ast.unparse(node)} (a plugin's name or label "
+                                   f"compared with {', '.join(map(repr, hit))})")
     return out
 
 
@@ -251,11 +263,13 @@ def registered_names() -> set:
 def test_scan_finds_names_and_comparisons(tmp_path):
     """The scanner itself: constants and comparisons are found, docstrings and generic values are not."""
     src = tmp_path / "x.py"
-    src.write_text('"""sdpa in a docstring."""\nFUSE = "lora"\nA = "fa3"\ndef f(cfg, r):\n    "host"\n'
+    src.write_text('"""sdpa in a docstring."""\nFUSE = "lora"\nA = "fa3"\ndef f(cfg, r, hw, sync_label):\n    "host"\n'
                    '    if cfg.adapter.name == "lora" or r.sync.get("name") in ("none", "x") or cfg["ac"]["name"] != '
-                   '"full":\n        return getattr(r.attn, "name") == "auto"\n    return cfg.device == "auto"\n')
+                   '"full":\n        return getattr(r.attn, "name") == "auto"\n    if sync_label != "none" or '
+                   'r["sync"] == "none" or r.ac.label == "none":\n        return hw.get("name") == "auto"\n'
+                   '    return cfg.device == "auto"\n')
     found = scan(src, {"sdpa", "fa3", "host", "lora", "none", "full", "auto"}, "x.py")
-    assert [f.split(":")[1] for f in found] == ["3", "6", "6", "6", "7"], found
+    assert [f.split(":")[1] for f in found] == ["3", "6", "6", "6", "7", "8", "8", "8"], found
 
 
 def test_no_plugin_name_in_core():

@@ -1,5 +1,6 @@
 """Bad input: one line on stderr, exit 2, no traceback, the results file untouched; sweeps go on."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,52 @@ def test_nan_backend_fails_its_row(tmp_path, monkeypatch, dist_group):
         init_distributed("cpu")
     (row,) = read_rows(res)[0]
     assert row["status"] == "failed" and "not finite with attn 'sdpa'" in row["error"]
+
+
+def _sweep_cmd(res, *extra):
+    import sys
+
+    return [sys.executable, "-m", "core.bench", "-m", "model=qwen3_tiny", "device=cpu", "steps=2", "seq_len=128",
+            "micro_batches=1,2", f"results={res}", *extra]
+
+
+def test_two_sweeps_on_one_results_file_never_measure_a_key_twice(tmp_path):
+    """Concurrent writers take turns at each row (a lock beside the results file): the second sees
+    the rows the first measured and skips them."""
+    import subprocess
+
+    from tests.test_cli import ROOT
+
+    res = tmp_path / "rows.jsonl"
+    ENV = {**os.environ, "STEPBENCH_RUN_ID": ""}
+    procs = [subprocess.Popen(_sweep_cmd(res, "tag=concurrent"), env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    rows = read_rows(res)[0]
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}  # each key once
+    assert sum(o[1].count("skipped: already in results") for o in outs) == 2
+
+
+def test_ctrl_c_stops_a_sweep_with_one_line_and_status_130(tmp_path):
+    """SIGINT mid-sweep: status 130, one line saying how to resume; a resumed sweep repeats no row."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.test_cli import ROOT
+
+    res = tmp_path / "rows.jsonl"
+    ENV = {**os.environ, "STEPBENCH_RUN_ID": ""}
+    p = subprocess.Popen(_sweep_cmd(res), env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (res.exists() and read_rows(res)[0]):
+        time.sleep(0.2)  # the first row is written: the second is in flight
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted (Ctrl-C)" in err.strip().splitlines()[-1] and "Traceback" not in err
+    done = len(read_rows(res)[0])
+    q = subprocess.run(_sweep_cmd(res), env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert q.returncode == 0, q.stderr[-2000:]
+    assert q.stderr.count("skipped: already in results") == done and len(read_rows(res)[0]) == 2

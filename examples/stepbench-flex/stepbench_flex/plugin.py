@@ -3,6 +3,9 @@
 ``flex``: FlexAttention over packed documents (block mask: same document and causal); its
 backward needs a GPU. ``masked_sdpa``: one SDPA call per micro-batch with a dense
 document-causal mask (CPU and GPU; memory grows with tokens^2, for small batches).
+
+Both follow :class:`core.contracts.AttentionBackend`; :func:`core.testing.check_attention`
+checks them against the float32 reference (tests/test_example_plugin.py).
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from __future__ import annotations
 import torch
 
 from core import hookimpl
+from core.contracts import AttentionBackend
 
 
-class Flex:
-    name = "flex"
+class Flex(AttentionBackend):
+    name, label = "flex", "Flex"
+    kernel = "flex"  # no measured ceilings of its own: the roofline uses the hardware profile's figure
 
     def __init__(self):
         from torch.nn.attention import flex_attention as fa
@@ -43,8 +48,9 @@ class Flex:
         return out.squeeze(0).transpose(0, 1)
 
 
-class MaskedSDPA:
-    name = "masked_sdpa"
+class MaskedSDPA(AttentionBackend):
+    name, label = "masked_sdpa", "masked SDPA"
+    kernel = ""  # torch picks the SDPA kernel: the hardware profile's nominal attention ceiling
 
     def __init__(self):
         self.provider = f"torch {torch.__version__} SDPA with a dense document mask"
@@ -67,5 +73,6 @@ def flex_why_not(ctx):
 
 @hookimpl
 def stepbench_register_attention(register):
-    register("flex", lambda cfg: Flex(), flex_why_not, doc="FlexAttention with a document mask (example plugin)")
-    register("masked_sdpa", lambda cfg: MaskedSDPA(), doc="SDPA with a dense document mask (example plugin)")
+    register("flex", lambda options, ctx: Flex(), flex_why_not,
+             doc="FlexAttention with a document mask (example plugin)")
+    register("masked_sdpa", lambda options, ctx: MaskedSDPA(), doc="SDPA with a dense document mask (example plugin)")

@@ -1,0 +1,1 @@
+"""Example stepbench plugin package: one plugin of every kind, outside stepbench's own code."""

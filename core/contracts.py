@@ -186,9 +186,9 @@ class Adapter(Protocol):
 
 
 # ------------------------------------------------------------------------------------ weight sync
-@dataclass
+@dataclass(kw_only=True)
 class SyncContext:
-    """What a weight-sync method knows about the row."""
+    """What a weight-sync method knows about the row (made with keywords only)."""
 
     rank: int = 0
     world_size: int = 1
@@ -210,6 +210,9 @@ class WeightSync(Protocol):
     """``+sync=<name>``: the RL step's hand-off of new weights to inference, inside the timed step."""
 
     name: str
+    #: whether it hands weights off every step (False: ``none``); the predictor adds a hand-off
+    #: term only for methods that do
+    hands_off: bool = True
 
     @property
     def label(self) -> str:

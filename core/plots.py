@@ -1,43 +1,28 @@
 """Grouped-bar PNGs, one per published model and hardware: for each published configuration,
 prime-rl's published TPS beside stepbench's (same configuration, best at no more memory) and its
-peers' (the plain Hugging Face loop, a transformers model with stepbench's plugins), with whiskers
-from repeated runs, and a second panel of peak GPU memory for the same bars."""
+peers' (every other implementation of the rows: ``impl``, as each model family declares it, e.g.
+the plain Hugging Face loop), with whiskers from repeated runs, and a second panel of peak GPU
+memory for the same bars."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from core.published import implementation, model_name
 from core.results import row_key
 
-#: (series, legend label, colour): Okabe-Ito, a colour-blind safe palette
+#: (series, legend label, colour): Okabe-Ito, a colour-blind safe palette; peers get the rest in turn
 SERIES = (("published", "prime-rl, published", "#E69F00"),
           ("same", "stepbench, same config", "#0072B2"),
-          ("best", "stepbench, best at no more memory", "#009E73"),
-          ("plain HF", "peer: plain HF training loop", "#CC79A7"),
-          ("hf", "peer: HF model + stepbench plugins", "#56B4E9"))
-COLOURS = {s: (label, c) for s, label, c in SERIES}
-PEERS = {" (plain HF)": "plain HF", " (hf)": "hf"}
-
-
-def implementation(row: dict) -> str | None:
-    """"native" (stepbench's own model code), "plain HF" or "hf" (the peers), from the row's model
-    name and family; None for a transformers-family row that names no peer."""
-    for suffix, impl in PEERS.items():
-        if str(row.get("model", "")).endswith(suffix):
-            return impl
-    return "native" if row.get("family") != "hf" else None
+          ("best", "stepbench, best at no more memory", "#009E73"))
+PEER_COLOURS = ("#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999")
+NATIVE = "native"
 
 
 def section(row: dict) -> str:
-    """The published section a row stands for: the Hugging Face repo name, else the model less any
-    peer suffix."""
-    if row.get("hf_name"):
-        return row["hf_name"].split("/")[-1]
-    model = str(row.get("model", ""))
-    for suffix in PEERS:
-        model = model.removesuffix(suffix)
-    return model
+    """The published section a row stands for (the Hugging Face repo name, else the model)."""
+    return model_name(row)
 
 
 def config_key(p: dict) -> tuple:
@@ -48,7 +33,7 @@ def config_key(p: dict) -> tuple:
 def figure_groups(rows: list[dict], published: list[dict]) -> dict[tuple, tuple[list[dict], list[dict]]]:
     """(section, hardware) -> (its published rows, our training rows of that model and hardware), for
     every published model and hardware that at least one of our rows measured."""
-    ours = [r for r in rows if "kind" not in r and r.get("status", "ok") == "ok" and implementation(r)]
+    ours = [r for r in rows if "kind" not in r and r.get("status", "ok") == "ok"]
     out: dict[tuple, tuple[list[dict], list[dict]]] = {}
     for p in published:
         fig = (section(p), p["hardware_label"])
@@ -85,20 +70,28 @@ def _bar(row: dict | None, rows: list[dict], p: dict) -> tuple | None:
     return row["tps"], row.get("peak_mem_gib"), min(runs), max(runs), (row["ac"], row["attn"]) != (p["ac"], p["attn"])
 
 
+def colours(mine: list[dict]) -> dict[str, tuple[str, str]]:
+    """Series -> (legend label, colour): ours and the published, then one per peer implementation."""
+    out = {s: (label, c) for s, label, c in SERIES}
+    peers = sorted({implementation(r) for r in mine} - {NATIVE})
+    out.update({impl: (f"peer: {impl}", c) for impl, c in zip(peers, PEER_COLOURS)})
+    return out
+
+
 def _bars(pubs: list[dict], mine: list[dict], views: dict | None) -> dict[str, list]:
     """Series -> one bar (or None) per published row; series without any bar are left out."""
-    out: dict[str, list] = {s: [] for s, _, _ in SERIES}
+    out: dict[str, list] = {s: [] for s in colours(mine)}
     for p in pubs:
-        view = views.get(config_key(p), {}) if views is not None else {"same": _fastest(mine, p, "native", True)}
+        view = views.get(config_key(p), {}) if views is not None else {"same": _fastest(mine, p, NATIVE, True)}
         out["published"].append((p["tps"], p["peak_mem_gib"], p["tps"], p["tps"], False))
         out["same"].append(_bar(view.get("same"), mine, p))
         out["best"].append(_bar(view.get("best"), mine, p))
-        for impl in ("plain HF", "hf"):
+        for impl in list(out)[len(SERIES):]:
             out[impl].append(_bar(_fastest(mine, p, impl, False), mine, p))
     return {s: bars for s, bars in out.items() if any(bars)}
 
 
-def _draw(plt, title: str, pubs: list[dict], bars: dict[str, list], path: Path) -> None:
+def _draw(plt, title: str, pubs: list[dict], bars: dict[str, list], names: dict, path: Path) -> None:
     """Two panels (TPS with whiskers, peak memory) of grouped bars, the legend below them."""
     from matplotlib.patches import Patch
 
@@ -107,7 +100,7 @@ def _draw(plt, title: str, pubs: list[dict], bars: dict[str, list], path: Path) 
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, layout="constrained",
                                       figsize=(1.5 + n * max(1.0, 0.22 * k), 7.5))
     for i, (series, values) in enumerate(bars.items()):
-        colour = COLOURS[series][1]
+        colour = names[series][1]
         for j, v in enumerate(values):
             if v is None:
                 continue
@@ -135,7 +128,7 @@ def _draw(plt, title: str, pubs: list[dict], bars: dict[str, list], path: Path) 
     top.set_title("whiskers: slowest to fastest of repeated runs (same key and commit); "
                   "hatched: another AC or attention than published; no bar: not measured", fontsize=8, color="#555555")
     fig.suptitle(title, fontsize=12)
-    fig.legend(handles=[Patch(color=COLOURS[s][1], label=COLOURS[s][0]) for s in bars], loc="outside lower center",
+    fig.legend(handles=[Patch(color=names[s][1], label=names[s][0]) for s in bars], loc="outside lower center",
                ncol=k, fontsize=8, frameon=False)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -160,6 +153,7 @@ def plots(rows: list[dict], published: list[dict], out_dir: Path, prefix: str,
     for (model, hw), (pubs, mine) in figure_groups(rows, published).items():
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{prefix}-plot-{model}-{hw}")
         path = out_dir / f"{name}.png"
-        _draw(plt, f"{model} on {hw}: prime-rl published vs stepbench", pubs, _bars(pubs, mine, views), path)
+        _draw(plt, f"{model} on {hw}: prime-rl published vs stepbench", pubs, _bars(pubs, mine, views),
+              colours(mine), path)
         written.append(path)
     return written

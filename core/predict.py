@@ -43,7 +43,7 @@ from core.resolve import UserError, first_line
 
 # ------------------------------------------------------------------------------ one prediction
 def predict(a, *, seq_len: int, task: str, adapter, ac, attn: str, hw: dict, gpus: int, micro_batches: int = 2,
-            head_budget_mib: int = 512, sync_label: str = "none", fits: dict, sync_fits: dict[str, SyncFit],
+            head_budget_mib: int = 512, sync_label: str | None = None, fits: dict, sync_fits: dict[str, SyncFit],
             layout) -> dict:
     """A predicted row (with its terms) of stepbench's step on ``gpus`` GPUs of ``hw``, from the
     row's plugins' declarations (``adapter``, ``ac``), its attention label ``attn`` (the compute
@@ -70,8 +70,8 @@ def predict(a, *, seq_len: int, task: str, adapter, ac, attn: str, hw: dict, gpu
         first = blocks / a.n_layers * frac / (float(hw["link_gbps"]) * GB)
         comm = {"all_gather_gb": ag / GB, "reduce_scatter_gb": rs / GB, "seconds": t,
                 "exposed_s": max(0.0, t - compute) + first}
-    sync_fit, sync_note = sync_fit_for(sync_fits, sync_label) if sync_label != "none" else (None, "")
-    sync_bytes = 2 * adapter.handoff_params(a) if sync_label != "none" else 0
+    sync_fit, sync_note = sync_fit_for(sync_fits, sync_label) if sync_label else (None, "")
+    sync_bytes = 2 * adapter.handoff_params(a) if sync_label else 0
     sync_s = sync_fit.seconds(sync_bytes) if sync_fit else 0.0
     if sync_bytes and gpus > 1:  # the shards are gathered to rank 0 first
         sync_s += sync_bytes * (gpus - 1) / gpus / (float(hw["link_gbps"]) * GB)
@@ -85,7 +85,7 @@ def predict(a, *, seq_len: int, task: str, adapter, ac, attn: str, hw: dict, gpu
         "peak_mem_gib": peak, "memory_terms_gib": {k: v / GIB for k, v in mem_terms.items()},
         "compute_s": compute, "ideal_s": ideal, "fit": fit.describe(), "fit_note": fit_note,
         "efficiency": fit.efficiency, "overhead_s": fit.overhead_s,
-        "collectives": comm, "sync": sync_label, "sync_bytes": sync_bytes, "sync_s": sync_s,
+        "collectives": comm, "sync": sync_label or "-", "sync_bytes": sync_bytes, "sync_s": sync_s,
         "sync_fit": (sync_fit.describe() if sync_fit else "-") + (f"; {sync_note}" if sync_note else ""),
         "step_s": step, "step_time": step / micro_batches, "tps": tps,
         "mfu": flops.mfu(fpt, tps, hw["peak_flops"], gpus),
@@ -112,7 +112,7 @@ def format_prediction(label: str, p: dict) -> str:
         lines.append(f"  collectives per micro-batch: all-gather {c['all_gather_gb']:.2f} GB + reduce-scatter "
                      f"{c['reduce_scatter_gb']:.2f} GB at {p['link_gbps']:g} GB/s = {c['seconds']:.3f} s, "
                      f"exposed {c['exposed_s']:.3f} s")
-    if p["sync"] != "none":
+    if p["sync_bytes"]:
         lines.append(f"  weight sync per step ({p['sync']}): {p['sync_bytes'] / GB:.3f} GB in {p['sync_s']:.3f} s "
                      f"({p['sync_fit']}" + (", gathered to rank 0 first)" if p["gpus"] > 1 else ")"))
     lines.append(f"  step {p['step_s']:.2f} s ({p['step_time']:.2f} s per micro-batch) -> TPS "
@@ -146,7 +146,7 @@ class Declared:
     ac: object
     attn: str  #: the row's attention label (the compute fit's key)
     kernel: str  #: the attention backend's declared kernel ("" where it picks one when it runs)
-    sync_label: str
+    sync_label: str | None  #: the Sync label of a method that hands weights off, else None
     layout: object
     cfg: object
 
@@ -165,14 +165,15 @@ def declare(cfg) -> Declared:
     fam = registry().get("model_family", family).factory
     a = _model_args(cfg, fam, family, flavour)
     p = make_plugins(cfg, RunContext("cuda", world_size=1))
-    p["sync"].check(SyncContext(0, 1, "cuda", p["adapter"].frozen_base, 0, task=cfg.task.name,
+    p["sync"].check(SyncContext(device="cuda", adapter_only=p["adapter"].frozen_base, task=cfg.task.name,
                                 handoff=p["adapter"].handoff))  # a method chosen by the row says so now
     config = OmegaConf.to_container(cfg, resolve=True)
     if config.get("compile") == "auto":
         config["compile"] = True  # what a GPU row runs
     layout = layout_of(config, p["ac"], p["adapter"], fam)
     layout = type(layout)(**{**layout.as_dict(), "kv_repeated": bool(p["attn"].repeats_kv)})
-    return Declared(a, p["adapter"], p["ac"], p["attn"].label, p["attn"].kernel, p["sync"].label, layout, cfg)
+    return Declared(a, p["adapter"], p["ac"], p["attn"].label, p["attn"].kernel,
+                    p["sync"].label if p["sync"].hands_off else None, layout, cfg)
 
 
 def compose(overrides: list[str]):
@@ -225,7 +226,7 @@ def predict_published(fits: dict, sync_fits: dict, measured: list[dict]) -> tupl
             fam = registry().get("model_family", m["family"]).factory
             d.layout = layout_of(mc, make("ac", mc["ac"]), make("adapter", mc["adapter"]), fam,
                                  m.get("attn_provider", ""), m.get("fsdp"))
-            d.sync_label = m.get("sync") or d.sync_label
+            d.sync_label = m.get("sync") if (m.get("sync_info") or {}).get("bytes_per_step") else None
         pred = predict_config(d, hw, p["num_gpus"], fits, sync_fits)
         loo = None
         if m:  # refitted without every sample of this configuration

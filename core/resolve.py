@@ -230,8 +230,9 @@ def resolve(cfg, world: int = 1) -> Resolved:
         raise UserError(f"predicted peak memory {pred:.1f} GiB exceeds the {mem_limit:.1f} GiB available "
                         f"({'GPU' if ctx.device == 'cuda' else 'host'}): try {lean}, another adapter, more GPUs, "
                         "or max_memory_gib=<GiB> to run it anyway")
-    sync_ctx = SyncContext(0, world, ctx.device, adapter.frozen_base, 2 * adapter.handoff_params(args),
-                           task=cfg.task.name, handoff=adapter.handoff)
+    sync_ctx = SyncContext(rank=0, world_size=world, device=ctx.device, adapter_only=adapter.frozen_base,
+                           predicted_bytes=2 * adapter.handoff_params(args), task=cfg.task.name,
+                           handoff=adapter.handoff)
     try:
         why = sync.check(sync_ctx)
     except ValueError as e:

@@ -48,7 +48,7 @@ def main(out: str):
                   reg.get("adapter", adapter).make({"rank": 4} if adapter == "lora" else {}),
                   torch.device("cpu"), seed=3)
         fs = Filesystem(out, keep=1, cleanup=False)
-        fs.setup(b.model, SyncContext(rank, world, "cpu", adapter == "lora", 0, row_id=f"world{world}{tag}", handoff=b.adapter.handoff))
+        fs.setup(b.model, SyncContext(rank=rank, world_size=world, device="cpu", adapter_only=adapter == "lora", row_id=f"world{world}{tag}", handoff=b.adapter.handoff))
         fs.after_step(0)
         fs.finish()
     if world > 1:

@@ -50,7 +50,7 @@ def test_bars_match_peers_and_span_repeats():
     mine = [{**base, **env, "model": "M", "hf_name": "org/M", "family": "qwen3", "tps": t, "peak_mem_gib": 10.0}
             for t in (30e3, 32e3, 34e3)]
     mine.append({**base, **env, "model": "M", "hf_name": "org/M", "family": "qwen3", "tps": 50e3, "attn": "FA3"})
-    mine.append({**base, **env, "model": "M (plain HF)", "hf_name": "org/M", "family": "hf", "tps": 18e3,
+    mine.append({**base, **env, "model": "M (plain HF)", "hf_name": "org/M", "family": "hf", "impl": "plain HF", "tps": 18e3,
                  "attn": "sdpa", "peak_mem_gib": 31.0})
     bars = _bars([p], mine, None)
     assert set(bars) == {"published", "same", "plain HF"}  # no best without views, no hf peer measured

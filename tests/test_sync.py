@@ -49,7 +49,7 @@ def test_filesystem_files_equal_trainer_weights_every_step(dist_group, tmp_path,
     args = QWEN3["tiny"]
     b = built(args, adapter)
     fs = Filesystem(str(tmp_path), keep=3, overlap=overlap, cleanup=False, writer=writer)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", adapter == "lora", 0, row_id="r", handoff=b.adapter.handoff))
+    fs.setup(b.model, SyncContext(rank=0, world_size=1, device="cpu", adapter_only=adapter == "lora", row_id="r", handoff=b.adapter.handoff))
     b.sync = fs
     if writer == "mapped":  # the first AHEAD steps' files are ready before the first step (setup is untimed)
         assert sorted(fs.prepared) == list(range(AHEAD)) and all(f.done() for f in fs.prepared.values())
@@ -95,7 +95,7 @@ def test_mapped_writer_unmaps_off_the_step_after_publishing(dist_group, tmp_path
     args = QWEN3["tiny"]
     b = built(args)
     fs = Filesystem(str(tmp_path), keep=3, cleanup=False, unmap=unmap)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r", handoff=b.adapter.handoff))
+    fs.setup(b.model, SyncContext(rank=0, world_size=1, device="cpu", adapter_only=False, row_id="r", handoff=b.adapter.handoff))
     b.sync = fs
     for step in range(2):
         train_step(b, make_batches(args, "rl", 128, 1, "random", 0, step, "cpu"), "rl", step=step)
@@ -114,7 +114,7 @@ def test_adapter_only_sync_reproduces_merged_output(dist_group, tmp_path):
     args = QWEN3["tiny"]
     b = built(args, "lora")
     fs = Filesystem(str(tmp_path), keep=1, cleanup=False)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", True, 0, row_id="r", handoff=b.adapter.handoff))
+    fs.setup(b.model, SyncContext(rank=0, world_size=1, device="cpu", adapter_only=True, row_id="r", handoff=b.adapter.handoff))
     b.sync = fs
     train_step(b, make_batches(args, "rl", 128, 1, "random", 0, 0, "cpu"), "rl", step=0)
     fs.finish()
@@ -139,7 +139,7 @@ def test_crash_mid_write_leaves_no_complete_marker(dist_group, tmp_path, monkeyp
     args = QWEN3["tiny"]
     b = built(args)
     fs = Filesystem(str(tmp_path), keep=2, cleanup=False, writer=writer)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r", handoff=b.adapter.handoff))
+    fs.setup(b.model, SyncContext(rank=0, world_size=1, device="cpu", adapter_only=False, row_id="r", handoff=b.adapter.handoff))
     fs.after_step(0)
 
     def torn(path, stager, metadata, fsync, how):
@@ -228,7 +228,7 @@ def test_host_hand_off_copies_the_weights_every_step(dist_group):
     args = QWEN3["tiny"]
     b = built(args, "full")
     h = Host()
-    h.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r", handoff=b.adapter.handoff))
+    h.setup(b.model, SyncContext(rank=0, world_size=1, device="cpu", adapter_only=False, row_id="r", handoff=b.adapter.handoff))
     for step in range(2):
         h.after_step(step)
     h.finish()
@@ -242,7 +242,7 @@ def test_host_hand_off_copies_the_weights_every_step(dist_group):
 def test_filesystem_cleans_up_its_row_directory(dist_group, tmp_path):
     b = built(QWEN3["tiny"])
     fs = Filesystem(str(tmp_path), keep=1)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r", handoff=b.adapter.handoff))
+    fs.setup(b.model, SyncContext(rank=0, world_size=1, device="cpu", adapter_only=False, row_id="r", handoff=b.adapter.handoff))
     fs.after_step(0)
     assert complete_steps(tmp_path / "r") == [0]
     fs.finish()
@@ -269,7 +269,7 @@ def test_two_ranks_gather_the_same_weights(tmp_path):
 def test_moe_full_sync_includes_experts(dist_group, tmp_path):
     b = built(QWEN3_MOE["tiny"])
     fs = Filesystem(str(tmp_path), keep=1, cleanup=False)
-    fs.setup(b.model, SyncContext(0, 1, "cpu", False, 0, row_id="r", handoff=b.adapter.handoff))
+    fs.setup(b.model, SyncContext(rank=0, world_size=1, device="cpu", adapter_only=False, row_id="r", handoff=b.adapter.handoff))
     fs.after_step(0)
     fs.finish()
     got = load_file(str(tmp_path / "r" / "step_0" / "model.safetensors"))

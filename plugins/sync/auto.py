@@ -30,9 +30,8 @@ class Auto(WeightSync):
         return self.chosen.label if self.chosen is not None else "auto"
 
     @property
-    def options(self) -> dict:
-        """The chosen method's options (what the row stores as its sync node)."""
-        return {"name": self.chosen.name} if self.chosen is not None else {"name": "auto"}
+    def hands_off(self) -> bool:
+        return self.chosen.hands_off if self.chosen is not None else True
 
     def check(self, ctx):
         return self.choose(ctx).check(ctx)

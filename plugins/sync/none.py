@@ -8,6 +8,7 @@ from core.contracts import WeightSync
 
 class NoSync(WeightSync):
     name = label = "none"
+    hands_off = False
 
     def check(self, ctx):
         return None

@@ -10,9 +10,10 @@ from typing import Any, Callable, NamedTuple
 from core.contracts import (ActivationMemory, Adapter, AttentionBackend, ModelFamily, RecomputeFacts, RunContext,
                             SyncContext, TrainableModel)
 from core.models.flavours import QWEN3
-from core.testing.reference import *  # noqa: F401,F403 (the tiny model, tolerances and references)
-from core.testing.reference import (_build, _fail, _json, _losses_and_grads, _members, _number, _optional_str, _rel,
-                                    _same_count, _whole)
+
+from core.testing.reference import (AC_TOL, ATTENTION_CASES, ATTENTION_TOL, TINY, AttentionCase, DocumentSDPA,
+                                    _build, _fail, _json, _KeepAll, _losses_and_grads, _members, _number,
+                                    _optional_str, _rel, _same_count, _TrainAll, _whole, reference_attention)
 
 
 def check_attention(backend, device: str = "cpu", shapes=ATTENTION_CASES, tol: float = ATTENTION_TOL) -> dict:

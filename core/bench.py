@@ -182,7 +182,7 @@ def check_overrides(argv: list[str]):
             cfg = compose("bench", overrides=[x for x in overrides
                                               if not OverridesParser.create().parse_override(x).is_sweep_override()])
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e, with_type=False) or type(e).__name__
             if "Could not override" in msg or "Key '" in msg:
                 key = msg.split("'")[1] if "'" in msg else "?"
                 group = key.split(".")[0]

@@ -22,6 +22,7 @@ import pluggy
 
 from core import PROJECT, hookspecs
 from core.contracts import RunContext
+from core.errors import first_line
 
 BLOCK_ENV = "STEPBENCH_BLOCK_PLUGINS"
 NO_AUTOLOAD_ENV = "STEPBENCH_DISABLE_PLUGIN_AUTOLOAD"
@@ -124,8 +125,8 @@ def make_manager(blocked: set[str] | None = None) -> tuple[pluggy.PluginManager,
         try:
             plugin = ep.load()
         except Exception as e:  # a broken third-party plugin must not take the others down
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            broken.append((ep.name, f"{type(e).__name__}: {first}"))
+            first = first_line(e, with_type=False) or type(e).__name__
+            broken.append((ep.name, first_line(e, with_type=True)))
             print(f"stepbench: plugin '{ep.name}' failed to load and was skipped: {first}", file=sys.stderr)
             continue
         pm.register(plugin, name=ep.name)
@@ -162,9 +163,8 @@ def collect(pm: pluggy.PluginManager, broken=(), blocked: set[str] | None = None
             except PluginError:
                 raise
             except Exception as e:  # a registration hook that raises names its plugin
-                first = (str(e).strip().splitlines() or [""])[0]
                 raise PluginError(f"plugin '{provider}' failed to register its {kind} plugins: "
-                                  f"{type(e).__name__}: {first}; block it with {BLOCK_ENV}={provider}") from None
+                                  f"{first_line(e, with_type=True)}; block it with {BLOCK_ENV}={provider}") from None
     unmatched = sorted(blocked - reg.matched)
     if unmatched:
         raise PluginError(f"{BLOCK_ENV} names {', '.join(repr(n) for n in unmatched)}, which matches no plugin "

@@ -11,18 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from core.errors import UserError, first_line  # noqa: F401 (both are this module's interface too)
 from core.options import OptionError, validate
-
-
-class UserError(Exception):
-    """Bad input: reported as one line, exit status 2."""
-
-
-def first_line(e: BaseException) -> str:
-    """The one line a failed row or a refusal keeps of an exception."""
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else ""
-    return first if isinstance(e, UserError) else f"{type(e).__name__}: {first}".strip()
 
 
 @dataclass

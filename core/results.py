@@ -21,15 +21,9 @@ class ResultsError(Exception):
 
 
 def row_variant(row: dict) -> str:
-    """The row's variant (options off their defaults); for rows written before the field existed,
-    worked out from the config the row stores."""
-    if "variant" in row:
-        return row["variant"] or ""
-    if isinstance(row.get("config"), dict):
-        from core.resolve import variant_label
-
-        return variant_label(row["config"])
-    return ""
+    """The row's variant (options off their defaults; every row since schema 3 stores it:
+    benchmarks/migrate_rows.py gave it to older ones)."""
+    return row.get("variant") or ""
 
 
 def row_key(row: dict) -> tuple:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from core.errors import first_line
 from core.measure import say
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,7 +230,7 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
         if isinstance(row_cfg, Exception):
             PROGRESS.failed += 1
             e = row_cfg
-            msg = f"refused: bad overrides ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+            msg = f"refused: bad overrides ({first_line(e, with_type=False) or type(e).__name__})"
             say(f"[row] {' '.join(overrides)}: {msg}")
             append_row(cfg.results, failed_row(base_row(None, overrides), None, msg))
             continue

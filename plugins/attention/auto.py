@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from core import hookimpl
+from core.errors import first_line
 from core.contracts import AttentionBackend
 
 
@@ -43,7 +44,7 @@ def try_fa3(reg, ctx):
     try:
         return _make(reg, ctx, "fa3")  # prepare runs a tiny call
     except Exception as e:  # a partial install: missing _C or flash_attn_config, a kernel that fails
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e, with_type=False) or type(e).__name__
         say(f"fa3 is installed but does not run ({first}); falling back to fa2/cudnn")
         return None
 

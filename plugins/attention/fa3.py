@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 from core import hookimpl
+from core.errors import first_line
 from core.contracts import AttentionBackend
 from plugins.attention.common import need_cuda, package_version
 
@@ -65,7 +66,7 @@ class FA3(AttentionBackend):
             self.fn = flash_attn_varlen_func
             smoke_test(self)
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e, with_type=False) or type(e).__name__
             raise ValueError(f"attn fa3 does not run here ({type(e).__name__}: {first}): rebuild it with "
                              "python -m core.fa3_build --source PATH, or use +attn=fa2") from None
 

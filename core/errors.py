@@ -1,0 +1,17 @@
+"""The errors a user sees: one line each, and the one line kept of any exception."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+def first_line(e: BaseException, with_type: bool | None = None) -> str:
+    """The one line a failed row or a refusal keeps of an exception: its message's first line, after
+    its type's name (``with_type``; by default for anything but a :class:`UserError`)."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    if with_type is None:
+        with_type = not isinstance(e, UserError)
+    return f"{type(e).__name__}: {first}".strip().rstrip(":") if with_type else first

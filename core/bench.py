@@ -148,6 +148,12 @@ def list_plugins() -> None:
     print("groups: model= task= adapter= hardware= +attn= +ac= +sync= +sweep= (see conf/)")
 
 
+#: the flags Hydra's command line takes (with ``--list``, stepbench's)
+HYDRA_FLAGS = {"-m", "--multirun", "-c", "--cfg", "--info", "-h", "--help", "--hydra-help", "-p", "--package",
+               "--resolve", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
+               "--shell-completion", "-sc", "--experimental-rerun", "--list"}
+
+
 def check_overrides(argv: list[str]):
     """Refuse unknown group options with one line (before Hydra prints its multi-line error).
     Returns the composed config (sweep overrides left out), validated."""
@@ -157,6 +163,16 @@ def check_overrides(argv: list[str]):
 
     from core.options import APPENDED, conf_dir
 
+    valued = {"-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
+    for prev, a in zip([None, *argv], argv):
+        if prev in valued:  # the flag's value
+            continue
+        if a.startswith("-") and a.split("=", 1)[0] not in HYDRA_FLAGS:
+            raise UserError(f"unknown flag '{a}': use -m for a sweep, --list for the plugins and options, "
+                            "--help for Hydra's help")
+        if not a.startswith("-") and "=" not in a:
+            raise UserError(f"'{a}' is not an override: type key=value (e.g. seq_len=8192), or +group=name "
+                            "(e.g. +attn=fa3); python -m core.bench --list shows them")
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)

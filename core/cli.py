@@ -11,6 +11,7 @@ A command's module is imported only when it runs, so ``stepbench --help`` does n
 
 from __future__ import annotations
 
+import argparse
 import sys
 from importlib import import_module
 
@@ -21,6 +22,27 @@ COMMANDS = {
     "predict": ("core.predict", "a predicted row for hardware and GPU counts that cannot run here"),
     "fa3-build": ("core.fa3_build", "build and install FlashAttention-3 with only what stepbench needs"),
 }
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose refusals are one line on stderr (no usage block) with an example of what to
+    type, and exit status 2, as every other bad input of the tools."""
+
+    example = ""
+
+    def error(self, message: str):
+        hint = f": e.g. {self.prog} {self.example}" if self.example and "e.g." not in message else ""
+        self.exit(2, f"{self.prog}: {message}{hint} ({self.prog} --help shows every option)\n")
+
+
+def arg_parser(module: str, description: str, example: str = "") -> OneLineParser:
+    """The argument parser of ``python -m <module>`` (``stepbench <command>`` where the script runs
+    it): one-line errors that end with ``example``, a command line that works."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    prog = argv0 if argv0.startswith("stepbench ") else f"python -m {module}"
+    ap = OneLineParser(prog=prog, description=description)
+    ap.example = example
+    return ap
 
 
 def usage() -> str:

@@ -59,8 +59,9 @@ def estimate_s(jobs: int) -> float:
 def check_source(src: Path, cutlass: Path | None) -> Path:
     """The ``hopper/`` directory to build; links ``csrc/cutlass`` to ``cutlass`` if given."""
     hopper = src / "hopper"
-    if not (hopper / "setup.py").is_file():
-        raise BuildError(f"{src} is not a flash-attention checkout (no hopper/setup.py): point --source at one, "
+    if not (hopper / "setup.py").is_file() or not (hopper / "instantiations").is_dir():
+        raise BuildError(f"{src} is not a flash-attention checkout (no hopper/setup.py and hopper/instantiations): "
+                         "point --source at one, "
                          "or use --clone on a machine that is online")
     inc = src / "csrc" / "cutlass" / "include" / "cutlass"
     if not inc.is_dir():
@@ -93,9 +94,16 @@ def cache_key(hopper: Path) -> str:
 
 def clone(dest: Path) -> Path:
     """Clone the upstream repository at the pinned commit (needs the network)."""
+    if dest.exists() and not dest.is_dir():
+        raise BuildError(f"--clone {dest} is a file: name a folder to clone into, e.g. --clone "
+                         "~/.cache/stepbench/flash-attention")
+    fresh = not dest.exists() or not any(dest.iterdir())
+    if not fresh and not (dest / ".git").exists():
+        raise BuildError(f"--clone {dest} holds files but no git checkout: name a new (or empty) folder, or "
+                         f"build what is there with --source {dest}")
     if not shutil.which("git"):
         raise BuildError("git is not installed: install it, or download flash-attention and pass --source PATH")
-    if not dest.exists():
+    if fresh:
         r = subprocess.run(["git", "clone", "--filter=blob:none", UPSTREAM, str(dest)])
         if r.returncode:
             raise BuildError(f"cloning {UPSTREAM} failed (offline?): download it elsewhere and pass --source PATH")
@@ -142,22 +150,45 @@ def check() -> int:
                            str(ROOT / "tests" / "test_attention.py")], cwd=ROOT).returncode
 
 
+def _jobs(v: str) -> int:
+    """--jobs: a whole number of parallel compile jobs, 1 or more."""
+    if not v.strip().isdigit() or not 1 <= int(v) <= 4096:
+        raise argparse.ArgumentTypeError(f"must be a whole number of build jobs from 1 to 4096 (got {v!r}): "
+                                         f"e.g. --jobs {os.cpu_count() or 4}")
+    return int(v)
+
+
+def check_paths(a) -> None:
+    """The folders named on the command line, before anything is cloned, built or installed."""
+    if a.cutlass is not None and not (a.cutlass.expanduser() / "include" / "cutlass").is_dir():
+        raise BuildError(f"--cutlass {a.cutlass} has no include/cutlass: point it at a CUTLASS checkout "
+                         f"(at {CUTLASS_COMMIT[:8]}), or leave --cutlass out where csrc/cutlass is checked out")
+    for flag, path in (("--wheel-dir", a.wheel_dir), ("--target", a.target and Path(a.target))):
+        if path is not None and str(path).strip() == "":
+            raise BuildError(f"{flag} is empty: name a folder, e.g. {flag} ~/.cache/stepbench/fa3")
+        if path is not None and path.expanduser().exists() and not path.expanduser().is_dir():
+            raise BuildError(f"{flag} {path} is a file: name a folder, e.g. {flag} ~/.cache/stepbench/fa3")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from core.cli import arg_parser
+
+    ap = arg_parser("core.fa3_build", __doc__.splitlines()[0], "--source ~/src/flash-attention")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--source", type=Path, help="a flash-attention checkout (with csrc/cutlass, or --cutlass)")
     src.add_argument("--clone", type=Path, nargs="?", const=Path.home() / ".cache" / "stepbench" / "flash-attention",
                      help=f"clone {UPSTREAM} at {PINNED_COMMIT} into this folder (needs the network)")
     ap.add_argument("--cutlass", type=Path, help=f"a CUTLASS checkout for an empty csrc/cutlass ({CUTLASS_COMMIT[:8]})")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 4)
+    ap.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 4)
     ap.add_argument("--wheel-dir", type=Path, default=Path.home() / ".cache" / "stepbench" / "fa3-wheels")
     ap.add_argument("--target", help="install into this folder (pip --target) instead of site-packages")
     ap.add_argument("--no-install", action="store_true")
     ap.add_argument("--no-test", action="store_true")
     a = ap.parse_args(argv)
     try:
-        source = clone(a.clone) if a.clone else a.source.expanduser()
-        hopper = check_source(source, a.cutlass)
+        check_paths(a)
+        source = clone(a.clone.expanduser()) if a.clone else a.source.expanduser()
+        hopper = check_source(source, a.cutlass and a.cutlass.expanduser())
         cached = a.wheel_dir / cache_key(hopper)
         wheels = sorted(cached.glob("flash_attn_3-*.whl"))
         if wheels:

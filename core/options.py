@@ -10,17 +10,8 @@ from __future__ import annotations
 import difflib
 import math
 from functools import lru_cache
-from pathlib import Path
 
-
-
-def conf_dir() -> Path:
-    """The configs: ``conf/`` beside ``core/`` in a checkout, else the copy a wheel installs as
-    package data (``core/conf``)."""
-    here = Path(__file__).resolve().parent
-    checkout = here.parent / "conf"
-    return checkout if (checkout / "bench.yaml").is_file() else here / "conf"
-
+from core.paths import conf_dir  # noqa: F401 (this module's interface too)
 
 CONF = conf_dir()
 #: groups whose nodes are plugin options (their keys come from the group's yaml files)
@@ -32,20 +23,32 @@ class OptionError(ValueError):
     """A bad option value: one line naming the option and what to type instead."""
 
 
-def _int(name, v, lo=None, multiple=None, example=None):
+#: the largest integer any option takes (a 64-bit signed integer: larger ones overflow where torch gets them)
+INT_MAX = 2**63 - 1
+#: seeds: torch's generators take 64 bits, and the trainer derives per-tensor seeds as seed * 1_000_003 + ...
+SEED_MAX = 2**32 - 1
+
+
+def _int(name, v, lo=None, multiple=None, example=None, hi=INT_MAX):
+    try_ = example if example is not None else lo
     if isinstance(v, bool) or not isinstance(v, int):
-        raise OptionError(f"{name} must be an integer (got {v!r}): try {name}={example if example is not None else lo}")
+        raise OptionError(f"{name} must be an integer (got {v!r}): try {name}={try_}")
     if multiple and (v <= 0 or v % multiple):
         good = max(multiple, round(v / multiple) * multiple)
+        good = good if good <= hi else hi - hi % multiple
         raise OptionError(f"{name} must be a positive multiple of {multiple} (got {v}): try {name}={good}")
     if lo is not None and v < lo:
-        raise OptionError(f"{name} must be at least {lo} (got {v}): try {name}={example if example is not None else lo}")
+        raise OptionError(f"{name} must be at least {lo} (got {v}): try {name}={try_}")
+    if v > hi:
+        raise OptionError(f"{name} must be at most {hi} (got {v}): try {name}={try_}")
     return v
 
 
 def _float(name, v, lo=0.0, example=1, allow_none=False, strict=False):
     if v is None and allow_none:
         return v
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_MAX:
+        raise OptionError(f"{name} must be a number below {INT_MAX} (got {v!r}): try {name}={example}")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise OptionError(f"{name} must be a number (got {v!r}): try {name}={example}")
     if v < lo or (strict and v == lo):
@@ -72,6 +75,8 @@ def _choice(name, v, choices):
 def _results(v) -> str:
     if not isinstance(v, str) or not v.strip():
         raise OptionError(f"results must be a file name (got {v!r}): try results=runs/rows.jsonl")
+    if v.endswith("/"):
+        raise OptionError(f"results={v} is a directory: name a file, e.g. results={v}rows.jsonl")
     return v
 
 
@@ -101,7 +106,7 @@ OPTIONS = {
     "steps": lambda v: _int("steps", v, 2, example=6),
     "measure_s": lambda v: _float("measure_s", v, 0.0, 30),
     "packing": check_packing,
-    "seed": lambda v: _int("seed", v, 0, example=0),
+    "seed": lambda v: _int("seed", v, 0, example=0, hi=SEED_MAX),
     "compile": lambda v: v if v == "auto" else _bool("compile", v),
     "compile_head": lambda v: _bool("compile_head", v),
     "fuse": lambda v: v if isinstance(v, bool) or v == "lora" else _fail(
@@ -152,17 +157,40 @@ def group_schema(group: str, name: str) -> dict:
     return schema
 
 
+#: plugin options whose least value is not 0 (every other number of a plugin group is a count, a size
+#: or a rate: 0 or more); hardware profile numbers are all above 0
+PLUGIN_MIN = {"adapter.rank": 1, "adapter.alpha": 1, "sync.keep": 1, "sync.bucket_mib": 1}
+#: plugin options that are lists of regular expressions (op names to save)
+PLUGIN_PATTERNS = ("ac.save",)
+
+
 def _typed(name: str, v, default):
     if default is None or isinstance(default, str):
         return
+    group = name.split(".", 1)[0]
     if isinstance(default, bool):
         _bool(name, v)
+    elif isinstance(default, int) and group == "hardware":
+        _float(name, v, 0.0, example=default, strict=True)
     elif isinstance(default, int):
         _int(name, v, example=default)
+        lo = PLUGIN_MIN.get(name, 0)
+        if v < lo:
+            raise OptionError(f"{name} must be {'a positive integer' if lo == 1 else 'a whole number, 0 or more'} "
+                              f"(got {v}): try {name}={default}")
     elif isinstance(default, float):
-        _float(name, v, lo=-math.inf, example=default)
+        _float(name, v, 0.0, example=default, strict=group == "hardware")
     elif isinstance(default, list) and not isinstance(v, (list, tuple)):
         raise OptionError(f"{name} must be a list (got {v!r}): try {name}=[{','.join(map(str, default))}]")
+    if name in PLUGIN_PATTERNS and isinstance(v, (list, tuple)):
+        import re
+
+        for x in v:
+            try:
+                re.compile(str(x))
+            except re.error as e:
+                raise OptionError(f"{name}: {x!r} is not a regular expression ({e}): name an op kind, e.g. "
+                                  f"{name}=[{','.join(map(str, default))}]") from None
 
 
 def validate(cfg) -> None:
@@ -186,6 +214,7 @@ def validate(cfg) -> None:
             continue
         for k, v in node.items():
             if k not in schema:
+                which = node.get("name") or node.get("family")
                 raise OptionError(f"unknown option '{group}.{k}'{_nearest(k, schema)} for {group} "
-                                  f"'{node.get('name')}': its options are {', '.join(sorted(schema))}")
+                                  f"'{which}': its options are {', '.join(sorted(schema))}")
             _typed(f"{group}.{k}", v, schema[k])

@@ -2,8 +2,7 @@
 
 In a checkout they sit beside the packages (``conf/``, ``benchmarks/reference/``); a wheel ships
 them as package data inside ``core`` (``core/conf``, ``core/reference``: pyproject.toml's
-``package-dir``), so an install works from any directory. The configs' folder is
-:func:`core.options.conf_dir`.
+``package-dir``), so an install works from any directory.
 """
 
 from __future__ import annotations
@@ -11,6 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def conf_dir() -> Path:
+    """The configs: ``conf/`` beside ``core/`` in a checkout, else the copy a wheel installs as
+    package data (``core/conf``)."""
+    checkout = HERE.parent / "conf"
+    return checkout if (checkout / "bench.yaml").is_file() else HERE / "conf"
 
 
 def reference_dir() -> Path:

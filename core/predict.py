@@ -286,38 +286,72 @@ def _gpus(argv: list[str]) -> tuple[int, list[str]]:
     for a in argv:
         if a.startswith("gpus="):
             v = a.split("=", 1)[1]
-            if not v.isdigit() or not 1 <= int(v) <= 4096:
+            if not v.isascii() or not v.isdigit() or not 1 <= int(v) <= 4096:
                 raise UserError(f"gpus={v}: give a whole number of GPUs from 1 to 4096, e.g. gpus=8")
             gpus = int(v)
+        elif a.startswith("-"):
+            raise UserError(f"unknown flag {a}: a prediction takes overrides, e.g. model=qwen3_4b hardware=h200 "
+                            "gpus=8 (or --published [--out FILE.md] [--rows FILE.jsonl])")
+        elif "=" not in a:
+            raise UserError(f"'{a}' is not an override: type key=value, e.g. model=qwen3_4b hardware=h200 gpus=8")
         else:
             rest.append(a)
     return gpus, rest
 
 
+#: what ``--published`` takes: each flag and its value
+PUBLISHED_FLAGS = ("--out", "--rows")
+
+
+def _published_inputs() -> list[Path]:
+    """The files ``--published`` reads: our rows (and their history), the published tables and their
+    configs, and the bench configs."""
+    from core.options import conf_dir
+    from core.paths import reference_dir
+
+    files = [*RESULTS.glob("*.jsonl"), *(RESULTS / "history").glob("*.jsonl")]
+    for folder in (reference_dir(), conf_dir()):
+        files += [p for p in Path(folder).rglob("*") if p.is_file()]
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    from core.results import ResultsError, check_output, write_atomic
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if "--published" in argv:
-            out = Path(_opt(argv, "--out", str(ROOT / "benchmarks" / "PREDICTIONS.md")))
-            rows_out = Path(_opt(argv, "--rows", str(RESULTS / "predicted" / "published.jsonl")))
+            rest = [a for a in argv if a != "--published"]
+            out = _opt(rest, "--out", str(ROOT / "benchmarks" / "PREDICTIONS.md"))
+            rows_out = _opt(rest, "--rows", str(RESULTS / "predicted" / "published.jsonl"))
+            for i, a in enumerate(rest):
+                if a not in PUBLISHED_FLAGS and (i == 0 or rest[i - 1] not in PUBLISHED_FLAGS):
+                    raise UserError(f"--published takes only --out FILE.md and --rows FILE.jsonl, not {a!r}: "
+                                    "e.g. python -m core.predict --published --out benchmarks/PREDICTIONS.md")
+            inputs = _published_inputs()
+            what = "an input of the prediction (our rows, the published tables or the configs)"
+            out = check_output(out, "--out", "benchmarks/PREDICTIONS.md", inputs, what)
+            rows_out = check_output(rows_out, "--rows", "benchmarks/results/predicted/published.jsonl",
+                                    [*inputs, out], what + " or --out")
             current, sync_fits, fits = fits_from_rows()
             preds, md = predict_published(fits, sync_fits, current)
-            out.write_text(md + "\n", encoding="utf-8")
-            rows_out.parent.mkdir(parents=True, exist_ok=True)
-            rows_out.write_text("".join(json.dumps(p, sort_keys=True) + "\n" for p in preds), encoding="utf-8")
+            write_atomic(out, md + "\n")
+            write_atomic(rows_out, "".join(json.dumps(p, sort_keys=True) + "\n" for p in preds))
             print(md.split("Per hardware", 1)[1].split("Fits used", 1)[0].strip())
             say(f"{len(preds)} predicted rows -> {out} and {rows_out}")
             return 0
         return _one(argv)
-    except UserError as e:
+    except (UserError, ResultsError) as e:
         say(str(e))
         return 2
 
 
 def _opt(argv: list[str], flag: str, default: str) -> str:
+    if argv.count(flag) > 1:
+        raise UserError(f"{flag} is given {argv.count(flag)} times: give it once, e.g. {flag} {default}")
     if flag in argv:
         i = argv.index(flag)
-        if i + 1 >= len(argv):
+        if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
             raise UserError(f"{flag} needs a value, e.g. {flag} {default}")
         return argv[i + 1]
     return default

@@ -16,6 +16,7 @@ Nothing is written when no row can be read.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.provenance import row_provenance  # noqa: E402
 from core.published import host_gib, implementation, parse_published, section_name, sync_per_step  # noqa: E402
-from core.results import append_row, read_rows, row_key, row_variant  # noqa: E402
+from core.results import read_rows, row_key, row_variant  # noqa: E402
 from core.views import (best_at_no_more_memory, budget_view, peers_view, plot_views, reruns_view,  # noqa: E402
                         versus_published)
 DIFF_MIN, REGRESSION, SPREAD_WARN = 1.0, 5.0, 0.05
@@ -257,32 +258,75 @@ def predictions_section(preds: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _budget(v: str) -> float:
+    """--host-budget-gib: GiB of pinned host memory, 0 or more."""
+    import math
+
+    try:
+        x = float(v)
+    except ValueError:
+        x = math.nan
+    if not math.isfinite(x) or x < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of GiB, 0 or more (got {v!r}): e.g. --host-budget-gib 32")
+    return x
+
+
+def _gather_quietly(results: list[str]):
+    """:func:`gather`, with the lines it skipped said on stderr only where there are rows to report;
+    where there are none, the refusal's one line counts them."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            got = gather(results)
+    except ReportError as e:
+        skipped = [ln[len("report: skipped "):] for ln in buf.getvalue().splitlines()
+                   if ln.startswith("report: skipped ")]
+        if skipped:
+            raise ReportError(f"{e} [{len(skipped)} line(s) could not be read, the first {skipped[0]}]") from None
+        raise
+    except BaseException:
+        sys.stderr.write(buf.getvalue())
+        raise
+    sys.stderr.write(buf.getvalue())
+    return got
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from core.cli import arg_parser
+    from core.results import ResultsError, check_output, write_atomic
+
+    ap = arg_parser("core.report", __doc__.splitlines()[0],
+                    "--results benchmarks/results --out benchmarks/BENCHMARKS.md")
     ap.add_argument("--results", nargs="+", default=[str(ROOT / "benchmarks" / "results")])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "BENCHMARKS.md"))
     ap.add_argument("--baseline", default=str(ROOT / "benchmarks" / "baseline.jsonl"))
     ap.add_argument("--save-baseline", action="store_true", help="store the current rows as the baseline")
-    ap.add_argument("--host-budget-gib", type=float, default=32.0, help="pinned host memory allowed in view (b)")
+    ap.add_argument("--host-budget-gib", type=_budget, default=32.0, help="pinned host memory allowed in view (b)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--predictions", default=str(ROOT / "benchmarks" / "results" / "predicted"),
                     help="predicted rows (python -m core.predict), shown in their own section")
     a = ap.parse_args(argv)
-    try:
-        rows, dirty, failed, runs = gather(a.results)
+    try:  # where it writes, before anything is read: never over an input, never into a file's place
+        if a.save_baseline:
+            base_out = check_output(a.baseline, "--baseline", "benchmarks/baseline.jsonl", a.results,
+                                    "an input (one of the --results)")
+        else:
+            out = check_output(a.out, "--out", "benchmarks/BENCHMARKS.md", [*a.results, a.baseline, a.predictions],
+                               "an input of this report (--results, --baseline or --predictions)")
+        rows, dirty, failed, runs = _gather_quietly(a.results)
         if a.save_baseline and not rows:
             raise ReportError("no headline rows to save as the baseline: nothing written")
-    except ReportError as e:
+    except (ReportError, ResultsError) as e:
         print(f"report: {e}", file=sys.stderr)
         return 2
     if a.save_baseline:
-        tmp = Path(a.baseline).with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        for r in rows:
-            append_row(tmp, {k: r.get(k) for k in ("model", "hf_name", "type", "seq_len", "ac", "attn",
-                                                   "hardware_label", "micro_batches", "packing", "compile", "sync",
-                                                   "mfu", "tps", "step_time", "peak_mem_gib")})
-        tmp.replace(a.baseline)
+        keep = ("model", "hf_name", "type", "seq_len", "ac", "attn", "hardware_label", "micro_batches", "packing",
+                "compile", "sync", "mfu", "tps", "step_time", "peak_mem_gib")
+        write_atomic(base_out, "".join(json.dumps({k: r.get(k) for k in keep}, sort_keys=True, default=str) + "\n"
+                                       for r in rows))
         print(f"baseline: {len(rows)} rows -> {a.baseline}")
         return 0
     commits = sorted({(r.get("env") or {}).get("git_commit") for r in rows} - {None}) or ["unknown"]
@@ -307,7 +351,6 @@ def main(argv=None) -> int:
         text += "\n" + lo
     if Path(a.predictions).exists():
         text += "\n" + predictions_section(read_rows(a.predictions)[0])
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not a.no_plots:
         from core.plots import plots
@@ -315,7 +358,7 @@ def main(argv=None) -> int:
         pngs = plots(rows, published, out.parent, out.stem, plot_views(native, published, a.host_budget_gib))
         if pngs:
             text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
-    out.write_text(text, encoding="utf-8")
+    write_atomic(out, text)
     print(f"{len(rows)} rows ({len(dirty)} left out), {len(failed)} failed -> {out}")
     return 0
 

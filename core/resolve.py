@@ -89,10 +89,21 @@ def model_choice(cfg, device: str) -> tuple[str, str, int, list[str]]:
     pick = node.get("by_device")
     if not pick:
         return node.family, str(node.flavour), seq_len, []
+    fix = ("pick a model with model=... (python -m core.bench --list), or leave model.by_device as "
+           "conf/model/auto.yaml has it")
+    if not hasattr(pick, "get") or not all(hasattr(pick.get(d), "get") for d in ("cuda", "cpu")):
+        raise UserError(f"model.by_device must map cuda and cpu to a family and flavour (got {pick!r}): {fix}")
     choice = pick.get(device) or pick.get("cpu")
+    for k in ("family", "flavour"):
+        if not choice.get(k) or not isinstance(choice.get(k), (str, int, float)):
+            raise UserError(f"model.by_device.{device}.{k} is missing or not a name (got {choice.get(k)!r}): {fix}")
+    cap = choice.get("max_seq_len")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 128):
+        raise UserError(f"model.by_device.{device}.max_seq_len must be a whole number of tokens, 128 or more "
+                        f"(got {cap!r}): try model.by_device.{device}.max_seq_len=512")
     notes = []
-    if choice.get("max_seq_len") and seq_len > choice["max_seq_len"]:
-        seq_len = choice["max_seq_len"]
+    if cap and seq_len > cap:
+        seq_len = cap
     if device != "cuda":
         notes.append(f"no CUDA GPU: running {choice['family']} {choice['flavour']} on the CPU at seq_len={seq_len} "
                      f"(on a GPU machine the default is {pick['cuda']['family']} {pick['cuda']['flavour']}; "
@@ -106,8 +117,11 @@ def _model_args(cfg, fam, family: str, flavour: str):
     if fam.from_config is not None:  # shapes from a config (model.config=...), not a named flavour
         try:
             return fam.from_config(OmegaConf.to_container(cfg, resolve=True))
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        except ValueError as e:  # the family says what to type instead
+            raise UserError(first_line(e, with_type=False)) from None
+        except Exception as e:  # a family's check that breaks: one line naming it, never a traceback
+            raise UserError(f"model family '{family}' could not read its config ({first_line(e)}): check "
+                            "model.config, or pick another model with model=...") from None
     if flavour not in fam.flavours:
         raise UserError(f"model family '{family}' has no flavour '{flavour}': choose one of {', '.join(fam.flavours)}")
     return fam.flavours[flavour]

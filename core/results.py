@@ -34,13 +34,78 @@ def row_key(row: dict) -> tuple:
 
 def check_writable(path: str | Path) -> Path:
     """Make sure rows can be appended to ``path`` (called before a row is measured)."""
+    raw = str(path)
+    if not raw.strip():
+        raise ResultsError("results is empty: name a file, e.g. results=runs/rows.jsonl")
     path = Path(path)
-    if path.is_dir() or str(path).endswith(os.sep):
-        raise ResultsError(f"results={path} is a directory: name a file, e.g. results={path / 'rows.jsonl'}")
+    if path.is_dir() or raw.endswith(("/", os.sep)):  # Path() drops a trailing slash: look at the text
+        raise ResultsError(f"results={raw} is a directory: name a file, e.g. results={path / 'rows.jsonl'}")
     target = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
     if not os.access(target, os.W_OK) or (target != path and not target.is_dir()):
         raise ResultsError(f"cannot write results to {path} (permission denied or not a folder): pick another "
                            "file with results=runs/rows.jsonl")
+    return path
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` whole or not at all: into a unique temporary file beside it (never a
+    name another writer or an input could have), then renamed over ``path`` in one step. The new
+    file keeps the mode of the one it replaces. Returns ``path``."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".tmp", delete=False) as f:
+        tmp = Path(f.name)
+        try:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)  # ours: made just above
+            raise
+    try:
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_output(value, flag: str, example: str, inputs=(), what: str = "an input") -> Path:
+    """An output file named by ``flag``: not empty, not a folder, not any of ``inputs`` (files, or
+    folders whose ``*.jsonl`` files are inputs), and in a place where it can be created. Raises
+    :class:`ResultsError` with one line saying what to type instead."""
+    raw = "" if value is None else str(value)
+    if not raw.strip():
+        raise ResultsError(f"{flag} is empty: name a file, e.g. {flag} {example}")
+    path = Path(raw).expanduser()
+    if raw.endswith(("/", os.sep)) or path.is_dir():
+        raise ResultsError(f"{flag} {raw} is a directory: name a file, e.g. {flag} {path / Path(example).name}")
+    if path.exists() and not path.is_file():
+        raise ResultsError(f"{flag} {raw} is not a regular file: name another file, e.g. {flag} {example}")
+    mine = path.resolve()
+    for i in inputs:
+        i = Path(i).expanduser()
+        files = sorted(i.glob("*.jsonl")) if i.is_dir() else [i]
+        if any(f.resolve() == mine for f in files):
+            raise ResultsError(f"{flag} {raw} is {what}: it would be written over; name another file, e.g. "
+                               f"{flag} {example}")
+    anc = next((p for p in path.absolute().parents if p.exists()), None)
+    if anc is None or not anc.is_dir():
+        raise ResultsError(f"{flag} {raw}: {anc} is a file, not a folder: name a file in a folder, e.g. "
+                           f"{flag} {example}")
+    if not os.access(anc, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ResultsError(f"{flag} {raw}: permission denied: name a file you can write, e.g. {flag} {example}")
     return path
 
 

@@ -10,18 +10,7 @@ DOCS = [[1, 37, 128, 300, 513], [1000], [257, 64, 1, 190]]
 GQA = [(8, 8), (8, 4), (8, 2)]  # ratios 1, 2, 4
 
 
-def reference(q, k, v, doc_lens):
-    """float32 causal attention per document, K/V repeated for GQA."""
-    rep = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-    outs, s = [], 0
-    for n in doc_lens:
-        qi, ki, vi = (t[s:s + n].transpose(0, 1) for t in (q, k, v))
-        att = (qi @ ki.transpose(-1, -2)) * q.shape[-1] ** -0.5
-        att = att.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-        outs.append((att.softmax(-1) @ vi).transpose(0, 1))
-        s += n
-    return torch.cat(outs)
+from core.testing import reference_attention as reference  # noqa: E402 (float32, per document, GQA)
 
 
 def rel(a, b):

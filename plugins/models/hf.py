@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -53,12 +54,21 @@ def _config_dict(value) -> dict:
                          "machine is online), or use model=hf_qwen3_0_6b")
     p = Path(str(value)).expanduser()
     if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ValueError(f"model.config={value} is a folder without config.json: pass the config.json path "
+                             "(or a folder holding one)")
         p = p / "config.json"
     if p.is_file():
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"model.config={value}: not a readable config.json ({e})") from None
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"model.config={value}: not a readable config.json ({why}): pass a model's "
+                             "config.json (a JSON object)") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"model.config={value}: not a JSON object (a config.json holds {{\"model_type\": ..., "
+                             "\"hidden_size\": ...}): pass a model's config.json") from None
+        return d
     if str(value).count("/") == 1 and not str(value).startswith((".", "/", "~")):
         try:  # a hub id: only the config is fetched, never weights
             from transformers import AutoConfig
@@ -87,9 +97,71 @@ def hf_config(d: dict):
             from None
 
 
+#: the shape fields every mapped config must state (transformers' defaults are another model's),
+#: with Qwen3-0.6B's (dense) or Qwen3-30B-A3B's (MoE) values as the example of what to type
+SHAPE_FIELDS = {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+                "vocab_size": 151936}
+DENSE_FIELDS = {"intermediate_size": 3072}
+MOE_FIELDS = {"moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8}
+#: the largest size a shape field may have (a tensor dimension torch's kernels index with 32 bits)
+SIZE_MAX = 2**31 - 1
+#: optional fields: positive whole numbers where present
+OPTIONAL_INTS = {"head_dim": 128, "max_position_embeddings": 40960, "intermediate_size": 6144}
+
+
+def check_shapes(d: dict) -> None:
+    """The shape fields of a qwen3 / qwen3_moe config.json, before transformers builds anything: each
+    stated, a positive whole number, and consistent (heads divide evenly, an even head dim, top-k
+    within the experts). Raises ValueError with one line that says what to set."""
+    moe = d.get("model_type") == "qwen3_moe"
+    required = {**SHAPE_FIELDS, **(MOE_FIELDS if moe else DENSE_FIELDS)}
+    for k, example in required.items():
+        if k not in d or d[k] is None:
+            raise ValueError(f"model.config has no {k}: add \"{k}\": {example} (the model's value; every "
+                             f"{d.get('model_type')} config.json states it)")
+    for k, example in {**OPTIONAL_INTS, **required}.items():
+        v = d.get(k)
+        if v is None and k not in required:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= SIZE_MAX:
+            raise ValueError(f"model.config: {k} must be a whole number from 1 to {SIZE_MAX} (got {v!r}): set "
+                             f"\"{k}\": {example} or the model's own value")
+    heads, kv, hidden = d["num_attention_heads"], d["num_key_value_heads"], d["hidden_size"]
+    if heads % kv:
+        raise ValueError(f"model.config: num_attention_heads ({heads}) must be a multiple of num_key_value_heads "
+                         f"({kv}): set \"num_key_value_heads\" to a divisor of it, e.g. {math.gcd(heads, kv)}")
+    head_dim = d.get("head_dim")
+    if head_dim is None and hidden % heads:
+        raise ValueError(f"model.config: hidden_size ({hidden}) is not a multiple of num_attention_heads ({heads}) "
+                         f"and there is no head_dim: add \"head_dim\": {max(2, hidden // heads // 2 * 2)} or fix "
+                         "the sizes")
+    head_dim = head_dim or hidden // heads
+    if head_dim % 2:
+        raise ValueError(f"model.config: head_dim {head_dim} is odd, and RoPE rotates pairs: set \"head_dim\": "
+                         f"{head_dim + 1} (or the model's own even value)")
+    if moe and d["num_experts_per_tok"] > d["num_experts"]:
+        raise ValueError(f"model.config: num_experts_per_tok ({d['num_experts_per_tok']}) exceeds num_experts "
+                         f"({d['num_experts']}): set \"num_experts_per_tok\" to at most {d['num_experts']}")
+    for k, example in (("rms_norm_eps", "1e-06"), ("rope_theta", 1000000)):
+        v = d.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                              or v == float("inf")):
+            raise ValueError(f"model.config: {k} must be a number above 0 (got {v!r}): set \"{k}\": {example} "
+                             "or the model's own value")
+
+
 def args_from_config(d: dict, name: str, hf_name: str = "") -> ModelArgs:
     """stepbench's view of a config (shapes for FLOPs, memory and the report)."""
-    c = hf_config(d)
+    if d.get("model_type") in SUPPORTED:
+        check_shapes(d)
+    try:
+        c = hf_config(d)
+    except ValueError:
+        raise
+    except Exception as e:  # transformers' own validation (strict dataclasses) of a field it rejects
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model.config: transformers rejects it ({first}): fix that field in the config.json") \
+            from None
     if c.model_type not in SUPPORTED:
         raise ValueError(f"model_type '{c.model_type}' is not mapped yet (the hf family runs "
                          f"{', '.join(SUPPORTED)}): use one of those configs")

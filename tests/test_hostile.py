@@ -1,0 +1,541 @@
+"""Hostile input (issue #31): a table of bad command lines across ``core.bench``, ``core.report``,
+``core.predict``, ``core.fa3_build`` and the ``stepbench`` script. Each one must exit with status 2
+and exactly one line on stderr that says what to type instead, before anything is allocated: no
+row appended, no input written over, no file removed.
+
+Most cases run in this process (fast): ``core.bench``'s checks are ``check_overrides`` then
+``resolve`` then ``check_writable``, exactly what ``python -m core.bench`` runs before it measures;
+the other tools' ``main(argv)`` return their status. A handful of bench cases run the real
+``python -m core.bench`` to prove the end-to-end status, the one stderr line and the untouched
+results file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"model": "qwen3_tiny", "device": "cpu", "steps": "2", "seq_len": "128"}
+RESULTS_BEFORE = b'{"pre": "existing row"}\n'
+FAILED_ROW = {"status": "failed", "error": "refused: bad overrides (nope)", "overrides": ["+attn=nope"]}
+PREDICTED = ROOT / "benchmarks" / "results" / "predicted"
+RESULT_INPUT = ROOT / "benchmarks" / "results" / "h100-table.jsonl"
+PUBLISHED_INPUT = ROOT / "benchmarks" / "reference" / "prime-rl-benchmarks-2026-01.md"
+
+HF_OK = {"model_type": "qwen3", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 512,
+         "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "attention_bias": False}
+HF_MOE = {**HF_OK, "model_type": "qwen3_moe", "moe_intermediate_size": 32, "num_experts": 8,
+          "num_experts_per_tok": 2, "norm_topk_prob": True, "tie_word_embeddings": False}
+NO_HEAD_DIM = {k: v for k, v in HF_OK.items() if k != "head_dim"}
+#: config.json files written into each test's folder: name -> contents (a dict is written as JSON)
+HF_CONFIGS = {
+    "zero_heads.json": {**HF_OK, "num_attention_heads": 0},
+    "zero_kv_heads.json": {**HF_OK, "num_key_value_heads": 0},
+    "neg_hidden.json": {**HF_OK, "hidden_size": -64},
+    "neg_layers.json": {**HF_OK, "num_hidden_layers": -2},
+    "zero_layers.json": {**HF_OK, "num_hidden_layers": 0},
+    "zero_vocab.json": {**HF_OK, "vocab_size": 0},
+    "neg_ffn.json": {**HF_OK, "intermediate_size": -1},
+    "str_hidden.json": {**HF_OK, "hidden_size": "sixty-four"},
+    "float_hidden.json": {**HF_OK, "hidden_size": 64.5},
+    "huge_heads.json": {**HF_OK, "num_attention_heads": 10**30, "num_key_value_heads": 3},
+    "no_hidden.json": {k: v for k, v in HF_OK.items() if k != "hidden_size"},
+    "no_heads.json": {k: v for k, v in HF_OK.items() if k != "num_attention_heads"},
+    "no_layers.json": {k: v for k, v in HF_OK.items() if k != "num_hidden_layers"},
+    "no_vocab.json": {k: v for k, v in HF_OK.items() if k != "vocab_size"},
+    "no_model_type.json": {k: v for k, v in HF_OK.items() if k != "model_type"},
+    "heads_not_divide.json": {**NO_HEAD_DIM, "hidden_size": 66},
+    "kv_not_divide.json": {**HF_OK, "num_key_value_heads": 3},
+    "odd_head_dim.json": {**HF_OK, "head_dim": 15},
+    "neg_eps.json": {**HF_OK, "rms_norm_eps": -1e-6},
+    "zero_theta.json": {**HF_OK, "rope_theta": 0},
+    "bogus_type.json": {**HF_OK, "model_type": "no_such_arch"},
+    "llama.json": {**HF_OK, "model_type": "llama"},
+    "moe_topk.json": {**HF_MOE, "num_experts_per_tok": 9},
+    "moe_zero_experts.json": {**HF_MOE, "num_experts": 0},
+    "list.json": [1, 2, 3],
+    "notjson.json": "{ this is not json",
+}
+
+
+def hf(name):
+    return ["model=hf", f"model.config={{tmp}}/{name}"]
+
+
+# ----------------------------------------------------------------------------------- the table
+# (tool, argv, first-line needle); {tmp} is the test's folder, {res} a results file holding one row,
+# {file} a plain file, {dir} an empty folder, {notjson} a file of text, {rows} a results file the
+# report can read, {base} a baseline file, {pred} a predictions file, {tmp}/link.md a link to {rows},
+# {fa} a fake flash-attention checkout with an empty csrc/cutlass. Every case expects status 2 unless it says otherwise.
+B = "bench"
+CASES = [
+    # --- bench: unknown keys
+    (B, ["foo=1"], "unknown option 'foo'"),
+    (B, ["+seq_lenn=128"], "did you mean seq_len?"),
+    (B, ["adapter=lora", "+adapter.rnk=4"], "did you mean rank?"),
+    (B, ["+model.bogus=1"], "unknown option 'model.bogus'"),
+    (B, ["+hardware.bogus=1"], "unknown option 'hardware.bogus'"),
+    (B, ["+task.bogus=1"], "unknown option 'task.bogus'"),
+    (B, ["ac.bogus=1"], "no ac plugin has it"),
+    (B, ["sync.bogus=1"], "no sync plugin has it"),
+    (B, ["attn.bogus=1"], "no attn plugin has it"),
+    (B, ["+ac.bogus=1"], "unknown option 'ac.bogus'"),
+    (B, ["sync.writer=write"], "type +sync=filesystem sync.writer=..."),
+    (B, ["attn.via=aten"], "type +attn=fa2 attn.via=..."),
+    (B, ["seq_len.x=1"], "python -m core.bench --list"),
+    # --- bench: wrong types
+    (B, ["seq_len=abc"], "try seq_len=8192"),
+    (B, ["seq_len=1.5"], "seq_len must be an integer"),
+    (B, ["seq_len=true"], "seq_len must be an integer"),
+    (B, ["seq_len=[128]"], "seq_len must be an integer"),
+    (B, ["steps=abc"], "try steps=6"),
+    (B, ["steps=2.5"], "steps must be an integer"),
+    (B, ["micro_batches=abc"], "try micro_batches=2"),
+    (B, ["micro_batches=true"], "micro_batches must be an integer"),
+    (B, ["measure_s=abc"], "try measure_s=30"),
+    (B, ["measure_s=nan"], "measure_s must be a number"),
+    (B, ["measure_s=inf"], "measure_s must be a number"),
+    (B, ["seed=abc"], "try seed=0"),
+    (B, ["seed=1.5"], "seed must be an integer"),
+    (B, ["compile=maybe"], "type compile=true or compile=false"),
+    (B, ["compile=1"], "compile must be true or false"),
+    (B, ["compile_head=maybe"], "compile_head=true or compile_head=false"),
+    (B, ["fuse=maybe"], "use fuse=lora, fuse=true or fuse=false"),
+    (B, ["fsdp=no"], "use fsdp=auto"),
+    (B, ["fsdp=false"], "use fsdp=auto"),
+    (B, ["head_budget_mib=abc"], "try head_budget_mib=512"),
+    (B, ["device=gpu"], "use device=auto"),
+    (B, ["redo=maybe"], "type redo=true or redo=false"),
+    (B, ["repeats=abc"], "try repeats=3"),
+    (B, ["max_memory_gib=abc"], "try max_memory_gib=80"),
+    (B, ["max_host_gib=abc"], "try max_host_gib=64"),
+    (B, ["memory_profile=maybe"], "memory_profile=true or memory_profile=false"),
+    (B, ["ops_profile=2"], "ops_profile=true or ops_profile=false"),
+    (B, ["ops_trace=trace.txt"], "try ops_trace=runs/trace.json.gz"),
+    (B, ["busy_step=maybe"], "busy_step=true or busy_step=false"),
+    (B, ["hardware_as_label=yes"], "hardware_as_label=true or hardware_as_label=false"),
+    (B, ["row_timeout_s=abc"], "try row_timeout_s=1800"),
+    # --- bench: out of range
+    (B, ["seq_len=0"], "seq_len must be a positive multiple of 128"),
+    (B, ["seq_len=-128"], "try seq_len=128"),
+    (B, ["seq_len=1000"], "try seq_len=1024"),
+    (B, ["seq_len=100"], "try seq_len=128"),
+    (B, ["seq_len=1000000000"], "predicted peak memory"),
+    (B, ["steps=1"], "steps must be at least 2"),
+    (B, ["steps=0"], "try steps=6"),
+    (B, ["steps=-1"], "try steps=6"),
+    (B, ["steps=99999999999999999999"], "try steps=6"),
+    (B, ["micro_batches=0"], "micro_batches must be at least 1"),
+    (B, ["micro_batches=-1"], "try micro_batches=2"),
+    (B, ["micro_batches=99999999999999999999"], "try micro_batches=2"),
+    (B, ["measure_s=-1"], "measure_s must be at least 0"),
+    (B, ["row_timeout_s=0"], "row_timeout_s must be above 0"),
+    (B, ["row_timeout_s=-5"], "try row_timeout_s=1800"),
+    (B, ["repeats=0"], "repeats must be at least 1"),
+    (B, ["head_budget_mib=0"], "head_budget_mib must be at least 1"),
+    (B, ["max_memory_gib=0"], "max_memory_gib must be above 0"),
+    (B, ["max_memory_gib=-1"], "try max_memory_gib=80"),
+    (B, ["max_host_gib=0"], "max_host_gib must be above 0"),
+    (B, ["max_host_gib=-2"], "try max_host_gib=64"),
+    (B, ["seed=-1"], "seed must be at least 0"),
+    (B, ["seed=99999999999999999999"], "try seed=0"),
+    (B, ["seed=18446744073709551616"], "try seed=0"),
+    (B, ["+ac=offload_attention", "max_host_gib=0.0001", "seq_len=512"], "GiB is available: try a shorter seq_len"),
+    # --- bench: packing
+    (B, ["packing=fixed:0"], "packing=fixed:N (N >= 1"),
+    (B, ["packing=fixed:-1"], "e.g. packing=fixed:4"),
+    (B, ["packing=fixed:abc"], "e.g. packing=fixed:4"),
+    (B, ["packing=fixed:"], "e.g. packing=fixed:4"),
+    (B, ["packing=bogus"], "use packing=single"),
+    (B, ["packing=1"], "use packing=single"),
+    # --- bench: plugin names in every group
+    (B, ["model=bogus"], "unknown model 'bogus': choose one of"),
+    (B, ["task=bogus"], "unknown task 'bogus': choose one of"),
+    (B, ["adapter=bogus"], "unknown adapter 'bogus': choose one of"),
+    (B, ["hardware=bogus"], "unknown hardware 'bogus': choose one of"),
+    (B, ["+attn=bogus"], "(e.g. +attn="),
+    (B, ["+ac=bogus"], "(e.g. +ac="),
+    (B, ["+sync=bogus"], "(e.g. +sync="),
+    (B, ["+sweep=bogus"], "(e.g. +sweep="),
+    (B, ["+attn=sdpa,bogus"], "unknown attn 'bogus'"),
+    (B, ["model=qwen3_tiny,bogus"], "unknown model 'bogus'"),
+    (B, ["attn=fa3"], "type +attn=fa3"),
+    (B, ["ac=offload"], "type +ac=offload"),
+    (B, ["sync=host"], "type +sync=host"),
+    (B, ["model.family=bogus"], "bogus"),
+    (B, ["model.flavour=bogus"], "no flavour 'bogus': choose one of"),
+    (B, ["task.name=bogus"], "use task=rl or task=sft"),
+    (B, ["+attn=fa3"], "attn 'fa3' cannot run here"),
+    (B, ["+attn=cudnn"], "attn 'cudnn' cannot run here"),
+    (B, ["+attn=fa2", "attn.via=bogus"], "try attn.via=auto"),
+    # --- bench: plugin options
+    (B, ["ac.mode=bogus"], "use ac.mode=full or ac.mode=selective"),
+    (B, ["+ac=recompute", "ac.mode=bogus"], "use ac.mode=full or ac.mode=selective"),
+    (B, ["+ac=offload", "ac.mode=bogus"], "use ac.mode=full, selective or attention"),
+    (B, ["+ac=offload", "ac.keep_last=-1"], "(got -1): try ac.keep_last=1"),
+    (B, ["+ac=offload", "ac.keep_last=abc"], "ac.keep_last must be an integer"),
+    (B, ["+ac=recompute", "ac.inside=maybe"], "type ac.inside=true or ac.inside=false"),
+    (B, ["+ac=selective", "ac.save=attention"], "ac.save must be a list"),
+    (B, ["+ac=selective", "ac.save=['(']"], "is not a regular expression"),
+    (B, ["adapter=lora", "adapter.rank=0"], "try adapter.rank=16"),
+    (B, ["adapter=lora", "adapter.rank=-1"], "try adapter.rank=16"),
+    (B, ["adapter=lora", "adapter.rank=abc"], "adapter.rank must be an integer (got 'abc')"),
+    (B, ["adapter=lora", "adapter.rank=1.5"], "adapter.rank must be an integer"),
+    (B, ["adapter=lora", "adapter.rank=99999999999999999999"], "adapter.rank"),
+    (B, ["adapter=lora", "adapter.alpha=x"], "try adapter.alpha=32"),
+    (B, ["adapter=lora", "adapter.alpha=-1"], "try adapter.alpha=32"),
+    (B, ["adapter=lora", "adapter.experts=bogus"], "try adapter.experts=grouped"),
+    (B, ["adapter=lora", "adapter.replicate=maybe"], "try adapter.replicate=auto"),
+    (B, ["+sync=filesystem", "sync.keep=0"], "sync.keep must be a positive integer (got 0): try sync.keep=2"),
+    (B, ["+sync=filesystem", "sync.keep=-1"], "try sync.keep=2"),
+    (B, ["+sync=filesystem", "sync.keep=abc"], "sync.keep must be an integer"),
+    (B, ["+sync=filesystem", "sync.gather_mib=-1"], "try sync.gather_mib=128"),
+    (B, ["+sync=host", "sync.gather_mib=-1"], "try sync.gather_mib=128"),
+    (B, ["+sync=filesystem", "sync.writer=bogus"], "try sync.writer=mapped"),
+    (B, ["+sync=filesystem", "sync.unmap=bogus"], "try sync.unmap=background"),
+    (B, ["+sync=filesystem", "sync.touch=maybe"], "sync.touch=true or sync.touch=false"),
+    (B, ["+sync=filesystem", "sync.fsync=maybe"], "sync.fsync=true or sync.fsync=false"),
+    (B, ["+sync=filesystem", "sync.overlap=maybe"], "sync.overlap=true or sync.overlap=false"),
+    (B, ["+sync=filesystem", "sync.cleanup=maybe"], "sync.cleanup=true or sync.cleanup=false"),
+    (B, ["+sync=nccl", "sync.bucket_mib=0"], "try sync.bucket_mib=256"),
+    (B, ["+sync=nccl", "sync.backend=bogus"], "use sync.backend=auto, nccl or gloo"),
+    (B, ["+sync=nccl", "sync.backend=nccl"], "sync.backend=nccl needs a GPU for the receiver"),
+    (B, ["+sync=nccl", "sync.verify=maybe"], "sync.verify=true or sync.verify=false"),
+    # --- bench: hardware
+    (B, ["hardware=h100"], "use hardware=auto, or add hardware_as_label=true"),
+    (B, ["hardware=a6000"], "use hardware=auto, or add hardware_as_label=true"),
+    (B, ["hardware=b200"], "use hardware=auto, or add hardware_as_label=true"),
+    (B, ["device=cuda"], "use device=cpu"),
+    (B, ["hardware=h100", "hardware_as_label=true", "hardware.memory_gib=-1"], "try hardware.memory_gib="),
+    (B, ["hardware=h100", "hardware_as_label=true", "hardware.peak_flops=0"], "try hardware.peak_flops="),
+    (B, ["hardware=h100", "hardware_as_label=true", "hardware.hbm_tbps=abc"], "try hardware.hbm_tbps="),
+    # --- bench: results
+    (B, ["results={dir}"], "is a directory: name a file"),
+    (B, ["results={file}/rows.jsonl"], "pick another file with results="),
+    (B, ["results={file}/sub/rows.jsonl"], "pick another file with results="),
+    (B, ["results={tmp}/newdir/"], "is a directory: name a file"),
+    (B, ["results=''"], "try results=runs/rows.jsonl"),
+    (B, ["results="], "try results=runs/rows.jsonl"),
+    (B, ["results=/"], "results=/ is a directory"),
+    # --- bench: model=hf and its config.json
+    (B, ["model=hf"], "add model.config=PATH/config.json"),
+    (B, hf("nope.json"), "no such file or folder: pass a config.json path"),
+    (B, ["model=hf", "model.config={dir}"], "is a folder without config.json: pass the config.json path"),
+    (B, hf("notjson.json"), "not a readable config.json (Expecting"),
+    (B, hf("list.json"), "not a JSON object"),
+    (B, hf("zero_heads.json"), "num_attention_heads"),
+    (B, hf("zero_kv_heads.json"), "num_key_value_heads"),
+    (B, hf("neg_hidden.json"), "hidden_size"),
+    (B, hf("neg_layers.json"), "num_hidden_layers"),
+    (B, hf("zero_layers.json"), "num_hidden_layers"),
+    (B, hf("zero_vocab.json"), "vocab_size"),
+    (B, hf("neg_ffn.json"), "intermediate_size"),
+    (B, hf("str_hidden.json"), "hidden_size"),
+    (B, hf("float_hidden.json"), "hidden_size"),
+    (B, hf("huge_heads.json"), "num_attention_heads must be a whole number from 1 to 2147483647"),
+    (B, hf("no_hidden.json"), 'add "hidden_size"'),
+    (B, hf("no_heads.json"), 'add "num_attention_heads"'),
+    (B, hf("no_layers.json"), 'add "num_hidden_layers"'),
+    (B, hf("no_vocab.json"), 'add "vocab_size"'),
+    (B, hf("no_model_type.json"), "add model_type (qwen3 or qwen3_moe)"),
+    (B, hf("heads_not_divide.json"), "num_attention_heads"),
+    (B, hf("kv_not_divide.json"), 'set "num_key_value_heads" to a divisor of it, e.g. 1'),
+    (B, hf("odd_head_dim.json"), "head_dim"),
+    (B, hf("neg_eps.json"), "rms_norm_eps"),
+    (B, hf("zero_theta.json"), "rope_theta"),
+    (B, hf("bogus_type.json"), "use qwen3 or qwen3_moe"),
+    (B, hf("llama.json"), "not mapped yet"),
+    (B, [*hf("moe_topk.json"), "adapter=full"], "num_experts_per_tok"),
+    (B, [*hf("moe_zero_experts.json"), "adapter=full"], "num_experts"),
+    (B, ["model=hf_qwen3_tiny", "model.plain=maybe"], "model.plain=true or model.plain=false"),
+    (B, ["model=hf_qwen3_tiny", "model.plain=true", "+attn=sdpa", "+ac=offload"], "use +ac=recompute or +ac=none"),
+    (B, ["model=hf_qwen3_tiny", "model.plain=true", "+attn=sdpa", "packing=random"], "use packing=single"),
+    (B, ["model=hf_qwen3_tiny", "model.plain=true", "+attn=sdpa", "+ac=recompute", "ac.mode=selective"],
+     "use +ac=recompute or +ac=none"),
+    (B, ["model=auto", "model.by_device=abc"], "model.by_device must map cuda and cpu"),
+    (B, ["model=auto", "model.by_device.cpu.max_seq_len=abc"], "try model.by_device.cpu.max_seq_len=512"),
+    (B, ["model=auto", "model.by_device.cpu.family=bogus"], "bogus"),
+    # --- report
+    ("report", ["--results", "{tmp}/missing.jsonl"], "no such results file"),
+    ("report", ["--results", "{notjson}"], "nothing written"),
+    ("report", ["--results", "{file}"], "nothing written"),
+    ("report", ["--results", "{dir}"], "nothing written"),
+    ("report", ["--results", "{rows}", "--out", "{rows}"], "is an input"),
+    ("report", ["--results", "{tmp}", "--out", "{rows}"], "is an input"),
+    ("report", ["--results", "{rows}", "--baseline", "{base}", "--out", "{base}"], "is an input"),
+    ("report", ["--results", "{rows}", "--predictions", "{pred}", "--out", "{pred}"], "is an input"),
+    ("report", ["--results", "{rows}", "--out", "{tmp}/link.md"], "is an input"),
+    ("report", ["--results", "{rows}", "--out", "{file}/B.md"], "--out"),
+    ("report", ["--results", "{rows}", "--out", "{file}/sub/B.md"], "--out"),
+    ("report", ["--results", "{rows}", "--out", "{dir}"], "--out"),
+    ("report", ["--results", "{rows}", "--out", "{tmp}/newdir/"], "--out"),
+    ("report", ["--results", "{rows}", "--out", ""], "--out"),
+    ("report", ["--results", "{rows}", "--host-budget-gib", "-1"], "--host-budget-gib 32"),
+    ("report", ["--results", "{rows}", "--host-budget-gib", "abc"], "--host-budget-gib 32"),
+    ("report", ["--results", "{rows}", "--host-budget-gib", "nan"], "--host-budget-gib 32"),
+    ("report", ["--results", "{rows}", "--host-budget-gib", "inf"], "--host-budget-gib 32"),
+    ("report", ["--results", "{rows}", "--save-baseline", "--baseline", "{rows}"], "is an input"),
+    ("report", ["--results", "{tmp}", "--save-baseline", "--baseline", "{rows}"], "is an input"),
+    ("report", ["--results", "{rows}", "--save-baseline", "--baseline", "{file}/b.jsonl"], "--baseline"),
+    ("report", ["--results", "{rows}", "--save-baseline", "--baseline", "{dir}"], "--baseline"),
+    ("report", ["--results", "{rows}", "--bogus"], "unrecognized arguments: --bogus"),
+    ("report", ["--results"], "--results"),
+    ("report", ["--results", "{rows}", "stray"], "no such results file or folder: stray"),
+    ("report", ["--results", "{rows}", "--save-baseline", "--baseline", ""], "--baseline is empty"),
+    ("report", ["--results", "{rows}", "--out", "{rows}", "--save-baseline", "--baseline", "{base}"],
+     "nothing written"),
+    # --- predict
+    ("predict", ["model=qwen3_4b", "hardware=h200", "gpus=0"], "e.g. gpus=8"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "gpus=-1"], "e.g. gpus=8"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "gpus=abc"], "e.g. gpus=8"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "gpus=1.5"], "e.g. gpus=8"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "gpus="], "e.g. gpus=8"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "gpus=99999"], "e.g. gpus=8"),
+    ("predict", ["model=qwen3_4b", "hardware=cpu", "gpus=8"], "name the hardware"),
+    ("predict", ["model=qwen3_4b", "gpus=8"], "name the hardware"),
+    ("predict", ["model=qwen3_4b", "hardware=h300", "gpus=8"], "unknown hardware 'h300'"),
+    ("predict", ["model=bogus", "hardware=h200"], "unknown model 'bogus'"),
+    ("predict", ["hardware=h200", "gpus=8"], "name the model"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "seq_len=abc"], "try seq_len=8192"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "+attn=bogus"], "unknown attn 'bogus'"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "adapter=lora", "adapter.rank=0"], "adapter.rank=16"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "foo=1"], "unknown option 'foo'"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "stray"], "stray"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "--bogus"], "--bogus"),
+    ("predict", ["--published", "--out", str(RESULT_INPUT)], "is an input"),
+    ("predict", ["--published", "--out", str(PUBLISHED_INPUT)], "is an input"),
+    ("predict", ["--published", "--rows", str(RESULT_INPUT)], "is an input"),
+    ("predict", ["--published", "--out", "{tmp}/P.md", "--rows", "{tmp}/P.md"], "--rows"),
+    ("predict", ["--published", "--out", "{file}/P.md"], "--out"),
+    ("predict", ["--published", "--out", "{dir}"], "--out"),
+    ("predict", ["--published", "--rows", "{file}/p.jsonl"], "--rows"),
+    ("predict", ["--published", "--out"], "--out needs a value"),
+    ("predict", ["--published", "--rows", "--out", "{tmp}/P.md"], "--rows needs a value"),
+    ("predict", ["--published", "--out", ""], "--out is empty"),
+    ("predict", ["--published", "model=qwen3_4b"], "--published takes only --out"),
+    ("predict", ["--published", "--out", "{tmp}/a.md", "--out", "{tmp}/b.md"], "give it once"),
+    # --- fa3_build (nothing is built, cloned or installed: subprocess is fenced off)
+    ("fa3_build", ["--source", "{tmp}/nope"], "point --source at one"),
+    ("fa3_build", ["--source", "{file}"], "point --source at one"),
+    ("fa3_build", ["--source", "{dir}"], "point --source at one"),
+    ("fa3_build", ["--source", "{fa}", "--jobs", "0"], "--jobs"),
+    ("fa3_build", ["--source", "{fa}", "--jobs", "-1"], "--jobs"),
+    ("fa3_build", ["--source", "{fa}", "--jobs", "abc"], "--jobs"),
+    ("fa3_build", ["--source", "{fa}"], "pass --cutlass PATH"),
+    ("fa3_build", ["--source", "{fa}", "--cutlass", "{tmp}/nope"], "point it at a CUTLASS checkout"),
+    ("fa3_build", ["--source", "{fa}", "--cutlass", "{file}"], "point it at a CUTLASS checkout"),
+    ("fa3_build", ["--source", "{tmp}/nope", "--cutlass", "{tmp}/nope"], "point"),  # either one named
+    ("fa3_build", [], "--source"),
+    ("fa3_build", ["--source", "{fa}", "--clone", "{tmp}/c"], "--clone"),
+    ("fa3_build", ["--clone", "{file}"], "--clone"),
+    ("fa3_build", ["--clone", "{fa}"], "no git checkout: name a new (or empty) folder"),
+    ("fa3_build", ["--source", "{fa}", "--wheel-dir", "{file}"], "--wheel-dir"),
+    ("fa3_build", ["--source", "{fa}", "--target", "{file}"], "--target"),
+    ("fa3_build", ["--source", "{fa}", "--bogus"], "unrecognized arguments: --bogus"),
+    # --- the stepbench script
+    ("cli", ["benchh"], "did you mean 'stepbench bench'?"),
+    ("cli", ["report", "--results", "{rows}", "--host-budget-gib", "abc"], "--host-budget-gib 32"),
+    ("cli", ["predict", "model=qwen3_4b", "hardware=h200", "gpus=0"], "e.g. gpus=8"),
+    ("cli", ["fa3-build", "--source", "{fa}", "--jobs", "0"], "--jobs"),
+]
+
+#: bench cases also run as ``python -m core.bench`` (end to end: status, stderr, results untouched)
+SUBPROCESS = [
+    ["foo=1"], ["+attn=bogus"], ["attn=fa3"], ["seq_len=0"], ["adapter=lora", "adapter.rank=0"], ["hardware=h100"],
+    ["results={dir}"], ["results={file}/rows.jsonl"], ["seed=99999999999999999999"], ["model=hf"],
+    ["packing=fixed:0"], [*hf("zero_heads.json")],
+]
+
+
+# ----------------------------------------------------------------------------------- fixtures
+def _layout(tmp: Path) -> dict:
+    """The files the table's placeholders name."""
+    (tmp / "res.jsonl").write_bytes(RESULTS_BEFORE)
+    (tmp / "afile.txt").write_text("a file, not a folder\n")
+    (tmp / "adir").mkdir()
+    (tmp / "notjson.jsonl").write_text("this is not JSON\n")
+    (tmp / "rows.jsonl").write_text(json.dumps(FAILED_ROW) + "\n")
+    (tmp / "base.jsonl").write_text(json.dumps({"model": "x", "type": "RL Full", "tps": 1.0}) + "\n")
+    (tmp / "pred.jsonl").write_text(json.dumps({"kind": "prediction", "tps": 1.0}) + "\n")
+    (tmp / "link.md").symlink_to(tmp / "rows.jsonl")
+    fa = tmp / "fa"
+    (fa / "hopper" / "instantiations").mkdir(parents=True)
+    (fa / "hopper" / "setup.py").write_text("raise SystemExit('never built in tests')\n")
+    (fa / "csrc" / "cutlass").mkdir(parents=True)
+    for name, body in HF_CONFIGS.items():
+        (tmp / name).write_text(body if isinstance(body, str) else json.dumps(body))
+    return {"tmp": str(tmp), "res": str(tmp / "res.jsonl"), "file": str(tmp / "afile.txt"),
+            "dir": str(tmp / "adir"), "notjson": str(tmp / "notjson.jsonl"), "rows": str(tmp / "rows.jsonl"),
+            "base": str(tmp / "base.jsonl"), "pred": str(tmp / "pred.jsonl"), "fa": str(fa)}
+
+
+def _fill(argv: list[str], where: dict) -> list[str]:
+    return [a.format(**where) for a in argv]
+
+
+def _snapshot(tmp: Path) -> dict:
+    """Every file under the test's folder and the repository files a case names, with its bytes."""
+    files = [p for p in tmp.rglob("*") if p.is_file() or p.is_symlink()]
+    return {p: (p.read_bytes() if p.is_file() else None) for p in files + [RESULT_INPUT, PUBLISHED_INPUT]}
+
+
+def _bench_argv(args: list[str], where: dict) -> list[str]:
+    """The tiny CPU row, with the case's overrides in place of the defaults they name."""
+    keys = {a.split("=", 1)[0].lstrip("+") for a in args if "=" in a}
+    base = [f"{k}={v}" for k, v in TINY.items() if k not in keys]
+    if "results" not in keys:
+        base.append(f"results={where['res']}")
+    if "model" in keys:  # a model of the case's own: its own seq_len limits
+        base = [a for a in base if not a.startswith("seq_len=")] + (["seq_len=128"] if "seq_len" not in keys else [])
+    return base + _fill(args, where)
+
+
+def _own_outputs(tool: str, args: list[str]) -> list[str]:
+    """A report case writes (if it wrongly writes at all) into the test's folder, never into the
+    repository's benchmarks/ (its defaults)."""
+    if tool == "cli" and args and args[0] == "report":
+        return ["report", *_own_outputs("report", args[1:])]
+    if tool != "report":
+        return args
+    extra = {"--out": "{tmp}/B.md", "--baseline": "{tmp}/nobase.jsonl", "--predictions": "{tmp}/nopred"}
+    return [*args, *(x for k, v in extra.items() if k not in args for x in (k, v)), "--no-plots"]
+
+
+def _bench_in_process(argv: list[str]) -> tuple[int, str]:
+    """What ``python -m core.bench ARGV`` checks before it allocates anything, in this process:
+    (status, the line it would print)."""
+    from core.bench import check_overrides
+    from core.resolve import UserError, first_line, resolve
+    from core.results import ResultsError, check_writable
+
+    try:
+        cfg = check_overrides(argv)
+    except UserError as e:
+        return 2, str(e)
+    except Exception as e:  # core.bench.main reduces Hydra's own errors to one line
+        return 2, f"bad override: {first_line(e)}"
+    try:
+        resolve(cfg)
+        check_writable(cfg.results)
+    except (UserError, ResultsError) as e:
+        return 2, str(e)
+    return 0, ""
+
+
+def _call(tool: str, argv: list[str], monkeypatch) -> int:
+    def fenced(*a, **k):
+        raise AssertionError(f"fa3_build ran a command on bad input: {a[0] if a else k}")
+
+    if tool in ("fa3_build", "cli"):
+        from core import fa3_build
+
+        monkeypatch.setattr(fa3_build, "subprocess", SimpleNamespace(run=fenced))
+    try:
+        if tool == "report":
+            from core.report import main
+        elif tool == "predict":
+            from core.predict import main
+        elif tool == "fa3_build":
+            from core.fa3_build import main
+        else:
+            from core.cli import main
+        return main(argv)
+    except SystemExit as e:  # argparse and the stepbench script exit
+        return e.code if isinstance(e.code, int) else 1
+
+
+def _case_id(case) -> str:
+    tool, argv, _ = case
+    text = " ".join(a.replace("{", "").replace("}", "") or "''" for a in argv)
+    return f"{tool}: {text}"[:90]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_bad_input_one_line_status_2(case, tmp_path, capsys, monkeypatch):
+    tool, args, needle = case
+    where = _layout(tmp_path)
+    before = _snapshot(tmp_path)
+    try:
+        if tool == B:
+            capsys.readouterr()
+            status, line = _bench_in_process(_bench_argv(args, where))
+            err = capsys.readouterr().err  # anything else the checks printed is a second line
+            lines = [ln for ln in ([line] if line else []) + err.splitlines() if ln.strip()]
+            line_ok = "\n" not in line
+        else:
+            capsys.readouterr()
+            status = _call(tool, _fill(_own_outputs(tool, args), where), monkeypatch)
+            lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+            line_ok = True
+        after = _snapshot(tmp_path)
+    finally:
+        for p, data in before.items():  # never leave a repository input written over
+            if p.is_relative_to(ROOT) and data is not None and (not p.is_file() or p.read_bytes() != data):
+                p.write_bytes(data)
+    assert status == 2, (status, lines)
+    assert len(lines) == 1 and line_ok, lines
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in lines[0]
+    changed = [str(p) for p, data in before.items() if after.get(p, b"<removed>") != data]
+    assert not changed, f"written over or removed: {changed}"
+    assert set(after) == set(before), f"created: {sorted(map(str, set(after) - set(before)))}"
+
+
+def _run_bench(args: list[str], tmp: Path) -> tuple[subprocess.CompletedProcess, dict, dict]:
+    from core.sweep import RUN_ENV
+
+    where = _layout(tmp)
+    before = _snapshot(tmp)
+    env = {k: v for k, v in os.environ.items() if k != RUN_ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    p = subprocess.run([sys.executable, "-m", "core.bench", *_bench_argv(args, where)], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=300)
+    return p, before, _snapshot(tmp)
+
+
+@pytest.fixture(scope="module")
+def bench_runs(tmp_path_factory):
+    """Every SUBPROCESS case, two at a time (each is a fresh Python that imports torch)."""
+    dirs = [tmp_path_factory.mktemp("bench") for _ in SUBPROCESS]
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(_run_bench, SUBPROCESS, dirs))
+
+
+@pytest.mark.parametrize("i", range(len(SUBPROCESS)), ids=[" ".join(a) for a in SUBPROCESS])
+def test_bench_end_to_end(bench_runs, i):
+    p, before, after = bench_runs[i]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("stepbench: "), p.stderr
+    (expected,) = [c[2] for c in CASES if c[0] == B and c[1] == SUBPROCESS[i]]
+    assert expected in lines[0]
+    assert after == before, "the results file (or another file) changed"
+    assert p.stdout.strip() == "", p.stdout  # no row printed
+
+
+#: bench command lines Hydra would answer with its own multi-line error (a word without '=', an
+#: unknown flag): refused by core.bench first, one line
+HYDRA_LEFT = [["foo"], ["seq_len"], ["--bogus"]]
+
+
+@pytest.mark.parametrize("args", HYDRA_LEFT, ids=[" ".join(a) for a in HYDRA_LEFT])
+def test_bench_words_and_flags_hydra_does_not_know(args, tmp_path):
+    p, before, after = _run_bench(args, tmp_path)
+    assert after == before  # nothing appended even now
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr)
+
+
+def test_the_table_is_big_enough():
+    tools = {c[0] for c in CASES}
+    assert len(CASES) >= 150 and {"bench", "report", "predict", "fa3_build"} <= tools
+    assert len({(c[0], tuple(c[1])) for c in CASES}) == len(CASES), "a case is listed twice"

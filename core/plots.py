@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from core.published import implementation, model_name
-from core.results import row_key
+from core.results import row_key, write_atomic
 
 #: (series, legend label, colour): Okabe-Ito, a colour-blind safe palette; peers get the rest in turn
 SERIES = (("published", "prime-rl, published", "#E69F00"),
@@ -130,7 +130,7 @@ def _draw(plt, title: str, pubs: list[dict], bars: dict[str, list], names: dict,
     fig.suptitle(title, fontsize=12)
     fig.legend(handles=[Patch(color=names[s][1], label=names[s][0]) for s in bars], loc="outside lower center",
                ncol=k, fontsize=8, frameon=False)
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 

@@ -47,10 +47,11 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` whole or not at all: into a unique temporary file beside it (never a
-    name another writer or an input could have), then renamed over ``path`` in one step. The new
-    file keeps the mode of the one it replaces. Returns ``path``."""
+def write_atomic(path: str | Path, text) -> Path:
+    """Write ``text`` (a str, or a callable that writes into the binary file it is given) to
+    ``path`` whole or not at all: into a unique temporary file beside it (never a name another
+    writer or an input could have), then renamed over ``path`` in one step. The new file keeps the
+    mode of the one it replaces. Returns ``path``."""
     import tempfile
 
     path = Path(path)
@@ -61,11 +62,11 @@ def write_atomic(path: str | Path, text: str) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False) as f:
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as f:
         tmp = Path(f.name)
         try:
-            f.write(text)
+            text(f) if callable(text) else f.write(text.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         except BaseException:

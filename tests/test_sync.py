@@ -340,3 +340,20 @@ def test_a_prepared_file_takes_no_page_fault_when_written(tmp_path):
     del dst
     mm.close()
     assert faults <= size // mmap.PAGESIZE // 100, faults  # an untouched map: one fault per few pages
+
+
+def test_a_receiver_that_dies_at_start_ends_the_row_within_seconds(dist_group, monkeypatch):
+    """``+sync=nccl`` whose receiver exits before joining: setup fails with one line in seconds, not
+    after the group's 300 s wait."""
+    import sys
+    import time
+
+    from plugins.sync.nccl import Broadcast
+
+    b = built(QWEN3["tiny"], "full")
+    sync = Broadcast(backend="gloo")
+    monkeypatch.setattr(Broadcast, "receiver", (sys.executable, "-c", "import sys; sys.exit(3)"))
+    t = time.time()
+    with pytest.raises(RuntimeError, match="receiver exited with status 3 before joining"):
+        sync.setup(b.model, SyncContext(device="cpu", row_id="r", handoff=b.adapter.handoff))
+    assert time.time() - t < 30

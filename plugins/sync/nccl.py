@@ -100,13 +100,37 @@ class Broadcast(WeightSync):
             return
         port = _free_port()
         meta = {"shapes": self.shapes, "groups": self.groups, "verify": self.verify}
-        self.proc = subprocess.Popen([sys.executable, "-m", "plugins.sync.receiver", "--port", str(port),
-                                      "--backend", self.backend, "--device", self.dev],
+        self.proc = subprocess.Popen([*self.receiver, "--port", str(port), "--backend", self.backend,
+                                      "--device", self.dev],
                                      env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-        self.store, self.pg = make_group(self.backend, "127.0.0.1", port, 0)
+        self.store, self.pg = self._join(port)
         self.store.set("meta", json.dumps(meta))
         self.stream = torch.cuda.Stream(self.device) if (on_gpu and self.overlap) else None
         self.work_done = None
+
+    #: the receiver's command line (its options are appended)
+    receiver = (sys.executable, "-m", "plugins.sync.receiver")
+
+    def _join(self, port: int):
+        """The sync group, formed with the receiver; a receiver that exits before it joins ends the
+        row within a second, with one line (the group's own wait would last its timeout)."""
+        import threading
+
+        out: list = []
+        # a daemon thread: one left waiting for a receiver that died does not hold the process at exit
+        t = threading.Thread(target=lambda: out.append(make_group(self.backend, "127.0.0.1", port, 0)),
+                             name="stepbench-sync-join", daemon=True)
+        t.start()
+        while t.is_alive():
+            t.join(0.2)
+            rc = self.proc.poll()
+            if t.is_alive() and rc is not None:
+                self.proc = None
+                raise RuntimeError(f"the weight-sync receiver exited with status {rc} before joining the sync "
+                                   "group (its output is above): try +sync=host or +sync=filesystem")
+        if not out:
+            raise RuntimeError("the weight-sync group could not be formed (see the error above)")
+        return out[0]
 
     # -- sending
     def _control(self, code: int, step: int):

@@ -19,8 +19,9 @@ from terms, each printed with where it came from:
   in backward, the root once) and reduce-scatters (fp32 gradients of what trains) at the
   profile's link bandwidth, hidden behind compute except what exceeds it and the first block's
   gather;
-- **weight sync** per step (RL): the bytes the filesystem hand-off writes (full bf16 weights, or
-  the adapter), gathered to rank 0, at a write rate fitted on our rows.
+- **weight sync** per step: the bytes the row's hand-off moves (its adapter's declaration: full
+  bf16 weights, or the adapter), gathered to rank 0, at the rate fitted on our rows of that Sync
+  label (:mod:`core.fits`), for a method that hands weights off at all.
 
 Predictions are written with ``kind: "prediction"``; the report shows them in their own section.
 """

@@ -47,7 +47,8 @@ EXTENDED_NOTE = """
 > TPS is tokens over the total measured time; Spread is the coefficient of variation of whole-step
 > times (:warning: above 5%) over n measured steps; Runs is the number of repeated runs (fresh
 > processes) of the row, of which the median by TPS is shown. Sync is the weight hand-off timed
-> inside each step (RL rows: `filesystem` as prime-rl's rows; `none` for SFT), with its seconds per
+> inside each step (RL full fine-tuning: `host`, the published rows' per-step work, or `filesystem
+> disk`, a file every step, in older rows; `none` for RL LoRA and SFT), with its seconds per
 > measured step (and, overlapped, the part the step waited for). Host is the pinned
 > host memory of offload. Roofline: the step time the measured matmul and attention ceilings of
 > the backend that ran allow, over the measured step time. Busy: the share of one extra, profiled

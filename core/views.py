@@ -27,8 +27,8 @@ def _pub_key(r: dict) -> tuple:
 
 def versus_published(rows: list[dict], published: list[dict]) -> str:
     """View (a), same configuration: each published row beside ours with the same model, type,
-    seq_len, AC, attention, GPUs and per-step work (2 micro-batches, one packed sample, and for RL
-    the filesystem weight hand-off)."""
+    seq_len, AC, attention, GPUs and at least the published per-step work (2 micro-batches, one
+    packed sample, the published hand-off or more: :func:`core.published.same_work`)."""
     ours = {}
     # among rows of one key, the one doing the published per-step work: the default configuration's
     # where measured (a variant, e.g. fsdp=true, runs the same work with an option off its default)
@@ -359,7 +359,7 @@ def budget_view(rows: list[dict]) -> str:
              "below their ceilings, memory-bound kernels, an idle GPU). **Attainable** = useful / (useful + "
              "recompute + hand-off): the roofline fraction this configuration would reach if every kernel ran "
              "at its ceiling and nothing else took time. Rows doing a published row's per-step work (2 micro-batches "
-             "of one document; RL: the filesystem hand-off on disk, not overlapped); a negative `other` means "
+             "of one document; the published hand-off or more); a negative `other` means "
              "kernels ran above the ceilings measured for them. From the row's one profiled step "
              "(`busy_step`, timed apart from the measured steps, profiler overhead included): **GPU idle** = "
              "the share of its wall time with no kernel or copy on the GPU (a host-bound step; the hand-off's "

@@ -245,7 +245,18 @@ class WeightSync(Protocol):
 # ----------------------------------------------------------------------------------- model family
 @runtime_checkable
 class TrainableModel(Protocol):
-    """What a model family's ``build(args)`` returns (see :class:`core.models.common.CausalLM`)."""
+    """What a model family's ``build(args)`` returns (see :class:`core.models.common.CausalLM`).
+
+    Besides the members below, the trainer reads these where a model has them: ``compute_dtype``
+    (set by the trainer: the activations' dtype of a model that casts its weights), ``head_compiled``
+    (set with ``compile=true``: compile the log-prob head's per-chunk work), ``own_checkpointing``
+    (the model checkpoints its own layers when an AC strategy sets a ``block_runner``: transformers'
+    plain loop), ``init_buffers()`` (called after the seeded init, for buffers the meta device left
+    empty, e.g. RoPE tables) and ``attention_provider()`` (the attention the model runs itself, stored
+    in the row instead of the backend's). Attention layers are bound to the row's backend by
+    setting ``backend`` on every :class:`core.models.common.Attention` and every module that has
+    ``stepbench_attention = True`` (:func:`core.models.common.attention_modules`).
+    """
 
     layers: Any  #: the transformer blocks (``nn.ModuleList``): AC, compile and FSDP2 wrap each
     block_runner: Callable  #: ``(block, x, rope, meta) -> x``; an AC strategy replaces it

@@ -138,15 +138,18 @@ def _nearest(word: str, choices) -> str:
 @lru_cache(maxsize=None)
 def group_schema(group: str, name: str) -> dict:
     """Keys and default values a group option may have: from every yaml file of the group whose
-    ``name`` is ``name`` (plugin options share a plugin name), and the primary config's default.
-    Read once per (group, name); callers must not change the dict."""
+    ``name`` is ``name`` (plugin options share a plugin name), in stepbench's configs and those of
+    the installed plugin packages (:func:`core.paths.plugin_conf_dirs`), and the primary config's
+    default. Read once per (group, name); callers must not change the dict."""
     from omegaconf import OmegaConf
+
+    from core.paths import plugin_conf_dirs
 
     schema: dict = {}
     primary = OmegaConf.to_container(OmegaConf.load(CONF / "bench.yaml"), resolve=False).get(group)
     if isinstance(primary, dict):  # an appended group merges onto the primary config's defaults
         schema.update({k: v for k, v in primary.items() if k != "name"})
-    files = sorted((CONF / group).glob("*.yaml"))
+    files = [f for d in [CONF, *plugin_conf_dirs()] for f in sorted((d / group).glob("*.yaml"))]
     for f in files:
         node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
         if isinstance(node, dict) and (node.get("name") == name or group in ("model", "hardware")):

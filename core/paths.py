@@ -24,3 +24,26 @@ def reference_dir() -> Path:
     the copy a wheel installs as package data (``core/reference``)."""
     checkout = HERE.parent / "benchmarks" / "reference"
     return checkout if checkout.is_dir() else HERE / "reference"
+
+
+def plugin_conf_dirs() -> list[Path]:
+    """The config folders of the installed third-party plugin packages: ``<package>/conf`` of each
+    ``stepbench`` entry point's top-level package where it has one (the folder its Hydra
+    SearchPathPlugin adds, ``pkg://<package>/conf``), so their options are typed and checked like the
+    built-ins'. Empty with ``STEPBENCH_DISABLE_PLUGIN_AUTOLOAD=1``."""
+    import importlib.util
+    import os
+    from importlib.metadata import entry_points
+
+    if os.environ.get("STEPBENCH_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0"):
+        return []
+    out = []
+    for ep in entry_points(group="stepbench"):
+        try:
+            spec = importlib.util.find_spec(ep.value.split(":")[0].split(".")[0])
+        except (ImportError, ValueError):  # a broken plugin: the registry says so
+            continue
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            if (Path(loc) / "conf").is_dir() and Path(loc) / "conf" not in out:
+                out.append(Path(loc) / "conf")
+    return out

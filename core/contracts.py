@@ -52,12 +52,13 @@ class RunContext:
 
 @dataclass(frozen=True)
 class RecomputeFacts:
-    """What an activation strategy runs again in backward: the blocks' matmuls (``blocks``) and the
-    attention forward (``attention``). Full recompute is (True, True); selective recompute, which
-    keeps attention's outputs, is (True, False); keeping everything is (False, False)."""
+    """What an activation strategy runs again in backward, as shares of the whole model's forward:
+    ``blocks`` of the blocks' matmuls and ``attention`` of the attention forward (True = 1.0, all of
+    it; False = none). Full recompute is (1, 1); selective recompute, which keeps attention's
+    outputs, is (1, 0); keeping everything is (0, 0); checkpointing every other block is (0.5, 0.5)."""
 
-    blocks: bool = False
-    attention: bool = False
+    blocks: float = 0.0
+    attention: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def memory_bound_bytes(a, seq_len: int, recompute) -> float:
     six times."""
     ffn = a.moe_ffn_dim * a.top_k if a.n_experts else a.ffn_dim
     qkv = (a.n_heads + 2 * a.n_kv_heads) * a.head_dim
-    passes = 4 if recompute.blocks else 3
+    passes = 3 + float(recompute.blocks)
     blocks = seq_len * a.n_layers * (10 * a.dim + 3 * ffn + 2 * qkv) * 2 * passes
     return blocks + seq_len * a.vocab_size * 4 * 6
 

@@ -89,8 +89,8 @@ def micro_batch_flops(a: ModelArgs, doc_lens: list[int], frozen_base: bool, adap
     adapters = 2 * T * adapter_params * 3  # fwd + dX + dW of the LoRA factors
     mm_useful = (blocks_mm + head_mm) * (1 + bwd_factor) + adapters
     attn_useful = attn_fwd * 3.5  # FlashAttention backward: 2.5x forward
-    rec_mm = blocks_mm + 2 * T * adapter_params if recompute.blocks else 0.0
-    rec_attn = attn_fwd if recompute.attention else 0.0
+    rec_mm = (blocks_mm + 2 * T * adapter_params) * float(recompute.blocks)
+    rec_attn = attn_fwd * float(recompute.attention)
     mm_exec = mm_useful + rec_mm + head_mm  # the chunked head recomputes logits in backward
     return StepFlops(mm_useful, attn_useful, mm_exec, attn_useful + rec_attn)
 

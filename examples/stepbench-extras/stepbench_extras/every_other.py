@@ -7,14 +7,10 @@ of ``+ac=recompute`` for about half its memory saving.
 What it declares (:class:`core.contracts.ActivationMemory`): ``saved_bytes`` is the input of each
 checkpointed block plus the live activations of each other block; ``host_bytes`` is 0.
 
-``recompute`` is ``RecomputeFacts(blocks=True, attention=True)``, and that is not exact: the
-contract's facts are all or nothing for the whole model (:class:`core.contracts.RecomputeFacts` has
-no fraction of blocks), and the FLOP model (:func:`core.flops.micro_batch_flops`) counts a
-strategy that declares ``blocks=True`` as running *every* block's forward again. This strategy runs
-half of them again, so a row's executed FLOPs, hardware FLOP rate (``hw_tflops``) and the
-recompute share of its step budget are overstated by the forward of half the blocks (declaring
-``blocks=False`` would understate them by as much, and hide the recompute altogether). Prime-rl's
-MFU and the roofline of useful work do not depend on it.
+``recompute`` is the share of the model's forward it runs again: the checkpointed blocks'
+(``ceil(n_layers / 2) / n_layers``, attention included), which the FLOP model
+(:func:`core.flops.micro_batch_flops`) counts in a row's executed FLOPs, hardware FLOP rate and
+step budget. Prime-rl's MFU and the roofline of useful work do not depend on it.
 """
 
 from __future__ import annotations
@@ -36,7 +32,8 @@ def _recompute_everything(ctx, func, *args, **kwargs):
 class EveryOther(ActivationMemory):
     name = "every_other"
     label = "Every other block"
-    recompute = RecomputeFacts(blocks=True, attention=True)
+    #: half the blocks (an even number of them); exact for the model once applied
+    recompute = RecomputeFacts(blocks=0.5, attention=0.5)
     leaner = "+ac=recompute"
 
     def __init__(self, mode: str = "full", inside: bool = True):
@@ -66,6 +63,8 @@ class EveryOther(ActivationMemory):
             raise ValueError("every_other wraps the model's blocks, and this model checkpoints its own layers "
                              "(model.plain=true): use +ac=recompute or +ac=none")
         chosen = [model.layers[i] for i in self.checkpointed(len(model.layers))]
+        share = len(chosen) / len(model.layers)
+        self.recompute = RecomputeFacts(blocks=share, attention=share)
         if self.inside:
             for block in chosen:
                 block.forward = partial(self.checkpoint_block, block.forward)

@@ -185,6 +185,11 @@ class Adapter(Protocol):
     def handoff_params(self, args) -> int:
         """Parameters handed off per step for a model of ``args``, predicted (weight sync bytes)."""
 
+    def init_param(self, name: str, shape, generator, device):
+        """The initial value (a float tensor of ``shape`` on ``device``) of a parameter this adapter
+        added, drawn from ``generator`` (seeded by the run's seed and the parameter's name, so every
+        rank draws the same whole tensor), or None for the trainer's default init (a base weight)."""
+
 
 # ------------------------------------------------------------------------------------ weight sync
 @dataclass(kw_only=True)

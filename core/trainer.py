@@ -175,9 +175,20 @@ def reduce_replicated(b: Built) -> None:
         p.grad = g.view_as(p)
 
 
+def default_init(name: str, shape, generator, device) -> torch.Tensor:
+    """A model weight's initial value: norms at one, biases at zero, else N(0, 0.02)."""
+    if name.endswith(("norm.weight", "layernorm.weight")):
+        return torch.ones(shape, device=device)
+    if name.endswith(".bias"):
+        return torch.zeros(shape, device=device)
+    return torch.empty(shape, device=device).normal_(0.0, 0.02, generator=generator)
+
+
 def init_weights(model: nn.Module, seed: int, adapter) -> None:
     """Seeded random init, identical whatever the sharding: each full parameter is drawn from
-    a generator seeded by (seed, its name) and each rank keeps its shard."""
+    a generator seeded by (seed, its name) and each rank keeps its shard. The adapter initializes
+    the parameters it added (:meth:`core.contracts.Adapter.init_param`); norms start at one, biases
+    at zero, every other weight from N(0, 0.02)."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     with torch.no_grad():
@@ -186,15 +197,9 @@ def init_weights(model: nn.Module, seed: int, adapter) -> None:
             dev = p.device
             base_name = name.replace(".base_layer", "")  # an adapter's wrapping keeps base weights' init
             g = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + zlib.crc32(base_name.encode()))
-            if name.endswith(("norm.weight", "layernorm.weight")):
-                full = torch.ones(full_shape, device=dev)
-            elif name.endswith(".bias") or "lora_B" in name:
-                full = torch.zeros(full_shape, device=dev)
-            elif "lora_A" in name:
-                bound = 1.0 / (full_shape[-1] ** 0.5)
-                full = torch.empty(full_shape, device=dev).uniform_(-bound, bound, generator=g)
-            else:
-                full = torch.empty(full_shape, device=dev).normal_(0.0, 0.02, generator=g)
+            full = adapter.init_param(name, full_shape, g, dev)
+            if full is None:
+                full = default_init(name, full_shape, g, dev)
             full = full.to(p.dtype)
             if isinstance(p, DTensor):
                 p.to_local().copy_(distribute_tensor(full, p.device_mesh, p.placements).to_local())

@@ -130,6 +130,16 @@ class LoRA(Adapter):
 
         return lora_params(args, self.rank, experts=self.experts != "none")
 
+    def init_param(self, name: str, shape, generator, device):
+        """A factors from U(-1/sqrt(in), 1/sqrt(in)), B factors zero (the adapter starts as the
+        identity); None for the base weights."""
+        if "lora_B" in name:
+            return torch.zeros(shape, device=device)
+        if "lora_A" in name:
+            bound = 1.0 / (shape[-1] ** 0.5)
+            return torch.empty(shape, device=device).uniform_(-bound, bound, generator=generator)
+        return None
+
     def handoff(self, model) -> list:
         """The adapter: inference keeps the frozen base it already has."""
         return [(n, p) for n, p in model.named_parameters() if "lora_" in n]

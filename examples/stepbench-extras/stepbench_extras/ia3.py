@@ -12,11 +12,8 @@ one of them (:func:`core.models.fused.project` falls back to one call per layer)
 multiplies in the vector's dtype, so the vectors are not kept out of FSDP2 (``replicate`` and
 ``replicable`` False): FSDP2's mixed precision hands them to the layers in bf16.
 
-Initialization: IA3's vectors should start at 1 (the base model unchanged), but the trainer's
-seeded init (:func:`core.trainer.init_weights`) draws every parameter it does not recognize from
-N(0, 0.02) and the adapter contract has no hook to initialize an adapter's own weights, so an IA3
-row starts from a model whose adapted activations are scaled by about 0.02: the same work per
-step, not the same numbers as a fine-tuning run.
+Initialization: IA3's vectors start at 1, so the adapted model starts as the base model
+(:meth:`IA3.init_param`, which the trainer's seeded init asks for every parameter).
 """
 
 from __future__ import annotations
@@ -91,6 +88,10 @@ class IA3(Adapter):
                 if name in self.targets:
                     total += fan_in if name in self.feedforward else fan_out
         return total
+
+    def init_param(self, name: str, shape, generator, device):
+        """The IA3 vectors start at one; None for the base weights."""
+        return torch.ones(shape, device=device) if "ia3_" in name else None
 
     def handoff(self, model) -> list:
         """The vectors: inference keeps the frozen base it already has."""

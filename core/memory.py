@@ -19,8 +19,12 @@ GIB = 2**30
 
 
 def param_count(a: ModelArgs) -> int:
-    """Parameters of a model of ``a`` (embedding and head included)."""
+    """Parameters of a model of ``a``: every block (its two norms, q/k norms, attention projections
+    and biases, MLP or experts with router and shared experts), the final norm, the embedding and
+    an untied head."""
+    qkv = (a.n_heads + 2 * a.n_kv_heads) * a.head_dim
     attn = a.dim * a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads) + 2 * a.dim
+    attn += (2 * a.head_dim if a.qk_norm else 0) + (qkv if a.attn_bias else 0)
     per_layer = []
     for i in range(a.n_layers):
         if a.is_moe_layer(i):
@@ -29,7 +33,7 @@ def param_count(a: ModelArgs) -> int:
         else:
             mlp = 3 * a.ffn_dim * a.dim
         per_layer.append(attn + mlp)
-    return sum(per_layer) + embedding_params(a)
+    return sum(per_layer) + a.dim + embedding_params(a)
 
 
 def embedding_params(a: ModelArgs) -> int:
@@ -38,13 +42,14 @@ def embedding_params(a: ModelArgs) -> int:
 
 
 def lora_params(a: ModelArgs, rank: int, experts: bool = True) -> int:
-    """LoRA factors of rank ``rank`` on q/k/v/o and gate/up/down (each routed expert's too, unless
-    ``experts`` is False)."""
+    """LoRA factors of rank ``rank`` on q/k/v/o and gate/up/down (a shared expert's too, and each
+    routed expert's unless ``experts`` is False)."""
     attn = rank * (2 * a.dim + 2 * a.n_heads * a.head_dim + 2 * (a.dim + a.n_kv_heads * a.head_dim))
     total = 0
     for i in range(a.n_layers):
         if a.is_moe_layer(i):
             mlp = a.n_experts * rank * 3 * (a.dim + a.moe_ffn_dim) if experts else 0
+            mlp += rank * 3 * (a.dim + a.moe_ffn_dim * a.n_shared_experts) if a.n_shared_experts else 0
         else:
             mlp = rank * 3 * (a.dim + a.ffn_dim)
         total += attn + mlp

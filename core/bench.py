@@ -34,7 +34,7 @@ def run_row(cfg) -> int:
     from core.plugins import notify_row
     from core.provenance import environment
     from core.resolve import resolve, row_labels
-    from core.results import ResultsError, append_row, check_writable
+    from core.results import ResultsError, append_row, check_writable, rescue_row
     from core.sweep import base_row
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -64,7 +64,12 @@ def run_row(cfg) -> int:
         row = {**base, **row_labels(cfg, r, world), "status": "failed", "error": first_line(e),
                "predicted_mem_gib": r.predicted_gib, "env": environment()}
     if rank == 0:
-        append_row(cfg.results, row)
+        try:
+            append_row(cfg.results, row)
+        except OSError as e:  # the destination failed after the row was measured: the row is kept apart
+            where = rescue_row(row, e)
+            say(f"results={cfg.results} did not take the row ({first_line(e)}): the row is in {where}")
+            status = status or 2
         notify_row(row)
         print(format_row(row), flush=True)
     import torch.distributed as dist
@@ -148,10 +153,10 @@ def list_plugins() -> None:
     print("groups: model= task= adapter= hardware= +attn= +ac= +sync= +sweep= (see conf/)")
 
 
-#: the flags Hydra's command line takes (with ``--list``, stepbench's)
+#: the flags Hydra's command line takes that stepbench passes on (with ``--list``, stepbench's); its
+#: config path, name and dir are stepbench's own
 HYDRA_FLAGS = {"-m", "--multirun", "-c", "--cfg", "--info", "-h", "--help", "--hydra-help", "-p", "--package",
-               "--resolve", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
-               "--shell-completion", "-sc", "--experimental-rerun", "--list"}
+               "--resolve", "--shell-completion", "-sc", "--list"}
 
 
 def check_overrides(argv: list[str]):
@@ -163,10 +168,21 @@ def check_overrides(argv: list[str]):
 
     from core.options import APPENDED, conf_dir
 
-    valued = {"-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
+    valued = {"-p", "--package"}
+    seen: dict = {}
     for prev, a in zip([None, *argv], argv):
         if prev in valued:  # the flag's value
             continue
+        if not a.startswith("-") and "=" in a:
+            key = a.split("=", 1)[0].lstrip("+~")
+            if key in seen:
+                raise UserError(f"{key} is given twice ({seen[key]} and {a}): keep one")
+            seen[key] = a
+            if "${" in a.split("=", 1)[1]:
+                raise UserError(f"{a}: interpolations (${{...}}) are not taken on the command line: type the value")
+            if key.startswith("hydra.") or key == "hydra":
+                raise UserError(f"{a}: Hydra's own settings are stepbench's (outputs under runs/hydra): leave "
+                                f"{key} out")
         if a.startswith("-") and a.split("=", 1)[0] not in HYDRA_FLAGS:
             raise UserError(f"unknown flag '{a}': use -m for a sweep, --list for the plugins and options, "
                             "--help for Hydra's help")

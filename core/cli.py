@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             return module.main() or 0
         sys.argv = [f"stepbench {name}", *rest]  # argparse's usage line says `stepbench report ...`
         return module.main(rest) or 0
+    except KeyboardInterrupt:
+        print(f"stepbench {name}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        return 130
     finally:
         sys.argv = saved
 

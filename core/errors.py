@@ -15,3 +15,15 @@ def first_line(e: BaseException, with_type: bool | None = None) -> str:
     if with_type is None:
         with_type = not isinstance(e, UserError)
     return f"{type(e).__name__}: {first}".strip().rstrip(":") if with_type else first
+
+
+def run_main(main, name: str) -> None:
+    """``sys.exit(main())`` for a tool's ``python -m`` entry: Ctrl-C ends it with one line and
+    status 130 (what it wrote is whole: outputs are written atomically)."""
+    import sys
+
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted (Ctrl-C); nothing half-written was left", file=sys.stderr, flush=True)
+        sys.exit(130)

@@ -211,4 +211,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.errors import run_main
+
+    run_main(main, "fa3_build")

@@ -101,9 +101,11 @@ def _trace_path(v):
 
 
 OPTIONS = {
-    "seq_len": lambda v: _int("seq_len", v, 128, 128, 8192),
-    "micro_batches": lambda v: _int("micro_batches", v, 1, example=2),
-    "steps": lambda v: _int("steps", v, 2, example=6),
+    # upper bounds: what one row can hold (a million-token micro-batch, a thousand micro-batches or
+    # a million steps already run for days), so a typo is refused instead of hanging the data loader
+    "seq_len": lambda v: _int("seq_len", v, 128, 128, 8192, hi=2**20),
+    "micro_batches": lambda v: _int("micro_batches", v, 1, example=2, hi=1024),
+    "steps": lambda v: _int("steps", v, 2, example=6, hi=10**6),
     "measure_s": lambda v: _float("measure_s", v, 0.0, 30),
     "packing": check_packing,
     "seed": lambda v: _int("seed", v, 0, example=0, hi=SEED_MAX),

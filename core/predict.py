@@ -411,4 +411,6 @@ def registry_family(cfg):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.errors import run_main
+
+    run_main(main, "stepbench")

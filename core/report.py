@@ -213,6 +213,26 @@ def verify_source(r: dict) -> None:
         r["env"] = {**env, "git_dirty": True, "dirty_why": "source digest differs from the commit's"}
 
 
+#: what a successful row must carry, and the types the report reads them as
+ROW_FIELDS = {"model": str, "type": str, "seq_len": int, "ac": str, "attn": str, "hardware_label": str,
+              "mfu": (int, float), "tps": (int, float), "step_time": (int, float)}
+ROW_OPTIONAL = {"env": dict, "spread": dict, "peak_mem_gib": (int, float, type(None)), "sync_info": dict,
+                "ac_info": dict, "config": dict, "step_budget": (dict, type(None))}
+
+
+def malformed(r: dict) -> str | None:
+    """Why a successful row cannot be reported (a field missing or of another type), or None."""
+    for k, t in ROW_FIELDS.items():
+        if not isinstance(r.get(k), t) or isinstance(r.get(k), bool):
+            return f"its {k} is {'missing' if k not in r else type(r[k]).__name__}"
+    for k, t in ROW_OPTIONAL.items():
+        if k in r and not isinstance(r[k], t):
+            return f"its {k} is a {type(r[k]).__name__}"
+    if not r["tps"] > 0 or not r["step_time"] > 0:
+        return "its tps and step_time must be above 0"
+    return None
+
+
 def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """(headline rows: the median run of each key, rows left out for provenance, failed rows, every
     clean run) from the results files."""
@@ -224,7 +244,15 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict], list
     for p in problems:
         print(f"report: skipped {p}", file=sys.stderr)
     all_rows = [r for r in all_rows if not r.get("profiled") and "memory_profile" not in r and "kind" not in r]
-    ok = [r for r in all_rows if r.get("status") == "ok" and "type" in r and "mfu" in r]
+    ok = []
+    for r in all_rows:
+        if r.get("status") != "ok":
+            continue
+        why = malformed(r)
+        if why:
+            print(f"report: skipped a row of {r.get('model')!r}: {why}", file=sys.stderr)
+        else:
+            ok.append(r)
     for r in ok:
         verify_source(r)
     clean = [r for r in ok if row_provenance(r) == "clean"]
@@ -240,7 +268,9 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict], list
 def predictions_section(preds: list[dict]) -> str:
     """Predicted rows (``python -m core.predict``, ``kind: "prediction"``) in a section of their own,
     never among measured rows."""
-    preds = [p for p in preds if p.get("kind") == "prediction"]
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    preds = [p for p in preds if p.get("kind") == "prediction"
+             and all(num(p.get(k)) for k in ("tps", "step_time", "peak_mem_gib"))]
     if not preds:
         return ""
     out = ["## Predicted rows (not measured)\n",
@@ -251,8 +281,8 @@ def predictions_section(preds: list[dict]) -> str:
            "| predicted Peak Mem | prime-rl TPS | prime-rl Peak Mem |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in preds:
-        pub_t = f"{p['published_tps'] / 1e3:.2f}k" if p.get("published_tps") else "-"
-        pub_m = f"{p['published_mem_gib']:.1f} GiB" if p.get("published_mem_gib") else "-"
+        pub_t = f"{p['published_tps'] / 1e3:.2f}k" if num(p.get("published_tps")) else "-"
+        pub_m = f"{p['published_mem_gib']:.1f} GiB" if num(p.get("published_mem_gib")) else "-"
         out.append(f"| {p.get('model')} | {p.get('type')} | {p.get('seq_len')} | {p.get('ac')} | {p.get('attn')} "
                    f"| {p.get('hardware_label')} | {p['tps'] / 1e3:.2f}k | {p['step_time']:.2f}s "
                    f"| {p['peak_mem_gib']:.1f} GiB | {pub_t} | {pub_m} |")
@@ -365,4 +395,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.errors import run_main
+
+    run_main(main, "report")

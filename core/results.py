@@ -32,19 +32,67 @@ def row_key(row: dict) -> tuple:
     return tuple(row_variant(row) if k == "variant" else row.get(k) for k in KEY_FIELDS)
 
 
+def _destination(raw: str, what: str, example: str) -> Path:
+    """The regular file (existing, or to be created in an existing folder) a path names, following
+    symbolic links: refuses what a row or a report cannot be written into whole (a folder, a FIFO, a
+    device, a link into a missing folder or a loop, a name longer than the filesystem takes)."""
+    sep = "" if what.endswith("=") else " "
+    arg, eg = f"{what}{sep}{raw}", f"{what}{sep}{example}"
+    if any(len(part.encode()) > 255 for part in Path(raw).parts):  # before the filesystem is asked
+        raise ResultsError(f"{arg}: a name in it is longer than the 255 bytes a filesystem takes: name a "
+                           f"shorter file, e.g. {eg}")
+    path = Path(raw).expanduser()
+    if raw.endswith(("/", os.sep)) or path.is_dir():  # Path() drops a trailing slash: look at the text
+        raise ResultsError(f"{arg} is a directory: name a file, e.g. {what}{sep}{path / Path(example).name}")
+    try:
+        real = path.resolve(strict=False)
+    except (RuntimeError, OSError) as e:  # a symlink loop
+        raise ResultsError(f"{arg} cannot be resolved ({type(e).__name__}): name another file, "
+                           f"e.g. {eg}") from None
+    if path.is_symlink() and not real.parent.is_dir():
+        raise ResultsError(f"{arg} is a link into a folder that does not exist ({real.parent}): name "
+                           f"another file, e.g. {eg}")
+    if real.exists() and not real.is_file():
+        raise ResultsError(f"{arg} is not a regular file (a device, a FIFO, ...): name a file, e.g. "
+                           f"{eg}")
+    anc = next((p for p in (real, *real.parents) if p.exists()), None)
+    if anc is None or (anc != real and not anc.is_dir()):
+        raise ResultsError(f"{arg}: {anc} is a file, not a folder: name a file in a folder, e.g. "
+                           f"{eg}")
+    try:
+        limit = os.pathconf(anc if anc.is_dir() else anc.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if any(len(part.encode()) > limit for part in real.parts):
+        raise ResultsError(f"{arg}: a name in it is longer than the {limit} bytes the filesystem takes: "
+                           f"name a shorter file, e.g. {eg}")
+    if not os.access(anc, os.W_OK) or (anc != real and not os.access(anc, os.X_OK)):
+        raise ResultsError(f"cannot write {arg} (permission denied): pick another file, e.g. {eg}")
+    return real
+
+
 def check_writable(path: str | Path) -> Path:
-    """Make sure rows can be appended to ``path`` (called before a row is measured)."""
+    """Make sure rows can be appended to ``path`` (called before a row is measured); returns the
+    regular file it names (symbolic links followed)."""
     raw = str(path)
     if not raw.strip():
         raise ResultsError("results is empty: name a file, e.g. results=runs/rows.jsonl")
-    path = Path(path)
-    if path.is_dir() or raw.endswith(("/", os.sep)):  # Path() drops a trailing slash: look at the text
-        raise ResultsError(f"results={raw} is a directory: name a file, e.g. results={path / 'rows.jsonl'}")
-    target = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
-    if not os.access(target, os.W_OK) or (target != path and not target.is_dir()):
-        raise ResultsError(f"cannot write results to {path} (permission denied or not a folder): pick another "
-                           "file with results=runs/rows.jsonl")
-    return path
+    return _destination(raw, "results=", "runs/rows.jsonl")
+
+
+def rescue_row(row: dict, error: BaseException) -> Path:
+    """Where a measured row goes when its results file failed to take it (a full disk, a file
+    removed mid-row): a file of its own in the current folder (else the temporary folder); returns it."""
+    import tempfile
+
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        out = folder / f"stepbench-row-{row.get('id', 'unknown')}.jsonl"
+        try:
+            append_row(out, row)
+            return out
+        except OSError:
+            continue
+    raise error
 
 
 def write_atomic(path: str | Path, text) -> Path:
@@ -82,6 +130,14 @@ def write_atomic(path: str | Path, text) -> Path:
     return path
 
 
+def _resolved(path: Path) -> Path | None:
+    """``path`` with its links followed (None for a link loop)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return None
+
+
 def check_output(value, flag: str, example: str, inputs=(), what: str = "an input") -> Path:
     """An output file named by ``flag``: not empty, not a folder, not any of ``inputs`` (files, or
     folders whose ``*.jsonl`` files are inputs), and in a place where it can be created. Raises
@@ -89,23 +145,18 @@ def check_output(value, flag: str, example: str, inputs=(), what: str = "an inpu
     raw = "" if value is None else str(value)
     if not raw.strip():
         raise ResultsError(f"{flag} is empty: name a file, e.g. {flag} {example}")
-    path = Path(raw).expanduser()
-    if raw.endswith(("/", os.sep)) or path.is_dir():
-        raise ResultsError(f"{flag} {raw} is a directory: name a file, e.g. {flag} {path / Path(example).name}")
-    if path.exists() and not path.is_file():
-        raise ResultsError(f"{flag} {raw} is not a regular file: name another file, e.g. {flag} {example}")
-    mine = path.resolve()
+    path = _destination(raw, flag, example)
+    mine = path
     for i in inputs:
         i = Path(i).expanduser()
         files = sorted(i.glob("*.jsonl")) if i.is_dir() else [i]
-        if any(f.resolve() == mine for f in files):
+        if any(_resolved(f) == mine for f in files):
             raise ResultsError(f"{flag} {raw} is {what}: it would be written over; name another file, e.g. "
                                f"{flag} {example}")
-    anc = next((p for p in path.absolute().parents if p.exists()), None)
-    if anc is None or not anc.is_dir():
-        raise ResultsError(f"{flag} {raw}: {anc} is a file, not a folder: name a file in a folder, e.g. "
-                           f"{flag} {example}")
-    if not os.access(anc, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if any(i.is_dir() and path.parent == i.resolve() and path.suffix == ".jsonl" for i in map(Path, inputs)):
+        raise ResultsError(f"{flag} {raw} is a .jsonl file in a folder of inputs: the next read would take it "
+                           f"for rows; name another file, e.g. {flag} {example}")
+    if path.exists() and not os.access(path, os.W_OK):
         raise ResultsError(f"{flag} {raw}: permission denied: name a file you can write, e.g. {flag} {example}")
     return path
 
@@ -135,9 +186,14 @@ def read_rows(*paths: str | Path) -> tuple[list[dict], list[str]]:
         p = Path(p)
         files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
     for f in files:
-        if not f.is_file():
+        try:
+            if not f.is_file():
+                continue
+            data = f.read_bytes()
+        except (OSError, RuntimeError) as e:  # a link loop, a file that cannot be read
+            problems.append(f"{f}: cannot be read ({type(e).__name__})")
             continue
-        for i, raw in enumerate(f.read_bytes().split(b"\n"), 1):
+        for i, raw in enumerate(data.split(b"\n"), 1):
             if not raw.strip():
                 continue
             try:
@@ -147,6 +203,9 @@ def read_rows(*paths: str | Path) -> tuple[list[dict], list[str]]:
                 continue
             except json.JSONDecodeError as e:
                 problems.append(f"{f}:{i}: not JSON ({e.msg}; a torn line?)")
+                continue
+            except (RecursionError, ValueError) as e:  # nested too deep, an integer too long to read
+                problems.append(f"{f}:{i}: not a row ({type(e).__name__})")
                 continue
             if not isinstance(obj, dict):
                 problems.append(f"{f}:{i}: a JSON {type(obj).__name__}, not a row object")

@@ -129,7 +129,10 @@ CASES = [
     (B, ["seq_len=-128"], "try seq_len=128"),
     (B, ["seq_len=1000"], "try seq_len=1024"),
     (B, ["seq_len=100"], "try seq_len=128"),
-    (B, ["seq_len=1000000000"], "predicted peak memory"),
+    (B, ["seq_len=1000000000"], "seq_len must be at most 1048576"),
+    (B, ["micro_batches=1000000000"], "micro_batches must be at most 1024"),
+    (B, ["seq_len=128", "seq_len=256"], "seq_len is given twice"),
+    (B, ["hydra.run.dir=/dev/full/x"], "leave hydra.run.dir out"),
     (B, ["steps=1"], "steps must be at least 2"),
     (B, ["steps=0"], "try steps=6"),
     (B, ["steps=-1"], "try steps=6"),
@@ -220,12 +223,18 @@ CASES = [
     (B, ["hardware=h100", "hardware_as_label=true", "hardware.hbm_tbps=abc"], "try hardware.hbm_tbps="),
     # --- bench: results
     (B, ["results={dir}"], "is a directory: name a file"),
-    (B, ["results={file}/rows.jsonl"], "pick another file with results="),
-    (B, ["results={file}/sub/rows.jsonl"], "pick another file with results="),
+    (B, ["results={file}/rows.jsonl"], "is a file, not a folder"),
+    (B, ["results={file}/sub/rows.jsonl"], "is a file, not a folder"),
     (B, ["results={tmp}/newdir/"], "is a directory: name a file"),
     (B, ["results=''"], "try results=runs/rows.jsonl"),
     (B, ["results="], "try results=runs/rows.jsonl"),
     (B, ["results=/"], "results=/ is a directory"),
+    (B, ["results={tmp}/fifo"], "is not a regular file"),
+    (B, ["results=/dev/full"], "is not a regular file"),
+    (B, ["results=/dev/null"], "is not a regular file"),
+    (B, ["results={tmp}/dangle.jsonl"], "is a link into a folder that does not exist"),
+    (B, ["results={tmp}/loop.jsonl"], "cannot be resolved"),
+    (B, ["results={tmp}/" + "x" * 300 + ".jsonl"], "longer than the"),
     # --- bench: model=hf and its config.json
     (B, ["model=hf"], "add model.config=PATH/config.json"),
     (B, hf("nope.json"), "no such file or folder: pass a config.json path"),
@@ -241,7 +250,7 @@ CASES = [
     (B, hf("neg_ffn.json"), "intermediate_size"),
     (B, hf("str_hidden.json"), "hidden_size"),
     (B, hf("float_hidden.json"), "hidden_size"),
-    (B, hf("huge_heads.json"), "num_attention_heads must be a whole number from 1 to 2147483647"),
+    (B, hf("huge_heads.json"), "num_attention_heads must be a whole number from 1 to 4096"),
     (B, hf("no_hidden.json"), 'add "hidden_size"'),
     (B, hf("no_heads.json"), 'add "num_attention_heads"'),
     (B, hf("no_layers.json"), 'add "num_hidden_layers"'),
@@ -367,6 +376,9 @@ def _layout(tmp: Path) -> dict:
     (tmp / "base.jsonl").write_text(json.dumps({"model": "x", "type": "RL Full", "tps": 1.0}) + "\n")
     (tmp / "pred.jsonl").write_text(json.dumps({"kind": "prediction", "tps": 1.0}) + "\n")
     (tmp / "link.md").symlink_to(tmp / "rows.jsonl")
+    os.mkfifo(tmp / "fifo")
+    (tmp / "dangle.jsonl").symlink_to(tmp / "missing" / "rows.jsonl")
+    (tmp / "loop.jsonl").symlink_to(tmp / "loop.jsonl")
     fa = tmp / "fa"
     (fa / "hopper" / "instantiations").mkdir(parents=True)
     (fa / "hopper" / "setup.py").write_text("raise SystemExit('never built in tests')\n")

@@ -105,6 +105,10 @@ DENSE_FIELDS = {"intermediate_size": 3072}
 MOE_FIELDS = {"moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8}
 #: the largest size a shape field may have (a tensor dimension torch's kernels index with 32 bits)
 SIZE_MAX = 2**31 - 1
+#: the largest count of layers, heads and experts a config may state (the largest published models
+#: have about a hundred layers and a few hundred experts; building millions of modules hangs)
+COUNT_MAX = {"num_hidden_layers": 1024, "num_attention_heads": 4096, "num_key_value_heads": 4096,
+             "num_experts": 4096, "num_experts_per_tok": 4096}
 #: optional fields: positive whole numbers where present
 OPTIONAL_INTS = {"head_dim": 128, "max_position_embeddings": 40960, "intermediate_size": 6144}
 
@@ -123,9 +127,16 @@ def check_shapes(d: dict) -> None:
         v = d.get(k)
         if v is None and k not in required:
             continue
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= SIZE_MAX:
-            raise ValueError(f"model.config: {k} must be a whole number from 1 to {SIZE_MAX} (got {v!r}): set "
+        top = COUNT_MAX.get(k, SIZE_MAX)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+            raise ValueError(f"model.config: {k} must be a whole number from 1 to {top} (got {v!r}): set "
                              f"\"{k}\": {example} or the model's own value")
+    act = d.get("hidden_act", "silu")
+    from transformers.activations import ACT2FN
+
+    if not isinstance(act, str) or act not in ACT2FN:
+        raise ValueError(f"model.config: hidden_act {act!r} is not an activation transformers has: set "
+                         "\"hidden_act\": \"silu\" (or the model's own)")
     heads, kv, hidden = d["num_attention_heads"], d["num_key_value_heads"], d["hidden_size"]
     if heads % kv:
         raise ValueError(f"model.config: num_attention_heads ({heads}) must be a multiple of num_key_value_heads "

@@ -363,6 +363,9 @@ def _one(argv: list[str]) -> int:
     from core.bench import check_overrides
 
     gpus, argv = _gpus(argv)
+    if any(a.lstrip("+").startswith("sweep=") for a in argv):
+        raise UserError("predict makes one row: leave +sweep=... out (python -m core.predict --published predicts "
+                        "every published row)")
     try:
         cfg = check_overrides(argv)
     except UserError:

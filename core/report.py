@@ -341,6 +341,11 @@ def main(argv=None) -> int:
                     help="predicted rows (python -m core.predict), shown in their own section")
     a = ap.parse_args(argv)
     try:  # where it writes, before anything is read: never over an input, never into a file's place
+        for flag, v, eg in (("--baseline", a.baseline, "benchmarks/baseline.jsonl"),
+                            ("--predictions", a.predictions, "benchmarks/results/predicted"),
+                            *(("--results", r, "benchmarks/results") for r in a.results)):
+            if not str(v).strip():
+                raise ReportError(f"{flag} is empty: name a file or folder, e.g. {flag} {eg}")
         if a.save_baseline:
             base_out = check_output(a.baseline, "--baseline", "benchmarks/baseline.jsonl", a.results,
                                     "an input (one of the --results)")

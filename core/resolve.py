@@ -200,6 +200,9 @@ def resolve(cfg, world: int = 1) -> Resolved:
         fam = registry().get("model_family", family).factory
     except PluginError as e:
         raise UserError(str(e)) from None
+    if fam.from_config is None and cfg.model.get("config") not in (None, ""):
+        raise UserError(f"model.config is read by the families built from a config (model=hf); the {family} family "
+                        f"has named flavours: use model=hf model.config=..., or leave model.config out")
     args = _model_args(cfg, fam, family, flavour)
     flavour = args.name if fam.from_config is not None else flavour
     if cfg.task.name not in ("rl", "sft"):

@@ -22,11 +22,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
-#: the kinds of plugin, each its own Hydra group (``+attn=``, ``+ac=``, ``adapter=``, ``+sync=``,
-#: ``model=``); the hook that registers each is ``stepbench_register_<hook>``
-KINDS = {"attn": "attention", "ac": "checkpointing", "adapter": "adapters", "sync": "weight_sync",
-         "model_family": "models"}
-
 
 @dataclass(frozen=True)
 class RunContext:

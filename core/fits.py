@@ -70,10 +70,6 @@ def backend_of(attn: str) -> str:
 
 
 # ------------------------------------------------------------------------------ fits on our rows
-def _short(commit: str | None) -> str:
-    return (commit or "")[:7]
-
-
 def measured_rows(files: list[Path] | None = None) -> list[dict]:
     """Our measured GPU rows that a fit may use: ok, not profiled, native model code, one packed
     sample per micro-batch, on an H100 or H200, with the config they ran."""
@@ -199,7 +195,7 @@ def compute_samples(rows: list[dict], syncs: dict[str, SyncFit]) -> list[Sample]
     profiles: dict = {}
     out = []
     for r in rows:
-        commit = _short((r.get("env") or {}).get("git_commit"))
+        commit = str((r.get("env") or {}).get("git_commit") or "")[:7]
         info = r.get("sync_info") or {}
         tail = bool(info.get("includes_gpu_tail"))
         if not info.get("bytes_per_step"):

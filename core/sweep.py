@@ -309,7 +309,6 @@ def sweep_row(cfg, overrides: list[str], predicted_left: list[float | None] = ()
         say(f"  refused: {why}")
         return 0
     labels = row_labels(cfg, r, 1)
-    predicted = predicted_row_s(cfg)
     with results_lock(cfg.results):
         have = 0 if cfg.redo else done_keys(cfg.results).get(row_key(labels), 0)
         todo = max(0, int(cfg.repeats) - have)
@@ -317,6 +316,7 @@ def sweep_row(cfg, overrides: list[str], predicted_left: list[float | None] = ()
             p.skipped += 1
             say(f"  skipped: already in results {have}x (redo=true runs it again)")
             return 0
+        predicted = predicted_row_s(cfg)
         for i in range(todo):
             if todo > 1:
                 say(f"  repeat {have + i + 1}/{cfg.repeats}")

@@ -102,9 +102,25 @@ class AttentionBackend(Protocol):
         """``None`` when this backend runs the model's attention (``args``: its ModelArgs), else why
         not, with the backend to use instead. Called before anything is built."""
 
-    def __call__(self, q, k, v, meta):
+    #: what this backend honours beyond plain causal attention at ``head_dim ** -0.5``, a subset of
+    #: :data:`ATTN_FEATURES`; a model whose attention needs more (``ModelArgs.attn_features``) is
+    #: refused before anything is built, naming the backends that declare it
+    features: frozenset = frozenset()
+
+    def __call__(self, q, k, v, meta, **features):
         """``[total_tokens, n_heads, head_dim]``: causal attention within each document, softmax
-        scale ``head_dim ** -0.5``, GQA by head groups."""
+        scale ``head_dim ** -0.5``, GQA by head groups. ``features`` holds only those a model asks
+        for and the backend declares (:data:`ATTN_FEATURES`); a plain causal model passes none."""
+
+
+#: what a model's attention may ask of a backend beyond plain causal attention, as the keyword
+#: arguments the backend is called with
+ATTN_FEATURES = {
+    "scale": "softmax scale other than head_dim ** -0.5 (a float: Gemma's query_pre_attn_scalar)",
+    "window": "sliding window (an int w: a query sees itself and the w-1 tokens before it in its document)",
+    "softcap": "logit soft-capping (a float c: scores become c * tanh(scores / c); Gemma 2)",
+    "sinks": "learned per-head sink logits (a [n_heads] tensor added to each softmax's denominator; gpt-oss)",
+}
 
 
 # ------------------------------------------------------------------------------ activation memory

@@ -32,9 +32,32 @@ def mlp_params(a: ModelArgs, count_shared: bool) -> int:
     return dense + routed + shared
 
 
+def block_mm_params(a: ModelArgs, count_shared: bool) -> int:
+    """Matmul weights one token goes through in the blocks: read off the module tree where the
+    family did (``layer_mm_params``: every linear and expert weight, shared experts included), else
+    the attention projections and the MLP or active experts of the native layout."""
+    if a.layer_mm_params is not None:
+        return int(sum(a.layer_mm_params))
+    return attn_proj_params(a) + mlp_params(a, count_shared)
+
+
 def active_mm_params(a: ModelArgs, count_shared: bool = False) -> int:
     """Parameters per token in matmuls (prime-rl's N_mm when ``count_shared`` is False)."""
-    return attn_proj_params(a) + mlp_params(a, count_shared) + a.vocab_size * a.dim
+    return block_mm_params(a, count_shared) + a.vocab_size * a.dim
+
+
+def attended_pairs(s: int, window: int = 0) -> float:
+    """(query, key) pairs of causal attention over one document of ``s`` tokens, each query seeing
+    at most ``window`` keys (itself included) where ``window`` is set."""
+    if not window or window >= s:
+        return s * (s + 1) / 2
+    return window * (window + 1) / 2 + (s - window) * window
+
+
+def attention_pairs(a: ModelArgs, doc_lens: list[int]) -> float:
+    """(query, key) pairs summed over the layers (each layer's sliding window where it has one)."""
+    windows = a.windows or (0,) * a.n_layers
+    return sum(attended_pairs(s, w) for w in windows for s in doc_lens)
 
 
 def prime_rl_flops_per_token(a: ModelArgs, seq_len: int, adapter_params: int = 0,
@@ -82,9 +105,9 @@ def micro_batch_flops(a: ModelArgs, doc_lens: list[int], frozen_base: bool, adap
     the activation strategy runs again in backward (its declaration).
     """
     T = sum(doc_lens)
-    blocks_mm = 2 * T * (attn_proj_params(a) + mlp_params(a, count_shared=True))  # forward of blocks
+    blocks_mm = 2 * T * block_mm_params(a, count_shared=True)  # forward of blocks
     head_mm = 2 * T * a.vocab_size * a.dim
-    attn_fwd = a.n_layers * 4 * a.n_heads * a.head_dim * sum(s * (s + 1) / 2 for s in doc_lens)
+    attn_fwd = 4 * a.n_heads * a.head_dim * attention_pairs(a, doc_lens)
     bwd_factor = 1.0 if frozen_base else 2.0  # dX (and dW when the weight trains)
     adapters = 2 * T * adapter_params * 3  # fwd + dX + dW of the LoRA factors
     mm_useful = (blocks_mm + head_mm) * (1 + bwd_factor) + adapters

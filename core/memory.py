@@ -21,7 +21,9 @@ GIB = 2**30
 def param_count(a: ModelArgs) -> int:
     """Parameters of a model of ``a``: every block (its two norms, q/k norms, attention projections
     and biases, MLP or experts with router and shared experts), the final norm, the embedding and
-    an untied head."""
+    an untied head. A family that read its model's module tree gives the exact count (``n_params``)."""
+    if a.n_params is not None:
+        return int(a.n_params)
     qkv = (a.n_heads + 2 * a.n_kv_heads) * a.head_dim
     attn = a.dim * a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads) + 2 * a.dim
     attn += (2 * a.head_dim if a.qk_norm else 0) + (qkv if a.attn_bias else 0)
@@ -41,9 +43,13 @@ def embedding_params(a: ModelArgs) -> int:
     return a.vocab_size * a.dim * (1 if a.tied_embeddings else 2)
 
 
-def lora_params(a: ModelArgs, rank: int, experts: bool = True) -> int:
+def lora_params(a: ModelArgs, rank: int, experts: bool = True, targets=None) -> int:
     """LoRA factors of rank ``rank`` on q/k/v/o and gate/up/down (a shared expert's too, and each
-    routed expert's unless ``experts`` is False)."""
+    routed expert's unless ``experts`` is False). From the module tree's targets where the family
+    read them (``lora_dims``, ``expert_dims``)."""
+    if a.lora_dims is not None:
+        linear = sum(n for name, n in a.lora_dims if targets is None or name in targets)
+        return rank * (linear + (sum(n for _, n in a.expert_dims or ()) if experts else 0))
     attn = rank * (2 * a.dim + 2 * a.n_heads * a.head_dim + 2 * (a.dim + a.n_kv_heads * a.head_dim))
     total = 0
     for i in range(a.n_layers):

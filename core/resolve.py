@@ -127,6 +127,29 @@ def _model_args(cfg, fam, family: str, flavour: str):
     return fam.flavours[flavour]
 
 
+def missing_features(attention, args, ctx) -> str | None:
+    """Why ``attention`` cannot honour what the model's attention needs (sliding windows, another
+    scale, soft-capping, sinks: ``args.attn_features``), naming the backends here that can; None when
+    it can."""
+    from core.contracts import ATTN_FEATURES
+    from core.plugins import registry
+
+    need = set(args.attn_features or ()) - set(getattr(attention, "features", ()) or ())
+    if not need:
+        return None
+    able = []
+    for name in registry().names("attn"):
+        e = registry().get("attn", name)
+        try:
+            if e.unavailable(ctx) is None and set(args.attn_features) <= set(e.factory({"name": name}, ctx).features):
+                able.append(name)
+        except Exception:  # a backend that cannot even be made here does not run it
+            continue
+    what = "; ".join(ATTN_FEATURES[f].split(" (")[0] for f in sorted(need))
+    instead = f"use {' or '.join('+attn=' + n for n in able)}" if able else "no backend registered here runs it"
+    return f"its attention needs {what}, which {attention.name} does not do: {instead}"
+
+
 def make_plugins(cfg, ctx) -> dict:
     """The registry entries and plugin objects of a composed config's attn, ac, adapter and sync
     (each made from its options: cheap, nothing allocated); ``UserError`` for an unknown name or
@@ -219,6 +242,9 @@ def resolve(cfg, world: int = 1) -> Resolved:
         raise UserError(f"adapter.replicate=true needs a model whose layers compute the adapter in bf16 (the "
                         f"native families); {family} models would run it in fp32: use adapter.replicate=auto")
     why = attention.supports(args)  # can the backend run this model's attention at all?
+    if why:
+        raise UserError(f"attn '{attention.name}' cannot run {args.name}: {why}")
+    why = missing_features(attention, args, ctx)
     if why:
         raise UserError(f"attn '{attention.name}' cannot run {args.name}: {why}")
     config = OmegaConf.to_container(cfg, resolve=True)

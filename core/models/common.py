@@ -48,6 +48,20 @@ class ModelArgs:
     hf_name: str = ""  # the published model this flavour stands for
     #: a Hugging Face config (``config.json`` fields) for families that build ``transformers`` models
     hf_config: dict | None = field(default=None, compare=False, repr=False)
+    # facts a family built from a config reads off its module tree (``plugins/models/hf.py``); where
+    # None, FLOPs, memory and LoRA sizes come from the fields above (the native families' layout)
+    #: per layer, the matmul weights one token goes through (routed experts counted top_k / n_experts)
+    layer_mm_params: tuple | None = None
+    #: per layer, its sliding window (0: full causal attention)
+    windows: tuple | None = None
+    #: the features of :data:`core.contracts.ATTN_FEATURES` the model's attention needs
+    attn_features: tuple = ()
+    #: every parameter of the built model (tied weights once)
+    n_params: int | None = None
+    #: LoRA targets: ``((leaf name, sum over the layers of in + out features), ...)`` of the linear
+    #: layers, and ``((parameter name, sum of experts * (in + out)), ...)`` of 3-D expert weights
+    lora_dims: tuple | None = None
+    expert_dims: tuple | None = None
 
     def is_moe_layer(self, i: int) -> bool:
         return self.n_experts > 0 and i >= self.first_dense_layers

@@ -69,9 +69,59 @@ def check_attention(backend, device: str = "cpu", shapes=ATTENTION_CASES, tol: f
         cases.append({"case": case._asdict(), "errors": errs})
     if not cases:
         _fail(what, f"declined every case ({'; '.join(d['why'] for d in declined)}): pass shapes= it supports")
+    features = _check_features(backend, what, device, tol)
     _members(backend, what, {"provider": lambda v: isinstance(v, str) and v})  # known once it ran
     return {"name": backend.name, "provider": backend.provider, "kernel": backend.kernel, "cases": cases,
-            "declined": declined, "tol": tol}
+            "declined": declined, "tol": tol, "features": features}
+
+
+#: the values each declared feature is checked with (:data:`core.contracts.ATTN_FEATURES`)
+FEATURE_CASES = {"scale": [{"scale": 0.0625}], "window": [{"window": 2}, {"window": 5}, {"window": 40}],
+                 "softcap": [{"softcap": 2.0}], "sinks": [{"sinks": "random"}]}
+
+
+def _check_features(backend, what: str, device: str, tol: float) -> dict:
+    """Each feature the backend declares (``features``), alone and all declared together, against
+    :func:`reference_attention` (output and the q, k, v and sink gradients, packed documents)."""
+    import torch
+
+    from core.contracts import ATTN_FEATURES
+    from core.data import AttnMeta
+
+    declared = set(getattr(backend, "features", ()) or ())
+    unknown = declared - set(ATTN_FEATURES)
+    if unknown:
+        _fail(what, f"declares features {sorted(unknown)} that the contract does not define "
+                    f"(known: {', '.join(ATTN_FEATURES)})")
+    combos = [c for f in sorted(declared) for c in FEATURE_CASES[f]]
+    if len(declared) > 1:
+        combos.append({k: v for f in sorted(declared) for k, v in FEATURE_CASES[f][-1].items()})
+    docs, heads, kv, hd = (23, 9, 32), 4, 2, 64
+    T, out_errs = sum(docs), {}
+    for n, feat in enumerate(combos):
+        gen = torch.Generator(device=device).manual_seed(4321 + n)
+        q, k, v = (torch.randn(T, h, hd, device=device, generator=gen).bfloat16().requires_grad_()
+                   for h in (heads, kv, kv))
+        kw = dict(feat)
+        inputs = [q, k, v]
+        if kw.get("sinks") == "random":
+            kw["sinks"] = torch.randn(heads, device=device, generator=gen).requires_grad_()
+            inputs.append(kw["sinks"])
+        g = torch.randn(T, heads, hd, device=device, generator=gen).bfloat16()
+        out = backend(q, k, v, AttnMeta.from_doc_lens(list(docs), device), **kw)
+        grads = torch.autograd.grad(out, inputs, g)
+        refs_in = [t.detach().float().requires_grad_() for t in inputs]
+        ref_kw = {**kw, **({"sinks": refs_in[3]} if "sinks" in kw else {})}
+        ref = reference_attention(*refs_in[:3], docs, **ref_kw)
+        refs = torch.autograd.grad(ref, refs_in, g.float())
+        label = ",".join(f"{k}={v if not torch.is_tensor(v) else 'random'}" for k, v in kw.items())
+        for name, got, want in zip(("out", "dq", "dk", "dv", "dsinks"), (out, *grads), (ref, *refs)):
+            err = _rel(got, want)
+            if not err < tol:
+                _fail(what, f"with {label}, {name} differs from the float32 reference by {err:.2e} (relative; "
+                            f"allowed {tol:.0e}), documents {list(docs)}")
+            out_errs.setdefault(label, {})[name] = err
+    return out_errs
 
 
 # ----------------------------------------------------------------------------- activation memory

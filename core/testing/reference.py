@@ -80,19 +80,34 @@ def _json(d: dict, what: str, member: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ references
-def reference_attention(q, k, v, doc_lens):
+def reference_attention(q, k, v, doc_lens, scale=None, window=None, softcap=None, sinks=None):
     """float32 causal attention within each document, softmax scale ``head_dim ** -0.5``, GQA by
-    head groups (query head h reads K/V head ``h // (heads // kv_heads)``)."""
+    head groups (query head h reads K/V head ``h // (heads // kv_heads)``), with the features of
+    :data:`core.contracts.ATTN_FEATURES` where given: another ``scale``, a sliding ``window`` (query
+    i sees keys i-window+1 .. i), logit ``softcap`` (``c * tanh(s / c)``), per-head ``sinks`` (a
+    logit added to each softmax's denominator, its value dropped)."""
     import torch
 
     rep = q.shape[1] // k.shape[1]
     q, k, v = q.float(), k.float().repeat_interleave(rep, 1), v.float().repeat_interleave(rep, 1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     outs, s = [], 0
     for n in doc_lens:
         qi, ki, vi = (t[s:s + n].transpose(0, 1) for t in (q, k, v))
-        att = (qi @ ki.transpose(-1, -2)) * q.shape[-1] ** -0.5
-        att = att.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-        outs.append((att.softmax(-1) @ vi).transpose(0, 1))
+        att = (qi @ ki.transpose(-1, -2)) * scale
+        if softcap is not None:
+            att = softcap * torch.tanh(att / softcap)
+        i = torch.arange(n, device=q.device)
+        hidden = i[None, :] > i[:, None]
+        if window is not None:
+            hidden |= (i[:, None] - i[None, :]) >= window
+        att = att.masked_fill(hidden, float("-inf"))
+        if sinks is not None:
+            att = torch.cat([att, sinks.float().view(-1, 1, 1).expand(att.shape[0], n, 1)], -1)
+            p = att.softmax(-1)[..., :-1]
+        else:
+            p = att.softmax(-1)
+        outs.append((p @ vi).transpose(0, 1))
         s += n
     return torch.cat(outs)
 

@@ -89,18 +89,30 @@ class LoRA(Adapter):
             raise ValueError(f"adapter.experts={experts!r} is not one of {', '.join(EXPERT_MODES)}: "
                              "try adapter.experts=grouped")
         self.rank, self.alpha = rank, alpha
+        self.chosen = list(targets) if targets else None  # adapter.targets=[...]: the user's, else the model's
         self.targets = list(targets or DENSE_TARGETS)
         self.experts = experts
         self.replicable = experts != "peft"  # peft's parameter LoRA would add an fp32 delta
         self.label = f"LoRA(r={rank})"
 
+    def model_targets(self, args) -> tuple[list, list]:
+        """The linear layers and 3-D expert weights to adapt: ``adapter.targets`` where given, else
+        what the model's family found in its module tree (``lora_dims``, ``expert_dims``), else
+        q/k/v/o, gate/up/down and the native experts."""
+        linear = self.chosen or ([n for n, _ in args.lora_dims] if getattr(args, "lora_dims", None) is not None
+                                 else DENSE_TARGETS)
+        experts = [n for n, _ in args.expert_dims] if getattr(args, "expert_dims", None) is not None else EXPERT_TARGETS
+        return linear, experts
+
     def config(self, model):
         from peft import LoraConfig
 
-        has_experts = any(n.endswith("experts.gate_up_proj") for n, _ in model.named_parameters())
+        self.targets, experts = self.model_targets(getattr(model, "args", None))
+        names = {n for n, _ in model.named_parameters()}
+        found = [t for t in experts if any(n.endswith(t) for n in names)]
         return LoraConfig(
             r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, target_modules=self.targets,
-            target_parameters=EXPERT_TARGETS if (self.experts == "peft" and has_experts) else None,
+            target_parameters=found if (self.experts == "peft" and found) else None,
         )
 
     def apply(self, model):
@@ -128,7 +140,7 @@ class LoRA(Adapter):
         ``experts=none`` leaves them frozen."""
         from core.memory import lora_params
 
-        return lora_params(args, self.rank, experts=self.experts != "none")
+        return lora_params(args, self.rank, experts=self.experts != "none", targets=self.chosen)
 
     def init_param(self, name: str, shape, generator, device):
         """A factors from U(-1/sqrt(in), 1/sqrt(in)), B factors zero (the adapter starts as the

@@ -13,7 +13,7 @@ import sys
 
 from core import hookimpl
 from core.errors import first_line
-from core.contracts import AttentionBackend
+from core.contracts import ATTN_FEATURES, AttentionBackend
 
 
 def _make(reg, ctx, name):
@@ -54,7 +54,7 @@ class Auto(AttentionBackend):
 
     def __init__(self, ctx):
         self.ctx = ctx
-        self.single = self.packed = self.other = None
+        self.single = self.packed = self.other = self.fallback = None
         self.fa3_dims = None
         self.used: dict = {}  # provider -> backend, in the order first used
 
@@ -76,6 +76,8 @@ class Auto(AttentionBackend):
                 fa2 = _make(reg, ctx, "fa2")
                 self.packed = fa2 or _make(reg, ctx, "sdpa")
                 self.single = _make(reg, ctx, "cudnn") or self.packed
+        if "sdpa" in reg.names("attn") and not reg.get("attn", "sdpa").unavailable(ctx):
+            self.fallback = reg.get("attn", "sdpa").factory({"name": "sdpa"}, ctx)  # every feature, slowly
         if self.single is None or self.packed is None:
             raise ValueError("attn auto found no registered attention backend that runs here: "
                              "unblock one (STEPBENCH_BLOCK_PLUGINS) or pick one with +attn=<name>")
@@ -93,12 +95,23 @@ class Auto(AttentionBackend):
     def repeats_kv(self) -> bool:
         return any(getattr(b, "repeats_kv", False) for b in (self.single, self.packed) if b is not None)
 
-    def __call__(self, q, k, v, meta):
+    @property
+    def features(self) -> frozenset:
+        """Every feature some candidate here has (a call that needs one goes to a backend that has it)."""
+        out = set()
+        for b in (self.single, self.packed, self.other, getattr(self, "fallback", None)):
+            out |= set(getattr(b, "features", ()) if b is not None else ())
+        return frozenset(out) if self.single is not None else frozenset(ATTN_FEATURES)
+
+    def __call__(self, q, k, v, meta, **features):
         b = self.single if len(meta.cu_seqlens_host) == 2 else self.packed
         if self.fa3_dims is not None and q.shape[-1] not in self.fa3_dims and self.other is not None:
             b = self.other  # a head dim this FA3 build has no kernels for
+        if features and not set(features) <= set(getattr(b, "features", ())):  # the next that has them
+            b = next((c for c in (self.packed, self.other, getattr(self, "fallback", None))
+                      if c is not None and set(features) <= set(getattr(c, "features", ()))), b)
         self.used.setdefault(b.provider, b)
-        return b(q, k, v, meta)
+        return b(q, k, v, meta, **features)
 
 
 @hookimpl

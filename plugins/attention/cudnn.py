@@ -22,18 +22,19 @@ MIN_LEN = 16
 
 class CuDNN(AttentionBackend):
     name = label = kernel = "cudnn"
+    features = frozenset({"scale"})
 
     def __init__(self):
         v = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
         self.provider = f"torch {torch.__version__} cuDNN {v} SDPA (per document)"
 
-    def __call__(self, q, k, v, meta):
+    def __call__(self, q, k, v, meta, scale=None):
         def fn(qi, ki, vi):
             gqa = ki.shape[1] != qi.shape[1]
             if qi.shape[2] < MIN_LEN:
-                return F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, enable_gqa=gqa)
+                return F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=gqa)
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                return F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, enable_gqa=gqa)
+                return F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=gqa)
 
         return per_document(fn, q, k, v, meta)
 

@@ -25,10 +25,23 @@ def supports(args) -> str | None:
     return None
 
 
+def flash_kwargs(features: dict, softcap: bool = True) -> dict:
+    """flash-attn's keyword arguments for a model's attention features (causal included)."""
+    kw = {"causal": True}
+    if features.get("scale") is not None:
+        kw["softmax_scale"] = features["scale"]
+    if features.get("window") is not None:
+        kw["window_size"] = (features["window"] - 1, 0)
+    if softcap and features.get("softcap") is not None:
+        kw["softcap"] = features["softcap"]
+    return kw
+
+
 class FA2Package(AttentionBackend):
     name, label, kernel = "fa2", "FA2", "fa2"
     repeats_kv = False
     supports = staticmethod(supports)
+    features = frozenset({"scale", "window", "softcap"})
 
     def __init__(self):
         from flash_attn import flash_attn_varlen_func
@@ -36,14 +49,15 @@ class FA2Package(AttentionBackend):
         self.fn = flash_attn_varlen_func
         self.provider = f"flash_attn {package_version('flash_attn', 'flash-attn')}"
 
-    def __call__(self, q, k, v, meta):
+    def __call__(self, q, k, v, meta, **features):
         m = meta.max_seqlen
-        return self.fn(q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, causal=True)
+        return self.fn(q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, **flash_kwargs(features))
 
 
 class FA2Torch(AttentionBackend):
     name, label, kernel = "fa2", "FA2", "fa2"
     supports = staticmethod(supports)
+    features = frozenset({"scale", "window"})  # torch's vendored FA2 has no soft-capping
 
     def __init__(self, via_aten: bool | None = None):
         from torch.nn.attention.varlen import varlen_attn
@@ -60,12 +74,19 @@ class FA2Torch(AttentionBackend):
             gqa = "K/V repeated" if self.repeats_kv else "native GQA"
             self.provider = f"torch {torch.__version__} varlen_attn (vendored FA2, {gqa})"
 
-    def __call__(self, q, k, v, meta):
+    def __call__(self, q, k, v, meta, **features):
         m = meta.max_seqlen
+        scale, window = features.get("scale"), features.get("window")
         if self.via_aten:
+            extra = {"window_size_left": window - 1, "window_size_right": 0} if window is not None else {}
             return torch.ops.aten._flash_attention_forward(
-                q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, 0.0, True, False)[0]
+                q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, 0.0, True, False, scale=scale, **extra)[0]
         kw = dict(self.kw)
+        if scale is not None:
+            kw["scale"] = scale
+        if window is not None:
+            kw.pop("is_causal", None)
+            kw["window_size"] = (window - 1, 0)
         if k.shape[1] != q.shape[1]:
             if self.repeats_kv:
                 rep = q.shape[1] // k.shape[1]

@@ -73,9 +73,17 @@ class FA3(AttentionBackend):
     def supports(self, args) -> str | None:
         return supports(args)
 
-    def __call__(self, q, k, v, meta):
+    @property
+    def features(self) -> frozenset:
+        """A scale always; sliding windows and soft-capping where the build has them (the trimmed
+        build of ``core.fa3_build`` switches both off)."""
+        return built_features()
+
+    def __call__(self, q, k, v, meta, **features):
+        from plugins.attention.fa2 import flash_kwargs
+
         m = meta.max_seqlen
-        out = self.fn(q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, causal=True)
+        out = self.fn(q, k, v, meta.cu_seqlens, meta.cu_seqlens, m, m, **flash_kwargs(features))
         return out[0] if isinstance(out, tuple) else out
 
 
@@ -91,6 +99,22 @@ def why_not(ctx):
 
 
 HEAD_DIMS = (64, 96, 128, 192, 256)
+
+
+def build_flags() -> dict:
+    """The installed FA3's build switches (empty when unknown)."""
+    try:
+        from flash_attn_config import CONFIG
+    except Exception:
+        return {}
+    return CONFIG.get("build_flags", {}) if isinstance(CONFIG, dict) else {}
+
+
+def built_features() -> frozenset:
+    """The attention features the installed FA3 build has kernels for."""
+    flags = build_flags()
+    return frozenset({"scale"} | {f for f, switch in (("window", "LOCAL"), ("softcap", "SOFTCAP"))
+                                  if not flags.get(f"FLASHATTENTION_DISABLE_{switch}", False)})
 
 
 def built_head_dims() -> tuple[int, ...]:

@@ -276,17 +276,17 @@ class HostAttention:
     def __getattr__(self, name):
         return getattr(self.backend, name)
 
-    def __call__(self, q, k, v, meta):
-        return self._run(q, k, v, meta)
+    def __call__(self, q, k, v, meta, **features):
+        return self._run(q, k, v, meta, **features)
 
-    def _call(self, q, k, v, meta):
+    def _call(self, q, k, v, meta, **features):
         off = self.off
         i = off.current_block()
         if off.in_backward():
             st = off.attn[i]
             return off.attention_output(i, st.out_grad)
         with torch.autograd.graph.saved_tensors_hooks(off.pack, off.unpack):
-            out = self.backend(q, k, v, meta)
+            out = self.backend(q, k, v, meta, **features)
         st = off.attn.setdefault(i, _AttnStash())
         saved = st.gpu
         idx = next((n for n, t in enumerate(saved) if t.data_ptr() == out.data_ptr() and t.shape == out.shape

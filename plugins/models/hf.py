@@ -38,10 +38,8 @@ from torch import nn
 
 from core import hookimpl
 from core.contracts import ModelFamily
-from core.models.common import CausalLM, ModelArgs, Rotary, rope_inv_freq, run_block
+from core.models.common import CausalLM, ModelArgs, rope_inv_freq, run_block
 
-#: model types whose decoder layers and shapes are mapped (and checked against the native ones)
-SUPPORTED = ("qwen3", "qwen3_moe")
 HF_SUFFIX, PLAIN_SUFFIX = " (hf)", " (plain HF)"
 
 
@@ -88,56 +86,66 @@ def hf_config(d: dict):
     d = dict(d)
     model_type = d.pop("model_type", None)
     if model_type is None:
-        raise ValueError("model.config has no model_type: add model_type (qwen3 or qwen3_moe)")
+        raise ValueError("model.config has no model_type: add the model's own, e.g. \"model_type\": \"llama\"")
     try:
         return AutoConfig.for_model(model_type, **d)
     except (ValueError, KeyError) as e:
         why = str(e).splitlines()[0].split(". Should contain")[0] if str(e) else type(e).__name__
-        raise ValueError(f"transformers cannot build model_type '{model_type}' ({why}): use qwen3 or qwen3_moe") \
-            from None
+        raise ValueError(f"transformers cannot build model_type '{model_type}' ({why}): check model_type (a "
+                         "decoder-only model transformers has, e.g. llama, qwen2, gemma3_text, gpt_oss)") from None
 
 
-#: the shape fields every mapped config must state (transformers' defaults are another model's),
-#: with Qwen3-0.6B's (dense) or Qwen3-30B-A3B's (MoE) values as the example of what to type
-SHAPE_FIELDS = {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
-                "vocab_size": 151936}
-DENSE_FIELDS = {"intermediate_size": 3072}
-MOE_FIELDS = {"moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8}
+#: the shape fields every config must state (transformers' defaults are another model's), with
+#: Llama-3.2-1B's values as the example of what to type
+SHAPE_FIELDS = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "vocab_size": 128256}
 #: the largest size a shape field may have (a tensor dimension torch's kernels index with 32 bits)
 SIZE_MAX = 2**31 - 1
 #: the largest count of layers, heads and experts a config may state (the largest published models
 #: have about a hundred layers and a few hundred experts; building millions of modules hangs)
 COUNT_MAX = {"num_hidden_layers": 1024, "num_attention_heads": 4096, "num_key_value_heads": 4096,
-             "num_experts": 4096, "num_experts_per_tok": 4096}
-#: optional fields: positive whole numbers where present
-OPTIONAL_INTS = {"head_dim": 128, "max_position_embeddings": 40960, "intermediate_size": 6144}
+             "num_experts": 4096, "num_local_experts": 4096, "n_routed_experts": 4096, "num_experts_per_tok": 4096,
+             "n_shared_experts": 4096, "first_k_dense_replace": 1024}
+#: optional fields: positive whole numbers where present (``None`` allowed)
+OPTIONAL_INTS = {"num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 40960,
+                 "intermediate_size": 8192, "moe_intermediate_size": 768, "num_experts": 128,
+                 "num_local_experts": 32, "n_routed_experts": 128, "num_experts_per_tok": 8, "n_shared_experts": 1,
+                 "sliding_window": 4096}
+#: fields whose value 0 is meaningful (a count that may be zero)
+ZERO_OK = {"first_k_dense_replace": 1, "n_shared_experts": 1}
+#: config fields that change the logits after the final norm and LM head, which stepbench's chunked
+#: log-prob head does not do (value that means "off")
+HEAD_FIELDS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0,
+               "output_multiplier_scale": 1.0}
+
+
+def _whole(v, low: int, top: int) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int) and low <= v <= top
 
 
 def check_shapes(d: dict) -> None:
-    """The shape fields of a qwen3 / qwen3_moe config.json, before transformers builds anything: each
-    stated, a positive whole number, and consistent (heads divide evenly, an even head dim, top-k
-    within the experts). Raises ValueError with one line that says what to set."""
-    moe = d.get("model_type") == "qwen3_moe"
-    required = {**SHAPE_FIELDS, **(MOE_FIELDS if moe else DENSE_FIELDS)}
-    for k, example in required.items():
+    """The shape fields of a config.json, before transformers builds anything: each stated, a
+    positive whole number, and consistent (heads divide evenly, an even head dim, top-k within the
+    experts). Raises ValueError with one line that says what to set."""
+    for k, example in SHAPE_FIELDS.items():
         if k not in d or d[k] is None:
-            raise ValueError(f"model.config has no {k}: add \"{k}\": {example} (the model's value; every "
-                             f"{d.get('model_type')} config.json states it)")
-    for k, example in {**OPTIONAL_INTS, **required}.items():
+            raise ValueError(f"model.config has no {k}: add \"{k}\": {example} (the model's value; a "
+                             "decoder's config.json states it)")
+    for k, example in {**OPTIONAL_INTS, **ZERO_OK, **SHAPE_FIELDS}.items():
         v = d.get(k)
-        if v is None and k not in required:
+        if v is None and k not in SHAPE_FIELDS:
             continue
-        top = COUNT_MAX.get(k, SIZE_MAX)
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
-            raise ValueError(f"model.config: {k} must be a whole number from 1 to {top} (got {v!r}): set "
+        low, top = (0 if k in ZERO_OK else 1), COUNT_MAX.get(k, SIZE_MAX)
+        if not _whole(v, low, top):
+            raise ValueError(f"model.config: {k} must be a whole number from {low} to {top} (got {v!r}): set "
                              f"\"{k}\": {example} or the model's own value")
-    act = d.get("hidden_act", "silu")
+    act = d.get("hidden_act", d.get("hidden_activation", "silu"))
     from transformers.activations import ACT2FN
 
     if not isinstance(act, str) or act not in ACT2FN:
         raise ValueError(f"model.config: hidden_act {act!r} is not an activation transformers has: set "
                          "\"hidden_act\": \"silu\" (or the model's own)")
-    heads, kv, hidden = d["num_attention_heads"], d["num_key_value_heads"], d["hidden_size"]
+    heads, hidden = d["num_attention_heads"], d["hidden_size"]
+    kv = d.get("num_key_value_heads") or heads
     if heads % kv:
         raise ValueError(f"model.config: num_attention_heads ({heads}) must be a multiple of num_key_value_heads "
                          f"({kv}): set \"num_key_value_heads\" to a divisor of it, e.g. {math.gcd(heads, kv)}")
@@ -150,9 +158,13 @@ def check_shapes(d: dict) -> None:
     if head_dim % 2:
         raise ValueError(f"model.config: head_dim {head_dim} is odd, and RoPE rotates pairs: set \"head_dim\": "
                          f"{head_dim + 1} (or the model's own even value)")
-    if moe and d["num_experts_per_tok"] > d["num_experts"]:
-        raise ValueError(f"model.config: num_experts_per_tok ({d['num_experts_per_tok']}) exceeds num_experts "
-                         f"({d['num_experts']}): set \"num_experts_per_tok\" to at most {d['num_experts']}")
+    experts = next((d[k] for k in ("num_experts", "num_local_experts", "n_routed_experts") if d.get(k)), None)
+    if experts and d.get("num_experts_per_tok") and d["num_experts_per_tok"] > experts:
+        raise ValueError(f"model.config: num_experts_per_tok ({d['num_experts_per_tok']}) exceeds the {experts} "
+                         f"experts: set \"num_experts_per_tok\" to at most {experts}")
+    if (d.get("first_k_dense_replace") or 0) > d["num_hidden_layers"]:
+        raise ValueError(f"model.config: first_k_dense_replace ({d['first_k_dense_replace']}) exceeds "
+                         f"num_hidden_layers ({d['num_hidden_layers']}): set it to at most that")
     for k, example in (("rms_norm_eps", "1e-06"), ("rope_theta", 1000000)):
         v = d.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
@@ -161,10 +173,140 @@ def check_shapes(d: dict) -> None:
                              "or the model's own value")
 
 
+def causal_lm_class(config):
+    """transformers' causal-LM class for ``config``, refused (ValueError, one line) where stepbench
+    cannot run it: no causal LM, or attention that bypasses transformers' attention registry."""
+    from transformers import AutoModelForCausalLM
+
+    cls = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if cls is None:
+        raise ValueError(f"model_type '{config.model_type}' has no causal LM in transformers "
+                         f"{_tf_version()}: use a decoder-only model's config.json (llama, qwen2, gemma3_text, ...)")
+    if not getattr(cls, "_supports_attention_backend", False):
+        raise ValueError(f"{cls.__name__} computes its attention itself (it bypasses transformers' attention "
+                         "registry), so no stepbench backend can run it: use model.plain=true +attn=sdpa (its own "
+                         "loop) or another model")
+    for k, off in HEAD_FIELDS.items():
+        v = getattr(config, k, off)
+        if v is not None and v != off:
+            raise ValueError(f"{cls.__name__} changes its logits after the LM head ({k}={v}), which stepbench's "
+                             f"chunked log-prob head does not: set \"{k}\": {json.dumps(off)} in the config, or "
+                             "use model.plain=true (its own loop)")
+    return cls
+
+
+def _tf_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _attention_of(layer: nn.Module):
+    """The attention module of a decoder layer: the one transformers gives a ``scaling``."""
+    for m in layer.modules():
+        if hasattr(m, "scaling") and hasattr(m, "head_dim") and m is not layer:
+            return m
+    raise ValueError(f"{type(layer).__name__} has no attention module with a scaling and head_dim (transformers' "
+                     "convention): this model cannot run under stepbench; use model.plain=true")
+
+
+def _experts_count(c) -> tuple[int, int]:
+    """(routed experts, experts per token) of a config, (0, 0) for a dense one."""
+    n = next((getattr(c, k) for k in ("num_experts", "num_local_experts", "n_routed_experts")
+              if getattr(c, k, None)), 0)
+    return int(n or 0), int(getattr(c, "num_experts_per_tok", 0) or 0)
+
+
+def tree_facts(c, lm: nn.Module) -> dict:
+    """What a model built on the meta device says of itself: its decoder layers' attention (head
+    dim, sliding window, scale, soft-capping, sinks), the matmul weights a token goes through in each
+    layer, the LoRA targets (linear layers and 3-D expert weights, routers excluded) and every
+    parameter. ValueError (one line) for a model stepbench cannot run."""
+    base = getattr(lm, lm.base_model_prefix, None)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not isinstance(getattr(base, "embed_tokens", None), nn.Embedding):
+        raise ValueError(f"{type(lm).__name__} keeps no decoder layers at model.layers with an embed_tokens "
+                         "embedding (transformers' decoder layout): use model.plain=true")
+    n_experts, top_k = _experts_count(c)
+    windows, features, head_dims, mm, lora, experts = [], set(), set(), [], {}, {}
+    for layer in layers:
+        att = _attention_of(layer)
+        head_dims.add(int(att.head_dim))
+        if "sliding_window" in vars(att):
+            w = att.sliding_window
+        else:  # a model that passes its config's window to every layer (Mistral, Phi-3)
+            w = getattr(c, "sliding_window", None) if "sliding_window" in _call_names(type(att)) else None
+        windows.append(int(w or 0))
+        if w:
+            features.add("window")
+        if abs(float(att.scaling) - att.head_dim ** -0.5) > 1e-9 * att.head_dim ** -0.5:
+            features.add("scale")
+        if getattr(att, "attn_logit_softcapping", None):
+            features.add("softcap")
+        if isinstance(getattr(att, "sinks", None), nn.Parameter):
+            features.add("sinks")
+        total = 0.0
+        for name, p in layer.named_parameters():
+            in_experts = ".experts." in f".{name}" or name.startswith("experts.")
+            if p.dim() == 3 or (p.dim() == 2 and in_experts):
+                if not (n_experts and top_k):
+                    raise ValueError(f"{type(layer).__name__} has expert weights ({name}) but the config states no "
+                                     "num_experts / num_experts_per_tok: add the model's values")
+                total += p.numel() * top_k / n_experts
+                if p.dim() == 3:
+                    key = name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1]  # experts.gate_up_proj
+                    experts[key] = experts.get(key, 0) + p.shape[0] * (p.shape[1] + p.shape[2])
+            elif p.dim() == 2:
+                total += p.numel()
+        for name, m in layer.named_modules():
+            if isinstance(m, nn.Linear) and not (n_experts and m.out_features == n_experts) \
+                    and ".experts." not in f".{name}.":
+                leaf = name.rsplit(".", 1)[-1]
+                lora[leaf] = lora.get(leaf, 0) + m.in_features + m.out_features
+        mm.append(int(round(total)))
+    if len(head_dims) != 1:
+        raise ValueError(f"the model's layers have head dims {sorted(head_dims)}: stepbench runs one head dim per "
+                         "model; use model.plain=true")
+    n_params = sum(p.numel() for p in lm.parameters())
+    return {"head_dim": head_dims.pop(), "windows": tuple(windows), "features": tuple(sorted(features)),
+            "layer_mm_params": tuple(mm), "lora_dims": tuple(sorted(lora.items())),
+            "expert_dims": tuple(sorted(experts.items())), "n_params": n_params,
+            "tied": lm.get_output_embeddings() is None or lm.get_output_embeddings().weight is base.embed_tokens.weight}
+
+
+def _call_names(cls) -> set:
+    """Names a module's forward reads (to tell whether attention passes its config's window)."""
+    import inspect
+
+    try:
+        src = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return set()
+    return {"sliding_window"} if "sliding_window" in src else set()
+
+
+def meta_model(c, attn_implementation: str = "stepbench"):
+    """The transformers causal LM of ``c`` built on the meta device (no memory)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("stepbench", stepbench_attention)
+    with torch.device("meta"):
+        return _from_config(c, attn_implementation)
+
+
 def args_from_config(d: dict, name: str, hf_name: str = "") -> ModelArgs:
-    """stepbench's view of a config (shapes for FLOPs, memory and the report)."""
-    if d.get("model_type") in SUPPORTED:
-        check_shapes(d)
+    """stepbench's view of a config: shapes from the config, and FLOPs, memory and LoRA sizes from
+    the module tree of the model built on the meta device (no per-family tables)."""
+    from transformers import CONFIG_MAPPING
+
+    if d.get("model_type") is None:
+        raise ValueError("model.config has no model_type: add the model's own, e.g. \"model_type\": \"llama\"")
+    if d["model_type"] not in CONFIG_MAPPING:
+        raise ValueError(f"transformers {_tf_version()} cannot build model_type '{d['model_type']}' (it knows no such "
+                         "model): check model_type (a decoder-only model transformers has, e.g. llama, qwen2, "
+                         "gemma3_text, gpt_oss)")
+    aliases = getattr(CONFIG_MAPPING[d["model_type"]], "attribute_map", {}) or {}
+    check_shapes({**{k: d[v] for k, v in aliases.items() if v in d and k not in d}, **d})  # n_head -> heads
     try:
         c = hf_config(d)
     except ValueError:
@@ -173,30 +315,33 @@ def args_from_config(d: dict, name: str, hf_name: str = "") -> ModelArgs:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"model.config: transformers rejects it ({first}): fix that field in the config.json") \
             from None
-    if c.model_type not in SUPPORTED:
-        raise ValueError(f"model_type '{c.model_type}' is not mapped yet (the hf family runs "
-                         f"{', '.join(SUPPORTED)}): use one of those configs")
-    rope = getattr(c, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"rope_type '{rope.get('rope_type')}' is not supported by the hf family: use a config "
-                         "with the default RoPE")
-    if getattr(c, "use_sliding_window", False):
-        raise ValueError("the config uses sliding-window attention, which stepbench's attention backends do not "
-                         "run (they are full causal): set use_sliding_window: false")
-    theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
-    moe = c.model_type == "qwen3_moe"
-    if moe and (getattr(c, "decoder_sparse_step", 1) != 1 or getattr(c, "mlp_only_layers", None)):
-        raise ValueError("Qwen3-MoE configs with dense layers (decoder_sparse_step != 1 or mlp_only_layers) are "
-                         "not mapped: use one whose every layer is MoE")
+    causal_lm_class(c)
+    try:
+        lm = meta_model(c)
+    except ValueError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"transformers cannot build this {c.model_type} config ({type(e).__name__}: {first}): fix "
+                         "the config.json") from None
+    f = tree_facts(c, lm)
+    n_experts, top_k = _experts_count(c)
+    heads = c.num_attention_heads
+    ffn = getattr(c, "intermediate_size", None) or 0
+    moe_ffn = getattr(c, "moe_intermediate_size", None) or ffn
+    theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 10000.0))
     return ModelArgs(
-        name=name, dim=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
-        n_kv_heads=c.num_key_value_heads, head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-        vocab_size=c.vocab_size, ffn_dim=c.intermediate_size, tied_embeddings=bool(c.tie_word_embeddings),
-        rope_theta=float(theta), qk_norm=True, attn_bias=bool(getattr(c, "attention_bias", False)),
-        norm_eps=float(c.rms_norm_eps), n_experts=c.num_experts if moe else 0,
-        top_k=c.num_experts_per_tok if moe else 0, moe_ffn_dim=c.moe_intermediate_size if moe else 0,
+        name=name, dim=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=heads,
+        n_kv_heads=getattr(c, "num_key_value_heads", None) or heads, head_dim=f["head_dim"],
+        vocab_size=c.vocab_size, ffn_dim=int(ffn or 4 * c.hidden_size), tied_embeddings=bool(f["tied"]),
+        rope_theta=float(theta or 10000.0), qk_norm=False, attn_bias=bool(getattr(c, "attention_bias", False)),
+        norm_eps=float(getattr(c, "rms_norm_eps", 1e-6) or 1e-6), n_experts=n_experts, top_k=top_k,
+        moe_ffn_dim=int(moe_ffn) if n_experts else 0, n_shared_experts=int(getattr(c, "n_shared_experts", 0) or 0),
+        first_dense_layers=int(getattr(c, "first_k_dense_replace", 0) or 0) if n_experts else 0,
         norm_topk=bool(getattr(c, "norm_topk_prob", True)), hf_name=hf_name,
         hf_config={**c.to_diff_dict(), "model_type": c.model_type},
+        layer_mm_params=f["layer_mm_params"], windows=f["windows"], attn_features=f["features"],
+        n_params=f["n_params"], lora_dims=f["lora_dims"], expert_dims=f["expert_dims"],
     )
 
 
@@ -222,44 +367,90 @@ def from_config(cfg: dict) -> ModelArgs:
         if cfg.get("packing", "single") != "single":
             raise ValueError("model.plain=true runs one document per micro-batch (transformers' sdpa path has no "
                              "packed documents): use packing=single")
-    adapter = cfg.get("adapter") or {}
-    if d.get("model_type") == "qwen3_moe" and adapter.get("name") == "lora" \
-            and adapter.get("experts", "grouped") in ("grouped", True):
-        raise ValueError("adapter.experts=grouped adapts stepbench's own expert module; transformers' experts "
-                         "take adapter.experts=peft (peft's target_parameters) or adapter.experts=none")
     base = str(node.get("flavour") or "custom")
     if base in ("custom", "auto", "None"):
         base = str(d.get("_name_or_path") or d.get("model_type"))
-    return args_from_config(d, base + (PLAIN_SUFFIX if plain else HF_SUFFIX), str(node.get("hf_name") or ""))
+    args = args_from_config(d, base + (PLAIN_SUFFIX if plain else HF_SUFFIX), str(node.get("hf_name") or ""))
+    adapter = cfg.get("adapter") or {}
+    if args.n_experts and adapter.get("name") == "lora" and adapter.get("experts", "grouped") in ("grouped", True):
+        raise ValueError("adapter.experts=grouped adapts stepbench's own expert module; transformers' experts "
+                         "take adapter.experts=peft (peft's target_parameters) or adapter.experts=none")
+    return args
 
 
 # ------------------------------------------------------------------ transformers inside stepbench
-def stepbench_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers' attention-function interface -> the bound stepbench backend on packed tensors."""
+def stepbench_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
+                        softcap=None, s_aux=None, **kwargs):
+    """transformers' attention-function interface -> the bound stepbench backend on packed tensors,
+    with the features the layer asks for (:data:`core.contracts.ATTN_FEATURES`): its softmax scale,
+    sliding window, logit soft-capping, sink logits."""
     meta = kwargs.get("stepbench_meta")
     if meta is None:
         raise RuntimeError("the stepbench attention ran without the micro-batch's documents (stepbench_meta)")
-    if scaling is not None and abs(scaling - query.shape[-1] ** -0.5) > 1e-9:
-        raise ValueError(f"attention scaling {scaling} is not 1/sqrt(head_dim): stepbench's backends use the "
-                         "default scaling")
+    if dropout:
+        raise ValueError(f"attention dropout {dropout}: stepbench's backends run none; set attention_dropout: 0")
+    features = {}
+    if scaling is not None and abs(scaling - query.shape[-1] ** -0.5) > 1e-9 * query.shape[-1] ** -0.5:
+        features["scale"] = float(scaling)
+    if sliding_window:
+        features["window"] = int(sliding_window)
+    if softcap:
+        features["softcap"] = float(softcap)
+    if s_aux is not None:
+        features["sinks"] = s_aux
+    backend = module.backend
+    missing = set(features) - set(getattr(backend, "features", ()))
+    if missing:  # resolve refuses such rows first; this guards a model whose module tree hid it
+        raise ValueError(f"attn '{getattr(backend, 'name', backend)}' cannot run this layer's attention: it needs "
+                         f"{', '.join(sorted(missing))}; use +attn=sdpa")
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, heads, head_dim]
-    return module.backend(q, k, v, meta).unsqueeze(0), None
+    return backend(q, k, v, meta, **features).unsqueeze(0), None
+
+
+class LayerCall:
+    """The arguments transformers' model loop gives a decoder layer besides its hidden states (the
+    RoPE tables, position ids, the mask it built, the documents), carried through an activation
+    strategy's block runner to the layer."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple, kwargs: dict):
+        self.args, self.kwargs = args, kwargs
 
 
 _ADAPTED: dict[type, type] = {}
 
 
 def _adapted(base: type) -> type:
-    """A subclass of a transformers decoder layer called as a stepbench block: ``(x, rope, meta)``
-    with the packed documents as one sequence ``x`` of ``[1, tokens, hidden]`` and transformers'
-    ``(cos, sin)`` of ``[1, tokens, head_dim]``."""
+    """A subclass of a transformers decoder layer called as a stepbench block, ``(x, call, meta)``:
+    the packed documents as one sequence ``x`` of ``[1, tokens, hidden]`` and the rest of what the
+    model's loop passed (:class:`LayerCall`)."""
     if base not in _ADAPTED:
-        def forward(self, x, rope, meta):
-            out = base.forward(self, x, position_embeddings=rope, stepbench_meta=meta)
-            return out[0] if isinstance(out, tuple) else out
+        def forward(self, x, call, meta):
+            return base.forward(self, x, *call.args, **call.kwargs)
 
         _ADAPTED[base] = type(f"Stepbench{base.__name__}", (base,), {"forward": forward})
     return _ADAPTED[base]
+
+
+class _LayerEntry:
+    """What transformers' model loop calls for each decoder layer: hands the layer to the owning
+    model's block runner (the activation strategy), so checkpointing, offload and torch.compile see
+    the layer itself as the block. Attributes (``attention_type``, ...) read through to the layer."""
+
+    def __init__(self, owner, layer):
+        import weakref
+
+        self._owner, self._layer = weakref.ref(owner), layer
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # _owner, _layer before __init__ (copy, pickle): not the layer's
+            raise AttributeError(name)
+        return getattr(self._layer, name)
+
+    def __call__(self, hidden_states, *args, **kwargs):
+        return self._owner().block_runner(self._layer, hidden_states, LayerCall(args, kwargs),
+                                          kwargs.get("stepbench_meta"))
 
 
 def _from_config(config, attn_implementation: str):
@@ -273,8 +464,10 @@ def _from_config(config, attn_implementation: str):
 
 
 class HFCausalLM(CausalLM):
-    """A transformers causal LM with stepbench's interface: packed ``[tokens, hidden]`` blocks,
-    bound attention backend, per-block AC runner, chunked log-prob head."""
+    """A transformers causal LM with stepbench's interface: its own model loop (embedding and its
+    scaling, RoPE of each layer type, decoder layers, final norm) on the packed documents as one
+    sequence, each decoder layer run by the activation strategy's block runner, the bound attention
+    backend inside transformers' attention, and stepbench's chunked log-prob head."""
 
     casts_adapters = False  # transformers' layers call peft's forward, which computes fp32 factors in fp32
     casts_weights = False  # transformers' layers use their weights as they are: FSDP2's mixed precision casts them
@@ -285,27 +478,40 @@ class HFCausalLM(CausalLM):
 
         AttentionInterface.register("stepbench", stepbench_attention)
         lm = _from_config(hf_config(a.hf_config), "stepbench")
+        base = getattr(lm, lm.base_model_prefix)
         self.args = a
-        self.embed_tokens = lm.model.embed_tokens
-        self.rotary = Rotary(a.head_dim, a.rope_theta, a.partial_rotary)  # the default RoPE, as transformers'
-        self.layers = lm.model.layers
-        self.norm = lm.model.norm
-        self.lm_head = None if a.tied_embeddings else lm.lm_head
+        for name, child in base.named_children():  # embed_tokens, layers, norm, rotary_emb, ...: names as native
+            setattr(self, name, child)
+        self.lm_head = None if a.tied_embeddings else lm.get_output_embeddings()
+        object.__setattr__(self, "_base", base)  # runs the loop; its children are registered here
         self.block_runner = run_block
         self.head_budget_mib = 512
         self.head_compiled = False
         for layer in self.layers:
             layer.__class__ = _adapted(type(layer))
-            layer.self_attn.stepbench_attention = True
-            layer.self_attn.backend = None
+            attention = _attention_of(layer)
+            attention.stepbench_attention = True
+            attention.backend = None
+        del base._modules["layers"]
+        base.layers = [_LayerEntry(self, layer) for layer in self.layers]  # the loop calls the block runner
+
+    def init_buffers(self) -> None:
+        """transformers' buffers (RoPE tables) after materialisation from the meta device: each module
+        holding buffers is built again on the CPU from its config, and its buffers copied."""
+        for m in self.modules():
+            own = dict(m.named_buffers(recurse=False))
+            if not own or getattr(m, "config", None) is None:
+                continue
+            fresh = type(m)(m.config)
+            with torch.no_grad():
+                for name, buf in fresh.named_buffers(recurse=False):
+                    if name in own:
+                        own[name].copy_(buf)
 
     def hidden_states(self, input_ids, position_ids, meta):
-        h = self.embed_tokens(input_ids).unsqueeze(0)  # the packed documents as one sequence
-        cos, sin = self.rotary(position_ids, h.dtype)  # [tokens, 1, head_dim] -> transformers' [1, tokens, head_dim]
-        rope = (cos[:, 0].unsqueeze(0), sin[:, 0].unsqueeze(0))
-        for block in self.layers:
-            h = self.block_runner(block, h, rope, meta)
-        return self.norm(h)[0]
+        out = self._base(input_ids=input_ids.unsqueeze(0), position_ids=position_ids.unsqueeze(0), use_cache=False,
+                         stepbench_meta=meta)
+        return out.last_hidden_state[0]
 
 
 #: the attention a plain HF row may name: transformers' ``sdpa`` implementation either way, with

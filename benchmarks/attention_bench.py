@@ -116,7 +116,7 @@ def main():
         if why:
             print(f"{name}: skipped ({why})")
             continue
-        be = e.factory({"name": name})
+        be = e.factory({"name": name}, ctx)
         for label in shapes:
             tf = bench(be, known[label], heads, kv)
             ceil = CEILINGS.get(name, {}).get(label) if (heads, kv) == (32, 8) else None

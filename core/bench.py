@@ -23,7 +23,7 @@ from core.measure import say
 from core.resolve import UserError, first_line
 from core.sweep import CHILD_ENV
 
-GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync", "sweep")
+GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync", "kernels", "sweep")
 
 
 def run_row(cfg) -> int:
@@ -142,7 +142,7 @@ def list_plugins() -> None:
     from core.plugins import registry
 
     reg = registry()
-    for kind in ("attn", "ac", "adapter", "sync", "model_family"):
+    for kind in ("attn", "ac", "adapter", "sync", "kernels", "model_family"):
         print(f"{kind}:")
         for name in reg.names(kind):
             e = reg.get(kind, name)
@@ -150,7 +150,7 @@ def list_plugins() -> None:
     for name, err in reg.broken:
         print(f"broken plugin {name}: {err}")
     print("options: " + ", ".join(sorted(OPTIONS)))
-    print("groups: model= task= adapter= hardware= +attn= +ac= +sync= +sweep= (see conf/)")
+    print("groups: model= task= adapter= hardware= +attn= +ac= +sync= +kernels= +sweep= (see conf/)")
 
 
 #: the flags Hydra's command line takes that stepbench passes on (with ``--list``, stepbench's); its

@@ -260,6 +260,43 @@ class WeightSync(Protocol):
 
 
 # ----------------------------------------------------------------------------------- model family
+# ------------------------------------------------------------------------------------- kernels
+#: the operations of a decoder block a kernels provider may implement, with their signatures
+KERNEL_OPS = {
+    "rms_norm": "rms_norm(x [..., dim], weight [dim], eps) -> x / rms(x) * weight (in x's dtype, fp32 inside)",
+    "swiglu": "swiglu(gate [..., ffn], up [..., ffn]) -> silu(gate) * up",
+    "rope": "rope(x [tokens, heads, head_dim], cos, sin [tokens, 1, rot]) -> x rotated (rotate-half, first rot dims)",
+}
+
+
+@runtime_checkable
+class Kernels(Protocol):
+    """``+kernels=<name>``: the non-attention operations of a decoder block (:data:`KERNEL_OPS`).
+
+    The trainer binds the provider to every module of a model that computes one of these (the
+    native families' norms, MLPs and experts, attention's RoPE); an operation the provider does not
+    list in ``ops`` runs as PyTorch ops (:mod:`core.kernels`). Each operation is differentiable
+    (autograd) and must be traceable by torch.compile (a custom op, or plain PyTorch)."""
+
+    name: str
+    label: str  #: the Kernels column of a row ("triton")
+    provider: str  #: the package and version that ran ("triton 3.6.0")
+    ops: frozenset  #: the operations of :data:`KERNEL_OPS` it implements
+    #: its operations are the PyTorch ops the models compute anyway (nothing to bind; any family
+    #: runs it, the families whose modules take no provider included)
+    torch_ops: bool = False
+
+    def prepare(self) -> None:
+        """Called once on the row's device before the model is built (load, compile, smoke test);
+        ``ValueError`` with one line."""
+
+    def rms_norm(self, x, weight, eps: float): ...
+
+    def swiglu(self, gate, up): ...
+
+    def rope(self, x, cos, sin): ...
+
+
 @runtime_checkable
 class TrainableModel(Protocol):
     """What a model family's ``build(args)`` returns (see :class:`core.models.common.CausalLM`).
@@ -313,3 +350,6 @@ class ModelFamily:
     casts_weights: bool = True
     casts_adapters: bool = True
     fuses_projections: bool = True
+    #: its modules take a kernels provider (:class:`Kernels`: the native families' do); a family that
+    #: runs another library's modules (transformers) runs only ``+kernels=eager``
+    takes_kernels: bool = True

@@ -72,5 +72,15 @@ def stepbench_register_weight_sync(register):
 
 
 @hookspec
+def stepbench_register_kernels(register):
+    """Register kernels providers: factories of :class:`core.contracts.Kernels`.
+
+    The trainer calls the provider's ``prepare()`` on the device, then binds it to every module of
+    the model that computes a block operation it lists in ``ops`` (RMSNorm, SwiGLU, RoPE of the
+    native families); the other operations run as PyTorch ops.
+    """
+
+
+@hookspec
 def stepbench_row_finished(row):
     """Observe every finished row (a dict, successful or failed) after it is written to the results."""

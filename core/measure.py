@@ -182,12 +182,14 @@ def build_row(cfg, r, rank: int, world: int, device, row_id: str):
 
     try:
         r.attention.prepare()  # load kernels, a smoke test: a broken install is one line
+        if r.kernels is not None:
+            r.kernels.prepare()
     except ValueError as e:
         raise UserError(str(e)) from e
     b = build(r.args, r.attention, r.ac, r.adapter, device, seed=cfg.seed, compile=cfg.compile,
               head_budget_mib=cfg.head_budget_mib, model_builder=r.family_obj.build,
               compile_head=bool(cfg.get("compile_head", True)), fuse=cfg.get("fuse", "lora"),
-              fsdp=cfg.get("fsdp", "auto"))
+              fsdp=cfg.get("fsdp", "auto"), kernels=r.kernels)
     r.sync_ctx.rank, r.sync_ctx.world_size, r.sync_ctx.row_id = rank, world, row_id
     r.sync.setup(b.model, r.sync_ctx)
     b.sync = r.sync
@@ -405,6 +407,7 @@ def measure(cfg, r, row_id: str = "") -> dict:
         # a model that runs its own attention (the plain HF loop) says what that is
         "attn_provider": b.model.attention_provider() if hasattr(b.model, "attention_provider")
         else r.attention.provider, "attn_kernel": r.attention.kernel, "ac_info": r.ac.describe(),
+        "kernels_provider": r.kernels.provider if r.kernels is not None else None,
         "counts": counts, "samples": s.values, "build_s": build_s, "graph_breaks": s.graph_breaks, "fsdp": b.fsdp,
     }
     if mem_profile:

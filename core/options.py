@@ -15,8 +15,8 @@ from core.paths import conf_dir  # noqa: F401 (this module's interface too)
 
 CONF = conf_dir()
 #: groups whose nodes are plugin options (their keys come from the group's yaml files)
-PLUGIN_GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync")
-APPENDED = ("attn", "ac", "sync", "sweep")
+PLUGIN_GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync", "kernels")
+APPENDED = ("attn", "ac", "sync", "kernels", "sweep")
 
 
 class OptionError(ValueError):

@@ -46,6 +46,9 @@ BUILTIN_PLUGINS = (
     "plugins.sync.filesystem",
     "plugins.sync.nccl",
     "plugins.models.hf",
+    "plugins.kernels.eager",
+    "plugins.kernels.triton_kernels",
+    "plugins.kernels.liger",
 )
 
 #: hook name -> registry kind (also the Hydra group a user selects it with)
@@ -55,6 +58,7 @@ KINDS = {
     "stepbench_register_adapters": "adapter",
     "stepbench_register_models": "model_family",
     "stepbench_register_weight_sync": "sync",
+    "stepbench_register_kernels": "kernels",
 }
 
 

@@ -36,6 +36,7 @@ class Resolved:
     predicted_gib: float = 0.0
     host_gib: float = 0.0
     notes: list = field(default_factory=list)
+    kernels: object = None  #: core.contracts.Kernels
 
 
 #: top-level options outside the other key fields that change what a row measures
@@ -71,7 +72,11 @@ def variant_label(cfg) -> str:
         return f"{k}={str(v).lower() if isinstance(v, bool) else v}"
 
     words = [word(k, cfg[k]) for k in VARIANT_OPTIONS if k in cfg and cfg[k] != defaults.get(k)]
-    for group in ("adapter", "attn", "ac", "sync"):
+    default = defaults["kernels"]["name"]  # rows from before the kernels kind ran PyTorch ops: the default
+    kernels = (cfg.get("kernels") or {}).get("name", default) if isinstance(cfg.get("kernels"), dict) else default
+    if kernels != default:
+        words.append(word("kernels", kernels))
+    for group in ("adapter", "attn", "ac", "sync", "kernels"):
         node = cfg.get(group)
         if not isinstance(node, dict):
             continue
@@ -161,7 +166,7 @@ def make_plugins(cfg, ctx) -> dict:
     out: dict = {"entries": {}}
     try:
         reg = registry()
-        for kind in ("attn", "ac", "adapter", "sync"):
+        for kind in ("attn", "ac", "adapter", "sync", "kernels"):
             options = OmegaConf.to_container(cfg[kind], resolve=True)
             entry = reg.get(kind, options["name"])
             out["entries"][kind] = entry
@@ -235,6 +240,10 @@ def resolve(cfg, world: int = 1) -> Resolved:
     p = make_plugins(cfg, ctx)
     _check_available(p["entries"], ctx)
     attention, ac, adapter, sync = p["attn"], p["ac"], p["adapter"], p["sync"]
+    if not getattr(p["kernels"], "torch_ops", False) and not fam.takes_kernels:
+        default = _primary_defaults()["kernels"]["name"]
+        raise UserError(f"kernels '{p['kernels'].name}': the {family} family runs its own modules, which take no "
+                        f"kernels provider: use +kernels={default} (or a native model, e.g. model=qwen3_0_6b)")
     if adapter.replicate is True and not adapter.replicable:
         raise UserError(f"adapter.replicate=true: the {adapter.name} adapter's weights cannot be replicated "
                         "(FSDP2 must hold them): use adapter.replicate=auto")
@@ -273,7 +282,7 @@ def resolve(cfg, world: int = 1) -> Resolved:
     if why:
         raise UserError(f"sync '{sync.name}': {why}")
     return Resolved(ctx, args, family, fam, flavour, seq_len, attention, ac, adapter, sync, p["entries"], hw,
-                    sync_ctx, layout, pred, host, notes)
+                    sync_ctx, layout, pred, host, notes, kernels=p["kernels"])
 
 
 def config_labels(cfg) -> dict:
@@ -318,4 +327,6 @@ def row_labels(cfg, r: Resolved | None, world: int) -> dict:
         "hardware_label": f"{world}x{hw_label}", "micro_batches": cfg.get("micro_batches"),
         "packing": cfg.get("packing"), "compile": cfg.get("compile"), "sync": labels["sync"],
         "variant": variant_label(cfg),
+        "kernels": (r.kernels.label if r is not None and r.kernels is not None
+                    else str((cfg.get("kernels") or {}).get("name", _primary_defaults()["kernels"]["name"]))),
     }

@@ -70,6 +70,19 @@ def bind_attention(model: nn.Module, backend) -> None:
         m.backend = backend
 
 
+def bind_kernels(model: nn.Module, kernels) -> None:
+    """Point every module that computes a block operation (a class attribute ``kernels``: the
+    native norms, MLPs, experts and attention's RoPE) at the provider; None or ``eager``: PyTorch ops."""
+    from core.kernels import Bound
+
+    if kernels is None or getattr(kernels, "torch_ops", False):
+        return
+    bound = Bound(kernels)
+    for m in model.modules():
+        if hasattr(type(m), "kernels"):
+            m.kernels = bound
+
+
 def set_fuse(model: nn.Module, on) -> None:
     """Native blocks: q/k/v and gate/up as one GEMM each (:mod:`core.models.fused`): ``"lora"``
     for LoRA layers only, True for plain layers too, False for one GEMM per layer."""
@@ -221,7 +234,7 @@ def set_dtypes(model: nn.Module, adapter) -> None:
 # ------------------------------------------------------------------ the one place
 def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, compile: bool = False,
           head_budget_mib: int = 512, lr: float = 1e-6, model_builder=None, compile_head: bool = True,
-          fuse="lora", fsdp="auto") -> Built:
+          fuse="lora", fsdp="auto", kernels=None) -> Built:
     """Compose a trainable model in one fixed order.
 
     model on meta -> adapter -> attention binding -> activation checkpointing / offload ->
@@ -241,6 +254,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
     set_fuse(model, fuse)
     model.head_budget_mib = head_budget_mib
     bind_attention(model, attention)
+    bind_kernels(model, kernels)
     ac.apply(model)
     if compile:
         apply_compile(model, head=compile_head)

@@ -172,6 +172,7 @@ COINCIDENCES = {
     ("core/provenance.py", "cudnn"): "the cuDNN library version of the environment (a row field)",
     ("core/resolve.py", "host"): "host memory, in a refusal's message (GPU or host memory)",
     ("core/sweep.py", "host"): "the sweep table's column of pinned host memory",
+    ("core/provenance.py", "triton"): "the triton package's version in the environment (a row field)",
 }
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.data import AttnMeta
+from core.kernels import kernels_of, rope
 from core.losses import chunked_logprobs
 from core.models.fused import linear, project
 
@@ -77,13 +78,15 @@ def attention_modules(model: nn.Module):
 
 
 class RMSNorm(nn.Module):
+    kernels = None  # a kernels provider, bound by the trainer (core.trainer.bind_kernels); None: PyTorch ops
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
     def forward(self, x):
-        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+        return kernels_of(self).rms_norm(x, self.weight.to(x.dtype), self.eps)
 
 
 def rope_inv_freq(rot: int, theta: float, device) -> torch.Tensor:
@@ -107,16 +110,11 @@ class Rotary(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``cos.shape[-1]`` features of each head (rotate-half convention)."""
-    rot = cos.shape[-1]
-    xr, xp = (x, None) if rot == x.shape[-1] else (x[..., :rot], x[..., rot:])
-    x1, x2 = xr.chunk(2, -1)
-    out = xr * cos + torch.cat([-x2, x1], -1) * sin
-    return out if xp is None else torch.cat([out, xp], -1)
+apply_rotary = rope  # rotate the first cos.shape[-1] features of each head (rotate-half convention)
 
 
 class Attention(nn.Module):
+    kernels = None  # RoPE's provider (see RMSNorm.kernels)
     #: q, k and v as one GEMM (:func:`core.models.fused.project`, one of its FUSE_MODES); the
     #: trainer sets it per row (fuse=)
     fuse = "lora"
@@ -139,13 +137,15 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        kern = kernels_of(self)
+        q, k = kern.rope(q, cos, sin), kern.rope(k, cos, sin)
         o = self.backend(q, k, v, meta)
         return linear(o.reshape(T, self.n_heads * self.hd), self.o_proj)
 
 
 class MLP(nn.Module):
     fuse = "lora"  # gate and up as one GEMM (see Attention.fuse)
+    kernels = None  # SwiGLU's provider (see RMSNorm.kernels)
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -155,7 +155,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         g, u = project(x, (self.gate_proj, self.up_proj), self.fuse)
-        return linear(F.silu(g) * u, self.down_proj)
+        return linear(kernels_of(self).swiglu(g, u), self.down_proj)
 
 
 class Block(nn.Module):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.kernels import kernels_of
 from core.models.common import MLP, ModelArgs
 
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
@@ -53,6 +54,8 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
+    kernels = None  # SwiGLU's provider (see core.models.common.RMSNorm.kernels)
+
     def __init__(self, a: ModelArgs):
         super().__init__()
         self.gate_up_proj = nn.Parameter(torch.empty(a.n_experts, 2 * a.moe_ffn_dim, a.dim))
@@ -61,7 +64,7 @@ class Experts(nn.Module):
     def forward(self, xs: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
         gu = grouped_linear(xs, self.gate_up_proj.to(xs.dtype), offs)
         g, u = gu.chunk(2, -1)
-        return grouped_linear(F.silu(g) * u, self.down_proj.to(xs.dtype), offs)
+        return grouped_linear(kernels_of(self).swiglu(g, u), self.down_proj.to(xs.dtype), offs)
 
 
 class MoE(nn.Module):

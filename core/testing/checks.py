@@ -422,3 +422,86 @@ def check_model_family(family: ModelFamily, flavours=None, device: str = "cpu", 
 
 
 # ------------------------------------------------------------------------------------ options
+
+
+# ------------------------------------------------------------------------------------- kernels
+#: the tolerance of a kernels provider's bf16 outputs and gradients against float32 PyTorch ops
+#: (relative, Frobenius): bf16 rounding of inputs and outputs is ~4e-3
+KERNELS_TOL = 2e-2
+
+
+def check_kernels(provider, device: str = "cpu", tol: float = KERNELS_TOL) -> dict:
+    """``provider`` (a :class:`core.contracts.Kernels`, made by its factory) against the float32
+    PyTorch ops of :mod:`core.kernels`: each operation it lists in ``ops``, outputs and every input
+    gradient of random bf16 inputs, on several shapes (rows that are not a power of two, widths of
+    the published models, gate/up as column slices of one fused output, partial rotary). Also checks
+    the contract's members. Returns the relative errors per operation and shape."""
+    import torch
+
+    from core import kernels as ref
+    from core.contracts import KERNEL_OPS
+
+    what = f"kernels provider {getattr(provider, 'name', type(provider).__name__)!r}"
+    _members(provider, what, {"name": lambda v: isinstance(v, str) and v, "label": lambda v: isinstance(v, str) and v,
+                              "ops": lambda v: isinstance(v, (set, frozenset)), "prepare": callable})
+    unknown = set(provider.ops) - set(KERNEL_OPS)
+    if unknown:
+        _fail(what, f"lists operations {sorted(unknown)} the contract does not define (known: {', '.join(KERNEL_OPS)})")
+    provider.prepare()
+    _members(provider, what, {"provider": lambda v: isinstance(v, str) and v})
+    gen = torch.Generator(device=device).manual_seed(99)
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, device=device, generator=gen) * scale + shift).bfloat16()
+
+    def compare(op, case, fn, ref_fn, inputs, grad_of):
+        """``fn`` on bf16 ``inputs`` against ``ref_fn`` on their float32 copies, output and the
+        gradients of the inputs at the positions ``grad_of``."""
+        xs = [t.clone().requires_grad_(i in grad_of) for i, t in enumerate(inputs)]
+        out = fn(*xs)
+        if out.shape != ref_fn(*[t.float() for t in inputs]).shape or out.dtype != inputs[0].dtype:
+            _fail(what, f"{op} {case}: returned {tuple(out.shape)} {out.dtype}; expected the input's shape and dtype")
+        g = torch.randn(out.shape, device=device, generator=gen).bfloat16()
+        grads = torch.autograd.grad(out, [xs[i] for i in grad_of], g)
+        rs = [t.detach().float().requires_grad_(i in grad_of) for i, t in enumerate(inputs)]
+        want = ref_fn(*rs)
+        wants = torch.autograd.grad(want, [rs[i] for i in grad_of], g.float())
+        errs = {}
+        for name, got, exp in zip(["out"] + [f"d{i}" for i in grad_of], (out, *grads), (want, *wants)):
+            errs[name] = _rel(got, exp)
+            if not errs[name] < tol:
+                _fail(what, f"{op} {case}: {name} differs from float32 PyTorch ops by {errs[name]:.2e} (relative; "
+                            f"allowed {tol:.0e})")
+        return errs
+
+    results = {}
+    if "rms_norm" in provider.ops:
+        for rows, dim in ((37, 96), (130, 1024), (3, 2560)):
+            results[f"rms_norm {rows}x{dim}"] = compare(
+                "rms_norm", f"[{rows}, {dim}]", lambda x, w: provider.rms_norm(x, w, 1e-6),
+                lambda x, w: ref.rms_norm(x, w, 1e-6), [rnd(rows, dim), rnd(dim, scale=0.2, shift=1.0)], (0, 1))
+    if "swiglu" in provider.ops:
+        for rows, ffn in ((29, 80), (64, 3072)):
+            fused = rnd(rows, 2 * ffn)  # gate and up as the two halves of one GEMM's output (column slices)
+
+            def sliced(f, fn):
+                g, u = f.chunk(2, -1)
+                return fn(g, u)
+
+            results[f"swiglu {rows}x{ffn} slices"] = compare(
+                "swiglu", f"[{rows}, {ffn}] slices of [{rows}, {2 * ffn}]", lambda f: sliced(f, provider.swiglu),
+                lambda f: sliced(f, ref.swiglu), [fused], (0,))
+            results[f"swiglu {rows}x{ffn}"] = compare(
+                "swiglu", f"[{rows}, {ffn}]", provider.swiglu, ref.swiglu, [rnd(rows, ffn), rnd(rows, ffn)], (0, 1))
+    if "rope" in provider.ops:
+        for tokens, heads, head_dim, rot in ((11, 3, 16, 16), (40, 4, 128, 128), (9, 2, 64, 32)):
+            pos = torch.arange(tokens, device=device).float()
+            inv = 1.0 / (1e6 ** (torch.arange(0, rot // 2, device=device).float() / (rot // 2)))
+            f = pos[:, None] * inv[None]
+            emb = torch.cat([f, f], -1)[:, None, :]
+            cos, sin = emb.cos().bfloat16(), emb.sin().bfloat16()
+            results[f"rope {tokens}x{heads}x{head_dim} rot {rot}"] = compare(
+                "rope", f"[{tokens}, {heads}, {head_dim}] rotating {rot}", lambda x: provider.rope(x, cos, sin),
+                lambda x: ref.rope(x, cos.to(x.dtype), sin.to(x.dtype)), [rnd(tokens, heads, head_dim)], (0,))
+    return {"name": provider.name, "provider": provider.provider, "ops": sorted(provider.ops), "cases": results,
+            "tol": tol}

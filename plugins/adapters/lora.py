@@ -27,6 +27,7 @@ from torch import nn
 
 from core import hookimpl
 from core.contracts import Adapter
+from core.kernels import kernels_of
 from core.models.moe import Experts, grouped_linear
 
 DENSE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -60,7 +61,7 @@ class GroupedLoRAExperts(nn.Module):
         a = grouped_linear(xs, torch.cat([self.lora_A_gate, self.lora_A_up], 1).to(dt), offs)  # [N, 2r]
         gu = gu + s * grouped_linear(a, self._gate_up_B(dt), offs)
         g, u = gu.chunk(2, -1)
-        h = torch.nn.functional.silu(g) * u
+        h = kernels_of(self.base_layer).swiglu(g, u)
         out = grouped_linear(h, self.base_layer.down_proj.to(dt), offs)
         low = grouped_linear(h, self.lora_A_down.to(dt), offs)
         return out + s * grouped_linear(low, self.lora_B_down.to(dt), offs)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 from core import hookimpl
 from core.errors import first_line
 from core.contracts import ATTN_FEATURES, AttentionBackend
@@ -82,14 +84,23 @@ class Auto(AttentionBackend):
             raise ValueError("attn auto found no registered attention backend that runs here: "
                              "unblock one (STEPBENCH_BLOCK_PLUGINS) or pick one with +attn=<name>")
 
+    def _chosen(self) -> dict:
+        """provider -> backend of the calls made, or, where every call ran compiled (no bookkeeping
+        there), of the backends the choice can take: the one-document and the packed one."""
+        if self.used:
+            return self.used
+        return {b.provider: b for b in (self.single, self.packed) if b is not None}
+
     @property
     def provider(self) -> str:
-        return "auto: " + " + ".join(sorted(self.used)) if self.used else "auto"
+        chosen = self._chosen()
+        return "auto: " + " + ".join(sorted(chosen)) if chosen else "auto"
 
     @property
     def kernel(self) -> str:
         """The kernel family of the backend that ran (the first one used, where several did)."""
-        return next(iter(self.used.values())).kernel if self.used else ""
+        chosen = self._chosen()
+        return next(iter(chosen.values())).kernel if chosen else ""
 
     @property
     def repeats_kv(self) -> bool:
@@ -110,7 +121,8 @@ class Auto(AttentionBackend):
         if features and not set(features) <= set(getattr(b, "features", ())):  # the next that has them
             b = next((c for c in (self.packed, self.other, getattr(self, "fallback", None))
                       if c is not None and set(features) <= set(getattr(c, "features", ()))), b)
-        self.used.setdefault(b.provider, b)
+        if not torch.compiler.is_compiling():  # bookkeeping in compiled code would break its graph
+            self.used.setdefault(b.provider, b)
         return b(q, k, v, meta, **features)
 
 

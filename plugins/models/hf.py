@@ -626,7 +626,7 @@ FAMILY = ModelFamily("hf", {}, build, "Hugging Face transformers models (model=h
                      "model=hf_qwen3_0_6b ...; model.plain=true: the plain HF loop)", from_config=from_config,
                      implementation=implementation, own_loop=lambda a: a.name.endswith(PLAIN_SUFFIX),
                      casts_weights=False, casts_adapters=False,
-                     fuses_projections=False)
+                     fuses_projections=False, takes_kernels=False)
 
 
 @hookimpl

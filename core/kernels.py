@@ -1,0 +1,58 @@
+"""The block operations a kernels provider may replace (:data:`core.contracts.KERNEL_OPS`), as
+PyTorch ops: what every model computes when no provider is bound, what the ``eager`` provider runs,
+and the reference the conformance kit checks the others against (in float32)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` features of each head (rotate-half convention)."""
+    rot = cos.shape[-1]
+    xr, xp = (x, None) if rot == x.shape[-1] else (x[..., :rot], x[..., rot:])
+    x1, x2 = xr.chunk(2, -1)
+    out = xr * cos + torch.cat([-x2, x1], -1) * sin
+    return out if xp is None else torch.cat([out, xp], -1)
+
+
+class TorchOps:
+    """PyTorch ops for every operation (torch.compile fuses them where blocks are compiled): what a
+    model computes when no provider is bound; the built-in ``eager`` provider is this."""
+
+    ops = frozenset({"rms_norm", "swiglu", "rope"})
+    torch_ops = True  #: nothing to bind: the models compute these ops anyway
+    provider = f"torch {torch.__version__} (PyTorch ops)"
+
+    def prepare(self) -> None:
+        pass
+
+    rms_norm = staticmethod(rms_norm)
+    swiglu = staticmethod(swiglu)
+    rope = staticmethod(rope)
+
+
+EAGER = TorchOps()
+
+
+class Bound:
+    """A provider with PyTorch ops for what it does not implement (what the trainer binds)."""
+
+    def __init__(self, provider):
+        self.provider = provider
+        for op in ("rms_norm", "swiglu", "rope"):
+            setattr(self, op, getattr(provider, op) if op in provider.ops else getattr(EAGER, op))
+
+
+def kernels_of(module) -> object:
+    """The kernels bound to a module (PyTorch ops where none is)."""
+    return getattr(module, "kernels", None) or EAGER

@@ -1,0 +1,273 @@
+"""stepbench's Triton kernels for the block operations (:data:`core.contracts.KERNEL_OPS`), each a
+torch custom op with its backward, so torch.compile treats it as one opaque call.
+
+- ``rms_norm``: one program per row, fp32 inside; backward recomputes ``x * rstd`` from the saved
+  per-row ``rstd`` and sums the weight gradient over programs of ``ROWS`` rows each.
+- ``swiglu``: ``silu(gate) * up`` and its two gradients, elementwise, fp32 inside; ``gate`` and
+  ``up`` may be column slices of one fused GEMM output (any row stride).
+- ``rope``: rotate-half RoPE of one (token, head) per program, the features past ``cos``'s width
+  passed through; backward is the inverse rotation.
+
+Imported only where the ``triton`` provider is made (on a GPU, or on a CPU under
+``TRITON_INTERPRET=1``, where Triton's interpreter runs the same kernels: the CPU suite's check).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+#: rows per program of the RMSNorm backward (each program writes one partial weight gradient)
+ROWS = 64
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``[rows, last]`` with a unit last stride (a view where it can be)."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    return x.reshape(-1, x.shape[-1])
+
+
+# ------------------------------------------------------------------------------------ RMSNorm
+@triton.jit
+def _rms_norm_fwd(X, W, Y, RSTD, stride_x, stride_y, D, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    m = cols < D
+    x = tl.load(X + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / D + eps)
+    w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(Y + row * stride_y + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=m)
+    tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def _rms_norm_bwd(DY, X, W, RSTD, DX, DW, stride_dy, stride_x, stride_dx, N, D, rows: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    m = cols < D
+    w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK], dtype=tl.float32)
+    start = pid.to(tl.int64) * rows
+    for k in range(0, rows):
+        r = start + k
+        ok = r < N
+        mk = m & ok
+        x = tl.load(X + r * stride_x + cols, mask=mk, other=0.0).to(tl.float32)
+        dy = tl.load(DY + r * stride_dy + cols, mask=mk, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + r, mask=ok, other=0.0)
+        xhat = x * rstd
+        wdy = w * dy
+        c = tl.sum(xhat * wdy, 0) / D
+        tl.store(DX + r * stride_dx + cols, ((wdy - xhat * c) * rstd).to(DX.dtype.element_ty), mask=mk)
+        dw += dy * xhat
+    tl.store(DW + pid * D + cols, dw, mask=m)
+
+
+@torch.library.custom_op("stepbench::rms_norm", mutates_args=())
+def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x2 = _rows(x)
+    n, d = x2.shape
+    y = torch.empty((n, d), dtype=x.dtype, device=x.device)
+    rstd = torch.empty(n, dtype=torch.float32, device=x.device)
+    if n:
+        _rms_norm_fwd[(n,)](x2, weight.contiguous(), y, rstd, x2.stride(0), y.stride(0), d, eps,
+                            BLOCK=triton.next_power_of_2(d))
+    return y.view(x.shape), rstd
+
+
+@rms_norm_op.register_fake
+def _(x, weight, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.numel() // x.shape[-1],
+                                                                                     dtype=torch.float32)
+
+
+@torch.library.custom_op("stepbench::rms_norm_backward", mutates_args=())
+def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x2, dy2 = _rows(x), _rows(dy)
+    n, d = x2.shape
+    dx = torch.empty((n, d), dtype=x.dtype, device=x.device)
+    programs = max(triton.cdiv(n, ROWS), 1)
+    dw = torch.zeros((programs, d), dtype=torch.float32, device=x.device)
+    if n:
+        _rms_norm_bwd[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, dw, dy2.stride(0), x2.stride(0),
+                                   dx.stride(0), n, d, ROWS, BLOCK=triton.next_power_of_2(d))
+    return dx.view(x.shape), dw.sum(0).to(weight.dtype)
+
+
+@rms_norm_backward_op.register_fake
+def _(dy, x, weight, rstd):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight)
+
+
+def _rms_setup(ctx, inputs, output):
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _rms_backward(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = rms_norm_backward_op(dy, x, weight, rstd)
+    return dx, dw, None
+
+
+rms_norm_op.register_autograd(_rms_backward, setup_context=_rms_setup)
+
+
+def rms_norm(x, weight, eps):
+    return rms_norm_op(x, weight, float(eps))[0]
+
+
+# ------------------------------------------------------------------------------------- SwiGLU
+@triton.jit
+def _swiglu_fwd(G, U, Y, cols_n, sg, su, sy, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < cols_n
+    g = tl.load(G + row * sg + cols, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(U + row * su + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(Y + row * sy + cols, (g * tl.sigmoid(g) * u).to(Y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _swiglu_bwd(DY, G, U, DG, DU, cols_n, sdy, sg, su, sdg, sdu, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < cols_n
+    dy = tl.load(DY + row * sdy + cols, mask=m, other=0.0).to(tl.float32)
+    g = tl.load(G + row * sg + cols, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(U + row * su + cols, mask=m, other=0.0).to(tl.float32)
+    s = tl.sigmoid(g)
+    tl.store(DU + row * sdu + cols, (dy * g * s).to(DU.dtype.element_ty), mask=m)
+    tl.store(DG + row * sdg + cols, (dy * u * s * (1.0 + g * (1.0 - s))).to(DG.dtype.element_ty), mask=m)
+
+
+SWIGLU_BLOCK = 1024
+
+
+@torch.library.custom_op("stepbench::swiglu", mutates_args=())
+def swiglu_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    g2, u2 = _rows(gate), _rows(up)
+    n, c = g2.shape
+    y = torch.empty((n, c), dtype=gate.dtype, device=gate.device)
+    if n and c:
+        _swiglu_fwd[(n, triton.cdiv(c, SWIGLU_BLOCK))](g2, u2, y, c, g2.stride(0), u2.stride(0), y.stride(0),
+                                                       BLOCK=SWIGLU_BLOCK)
+    return y.view(gate.shape)
+
+
+@swiglu_op.register_fake
+def _(gate, up):
+    return torch.empty_like(gate, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("stepbench::swiglu_backward", mutates_args=())
+def swiglu_backward_op(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dy2, g2, u2 = _rows(dy), _rows(gate), _rows(up)
+    n, c = g2.shape
+    dg = torch.empty((n, c), dtype=gate.dtype, device=gate.device)
+    du = torch.empty((n, c), dtype=up.dtype, device=up.device)
+    if n and c:
+        _swiglu_bwd[(n, triton.cdiv(c, SWIGLU_BLOCK))](dy2, g2, u2, dg, du, c, dy2.stride(0), g2.stride(0),
+                                                       u2.stride(0), dg.stride(0), du.stride(0), BLOCK=SWIGLU_BLOCK)
+    return dg.view(gate.shape), du.view(up.shape)
+
+
+@swiglu_backward_op.register_fake
+def _(dy, gate, up):
+    return (torch.empty_like(gate, memory_format=torch.contiguous_format),
+            torch.empty_like(up, memory_format=torch.contiguous_format))
+
+
+def _swiglu_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _swiglu_backward(ctx, dy):
+    gate, up = ctx.saved_tensors
+    return swiglu_backward_op(dy, gate, up)
+
+
+swiglu_op.register_autograd(_swiglu_backward, setup_context=_swiglu_setup)
+
+
+def swiglu(gate, up):
+    return swiglu_op(gate, up)
+
+
+# --------------------------------------------------------------------------------------- RoPE
+@triton.jit
+def _rope(X, COS, SIN, Y, sxt, sxh, syt, syh, sct, sst, H, HALF, PASS, BACKWARD: tl.constexpr,
+          BLOCK: tl.constexpr, BLOCK_PASS: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    t = pid // H
+    h = pid % H
+    i = tl.arange(0, BLOCK)
+    m = i < HALF
+    xb = X + t * sxt + h * sxh
+    yb = Y + t * syt + h * syh
+    x1 = tl.load(xb + i, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(xb + HALF + i, mask=m, other=0.0).to(tl.float32)
+    c1 = tl.load(COS + t * sct + i, mask=m, other=0.0).to(tl.float32)
+    c2 = tl.load(COS + t * sct + HALF + i, mask=m, other=0.0).to(tl.float32)
+    s1 = tl.load(SIN + t * sst + i, mask=m, other=0.0).to(tl.float32)
+    s2 = tl.load(SIN + t * sst + HALF + i, mask=m, other=0.0).to(tl.float32)
+    if BACKWARD:  # the transposed rotation: dx1 = dy1 c1 + dy2 s2, dx2 = dy2 c2 - dy1 s1
+        o1 = x1 * c1 + x2 * s2
+        o2 = x2 * c2 - x1 * s1
+    else:  # y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2
+        o1 = x1 * c1 - x2 * s1
+        o2 = x2 * c2 + x1 * s2
+    tl.store(yb + i, o1.to(Y.dtype.element_ty), mask=m)
+    tl.store(yb + HALF + i, o2.to(Y.dtype.element_ty), mask=m)
+    if BLOCK_PASS > 0:  # the features past the rotated ones, unchanged
+        j = tl.arange(0, BLOCK_PASS)
+        mp = j < PASS
+        tl.store(yb + 2 * HALF + j, tl.load(xb + 2 * HALF + j, mask=mp, other=0.0), mask=mp)
+
+
+def _rope_launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool) -> torch.Tensor:
+    T, H, D = x.shape
+    rot = cos.shape[-1]
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    cos2, sin2 = _rows(cos.reshape(cos.shape[0], -1)), _rows(sin.reshape(sin.shape[0], -1))
+    y = torch.empty((T, H, D), dtype=x.dtype, device=x.device)
+    if T and H:
+        half, rest = rot // 2, D - rot
+        _rope[(T * H,)](x, cos2, sin2, y, x.stride(0), x.stride(1), y.stride(0), y.stride(1), cos2.stride(0),
+                        sin2.stride(0), H, half, rest, BACKWARD=backward, BLOCK=triton.next_power_of_2(half),
+                        BLOCK_PASS=triton.next_power_of_2(rest) if rest else 0)
+    return y
+
+
+@torch.library.custom_op("stepbench::rope", mutates_args=())
+def rope_op(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool) -> torch.Tensor:
+    return _rope_launch(x, cos, sin, backward)
+
+
+@rope_op.register_fake
+def _(x, cos, sin, backward):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _rope_setup(ctx, inputs, output):
+    _, cos, sin, backward = inputs
+    ctx.save_for_backward(cos, sin)
+    ctx.backward = backward
+
+
+def _rope_backward(ctx, dy):
+    cos, sin = ctx.saved_tensors
+    return rope_op(dy, cos, sin, not ctx.backward), None, None, None
+
+
+rope_op.register_autograd(_rope_backward, setup_context=_rope_setup)
+
+
+def rope(x, cos, sin):
+    """RoPE of ``x`` ``[tokens, heads, head_dim]`` (gradient for ``x`` only: the tables are constants)."""
+    return rope_op(x, cos, sin, False)

@@ -61,3 +61,18 @@ def test_torchrun_bench_writes_one_row(tmp_path):
     assert len(rows) == 1
     assert rows[0]["num_gpus"] == 2 and rows[0]["hardware_label"] == "2xCPU" and rows[0]["status"] == "ok"
     assert rows[0]["family"] == "hf"
+
+
+@pytest.mark.parametrize("family,adapter", [("gemma3", "lora"), ("gpt_oss", "full")])
+def test_torchrun_any_hf_family(tmp_path, family, adapter):
+    """Any transformers family (sliding windows, another scale, sinks, experts) under torchrun: 2 gloo
+    ranks, FSDP2 over its decoder layers, rank 0 writes the row."""
+    from tests.test_hf_families import config
+
+    cfg, res = tmp_path / "config.json", tmp_path / "rows.jsonl"
+    cfg.write_text(json.dumps(config(family)))
+    p = torchrun("-m", "core.bench", "model=hf", f"model.config={cfg}", f"adapter={adapter}", "device=cpu",
+                 "steps=2", "seq_len=128", "+attn=sdpa", f"results={res}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    (row,) = [json.loads(x) for x in res.read_text().splitlines()]
+    assert row["num_gpus"] == 2 and row["status"] == "ok" and row["fsdp"] and row["family"] == "hf"

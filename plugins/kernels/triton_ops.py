@@ -5,8 +5,8 @@ torch custom op with its backward, so torch.compile treats it as one opaque call
   per-row ``rstd`` and sums the weight gradient over programs of ``ROWS`` rows each.
 - ``swiglu``: ``silu(gate) * up`` and its two gradients, elementwise, fp32 inside; ``gate`` and
   ``up`` may be column slices of one fused GEMM output (any row stride).
-- ``rope``: rotate-half RoPE of one (token, head) per program, the features past ``cos``'s width
-  passed through; backward is the inverse rotation.
+- ``rope``: rotate-half RoPE of one token (all its heads, a [heads, half] tile) per program, the
+  features past ``cos``'s width passed through; backward is the inverse rotation.
 
 Imported only where the ``triton`` provider is made (on a GPU, or on a CPU under
 ``TRITON_INTERPRET=1``, where Triton's interpreter runs the same kernels: the CPU suite's check).
@@ -73,8 +73,9 @@ def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torc
     y = torch.empty((n, d), dtype=x.dtype, device=x.device)
     rstd = torch.empty(n, dtype=torch.float32, device=x.device)
     if n:
+        block = triton.next_power_of_2(d)
         _rms_norm_fwd[(n,)](x2, weight.contiguous(), y, rstd, x2.stride(0), y.stride(0), d, eps,
-                            BLOCK=triton.next_power_of_2(d))
+                            BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return y.view(x.shape), rstd
 
 
@@ -93,8 +94,9 @@ def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     programs = max(triton.cdiv(n, ROWS), 1)
     dw = torch.zeros((programs, d), dtype=torch.float32, device=x.device)
     if n:
+        block = triton.next_power_of_2(d)
         _rms_norm_bwd[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, dw, dy2.stride(0), x2.stride(0),
-                                   dx.stride(0), n, d, ROWS, BLOCK=triton.next_power_of_2(d))
+                                   dx.stride(0), n, d, ROWS, BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return dx.view(x.shape), dw.sum(0).to(weight.dtype)
 
 
@@ -201,20 +203,20 @@ def swiglu(gate, up):
 # --------------------------------------------------------------------------------------- RoPE
 @triton.jit
 def _rope(X, COS, SIN, Y, sxt, sxh, syt, syh, sct, sst, H, HALF, PASS, BACKWARD: tl.constexpr,
-          BLOCK: tl.constexpr, BLOCK_PASS: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    t = pid // H
-    h = pid % H
-    i = tl.arange(0, BLOCK)
-    m = i < HALF
+          BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, BLOCK_PASS: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)  # one token, all its heads: a [heads, half] tile
+    h = tl.arange(0, BLOCK_H)[:, None]
+    i = tl.arange(0, BLOCK)[None, :]
+    mi = i < HALF
+    m = (h < H) & mi
     xb = X + t * sxt + h * sxh
     yb = Y + t * syt + h * syh
     x1 = tl.load(xb + i, mask=m, other=0.0).to(tl.float32)
     x2 = tl.load(xb + HALF + i, mask=m, other=0.0).to(tl.float32)
-    c1 = tl.load(COS + t * sct + i, mask=m, other=0.0).to(tl.float32)
-    c2 = tl.load(COS + t * sct + HALF + i, mask=m, other=0.0).to(tl.float32)
-    s1 = tl.load(SIN + t * sst + i, mask=m, other=0.0).to(tl.float32)
-    s2 = tl.load(SIN + t * sst + HALF + i, mask=m, other=0.0).to(tl.float32)
+    c1 = tl.load(COS + t * sct + i, mask=mi, other=0.0).to(tl.float32)
+    c2 = tl.load(COS + t * sct + HALF + i, mask=mi, other=0.0).to(tl.float32)
+    s1 = tl.load(SIN + t * sst + i, mask=mi, other=0.0).to(tl.float32)
+    s2 = tl.load(SIN + t * sst + HALF + i, mask=mi, other=0.0).to(tl.float32)
     if BACKWARD:  # the transposed rotation: dx1 = dy1 c1 + dy2 s2, dx2 = dy2 c2 - dy1 s1
         o1 = x1 * c1 + x2 * s2
         o2 = x2 * c2 - x1 * s1
@@ -224,8 +226,8 @@ def _rope(X, COS, SIN, Y, sxt, sxh, syt, syh, sct, sst, H, HALF, PASS, BACKWARD:
     tl.store(yb + i, o1.to(Y.dtype.element_ty), mask=m)
     tl.store(yb + HALF + i, o2.to(Y.dtype.element_ty), mask=m)
     if BLOCK_PASS > 0:  # the features past the rotated ones, unchanged
-        j = tl.arange(0, BLOCK_PASS)
-        mp = j < PASS
+        j = tl.arange(0, BLOCK_PASS)[None, :]
+        mp = (h < H) & (j < PASS)
         tl.store(yb + 2 * HALF + j, tl.load(xb + 2 * HALF + j, mask=mp, other=0.0), mask=mp)
 
 
@@ -238,9 +240,11 @@ def _rope_launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward
     y = torch.empty((T, H, D), dtype=x.dtype, device=x.device)
     if T and H:
         half, rest = rot // 2, D - rot
-        _rope[(T * H,)](x, cos2, sin2, y, x.stride(0), x.stride(1), y.stride(0), y.stride(1), cos2.stride(0),
-                        sin2.stride(0), H, half, rest, BACKWARD=backward, BLOCK=triton.next_power_of_2(half),
-                        BLOCK_PASS=triton.next_power_of_2(rest) if rest else 0)
+        block_h, block = triton.next_power_of_2(H), triton.next_power_of_2(half)
+        _rope[(T,)](x, cos2, sin2, y, x.stride(0), x.stride(1), y.stride(0), y.stride(1), cos2.stride(0),
+                    sin2.stride(0), H, half, rest, BACKWARD=backward, BLOCK_H=block_h, BLOCK=block,
+                    BLOCK_PASS=triton.next_power_of_2(rest) if rest else 0,
+                    num_warps=8 if block_h * block >= 4096 else 4)
     return y
 
 

@@ -190,10 +190,19 @@ def check_overrides(argv: list[str]):
             raise UserError(f"'{a}' is not an override: type key=value (e.g. seq_len=8192), or +group=name "
                             "(e.g. +attn=fa3); python -m core.bench --list shows them")
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as e:
-        raise UserError(f"cannot parse overrides: {first_line(e)}") from None
+    for flag in ("-m", "--multirun"):
+        if argv.count(flag) > 1:
+            raise UserError(f"{flag} is given {argv.count(flag)} times: give it once")
+    parser = OverridesParser.create()
+    for o in overrides:  # one at a time: the message names the override that does not parse
+        try:
+            parser.parse_override(o)
+        except Exception:
+            raise UserError(f"cannot parse '{o}': type key=value (one '='), a list as key=[a,b], a sweep as "
+                            "key=a,b with -m, and quote other characters: key='a b'") from None
+    parsed = parser.parse_overrides(overrides)
+    multirun = any(a in ("-m", "--multirun") for a in argv) or any(o.key_or_group == "sweep" for o in parsed)
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
@@ -210,6 +219,12 @@ def check_overrides(argv: list[str]):
                                     f"(e.g. {plus}{group}={options[0]})")
             if group in APPENDED and o.input_line.startswith(group):
                 raise UserError(f"'{group}' is an appended group: type +{o.input_line}")
+        for o in parsed:
+            if o.is_sweep_override() and not multirun:
+                raise UserError(f"'{o.input_line}' lists several values, which is a sweep: add -m (python -m "
+                                f"core.bench -m {o.input_line}), or give one value")
+            if o.is_sweep_override() and not list(o.sweep_string_iterator()):
+                raise UserError(f"'{o.input_line}' sweeps over no value: give at least one")
         try:
             cfg = compose("bench", overrides=[x for x in overrides
                                               if not OverridesParser.create().parse_override(x).is_sweep_override()])
@@ -220,8 +235,7 @@ def check_overrides(argv: list[str]):
                 group = key.split(".")[0]
                 if group in APPENDED and "." in key:  # an option of a plugin not (or not yet) chosen
                     raise UserError(plugin_option_hint(group, key, overrides)) from None
-                raise UserError(f"unknown option '{key}': to add a new key type +{key}=..., or see "
-                                "python -m core.bench --list") from None
+                raise UserError(unknown_key_hint(key, overrides)) from None
             raise UserError(f"bad override: {msg}") from None
     GlobalHydra.instance().clear()
     from core.options import OptionError, validate
@@ -230,7 +244,39 @@ def check_overrides(argv: list[str]):
         validate(cfg)
     except OptionError as e:
         raise UserError(str(e)) from None
+    for o in parsed:
+        if not multirun and o.key_or_group in SWEEP_ONLY:
+            raise UserError(f"{o.key_or_group} applies to sweeps (-m or +sweep=...), not to a single row: leave it "
+                            "out, or add -m")
     return cfg
+
+
+#: options that only a sweep reads (a single row would ignore them)
+SWEEP_ONLY = ("redo", "repeats", "row_timeout_s")
+
+
+def unknown_key_hint(key: str, overrides: list[str]) -> str:
+    """The error for an option no config has: the nearest top-level option, or for ``group.opt``
+    which of the group's configs has ``opt`` and what to type."""
+    from omegaconf import OmegaConf
+
+    from core.options import OPTIONS, PLUGIN_GROUPS, _nearest, conf_dir
+
+    if "." not in key:
+        return (f"unknown option '{key}'{_nearest(key, [*OPTIONS, *PLUGIN_GROUPS])}: python -m core.bench --list "
+                "shows the options")
+    group, opt = key.split(".", 1)[0], key.split(".", 1)[1].split(".")[0]
+    if group not in PLUGIN_GROUPS:
+        return f"unknown option '{key}': '{group}' is not a group (python -m core.bench --list shows them)"
+    files = sorted((conf_dir() / group).glob("*.yaml"))
+    have = [f.stem for f in files if opt in (OmegaConf.load(f) or {})]
+    keys = sorted({k for f in files for k in (OmegaConf.load(f) or {})})
+    chosen = next((x.split("=", 1)[1] for x in overrides if x.lstrip("+").startswith(f"{group}=")), None)
+    which = f"{group}={chosen}" if chosen else f"the default {group}"
+    if not have:
+        return f"unknown option '{key}'{_nearest(opt, keys)}: no {group} config has it"
+    return f"{which} has no option '{opt}': {', '.join(have[:4])} {'have' if len(have) > 1 else 'has'} it: type " \
+           f"{group}={have[0]} {key}=..."
 
 
 def plugin_option_hint(group: str, key: str, overrides: list[str]) -> str:
@@ -255,6 +301,10 @@ def main() -> None:
     import hydra
 
     argv = sys.argv[1:]
+    if "--list" in argv and len(argv) > 1:
+        say(f"--list takes nothing else (got {' '.join(a for a in argv if a != '--list')}): type python -m "
+            "core.bench --list")
+        sys.exit(2)
     if "--list" in argv:
         try:
             list_plugins()
@@ -273,11 +323,19 @@ def main() -> None:
             sys.exit(2)
     from core.options import conf_dir
 
+    flags = [a for a in argv if a in ("-m", "--multirun")]
+    sys.argv = [sys.argv[0], *flags, *[a for a in argv if a not in flags]]  # Hydra takes -m first only
     try:
         hydra.main(config_path=str(conf_dir()), config_name="bench", version_base="1.3")(_hydra_task)()
     except KeyboardInterrupt:  # rows that finished are written; the one in flight is not
         say("interrupted (Ctrl-C): rows that finished are in the results; run the same command to resume")
         sys.exit(130)
+    from core.sweep import PROGRESS
+
+    if PROGRESS.failed:  # a sweep goes on past a failed row, then says so in its exit status
+        say(f"{PROGRESS.failed} row{'s' if PROGRESS.failed > 1 else ''} of the sweep failed (each is in the results "
+            "with its error): exit status 1")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,11 @@ class Adapter(Protocol):
         """Parameter counts of the built model: ``trainable``, ``adapter`` (weights the adapter
         added) and ``fully_trainable`` (trainable weights of the base model): the MFU formula."""
 
+    def supports(self, args) -> str | None:
+        """``None`` when this adapter can adapt the model (``args``: its ModelArgs), else why not
+        and what to type instead (one line). Called before anything is built."""
+        return None
+
     def trainable_params(self, args) -> int:
         """Trainable parameters of a model of ``args``, predicted before it is built (memory)."""
 

@@ -56,6 +56,17 @@ def _float(name, v, lo=0.0, example=1, allow_none=False, strict=False):
     return v
 
 
+def _float_max(name, v, hi: float, example):
+    _float(name, v, 0.0, example)
+    if v > hi:
+        raise OptionError(f"{name} must be at most {hi:g} (got {v}): try {name}={example}")
+    return v
+
+
+def _not_text(name, v):
+    raise OptionError(f"{name} must be text (got {v!r}): quote it, e.g. {name}='a,b'")
+
+
 def _bool(name, v):
     if not isinstance(v, bool):
         raise OptionError(f"{name} must be true or false (got {v!r}): type {name}=true or {name}=false")
@@ -81,15 +92,15 @@ def _results(v) -> str:
 
 
 def check_packing(v) -> str:
-    """single | random | fixed:N (N >= 1 documents per micro-batch)."""
+    """single | random | fixed:N (documents of N tokens, N >= 2: a one-token document predicts nothing)."""
     if v in ("single", "random"):
         return v
     if isinstance(v, str) and v.startswith("fixed:"):
         n = v.split(":", 1)[1]
-        if n.isdigit() and int(n) >= 1:
+        if n.isascii() and n.isdigit() and int(n) >= 2:
             return v
-    raise OptionError(f"packing={v!r} is unknown: use packing=single, packing=random or packing=fixed:N (N >= 1, "
-                      "e.g. packing=fixed:4)")
+    raise OptionError(f"packing={v!r} is unknown: use packing=single, packing=random or packing=fixed:N (documents "
+                      "of N tokens, N >= 2, e.g. packing=fixed:1024)")
 
 
 def _trace_path(v):
@@ -106,7 +117,7 @@ OPTIONS = {
     "seq_len": lambda v: _int("seq_len", v, 128, 128, 8192, hi=2**20),
     "micro_batches": lambda v: _int("micro_batches", v, 1, example=2, hi=1024),
     "steps": lambda v: _int("steps", v, 2, example=6, hi=10**6),
-    "measure_s": lambda v: _float("measure_s", v, 0.0, 30),
+    "measure_s": lambda v: _float_max("measure_s", v, 86400.0, 30),
     "packing": check_packing,
     "seed": lambda v: _int("seed", v, 0, example=0, hi=SEED_MAX),
     "compile": lambda v: v if v == "auto" else _bool("compile", v),
@@ -118,10 +129,10 @@ OPTIONS = {
     "head_budget_mib": lambda v: _int("head_budget_mib", v, 1, example=512),
     "device": lambda v: _choice("device", v, ("auto", "cuda", "cpu")),
     "results": _results,
-    "tag": lambda v: v if isinstance(v, str) else str(v),
+    "tag": lambda v: v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else _not_text("tag", v),
     "row_timeout_s": lambda v: _float("row_timeout_s", v, 0.0, 1800, strict=True),
     "redo": lambda v: _bool("redo", v),
-    "repeats": lambda v: _int("repeats", v, 1, example=3),
+    "repeats": lambda v: _int("repeats", v, 1, example=3, hi=100),
     "max_memory_gib": lambda v: _float("max_memory_gib", v, 0.0, 80, allow_none=True, strict=True),
     "max_host_gib": lambda v: _float("max_host_gib", v, 0.0, 64, allow_none=True, strict=True),
     "memory_profile": lambda v: _bool("memory_profile", v),
@@ -160,6 +171,32 @@ def group_schema(group: str, name: str) -> dict:
     if len(schema) and "name" not in schema:
         schema["name"] = name
     return schema
+
+
+@lru_cache(maxsize=1)
+def _families() -> frozenset:
+    from omegaconf import OmegaConf
+
+    from core.paths import plugin_conf_dirs
+
+    return frozenset(str((OmegaConf.load(f) or {}).get("family")) for d in [CONF, *plugin_conf_dirs()]
+                     for f in (d / "model").glob("*.yaml") if (OmegaConf.load(f) or {}).get("family"))
+
+
+@lru_cache(maxsize=None)
+def family_keys(family: str) -> frozenset:
+    """The keys the model configs of one family have (``model.plain`` is the hf family's only)."""
+    from omegaconf import OmegaConf
+
+    from core.paths import plugin_conf_dirs
+
+    keys: set = set()
+    for d in [CONF, *plugin_conf_dirs()]:
+        for f in sorted((d / "model").glob("*.yaml")):
+            node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
+            if isinstance(node, dict) and str(node.get("family")) == family:
+                keys |= set(node)
+    return frozenset(keys)
 
 
 #: plugin options whose least value is not 0 (every other number of a plugin group is a count, a size
@@ -210,14 +247,25 @@ def validate(cfg) -> None:
             raise OptionError(f"unknown option '{key}'{hint}: see python -m core.bench --list for the options")
         if key in OPTIONS:
             OPTIONS[key](value)
+    pack, seq = plain.get("packing"), plain.get("seq_len")
+    if isinstance(pack, str) and pack.startswith("fixed:") and isinstance(seq, int) and int(pack[6:]) >= seq:
+        raise OptionError(f"packing={pack}: documents of {pack[6:]} tokens fill no more than one of seq_len={seq}: "
+                          f"use packing=single, or N below {seq} (e.g. packing=fixed:{max(2, seq // 4)})")
     for group in PLUGIN_GROUPS:
         node = plain.get(group)
         if not isinstance(node, dict):
             continue
         schema = group_schema(group, node.get("name"))
+        if group == "model" and node.get("family"):  # the keys of its family's configs, not every family's
+            schema = {k: v for k, v in schema.items() if k in family_keys(str(node["family"]))} or schema
         if not schema:
             continue
         for k, v in node.items():
+            if group == "model" and k not in schema and k in group_schema(group, None):
+                fams = sorted(f for f in _families() if k in family_keys(f))
+                raise OptionError(f"model.{k} is an option of the {', '.join(fams)} family's models, not of "
+                                  f"{node.get('family')}'s: pick one of those (e.g. model={fams[0]}), or leave "
+                                  f"model.{k} out")
             if k not in schema:
                 which = node.get("name") or node.get("family")
                 raise OptionError(f"unknown option '{group}.{k}'{_nearest(k, schema)} for {group} "

@@ -250,6 +250,9 @@ def resolve(cfg, world: int = 1) -> Resolved:
     if adapter.replicate is True and not fam.casts_adapters:
         raise UserError(f"adapter.replicate=true needs a model whose layers compute the adapter in bf16 (the "
                         f"native families); {family} models would run it in fp32: use adapter.replicate=auto")
+    why = adapter.supports(args) if hasattr(adapter, "supports") else None
+    if why:
+        raise UserError(f"adapter '{adapter.name}': {why}")
     why = attention.supports(args)  # can the backend run this model's attention at all?
     if why:
         raise UserError(f"attn '{attention.name}' cannot run {args.name}: {why}")

@@ -129,12 +129,12 @@ PROGRESS = Progress()
 
 
 def predicted_row_s(cfg) -> float | None:
-    """The predictor's seconds for a row's measured and warm-up steps (None where it cannot say:
-    no GPU profile, no fit for its attention kernel)."""
+    """The predictor's seconds for a row's measured and warm-up steps, times its repeats (None where
+    it cannot say: no GPU profile, no fit for its attention kernel)."""
     try:
         from core.predict import predicted_step_s
 
-        return predicted_step_s(cfg) * (cfg.steps + 1)
+        return predicted_step_s(cfg) * (cfg.steps + 1) * int(cfg.get("repeats", 1) or 1)
     except Exception:  # an estimate only: no prediction is no estimate
         return None
 
@@ -323,7 +323,8 @@ def sweep_row(cfg, overrides: list[str], predicted_left: list[float | None] = ()
             base = base_row(cfg, overrides)
             p.ids.add(base["id"])
             t = time.time()
-            rc, written = run_child([o for o in overrides if override_key(o) != "results"], cfg.results,
+            rc, written = run_child([o for o in overrides if override_key(o) not in ("results", "redo", "repeats",
+                                                                                    "row_timeout_s")], cfg.results,
                                     float(cfg.row_timeout_s), base, labels)
             p.durations.append((time.time() - t, predicted))
             if rc == 0 and written:

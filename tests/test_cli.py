@@ -97,7 +97,9 @@ def test_multirun_failed_row_does_not_stop_sweep_and_resume_skips(tmp_path):
     args = ["-m", "model=qwen3_tiny", "+attn=sdpa,fa3", "+ac=recompute,offload", "device=cpu", "steps=2",
             "seq_len=128", f"results={res}"]
     p = run(*args)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 1, p.stderr[-3000:]  # the sweep went on, and its status says rows failed
+    assert p.stderr.strip().splitlines()[-1] == ("stepbench: 2 rows of the sweep failed (each is in the results "
+                                                 "with its error): exit status 1")
     rows = [json.loads(x) for x in res.read_text().splitlines()]
     ok = [r for r in rows if r["status"] == "ok"]
     failed = [r for r in rows if r["status"] == "failed"]
@@ -105,7 +107,7 @@ def test_multirun_failed_row_does_not_stop_sweep_and_resume_skips(tmp_path):
     assert len(failed) == 2 and all("fa3" in r["error"] and "cannot run here" in r["error"] for r in failed)
     assert len({r["run_id"] for r in rows}) == 1  # one invocation, one run (the report's "same call")
     p = run(*args)  # resume: finished rows are skipped, refusals are recorded again
-    assert p.returncode == 0
+    assert p.returncode == 1
     assert p.stderr.count("skipped: already in results") == 2
     rows = [json.loads(x) for x in res.read_text().splitlines()]
     assert len(rows) == 6 and rows[-1]["run_id"] != rows[0]["run_id"]

@@ -154,10 +154,10 @@ CASES = [
     (B, ["seed=18446744073709551616"], "try seed=0"),
     (B, ["+ac=offload_attention", "max_host_gib=0.0001", "seq_len=512"], "GiB is available: try a shorter seq_len"),
     # --- bench: packing
-    (B, ["packing=fixed:0"], "packing=fixed:N (N >= 1"),
-    (B, ["packing=fixed:-1"], "e.g. packing=fixed:4"),
-    (B, ["packing=fixed:abc"], "e.g. packing=fixed:4"),
-    (B, ["packing=fixed:"], "e.g. packing=fixed:4"),
+    (B, ["packing=fixed:0"], "packing=fixed:N (documents of N tokens, N >= 2"),
+    (B, ["packing=fixed:-1"], "e.g. packing=fixed:1024"),
+    (B, ["packing=fixed:abc"], "e.g. packing=fixed:1024"),
+    (B, ["packing=fixed:"], "e.g. packing=fixed:1024"),
     (B, ["packing=bogus"], "use packing=single"),
     (B, ["packing=1"], "use packing=single"),
     # --- bench: plugin names in every group
@@ -253,7 +253,7 @@ CASES = [
     (B, hf("huge_heads.json"), "num_attention_heads must be a whole number from 1 to 4096"),
     (B, hf("no_hidden.json"), 'add "hidden_size"'),
     (B, hf("no_heads.json"), 'add "num_attention_heads"'),
-    (B, ["+model.config={tmp}/ok.json"], "model.config is read by the families built from a config"),
+    (B, ["+model.config={tmp}/ok.json"], "model.config is an option of the hf family's models"),
     (B, hf("no_layers.json"), 'add "num_hidden_layers"'),
     (B, hf("no_vocab.json"), 'add "vocab_size"'),
     (B, hf("no_model_type.json"), "has no model_type: add the model's own"),

@@ -33,6 +33,8 @@ from core.models.moe import Experts, grouped_linear
 DENSE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 EXPERT_TARGETS = ["experts.gate_up_proj", "experts.down_proj"]
 EXPERT_MODES = ("grouped", "peft", "none")
+#: the largest LoRA alpha taken (the update is scaled by alpha / rank; larger ones are typos)
+ALPHA_MAX = 65536
 
 
 class GroupedLoRAExperts(nn.Module):
@@ -82,6 +84,9 @@ class LoRA(Adapter):
     def __init__(self, rank: int = 16, alpha: int = 32, targets=None, experts="grouped", replicate="auto"):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {rank}: try adapter.rank=16")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= ALPHA_MAX:
+            raise ValueError(f"adapter.alpha must be a number above 0 and at most {ALPHA_MAX} (got {alpha!r}): try "
+                             "adapter.alpha=32")
         if replicate not in ("auto", True, False):
             raise ValueError(f"adapter.replicate={replicate!r} is not auto, true or false: try adapter.replicate=auto")
         self.replicate = replicate
@@ -95,6 +100,16 @@ class LoRA(Adapter):
         self.experts = experts
         self.replicable = experts != "peft"  # peft's parameter LoRA would add an fp32 delta
         self.label = f"LoRA(r={rank})"
+
+    def supports(self, args) -> str | None:
+        """Why this LoRA cannot adapt the model (None when it can): a rank above the model's width is
+        not low-rank; an expert mode on a model without experts does nothing."""
+        if self.rank > args.dim:
+            return (f"adapter.rank={self.rank} exceeds the model's hidden size ({args.dim}), so it is not low-rank: "
+                    f"try adapter.rank={min(16, args.dim)}")
+        if self.experts != EXPERT_MODES[0] and not args.n_experts:
+            return f"adapter.experts={self.experts} applies to models with routed experts; {args.name} has none: leave it out"
+        return None
 
     def model_targets(self, args) -> tuple[list, list]:
         """The linear layers and 3-D expert weights to adapt: ``adapter.targets`` where given, else

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -109,9 +110,9 @@ COUNT_MAX = {"num_hidden_layers": 1024, "num_attention_heads": 4096, "num_key_va
 OPTIONAL_INTS = {"num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 40960,
                  "intermediate_size": 8192, "moe_intermediate_size": 768, "num_experts": 128,
                  "num_local_experts": 32, "n_routed_experts": 128, "num_experts_per_tok": 8, "n_shared_experts": 1,
-                 "sliding_window": 4096}
+                 "sliding_window": 4096, "max_window_layers": 28}
 #: fields whose value 0 is meaningful (a count that may be zero)
-ZERO_OK = {"first_k_dense_replace": 1, "n_shared_experts": 1}
+ZERO_OK = {"first_k_dense_replace": 1}
 #: config fields that change the logits after the final norm and LM head, which stepbench's chunked
 #: log-prob head does not do (value that means "off")
 HEAD_FIELDS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0,
@@ -171,6 +172,89 @@ def check_shapes(d: dict) -> None:
                               or v == float("inf")):
             raise ValueError(f"model.config: {k} must be a number above 0 (got {v!r}): set \"{k}\": {example} "
                              "or the model's own value")
+
+
+#: config fields that must be above 0 where present (None allowed), with an example value
+POSITIVE_NUMBERS = {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "decoder_sparse_step": 1,
+                    "router_aux_loss_coef": 0.001, "routed_scaling_factor": 1.0}
+#: fields whose transformers default is another model's size: a config that leaves them out would
+#: silently get it (transformers' Llama intermediate_size is 11008), so each must be stated where
+#: the model type has a default for it
+STATED = ("intermediate_size", "num_key_value_heads", "head_dim", "moe_intermediate_size", "num_experts",
+          "num_local_experts", "n_routed_experts", "num_experts_per_tok")
+
+
+def check_fields(d: dict, cls) -> None:
+    """Fields past the shapes, before transformers builds anything: sizes whose default is another
+    model's stated, positive numbers, token ids within the vocabulary, layer indices within the
+    layers, a rotary fraction in (0, 1]."""
+    import inspect
+
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    aliases = getattr(cls, "attribute_map", {}) or {}
+    for k in STATED:
+        if k in aliases:  # another name of a field (num_local_experts -> num_experts): that one is checked
+            continue
+        spelled = {k, *(a for a, v in aliases.items() if v == k)}
+        default = params[k].default if k in params else None  # a default derived from others (head_dim): None
+        if not spelled & set(d) and default not in (None, inspect.Parameter.empty):
+            raise ValueError(f"model.config has no {k}: add the model's value (transformers' {d['model_type']} "
+                             f"default, {default!r}, is another model's)")
+    for k, example in POSITIVE_NUMBERS.items():
+        v = d.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise ValueError(f"model.config: {k} must be a number above 0 (got {v!r}): set \"{k}\": {example} or "
+                             "the model's own value")
+    v = d.get("partial_rotary_factor")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1):
+        raise ValueError(f"model.config: partial_rotary_factor must be above 0 and at most 1 (got {v!r}): set "
+                         "\"partial_rotary_factor\": 0.5 or the model's own value")
+    vocab = d["vocab_size"]
+    if vocab < 2:
+        raise ValueError(f"model.config: vocab_size {vocab} leaves nothing to predict: set the model's own (e.g. 151936)")
+    for k in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        ids = d.get(k)
+        for i in ids if isinstance(ids, list) else [ids]:
+            if i is not None and not _whole(i, 0, vocab - 1):
+                raise ValueError(f"model.config: {k} {i!r} is not a token of the {vocab}-token vocabulary: set it "
+                                 f"below vocab_size, or null")
+    layers = d["num_hidden_layers"]
+    for k in ("mlp_only_layers",):
+        v = d.get(k) or []
+        if not isinstance(v, list) or any(not _whole(i, 0, layers - 1) for i in v):
+            raise ValueError(f"model.config: {k} must list layer indices from 0 to {layers - 1} (got {v!r})")
+    types = d.get("layer_types")
+    if types is not None and (not isinstance(types, list) or len(types) != layers):
+        raise ValueError(f"model.config: layer_types must list one type per layer ({layers}), got "
+                         f"{len(types) if isinstance(types, list) else repr(types)}")
+
+
+class _Captured(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' log lines held back (a refusal is one line); yields the warnings it logged."""
+    import warnings
+
+    log = logging.getLogger("transformers")
+    handlers, propagate, cap = log.handlers[:], log.propagate, _Captured()
+    log.handlers, log.propagate = [cap], False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield cap.messages
+    finally:
+        log.handlers, log.propagate = handlers, propagate
 
 
 def causal_lm_class(config):
@@ -305,25 +389,33 @@ def args_from_config(d: dict, name: str, hf_name: str = "") -> ModelArgs:
         raise ValueError(f"transformers {_tf_version()} cannot build model_type '{d['model_type']}' (it knows no such "
                          "model): check model_type (a decoder-only model transformers has, e.g. llama, qwen2, "
                          "gemma3_text, gpt_oss)")
-    aliases = getattr(CONFIG_MAPPING[d["model_type"]], "attribute_map", {}) or {}
-    check_shapes({**{k: d[v] for k, v in aliases.items() if v in d and k not in d}, **d})  # n_head -> heads
-    try:
-        c = hf_config(d)
-    except ValueError:
-        raise
-    except Exception as e:  # transformers' own validation (strict dataclasses) of a field it rejects
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"model.config: transformers rejects it ({first}): fix that field in the config.json") \
-            from None
-    causal_lm_class(c)
-    try:
-        lm = meta_model(c)
-    except ValueError:
-        raise
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"transformers cannot build this {c.model_type} config ({type(e).__name__}: {first}): fix "
-                         "the config.json") from None
+    cls = CONFIG_MAPPING[d["model_type"]]
+    aliases = getattr(cls, "attribute_map", {}) or {}
+    named = {**{k: d[v] for k, v in aliases.items() if v in d and k not in d}, **d}  # n_head -> heads
+    check_shapes(named)
+    with quiet_transformers() as said:
+        check_fields(named, cls)
+        try:
+            c = hf_config(d)
+        except ValueError:
+            raise
+        except Exception as e:  # transformers' own validation (strict dataclasses) of a field it rejects
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"model.config: transformers rejects it ({first}): fix that field in the config.json") \
+                from None
+        bad = next((m for m in said if " must be " in m), None)
+        if bad:  # transformers' validation says a field is out of range and would go on with it
+            said_it = next(s for s in bad.replace("Model config: ", "").split(". ") if " must be " in s).strip()
+            raise ValueError(f"model.config: {said_it.rstrip('.')}: fix that field (or set it to null)")
+        causal_lm_class(c)
+        try:
+            lm = meta_model(c)
+        except ValueError:
+            raise
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"transformers cannot build this {c.model_type} config ({type(e).__name__}: {first}): "
+                             "fix the config.json") from None
     f = tree_facts(c, lm)
     n_experts, top_k = _experts_count(c)
     heads = c.num_attention_heads

@@ -226,6 +226,9 @@ class Filesystem(WeightSync):
                  unmap: str = "background"):
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"sync.keep must be a positive integer (got {keep!r}): try sync.keep=2")
+        if dir is None or not str(dir).strip():
+            raise ValueError("sync.dir is empty (the weights would land in the current folder): name a folder, e.g. "
+                             "sync.dir=runs/weights")
         if not isinstance(gather_mib, int) or isinstance(gather_mib, bool) or gather_mib < 0:
             raise ValueError(f"sync.gather_mib must be a whole number of MiB, 0 or more (got {gather_mib!r}): "
                              f"try sync.gather_mib={GATHER_MIB}")

@@ -30,6 +30,19 @@ class OneLineParser(argparse.ArgumentParser):
 
     example = ""
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse, but an option given twice is refused (argparse would keep the last one)."""
+        argv = sys.argv[1:] if args is None else list(args)
+        known = {s for a in self._actions for s in a.option_strings}
+        seen: dict = {}
+        for tok in argv:
+            flag = tok.split("=", 1)[0]
+            if flag in known and flag not in ("-h", "--help"):
+                if flag in seen:
+                    self.error(f"{flag} is given more than once: give it once")
+                seen[flag] = tok
+        return super().parse_args(argv, namespace)
+
     def error(self, message: str):
         hint = f": e.g. {self.prog} {self.example}" if self.example and "e.g." not in message else ""
         self.exit(2, f"{self.prog}: {message}{hint} ({self.prog} --help shows every option)\n")

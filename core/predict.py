@@ -282,9 +282,19 @@ def predicted_step_s(cfg) -> float:
 
 
 # ------------------------------------------------------------------------------ entry point
+#: bench options a prediction does not read (what is measured, where rows go, the machine it runs on)
+NOT_PREDICTED = ("steps", "measure_s", "results", "device", "tag", "repeats", "redo", "row_timeout_s",
+                 "memory_profile", "ops_profile", "ops_trace", "busy_step", "max_host_gib", "seed")
+
+
 def _gpus(argv: list[str]) -> tuple[int, list[str]]:
     gpus, rest = 1, []
+    if sum(a.startswith("gpus=") for a in argv) > 1:
+        raise UserError("gpus= is given twice: keep one, e.g. gpus=8")
     for a in argv:
+        key = a.split("=", 1)[0].lstrip("+~")
+        if key in NOT_PREDICTED:
+            raise UserError(f"{key}= changes nothing in a prediction (it is a measured row's option): leave it out")
         if a.startswith("gpus="):
             v = a.split("=", 1)[1]
             if not v.isascii() or not v.isdigit() or not 1 <= int(v) <= 4096:
@@ -320,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     from core.results import ResultsError, check_output, write_atomic
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
     try:
         if "--published" in argv:
             rest = [a for a in argv if a != "--published"]

@@ -325,6 +325,14 @@ def _gather_quietly(results: list[str]):
     return got
 
 
+def path_has_no_rows(path) -> bool:
+    """Whether a non-empty file has no readable row (an empty file is an empty baseline)."""
+    if Path(path).stat().st_size == 0:
+        return False
+    rows, _ = read_rows(path)
+    return not rows
+
+
 def main(argv=None) -> int:
     from core.cli import arg_parser
     from core.results import ResultsError, check_output, write_atomic
@@ -352,6 +360,13 @@ def main(argv=None) -> int:
         else:
             out = check_output(a.out, "--out", "benchmarks/BENCHMARKS.md", [*a.results, a.baseline, a.predictions],
                                "an input of this report (--results, --baseline or --predictions)")
+        if not a.save_baseline and Path(a.baseline).is_dir():
+            raise ReportError(f"--baseline {a.baseline} is a folder: name the baseline file, e.g. --baseline "
+                              "benchmarks/baseline.jsonl")
+        for flag, path in (("--baseline", a.baseline), ("--predictions", a.predictions)):
+            if not a.save_baseline and Path(path).is_file() and path_has_no_rows(path):
+                raise ReportError(f"{flag} {path} holds no rows (no line is a JSON object): name a file of rows, or "
+                                  f"leave {flag} out")
         rows, dirty, failed, runs = _gather_quietly(a.results)
         if a.save_baseline and not rows:
             raise ReportError("no headline rows to save as the baseline: nothing written")

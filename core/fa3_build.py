@@ -104,12 +104,19 @@ def clone(dest: Path) -> Path:
     if not shutil.which("git"):
         raise BuildError("git is not installed: install it, or download flash-attention and pass --source PATH")
     if fresh:
-        r = subprocess.run(["git", "clone", "--filter=blob:none", UPSTREAM, str(dest)])
+        say(f"cloning {UPSTREAM} into {dest}")
+        r = subprocess.run(["git", "clone", "--quiet", "--filter=blob:none", UPSTREAM, str(dest)],
+                           capture_output=True, text=True)
         if r.returncode:
-            raise BuildError(f"cloning {UPSTREAM} failed (offline?): download it elsewhere and pass --source PATH")
-    for cmd in (["git", "checkout", PINNED_COMMIT], ["git", "submodule", "update", "--init", "csrc/cutlass"]):
-        if subprocess.run(cmd, cwd=dest).returncode:
-            raise BuildError(f"{' '.join(cmd)} failed in {dest}: fix the checkout or pass --source PATH")
+            why = next((ln.strip() for ln in r.stderr.splitlines() if ln.startswith("fatal:")), "")
+            raise BuildError(f"cloning {UPSTREAM} failed ({why or 'offline?'}): download it elsewhere and pass "
+                             "--source PATH")
+    for cmd in (["git", "checkout", "--quiet", PINNED_COMMIT],
+                ["git", "submodule", "--quiet", "update", "--init", "csrc/cutlass"]):
+        r = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
+        if r.returncode:
+            why = next((ln.strip() for ln in r.stderr.splitlines() if ln.strip()), "")
+            raise BuildError(f"{' '.join(cmd)} failed in {dest} ({why}): fix the checkout or pass --source PATH")
     return dest
 
 

@@ -108,6 +108,8 @@ def model_choice(cfg, device: str) -> tuple[str, str, int, list[str]]:
                         f"(got {cap!r}): try model.by_device.{device}.max_seq_len=512")
     notes = []
     if cap and seq_len > cap:
+        notes.append(f"seq_len={seq_len} is above this machine's {cap} for the default model: running at {cap} "
+                     f"(model.by_device.{device}.max_seq_len; pick a model with model=... to run {seq_len})")
         seq_len = cap
     if device != "cuda":
         notes.append(f"no CUDA GPU: running {choice['family']} {choice['flavour']} on the CPU at seq_len={seq_len} "

@@ -69,10 +69,28 @@ def _config_dict(value) -> dict:
                              "\"hidden_size\": ...}): pass a model's config.json") from None
         return d
     if str(value).count("/") == 1 and not str(value).startswith((".", "/", "~")):
-        try:  # a hub id: only the config is fetched, never weights
+        import os
+
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+            raise ValueError(f"model.config={value}: no such file, and this machine is offline (HF_HUB_OFFLINE): pass "
+                             "a local config.json path")
+        import socket
+
+        try:  # a machine that cannot reach the hub is told at once (the hub client retries for ~30 s)
+            socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        except OSError:
+            raise ValueError(f"model.config={value}: no such file, and huggingface.co cannot be reached from here: "
+                             "pass a local config.json path") from None
+        try:  # a hub id: only the config is fetched, never weights; its retries' log lines held back
             from transformers import AutoConfig
 
-            return AutoConfig.from_pretrained(str(value)).to_dict()
+            os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+            logging.disable(logging.WARNING)
+            try:
+                with quiet_transformers():
+                    return AutoConfig.from_pretrained(str(value)).to_dict()
+            finally:
+                logging.disable(logging.NOTSET)
         except Exception as e:  # offline, unknown repo
             raise ValueError(f"model.config={value}: no such file, and the hub config could not be fetched "
                              f"({type(e).__name__}): pass a local config.json path") from None

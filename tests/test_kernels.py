@@ -24,6 +24,7 @@ def test_torch_providers_pass_the_kit(name):
 def test_triton_kernels_pass_the_kit_under_the_interpreter():
     """stepbench's Triton kernels run by Triton's interpreter on the CPU (TRITON_INTERPRET=1, set
     before the kernels are defined: hence a process of its own)."""
+    pytest.importorskip("triton")
     code = ("from core.plugins import registry; from core.testing import check_kernels; import json; "
             "r = check_kernels(registry().get('kernels', 'triton').make({})); "
             "print(json.dumps({'provider': r['provider'], 'n': len(r['cases']), "

@@ -198,10 +198,13 @@ def check_overrides(argv: list[str]):
         try:
             parser.parse_override(o)
         except Exception:
-            raise UserError(f"cannot parse '{o}': type key=value (one '='), a list as key=[a,b], a sweep as "
+            raise UserError(f"cannot parse {o!r}: type key=value (one '='), a list as key=[a,b], a sweep as "
                             "key=a,b with -m, and quote other characters: key='a b'") from None
     parsed = parser.parse_overrides(overrides)
-    multirun = any(a in ("-m", "--multirun") for a in argv) or any(o.key_or_group == "sweep" for o in parsed)
+    flagged = any(a in ("-m", "--multirun") for a in argv)
+    if flagged and any(o.key_or_group == "sweep" for o in parsed):
+        raise UserError("+sweep=... is a sweep already: leave -m out (or sweep with -m and lists, without +sweep)")
+    multirun = flagged or any(o.key_or_group == "sweep" for o in parsed)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
@@ -296,6 +299,14 @@ def plugin_option_hint(group: str, key: str, overrides: list[str]) -> str:
 
 
 def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:  # before the row started (reading configs): nothing written
+        say("interrupted (Ctrl-C): nothing was measured")
+        sys.exit(130)
+
+
+def _main() -> None:
     # fewer reserved-but-unused bytes (the peak-memory column is max_memory_reserved)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import hydra

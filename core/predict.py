@@ -385,6 +385,11 @@ def _one(argv: list[str]) -> int:
         raise
     except Exception as e:  # Hydra's own composition errors, reduced to one line
         raise UserError(f"bad override: {first_line(e)}") from None
+    from core.resolve import _primary_defaults
+
+    if (cfg.get("kernels") or {}).get("name") != _primary_defaults()["kernels"]["name"]:
+        raise UserError(f"+kernels={cfg.kernels.name}: the predictor has no fit of that provider's step (its fits are "
+                        "of rows with the default kernels): leave +kernels out")
     hw_name = str(cfg.hardware.name).lower()
     if hw_name in ("auto", "cpu"):
         raise UserError("name the hardware to predict for: hardware=h100, h200, b200 or a6000 (with gpus=N)")

@@ -238,6 +238,11 @@ def resolve(cfg, world: int = 1) -> Resolved:
     if cfg.task.name not in ("rl", "sft"):
         raise UserError(f"task '{cfg.task.name}' is unknown: use task=rl or task=sft")
     hw = _hardware(cfg, ctx)
+    if ctx.device != "cuda":  # the profilers read CUDA's allocator and kernels: on a CPU they would do nothing
+        for opt in ("memory_profile", "ops_profile", "ops_trace"):
+            if cfg.get(opt):
+                raise UserError(f"{opt} needs a CUDA GPU (it profiles the GPU's memory or kernels): leave it out on "
+                                "the CPU")
     ctx = RunContext(ctx.device, ctx.gpu_name, ctx.capability, world, hardware=hw)
     p = make_plugins(cfg, ctx)
     _check_available(p["entries"], ctx)

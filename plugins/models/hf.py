@@ -109,9 +109,9 @@ def hf_config(d: dict):
     try:
         return AutoConfig.for_model(model_type, **d)
     except (ValueError, KeyError) as e:
-        why = str(e).splitlines()[0].split(". Should contain")[0] if str(e) else type(e).__name__
-        raise ValueError(f"transformers cannot build model_type '{model_type}' ({why}): check model_type (a "
-                         "decoder-only model transformers has, e.g. llama, qwen2, gemma3_text, gpt_oss)") from None
+        why = " ".join(str(e).split())[:240] if str(e) else type(e).__name__
+        raise ValueError(f"model.config: transformers cannot build this {model_type} config ({type(e).__name__}: "
+                         f"{why}): fix that field in the config.json") from None
 
 
 #: the shape fields every config must state (transformers' defaults are another model's), with
@@ -194,7 +194,8 @@ def check_shapes(d: dict) -> None:
 
 #: config fields that must be above 0 where present (None allowed), with an example value
 POSITIVE_NUMBERS = {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "decoder_sparse_step": 1,
-                    "router_aux_loss_coef": 0.001, "routed_scaling_factor": 1.0}
+                    "router_aux_loss_coef": 0.001, "routed_scaling_factor": 1.0, "rope_local_base_freq": 10000.0,
+                    "sliding_window_pattern": 6, "n_group": 1, "topk_group": 1, "swiglu_limit": 7.0}
 #: fields whose transformers default is another model's size: a config that leaves them out would
 #: silently get it (transformers' Llama intermediate_size is 11008), so each must be stated where
 #: the model type has a default for it
@@ -239,6 +240,18 @@ def check_fields(d: dict, cls) -> None:
             if i is not None and not _whole(i, 0, vocab - 1):
                 raise ValueError(f"model.config: {k} {i!r} is not a token of the {vocab}-token vocabulary: set it "
                                  f"below vocab_size, or null")
+    dropout = d.get("attention_dropout")
+    if dropout not in (None, 0, 0.0):
+        raise ValueError(f"model.config: attention_dropout {dropout!r}: stepbench's attention backends run no dropout "
+                         "(a benchmark step measures none): set \"attention_dropout\": 0.0")
+    experts = next((d[k] for k in ("num_experts", "num_local_experts", "n_routed_experts") if d.get(k)), None)
+    groups, top_groups = d.get("n_group"), d.get("topk_group")
+    if experts and _whole(groups, 1, experts) and experts % groups:
+        raise ValueError(f"model.config: n_group ({groups}) must divide the {experts} routed experts: set \"n_group\" "
+                         f"to a divisor, e.g. 1")
+    if _whole(groups, 1, 4096) and _whole(top_groups, 1, 4096) and top_groups > groups:
+        raise ValueError(f"model.config: topk_group ({top_groups}) exceeds n_group ({groups}): set \"topk_group\" to "
+                         f"at most {groups}")
     layers = d["num_hidden_layers"]
     for k in ("mlp_only_layers",):
         v = d.get(k) or []
@@ -413,14 +426,15 @@ def args_from_config(d: dict, name: str, hf_name: str = "") -> ModelArgs:
     check_shapes(named)
     with quiet_transformers() as said:
         check_fields(named, cls)
+        d = {**{k: None for k in ("pad_token_id", "bos_token_id", "eos_token_id") if k not in d}, **d}
         try:
             c = hf_config(d)
         except ValueError:
             raise
         except Exception as e:  # transformers' own validation (strict dataclasses) of a field it rejects
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"model.config: transformers rejects it ({first}): fix that field in the config.json") \
-                from None
+            text = " ".join(ln.strip() for ln in str(e).strip().splitlines() if ln.strip()) or type(e).__name__
+            raise ValueError(f"model.config: transformers rejects it ({text[:240]}): fix that field in the "
+                             "config.json") from None
         bad = next((m for m in said if " must be " in m), None)
         if bad:  # transformers' validation says a field is out of range and would go on with it
             said_it = next(s for s in bad.replace("Model config: ", "").split(". ") if " must be " in s).strip()

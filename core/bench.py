@@ -271,9 +271,9 @@ def unknown_key_hint(key: str, overrides: list[str]) -> str:
     group, opt = key.split(".", 1)[0], key.split(".", 1)[1].split(".")[0]
     if group not in PLUGIN_GROUPS:
         return f"unknown option '{key}': '{group}' is not a group (python -m core.bench --list shows them)"
-    files = sorted((conf_dir() / group).glob("*.yaml"))
-    have = [f.stem for f in files if opt in (OmegaConf.load(f) or {})]
-    keys = sorted({k for f in files for k in (OmegaConf.load(f) or {})})
+    nodes = {f.stem: OmegaConf.load(f) or {} for f in sorted((conf_dir() / group).glob("*.yaml"))}
+    have = [name for name, node in nodes.items() if opt in node]
+    keys = sorted({k for node in nodes.values() for k in node})
     chosen = next((x.split("=", 1)[1] for x in overrides if x.lstrip("+").startswith(f"{group}=")), None)
     which = f"{group}={chosen}" if chosen else f"the default {group}"
     if not have:

@@ -44,6 +44,36 @@ class TorchOps:
 EAGER = TorchOps()
 
 
+class LoadedOps:
+    """A provider whose operation functions are made on first use (``load()`` returns them by
+    name: compiled, or imported kernels), so the factory stays cheap and ``prepare()`` loads them."""
+
+    ops = frozenset({"rms_norm", "swiglu", "rope"})
+
+    def __init__(self):
+        self._fns = None
+
+    def load(self) -> dict:
+        raise NotImplementedError
+
+    def _get(self, op: str):
+        if self._fns is None:
+            self._fns = self.load()
+        return self._fns[op]
+
+    def prepare(self) -> None:
+        self._get(next(iter(self.ops)))
+
+    def rms_norm(self, x, weight, eps):
+        return self._get("rms_norm")(x, weight, eps)
+
+    def swiglu(self, gate, up):
+        return self._get("swiglu")(gate, up)
+
+    def rope(self, x, cos, sin):
+        return self._get("rope")(x, cos, sin)
+
+
 class Bound:
     """A provider with PyTorch ops for what it does not implement (what the trainer binds)."""
 

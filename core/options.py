@@ -174,29 +174,25 @@ def group_schema(group: str, name: str) -> dict:
 
 
 @lru_cache(maxsize=1)
-def _families() -> frozenset:
+def _model_nodes() -> tuple:
+    """Every model config (stepbench's and the installed plugin packages'), read once."""
     from omegaconf import OmegaConf
 
     from core.paths import plugin_conf_dirs
 
-    return frozenset(str((OmegaConf.load(f) or {}).get("family")) for d in [CONF, *plugin_conf_dirs()]
-                     for f in (d / "model").glob("*.yaml") if (OmegaConf.load(f) or {}).get("family"))
+    nodes = (OmegaConf.to_container(OmegaConf.load(f), resolve=False)
+             for d in [CONF, *plugin_conf_dirs()] for f in sorted((d / "model").glob("*.yaml")))
+    return tuple(n for n in nodes if isinstance(n, dict))
+
+
+def _families() -> set:
+    return {str(n["family"]) for n in _model_nodes() if n.get("family")}
 
 
 @lru_cache(maxsize=None)
 def family_keys(family: str) -> frozenset:
     """The keys the model configs of one family have (``model.plain`` is the hf family's only)."""
-    from omegaconf import OmegaConf
-
-    from core.paths import plugin_conf_dirs
-
-    keys: set = set()
-    for d in [CONF, *plugin_conf_dirs()]:
-        for f in sorted((d / "model").glob("*.yaml")):
-            node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
-            if isinstance(node, dict) and str(node.get("family")) == family:
-                keys |= set(node)
-    return frozenset(keys)
+    return frozenset(k for n in _model_nodes() if str(n.get("family")) == family for k in n)
 
 
 #: plugin options whose least value is not 0 (every other number of a plugin group is a count, a size

@@ -10,19 +10,15 @@ inside a compiled block it is traced like the eager ops.
 from __future__ import annotations
 
 from core import hookimpl
-from core.kernels import TorchOps
+from core.kernels import LoadedOps, TorchOps
 
 
 class Eager(TorchOps):
     name = label = "eager"
 
 
-class Compiled:
+class Compiled(LoadedOps):
     name = label = "inductor"
-    ops = frozenset({"rms_norm", "swiglu", "rope"})
-
-    def __init__(self):
-        self._fns = None
 
     @property
     def provider(self) -> str:
@@ -30,26 +26,12 @@ class Compiled:
 
         return f"torch {torch.__version__} inductor (torch.compile per operation)"
 
-    def prepare(self) -> None:
-        self._compiled()
+    def load(self) -> dict:
+        import torch
 
-    def _compiled(self):
-        if self._fns is None:
-            import torch
+        from core import kernels
 
-            from core import kernels
-
-            self._fns = {op: torch.compile(getattr(kernels, op), dynamic=True) for op in self.ops}
-        return self._fns
-
-    def rms_norm(self, x, weight, eps):
-        return self._compiled()["rms_norm"](x, weight, eps)
-
-    def swiglu(self, gate, up):
-        return self._compiled()["swiglu"](gate, up)
-
-    def rope(self, x, cos, sin):
-        return self._compiled()["rope"](x, cos, sin)
+        return {op: torch.compile(getattr(kernels, op), dynamic=True) for op in self.ops}
 
 
 @hookimpl

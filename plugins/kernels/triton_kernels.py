@@ -10,14 +10,11 @@ from __future__ import annotations
 import os
 
 from core import hookimpl
+from core.kernels import LoadedOps
 
 
-class TritonKernels:
+class TritonKernels(LoadedOps):
     name = label = "triton"
-    ops = frozenset({"rms_norm", "swiglu", "rope"})
-
-    def __init__(self):
-        self._ops = None
 
     @property
     def provider(self) -> str:
@@ -26,30 +23,19 @@ class TritonKernels:
         mode = " (interpreter)" if os.environ.get("TRITON_INTERPRET") == "1" else ""
         return f"triton {package_version('triton')}{mode}: stepbench kernels"
 
-    def _load(self):
-        if self._ops is None:
-            from plugins.kernels import triton_ops
+    def load(self) -> dict:
+        from plugins.kernels import triton_ops
 
-            self._ops = triton_ops
-        return self._ops
+        return {op: getattr(triton_ops, op) for op in self.ops}
 
     def prepare(self) -> None:
         try:
-            self._load()
+            super().prepare()
         except Exception as e:
             from core.errors import first_line
 
             raise ValueError(f"kernels triton cannot load ({type(e).__name__}: {first_line(e, with_type=False)}): "
                              "use +kernels=eager") from None
-
-    def rms_norm(self, x, weight, eps):
-        return self._load().rms_norm(x, weight, eps)
-
-    def swiglu(self, gate, up):
-        return self._load().swiglu(gate, up)
-
-    def rope(self, x, cos, sin):
-        return self._load().rope(x, cos, sin)
 
 
 def why_not(ctx):

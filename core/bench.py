@@ -23,7 +23,7 @@ from core.measure import say
 from core.resolve import UserError, first_line
 from core.sweep import CHILD_ENV
 
-GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync", "kernels", "sweep")
+GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync", "kernels", "peer", "sweep")
 
 
 def run_row(cfg) -> int:
@@ -43,6 +43,10 @@ def run_row(cfg) -> int:
         r = resolve(cfg, world)
         if rank == 0:
             check_writable(cfg.results)
+        if r.peer is not None:  # refused before anything starts where the peer cannot run the row
+            from core import peers
+
+            peers.check(cfg, r)
     except (UserError, ResultsError) as e:
         say(str(e))
         return 2
@@ -52,11 +56,17 @@ def run_row(cfg) -> int:
     base = {**base_row(cfg, None, os.environ.get(CHILD_ENV) or uuid.uuid4().hex),
             "config": OmegaConf.to_container(cfg, resolve=True)}
     if rank == 0:
+        by = f" by peer {r.peer.name}" if r.peer is not None else ""
         say(f"row: {r.args.name} {cfg.task.name} {r.adapter.label} seq_len={r.seq_len} attn={r.attention.name} "
-            f"ac={r.ac.label} sync={r.sync.label} on {world}x{r.hw['label']} ({r.ctx.device})")
+            f"ac={r.ac.label} sync={r.sync.label} on {world}x{r.hw['label']} ({r.ctx.device}){by}")
     status = 0
     try:
-        row = {**base, **measure(cfg, r, base["id"]), "env": environment()}
+        if r.peer is not None:
+            from core import peers
+
+            row = {**base, **peers.run(cfg, r, base["id"]), "env": environment()}
+        else:
+            row = {**base, **measure(cfg, r, base["id"]), "env": environment()}
     except Exception as e:  # a failed row keeps the first line of its error
         status = 2 if isinstance(e, UserError) else 1
         if status == 1 and not isinstance(e, NonFiniteError):
@@ -98,6 +108,8 @@ def format_row(row: dict) -> str:
         att = f" of {100 * att:.0f}% attainable" if att else ""
     if row.get("peak_mem_gib") is None:  # a CPU row: MFU and roofline against a nominal profile mean nothing
         mfu, roof = "MFU n/a (CPU)", "roofline n/a (CPU)"
+    elif row.get("peer"):  # another trainer's figures: no roofline of ours
+        mfu, roof = f"MFU {row['mfu']:.1f}%", f"measured by {row['peer']['label']}"
     else:
         mfu, roof = f"MFU {row['mfu']:.1f}%", f"roofline {100 * row['roofline_frac']:.0f}%{att}"
     return (f"{row['model']} | {row['type']} | {row['seq_len']} | {row['ac']} | {row['attn']} | "
@@ -142,7 +154,7 @@ def list_plugins() -> None:
     from core.plugins import registry
 
     reg = registry()
-    for kind in ("attn", "ac", "adapter", "sync", "kernels", "model_family"):
+    for kind in ("attn", "ac", "adapter", "sync", "kernels", "peer", "model_family"):
         print(f"{kind}:")
         for name in reg.names(kind):
             e = reg.get(kind, name)
@@ -150,7 +162,7 @@ def list_plugins() -> None:
     for name, err in reg.broken:
         print(f"broken plugin {name}: {err}")
     print("options: " + ", ".join(sorted(OPTIONS)))
-    print("groups: model= task= adapter= hardware= +attn= +ac= +sync= +kernels= +sweep= (see conf/)")
+    print("groups: model= task= adapter= hardware= +attn= +ac= +sync= +kernels= +peer= +sweep= (see conf/)")
 
 
 #: the flags Hydra's command line takes that stepbench passes on (with ``--list``, stepbench's); its

@@ -302,6 +302,85 @@ class Kernels(Protocol):
     def rope(self, x, cos, sin): ...
 
 
+@dataclass(kw_only=True)
+class PeerSpec:
+    """What a peer is asked to run: one row's configuration, in plain values (it is written to the
+    peer's work folder as ``spec.json``, so a peer's child process needs no stepbench import)."""
+
+    model: str  #: the row's model label (``Qwen3-0.6B``)
+    hf_name: str  #: the published model it stands for (``Qwen/Qwen3-0.6B``)
+    hf_config: dict  #: a transformers ``config.json`` of the model's shapes (the family's ``hf_config``)
+    task: str  #: ``rl`` or ``sft``
+    adapter: str  #: ``full`` or ``lora``
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: tuple = ()  #: the module names LoRA adapts (stepbench's adapter's own discovery)
+    seq_len: int
+    micro_batches: int
+    steps: int  #: steps run; the first is warm-up
+    attn: str  #: the row's attention name (``fa3``, ``fa2``, ``sdpa``, ...)
+    ac: str  #: the row's activation-memory name (``recompute``, ``offload``, ``none``)
+    compile: bool
+    seed: int
+    device: str  #: ``cuda`` or ``cpu``
+    handoff: str  #: per-step hand-off stepbench's row does: ``host`` (bf16 weights to pinned host memory) or ``none``
+    options: dict = field(default_factory=dict)  #: the peer's own options (``conf/peer/<name>.yaml``)
+
+
+@dataclass(kw_only=True)
+class PeerCommand:
+    """How to run a peer: a child process (``argv`` in ``cwd`` with ``env`` added to stepbench's)."""
+
+    argv: list
+    cwd: str | None = None
+    env: dict = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class PeerResult:
+    """What a peer reported, in its own words: its TPS and peak memory as it measured them (a peer
+    that reports step times too gets its spread), what it is (version or commit) and what one of its
+    steps did beyond forward, backward and the optimizer."""
+
+    tps: float
+    peak_mem_gib: float | None
+    step_s: list = field(default_factory=list)  #: measured whole-step seconds, where the peer reports them
+    version: str = ""  #: the peer's version or commit
+    attn_provider: str = ""  #: the attention kernel it ran, in its words
+    ac_label: str = ""  #: its activation memory, as a row's AC column says it (``Recompute``)
+    attn_label: str = ""  #: its attention, as a row's Attn column says it (``FA3``)
+    per_step_work: str = ""  #: e.g. "bf16 weights gathered to host memory; AdamW step"
+    precision: str = ""  #: e.g. "fp32 master weights, bf16 autocast"
+    compiled: bool | None = None  #: whether it ran torch.compile'd code (the row's Compile field); None: the row's option
+    extra: dict = field(default_factory=dict)  #: anything else the peer reported (stored with the row)
+
+
+@runtime_checkable
+class Peer(Protocol):
+    """``+peer=<name>``: another trainer that runs the row's configuration in a child process, so
+    the row is measured by that trainer instead of by stepbench (the report's peers view sets it
+    beside stepbench's row of the same call).
+
+    ``runs_stepbench`` true marks the default (``peer=none``): stepbench measures the row itself and
+    the core never calls the other members. ``label`` names the implementation in the report (the
+    row's ``impl``, and a suffix of its model label). ``why_not(spec)`` says in one line why the peer
+    cannot run this row here (a missing checkout or dependency, a configuration it has no way to
+    run), or None; it must not start the peer. ``command(spec, workdir)`` is the child to start
+    (``workdir`` holds ``spec.json`` and takes the peer's outputs); ``result(workdir, log)`` reads
+    what the peer reported after it exited with status 0 (``log``: its last output lines), or raises
+    ``ValueError`` with one line."""
+
+    name: str
+    label: str
+    runs_stepbench: bool
+
+    def why_not(self, spec: PeerSpec) -> str | None: ...
+
+    def command(self, spec: PeerSpec, workdir: str) -> PeerCommand: ...
+
+    def result(self, workdir: str, log: list) -> PeerResult: ...
+
+
 @runtime_checkable
 class TrainableModel(Protocol):
     """What a model family's ``build(args)`` returns (see :class:`core.models.common.CausalLM`).
@@ -358,3 +437,6 @@ class ModelFamily:
     #: its modules take a kernels provider (:class:`Kernels`: the native families' do); a family that
     #: runs another library's modules (transformers) runs only ``+kernels=eager``
     takes_kernels: bool = True
+    #: ``hf_config(args) -> dict``: a transformers ``config.json`` of the model's shapes (what a peer
+    #: trainer builds: ``+peer=...``); None where the family has no transformers counterpart
+    hf_config: Callable[[Any], dict] | None = None

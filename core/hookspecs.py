@@ -82,5 +82,16 @@ def stepbench_register_kernels(register):
 
 
 @hookspec
+def stepbench_register_peers(register):
+    """Register peers: factories of :class:`core.contracts.Peer` (``+peer=<name>``).
+
+    The core asks ``why_not(spec)`` before anything runs, then starts ``command(spec, workdir)`` as
+    a child process (its output shown as it comes, killed past ``peer.timeout_s``) and reads
+    ``result(workdir, log)`` into a row in stepbench's format (the peer's own TPS and peak, its
+    version and per-step work, stepbench's MFU formula on its TPS).
+    """
+
+
+@hookspec
 def stepbench_row_finished(row):
     """Observe every finished row (a dict, successful or failed) after it is written to the results."""

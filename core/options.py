@@ -15,8 +15,8 @@ from core.paths import conf_dir  # noqa: F401 (this module's interface too)
 
 CONF = conf_dir()
 #: groups whose nodes are plugin options (their keys come from the group's yaml files)
-PLUGIN_GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync", "kernels")
-APPENDED = ("attn", "ac", "sync", "kernels", "sweep")
+PLUGIN_GROUPS = ("model", "task", "adapter", "hardware", "attn", "ac", "sync", "kernels", "peer")
+APPENDED = ("attn", "ac", "sync", "kernels", "peer", "sweep")
 
 
 class OptionError(ValueError):
@@ -197,7 +197,7 @@ def family_keys(family: str) -> frozenset:
 
 #: plugin options whose least value is not 0 (every other number of a plugin group is a count, a size
 #: or a rate: 0 or more); hardware profile numbers are all above 0
-PLUGIN_MIN = {"adapter.rank": 1, "adapter.alpha": 1, "sync.keep": 1, "sync.bucket_mib": 1}
+PLUGIN_MIN = {"adapter.rank": 1, "adapter.alpha": 1, "sync.keep": 1, "sync.bucket_mib": 1, "peer.timeout_s": 1}
 #: plugin options that are lists of regular expressions (op names to save)
 PLUGIN_PATTERNS = ("ac.save",)
 

@@ -49,6 +49,9 @@ BUILTIN_PLUGINS = (
     "plugins.kernels.eager",
     "plugins.kernels.triton_kernels",
     "plugins.kernels.liger",
+    "plugins.peers.none",
+    "plugins.peers.hf",
+    "plugins.peers.prime_rl",
 )
 
 #: hook name -> registry kind (also the Hydra group a user selects it with)
@@ -59,6 +62,7 @@ KINDS = {
     "stepbench_register_models": "model_family",
     "stepbench_register_weight_sync": "sync",
     "stepbench_register_kernels": "kernels",
+    "stepbench_register_peers": "peer",
 }
 
 

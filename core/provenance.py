@@ -118,7 +118,8 @@ def environment() -> dict:
             env["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
         except (OSError, subprocess.TimeoutExpired, IndexError):
             env["driver"] = None
-    for pkg in ("triton", "peft", "flash_attn_3", "flash_attn", "hydra-core", "pluggy", "safetensors"):
+    for pkg in ("triton", "peft", "transformers", "liger-kernel", "flash_attn_3", "flash_attn", "hydra-core", "pluggy",
+                "safetensors"):
         v = package_version(pkg)
         if v != "unknown":
             env[pkg] = v

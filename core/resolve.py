@@ -37,13 +37,15 @@ class Resolved:
     host_gib: float = 0.0
     notes: list = field(default_factory=list)
     kernels: object = None  #: core.contracts.Kernels
+    peer: object = None  #: core.contracts.Peer (None: stepbench measures the row itself)
 
 
 #: top-level options outside the other key fields that change what a row measures
 VARIANT_OPTIONS = ("compile_head", "fuse", "head_budget_mib", "fsdp")
 #: plugin options the other key fields already say (ac.mode in the AC column, sync.dir and
 #: sync.overlap in the Sync column) or that change nothing measured
-VARIANT_SKIP = {"ac": {"mode"}, "sync": {"dir", "overlap", "cleanup"}}
+VARIANT_SKIP = {"ac": {"mode"}, "sync": {"dir", "overlap", "cleanup"},
+                "peer": {"path", "python", "pythonpath", "tokenizer", "timeout_s"}}
 
 
 @lru_cache(maxsize=1)
@@ -76,7 +78,7 @@ def variant_label(cfg) -> str:
     kernels = (cfg.get("kernels") or {}).get("name", default) if isinstance(cfg.get("kernels"), dict) else default
     if kernels != default:
         words.append(word("kernels", kernels))
-    for group in ("adapter", "attn", "ac", "sync", "kernels"):
+    for group in ("adapter", "attn", "ac", "sync", "kernels", "peer"):
         node = cfg.get(group)
         if not isinstance(node, dict):
             continue
@@ -168,7 +170,9 @@ def make_plugins(cfg, ctx) -> dict:
     out: dict = {"entries": {}}
     try:
         reg = registry()
-        for kind in ("attn", "ac", "adapter", "sync", "kernels"):
+        for kind in ("attn", "ac", "adapter", "sync", "kernels", "peer"):
+            if kind == "peer" and cfg.get("peer") is None:  # a stored config from before peers
+                continue
             options = OmegaConf.to_container(cfg[kind], resolve=True)
             entry = reg.get(kind, options["name"])
             out["entries"][kind] = entry
@@ -275,9 +279,13 @@ def resolve(cfg, world: int = 1) -> Resolved:
     if host and limit and host > limit:
         raise UserError(f"{ac.label} would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
                         "try a shorter seq_len, or an activation strategy that pins less (python -m core.bench --list)")
+    peer = p.get("peer")
+    peer = None if peer is None or peer.runs_stepbench else peer
+    if peer is not None and world > 1:
+        raise UserError(f"+peer={peer.name} runs the peer on one GPU: run it without torchrun")
     pred = predict_peak_gib(args, seq_len, adapter, ac, world, cfg.head_budget_mib, layout)
     mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else host_avail)
-    if mem_limit and pred > mem_limit:
+    if mem_limit and pred > mem_limit and peer is None:  # a peer's memory is its own (it may run out: a failed row)
         lean = ac.leaner or "a shorter seq_len"
         raise UserError(f"predicted peak memory {pred:.1f} GiB exceeds the {mem_limit:.1f} GiB available "
                         f"({'GPU' if ctx.device == 'cuda' else 'host'}): try {lean}, another adapter, more GPUs, "
@@ -292,7 +300,7 @@ def resolve(cfg, world: int = 1) -> Resolved:
     if why:
         raise UserError(f"sync '{sync.name}': {why}")
     return Resolved(ctx, args, family, fam, flavour, seq_len, attention, ac, adapter, sync, p["entries"], hw,
-                    sync_ctx, layout, pred, host, notes, kernels=p["kernels"])
+                    sync_ctx, layout, pred, host, notes, kernels=p["kernels"], peer=peer)
 
 
 def config_labels(cfg) -> dict:

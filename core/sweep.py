@@ -265,7 +265,7 @@ def table(rows: list[dict]) -> str:
         out.append(f"{r['model']:<15} {r['type']:<14} {r['seq_len']:>6} {r['ac']:<20} {r['attn']:<5} "
                    f"{str(r.get('sync')):<18} {r['mfu']:5.1f}% {r['tps'] / 1e3:7.2f}k {100 * sp.get('cv', 0):4.1f}% "
                    f"{r['step_time']:7.3f}s {r['peak_mem_gib'] or 0:6.1f} {host:5.1f} "
-                   f"{r.get('sync_s_per_step', 0):7.3f} {100 * r['roofline_frac']:4.0f}% "
+                   f"{r.get('sync_s_per_step', 0):7.3f} {100 * r.get('roofline_frac', float('nan')):4.0f}% "
                    f"{100 * (r.get('step_budget') or {}).get('attainable', float('nan')):5.0f}%"
                    + (f"  {r['variant']}" if r.get("variant") else ""))
     return "\n".join(out)

@@ -1,0 +1,125 @@
+"""A row measured by a peer (``+peer=<name>``): another trainer run on the row's configuration in a
+child process, its own figures kept in a row of stepbench's format.
+
+The row resolves like any other (every option checked, the model's shapes and the plugins made),
+then the peer (:class:`core.contracts.Peer`) is asked whether it can run it (``why_not``: one line,
+status 2), given ``spec.json`` in a work folder under ``runs/peers/<row id>/`` and started; its
+output is shown as it comes, and past ``peer.timeout_s`` it is killed (a failed row). Its figures
+(TPS and peak memory as it measured them, its step times where it reports them) become the row's;
+MFU is stepbench's formula on the peer's TPS (prime-rl's definition, the published column's), so
+rows of every trainer are compared on one formula. The row's ``impl`` is the peer's label and its
+model label carries it (``Qwen3-0.6B (HF compiled)``), so the peer's rows never stand for
+stepbench's own in the results or the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from core.errors import UserError, first_line
+
+
+def spec_of(cfg, r) -> "object":
+    """The row's configuration as a :class:`core.contracts.PeerSpec` (plain values)."""
+    from omegaconf import OmegaConf
+
+    from core.contracts import PeerSpec
+
+    fam = r.family_obj
+    hf = dict(r.args.hf_config) if r.args.hf_config else (fam.hf_config(r.args) if fam.hf_config else None)
+    if not hf:
+        raise UserError(f"the {r.family} family gives no transformers config for a peer to build: pick a model whose "
+                        "family has one (model=qwen3_0_6b, model=hf_...)")
+    adapter = r.adapter
+    lora = {}
+    if getattr(adapter, "frozen_base", False) and hasattr(adapter, "rank"):
+        targets = adapter.model_targets(r.args)[0] if hasattr(adapter, "model_targets") else []
+        lora = {"lora_rank": int(adapter.rank), "lora_alpha": float(adapter.alpha), "lora_targets": tuple(targets)}
+    options = OmegaConf.to_container(cfg.peer, resolve=True)
+    return PeerSpec(model=r.args.name, hf_name=r.args.hf_name, hf_config=hf, task=str(cfg.task.name),
+                    adapter=adapter.name, seq_len=r.seq_len, micro_batches=int(cfg.micro_batches),
+                    steps=int(cfg.steps), attn=r.attention.name, ac=r.ac.name, compile=bool(cfg.compile),
+                    seed=int(cfg.seed), device=r.ctx.device, handoff="host" if r.sync.hands_off else "none",
+                    options={k: v for k, v in options.items() if k != "name"}, **lora)
+
+
+def check(cfg, r) -> "object":
+    """The row's spec, or ``UserError`` where the peer cannot run it (before anything starts)."""
+    if str(cfg.get("packing", "single")) != "single":
+        raise UserError(f"+peer={r.peer.name} runs one document of seq_len tokens per micro-batch: use packing=single")
+    spec = spec_of(cfg, r)
+    try:
+        why = r.peer.why_not(spec)
+    except Exception as e:  # a peer's own check that breaks names the peer
+        raise UserError(f"peer '{r.peer.name}' failed its check: {first_line(e)}") from None
+    if why:
+        raise UserError(f"peer '{r.peer.name}': {why}")
+    return spec
+
+
+def workdir(row_id: str) -> Path:
+    """The peer's work folder: ``runs/peers/<row id>`` under the current folder."""
+    return Path("runs") / "peers" / row_id
+
+
+def run(cfg, r, row_id: str) -> dict:
+    """Run the row's peer; return the row's measured fields (labels included). A peer that fails
+    raises ``RuntimeError`` with its one line (a failed row)."""
+    from core import flops
+    from core.memory import param_count
+    from core.measure import say, spread, throughput
+    from core.resolve import row_labels
+    from core.sweep import child_env, stream_child
+
+    spec = check(cfg, r)
+    work = workdir(row_id).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
+    cmd = r.peer.command(spec, str(work))
+    env = {**child_env(), **{k: str(v) for k, v in cmd.env.items()}}
+    if cmd.env.get("PYTHONPATH"):  # the peer's path first, then stepbench's
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cmd.env["PYTHONPATH"]), child_env().get("PYTHONPATH")]))
+    for k in [k for k in env if k.startswith("PRIME_")]:  # this shell's prime-rl settings would configure the child
+        del env[k]
+    timeout = float((cfg.peer.get("timeout_s") or 1800))
+    say(f"peer {r.peer.name}: {' '.join(map(str, cmd.argv))}")
+    cwd = os.getcwd()
+    try:
+        if cmd.cwd:
+            os.chdir(cmd.cwd)
+        rc, tail = stream_child([str(a) for a in cmd.argv], env, timeout, out=sys.stderr, prefix="  | ")
+    finally:
+        os.chdir(cwd)
+    (work / "log.txt").write_text("\n".join(tail) + "\n")
+    if rc != 0:
+        from core.sweep import child_error
+
+        raise RuntimeError(f"peer {r.peer.name} failed: {child_error(rc, tail)}")
+    try:
+        res = r.peer.result(str(work), tail)
+    except ValueError as e:
+        raise RuntimeError(f"peer {r.peer.name}: {first_line(e, with_type=False)}") from None
+    tokens = r.seq_len * int(cfg.micro_batches)
+    step_time = (throughput(res.step_s, tokens, int(cfg.micro_batches))[1] if res.step_s
+                 else tokens / res.tps / int(cfg.micro_batches))
+    frozen = r.adapter.frozen_base
+    adapter_params = r.adapter.trainable_params(r.args) if frozen else 0
+    fpt = flops.prime_rl_flops_per_token(r.args, r.seq_len, adapter_params, param_count(r.args), frozen)
+    labels = row_labels(cfg, r, 1)
+    labels.update(model=f"{r.args.name} ({r.peer.label})", impl=r.peer.label,
+                  own_loop=True, ac=res.ac_label or labels["ac"], attn=res.attn_label or labels["attn"],
+                  compile=labels["compile"] if res.compiled is None else res.compiled)
+    return {
+        **labels, "status": "ok", "error": None, "tps": res.tps, "step_time": step_time,
+        "mfu": flops.mfu(fpt, res.tps, r.hw["peak_flops"], 1), "flops_per_token_prime_rl": fpt,
+        "peak_flops": r.hw["peak_flops"], "peak_mem_gib": res.peak_mem_gib, "predicted_mem_gib": None,
+        "steps_measured": len(res.step_s) or None, "spread": spread(res.step_s) if res.step_s else {"n": 0},
+        "samples": {"step_s": res.step_s} if res.step_s else {}, "attn_provider": res.attn_provider,
+        "peer": {"name": r.peer.name, "label": r.peer.label, "version": res.version,
+                 "per_step_work": res.per_step_work, "precision": res.precision, "command": [str(a) for a in cmd.argv],
+                 "workdir": str(work), **({"reported": res.extra} if res.extra else {})},
+    }

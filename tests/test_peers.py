@@ -1,0 +1,195 @@
+"""Peers (``+peer=...``): the native families' transformers configs build the same model, the HF
+loop's losses are stepbench's, its rows land in stepbench's format, and prime-rl's command and
+bench file are read as its bench mode writes them."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.contracts import Peer, PeerSpec
+from core.data import AttnMeta
+from core.losses import rl_loss, sft_loss
+from core.plugins import make, registry
+from plugins.models import hf
+from plugins.models.native import FAMILIES
+from plugins.peers import hf_loop
+from plugins.peers.prime_rl import PrimeRL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_native_hf_config_builds_the_same_model(family):
+    """Each native family's ``hf_config`` is the model a peer builds: transformers' model from it,
+    given the native model's weights (the same parameter names under ``model.``), computes the same
+    fp32 log-probabilities."""
+    from transformers import AutoModelForCausalLM
+
+    from core.models.common import CausalLM
+    from core.trainer import bind_attention
+
+    fam = FAMILIES[family]
+    a = fam.flavours["tiny"]
+    torch.manual_seed(0)
+    native = CausalLM(a).float()
+    with torch.no_grad():
+        for p in native.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+        for name, b in native.named_buffers():
+            if "bias" in name:  # GLM's router correction bias
+                b.copy_(torch.randn_like(b) * 0.1)
+    bind_attention(native, make("attn", {"name": "sdpa"}))
+    ref = AutoModelForCausalLM.from_config(hf.hf_config(fam.hf_config(a)), attn_implementation="eager",
+                                           dtype=torch.float32)
+    state = {k if k.startswith("lm_head.") else f"model.{k}": v for k, v in native.state_dict().items()}
+    if a.tied_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing = set(ref.state_dict()) - set(state)
+    assert not missing, f"transformers' model has weights the native one lacks: {sorted(missing)[:5]}"
+    ref.load_state_dict(state)
+    T = 40
+    ids = torch.randint(0, a.vocab_size, (T,), generator=torch.Generator().manual_seed(1))
+    targets = torch.roll(ids, -1)
+    lp, _ = native(ids, torch.arange(T), AttnMeta.from_doc_lens([T], "cpu"), targets)
+    logits = ref(input_ids=ids[None], position_ids=torch.arange(T)[None]).logits[0]
+    want = hf_loop.token_logprobs(logits, targets)
+    torch.testing.assert_close(lp, want, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("T", [7, 64])
+def test_hf_loop_losses_are_stepbenchs(T):
+    """The loop's RL and SFT losses (it imports nothing from stepbench) equal core.losses', value and
+    gradient, with tokens both inside and outside the importance-ratio mask."""
+    g = torch.Generator().manual_seed(T)
+    lp = (torch.randn(T, generator=g) - 5).requires_grad_()
+    inf = lp.detach() + 3 * torch.randn(T, generator=g)  # some ratios outside [1/8, 8]
+    adv, mask = torch.randn(T, generator=g), torch.rand(T, generator=g) > 0.2
+    for ours, theirs in ((lambda x: hf_loop.rl_loss(x, inf, adv, mask), lambda x: rl_loss(x, inf, adv, mask)[0]),
+                         (lambda x: hf_loop.sft_loss(x, mask), lambda x: sft_loss(x, mask)[0])):
+        a, = torch.autograd.grad(ours(lp), lp)
+        b, = torch.autograd.grad(theirs(lp), lp)
+        torch.testing.assert_close(ours(lp), theirs(lp))
+        torch.testing.assert_close(a, b)
+
+
+def test_peers_registered_and_conform():
+    reg = registry()
+    assert {"none", "hf_compiled", "hf_eager", "prime_rl"} <= set(reg.names("peer"))
+    for name in reg.names("peer"):
+        p = reg.get("peer", name).factory({"name": name}, None)
+        assert isinstance(p, Peer) and p.name == name and p.label
+    assert make("peer", {"name": "none"}).runs_stepbench
+    assert not make("peer", {"name": "hf_eager"}).runs_stepbench
+
+
+def bench(tmp_path, *args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "core.bench", *args, f"results={tmp_path / 'rows.jsonl'}"],
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env)
+
+
+@pytest.mark.parametrize("task,adapter", [("rl", "full"), ("sft", "lora")])
+def test_hf_peer_row(tmp_path, task, adapter):
+    """A row measured by the HF loop: stepbench's row format, the peer's own figures and labels, its
+    work folder with the spec it was given."""
+    p = bench(tmp_path, "+peer=hf_eager", "model=qwen3_tiny", "seq_len=128", "steps=3", f"task={task}",
+              f"adapter={adapter}", "device=cpu")
+    assert p.returncode == 0, p.stderr[-2000:]
+    row = json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[-1])
+    assert row["status"] == "ok" and row["impl"] == "HF eager" and row["own_loop"] is True
+    assert row["model"] == "qwen3-tiny (HF eager)" and row["compile"] is False
+    assert row["steps_measured"] == 2 and len(row["samples"]["step_s"]) == 2
+    assert row["tps"] == pytest.approx(2 * 128 * 2 / sum(row["samples"]["step_s"]))
+    assert "transformers" in row["peer"]["version"] and row["peer"]["precision"].startswith("fp32 master")
+    assert ("pinned host" in row["peer"]["per_step_work"]) == (task == "rl" and adapter == "full")
+    spec = json.loads((Path(row["peer"]["workdir"]) / "spec.json").read_text())
+    assert spec["seq_len"] == 128 and spec["adapter"] == adapter
+    if adapter == "lora":
+        assert spec["lora_rank"] == 16 and "q_proj" in spec["lora_targets"]
+    assert "measured by" not in p.stdout or row["peak_mem_gib"] is not None  # CPU rows print RSS, not a peer label
+
+
+@pytest.mark.parametrize("args,says", [
+    (["+peer=prime_rl"], "add peer.path="),
+    (["+peer=prime_rl", "peer.path=/nonexistent/prime-rl"], "is not a folder"),
+    (["+peer=hf_eager", "peer.precision=fp8"], "peer.precision=amp"),
+    (["+peer=hf_eager", "packing=random"], "packing=single"),
+    (["+peer=hf_eager", "peer.timeout_s=0"], "peer.timeout_s"),
+    (["+peer=hf_eager", "peer.path=/x"], "+peer=prime_rl"),
+    (["+peer=torch"], "choose one of"),
+])
+def test_peer_refusals(tmp_path, args, says):
+    p = bench(tmp_path, *args, "model=qwen3_tiny", "device=cpu", timeout=120)
+    assert p.returncode == 2, p.stderr[-1500:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("stepbench:") and "no CUDA" not in ln]
+    assert lines and says in lines[-1], p.stderr[-1500:]
+    assert not (tmp_path / "rows.jsonl").exists()
+
+
+def spec(**kw) -> PeerSpec:
+    a = FAMILIES["qwen3"].flavours["tiny"]
+    base = dict(model=a.name, hf_name="", hf_config=FAMILIES["qwen3"].hf_config(a), task="rl", adapter="lora",
+                lora_rank=16, lora_alpha=32.0, lora_targets=("q_proj",), seq_len=16384, micro_batches=2, steps=6,
+                attn="fa3", ac="offload", compile=True, seed=0, device="cuda", handoff="none")
+    return PeerSpec(**{**base, **kw})
+
+
+def fake_checkout(root: Path) -> Path:
+    for task in ("rl", "sft"):
+        d = root / "src" / "prime_rl" / "trainer" / task
+        d.mkdir(parents=True)
+        (d / "train.py").write_text("")
+    return root
+
+
+def test_prime_rl_command(tmp_path):
+    """The command of prime-rl's nightly benchmark, from the row: RL LoRA with offload and FA3, and
+    SFT full fine-tuning; the model folder holds the row's config.json and a tokenizer that loads."""
+    from transformers import AutoTokenizer
+
+    peer = PrimeRL({"name": "prime_rl", "path": str(fake_checkout(tmp_path / "prime-rl")), "pythonpath": "/stubs"})
+    s = spec()
+    assert peer.why_not(s) is None
+    cmd = peer.command(s, str(tmp_path / "w"))
+    a = cmd.argv
+    assert a[a.index("--model.attn") + 1] == "flash_attention_3" and "--model.ac-offloading" in a
+    assert a[a.index("--model.seq-len") + 1] == "16384" and a[a.index("--data.fake.batch-size") + 1] == "2"
+    assert a[a.index("--model.lora.rank") + 1] == "16" and a[a.index("--max-concurrent-runs") + 1] == "4"
+    assert "--model.compile" in a and "--model.debug.random-init" in a and a[a.index("--bench.output-json") + 1]
+    assert cmd.env["PYTHONPATH"].endswith("/stubs") and cmd.env["HF_HUB_OFFLINE"] == "1"
+    model = Path(a[a.index("--model.name") + 1])
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["architectures"] == ["Qwen3ForCausalLM"] and cfg["hidden_size"] == 64
+    assert AutoTokenizer.from_pretrained(str(model)).eos_token == "</s>"
+    sft = peer.command(spec(task="sft", adapter="full", ac="recompute", attn="fa2"), str(tmp_path / "w2")).argv
+    assert sft[5].endswith("sft/train.py") and "--model.ac" in sft and "--model.lora.rank" not in sft
+    assert sft[sft.index("--data.seq-len") + 1] == "16384" and sft[sft.index("--data.type") + 1] == "fake"
+    assert "flash_attention_2" in sft
+    assert "adapter=full" in peer.why_not(spec(task="sft"))
+    assert "CUDA" in peer.why_not(spec(device="cpu"))
+    assert "+attn=fa3" in peer.why_not(spec(attn="cudnn"))
+
+
+def test_prime_rl_result(tmp_path):
+    """prime-rl's bench file (as its export writes it, or nested under ``metrics`` as its CI wrapper
+    does): its throughput and peak are the row's; a file without them is one line."""
+    peer = PrimeRL({"name": "prime_rl", "path": str(tmp_path)})
+    (tmp_path / "spec.json").write_text(json.dumps(asdict(spec())))
+    stats = lambda m: {"mean": m, "std": 0.1, "min": m - 1, "max": m + 1}  # noqa: E731
+    bench_file = {"mfu": stats(20.0), "throughput": stats(5860.0), "step_time": stats(5.5),
+                  "peak_memory": {"gib": 23.3, "pct": 29.4}}
+    for body in (bench_file, {"config": {}, "metrics": bench_file}):
+        (tmp_path / "bench.json").write_text(json.dumps(body))
+        r = peer.result(str(tmp_path), [])
+        assert (r.tps, r.peak_mem_gib, r.attn_label, r.ac_label) == (5860.0, 23.3, "FA3", "Offload")
+        assert "no optimizer step" in r.per_step_work and r.extra["mfu"]["mean"] == 20.0
+    (tmp_path / "bench.json").write_text(json.dumps({"mfu": stats(1.0)}))
+    with pytest.raises(ValueError, match="throughput.mean"):
+        peer.result(str(tmp_path), [])

@@ -181,16 +181,18 @@ class Peers:
 
 NATIVE = "native"
 PEERS_INTRO = (
-    "For each published row, measured by the same harness (same timing, data, loss and per-step work): "
-    "**native** = stepbench's model code with the row's plugins; a peer run with the same plugins inside "
-    "its own modules (the `hf` family: a transformers model, `model=hf_*`); and a peer that runs its own "
-    "loop (`model.plain=true`: transformers' forward, its gradient checkpointing, the loss over full fp32 "
-    "logits, LoRA through peft) twice: on its own pick of attention kernel (`+attn=sdpa`: torch's pick, "
-    "cuDNN attention on Hopper) and held to the published row's kernel (the matching row). Cells: TPS "
-    "(peak memory) [AC, attention]; a cell from another call than the native row says so; a peer row "
-    "that failed (e.g. out of memory on its full logits) shows the error. Ratios = native TPS / that "
-    "peer's TPS, counted only where both rows ran in the same call on the same machine (else shown in "
-    "parentheses and left out of the summary).\n")
+    "For each published row: **native** = stepbench's model code with the row's plugins; a peer run with the "
+    "same plugins inside its own modules (the `hf` family: a transformers model, `model=hf_*`); and every "
+    "trainer that runs its own loop, twice: on its own pick of attention kernel and held to the published "
+    "row's kernel. Those are the peers of `+peer=...` (another trainer run on the row's configuration in a "
+    "child process, its own TPS and peak memory: `prime-rl` = prime-rl's trainer in its bench mode, `HF "
+    "compiled` / `HF eager` = a transformers loop with the Trainer's bf16 recipe, each decoder layer compiled "
+    "or not) and the older `plain HF` rows (transformers' forward inside stepbench's harness, "
+    "`model.plain=true`). Each peer row stores what its trainer does per step (`peer.per_step_work`). Cells: "
+    "TPS (peak memory) [AC, attention]; a cell from another call than the native row says so; a peer row "
+    "that failed (e.g. out of memory on its full logits) shows the error. Ratios = native TPS / that peer's "
+    "TPS, counted only where both rows ran in the same call on the same machine (else shown in parentheses "
+    "and left out of the summary). `prime-rl (published)` is the January table's figure, for reference.\n")
 
 
 def _cell(r) -> str:
@@ -228,10 +230,10 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
     plugins, loops = v.peers()
     if not plugins and not loops:
         return ""
-    head = ["Model", "Type", "SeqLen", "AC", "Attn", "Hardware", "prime-rl", "native", *plugins]
+    head = ["Model", "Type", "SeqLen", "AC", "Attn", "Hardware", "prime-rl (published)", "native", *plugins]
     for i in loops:
         head += [f"{i}, its pick", f"native / {i}", f"{i}, same kernel", f"native / {i} same kernel"]
-    lines = ["## Peers: stepbench against the Hugging Face loop\n", PEERS_INTRO, "| " + " | ".join(head) + " |",
+    lines = ["## Peers: stepbench against other trainers, in the same call\n", PEERS_INTRO, "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     ratios: dict = {}
     for p in published:

@@ -193,3 +193,34 @@ def test_prime_rl_result(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({"mfu": stats(1.0)}))
     with pytest.raises(ValueError, match="throughput.mean"):
         peer.result(str(tmp_path), [])
+
+
+def test_report_shows_peer_rows_beside_native(tmp_path):
+    """Rows measured by peers (no roofline of ours, the peer's own figures) enter the peers view
+    beside the native row of their call, with the ratio, and stay out of the headline views."""
+    from core.published import parse_published
+    from core.report import main
+    from tests.test_report import h100, ours, write
+
+    published, _, _ = parse_published()
+    p = h100(published, "RL Full", 8192, "Recompute", "FA2")
+    native = ours(p, tps=40000.0, family="qwen3", run_id="a", sync="host")
+    peer = dict(family="qwen3", own_loop=True, run_id="a", sync="host", roofline_frac=None)
+    hf_c = ours(p, tps=20000.0, impl="HF compiled", model="Qwen3-0.6B (HF compiled)", hf_name="Qwen/Qwen3-0.6B",
+                peer={"name": "hf_compiled", "label": "HF compiled", "per_step_work": "x"}, **peer)
+    prl = ours(p, tps=8000.0, impl="prime-rl", model="Qwen3-0.6B (prime-rl)", hf_name="Qwen/Qwen3-0.6B",
+               peer={"name": "prime_rl", "label": "prime-rl", "per_step_work": "y"}, **peer)
+    for r in (hf_c, prl):
+        del r["roofline_frac"]
+    res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
+    write(res, [native, hf_c, prl])
+    assert main(["--results", str(res), "--out", str(out), "--baseline", str(tmp_path / "b.jsonl"),
+                 "--predictions", str(tmp_path / "none")]) == 0
+    text = out.read_text()
+    view_a = text.split("## View (a)")[1].split("## View (b)")[0]
+    assert "40.00k" in view_a and "20.00k" not in view_a and "8.00k" not in view_a
+    peers = text.split("## Peers")[1]
+    line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL Full | 8192 | Recompute | FA2"))
+    assert "40.00k" in line and "20.00k" in line and "8.00k" in line
+    assert "native / HF compiled with the same attention kernel, 1 rows: geomean 2.00x" in peers
+    assert "native / prime-rl with the same attention kernel, 1 rows: geomean 5.00x" in peers

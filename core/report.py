@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from core.provenance import row_provenance  # noqa: E402
 from core.published import host_gib, implementation, parse_published, section_name, sync_per_step  # noqa: E402
 from core.results import read_rows, row_key, row_variant  # noqa: E402
-from core.views import (best_at_no_more_memory, budget_view, peers_view, plot_views, reruns_view,  # noqa: E402
+from core.views import (best_at_no_more_memory, budget_view, failures_view, peers_view, plot_views, reruns_view,  # noqa: E402
                         versus_published)
 DIFF_MIN, REGRESSION, SPREAD_WARN = 1.0, 5.0, 0.05
 HEADER = """# Performance Benchmarks
@@ -391,6 +391,9 @@ def main(argv=None) -> int:
     peers = peers_view(rows, published, failed, runs)
     if peers:
         text += "\n" + peers
+    failures = failures_view(rows, failed, parse_published()[2])
+    if failures:
+        text += "\n" + failures
     reruns = reruns_view(runs)
     if reruns:
         text += "\n" + reruns

@@ -386,3 +386,39 @@ def budget_view(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n" if n else ""
 
 
+def failures_view(rows: list[dict], failed: list[dict], published_failed: list[dict]) -> str:
+    """The published table's failures whose configuration the error itself gives (``failed_cells`` of
+    ``prime-rl-configs.yaml``): "published: failed" beside each implementation's fastest run of that
+    configuration here (native and peers), and its own failed runs."""
+    from core.published import configs
+
+    lines = []
+    for c in configs().get("failed_cells") or []:
+        n = sum(1 for f in published_failed if (f.get("hf_name"), f.get("type"), f.get("hardware_label"))
+                == (c["hf_name"], c["type"], c["hardware_label"]))
+        model = c["hf_name"].split("/")[-1]
+
+        def match(r):
+            return (model_name(r), r.get("type"), r.get("hardware_label")) == (model, c["type"], c["hardware_label"]) \
+                and str(r.get("seq_len")) == str(c["seq_len"])
+
+        best: dict = {}
+        for r in rows:
+            if match(r) and r["tps"] > best.get(implementation(r), {"tps": -1})["tps"]:
+                best[implementation(r)] = r
+        broke = {}
+        for r in failed:
+            if match(r) and implementation(r) not in best:
+                broke.setdefault(implementation(r), r)
+        cells = [f"{i}: {_loop_cell(r, None)}" for i, r in sorted(best.items(), key=lambda x: x[0] != NATIVE)]
+        cells += [f"{i}: {_loop_cell(None, r)}" for i, r in sorted(broke.items())]
+        lines.append(f"| {model} | {c['type']} | {c['seq_len']} | {c['hardware_label']} | failed{f' ({n}x)' if n > 1 else ''}: "
+                     f"{c['why']} | {'; '.join(cells) or 'not run yet'} |")
+    if not lines:
+        return ""
+    head = ["## The published failures, run here\n",
+            "Configurations the published table lists as failed, where the error gives the configuration. Each "
+            "implementation's fastest run here (TPS (peak memory) [AC, attention]), or its failure.\n",
+            "| Model | Type | SeqLen | Hardware | Published | Here |", "|---|---|---|---|---|---|"]
+    return "\n".join(head + lines) + "\n"
+

@@ -224,3 +224,26 @@ def test_report_shows_peer_rows_beside_native(tmp_path):
     assert "40.00k" in line and "20.00k" in line and "8.00k" in line
     assert "native / HF compiled with the same attention kernel, 1 rows: geomean 2.00x" in peers
     assert "native / prime-rl with the same attention kernel, 1 rows: geomean 5.00x" in peers
+
+
+def test_failures_view_sets_our_run_beside_the_published_failure(tmp_path):
+    """0.6B SFT Full 65536 failed three times on one H100 in the published table (37.09 GiB of fp32
+    logits): the report sets stepbench's run of it beside that, and a peer's failure too."""
+    from core.published import parse_published
+    from core.report import main
+    from tests.test_report import h100, ours, write
+
+    published, _, _ = parse_published()
+    p = {**h100(published, "SFT Full", 16384, "Recompute", "FA2"), "seq_len": 65536}
+    native = ours(p, tps=30000.0, family="qwen3", ac="Recompute", attn="FA3", peak_mem_gib=20.5)
+    oom = ours(p, tps=0.0, family="qwen3", impl="HF compiled", own_loop=True, model="Qwen3-0.6B (HF compiled)",
+               hf_name="Qwen/Qwen3-0.6B", status="failed", error="OutOfMemoryError: CUDA out of memory.")
+    res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
+    write(res, [native, oom])
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+                 "--predictions", str(tmp_path / "none")]) == 0
+    view = out.read_text().split("## The published failures, run here")[1]
+    line = next(ln for ln in view.splitlines() if ln.startswith("| Qwen3-0.6B | SFT Full | 65536 | 1xH100 HBM3"))
+    assert "failed (3x): out of memory on 37.09 GiB" in line
+    assert "native: 30.00k (20.5 GiB) [Recompute, FA3]" in line
+    assert "HF compiled: failed: OutOfMemoryError" in line

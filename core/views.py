@@ -263,7 +263,36 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
     for label, xs in ratios.items():
         if xs:
             lines.append(ratio_summary(f"native / {label}", xs))
+    work = per_step_work([r for rs in v.runs.values() for ks in rs.values() for r in ks])
+    if work:
+        lines += ["", "What each side does per step, beyond forward, backward and gradient clipping:", "", *work]
     return "\n".join(lines) + "\n"
+
+
+#: a native row's Sync label -> what its hand-off does each step
+HANDOFF_WORDS = {"host": "the bf16 weights gathered into pinned host memory", "none": "no hand-off",
+                 "filesystem disk": "the bf16 weights written to a file", "filesystem shm": "the bf16 weights written to "
+                 "shared memory", "nccl": "the bf16 weights broadcast over NCCL"}
+
+
+def per_step_work(rows: list[dict]) -> list[str]:
+    """One line per implementation and type: what its rows do per step (a peer's own words,
+    ``peer.per_step_work``; stepbench's from the row's hand-off and adapter)."""
+    seen: dict = {}
+    for r in rows:
+        impl, typ = implementation(r), r.get("type", "?")
+        if (r.get("peer") or {}).get("per_step_work"):
+            what = r["peer"]["per_step_work"]
+        elif impl == NATIVE:
+            sync = str(r.get("sync") or "none")
+            hand = HANDOFF_WORDS.get(sync.removesuffix(" overlap"), f"hand-off {sync}")
+            what = f"AdamW step on fp32 master weights; {hand}" + (" (overlapped with the next step)"
+                                                                   if sync.endswith("overlap") else "")
+        else:
+            continue
+        seen.setdefault((impl, typ), set()).add(what)
+    return [f"- **{impl}**, {typ}: {'; or '.join(sorted(ws))}" for (impl, typ), ws in
+            sorted(seen.items(), key=lambda x: (x[0][0] != NATIVE, x[0]))]
 
 
 def reruns_view(pool: list[dict]) -> str:

@@ -224,6 +224,8 @@ def test_report_shows_peer_rows_beside_native(tmp_path):
     assert "40.00k" in line and "20.00k" in line and "8.00k" in line
     assert "native / HF compiled with the same attention kernel, 1 rows: geomean 2.00x" in peers
     assert "native / prime-rl with the same attention kernel, 1 rows: geomean 5.00x" in peers
+    assert "- **native**, RL Full: AdamW step on fp32 master weights; the bf16 weights gathered into pinned host " \
+           "memory" in peers and "- **HF compiled**, RL Full: x" in peers and "- **prime-rl**, RL Full: y" in peers
 
 
 def test_failures_view_sets_our_run_beside_the_published_failure(tmp_path):

@@ -96,9 +96,7 @@ def run(cfg, r, row_id: str) -> dict:
         os.chdir(cwd)
     (work / "log.txt").write_text("\n".join(tail) + "\n")
     if rc != 0:
-        from core.sweep import child_error
-
-        raise RuntimeError(f"peer {r.peer.name} failed: {child_error(rc, tail)}")
+        raise RuntimeError(f"peer {r.peer.name} failed: {peer_error(rc, tail)}")
     try:
         res = r.peer.result(str(work), tail)
     except ValueError as e:
@@ -123,3 +121,19 @@ def run(cfg, r, row_id: str) -> dict:
                  "per_step_work": res.per_step_work, "precision": res.precision, "command": [str(a) for a in cmd.argv],
                  "workdir": str(work), **({"reported": res.extra} if res.extra else {})},
     }
+
+
+def peer_error(rc: int, tail: list[str]) -> str:
+    """The one line of a peer that failed: its last ``SomethingError: ...`` line that is not the
+    launcher's wrapper (torchrun's ChildFailedError), else the sweep's reading of its output."""
+    import re
+
+    from core.sweep import child_error
+
+    pat = re.compile(r"([A-Za-z_.]*(Error|Exception)): (.+)")
+    for ln in reversed(tail):
+        m = pat.search(ln)
+        if m and "ChildFailedError" not in m.group(1):
+            return f"{m.group(1).split('.')[-1]}: {m.group(3).strip()}"[:300]
+    return child_error(rc, tail)
+

@@ -249,3 +249,13 @@ def test_failures_view_sets_our_run_beside_the_published_failure(tmp_path):
     assert "failed (3x): out of memory on 37.09 GiB" in line
     assert "native: 30.00k (20.5 GiB) [Recompute, FA3]" in line
     assert "HF compiled: failed: OutOfMemoryError" in line
+
+
+def test_a_failed_peer_keeps_its_own_error_line():
+    from core.peers import peer_error
+
+    tail = ["Traceback (most recent call last):", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 37.09 GiB.",
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ", "  error_file: <N/A>"]
+    assert peer_error(1, tail) == "OutOfMemoryError: CUDA out of memory. Tried to allocate 37.09 GiB."
+    assert peer_error(-1, ["TimeoutError: the row exceeded 5 s"]) == "TimeoutError: the row exceeded 5 s"
+    assert "status 3" in peer_error(3, ["nothing useful"])

@@ -74,6 +74,11 @@ def model_folder(spec: PeerSpec, folder: Path, tokenizer: str | None) -> Path:
 
 
 def checkout_commit(path: Path) -> str:
+    """The checkout's commit: an exported tree's ``UPSTREAM_COMMIT`` file where it has one (a
+    ``git archive`` keeps no history), else ``git rev-parse HEAD``."""
+    stamp = path / "UPSTREAM_COMMIT"
+    if stamp.is_file():
+        return stamp.read_text().strip()[:40] + " (exported tree)"
     try:
         out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):

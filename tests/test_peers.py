@@ -79,11 +79,20 @@ def test_hf_loop_losses_are_stepbenchs(T):
 
 
 def test_peers_registered_and_conform():
+    """Every registered peer passes the conformance kit; the HF loop runs the tiny row on the CPU
+    (prime-rl without a checkout, or on a CPU, says why in one line)."""
+    from core.testing import check_peer
+
     reg = registry()
     assert {"none", "hf_compiled", "hf_eager", "prime_rl"} <= set(reg.names("peer"))
     for name in reg.names("peer"):
         p = reg.get("peer", name).factory({"name": name}, None)
         assert isinstance(p, Peer) and p.name == name and p.label
+        out = check_peer(p, run=name == "hf_eager")
+        if name == "hf_eager":
+            assert out["tps"] > 0 and out["steps"] == 2
+        if name == "prime_rl":
+            assert "peer.path=" in out["why_not"]
     assert make("peer", {"name": "none"}).runs_stepbench
     assert not make("peer", {"name": "hf_eager"}).runs_stepbench
 
@@ -259,3 +268,43 @@ def test_a_failed_peer_keeps_its_own_error_line():
     assert peer_error(1, tail) == "OutOfMemoryError: CUDA out of memory. Tried to allocate 37.09 GiB."
     assert peer_error(-1, ["TimeoutError: the row exceeded 5 s"]) == "TimeoutError: the row exceeded 5 s"
     assert "status 3" in peer_error(3, ["nothing useful"])
+
+
+class _FakePeer:
+    """A peer whose child writes a result file; ``tps_factor`` misreports its TPS."""
+
+    name, label, runs_stepbench = "fake", "Fake", False
+
+    def __init__(self, tps_factor=1.0, why=None):
+        self.tps_factor, self.why = tps_factor, why
+
+    def why_not(self, spec):
+        return self.why
+
+    def command(self, spec, workdir):
+        from core.contracts import PeerCommand
+
+        code = f"import json; json.dump({{'step_s': [0.5, 0.5]}}, open({workdir + '/out.json'!r}, 'w'))"
+        return PeerCommand(argv=[sys.executable, "-c", code])
+
+    def result(self, workdir, log):
+        from core.contracts import PeerResult
+
+        path = Path(workdir) / "out.json"
+        if not path.exists():
+            raise ValueError("no out.json")
+        step_s = json.loads(path.read_text())["step_s"]
+        tps = 2 * 128 * len(step_s) / sum(step_s) * self.tps_factor
+        return PeerResult(tps=tps, peak_mem_gib=None, step_s=step_s, version="1", attn_label="SDPA",
+                          ac_label="Recompute", per_step_work="AdamW step")
+
+
+def test_peer_conformance_kit_fails_what_breaks_the_contract():
+    from core.testing import check_peer
+
+    assert check_peer(_FakePeer())["tps"] == pytest.approx(512)  # 2 x 128 tokens a step, 0.5 s a step
+    with pytest.raises(AssertionError, match="disagrees with its step times"):
+        check_peer(_FakePeer(tps_factor=1.5))
+    with pytest.raises(AssertionError, match="one line"):
+        check_peer(_FakePeer(why="no\nGPU"))
+    assert check_peer(_FakePeer(why="needs a GPU"))["why_not"] == "needs a GPU"

@@ -16,11 +16,12 @@ weights FSDP2 holds) a one-process group is created first (:func:`core.trainer.i
 """
 
 from core.testing.checks import (check_ac, check_adapter, check_attention, check_kernels, check_model_family,
-                                 check_sync)
+                                 check_peer, check_sync)
 from core.testing.options import check_options_roundtrip, load_options
 from core.testing.reference import (AC_TOL, ATTENTION_CASES, ATTENTION_TOL, TINY, AttentionCase,  # noqa: F401 (_KeepAll, _TrainAll: the kit's own tests)
                                     DocumentSDPA, _KeepAll, _TrainAll, reference_attention)
 
-__all__ = ["check_ac", "check_adapter", "check_attention", "check_kernels", "check_model_family", "check_sync",
+__all__ = ["check_ac", "check_adapter", "check_attention", "check_kernels", "check_model_family", "check_peer",
+           "check_sync",
            "check_options_roundtrip", "load_options", "AC_TOL", "ATTENTION_CASES", "ATTENTION_TOL", "TINY",
            "AttentionCase", "DocumentSDPA", "reference_attention"]

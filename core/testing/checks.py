@@ -505,3 +505,69 @@ def check_kernels(provider, device: str = "cpu", tol: float = KERNELS_TOL) -> di
                 lambda x: ref.rope(x, cos.to(x.dtype), sin.to(x.dtype)), [rnd(tokens, heads, head_dim)], (0,))
     return {"name": provider.name, "provider": provider.provider, "ops": sorted(provider.ops), "cases": results,
             "tol": tol}
+
+
+def check_peer(peer, run: bool = True, device: str = "cpu", seq_len: int = 128, timeout_s: float = 300.0) -> dict:
+    """``peer`` (a :class:`core.contracts.Peer`, made by its factory) against its contract: its
+    members; ``why_not`` of the tiny Qwen3's row (RL full fine-tuning, ``seq_len`` tokens, 2
+    micro-batches, 3 steps) is None or one line; a work folder without the peer's output is a
+    ``ValueError`` from ``result``; and with ``run`` (where ``why_not`` lets it), the command run as a
+    child process exits 0 and ``result`` gives a positive TPS that agrees with its step times where
+    it reports them (tokens of the timed steps over their total time), the labels a row needs, and a
+    peak memory that is None or positive. Returns what it read."""
+    import json
+    import math
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from core.contracts import PeerCommand, PeerResult, PeerSpec
+    from plugins.models.native import qwen3_config
+
+    what = f"peer {getattr(peer, 'name', type(peer).__name__)!r}"
+    _members(peer, what, {"name": lambda v: isinstance(v, str) and v, "label": lambda v: isinstance(v, str) and v,
+                          "runs_stepbench": lambda v: isinstance(v, bool), "why_not": callable, "command": callable,
+                          "result": callable})
+    if peer.runs_stepbench:
+        return {"runs_stepbench": True}
+    spec = PeerSpec(model=TINY.name, hf_name="", hf_config=qwen3_config(TINY), task="rl", adapter="full",
+                    seq_len=seq_len, micro_batches=2, steps=3, attn="sdpa", ac="recompute", compile=False, seed=0,
+                    device=device, handoff="host")
+    why = peer.why_not(spec)
+    if why is not None and (not isinstance(why, str) or not why.strip() or "\n" in why.strip()):
+        _fail(what, f"why_not returned {why!r}: None, or one line that says why and what to do instead")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            peer.result(tmp, [])
+            _fail(what, "result() of a work folder without the peer's output returned a result: raise ValueError")
+        except ValueError:
+            pass
+        if why is not None or not run:
+            return {"why_not": why}
+        (Path(tmp) / "spec.json").write_text(json.dumps(asdict(spec)))
+        cmd = peer.command(spec, tmp)
+        if not isinstance(cmd, PeerCommand) or not cmd.argv or not all(isinstance(a, str) for a in cmd.argv):
+            _fail(what, f"command() returned {cmd!r}: a PeerCommand whose argv is a list of strings")
+        env = {**os.environ, **{k: str(v) for k, v in cmd.env.items()}}
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [cmd.env.get("PYTHONPATH"), root, os.environ.get("PYTHONPATH")]))
+        p = subprocess.run(cmd.argv, cwd=cmd.cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        if p.returncode != 0:
+            _fail(what, f"its command exited with status {p.returncode}: {(p.stderr or p.stdout).strip()[-400:]}")
+        res = peer.result(tmp, (p.stdout + p.stderr).splitlines()[-50:])
+    if not isinstance(res, PeerResult) or not (isinstance(res.tps, (int, float)) and math.isfinite(res.tps)
+                                               and res.tps > 0):
+        _fail(what, f"result() gave {res!r}: a PeerResult with a positive, finite TPS")
+    if res.peak_mem_gib is not None and not res.peak_mem_gib > 0:
+        _fail(what, f"peak_mem_gib is {res.peak_mem_gib!r}: None (no GPU) or the peak in GiB")
+    if res.step_s:
+        want = spec.micro_batches * seq_len * len(res.step_s) / sum(res.step_s)
+        if abs(res.tps / want - 1) > 0.05:
+            _fail(what, f"its TPS {res.tps:.1f} disagrees with its step times ({want:.1f} tokens/s)")
+    for k in ("version", "per_step_work", "attn_label", "ac_label"):
+        if not isinstance(getattr(res, k), str) or not getattr(res, k):
+            _fail(what, f"result().{k} is {getattr(res, k)!r}: the row needs it (a short text)")
+    return {"tps": res.tps, "steps": len(res.step_s), "version": res.version, "python": sys.executable}

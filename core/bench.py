@@ -68,8 +68,10 @@ def run_row(cfg) -> int:
         else:
             row = {**base, **measure(cfg, r, base["id"]), "env": environment()}
     except Exception as e:  # a failed row keeps the first line of its error
+        from core.peers import PeerError
+
         status = 2 if isinstance(e, UserError) else 1
-        if status == 1 and not isinstance(e, NonFiniteError):
+        if status == 1 and not isinstance(e, (NonFiniteError, PeerError)):
             traceback.print_exc()
         row = {**base, **row_labels(cfg, r, world), "status": "failed", "error": first_line(e),
                "predicted_mem_gib": r.predicted_gib, "env": environment()}

@@ -315,11 +315,13 @@ class PeerSpec:
     lora_rank: int = 0
     lora_alpha: float = 0.0
     lora_targets: tuple = ()  #: the module names LoRA adapts (stepbench's adapter's own discovery)
+    lora_expert_targets: tuple = ()  #: the 3-D routed-expert weights LoRA adapts (peft's ``target_parameters``)
     seq_len: int
     micro_batches: int
     steps: int  #: steps run; the first is warm-up
     attn: str  #: the row's attention name (``fa3``, ``fa2``, ``sdpa``, ...)
     ac: str  #: the row's activation-memory name (``recompute``, ``offload``, ``none``)
+    ac_mode: str = "full"  #: its mode (``full``; ``selective`` / ``attention`` keep or offload more)
     compile: bool
     seed: int
     device: str  #: ``cuda`` or ``cpu``
@@ -347,8 +349,6 @@ class PeerResult:
     step_s: list = field(default_factory=list)  #: measured whole-step seconds, where the peer reports them
     version: str = ""  #: the peer's version or commit
     attn_provider: str = ""  #: the attention kernel it ran, in its words
-    ac_label: str = ""  #: its activation memory, as a row's AC column says it (``Recompute``)
-    attn_label: str = ""  #: its attention, as a row's Attn column says it (``FA3``)
     per_step_work: str = ""  #: e.g. "bf16 weights gathered to host memory; AdamW step"
     precision: str = ""  #: e.g. "fp32 master weights, bf16 autocast"
     compiled: bool | None = None  #: whether it ran torch.compile'd code (the row's Compile field); None: the row's option

@@ -23,6 +23,11 @@ from pathlib import Path
 from core.errors import UserError, first_line
 
 
+class PeerError(RuntimeError):
+    """A peer that failed (its exit status, its timeout, a result it could not give): the row's one
+    line, no traceback of stepbench's (the peer's own output was shown as it ran)."""
+
+
 def spec_of(cfg, r) -> "object":
     """The row's configuration as a :class:`core.contracts.PeerSpec` (plain values)."""
     from omegaconf import OmegaConf
@@ -37,20 +42,45 @@ def spec_of(cfg, r) -> "object":
     adapter = r.adapter
     lora = {}
     if getattr(adapter, "frozen_base", False) and hasattr(adapter, "rank"):
-        targets = adapter.model_targets(r.args)[0] if hasattr(adapter, "model_targets") else []
-        lora = {"lora_rank": int(adapter.rank), "lora_alpha": float(adapter.alpha), "lora_targets": tuple(targets)}
+        linear, experts = adapter.model_targets(r.args) if hasattr(adapter, "model_targets") else ([], [])
+        if not r.args.n_experts or getattr(adapter, "experts", "none") == "none":
+            experts = []
+        lora = {"lora_rank": int(adapter.rank), "lora_alpha": float(adapter.alpha), "lora_targets": tuple(linear),
+                "lora_expert_targets": tuple(experts)}
     options = OmegaConf.to_container(cfg.peer, resolve=True)
     return PeerSpec(model=r.args.name, hf_name=r.args.hf_name, hf_config=hf, task=str(cfg.task.name),
                     adapter=adapter.name, seq_len=r.seq_len, micro_batches=int(cfg.micro_batches),
-                    steps=int(cfg.steps), attn=r.attention.name, ac=r.ac.name, compile=bool(cfg.compile),
+                    steps=int(cfg.steps), attn=r.attention.name, ac=r.ac.name,
+                    ac_mode=str((cfg.ac or {}).get("mode", "full")), compile=bool(cfg.compile),
                     seed=int(cfg.seed), device=r.ctx.device, handoff="host" if r.sync.hands_off else "none",
                     options={k: v for k, v in options.items() if k != "name"}, **lora)
 
 
 def check(cfg, r) -> "object":
-    """The row's spec, or ``UserError`` where the peer cannot run it (before anything starts)."""
+    """The row's spec, or ``UserError`` where the peer cannot run it (before anything starts): the
+    peer runs the row's configuration (model, task, adapter, seq_len, micro-batches, attention, AC)
+    with the published per-step work, so stepbench's own options are refused, not ignored."""
+    from core.resolve import variant_label
+
+    name = r.peer.name
     if str(cfg.get("packing", "single")) != "single":
-        raise UserError(f"+peer={r.peer.name} runs one document of seq_len tokens per micro-batch: use packing=single")
+        raise UserError(f"+peer={name} runs one document of seq_len tokens per micro-batch: use packing=single")
+    if str(cfg.sync.name) != "auto":
+        raise UserError(f"+peer={name} does the published rows' per-step work (+sync=auto: the bf16 weights to host "
+                        f"memory for RL full fine-tuning, else nothing): leave +sync={cfg.sync.name} out")
+    ours = [w for w in variant_label(cfg).split() if not w.startswith("peer.")]
+    if ours:
+        raise UserError(f"{ours[0]} is an option of stepbench's own step, which +peer={name} does not run: leave it out")
+    if cfg.get("measure_s"):
+        raise UserError(f"measure_s is stepbench's timing; +peer={name} times its own steps: leave measure_s out")
+    if cfg.model.get("plain"):
+        raise UserError(f"model.plain=true runs transformers' loop inside stepbench; +peer={name} runs its own: leave "
+                        "one of them out")
+    try:
+        Path("runs/peers").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the peers' work folder runs/peers here ({first_line(e)}): run from a folder "
+                        "where runs/peers can be created") from None
     spec = spec_of(cfg, r)
     try:
         why = r.peer.why_not(spec)
@@ -96,21 +126,19 @@ def run(cfg, r, row_id: str) -> dict:
         os.chdir(cwd)
     (work / "log.txt").write_text("\n".join(tail) + "\n")
     if rc != 0:
-        raise RuntimeError(f"peer {r.peer.name} failed: {peer_error(rc, tail)}")
+        raise PeerError(f"peer {r.peer.name} failed: {peer_error(rc, tail)}")
     try:
         res = r.peer.result(str(work), tail)
     except ValueError as e:
-        raise RuntimeError(f"peer {r.peer.name}: {first_line(e, with_type=False)}") from None
+        raise PeerError(f"peer {r.peer.name}: {first_line(e, with_type=False)}") from None
     tokens = r.seq_len * int(cfg.micro_batches)
     step_time = (throughput(res.step_s, tokens, int(cfg.micro_batches))[1] if res.step_s
                  else tokens / res.tps / int(cfg.micro_batches))
     frozen = r.adapter.frozen_base
     adapter_params = r.adapter.trainable_params(r.args) if frozen else 0
     fpt = flops.prime_rl_flops_per_token(r.args, r.seq_len, adapter_params, param_count(r.args), frozen)
-    labels = row_labels(cfg, r, 1)
-    labels.update(model=f"{r.args.name} ({r.peer.label})", impl=r.peer.label,
-                  own_loop=True, ac=res.ac_label or labels["ac"], attn=res.attn_label or labels["attn"],
-                  compile=labels["compile"] if res.compiled is None else res.compiled)
+    labels = row_labels(cfg, r, 1)  # the peer's model label, impl and the row's AC and attention (its key)
+    labels.update(compile=labels["compile"] if res.compiled is None else res.compiled)
     return {
         **labels, "status": "ok", "error": None, "tps": res.tps, "step_time": step_time,
         "mfu": flops.mfu(fpt, res.tps, r.hw["peak_flops"], 1), "flops_per_token_prime_rl": fpt,

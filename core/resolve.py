@@ -333,6 +333,8 @@ def row_labels(cfg, r: Resolved | None, world: int) -> dict:
         labels = {"ac": r.ac.label, "attn": r.attention.label, "adapter": r.adapter.label, "sync": r.sync.label}
         model, hf, family, flavour, seq = r.args.name, r.args.hf_name, r.family, r.flavour, r.seq_len
         hw_label, impl, own_loop = r.hw["label"], r.family_obj.implementation(r.args), r.family_obj.own_loop(r.args)
+        if r.peer is not None:  # another trainer measures the row: its rows never stand for stepbench's
+            model, impl, own_loop = f"{model} ({r.peer.label})", r.peer.label, True
     else:
         labels = config_labels(cfg)
         model, hf, family, flavour = str(cfg.model.get("family")), "", cfg.model.get("family"), cfg.model.get("flavour")
@@ -345,6 +347,7 @@ def row_labels(cfg, r: Resolved | None, world: int) -> dict:
         "hardware_label": f"{world}x{hw_label}", "micro_batches": cfg.get("micro_batches"),
         "packing": cfg.get("packing"), "compile": cfg.get("compile"), "sync": labels["sync"],
         "variant": variant_label(cfg),
+        **({"peer": {"name": r.peer.name, "label": r.peer.label}} if r is not None and r.peer is not None else {}),
         "kernels": (r.kernels.label if r is not None and r.kernels is not None
                     else str((cfg.get("kernels") or {}).get("name", _primary_defaults()["kernels"]["name"]))),
     }

@@ -22,10 +22,10 @@ from core import hookimpl
 from core.contracts import PeerCommand, PeerResult, PeerSpec
 
 PRECISIONS = ("amp", "bf16")
-LIGER = ("auto", True, False)
-#: the row's attention -> the Attn column of the peer's row
-ATTN_LABELS = {"fa3": "FA3", "fa2": "FA2", "cudnn": "cuDNN", "sdpa": "SDPA", "auto": "SDPA"}
-AC_LABELS = {"none": "None", "recompute": "Recompute", "offload": "Offload"}
+LIGER = ("auto", True, False)  # compared by type too: 1 and 0 are not booleans here
+#: the attention a row may ask of the loop (transformers' implementations; see hf_loop.ATTENTION)
+ATTN_NAMES = ("fa3", "fa2", "cudnn", "sdpa", "auto")
+AC_NAMES = ("none", "recompute", "offload")
 
 
 class HFLoop:
@@ -40,16 +40,18 @@ class HFLoop:
         if self.precision not in PRECISIONS:
             raise ValueError(f"peer.precision={self.precision!r} is unknown: use peer.precision=amp (fp32 masters, "
                              "bf16 autocast) or peer.precision=bf16")
-        if self.liger not in LIGER:
+        if not (self.liger == "auto" or isinstance(self.liger, bool)):
             raise ValueError(f"peer.liger={self.liger!r} is unknown: use peer.liger=auto, true or false")
         self.label = "HF compiled" if compiled else "HF eager"
 
     def why_not(self, spec: PeerSpec) -> str | None:
-        if spec.attn not in ATTN_LABELS:
+        if spec.attn not in ATTN_NAMES:
             return (f"the HF loop runs transformers' attention implementations, none of which is '{spec.attn}': "
-                    f"use +attn={' or +attn='.join(a for a in ATTN_LABELS if a != 'auto')}")
-        if spec.ac not in AC_LABELS:
-            return f"the HF loop has no '{spec.ac}' activation memory: use +ac=recompute, +ac=offload or +ac=none"
+                    f"use +attn={' or +attn='.join(a for a in ATTN_NAMES if a != 'auto')}")
+        if spec.ac not in AC_NAMES or spec.ac_mode != "full":
+            what = spec.ac if spec.ac_mode == "full" else f"{spec.ac} (mode {spec.ac_mode})"
+            return (f"the HF loop has no '{what}' activation memory (transformers checkpoints whole layers): use "
+                    "+ac=recompute, +ac=offload or +ac=none")
         try:
             import transformers  # noqa: F401
         except ImportError:
@@ -89,7 +91,7 @@ class HFLoop:
         spec = json.loads((Path(workdir) / "spec.json").read_text())
         return PeerResult(
             tps=d["tps"], peak_mem_gib=d["peak_mem_gib"], step_s=d["step_s"], version=d["version"],
-            attn_provider=d["attn_provider"], attn_label=ATTN_LABELS[spec["attn"]], ac_label=AC_LABELS[spec["ac"]],
+            attn_provider=d["attn_provider"],
             per_step_work=d["per_step_work"], precision=d["precision"], compiled=d["compiled_layers"],
             extra={k: d[k] for k in ("loss_head", "checkpointing", "compiled_layers", "liger", "peak_alloc_gib",
                                      "losses", "tokens_per_step")})

@@ -120,8 +120,10 @@ def build(spec: dict, device):
     if lora:
         from peft import LoraConfig, get_peft_model
 
+        experts = list(spec.get("lora_expert_targets") or [])  # routed experts' 3-D weights (peft >= 0.17)
         model = get_peft_model(model, LoraConfig(r=spec["lora_rank"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0,
-                                                 target_modules=list(spec["lora_targets"])),
+                                                 target_modules=list(spec["lora_targets"]),
+                                                 target_parameters=experts or None),
                                autocast_adapter_dtype=precision != "bf16")
     if spec["ac"] == "offload":  # transformers' own: the recompute's saved inputs in pinned host memory
         model.activation_checkpointing_enable({"use_reentrant": False}, offload=True)

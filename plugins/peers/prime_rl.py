@@ -34,8 +34,7 @@ from core import hookimpl
 from core.contracts import PeerCommand, PeerResult, PeerSpec
 
 ATTN = {"fa3": "flash_attention_3", "fa2": "flash_attention_2", "sdpa": "sdpa"}
-ATTN_LABELS = {"fa3": "FA3", "fa2": "FA2", "sdpa": "SDPA"}
-AC_LABELS = {"none": "None", "recompute": "Recompute", "offload": "Offload"}
+AC_NAMES = ("none", "recompute", "offload")
 #: what bench mode runs at d8f290ef0
 BENCH_STEPS = 4
 TOKENIZER_CONFIG = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
@@ -113,14 +112,21 @@ class PrimeRL:
                     "checkout (bench mode: commit d8f290ef0)")
         if spec.attn not in ATTN:
             return f"prime-rl runs attention {', '.join(ATTN)}, not '{spec.attn}': use +attn={' or +attn='.join(ATTN)}"
-        if spec.ac not in AC_LABELS:
-            return f"prime-rl has no '{spec.ac}' activation memory: use +ac=recompute, +ac=offload or +ac=none"
+        if spec.ac not in AC_NAMES or spec.ac_mode != "full":
+            what = spec.ac if spec.ac_mode == "full" else f"{spec.ac} (mode {spec.ac_mode})"
+            return f"prime-rl has no '{what}' activation memory: use +ac=recompute, +ac=offload or +ac=none"
         if spec.adapter not in ("full", "lora"):
             return f"prime-rl runs full fine-tuning or LoRA, not adapter '{spec.adapter}'"
         if spec.task == "sft" and spec.adapter == "lora":
             return "prime-rl's SFT bench rows are full fine-tuning: use adapter=full"
         if spec.device != "cuda":
-            return "prime-rl's trainer needs a CUDA GPU (it initialises NCCL)"
+            return "prime-rl's trainer needs a CUDA GPU (it initialises NCCL): run this row on a GPU machine"
+        if self.tokenizer and not Path(self.tokenizer).expanduser().is_dir():
+            return f"peer.tokenizer={self.tokenizer} is not a folder: name the folder of the model's tokenizer files"
+        import shutil
+
+        if not (shutil.which(self.python) or Path(self.python).expanduser().is_file()):
+            return f"peer.python={self.python} is not an interpreter here: name prime-rl's environment's python"
         return None
 
     def command(self, spec: PeerSpec, workdir: str) -> PeerCommand:
@@ -168,8 +174,7 @@ class PrimeRL:
             work = "AdamW step"
         return PeerResult(
             tps=tps, peak_mem_gib=peak, version=f"prime-rl {checkout_commit(Path(self.path).expanduser())}",
-            attn_provider=f"prime-rl --model.attn {ATTN[spec['attn']]}", attn_label=ATTN_LABELS[spec["attn"]],
-            ac_label=AC_LABELS[spec["ac"]], per_step_work=work, precision="prime-rl's FSDP2 mixed precision",
+            attn_provider=f"prime-rl --model.attn {ATTN[spec['attn']]}", per_step_work=work, precision="prime-rl's FSDP2 mixed precision",
             compiled=bool(spec["compile"]),
             extra={"mfu": d.get("mfu"), "step_time": d.get("step_time"), "throughput": d.get("throughput"),
                    "peak_memory": d.get("peak_memory"), "steps": BENCH_STEPS, "timed_steps": BENCH_STEPS - 1})

@@ -213,7 +213,7 @@ def check_overrides(argv: list[str]):
             parser.parse_override(o)
         except Exception:
             raise UserError(f"cannot parse {o!r}: type key=value (one '='), a list as key=[a,b], a sweep as "
-                            "key=a,b with -m, and quote other characters: key='a b'") from None
+                            "key=a,b with -m, and quote other characters for Hydra inside the shell's quotes: \"key='~/a b'\"") from None
     parsed = parser.parse_overrides(overrides)
     flagged = any(a in ("-m", "--multirun") for a in argv)
     if flagged and any(o.key_or_group == "sweep" for o in parsed):
@@ -306,6 +306,11 @@ def plugin_option_hint(group: str, key: str, overrides: list[str]) -> str:
     opt = key.split(".", 1)[1].split(".")[0]
     chosen = next((x.split("=", 1)[1] for x in overrides if x.startswith(f"+{group}=")), None)
     have = sorted(f.stem for f in (conf_dir() / group).glob("*.yaml") if opt in (OmegaConf.load(f) or {}))
+    if chosen and "," in chosen and have:  # a sweep over plugins, some without the option
+        lacking = [n for n in chosen.split(",") if n not in have]
+        return (f"{key} is an option of {', '.join(have)}, not of {', '.join(lacking)}: sweep only plugins that have it "
+                f"(-m +{group}={','.join(n for n in chosen.split(',') if n in have) or have[0]} {key}=...), or leave "
+                f"{key} out")
     which = f"the {group} plugin '{chosen}'" if chosen else f"the default {group}"
     if not have:
         return f"unknown option '{key}': no {group} plugin has it (python -m core.bench --list shows each one's options)"

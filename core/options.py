@@ -64,7 +64,8 @@ def _float_max(name, v, hi: float, example):
 
 
 def _not_text(name, v):
-    raise OptionError(f"{name} must be text (got {v!r}): quote it, e.g. {name}='a,b'")
+    raise OptionError(f"{name} must be text (got {v!r}): quote it for Hydra inside the shell's quotes, e.g. "
+                      f"\"{name}='a,b'\"")
 
 
 def _bool(name, v):

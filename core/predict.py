@@ -387,6 +387,9 @@ def _one(argv: list[str]) -> int:
         raise UserError(f"bad override: {first_line(e)}") from None
     from core.resolve import _primary_defaults
 
+    if (cfg.get("peer") or {}).get("name", "none") != _primary_defaults()["peer"]["name"]:
+        raise UserError(f"+peer={cfg.peer.name}: the predictor predicts stepbench's own step, not another trainer's: "
+                        "leave +peer out")
     if (cfg.get("kernels") or {}).get("name") != _primary_defaults()["kernels"]["name"]:
         raise UserError(f"+kernels={cfg.kernels.name}: the predictor has no fit of that provider's step (its fits are "
                         "of rows with the default kernels): leave +kernels out")

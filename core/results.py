@@ -158,6 +158,11 @@ def check_output(value, flag: str, example: str, inputs=(), what: str = "an inpu
                            f"for rows; name another file, e.g. {flag} {example}")
     if path.exists() and not os.access(path, os.W_OK):
         raise ResultsError(f"{flag} {raw}: permission denied: name a file you can write, e.g. {flag} {example}")
+    try:  # its folder, made now: a place where none can be made is refused before any work
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ResultsError(f"{flag} {raw}: its folder cannot be made ({e.strerror or e}): name a file in a folder you can "
+                           f"write, e.g. {flag} {example}") from None
     return path
 
 

@@ -133,6 +133,15 @@ def test_hf_peer_row(tmp_path, task, adapter):
     (["+peer=hf_eager", "peer.timeout_s=0"], "peer.timeout_s"),
     (["+peer=hf_eager", "peer.path=/x"], "+peer=prime_rl"),
     (["+peer=torch"], "choose one of"),
+    (["+peer=hf_eager", "+ac=selective"], "+ac=recompute"),
+    (["+peer=hf_eager", "+ac=offload_attention"], "+ac=recompute"),
+    (["+peer=hf_eager", "+sync=filesystem"], "leave +sync=filesystem out"),
+    (["+peer=hf_eager", "fuse=false"], "fuse=false is an option of stepbench's own step"),
+    (["+peer=hf_eager", "ac.inside=false"], "ac.inside=false is an option of stepbench's own step"),
+    (["+peer=hf_eager", "peer.liger=1"], "peer.liger=auto"),
+    (["+peer=hf_eager", "measure_s=5"], "leave measure_s out"),
+    (["-m", "+peer=none,hf_eager", "peer.precision=bf16"], "-m +peer=hf_eager peer.precision"),
+    (["+peer=prime_rl", "peer.path=~/x"], "inside the shell's quotes"),
 ])
 def test_peer_refusals(tmp_path, args, says):
     p = bench(tmp_path, *args, "model=qwen3_tiny", "device=cpu", timeout=120)
@@ -308,3 +317,27 @@ def test_peer_conformance_kit_fails_what_breaks_the_contract():
     with pytest.raises(AssertionError, match="one line"):
         check_peer(_FakePeer(why="no\nGPU"))
     assert check_peer(_FakePeer(why="needs a GPU"))["why_not"] == "needs a GPU"
+
+
+def test_a_sweep_over_peers_runs_each_and_resumes(tmp_path):
+    """``-m +peer=none,hf_eager``: stepbench's row and the peer's row are different rows (the peer's
+    model label carries it), so both run; the same command again skips both."""
+    args = ["-m", "+peer=none,hf_eager", "model=qwen3_tiny", "seq_len=128", "steps=2", "device=cpu"]
+    p = bench(tmp_path, *args)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert sorted(r["impl"] for r in rows) == ["HF eager", "native"] and all(r["status"] == "ok" for r in rows)
+    p = bench(tmp_path, *args)
+    assert p.returncode == 0 and p.stderr.count("skipped: already in results") == 2, p.stderr[-2000:]
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_peer_that_fails_is_a_failed_row_of_that_peer(tmp_path):
+    """Past peer.timeout_s the child is killed: one line, status 1, no traceback, and the failed row
+    is the peer's (its label, impl and model label), so the report's peers view shows it."""
+    p = bench(tmp_path, "+peer=hf_eager", "peer.timeout_s=1", "model=qwen3_tiny", "seq_len=128", "steps=50",
+              "device=cpu")
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    row = json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[-1])
+    assert row["status"] == "failed" and "TimeoutError" in row["error"]
+    assert (row["impl"], row["model"], row["peer"]["label"]) == ("HF eager", "qwen3-tiny (HF eager)", "HF eager")

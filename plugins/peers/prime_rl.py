@@ -1,6 +1,6 @@
 """``+peer=prime_rl peer.path=CHECKOUT``: the row run by prime-rl's own trainer in its bench mode.
 
-    python -m core.bench +peer=prime_rl peer.path=~/prime-rl model=qwen3_4b adapter=lora seq_len=16384 +attn=fa3
+    python -m core.bench +peer=prime_rl peer.path=/opt/prime-rl model=qwen3_4b adapter=lora seq_len=16384 +attn=fa3
 
 prime-rl is never vendored: ``peer.path`` is a checkout of it (bench mode exists up to commit
 d8f290ef0, the code path of the published table) whose dependencies are importable by

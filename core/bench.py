@@ -215,6 +215,12 @@ def check_overrides(argv: list[str]):
             raise UserError(f"cannot parse {o!r}: type key=value (one '='), a list as key=[a,b], a sweep as "
                             "key=a,b with -m, and quote other characters for Hydra inside the shell's quotes: \"key='~/a b'\"") from None
     parsed = parser.parse_overrides(overrides)
+    from hydra.core.override_parser.types import ValueType
+
+    for o in parsed:
+        if o.value_type in (ValueType.GLOB_CHOICE_SWEEP, ValueType.INTERVAL_SWEEP):
+            raise UserError(f"'{o.input_line}': glob() and interval() sweeps are not taken: list the values, e.g. "
+                            f"{o.key_or_group}=a,b with -m (python -m core.bench --list shows the choices)")
     flagged = any(a in ("-m", "--multirun") for a in argv)
     if flagged and any(o.key_or_group == "sweep" for o in parsed):
         raise UserError("+sweep=... is a sweep already: leave -m out (or sweep with -m and lists, without +sweep)")

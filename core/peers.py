@@ -76,11 +76,6 @@ def check(cfg, r) -> "object":
     if cfg.model.get("plain"):
         raise UserError(f"model.plain=true runs transformers' loop inside stepbench; +peer={name} runs its own: leave "
                         "one of them out")
-    try:
-        Path("runs/peers").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot make the peers' work folder runs/peers here ({first_line(e)}): run from a folder "
-                        "where runs/peers can be created") from None
     spec = spec_of(cfg, r)
     try:
         why = r.peer.why_not(spec)
@@ -88,6 +83,11 @@ def check(cfg, r) -> "object":
         raise UserError(f"peer '{r.peer.name}' failed its check: {first_line(e)}") from None
     if why:
         raise UserError(f"peer '{r.peer.name}': {why}")
+    try:
+        Path("runs/peers").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the peers' work folder runs/peers here ({first_line(e)}): run from a folder "
+                        "where runs/peers can be created") from None
     return spec
 
 

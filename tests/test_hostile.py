@@ -420,6 +420,18 @@ CASES = [
     ("fa3_build", ["--source", "{fa}", "--wheel-dir", "{file}"], "--wheel-dir"),
     ("fa3_build", ["--source", "{fa}", "--target", "{file}"], "--target"),
     ("fa3_build", ["--source", "{fa}", "--bogus"], "unrecognized arguments: --bogus"),
+    # --- peers (+peer=...) and sweep syntax Hydra has but stepbench does not take
+    (B, ["+peer=prime_rl"], "add peer.path="),
+    (B, ["+peer=prime_rl", "peer.path={file}"], "is not a folder"),
+    (B, ["+peer=hf_eager", "+ac=selective"], "+ac=recompute"),
+    (B, ["+peer=hf_eager", "+sync=filesystem"], "leave +sync=filesystem out"),
+    (B, ["+peer=hf_eager", "peer.liger=1"], "peer.liger=auto"),
+    (B, ["+peer=hf_eager", "peer.timeout_s=0"], "peer.timeout_s"),
+    (B, ["+peer=hf_eager", "head_budget_mib=64"], "head_budget_mib=64 is an option of stepbench's own step"),
+    (B, ["+peer=nope"], "choose one of"),
+    (B, ["-m", "model=glob(qwen3_t*)"], "glob() and interval() sweeps are not taken"),
+    (B, ["-m", "+peer=none,hf_eager", "peer.precision=bf16"], "not of none"),
+    ("predict", ["model=qwen3_4b", "hardware=h200", "+peer=hf_eager"], "leave +peer out"),
     # --- the stepbench script
     ("cli", ["benchh"], "did you mean 'stepbench bench'?"),
     ("cli", ["report", "--results", "{rows}", "--host-budget-gib", "abc"], "--host-budget-gib 32"),
@@ -506,8 +518,12 @@ def _bench_in_process(argv: list[str]) -> tuple[int, str]:
     except Exception as e:  # core.bench.main reduces Hydra's own errors to one line
         return 2, f"bad override: {first_line(e)}"
     try:
-        resolve(cfg)
+        r = resolve(cfg)
         check_writable(cfg.results)
+        if r.peer is not None:
+            from core import peers
+
+            peers.check(cfg, r)
     except (UserError, ResultsError) as e:
         return 2, str(e)
     return 0, ""

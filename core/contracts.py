@@ -325,7 +325,7 @@ class PeerSpec:
     compile: bool
     seed: int
     device: str  #: ``cuda`` or ``cpu``
-    handoff: str  #: per-step hand-off stepbench's row does: ``host`` (bf16 weights to pinned host memory) or ``none``
+    handoff: bool  #: stepbench's row hands the weights off every step (RL full fine-tuning: bf16 weights to host memory)
     options: dict = field(default_factory=dict)  #: the peer's own options (``conf/peer/<name>.yaml``)
 
 

@@ -52,7 +52,7 @@ def spec_of(cfg, r) -> "object":
                     adapter=adapter.name, seq_len=r.seq_len, micro_batches=int(cfg.micro_batches),
                     steps=int(cfg.steps), attn=r.attention.name, ac=r.ac.name,
                     ac_mode=str((cfg.ac or {}).get("mode", "full")), compile=bool(cfg.compile),
-                    seed=int(cfg.seed), device=r.ctx.device, handoff="host" if r.sync.hands_off else "none",
+                    seed=int(cfg.seed), device=r.ctx.device, handoff=bool(r.sync.hands_off),
                     options={k: v for k, v in options.items() if k != "name"}, **lora)
 
 
@@ -60,14 +60,14 @@ def check(cfg, r) -> "object":
     """The row's spec, or ``UserError`` where the peer cannot run it (before anything starts): the
     peer runs the row's configuration (model, task, adapter, seq_len, micro-batches, attention, AC)
     with the published per-step work, so stepbench's own options are refused, not ignored."""
-    from core.resolve import variant_label
+    from core.resolve import _primary_defaults, variant_label
 
     name = r.peer.name
     if str(cfg.get("packing", "single")) != "single":
         raise UserError(f"+peer={name} runs one document of seq_len tokens per micro-batch: use packing=single")
-    if str(cfg.sync.name) != "auto":
-        raise UserError(f"+peer={name} does the published rows' per-step work (+sync=auto: the bf16 weights to host "
-                        f"memory for RL full fine-tuning, else nothing): leave +sync={cfg.sync.name} out")
+    if str(cfg.sync.name) != _primary_defaults()["sync"]["name"]:
+        raise UserError(f"+peer={name} does the published rows' per-step work (the default hand-off: the bf16 weights "
+                        f"to host memory for RL full fine-tuning, else nothing): leave +sync={cfg.sync.name} out")
     ours = [w for w in variant_label(cfg).split() if not w.startswith("peer.")]
     if ours:
         raise UserError(f"{ours[0]} is an option of stepbench's own step, which +peer={name} does not run: leave it out")

@@ -269,12 +269,6 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
     return "\n".join(lines) + "\n"
 
 
-#: a native row's Sync label -> what its hand-off does each step
-HANDOFF_WORDS = {"host": "the bf16 weights gathered into pinned host memory", "none": "no hand-off",
-                 "filesystem disk": "the bf16 weights written to a file", "filesystem shm": "the bf16 weights written to "
-                 "shared memory", "nccl": "the bf16 weights broadcast over NCCL"}
-
-
 def per_step_work(rows: list[dict]) -> list[str]:
     """One line per implementation and type: what its rows do per step (a peer's own words,
     ``peer.per_step_work``; stepbench's from the row's hand-off and adapter)."""
@@ -283,11 +277,8 @@ def per_step_work(rows: list[dict]) -> list[str]:
         impl, typ = implementation(r), r.get("type", "?")
         if (r.get("peer") or {}).get("per_step_work"):
             what = r["peer"]["per_step_work"]
-        elif impl == NATIVE:
-            sync = str(r.get("sync") or "none")
-            hand = HANDOFF_WORDS.get(sync.removesuffix(" overlap"), f"hand-off {sync}")
-            what = f"AdamW step on fp32 master weights; {hand}" + (" (overlapped with the next step)"
-                                                                   if sync.endswith("overlap") else "")
+        elif impl == NATIVE:  # its hand-off as the Sync column names it (docs/weight-sync.md says what each does)
+            what = f"AdamW step on fp32 master weights; weight hand-off: {r.get('sync') or '-'}"
         else:
             continue
         seen.setdefault((impl, typ), set()).add(what)

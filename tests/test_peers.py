@@ -155,7 +155,7 @@ def spec(**kw) -> PeerSpec:
     a = FAMILIES["qwen3"].flavours["tiny"]
     base = dict(model=a.name, hf_name="", hf_config=FAMILIES["qwen3"].hf_config(a), task="rl", adapter="lora",
                 lora_rank=16, lora_alpha=32.0, lora_targets=("q_proj",), seq_len=16384, micro_batches=2, steps=6,
-                attn="fa3", ac="offload", compile=True, seed=0, device="cuda", handoff="none")
+                attn="fa3", ac="offload", compile=True, seed=0, device="cuda", handoff=False)
     return PeerSpec(**{**base, **kw})
 
 
@@ -242,8 +242,7 @@ def test_report_shows_peer_rows_beside_native(tmp_path):
     assert "40.00k" in line and "20.00k" in line and "8.00k" in line
     assert "native / HF compiled with the same attention kernel, 1 rows: geomean 2.00x" in peers
     assert "native / prime-rl with the same attention kernel, 1 rows: geomean 5.00x" in peers
-    assert "- **native**, RL Full: AdamW step on fp32 master weights; the bf16 weights gathered into pinned host " \
-           "memory" in peers and "- **HF compiled**, RL Full: x" in peers and "- **prime-rl**, RL Full: y" in peers
+    assert "- **native**, RL Full: AdamW step on fp32 master weights; weight hand-off: host" in peers and "- **HF compiled**, RL Full: x" in peers and "- **prime-rl**, RL Full: y" in peers
 
 
 def test_failures_view_sets_our_run_beside_the_published_failure(tmp_path):

@@ -533,9 +533,12 @@ def check_peer(peer, run: bool = True, device: str = "cpu", seq_len: int = 128, 
                           "result": callable})
     if peer.runs_stepbench:
         return {"runs_stepbench": True}
+    from core.resolve import _primary_defaults
+
+    d = _primary_defaults()  # the default row's plugins (the kit names none itself)
     spec = PeerSpec(model=TINY.name, hf_name="", hf_config=qwen3_config(TINY), task="rl", adapter="full",
-                    seq_len=seq_len, micro_batches=2, steps=3, attn="sdpa", ac="recompute", compile=False, seed=0,
-                    device=device, handoff="host")
+                    seq_len=seq_len, micro_batches=2, steps=3, attn=str(d["attn"]["name"]), ac=str(d["ac"]["name"]),
+                    compile=False, seed=0, device=device, handoff=True)
     why = peer.why_not(spec)
     if why is not None and (not isinstance(why, str) or not why.strip() or "\n" in why.strip()):
         _fail(what, f"why_not returned {why!r}: None, or one line that says why and what to do instead")

@@ -19,8 +19,8 @@ measures is what a transformers user gets, not stepbench's code under another na
   cross-entropy, which never forms the logits); RL: the same importance-sampled policy-gradient
   loss as stepbench's rows (prime-rl's); SFT: mean token NLL;
 * per step: ``micro_batches`` sequences of ``seq_len`` tokens (one document each), gradient
-  clipping at 1.0, AdamW (fused on a GPU), and for RL full fine-tuning with ``handoff=host`` the
-  bf16 weights copied into pinned host memory (the published rows' per-step work).
+  clipping at 1.0, AdamW (fused on a GPU), and for RL full fine-tuning where stepbench's row hands
+  off (``handoff``) the bf16 weights copied into pinned host memory (the published rows' per-step work).
 
 Step 0 is warm-up (compilation); the rest are timed with a device synchronisation at each end.
 """
@@ -186,7 +186,7 @@ def main(workdir: str, compiled: bool) -> None:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
         flce = LigerFusedLinearCrossEntropyLoss()
-    handoff = spec["handoff"] == "host" and spec["adapter"] == "full" and spec["task"] == "rl"
+    handoff = bool(spec["handoff"]) and spec["adapter"] == "full" and spec["task"] == "rl"
     host = {}
     if handoff:  # one pinned buffer per weight, the bf16 copy prime-rl's bench mode gathers every step
         host = {n: torch.empty(p.shape, dtype=torch.bfloat16, pin_memory=cuda) for n, p in model.named_parameters()}

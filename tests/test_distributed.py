@@ -13,6 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
+def why(p) -> str:
+    """A failed child's own error lines (torchrun's wrapper lines left out), then its last output."""
+    own = [ln for ln in p.stderr.splitlines() if ("Error" in ln or "stepbench:" in ln or "error:" in ln)
+           and "elastic" not in ln and "ChildFailedError" not in ln]
+    return "\n".join(own[-20:]) + "\n---\n" + p.stderr[-1500:]
+
+
 def torchrun(*args):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--standalone", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
@@ -73,6 +80,6 @@ def test_torchrun_any_hf_family(tmp_path, family, adapter):
     cfg.write_text(json.dumps(config(family)))
     p = torchrun("-m", "core.bench", "model=hf", f"model.config={cfg}", f"adapter={adapter}", "device=cpu",
                  "steps=2", "seq_len=128", "+attn=sdpa", f"results={res}")
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, why(p)
     (row,) = [json.loads(x) for x in res.read_text().splitlines()]
     assert row["num_gpus"] == 2 and row["status"] == "ok" and row["fsdp"] and row["family"] == "hf"

@@ -73,6 +73,8 @@ def run_row(cfg) -> int:
         status = 2 if isinstance(e, UserError) else 1
         if status == 1 and not isinstance(e, (NonFiniteError, PeerError)):
             traceback.print_exc()
+        if isinstance(e, PeerError) and rank == 0:  # the peer's own output came before: its one line last
+            say(str(e))
         row = {**base, **row_labels(cfg, r, world), "status": "failed", "error": first_line(e),
                "predicted_mem_gib": r.predicted_gib, "env": environment()}
     if rank == 0:

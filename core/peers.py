@@ -68,7 +68,8 @@ def check(cfg, r) -> "object":
     if str(cfg.sync.name) != _primary_defaults()["sync"]["name"]:
         raise UserError(f"+peer={name} does the published rows' per-step work (the default hand-off: the bf16 weights "
                         f"to host memory for RL full fine-tuning, else nothing): leave +sync={cfg.sync.name} out")
-    ours = [w for w in variant_label(cfg).split() if not w.startswith("peer.")]
+    # the adapter's options are the row's configuration (the spec carries rank, alpha and targets)
+    ours = [w for w in variant_label(cfg).split() if not w.startswith(("peer.", "adapter."))]
     if ours:
         raise UserError(f"{ours[0]} is an option of stepbench's own step, which +peer={name} does not run: leave it out")
     if cfg.get("measure_s"):
@@ -125,8 +126,11 @@ def run(cfg, r, row_id: str) -> dict:
     finally:
         os.chdir(cwd)
     (work / "log.txt").write_text("\n".join(tail) + "\n")
+    if rc == -1:  # stream_child's timeout
+        raise PeerError(f"peer {r.peer.name} ran past peer.timeout_s={timeout:g} s and was stopped: raise "
+                        f"peer.timeout_s (its output is in {work / 'log.txt'})")
     if rc != 0:
-        raise PeerError(f"peer {r.peer.name} failed: {peer_error(rc, tail)}")
+        raise PeerError(f"peer {r.peer.name} failed: {peer_error(rc, tail)} (its output: {work / 'log.txt'})")
     try:
         res = r.peer.result(str(work), tail)
     except ValueError as e:

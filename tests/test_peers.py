@@ -137,6 +137,7 @@ def test_hf_peer_row(tmp_path, task, adapter):
     (["+peer=hf_eager", "+ac=offload_attention"], "+ac=recompute"),
     (["+peer=hf_eager", "+sync=filesystem"], "leave +sync=filesystem out"),
     (["+peer=hf_eager", "fuse=false"], "fuse=false is an option of stepbench's own step"),
+    (["+peer=hf_eager", "+kernels=inductor"], "kernels=inductor is an option of stepbench's own step"),
     (["+peer=hf_eager", "ac.inside=false"], "ac.inside=false is an option of stepbench's own step"),
     (["+peer=hf_eager", "peer.liger=1"], "peer.liger=auto"),
     (["+peer=hf_eager", "measure_s=5"], "leave measure_s out"),
@@ -338,5 +339,6 @@ def test_a_peer_that_fails_is_a_failed_row_of_that_peer(tmp_path):
               "device=cpu")
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
     row = json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[-1])
-    assert row["status"] == "failed" and "TimeoutError" in row["error"]
+    assert row["status"] == "failed" and "raise peer.timeout_s" in row["error"]
+    assert "raise peer.timeout_s" in p.stderr.strip().splitlines()[-1]
     assert (row["impl"], row["model"], row["peer"]["label"]) == ("HF eager", "qwen3-tiny (HF eager)", "HF eager")

@@ -163,7 +163,12 @@ class ActivationMemory(Protocol):
 # ---------------------------------------------------------------------------------------- adapter
 @runtime_checkable
 class Adapter(Protocol):
-    """``adapter=<name>``: which weights train, and how."""
+    """``adapter=<name>``: which weights train, and how.
+
+    Optional: ``peer_fields(args) -> dict``, what a peer trainer (``+peer=...``) needs to build the
+    same adapter: :class:`PeerSpec`'s ``lora_rank``, ``lora_alpha``, ``lora_targets`` and
+    ``lora_expert_targets``. An adapter without it is run by a peer as its name alone (the peer's
+    ``why_not`` decides whether it can)."""
 
     name: str
     label: str  #: the Type column's adapter text ("Full", "LoRA(r=16)")
@@ -334,8 +339,10 @@ class PeerCommand:
     """How to run a peer: a child process (``argv`` in ``cwd`` with ``env`` added to stepbench's)."""
 
     argv: list
-    cwd: str | None = None
+    cwd: str | None = None  #: where the child runs (relative paths in argv are taken from there)
     env: dict = field(default_factory=dict)
+    #: variables of stepbench's environment the child must not inherit: names, or prefixes ending in ``*``
+    unset_env: tuple = ()
 
 
 @dataclass(kw_only=True)
@@ -368,11 +375,20 @@ class Peer(Protocol):
     run), or None; it must not start the peer. ``command(spec, workdir)`` is the child to start
     (``workdir`` holds ``spec.json`` and takes the peer's outputs); ``result(workdir, log)`` reads
     what the peer reported after it exited with status 0 (``log``: its last output lines), or raises
-    ``ValueError`` with one line."""
+    ``ValueError`` with one line. Its factory is ``factory(options, ctx)`` like every kind's (bad
+    options: ``ValueError`` with one line); it takes paths from the folder stepbench runs in.
+
+    What a result means: ``tps`` is the peer's own throughput figure, ``peak_mem_gib`` its own peak
+    (say in ``extra["tps_definition"]`` how each is defined: which steps, what is synchronised,
+    reserved or allocated memory); ``step_s``, where given, are whole-step seconds of its timed steps
+    (``seq_len x micro_batches`` tokens each), from which the core derives the row's step time."""
 
     name: str
     label: str
     runs_stepbench: bool
+    #: its options that change what it measures (a row off their defaults is another row: its variant);
+    #: the others (where its checkout is, its timeout) change nothing measured
+    measured_options: tuple
 
     def why_not(self, spec: PeerSpec) -> str | None: ...
 

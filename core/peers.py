@@ -40,13 +40,8 @@ def spec_of(cfg, r) -> "object":
         raise UserError(f"the {r.family} family gives no transformers config for a peer to build: pick a model whose "
                         "family has one (model=qwen3_0_6b, model=hf_...)")
     adapter = r.adapter
-    lora = {}
-    if getattr(adapter, "frozen_base", False) and hasattr(adapter, "rank"):
-        linear, experts = adapter.model_targets(r.args) if hasattr(adapter, "model_targets") else ([], [])
-        if not r.args.n_experts or getattr(adapter, "experts", "none") == "none":
-            experts = []
-        lora = {"lora_rank": int(adapter.rank), "lora_alpha": float(adapter.alpha), "lora_targets": tuple(linear),
-                "lora_expert_targets": tuple(experts)}
+    # a low-rank adapter says what a peer must build (Adapter.peer_fields: rank, alpha, targets)
+    lora = adapter.peer_fields(r.args) if hasattr(adapter, "peer_fields") else {}
     options = OmegaConf.to_container(cfg.peer, resolve=True)
     return PeerSpec(model=r.args.name, hf_name=r.args.hf_name, hf_config=hf, task=str(cfg.task.name),
                     adapter=adapter.name, seq_len=r.seq_len, micro_batches=int(cfg.micro_batches),
@@ -74,9 +69,9 @@ def check(cfg, r) -> "object":
         raise UserError(f"{ours[0]} is an option of stepbench's own step, which +peer={name} does not run: leave it out")
     if cfg.get("measure_s"):
         raise UserError(f"measure_s is stepbench's timing; +peer={name} times its own steps: leave measure_s out")
-    if cfg.model.get("plain"):
-        raise UserError(f"model.plain=true runs transformers' loop inside stepbench; +peer={name} runs its own: leave "
-                        "one of them out")
+    if r.family_obj.own_loop(r.args):  # e.g. model.plain=true: a loop of its own inside stepbench's harness
+        raise UserError(f"{r.args.name} runs its own loop inside stepbench; +peer={name} runs the peer's: pick the "
+                        "model without it (e.g. model.plain=false), or leave +peer out")
     spec = spec_of(cfg, r)
     try:
         why = r.peer.why_not(spec)
@@ -114,23 +109,18 @@ def run(cfg, r, row_id: str) -> dict:
     env = {**child_env(), **{k: str(v) for k, v in cmd.env.items()}}
     if cmd.env.get("PYTHONPATH"):  # the peer's path first, then stepbench's
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cmd.env["PYTHONPATH"]), child_env().get("PYTHONPATH")]))
-    for k in [k for k in env if k.startswith("PRIME_")]:  # this shell's prime-rl settings would configure the child
-        del env[k]
+    for pat in cmd.unset_env:  # what the peer says its child must not inherit
+        for k in [k for k in env if (k.startswith(pat[:-1]) if pat.endswith("*") else k == pat)]:
+            del env[k]
     timeout = float((cfg.peer.get("timeout_s") or 1800))
     say(f"peer {r.peer.name}: {' '.join(map(str, cmd.argv))}")
-    cwd = os.getcwd()
-    try:
-        if cmd.cwd:
-            os.chdir(cmd.cwd)
-        rc, tail = stream_child([str(a) for a in cmd.argv], env, timeout, out=sys.stderr, prefix="  | ")
-    finally:
-        os.chdir(cwd)
-    (work / "log.txt").write_text("\n".join(tail) + "\n")
+    rc, tail = stream_child([str(a) for a in cmd.argv], env, timeout, out=sys.stderr, prefix="  | ", cwd=cmd.cwd)
+    (work / "log.txt").write_text("\n".join(tail) + "\n")  # its last lines (all of them were shown as it ran)
     if rc == -1:  # stream_child's timeout
         raise PeerError(f"peer {r.peer.name} ran past peer.timeout_s={timeout:g} s and was stopped: raise "
-                        f"peer.timeout_s (its output is in {work / 'log.txt'})")
+                        f"peer.timeout_s (its last lines: {work / 'log.txt'})")
     if rc != 0:
-        raise PeerError(f"peer {r.peer.name} failed: {peer_error(rc, tail)} (its output: {work / 'log.txt'})")
+        raise PeerError(f"peer {r.peer.name} failed: {peer_error(rc, tail)} (its last lines: {work / 'log.txt'})")
     try:
         res = r.peer.result(str(work), tail)
     except ValueError as e:

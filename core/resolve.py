@@ -44,8 +44,18 @@ class Resolved:
 VARIANT_OPTIONS = ("compile_head", "fuse", "head_budget_mib", "fsdp")
 #: plugin options the other key fields already say (ac.mode in the AC column, sync.dir and
 #: sync.overlap in the Sync column) or that change nothing measured
-VARIANT_SKIP = {"ac": {"mode"}, "sync": {"dir", "overlap", "cleanup"},
-                "peer": {"path", "python", "pythonpath", "tokenizer", "timeout_s"}}
+VARIANT_SKIP = {"ac": {"mode"}, "sync": {"dir", "overlap", "cleanup"}}
+
+
+@lru_cache(maxsize=None)
+def _peer_measured(name: str) -> tuple:
+    """A peer's ``measured_options`` (none where it cannot be made here)."""
+    try:
+        from core.plugins import registry
+
+        return tuple(getattr(registry().get("peer", name).factory({"name": name}, None), "measured_options", ()))
+    except Exception:
+        return ()
 
 
 @lru_cache(maxsize=1)
@@ -83,8 +93,11 @@ def variant_label(cfg) -> str:
         if not isinstance(node, dict):
             continue
         schema = group_schema(group, node.get("name"))
+        skip = VARIANT_SKIP.get(group, ())
+        if group == "peer":  # a peer says which of its options change what it measures
+            skip = set(node) - set(_peer_measured(str(node.get("name"))))
         for k in sorted(node):
-            if k != "name" and k not in VARIANT_SKIP.get(group, ()) and node[k] != schema.get(k):
+            if k != "name" and k not in skip and node[k] != schema.get(k):
                 words.append(word(f"{group}.{k}", node[k]))
     return " ".join(words)
 
@@ -328,6 +341,7 @@ def config_labels(cfg) -> dict:
 def row_labels(cfg, r: Resolved | None, world: int) -> dict:
     """The row's key fields (model, type, seq_len, AC, attention, hardware, and every option that
     changes what is measured). ``r`` may be None for a row refused before it resolved."""
+    from omegaconf import OmegaConf
     task = str(cfg.task.name).upper()
     if r is not None:
         labels = {"ac": r.ac.label, "attn": r.attention.label, "adapter": r.adapter.label, "sync": r.sync.label}
@@ -340,6 +354,15 @@ def row_labels(cfg, r: Resolved | None, world: int) -> dict:
         model, hf, family, flavour = str(cfg.model.get("family")), "", cfg.model.get("family"), cfg.model.get("flavour")
         seq, hw_label = cfg.get("seq_len"), str(cfg.hardware.get("label", cfg.hardware.get("name")))
         impl = own_loop = None  # unknown: the family did not resolve
+        peer = (cfg.get("peer") or {}).get("name") if hasattr(cfg, "get") else None
+        if peer and peer != _primary_defaults()["peer"]["name"]:  # a peer's row, refused: still the peer's
+            try:
+                from core.plugins import make
+
+                label = make("peer", OmegaConf.to_container(cfg.peer, resolve=True)).label
+            except Exception:  # an unknown peer or bad options: the name asked for
+                label = str(peer)
+            model, impl, own_loop = f"{model} ({label})", label, True
     return {
         "model": model, "hf_name": hf, "family": family, "flavour": flavour, "impl": impl, "own_loop": own_loop,
         "task": task, "adapter": labels["adapter"], "type": f"{task} {labels['adapter']}",

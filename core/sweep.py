@@ -140,21 +140,44 @@ def predicted_row_s(cfg) -> float | None:
 
 
 # ---------------------------------------------------------------------------------- one row
-def stream_child(cmd: list[str], env: dict, timeout_s: float, out=None, prefix: str = "    ") -> tuple[int, list[str]]:
-    """Run ``cmd`` in the current folder, echoing its output (stdout and stderr, line by line,
-    with ``prefix``) to ``out`` (default: stderr) as it comes; return its exit status and its last
-    50 lines. Past ``timeout_s`` the child is killed: status -1 and a TimeoutError line."""
+def _stop(proc) -> None:
+    """End a child and everything it started (its process group: a launcher's workers too): SIGTERM,
+    which launchers pass on to their workers, then SIGKILL after 10 s."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=wait)
+            if sig == signal.SIGTERM:  # the group's others may outlive the leader
+                os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except (ProcessLookupError, PermissionError):
+            return
+
+
+def stream_child(cmd: list[str], env: dict, timeout_s: float, out=None, prefix: str = "    ",
+                 cwd: str | None = None) -> tuple[int, list[str]]:
+    """Run ``cmd`` (in ``cwd``, default the current folder) in a process group of its own, echoing
+    its output (stdout and stderr, line by line, with ``prefix``) to ``out`` (default: stderr) as it
+    comes; return its exit status and its last 50 lines. Past ``timeout_s`` the child and whatever
+    it started are stopped: status -1 and a TimeoutError line."""
     out = out or sys.stderr
     tail: list[str] = []
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                            start_new_session=True)
     deadline = time.time() + float(timeout_s)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     try:
         while True:
             if time.time() > deadline:
-                proc.kill()
-                proc.wait()
+                _stop(proc)
                 return -1, tail + [f"TimeoutError: the row exceeded {timeout_s:g} s"]
             if sel.select(timeout=1.0):
                 line = proc.stdout.readline()
@@ -165,9 +188,8 @@ def stream_child(cmd: list[str], env: dict, timeout_s: float, out=None, prefix: 
                 tail = (tail + [line.rstrip()])[-50:]
         return proc.wait(), tail
     finally:
-        if proc.poll() is None:  # interrupted (Ctrl-C): the child goes too
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # interrupted (Ctrl-C): the child and what it started go too
+            _stop(proc)
 
 
 def child_error(rc: int, tail: list[str]) -> str:

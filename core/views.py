@@ -147,7 +147,11 @@ class Peers:
     @staticmethod
     def key(r) -> tuple:
         base = (model_name(r), r["type"], r["seq_len"], r["hardware_label"])
-        return (*base, str(r.get("attn")).lower()) if r.get("own_loop") else (*base, r.get("ac"), r.get("attn"))
+        if not r.get("own_loop"):
+            return (*base, r.get("ac"), r.get("attn"))
+        # a +peer row runs the row's AC (its label is the row's): keyed by it too, so it pairs only
+        # with the published row of that AC; other own loops pick their own checkpointing
+        return (*base, str(r.get("attn")).lower(), *((r.get("ac"),) if r.get("peer") else ()))
 
     def peers(self) -> tuple[list[str], list[str]]:
         """(implementations run with the row's plugins, implementations with their own loop)."""
@@ -159,10 +163,12 @@ class Peers:
         here = [r for r in self.runs.get(impl, {}).get(key, []) if nat and same_call(nat, r)]
         return here[-1] if here else self.best.get(impl, {}).get(key)
 
-    def own_loop_keys(self, impl, base, attn, same_kernel: bool) -> list[tuple]:
-        """The keys of ``impl``'s own-loop runs on the published row's kernel, or on another (its pick)."""
+    def own_loop_keys(self, impl, base, attn, same_kernel: bool, ac=None) -> list[tuple]:
+        """The keys of ``impl``'s own-loop runs on the published row's kernel, or on another (its pick);
+        a +peer row's key (with its AC) only where its AC is the published row's."""
         keys = set(self.runs.get(impl, {})) | set(self.best.get(impl, {})) | {k[1:] for k in self.failed if k[0] == impl}
-        return sorted(k for k in keys if k[:4] == base and (k[4] == attn.lower()) == same_kernel)
+        return sorted(k for k in keys if k[:4] == base and (k[4] == attn.lower()) == same_kernel
+                      and (len(k) == 5 or ac is None or k[5] == ac))
 
     def pairs_of_call(self, nat_key, impl, keys):
         """Every (native run, own-loop run) of one call for these keys, oldest own-loop run first."""
@@ -239,7 +245,7 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
     for p in published:
         base = (p["model"], p["type"], p["seq_len"], p["hardware_label"])
         nat_key = (*base, p["ac"], p["attn"])
-        pairs = {(i, same): v.pairs_of_call(nat_key, i, v.own_loop_keys(i, base, p["attn"], same))
+        pairs = {(i, same): v.pairs_of_call(nat_key, i, v.own_loop_keys(i, base, p["attn"], same, p["ac"]))
                  for i in loops for same in (False, True)}
         nat = v.native_of(nat_key, [x for ps in pairs.values() for x in ps])
         cells = []
@@ -250,7 +256,7 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
         for i in loops:
             for same in (False, True):
                 pair = (pairs[(i, same)] or [None])[-1]
-                keys = v.own_loop_keys(i, base, p["attn"], same)
+                keys = v.own_loop_keys(i, base, p["attn"], same, p["ac"])
                 cands = [v.partner(i, k, nat) for k in keys]
                 r = pair[1] if pair else max([c for c in cands if c], key=lambda c: c["tps"], default=None)
                 broke = None if r else next((v.failed[(i, *k)] for k in keys if (i, *k) in v.failed), None)

@@ -325,3 +325,15 @@ def test_a_peer_that_fails_is_a_failed_row_of_that_peer(tmp_path):
     assert row["status"] == "failed" and "raise peer.timeout_s" in row["error"]
     assert "raise peer.timeout_s" in p.stderr.strip().splitlines()[-1]
     assert (row["impl"], row["model"], row["peer"]["label"]) == ("HF eager", "qwen3-tiny (HF eager)", "HF eager")
+
+
+def test_hf_compiled_compiles_inside_the_checkpoint(tmp_path):
+    """``hf_compiled`` with recompute: each decoder layer's forward is one compiled graph with no
+    graph break (compiling the layer's call instead traced transformers' checkpointing wrapper and
+    built nothing), and the row says what dynamo built."""
+    p = bench(tmp_path, "+peer=hf_compiled", "model=qwen3_tiny", "seq_len=128", "steps=3", "device=cpu",
+              "+ac=recompute")
+    assert p.returncode == 0, p.stderr[-2000:]
+    row = json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[-1])
+    dyn = row["peer"]["reported"]["dynamo"]
+    assert dyn["graphs"] >= 1 and dyn["graph_breaks"] == 0 and row["compile"] is True, dyn

@@ -557,7 +557,10 @@ def check_peer(peer, run: bool = True, device: str = "cpu", seq_len: int = 128, 
         env = {**os.environ, **{k: str(v) for k, v in cmd.env.items()}}
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [cmd.env.get("PYTHONPATH"), root, os.environ.get("PYTHONPATH")]))
-        p = subprocess.run(cmd.argv, cwd=cmd.cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        try:
+            p = subprocess.run(cmd.argv, cwd=cmd.cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _fail(what, f"its command ran past {timeout_s:g} s on the tiny row")
         if p.returncode != 0:
             _fail(what, f"its command exited with status {p.returncode}: {(p.stderr or p.stdout).strip()[-400:]}")
         res = peer.result(tmp, (p.stdout + p.stderr).splitlines()[-50:])

@@ -151,6 +151,15 @@ class LoRA(Adapter):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return {"trainable": trainable, "adapter": adapter, "fully_trainable": trainable - adapter}
 
+    def peer_fields(self, args) -> dict:
+        """What a peer trainer needs to build this adapter (``core.contracts.PeerSpec``'s LoRA fields):
+        rank, alpha, the linear layers and, unless ``experts=none``, the routed experts' weights."""
+        linear, experts = self.model_targets(args)
+        if not args.n_experts or self.experts == "none":
+            experts = []
+        return {"lora_rank": int(self.rank), "lora_alpha": float(self.alpha), "lora_targets": tuple(linear),
+                "lora_expert_targets": tuple(experts)}
+
     def trainable_params(self, args) -> int:
         """The LoRA factors on q/k/v/o and gate/up/down, and on the routed experts unless
         ``experts=none`` leaves them frozen."""

@@ -4,7 +4,7 @@
     python -m core.bench +peer=hf_compiled model=qwen3_0_6b +attn=fa3      # the compiled HF loop's row
     python -m core.bench -m +peer=none,hf_compiled,hf_eager +attn=fa3       # stepbench and both loops, one call
 
-``hf_compiled`` compiles each decoder layer (``torch.compile``), ``hf_eager`` runs it as written.
+``hf_compiled`` compiles each decoder layer's forward (``torch.compile``), ``hf_eager`` runs it as written.
 ``peer.precision``: ``amp`` (transformers' ``Trainer`` at ``bf16=True``: fp32 master weights, bf16
 autocast; the same per-step precision work as stepbench's rows) or ``bf16`` (bf16 weights and
 AdamW, lighter; its rows carry ``peer.precision=bf16`` in their variant). ``peer.liger``: ``auto``
@@ -32,6 +32,7 @@ class HFLoop:
     """A transformers loop: its model, attention, checkpointing, loss and optimizer."""
 
     runs_stepbench = False
+    measured_options = ("precision", "liger")  # a row off their defaults is another row (its variant)
 
     def __init__(self, name: str, compiled: bool, options: dict):
         self.name, self.compiled = name, compiled
@@ -72,9 +73,10 @@ class HFLoop:
                 return "transformers' flash_attention_3 needs FA3 (python -m core.fa3_build): use +attn=sdpa or fa2"
         if self.liger is True:
             try:
-                import liger_kernel  # noqa: F401
-            except ImportError:
-                return "peer.liger=true but liger-kernel is not installed: pip install liger-kernel, or peer.liger=auto"
+                from liger_kernel.transformers import monkey_patch  # noqa: F401
+            except ImportError as e:
+                return (f"peer.liger=true but Liger's transformers patches do not import here ({e}): install a "
+                        "liger-kernel release for this transformers, or use peer.liger=auto")
         if spec.adapter not in ("full", "lora"):
             return f"the HF loop runs full fine-tuning or LoRA (peft), not adapter '{spec.adapter}'"
         return None
@@ -93,8 +95,8 @@ class HFLoop:
             tps=d["tps"], peak_mem_gib=d["peak_mem_gib"], step_s=d["step_s"], version=d["version"],
             attn_provider=d["attn_provider"],
             per_step_work=d["per_step_work"], precision=d["precision"], compiled=d["compiled_layers"],
-            extra={k: d[k] for k in ("loss_head", "checkpointing", "compiled_layers", "liger", "peak_alloc_gib",
-                                     "losses", "tokens_per_step")})
+            extra={k: d.get(k) for k in ("loss_head", "checkpointing", "compiled_layers", "liger", "peak_alloc_gib",
+                                         "losses", "tokens_per_step", "dynamo", "tps_definition")})
 
 
 @hookimpl

@@ -14,7 +14,8 @@ measures is what a transformers user gets, not stepbench's code under another na
   ``bf16``: bf16 weights and a bf16 AdamW (a lighter recipe, labelled as such);
 * activation checkpointing: transformers' ``activation_checkpointing_enable`` (non-reentrant), with
   ``offload=True`` for ``+ac=offload`` (the checkpoints in pinned host memory, transformers >= 5.25);
-* ``--compile``: ``torch.compile`` of each decoder layer (``layer.compile()``); ``--eager``: none;
+* ``--compile``: each decoder layer's forward ``torch.compile``-d (inside its checkpoint; dynamo's
+  graphs and graph breaks are reported, and no graph at all is an error); ``--eager``: none;
 * the loss: full logits, fp32 log-softmax (SFT with Liger installed: Liger's fused linear
   cross-entropy, which never forms the logits); RL: the same importance-sampled policy-gradient
   loss as stepbench's rows (prime-rl's); SFT: mean token NLL;
@@ -88,10 +89,12 @@ def liger_patch(model_type: str, use: str, cuda: bool):
         return ""
     try:
         from liger_kernel.transformers import monkey_patch
-    except ImportError:
+    except ImportError as e:  # not installed, or a release that does not import under this transformers
         if use is True or use == "true":
-            raise SystemExit("hf_loop: peer.liger=true but liger-kernel is not installed: pip install liger-kernel, "
-                             "or use peer.liger=auto") from None
+            raise SystemExit(f"hf_loop: ImportError: peer.liger=true but Liger's transformers patches do not import "
+                             f"({e}): install a liger-kernel release for this transformers, or use peer.liger=auto") \
+                from None
+        say(f"Liger not used: {e}")
         return ""
     patch = getattr(monkey_patch, f"apply_liger_kernel_to_{model_type}", None)
     if patch is None:
@@ -135,8 +138,15 @@ def build(spec: dict, device):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     if spec["compile"]:
+        # transformers' layers set a context variable (its output capture) in forward: under activation
+        # checkpointing dynamo refuses that side effect (a graph break: nothing compiled) unless told the
+        # forward's side effects need no replay in the recompute, which holds for this one
+        torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
+        # each layer's forward compiled, so the compiled code runs inside the checkpoint (compiling the
+        # layer's call instead would trace transformers' checkpointing wrapper, which breaks the graph)
+        compiled = torch.compile(type(decoder_base(model).layers[0]).forward)
         for layer in decoder_base(model).layers:
-            layer.compile()
+            layer.forward = compiled.__get__(layer)
     return model, impl, kernel, precision
 
 
@@ -240,10 +250,16 @@ def main(workdir: str, compiled: bool) -> None:
         tokens = mbs * spec["seq_len"]
         say(f"step {step}{' (warm-up)' if not step else ''}: {dt:.3f} s, {tokens / dt / 1e3:.2f}k tok/s, "
             f"loss {loss_v:.4f}")
+    from torch._dynamo.utils import counters
+
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    if spec["compile"] and not graphs:
+        raise SystemExit(f"hf_loop: RuntimeError: --compile built no graph ({breaks} graph breaks: "
+                         f"{'; '.join(k.splitlines()[0] for k in counters['graph_break'])[:300]})")
     peak = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
     tokens = mbs * spec["seq_len"]
-    work = ["forward and backward of each micro-batch", "gradient clipping",
-            "AdamW step (" + ("fp32" if precision == "amp" or spec["adapter"] == "lora" else "bf16") + ")"]
+    opt_dtype = str(params[0].dtype).removeprefix("torch.")  # what AdamW updates (fp32 masters or bf16)
+    work = ["forward and backward of each micro-batch", "gradient clipping", f"AdamW step ({opt_dtype} weights)"]
     if handoff:
         work.append("bf16 weights copied to pinned host memory")
     import peft
@@ -255,10 +271,14 @@ def main(workdir: str, compiled: bool) -> None:
         "version": f"transformers {transformers.__version__}, torch {torch.__version__}, peft {peft.__version__}"
                    + (f", liger-kernel {liger}" if liger else ""),
         "precision": ("fp32 master weights, bf16 autocast" if precision == "amp" else "bf16 weights and AdamW")
-                     + ("; LoRA base frozen in bf16, fp32 adapters" if spec["adapter"] == "lora" else ""),
+                     + (f"; LoRA base frozen in bf16, {opt_dtype} adapters" if spec["adapter"] == "lora" else ""),
+        "tps_definition": "micro_batches x seq_len tokens a step over the summed time of the timed steps (step 0, "
+                          "the warm-up, left out; the device synchronised at each step's ends); peak: "
+                          "max_memory_reserved over the whole run",
         "per_step_work": "; ".join(work),
         "loss_head": "Liger fused linear cross-entropy" if flce is not None else "full logits, fp32 log-softmax",
-        "checkpointing": spec["ac"], "compiled_layers": bool(spec["compile"]),
+        "checkpointing": spec["ac"], "compiled_layers": bool(spec["compile"] and graphs),
+        "dynamo": {"graphs": graphs, "graph_breaks": breaks},
         "liger": liger or None,
     }
     (Path(workdir) / "result.json").write_text(json.dumps(result))

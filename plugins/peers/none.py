@@ -9,6 +9,7 @@ class Stepbench:
     """``peer=none``: no peer; stepbench measures the row itself."""
 
     name, label, runs_stepbench = "none", "native", True
+    measured_options = ()
 
     def why_not(self, spec):
         return None

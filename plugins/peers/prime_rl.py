@@ -87,16 +87,22 @@ def checkout_commit(path: Path) -> str:
 
 class PrimeRL:
     name, label, runs_stepbench = "prime_rl", "prime-rl", False
+    measured_options = ()  # where its checkout and environment are changes nothing measured
 
     def __init__(self, options: dict):
-        self.path = options.get("path")
-        self.python = options.get("python") or sys.executable
-        self.pythonpath = options.get("pythonpath") or ""
-        self.tokenizer = options.get("tokenizer")
         for key in ("path", "python", "pythonpath", "tokenizer"):
             v = options.get(key)
             if v is not None and not isinstance(v, str):
                 raise ValueError(f"peer.{key} must be a path (got {v!r}): e.g. peer.{key}=/opt/prime-rl")
+
+        def absolute(p):  # the child runs in the checkout: paths are taken from where stepbench runs
+            return str(Path(p).expanduser().resolve()) if p else p
+
+        self.path = absolute(options.get("path"))
+        python = options.get("python")
+        self.python = absolute(python) if python and os.sep in python else (python or sys.executable)
+        self.pythonpath = os.pathsep.join(absolute(p) for p in (options.get("pythonpath") or "").split(os.pathsep) if p)
+        self.tokenizer = absolute(options.get("tokenizer"))
 
     def script(self, spec: PeerSpec) -> Path:
         return Path(self.path).expanduser() / "src" / "prime_rl" / "trainer" / spec.task / "train.py"
@@ -153,7 +159,8 @@ class PrimeRL:
         path = os.pathsep.join(filter(None, [src, self.pythonpath]))
         # PRIME_* variables of this environment would configure the child: it gets none
         env = {"PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
-        return PeerCommand(argv=argv, cwd=str(Path(self.path).expanduser()), env=env)
+        # PRIME_* variables of this shell would configure the child (pydantic-settings' env prefix)
+        return PeerCommand(argv=argv, cwd=str(Path(self.path).expanduser()), env=env, unset_env=("PRIME_*",))
 
     def result(self, workdir: str, log: list) -> PeerResult:
         path = Path(workdir) / "bench.json"
@@ -176,7 +183,11 @@ class PrimeRL:
             tps=tps, peak_mem_gib=peak, version=f"prime-rl {checkout_commit(Path(self.path).expanduser())}",
             attn_provider=f"prime-rl --model.attn {ATTN[spec['attn']]}", per_step_work=work, precision="prime-rl's FSDP2 mixed precision",
             compiled=bool(spec["compile"]),
-            extra={"mfu": d.get("mfu"), "step_time": d.get("step_time"), "throughput": d.get("throughput"),
+            extra={"tps_definition": "prime-rl's --bench.output-json throughput.mean: the mean over steps 1-3 of its "
+                                     "running throughput from the end of step 0 (what runs between steps included); "
+                                     "peak: peak_memory.gib, max_memory_reserved reset each step, averaged over "
+                                     "steps 1-3; bench mode runs 4 steps whatever the row's steps",
+                   "mfu": d.get("mfu"), "step_time": d.get("step_time"), "throughput": d.get("throughput"),
                    "peak_memory": d.get("peak_memory"), "steps": BENCH_STEPS, "timed_steps": BENCH_STEPS - 1})
 
 

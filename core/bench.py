@@ -43,10 +43,11 @@ def run_row(cfg) -> int:
         r = resolve(cfg, world)
         if rank == 0:
             check_writable(cfg.results)
+        spec = None
         if r.peer is not None:  # refused before anything starts where the peer cannot run the row
             from core import peers
 
-            peers.check(cfg, r)
+            spec = peers.check(cfg, r)
     except (UserError, ResultsError) as e:
         say(str(e))
         return 2
@@ -64,7 +65,7 @@ def run_row(cfg) -> int:
         if r.peer is not None:
             from core import peers
 
-            row = {**base, **peers.run(cfg, r, base["id"]), "env": environment()}
+            row = {**base, **peers.run(cfg, r, base["id"], spec), "env": environment()}
         else:
             row = {**base, **measure(cfg, r, base["id"]), "env": environment()}
     except Exception as e:  # a failed row keeps the first line of its error

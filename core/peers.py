@@ -80,38 +80,48 @@ def check(cfg, r) -> "object":
     if why:
         raise UserError(f"peer '{r.peer.name}': {why}")
     try:
-        Path("runs/peers").mkdir(parents=True, exist_ok=True)
+        WORK_ROOT.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot make the peers' work folder runs/peers here ({first_line(e)}): run from a folder "
-                        "where runs/peers can be created") from None
+        raise UserError(f"cannot make the peers' work folder {WORK_ROOT} here ({first_line(e)}): run from a folder "
+                        f"where {WORK_ROOT} can be created") from None
     return spec
 
 
-def workdir(row_id: str) -> Path:
-    """The peer's work folder: ``runs/peers/<row id>`` under the current folder."""
-    return Path("runs") / "peers" / row_id
+#: the peers' work folders (``<row id>`` each), under the current folder
+WORK_ROOT = Path("runs") / "peers"
 
 
-def run(cfg, r, row_id: str) -> dict:
-    """Run the row's peer; return the row's measured fields (labels included). A peer that fails
-    raises ``RuntimeError`` with its one line (a failed row)."""
+def peer_env(cmd) -> dict:
+    """The environment of a peer's child: stepbench's (:func:`core.sweep.child_env`) with the
+    command's variables added (its PYTHONPATH first, then stepbench's) and ``unset_env`` removed."""
+    from core.sweep import child_env
+
+    base = child_env()
+    env = {**base, **{k: str(v) for k, v in cmd.env.items()}}
+    if cmd.env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cmd.env["PYTHONPATH"]), base.get("PYTHONPATH")]))
+    for pat in cmd.unset_env:  # what the peer says its child must not inherit
+        for k in [k for k in env if (k.startswith(pat[:-1]) if pat.endswith("*") else k == pat)]:
+            del env[k]
+    return env
+
+
+def run(cfg, r, row_id: str, spec=None) -> dict:
+    """Run the row's peer (``spec``: what :func:`check` returned, else checked here); return the row's
+    measured fields (labels included). A peer that fails raises :class:`PeerError` with its one line
+    (a failed row)."""
     from core import flops
     from core.memory import param_count
     from core.measure import say, spread, throughput
     from core.resolve import row_labels
-    from core.sweep import child_env, stream_child
+    from core.sweep import stream_child
 
-    spec = check(cfg, r)
-    work = workdir(row_id).resolve()
+    spec = spec or check(cfg, r)
+    work = (WORK_ROOT / row_id).resolve()
     work.mkdir(parents=True, exist_ok=True)
     (work / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
     cmd = r.peer.command(spec, str(work))
-    env = {**child_env(), **{k: str(v) for k, v in cmd.env.items()}}
-    if cmd.env.get("PYTHONPATH"):  # the peer's path first, then stepbench's
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cmd.env["PYTHONPATH"]), child_env().get("PYTHONPATH")]))
-    for pat in cmd.unset_env:  # what the peer says its child must not inherit
-        for k in [k for k in env if (k.startswith(pat[:-1]) if pat.endswith("*") else k == pat)]:
-            del env[k]
+    env = peer_env(cmd)
     timeout = float((cfg.peer.get("timeout_s") or 1800))
     say(f"peer {r.peer.name}: {' '.join(map(str, cmd.argv))}")
     rc, tail = stream_child([str(a) for a in cmd.argv], env, timeout, out=sys.stderr, prefix="  | ", cwd=cmd.cwd)

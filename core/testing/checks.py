@@ -515,9 +515,6 @@ def check_peer(peer, run: bool = True, device: str = "cpu", seq_len: int = 128, 
     child process exits 0 and ``result`` gives a positive TPS that agrees with its step times where
     it reports them (tokens of the timed steps over their total time), the labels a row needs, and a
     peak memory that is None or positive. Returns what it read."""
-    import json
-    import math
-    import os
     import subprocess
     import sys
     import tempfile
@@ -554,11 +551,10 @@ def check_peer(peer, run: bool = True, device: str = "cpu", seq_len: int = 128, 
         cmd = peer.command(spec, tmp)
         if not isinstance(cmd, PeerCommand) or not cmd.argv or not all(isinstance(a, str) for a in cmd.argv):
             _fail(what, f"command() returned {cmd!r}: a PeerCommand whose argv is a list of strings")
-        env = {**os.environ, **{k: str(v) for k, v in cmd.env.items()}}
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [cmd.env.get("PYTHONPATH"), root, os.environ.get("PYTHONPATH")]))
+        from core.peers import peer_env
+
         try:
-            p = subprocess.run(cmd.argv, cwd=cmd.cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+            p = subprocess.run(cmd.argv, cwd=cmd.cwd, env=peer_env(cmd), capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _fail(what, f"its command ran past {timeout_s:g} s on the tiny row")
         if p.returncode != 0:

@@ -20,12 +20,11 @@ from pathlib import Path
 
 from core import hookimpl
 from core.contracts import PeerCommand, PeerResult, PeerSpec
+from plugins.peers.hf_loop import ATTENTION, CHECKPOINTS
 
 PRECISIONS = ("amp", "bf16")
-LIGER = ("auto", True, False)  # compared by type too: 1 and 0 are not booleans here
-#: the attention a row may ask of the loop (transformers' implementations; see hf_loop.ATTENTION)
-ATTN_NAMES = ("fa3", "fa2", "cudnn", "sdpa", "auto")
-AC_NAMES = ("none", "recompute", "offload")
+#: the attention and AC a row may ask of the loop: the loop's own tables
+ATTN_NAMES, AC_NAMES = tuple(ATTENTION), tuple(CHECKPOINTS)
 
 
 class HFLoop:
@@ -90,7 +89,6 @@ class HFLoop:
         if not path.exists():
             raise ValueError("the HF loop exited without writing its result.json")
         d = json.loads(path.read_text())
-        spec = json.loads((Path(workdir) / "spec.json").read_text())
         return PeerResult(
             tps=d["tps"], peak_mem_gib=d["peak_mem_gib"], step_s=d["step_s"], version=d["version"],
             attn_provider=d["attn_provider"],

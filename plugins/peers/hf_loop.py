@@ -85,12 +85,12 @@ def liger_patch(model_type: str, use: str, cuda: bool):
     """Liger's RMSNorm, SwiGLU and RoPE kernels patched into transformers' module for this model
     type (before the model is built), where Liger is installed, ``use`` allows it and a GPU runs.
     Returns Liger's version, or "" where not used."""
-    if use is False or use == "false" or not cuda:
+    if use is False or not cuda:
         return ""
     try:
         from liger_kernel.transformers import monkey_patch
     except ImportError as e:  # not installed, or a release that does not import under this transformers
-        if use is True or use == "true":
+        if use is True:
             raise SystemExit(f"hf_loop: ImportError: peer.liger=true but Liger's transformers patches do not import "
                              f"({e}): install a liger-kernel release for this transformers, or use peer.liger=auto") \
                 from None
@@ -196,7 +196,7 @@ def main(workdir: str, compiled: bool) -> None:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
         flce = LigerFusedLinearCrossEntropyLoss()
-    handoff = bool(spec["handoff"]) and spec["adapter"] == "full" and spec["task"] == "rl"
+    handoff = bool(spec["handoff"])  # stepbench's row hands off (RL full fine-tuning at the default)
     host = {}
     if handoff:  # one pinned buffer per weight, the bf16 copy prime-rl's bench mode gathers every step
         host = {n: torch.empty(p.shape, dtype=torch.bfloat16, pin_memory=cuda) for n, p in model.named_parameters()}

@@ -337,3 +337,4 @@ def test_hf_compiled_compiles_inside_the_checkpoint(tmp_path):
     row = json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[-1])
     dyn = row["peer"]["reported"]["dynamo"]
     assert dyn["graphs"] >= 1 and dyn["graph_breaks"] == 0 and row["compile"] is True, dyn
+    assert dyn["break_reasons"] == [] and row["peer"]["reported"]["loss_head"].endswith("(compiled)")

@@ -16,8 +16,11 @@ measures is what a transformers user gets, not stepbench's code under another na
   ``offload=True`` for ``+ac=offload`` (the checkpoints in pinned host memory, transformers >= 5.25);
 * ``--compile``: each decoder layer's forward ``torch.compile``-d (inside its checkpoint; dynamo's
   graphs and graph breaks are reported, and no graph at all is an error); ``--eager``: none;
-* the loss: full logits, fp32 log-softmax (SFT with Liger installed: Liger's fused linear
-  cross-entropy, which never forms the logits); RL: the same importance-sampled policy-gradient
+* flash attention (``fa3``): the document's boundaries passed as transformers' varlen kwargs
+  (``cu_seq_lens_q/k``, ``max_length_q/k``, as ``DataCollatorWithFlattening`` gives them), so no
+  layer inspects ``position_ids`` (a data-dependent check that breaks the compiled graph);
+* the loss: full logits, fp32 log-softmax (compiled with ``--compile``; SFT with Liger installed:
+  Liger's fused linear cross-entropy, which never forms the logits); RL: the same importance-sampled policy-gradient
   loss as stepbench's rows (prime-rl's); SFT: mean token NLL;
 * per step: ``micro_batches`` sequences of ``seq_len`` tokens (one document each), gradient
   clipping at 1.0, AdamW (fused on a GPU), and for RL full fine-tuning where stepbench's row hands
@@ -211,6 +214,13 @@ def main(workdir: str, compiled: bool) -> None:
     mbs, steps = spec["micro_batches"], spec["steps"]
     step_s, losses = [], []
     head, base = model.get_output_embeddings(), decoder_base(model)
+    # compiled: the log-softmax and gather fused (the fp32 [T, V] log-probs never stored whole)
+    logprobs = torch.compile(token_logprobs) if spec["compile"] else token_logprobs
+    varlen = {}
+    if impl.startswith("flash_attention"):  # one document a micro-batch: its boundaries, given, not inferred
+        T = spec["seq_len"]
+        cu = torch.tensor([0, T], dtype=torch.int32, device=device)
+        varlen = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": T, "max_length_k": T}
     for step in range(steps):
         batches = [batch(spec, step, i, device) for i in range(mbs)]
         if cuda:
@@ -220,12 +230,14 @@ def main(workdir: str, compiled: bool) -> None:
         for mb in batches:
             with autocast, held():
                 if flce is not None:  # Liger: the final hidden states and the head's weight, never the logits
-                    h = base(input_ids=mb["input_ids"][None], position_ids=mb["position_ids"][None]).last_hidden_state[0]
+                    h = base(input_ids=mb["input_ids"][None], position_ids=mb["position_ids"][None],
+                             **varlen).last_hidden_state[0]
                     keep = mb["loss_mask"]
                     loss = flce(head.weight, h[keep], mb["targets"][keep])
                 else:
-                    logits = model(input_ids=mb["input_ids"][None], position_ids=mb["position_ids"][None]).logits[0]
-                    lp = token_logprobs(logits, mb["targets"])
+                    logits = model(input_ids=mb["input_ids"][None], position_ids=mb["position_ids"][None],
+                                   **varlen).logits[0]
+                    lp = logprobs(logits, mb["targets"])
                     del logits
                     loss = (rl_loss(lp, mb["inference_lp"], mb["advantages"], mb["loss_mask"])
                             if spec["task"] == "rl" else sft_loss(lp, mb["loss_mask"]))
@@ -276,9 +288,11 @@ def main(workdir: str, compiled: bool) -> None:
                           "the warm-up, left out; the device synchronised at each step's ends); peak: "
                           "max_memory_reserved over the whole run",
         "per_step_work": "; ".join(work),
-        "loss_head": "Liger fused linear cross-entropy" if flce is not None else "full logits, fp32 log-softmax",
+        "loss_head": ("Liger fused linear cross-entropy" if flce is not None else
+                      "full logits, fp32 log-softmax" + (" (compiled)" if spec["compile"] else "")),
         "checkpointing": spec["ac"], "compiled_layers": bool(spec["compile"] and graphs),
-        "dynamo": {"graphs": graphs, "graph_breaks": breaks},
+        "dynamo": {"graphs": graphs, "graph_breaks": breaks,
+                   "break_reasons": [k.splitlines()[0][:200] for k in list(counters["graph_break"])[:8]]},
         "liger": liger or None,
     }
     (Path(workdir) / "result.json").write_text(json.dumps(result))

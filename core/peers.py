@@ -69,6 +69,12 @@ def check(cfg, r) -> "object":
         raise UserError(f"{ours[0]} is an option of stepbench's own step, which +peer={name} does not run: leave it out")
     if cfg.get("measure_s"):
         raise UserError(f"measure_s is stepbench's timing; +peer={name} times its own steps: leave measure_s out")
+    if r.compile_given:
+        raise UserError(f"compile= is an option of stepbench's own step; +peer={name} compiles as the peer does "
+                        "(+peer=hf_compiled compiles, +peer=hf_eager does not): leave compile out")
+    if cfg.get("max_memory_gib") is not None:
+        raise UserError(f"max_memory_gib refuses rows by stepbench's predicted peak, and +peer={name}'s memory is its "
+                        "own (a peer that runs out is a failed row): leave max_memory_gib out")
     if r.family_obj.own_loop(r.args):  # e.g. model.plain=true: a loop of its own inside stepbench's harness
         raise UserError(f"{r.args.name} runs its own loop inside stepbench; +peer={name} runs the peer's: pick the "
                         "model without it (e.g. model.plain=false), or leave +peer out")

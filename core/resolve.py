@@ -38,6 +38,7 @@ class Resolved:
     notes: list = field(default_factory=list)
     kernels: object = None  #: core.contracts.Kernels
     peer: object = None  #: core.contracts.Peer (None: stepbench measures the row itself)
+    compile_given: bool = False  #: compile= was set (not ``auto``): a peer, which compiles as it does, refuses it
 
 
 #: top-level options outside the other key fields that change what a row measures
@@ -240,7 +241,8 @@ def resolve(cfg, world: int = 1) -> Resolved:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but no CUDA GPU is visible: use device=cpu (or device=auto)")
     ctx = RunContext.detect(world) if cfg.device != "cpu" else RunContext("cpu", world_size=world)
-    if cfg.compile == "auto":  # the row records what ran: compiled on a GPU, eager on a CPU
+    compile_given = cfg.compile != "auto"
+    if not compile_given:  # the row records what ran: compiled on a GPU, eager on a CPU
         cfg.compile = ctx.device == "cuda"
     family, flavour, seq_len, notes = model_choice(cfg, ctx.device)
     try:
@@ -313,7 +315,8 @@ def resolve(cfg, world: int = 1) -> Resolved:
     if why:
         raise UserError(f"sync '{sync.name}': {why}")
     return Resolved(ctx, args, family, fam, flavour, seq_len, attention, ac, adapter, sync, p["entries"], hw,
-                    sync_ctx, layout, pred, host, notes, kernels=p["kernels"], peer=peer)
+                    sync_ctx, layout, pred, host, notes, kernels=p["kernels"], peer=peer,
+                    compile_given=compile_given)
 
 
 def config_labels(cfg) -> dict:

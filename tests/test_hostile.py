@@ -441,6 +441,9 @@ CASES = [
     (B, ["+peer=hf_eager", "ac.inside=false"], "ac.inside=false is an option of stepbench's own step"),
     (B, ["+peer=hf_eager", "+kernels=inductor"], "kernels=inductor is an option of stepbench's own step"),
     (B, ["+peer=hf_eager", "measure_s=5"], "leave measure_s out"),
+    (B, ["+peer=hf_eager", "compile=true"], "+peer=hf_compiled compiles"),
+    (B, ["+peer=hf_compiled", "compile=false"], "+peer=hf_eager does not"),
+    (B, ["+peer=hf_eager", "max_memory_gib=10"], "leave max_memory_gib out"),
     ("predict", ["model=qwen3_4b", "hardware=h200", "+peer=hf_eager"], "leave +peer out"),
     # --- the stepbench script
     ("cli", ["benchh"], "did you mean 'stepbench bench'?"),

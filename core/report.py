@@ -341,13 +341,17 @@ def main(argv=None) -> int:
                     "--results benchmarks/results --out benchmarks/BENCHMARKS.md")
     ap.add_argument("--results", nargs="+", default=[str(ROOT / "benchmarks" / "results")])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "BENCHMARKS.md"))
-    ap.add_argument("--baseline", default=str(ROOT / "benchmarks" / "baseline.jsonl"))
+    ap.add_argument("--baseline", default=None, help="rows to compare against (default: benchmarks/baseline.jsonl "
+                    "where it exists; none: no baseline)")
     ap.add_argument("--save-baseline", action="store_true", help="store the current rows as the baseline")
     ap.add_argument("--host-budget-gib", type=_budget, default=32.0, help="pinned host memory allowed in view (b)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--predictions", default=str(ROOT / "benchmarks" / "results" / "predicted"),
                     help="predicted rows (python -m core.predict), shown in their own section")
     a = ap.parse_args(argv)
+    given_baseline = a.baseline is not None and a.baseline != "none"
+    no_baseline = a.baseline == "none"
+    a.baseline = a.baseline if given_baseline else str(ROOT / "benchmarks" / "baseline.jsonl")
     try:  # where it writes, before anything is read: never over an input, never into a file's place
         for flag, v, eg in (("--baseline", a.baseline, "benchmarks/baseline.jsonl"),
                             ("--predictions", a.predictions, "benchmarks/results/predicted"),
@@ -363,6 +367,11 @@ def main(argv=None) -> int:
         if not a.save_baseline and Path(a.baseline).is_dir():
             raise ReportError(f"--baseline {a.baseline} is a folder: name the baseline file, e.g. --baseline "
                               "benchmarks/baseline.jsonl")
+        if given_baseline and not a.save_baseline and not Path(a.baseline).exists():
+            raise ReportError(f"--baseline {a.baseline} does not exist: name a file of rows (python -m core.report "
+                              "--save-baseline writes one), or --baseline none")
+        if no_baseline and a.save_baseline:
+            raise ReportError("--save-baseline needs a file to write: name one, e.g. --baseline benchmarks/baseline.jsonl")
         for flag, path in (("--baseline", a.baseline), ("--predictions", a.predictions)):
             if not a.save_baseline and Path(path).is_file() and path_has_no_rows(path):
                 raise ReportError(f"{flag} {path} holds no rows (no line is a JSON object): name a file of rows, or "
@@ -381,7 +390,7 @@ def main(argv=None) -> int:
         print(f"baseline: {len(rows)} rows -> {a.baseline}")
         return 0
     commits = sorted({(r.get("env") or {}).get("git_commit") for r in rows} - {None}) or ["unknown"]
-    baseline = read_rows(a.baseline)[0] if Path(a.baseline).exists() else []
+    baseline = read_rows(a.baseline)[0] if not no_baseline and Path(a.baseline).exists() else []
     text = render(rows, baseline, failed, commit=", ".join(c[:12] for c in commits),
                   sources=", ".join(Path(p).name for p in a.results))
     published, _, _ = parse_published()

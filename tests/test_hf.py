@@ -216,7 +216,7 @@ def test_report_peers_view_and_hf_rows_stay_out_of_the_headline_views(tmp_path):
                 ac="Recompute", attn="FA3", time="2026-11-25T00:00:02+00:00")  # held to the row's kernel
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, hf_row, plain, same])
-    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
                  "--predictions", str(tmp_path / "none")]) == 0
     text = out.read_text()
     assert "## Qwen3-0.6B (hf)" in text and "## Qwen3-0.6B (plain HF)" in text
@@ -253,7 +253,7 @@ def test_peers_ratio_counts_only_rows_of_one_call(tmp_path):
     assert not same_call(old, {**old, "env": {**old["env"], "git_commit": "f" * 40}})
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, hf_row, plain])
-    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
                  "--predictions", str(tmp_path / "none")]) == 0
     peers = out.read_text().split("## Peers")[1]
     assert "(2.50x, not one call)" in peers and "native / plain HF," not in peers
@@ -275,7 +275,7 @@ def test_peers_view_shows_a_plain_hf_row_that_failed(tmp_path):
                  error="OutOfMemoryError: CUDA out of memory. Tried to allocate 37.09 GiB.")
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, plain])
-    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
                  "--predictions", str(tmp_path / "none")]) == 0
     peers = out.read_text().split("## Peers")[1]
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
@@ -298,7 +298,7 @@ def test_peers_take_the_plain_hf_run_of_the_native_rows_call(tmp_path):
     later = ours(p, tps=8000.0, run_id="b", time="2026-11-25T01:00:00+00:00", **plain)
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, here, later])
-    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
                  "--predictions", str(tmp_path / "none")]) == 0
     peers = out.read_text().split("## Peers")[1]
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
@@ -329,7 +329,7 @@ def test_peers_take_a_native_run_that_has_a_plain_hf_run_in_its_call(tmp_path):
                  model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B", ac="Recompute", attn="SDPA")
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [*natives, plain])
-    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
                  "--predictions", str(tmp_path / "none")]) == 0
     text = out.read_text()
     assert "25.00k" in text.split("## Peers")[0]  # the headline keeps the median run
@@ -355,7 +355,7 @@ def test_peers_and_view_a_take_the_default_configuration_not_a_variant(tmp_path)
                  model="Qwen3-0.6B (plain HF)", hf_name="Qwen/Qwen3-0.6B", ac="Recompute", attn="SDPA")
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [variant, native, plain])
-    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
                  "--predictions", str(tmp_path / "none")]) == 0
     text = out.read_text()
     view_a = text.split("## View (a)")[1].split("## View (b)")[0]

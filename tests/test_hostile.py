@@ -332,6 +332,7 @@ CASES = [
     (B, hf("local_theta.json"), "rope_local_base_freq must be a number above 0"),
     ("report", ["--results", "{rows}", "--baseline", "{dir}"], "is a folder: name the baseline file"),
     ("report", ["--results", "{rows}", "--baseline", "{notjson}"], "holds no rows"),
+    ("report", ["--results", "{rows}", "--baseline", "{tmp}/missing.jsonl"], "does not exist"),
     ("report", ["--results", "{rows}", "--predictions", "{notjson}"], "holds no rows"),
     (B, ["model=hf_qwen3_tiny", "model.plain=true", "+attn=sdpa", "+ac=offload"], "use +ac=recompute or +ac=none"),
     (B, ["model=hf_qwen3_tiny", "model.plain=true", "+attn=sdpa", "packing=random"], "use packing=single"),
@@ -513,7 +514,7 @@ def _own_outputs(tool: str, args: list[str]) -> list[str]:
         return ["report", *_own_outputs("report", args[1:])]
     if tool != "report":
         return args
-    extra = {"--out": "{tmp}/B.md", "--baseline": "{tmp}/nobase.jsonl", "--predictions": "{tmp}/nopred"}
+    extra = {"--out": "{tmp}/B.md", "--baseline": "none", "--predictions": "{tmp}/nopred"}
     return [*args, *(x for k, v in extra.items() if k not in args for x in (k, v)), "--no-plots"]
 
 

@@ -73,7 +73,8 @@ def measured_rows():
             commit = (r.get("env") or {}).get("git_commit")
             if r.get("status") == "ok" and "config" in r and r.get("peak_mem_gib") and not r.get("profiled") \
                     and r.get("attn") in ("FA2", "FA3") and commit not in (None, "HEAD") \
-                    and r.get("family") in FAMILIES:  # HEAD: before the head fix; native model code only
+                    and r.get("family") in FAMILIES and not r.get("peer"):  # HEAD: before the head fix; native
+                # model code only; a peer's row (+peer=...) is another trainer's memory, not stepbench's
                 out.append((FAMILIES[r["family"]].flavours[r["flavour"]], {**r, "_file": f}))
     return out
 

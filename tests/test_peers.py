@@ -216,7 +216,7 @@ def test_report_shows_peer_rows_beside_native(tmp_path):
         del r["roofline_frac"]
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, hf_c, prl])
-    assert main(["--results", str(res), "--out", str(out), "--baseline", str(tmp_path / "b.jsonl"),
+    assert main(["--results", str(res), "--out", str(out), "--baseline", "none",
                  "--predictions", str(tmp_path / "none")]) == 0
     text = out.read_text()
     view_a = text.split("## View (a)")[1].split("## View (b)")[0]
@@ -243,7 +243,7 @@ def test_failures_view_sets_our_run_beside_the_published_failure(tmp_path):
                hf_name="Qwen/Qwen3-0.6B", status="failed", error="OutOfMemoryError: CUDA out of memory.")
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, oom])
-    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
                  "--predictions", str(tmp_path / "none")]) == 0
     view = out.read_text().split("## The published failures, run here")[1]
     line = next(ln for ln in view.splitlines() if ln.startswith("| Qwen3-0.6B | SFT Full | 65536 | 1xH100 HBM3"))

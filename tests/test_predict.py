@@ -99,7 +99,7 @@ def test_predicted_rows_never_share_a_report_section_with_measured_rows(tmp_path
     (predicted / "p.jsonl").write_text(json.dumps(pred) + "\n")
     out = tmp_path / "B.md"
     assert report.main(["--results", str(results), "--out", str(out), "--no-plots", "--predictions",
-                        str(predicted), "--baseline", str(tmp_path / "none.jsonl")]) == 0
+                        str(predicted), "--baseline", "none"]) == 0
     text = out.read_text()
     head, tail = text.split("## Predicted rows (not measured)")
     assert "123.46k" not in head and "123.46k" in tail  # the prediction only in its own section

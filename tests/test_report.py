@@ -238,7 +238,7 @@ def test_reruns_view_shows_the_same_code_in_other_calls(tmp_path):
                                              env={**CLEAN, "source_digest": "d1"})]
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, rows)
-    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", str(tmp_path / "b.jsonl"),
+    assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
                  "--predictions", str(tmp_path / "none")]) == 0
     view = out.read_text().split("## Reruns")[1].split("\n## ")[0]
     (line,) = [ln for ln in view.splitlines() if ln.startswith("| Qwen3")]

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 from core.provenance import row_provenance  # noqa: E402
 from core.published import host_gib, implementation, parse_published, section_name, sync_per_step  # noqa: E402
 from core.results import read_rows, row_key, row_variant  # noqa: E402
-from core.views import (best_at_no_more_memory, budget_view, failures_view, peers_view, plot_views, reruns_view,  # noqa: E402
-                        versus_published)
+from core.views import (best_at_no_more_memory, budget_view, failures_view, peers_view, plot_views,  # noqa: E402
+                        reruns_view, trainers_view, versus_published)
 DIFF_MIN, REGRESSION, SPREAD_WARN = 1.0, 5.0, 0.05
 HEADER = """# Performance Benchmarks
 
@@ -400,6 +400,9 @@ def main(argv=None) -> int:
     peers = peers_view(rows, published, failed, runs)
     if peers:
         text += "\n" + peers
+    trainers = trainers_view(runs, failed, published, a.host_budget_gib)
+    if trainers:
+        text += "\n" + trainers
     failures = failures_view(rows, failed, parse_published()[2])
     if failures:
         text += "\n" + failures

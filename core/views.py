@@ -132,6 +132,9 @@ class Peers:
         self.runs: dict = {}  # impl -> key -> [every run]
         self.failed: dict = {}
         self.own_loop: dict = {}
+        rows = [r for r in rows if not r.get("peer")]  # +peer trainers: trainers_view
+        pool = [r for r in pool if not r.get("peer")]
+        failed = [r for r in failed if not r.get("peer")]
         for r in rows:  # default configurations only (a variant, e.g. fsdp=true, is an A/B of ours)
             if same_work(r, {"type": r["type"]}) and not row_variant(r):
                 self.best.setdefault(implementation(r), {}).setdefault(self.key(r), r)
@@ -188,17 +191,15 @@ class Peers:
 NATIVE = "native"
 PEERS_INTRO = (
     "For each published row: **native** = stepbench's model code with the row's plugins; a peer run with the "
-    "same plugins inside its own modules (the `hf` family: a transformers model, `model=hf_*`); and every "
-    "trainer that runs its own loop, twice: on its own pick of attention kernel and held to the published "
-    "row's kernel. Those are the peers of `+peer=...` (another trainer run on the row's configuration in a "
-    "child process, its own TPS and peak memory: `prime-rl` = prime-rl's trainer in its bench mode, `HF "
-    "compiled` / `HF eager` = a transformers loop with the Trainer's bf16 recipe, each decoder layer compiled "
-    "or not) and the older `plain HF` rows (transformers' forward inside stepbench's harness, "
-    "`model.plain=true`). Each peer row stores what its trainer does per step (`peer.per_step_work`). Cells: "
-    "TPS (peak memory) [AC, attention]; a cell from another call than the native row says so; a peer row "
-    "that failed (e.g. out of memory on its full logits) shows the error. Ratios = native TPS / that peer's "
-    "TPS, counted only where both rows ran in the same call on the same machine (else shown in parentheses "
-    "and left out of the summary). `prime-rl (published)` is the January table's figure, for reference.\n")
+    "same plugins inside its own modules (the `hf` family: a transformers model, `model=hf_*`); and a loop of "
+    "its own inside stepbench's harness (`plain HF`: transformers' forward, its gradient checkpointing, the "
+    "loss over full fp32 logits, LoRA through peft; `model.plain=true`), twice: on its own pick of attention "
+    "kernel and held to the published row's kernel. Cells: TPS (peak memory) [AC, attention]; a cell from "
+    "another call than the native row says so; a peer row that failed (e.g. out of memory on its full logits) "
+    "shows the error. Ratios = native TPS / that peer's TPS, counted only where both rows ran in the same call "
+    "on the same machine (else shown in parentheses and left out of the summary). `prime-rl (published)` is "
+    "the January table's figure, for reference. Other trainers run in a process of their own (`+peer=...`) "
+    "have their own section below.\n")
 
 
 def _cell(r) -> str:
@@ -239,7 +240,7 @@ def peers_view(rows: list[dict], published: list[dict], failed: list[dict] = (),
     head = ["Model", "Type", "SeqLen", "AC", "Attn", "Hardware", "prime-rl (published)", "native", *plugins]
     for i in loops:
         head += [f"{i}, its pick", f"native / {i}", f"{i}, same kernel", f"native / {i} same kernel"]
-    lines = ["## Peers: stepbench against other trainers, in the same call\n", PEERS_INTRO, "| " + " | ".join(head) + " |",
+    lines = ["## Peers: other implementations in stepbench's harness\n", PEERS_INTRO, "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     ratios: dict = {}
     for p in published:
@@ -448,3 +449,106 @@ def failures_view(rows: list[dict], failed: list[dict], published_failed: list[d
             "| Model | Type | SeqLen | Hardware | Published | Here |", "|---|---|---|---|---|---|"]
     return "\n".join(head + lines) + "\n"
 
+
+
+TRAINERS_INTRO = (
+    "Other trainers run by `+peer=...` on the row's configuration, each in a child process of the same "
+    "call as stepbench's rows (`prime-rl` = prime-rl's trainer in its bench mode; `HF compiled` / `HF eager` = "
+    "a transformers loop with the Trainer's bf16 recipe, each decoder layer compiled or not); their TPS and "
+    "peak memory are their own. Only rows of one call on one machine are compared; a trainer run with no "
+    "stepbench row of its configuration in its call is listed without a ratio.\n")
+
+
+def _pick(rows, calls_with, better=lambda r: r["tps"]):
+    return max((r for r in rows if calls_with(r)), key=better, default=None)
+
+
+def trainers_view(pool: list[dict], failed: list[dict], published: list[dict], host_budget_gib: float = 32.0) -> str:
+    """The ``+peer`` trainers against stepbench in the same call: (1) the same configuration (model,
+    type, sequence length, AC, attention kernel), a line per trainer run; (2) for each published
+    row, each side's fastest run of that call within the published row's memory (any AC and kernel;
+    stepbench's offload within ``host_budget_gib`` of pinned host memory)."""
+    runs = [r for r in pool if r.get("peer") and same_work(r, {"type": r["type"]})]
+    broke = [r for r in failed if r.get("peer") and all(k in r for k in ("type", "seq_len", "hardware_label"))]
+    if not runs and not broke:
+        return ""
+    natives = [r for r in pool if implementation(r) == NATIVE and not r.get("peer") and not row_variant(r)
+               and same_work(r, {"type": r["type"]})]
+
+    def base(r):
+        return model_name(r), r["type"], r["seq_len"], r.get("hardware_label")
+
+    def cell(r, with_kernel=False):
+        out = f"{r['tps'] / 1e3:.2f}k ({r['peak_mem_gib']:.1f} GiB)" if r.get("peak_mem_gib") else f"{r['tps'] / 1e3:.2f}k"
+        return f"{out} [{r['ac']}, {r['attn']}]" if with_kernel else out
+
+    # (1) the same configuration: the latest run of each trainer, configuration and call
+    latest: dict = {}
+    for r in sorted(runs, key=lambda r: str(r.get("time", ""))):
+        latest[(r["impl"], base(r), r["ac"], r["attn"], r.get("run_id") or r.get("time"))] = r
+    same_ratios: dict = {}
+    lines = ["## Other trainers, in the same call\n", TRAINERS_INTRO,
+             "### Same configuration\n",
+             "| Model | Type | SeqLen | AC | Attn | Hardware | Trainer | its TPS (peak) | stepbench, same call (peak) | "
+             "stepbench / trainer |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (impl, b, ac, attn, _), r in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
+        nat = _pick(natives, lambda n: base(n) == b and n["ac"] == ac and n["attn"] == attn and same_call(n, r),
+                    better=lambda n: str(n.get("time", "")))
+        x = nat["tps"] / r["tps"] if nat else None
+        if x:
+            same_ratios.setdefault(impl, []).append(x)
+        lines.append(f"| {b[0]} | {b[1]} | {b[2]} | {ac} | {attn} | {b[3]} | {impl} | {cell(r)} | "
+                     f"{cell(nat) if nat else '-'} | {f'{x:.2f}x' if x else '-'} |")
+    for r in broke:
+        lines.append(f"| {model_name(r)} | {r['type']} | {r['seq_len']} | {r.get('ac')} | {r.get('attn')} | "
+                     f"{r.get('hardware_label')} | {r.get('impl')} | failed: {str(r.get('error') or 'error')[:80]} | - | - |")
+    for impl, xs in sorted(same_ratios.items()):
+        lines.append(ratio_summary(f"stepbench / {impl}, same configuration and call", xs))
+
+    # (2) each side's fastest within the published row's memory, per call
+    best_lines, best_ratios = [], {}
+    calls: list[list[dict]] = []
+    for r in runs:
+        home = next((c for c in calls if same_call(c[0], r)), None)
+        home.append(r) if home is not None else calls.append([r])
+    for p in published:
+        pb, limit = (p["model"], p["type"], p["seq_len"], p["hardware_label"]), p.get("peak_mem_gib")
+        if not limit:
+            continue
+        limit += 0.05  # the published peak is rounded to 0.1 GiB
+        for call in calls:
+            mine = [r for r in call if base(r) == pb]
+            if not mine:
+                continue
+            nat = _pick(natives, lambda n: base(n) == pb and same_call(n, call[0]) and n.get("peak_mem_gib")
+                        and n["peak_mem_gib"] <= limit and host_gib(n) <= host_budget_gib)
+            for impl in sorted({r["impl"] for r in mine}):
+                theirs = [r for r in mine if r["impl"] == impl]
+                fit = _pick(theirs, lambda r: r.get("peak_mem_gib") and r["peak_mem_gib"] <= limit)
+                if fit and nat:
+                    x = nat["tps"] / fit["tps"]
+                    best_ratios.setdefault(impl, []).append(x)
+                    verdict, peer_cell = f"{x:.2f}x", cell(fit, True)
+                else:
+                    low = min(theirs, key=lambda r: r.get("peak_mem_gib") or math.inf)
+                    peer_cell = f"none within (its least: {cell(low, True)})"
+                    verdict = (f"does not fit (any memory: {nat['tps'] / max(r['tps'] for r in theirs):.2f}x)"
+                               if nat else "-")
+                best_lines.append(f"| {pb[0]} | {pb[1]} | {pb[2]} | {p['ac']}, {p['attn']}: {p['tps'] / 1e3:.2f}k "
+                                  f"({p['peak_mem_gib']:.1f} GiB) | {impl} | {peer_cell} | {cell(nat, True) if nat else '-'} | "
+                                  f"{verdict} |")
+    if best_lines:
+        lines += ["", "### Each side's fastest within the published row's memory\n",
+                  "For each published row with trainer runs of its model, type and length: each side's fastest run "
+                  "of one call at no more GPU memory than the published row's peak (any AC and attention kernel; "
+                  f"stepbench's offload within {host_budget_gib:g} GiB of pinned host memory). A trainer with no run "
+                  "within it does not fit; its ratio at any memory is shown beside.\n",
+                  "| Model | Type | SeqLen | published (AC, attn: TPS, peak) | Trainer | its fastest within | "
+                  "stepbench's fastest within | stepbench / trainer |", "|---|---|---|---|---|---|---|---|"]
+        lines += best_lines
+        for impl, xs in sorted(best_ratios.items()):
+            lines.append(ratio_summary(f"stepbench / {impl}, fastest within the published memory", xs))
+    work = per_step_work([*runs, *[n for n in natives if any(same_call(n, r) for r in runs)]])
+    if work:
+        lines += ["", "What each side does per step, beyond forward, backward and gradient clipping:", "", *work]
+    return "\n".join(lines) + "\n"

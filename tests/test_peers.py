@@ -221,11 +221,17 @@ def test_report_shows_peer_rows_beside_native(tmp_path):
     text = out.read_text()
     view_a = text.split("## View (a)")[1].split("## View (b)")[0]
     assert "40.00k" in view_a and "20.00k" not in view_a and "8.00k" not in view_a
-    peers = text.split("## Peers")[1]
-    line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL Full | 8192 | Recompute | FA2"))
-    assert "40.00k" in line and "20.00k" in line and "8.00k" in line
-    assert "native / HF compiled with the same attention kernel, 1 rows: geomean 2.00x" in peers
-    assert "native / prime-rl with the same attention kernel, 1 rows: geomean 5.00x" in peers
+    assert "## Peers" not in text  # no in-harness peer rows: the legacy view is left out
+    peers = text.split("## Other trainers, in the same call")[1]
+    same = peers.split("### Same configuration")[1].split("###")[0]
+    lines = [ln for ln in same.splitlines() if ln.startswith("| Qwen3-0.6B | RL Full | 8192 | Recompute | FA2")]
+    assert len(lines) == 2 and all("40.00k" in ln for ln in lines)
+    assert any("| HF compiled | 20.00k" in ln and ln.endswith("| 2.00x |") for ln in lines)
+    assert any("| prime-rl | 8.00k" in ln and ln.endswith("| 5.00x |") for ln in lines)
+    assert "stepbench / HF compiled, same configuration and call, 1 rows: geomean 2.00x" in peers
+    assert "stepbench / prime-rl, same configuration and call, 1 rows: geomean 5.00x" in peers
+    best = peers.split("### Each side's fastest within the published row's memory")[1]
+    assert "stepbench / prime-rl, fastest within the published memory, 1 rows: geomean 5.00x" in best
     assert "- **native**, RL Full: AdamW step on fp32 master weights; weight hand-off: host" in peers and "- **HF compiled**, RL Full: x" in peers and "- **prime-rl**, RL Full: y" in peers
 
 

@@ -456,7 +456,21 @@ TRAINERS_INTRO = (
     "call as stepbench's rows (`prime-rl` = prime-rl's trainer in its bench mode; `HF compiled` / `HF eager` = "
     "a transformers loop with the Trainer's bf16 recipe, each decoder layer compiled or not); their TPS and "
     "peak memory are their own. Only rows of one call on one machine are compared; a trainer run with no "
-    "stepbench row of its configuration in its call is listed without a ratio.\n")
+    "stepbench row of its configuration in its call is listed without a ratio. **Compiled**: what the trainer "
+    "says it compiled; for the HF loop, dynamo's graphs and graph breaks (wholly compiled, it builds one graph "
+    "for every decoder layer and one for the log-prob head; more graphs are recompiles, and a recompile limit "
+    "hit means later layers ran eager: that row understates the loop).\n")
+
+
+def _compiled(r) -> str:
+    """What a +peer row says it compiled: dynamo's graphs and breaks (and recompile-limit hits) where it
+    reports them, else yes/no from the row."""
+    rep = (r.get("peer") or {}).get("reported") or {}
+    dyn = rep.get("dynamo") if isinstance(rep, dict) else None
+    if dyn and dyn.get("graphs"):
+        out = f"{dyn['graphs']} graphs, {dyn.get('graph_breaks', 0)} breaks"
+        return out + (", recompile limit hit" if dyn.get("recompile_limit_hits") else "")
+    return "yes" if r.get("compile") else "no"
 
 
 def _pick(rows, calls_with, better=lambda r: r["tps"]):
@@ -489,19 +503,20 @@ def trainers_view(pool: list[dict], failed: list[dict], published: list[dict], h
     same_ratios: dict = {}
     lines = ["## Other trainers, in the same call\n", TRAINERS_INTRO,
              "### Same configuration\n",
-             "| Model | Type | SeqLen | AC | Attn | Hardware | Trainer | its TPS (peak) | stepbench, same call (peak) | "
-             "stepbench / trainer |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| Model | Type | SeqLen | AC | Attn | Hardware | Trainer | Compiled | its TPS (peak) | "
+             "stepbench, same call (peak) | stepbench / trainer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (impl, b, ac, attn, _), r in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
         nat = _pick(natives, lambda n: base(n) == b and n["ac"] == ac and n["attn"] == attn and same_call(n, r),
                     better=lambda n: str(n.get("time", "")))
         x = nat["tps"] / r["tps"] if nat else None
         if x:
             same_ratios.setdefault(impl, []).append(x)
-        lines.append(f"| {b[0]} | {b[1]} | {b[2]} | {ac} | {attn} | {b[3]} | {impl} | {cell(r)} | "
+        lines.append(f"| {b[0]} | {b[1]} | {b[2]} | {ac} | {attn} | {b[3]} | {impl} | {_compiled(r)} | {cell(r)} | "
                      f"{cell(nat) if nat else '-'} | {f'{x:.2f}x' if x else '-'} |")
     for r in broke:
         lines.append(f"| {model_name(r)} | {r['type']} | {r['seq_len']} | {r.get('ac')} | {r.get('attn')} | "
-                     f"{r.get('hardware_label')} | {r.get('impl')} | failed: {str(r.get('error') or 'error')[:80]} | - | - |")
+                     f"{r.get('hardware_label')} | {r.get('impl')} | - | failed: {str(r.get('error') or 'error')[:80]} | "
+                     "- | - |")
     for impl, xs in sorted(same_ratios.items()):
         lines.append(ratio_summary(f"stepbench / {impl}, same configuration and call", xs))
 

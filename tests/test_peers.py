@@ -226,8 +226,8 @@ def test_report_shows_peer_rows_beside_native(tmp_path):
     same = peers.split("### Same configuration")[1].split("###")[0]
     lines = [ln for ln in same.splitlines() if ln.startswith("| Qwen3-0.6B | RL Full | 8192 | Recompute | FA2")]
     assert len(lines) == 2 and all("40.00k" in ln for ln in lines)
-    assert any("| HF compiled | 20.00k" in ln and ln.endswith("| 2.00x |") for ln in lines)
-    assert any("| prime-rl | 8.00k" in ln and ln.endswith("| 5.00x |") for ln in lines)
+    assert any("| HF compiled | yes | 20.00k" in ln and ln.endswith("| 2.00x |") for ln in lines)
+    assert any("| prime-rl | yes | 8.00k" in ln and ln.endswith("| 5.00x |") for ln in lines)
     assert "stepbench / HF compiled, same configuration and call, 1 rows: geomean 2.00x" in peers
     assert "stepbench / prime-rl, same configuration and call, 1 rows: geomean 5.00x" in peers
     best = peers.split("### Each side's fastest within the published row's memory")[1]
@@ -344,3 +344,37 @@ def test_hf_compiled_compiles_inside_the_checkpoint(tmp_path):
     dyn = row["peer"]["reported"]["dynamo"]
     assert dyn["graphs"] >= 1 and dyn["graph_breaks"] == 0 and row["compile"] is True, dyn
     assert dyn["break_reasons"] == [] and row["peer"]["reported"]["loss_head"].endswith("(compiled)")
+    assert dyn["recompile_limit_hits"] == 0 and row["peer"]["reported"]["compiled_layers"] is True
+
+
+def test_hf_loop_counts_dynamo_recompile_limit_hits():
+    """A compiled function past dynamo's recompile limit runs eager: the HF loop's watch counts the
+    warning, so the row says its compiled loop was not wholly compiled (it happened to transformers'
+    flash attention, which reads each layer's index as a static int)."""
+    import logging
+
+    import torch
+
+    from plugins.peers.hf_loop import RecompileWatch
+
+    class M(torch.nn.Module):
+        def __init__(self, k):
+            super().__init__()
+            self.k = k
+
+        def forward(self, x):
+            return x * self.k
+
+    watch = RecompileWatch()
+    logging.getLogger("torch._dynamo").addHandler(watch)
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(recompile_limit=1, allow_unspec_int_on_nn_module=False):
+            fwd = torch.compile(M.forward, backend="eager")
+            for k in range(3):
+                m = M(k)
+                fwd(m, torch.ones(2))
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(watch)
+        torch._dynamo.reset()
+    assert watch.hits, "the recompile-limit warning was not seen"

@@ -32,6 +32,7 @@ Step 0 is warm-up (compilation); the rest are timed with a device synchronisatio
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -145,12 +146,32 @@ def build(spec: dict, device):
         # checkpointing dynamo refuses that side effect (a graph break: nothing compiled) unless told the
         # forward's side effects need no replay in the recompute, which holds for this one
         torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
+        # transformers' flash attention reads each layer's ``layer_idx`` (an int attribute dynamo takes as
+        # static: one recompile per layer, and past the recompile limit (8) the later layers ran eager).
+        # Taken as dynamic, one graph serves every layer; the limit is raised to the layer count besides,
+        # and a hit is still counted (RecompileWatch) and reported
+        torch._dynamo.config.allow_unspec_int_on_nn_module = True
+        n_layers = len(decoder_base(model).layers)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, n_layers + 2)
         # each layer's forward compiled, so the compiled code runs inside the checkpoint (compiling the
         # layer's call instead would trace transformers' checkpointing wrapper, which breaks the graph)
         compiled = torch.compile(type(decoder_base(model).layers[0]).forward)
         for layer in decoder_base(model).layers:
             layer.forward = compiled.__get__(layer)
     return model, impl, kernel, precision
+
+
+class RecompileWatch(logging.Handler):
+    """Counts dynamo's "hit config.recompile_limit" warnings: a function past the limit runs eager."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.hits: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if "recompile_limit" in msg or "cache_size_limit" in msg:
+            self.hits.append(msg.splitlines()[0][:200])
 
 
 def decoder_base(model):
@@ -190,6 +211,8 @@ def main(workdir: str, compiled: bool) -> None:
         torch.cuda.reset_peak_memory_stats()
     model_type = spec["hf_config"]["model_type"]
     liger = liger_patch(model_type, opts.get("liger", "auto"), cuda)
+    watch = RecompileWatch()
+    logging.getLogger("torch._dynamo").addHandler(watch)
     model, impl, kernel, precision = build(spec, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), weight_decay=0.01, fused=cuda,
@@ -290,8 +313,8 @@ def main(workdir: str, compiled: bool) -> None:
         "per_step_work": "; ".join(work),
         "loss_head": ("Liger fused linear cross-entropy" if flce is not None else
                       "full logits, fp32 log-softmax" + (" (compiled)" if spec["compile"] else "")),
-        "checkpointing": spec["ac"], "compiled_layers": bool(spec["compile"] and graphs),
-        "dynamo": {"graphs": graphs, "graph_breaks": breaks,
+        "checkpointing": spec["ac"], "compiled_layers": bool(spec["compile"] and graphs and not watch.hits),
+        "dynamo": {"graphs": graphs, "graph_breaks": breaks, "recompile_limit_hits": len(watch.hits),
                    "break_reasons": [k.splitlines()[0][:200] for k in list(counters["graph_break"])[:8]]},
         "liger": liger or None,
     }

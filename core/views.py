@@ -547,7 +547,7 @@ def trainers_view(pool: list[dict], failed: list[dict], published: list[dict], h
                 else:
                     low = min(theirs, key=lambda r: r.get("peak_mem_gib") or math.inf)
                     peer_cell = f"none within (its least: {cell(low, True)})"
-                    verdict = (f"does not fit (any memory: {nat['tps'] / max(r['tps'] for r in theirs):.2f}x)"
+                    verdict = (f"no run within (any memory: {nat['tps'] / max(r['tps'] for r in theirs):.2f}x)"
                                if nat else "-")
                 best_lines.append(f"| {pb[0]} | {pb[1]} | {pb[2]} | {p['ac']}, {p['attn']}: {p['tps'] / 1e3:.2f}k "
                                   f"({p['peak_mem_gib']:.1f} GiB) | {impl} | {peer_cell} | {cell(nat, True) if nat else '-'} | "
@@ -556,8 +556,9 @@ def trainers_view(pool: list[dict], failed: list[dict], published: list[dict], h
         lines += ["", "### Each side's fastest within the published row's memory\n",
                   "For each published row with trainer runs of its model, type and length: each side's fastest run "
                   "of one call at no more GPU memory than the published row's peak (any AC and attention kernel; "
-                  f"stepbench's offload within {host_budget_gib:g} GiB of pinned host memory). A trainer with no run "
-                  "within it does not fit; its ratio at any memory is shown beside.\n",
+                  f"stepbench's offload within {host_budget_gib:g} GiB of pinned host memory). Where a trainer has no "
+                  "run of that call within it, its ratio at any memory is shown instead, and left out of the summary."
+                  "\n",
                   "| Model | Type | SeqLen | published (AC, attn: TPS, peak) | Trainer | its fastest within | "
                   "stepbench's fastest within | stepbench / trainer |", "|---|---|---|---|---|---|---|---|"]
         lines += best_lines

@@ -240,9 +240,14 @@ def check_overrides(argv: list[str]):
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             plus = "+" if group in APPENDED else ""
             for v in values:
-                if v not in options:
+                if v not in options:  # the nearest name (case and typos), else the first
+                    import difflib
+
+                    low = {o.lower(): o for o in options}
+                    near = low.get(v.lower()) or next(iter(difflib.get_close_matches(v, options, n=1, cutoff=0.5)),
+                                                      options[0])
                     raise UserError(f"unknown {group} '{v}': choose one of {', '.join(options)} "
-                                    f"(e.g. {plus}{group}={options[0]})")
+                                    f"(e.g. {plus}{group}={near})")
             if group in APPENDED and o.input_line.startswith(group):
                 raise UserError(f"'{group}' is an appended group: type +{o.input_line}")
         for o in parsed:

@@ -72,9 +72,16 @@ def check(cfg, r) -> "object":
     if r.compile_given:
         raise UserError(f"compile= is an option of stepbench's own step; +peer={name} compiles as the peer does "
                         "(+peer=hf_compiled compiles, +peer=hf_eager does not): leave compile out")
-    if cfg.get("max_memory_gib") is not None:
-        raise UserError(f"max_memory_gib refuses rows by stepbench's predicted peak, and +peer={name}'s memory is its "
-                        "own (a peer that runs out is a failed row): leave max_memory_gib out")
+    for opt in ("max_memory_gib", "max_host_gib"):
+        if cfg.get(opt) is not None:
+            raise UserError(f"{opt} refuses rows by stepbench's predicted memory, and +peer={name}'s memory is its "
+                            f"own (a peer that runs out is a failed row): leave {opt} out")
+    from core.resolve import _primary_defaults as defaults
+
+    for opt in ("busy_step", "memory_profile", "ops_profile", "ops_trace"):  # stepbench's profiling of its own step
+        if cfg.get(opt) != defaults().get(opt):
+            raise UserError(f"{opt}={str(cfg.get(opt)).lower()} profiles stepbench's own step, which +peer={name} does not run: "
+                            f"leave {opt} out")
     if r.family_obj.own_loop(r.args):  # e.g. model.plain=true: a loop of its own inside stepbench's harness
         raise UserError(f"{r.args.name} runs its own loop inside stepbench; +peer={name} runs the peer's: pick the "
                         "model without it (e.g. model.plain=false), or leave +peer out")

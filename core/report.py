@@ -326,11 +326,12 @@ def _gather_quietly(results: list[str]):
 
 
 def path_has_no_rows(path) -> bool:
-    """Whether a non-empty file has no readable row (an empty file is an empty baseline)."""
+    """Whether a non-empty file has no readable row (an empty file is an empty baseline): no line is a
+    JSON object with a row's model and TPS."""
     if Path(path).stat().st_size == 0:
         return False
     rows, _ = read_rows(path)
-    return not rows
+    return not [r for r in rows if "model" in r and "tps" in r]
 
 
 def main(argv=None) -> int:
@@ -346,10 +347,16 @@ def main(argv=None) -> int:
     ap.add_argument("--save-baseline", action="store_true", help="store the current rows as the baseline")
     ap.add_argument("--host-budget-gib", type=_budget, default=32.0, help="pinned host memory allowed in view (b)")
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--predictions", default=str(ROOT / "benchmarks" / "results" / "predicted"),
-                    help="predicted rows (python -m core.predict), shown in their own section")
+    ap.add_argument("--predictions", default=None,
+                    help="predicted rows (python -m core.predict), shown in their own section (default: "
+                         "benchmarks/results/predicted where it exists)")
     a = ap.parse_args(argv)
     given_baseline = a.baseline is not None and a.baseline != "none"
+    given_predictions = a.predictions is not None and a.predictions != "none"
+    no_predictions = a.predictions == "none"
+    if not given_predictions:
+        a.predictions = str(ROOT / "benchmarks" / "results" / "predicted")
+    a.results = list(dict.fromkeys(a.results))  # a file named twice is read once
     no_baseline = a.baseline == "none"
     a.baseline = a.baseline if given_baseline else str(ROOT / "benchmarks" / "baseline.jsonl")
     try:  # where it writes, before anything is read: never over an input, never into a file's place
@@ -370,11 +377,14 @@ def main(argv=None) -> int:
         if given_baseline and not a.save_baseline and not Path(a.baseline).exists():
             raise ReportError(f"--baseline {a.baseline} does not exist: name a file of rows (python -m core.report "
                               "--save-baseline writes one), or --baseline none")
+        if given_predictions and str(a.predictions).strip() and not Path(a.predictions).exists():
+            raise ReportError(f"--predictions {a.predictions} does not exist: name a file or folder of predicted rows "
+                              "(python -m core.predict writes them), or leave --predictions out")
         if no_baseline and a.save_baseline:
             raise ReportError("--save-baseline needs a file to write: name one, e.g. --baseline benchmarks/baseline.jsonl")
         for flag, path in (("--baseline", a.baseline), ("--predictions", a.predictions)):
             if not a.save_baseline and Path(path).is_file() and path_has_no_rows(path):
-                raise ReportError(f"{flag} {path} holds no rows (no line is a JSON object): name a file of rows, or "
+                raise ReportError(f"{flag} {path} holds no rows (no line is a JSON object with a row's model and tps): name a file of rows, or "
                                   f"leave {flag} out")
         rows, dirty, failed, runs = _gather_quietly(a.results)
         if a.save_baseline and not rows:
@@ -415,7 +425,7 @@ def main(argv=None) -> int:
     lo = left_out(dirty)
     if lo:
         text += "\n" + lo
-    if Path(a.predictions).exists():
+    if not no_predictions and Path(a.predictions).exists():
         text += "\n" + predictions_section(read_rows(a.predictions)[0])
     out.parent.mkdir(parents=True, exist_ok=True)
     if not a.no_plots:

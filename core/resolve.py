@@ -288,14 +288,14 @@ def resolve(cfg, world: int = 1) -> Resolved:
     config = OmegaConf.to_container(cfg, resolve=True)
     layout = layout_of(config, ac, adapter, fam)
     layout = type(layout)(**{**layout.as_dict(), "kv_repeated": bool(attention.repeats_kv)})
+    peer = p.get("peer")
+    peer = None if peer is None or peer.runs_stepbench else peer
     host = predict_host_gib(args, seq_len, ac, layout.kv_repeated)
     host_avail = host_available_gib()
     limit = cfg.get("max_host_gib") or host_avail
-    if host and limit and host > limit:
+    if host and limit and host > limit and peer is None:  # a peer's memory is its own
         raise UserError(f"{ac.label} would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
                         "try a shorter seq_len, or an activation strategy that pins less (python -m core.bench --list)")
-    peer = p.get("peer")
-    peer = None if peer is None or peer.runs_stepbench else peer
     if peer is not None and world > 1:
         raise UserError(f"+peer={peer.name} runs the peer on one GPU: run it without torchrun")
     pred = predict_peak_gib(args, seq_len, adapter, ac, world, cfg.head_budget_mib, layout)

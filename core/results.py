@@ -68,6 +68,16 @@ def _destination(raw: str, what: str, example: str) -> Path:
                            f"name a shorter file, e.g. {eg}")
     if not os.access(anc, os.W_OK) or (anc != real and not os.access(anc, os.X_OK)):
         raise ResultsError(f"cannot write {arg} (permission denied): pick another file, e.g. {eg}")
+    folder = anc if anc != real else real.parent
+    if not real.exists():  # a folder that says it is writable and takes no file (/proc, a read-only mount)
+        import tempfile
+
+        try:
+            with tempfile.TemporaryFile(dir=folder, prefix=".stepbench-probe-"):
+                pass
+        except OSError as e:
+            raise ResultsError(f"cannot write {arg}: {folder} takes no new file ({e.strerror or e}): pick a file "
+                               f"in another folder, e.g. {eg}") from None
     return real
 
 

@@ -218,10 +218,15 @@ def run_child(overrides: list[str], results: str, timeout_s: float, base: dict, 
     launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
     cmd = [sys.executable, *launch, "-m", "core.bench", *overrides, f"results={results}"]
     rc, tail = stream_child(cmd, {**child_env(), CHILD_ENV: base["id"]}, timeout_s, out, prefix)
+    if rc == -1:  # the sweep's limit, said with what to change
+        tail = tail[:-1] + [f"TimeoutError: the row exceeded row_timeout_s={timeout_s:g} s and was stopped: raise "
+                            "row_timeout_s"]
     written = any(x.get("id") == base["id"] for x in load_rows(results))
     if not written:
+        error = child_error(rc, tail)
         append_row(results, {**base, **(labels or {"model": " ".join(overrides)}), "status": "failed",
-                             "error": child_error(rc, tail)})
+                             "error": error})
+        say(f"  failed: {error}")
     return rc, written
 
 
@@ -320,6 +325,10 @@ def sweep_row(cfg, overrides: list[str], predicted_left: list[float | None] = ()
     say(p.line(" ".join(overrides), predicted_left))
     try:
         r = resolve(cfg)
+        if r.peer is not None:  # what the peer refuses is refused before the row counts as done
+            from core import peers
+
+            peers.check(cfg, r)
     except Exception as e:  # noqa: BLE001 - a refused row, or a plugin that breaks while resolving, fails its row only
         p.failed += 1
         why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"

@@ -217,7 +217,7 @@ def test_report_peers_view_and_hf_rows_stay_out_of_the_headline_views(tmp_path):
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, hf_row, plain, same])
     assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
-                 "--predictions", str(tmp_path / "none")]) == 0
+                 "--predictions", "none"]) == 0
     text = out.read_text()
     assert "## Qwen3-0.6B (hf)" in text and "## Qwen3-0.6B (plain HF)" in text
     view_a = text.split("## View (a)")[1].split("## View (b)")[0]
@@ -254,7 +254,7 @@ def test_peers_ratio_counts_only_rows_of_one_call(tmp_path):
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, hf_row, plain])
     assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
-                 "--predictions", str(tmp_path / "none")]) == 0
+                 "--predictions", "none"]) == 0
     peers = out.read_text().split("## Peers")[1]
     assert "(2.50x, not one call)" in peers and "native / plain HF," not in peers
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
@@ -276,7 +276,7 @@ def test_peers_view_shows_a_plain_hf_row_that_failed(tmp_path):
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, plain])
     assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
-                 "--predictions", str(tmp_path / "none")]) == 0
+                 "--predictions", "none"]) == 0
     peers = out.read_text().split("## Peers")[1]
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
     assert "20.00k" in line and "failed: OutOfMemoryError [Recompute, sdpa]" in line
@@ -299,7 +299,7 @@ def test_peers_take_the_plain_hf_run_of_the_native_rows_call(tmp_path):
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, here, later])
     assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
-                 "--predictions", str(tmp_path / "none")]) == 0
+                 "--predictions", "none"]) == 0
     peers = out.read_text().split("## Peers")[1]
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
     assert "10.00k" in line and [c.strip() for c in line.strip("| ").split("|")][-3] == "2.00x"
@@ -330,7 +330,7 @@ def test_peers_take_a_native_run_that_has_a_plain_hf_run_in_its_call(tmp_path):
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [*natives, plain])
     assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
-                 "--predictions", str(tmp_path / "none")]) == 0
+                 "--predictions", "none"]) == 0
     text = out.read_text()
     assert "25.00k" in text.split("## Peers")[0]  # the headline keeps the median run
     line = next(ln for ln in text.split("## Peers")[1].splitlines()
@@ -356,7 +356,7 @@ def test_peers_and_view_a_take_the_default_configuration_not_a_variant(tmp_path)
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [variant, native, plain])
     assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
-                 "--predictions", str(tmp_path / "none")]) == 0
+                 "--predictions", "none"]) == 0
     text = out.read_text()
     view_a = text.split("## View (a)")[1].split("## View (b)")[0]
     assert "20.00k" in view_a and "16.00k" not in view_a

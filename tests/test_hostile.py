@@ -445,6 +445,13 @@ CASES = [
     (B, ["+peer=hf_eager", "compile=true"], "+peer=hf_compiled compiles"),
     (B, ["+peer=hf_compiled", "compile=false"], "+peer=hf_eager does not"),
     (B, ["+peer=hf_eager", "max_memory_gib=10"], "leave max_memory_gib out"),
+    (B, ["+peer=hf_eager", "max_host_gib=1"], "leave max_host_gib out"),
+    (B, ["+peer=hf_eager", "busy_step=false"], "leave busy_step out"),
+    (B, ["+ac=offlaod"], "(e.g. +ac=offload)"),
+    (B, ["adapter=LoRA"], "(e.g. adapter=lora)"),
+    (B, ["results=/proc/stepbench-x.jsonl"], "takes no new file"),
+    ("report", ["--results", "{rows}", "--out", "/proc/stepbench-report.md"], "takes no new file"),
+    ("report", ["--results", "{rows}", "--predictions", "{tmp}/missing-predictions"], "does not exist"),
     ("predict", ["model=qwen3_4b", "hardware=h200", "+peer=hf_eager"], "leave +peer out"),
     # --- the stepbench script
     ("cli", ["benchh"], "did you mean 'stepbench bench'?"),
@@ -514,7 +521,7 @@ def _own_outputs(tool: str, args: list[str]) -> list[str]:
         return ["report", *_own_outputs("report", args[1:])]
     if tool != "report":
         return args
-    extra = {"--out": "{tmp}/B.md", "--baseline": "none", "--predictions": "{tmp}/nopred"}
+    extra = {"--out": "{tmp}/B.md", "--baseline": "none", "--predictions": "none"}
     return [*args, *(x for k, v in extra.items() if k not in args for x in (k, v)), "--no-plots"]
 
 

@@ -217,7 +217,7 @@ def test_report_shows_peer_rows_beside_native(tmp_path):
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, hf_c, prl])
     assert main(["--results", str(res), "--out", str(out), "--baseline", "none",
-                 "--predictions", str(tmp_path / "none")]) == 0
+                 "--predictions", "none"]) == 0
     text = out.read_text()
     view_a = text.split("## View (a)")[1].split("## View (b)")[0]
     assert "40.00k" in view_a and "20.00k" not in view_a and "8.00k" not in view_a
@@ -250,7 +250,7 @@ def test_failures_view_sets_our_run_beside_the_published_failure(tmp_path):
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, [native, oom])
     assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
-                 "--predictions", str(tmp_path / "none")]) == 0
+                 "--predictions", "none"]) == 0
     view = out.read_text().split("## The published failures, run here")[1]
     line = next(ln for ln in view.splitlines() if ln.startswith("| Qwen3-0.6B | SFT Full | 65536 | 1xH100 HBM3"))
     assert "failed (3x): out of memory on 37.09 GiB" in line

@@ -239,7 +239,7 @@ def test_reruns_view_shows_the_same_code_in_other_calls(tmp_path):
     res, out = tmp_path / "rows.jsonl", tmp_path / "B.md"
     write(res, rows)
     assert main(["--results", str(res), "--out", str(out), "--no-plots", "--baseline", "none",
-                 "--predictions", str(tmp_path / "none")]) == 0
+                 "--predictions", "none"]) == 0
     view = out.read_text().split("## Reruns")[1].split("\n## ")[0]
     (line,) = [ln for ln in view.splitlines() if ln.startswith("| Qwen3")]
     assert "20.00k" in line and "21.00k" in line and "30.00k" not in line  # call a's median: 20.00k

@@ -29,6 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
     type, and exit status 2, as every other bad input of the tools."""
 
     example = ""
+    short = ""  #: the tool's name at the start of its one-line errors (report, predict, ...)
 
     def parse_args(self, args=None, namespace=None):
         """As argparse, but an option given twice is refused (argparse would keep the last one)."""
@@ -39,13 +40,17 @@ class OneLineParser(argparse.ArgumentParser):
             flag = tok.split("=", 1)[0]
             if flag in known and flag not in ("-h", "--help"):
                 if flag in seen:
-                    self.error(f"{flag} is given more than once: give it once")
+                    more = " (it takes several values: " + flag + " A B)" if self._takes_many(flag) else ""
+                    self.error(f"{flag} is given more than once: give it once{more}")
                 seen[flag] = tok
         return super().parse_args(argv, namespace)
 
+    def _takes_many(self, flag: str) -> bool:
+        return any(flag in a.option_strings and a.nargs in ("+", "*") for a in self._actions)
+
     def error(self, message: str):
         hint = f": e.g. {self.prog} {self.example}" if self.example and "e.g." not in message else ""
-        self.exit(2, f"{self.prog}: {message}{hint} ({self.prog} --help shows every option)\n")
+        self.exit(2, f"{self.short or self.prog}: {message}{hint} ({self.prog} --help shows every option)\n")
 
 
 def arg_parser(module: str, description: str, example: str = "") -> OneLineParser:
@@ -55,6 +60,7 @@ def arg_parser(module: str, description: str, example: str = "") -> OneLineParse
     prog = argv0 if argv0.startswith("stepbench ") else f"python -m {module}"
     ap = OneLineParser(prog=prog, description=description)
     ap.example = example
+    ap.short = "" if prog.startswith("stepbench ") else module.rsplit(".", 1)[-1]  # stepbench report: / report:
     return ap
 
 

@@ -341,16 +341,26 @@ def main(argv=None) -> int:
     ap = arg_parser("core.report", __doc__.splitlines()[0],
                     "--results benchmarks/results --out benchmarks/BENCHMARKS.md")
     ap.add_argument("--results", nargs="+", default=[str(ROOT / "benchmarks" / "results")])
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "BENCHMARKS.md"))
+    ap.add_argument("--out", default=None, help="the report (default: benchmarks/BENCHMARKS.md)")
     ap.add_argument("--baseline", default=None, help="rows to compare against (default: benchmarks/baseline.jsonl "
                     "where it exists; none: no baseline)")
     ap.add_argument("--save-baseline", action="store_true", help="store the current rows as the baseline")
-    ap.add_argument("--host-budget-gib", type=_budget, default=32.0, help="pinned host memory allowed in view (b)")
+    ap.add_argument("--host-budget-gib", type=_budget, default=None,
+                    help="pinned host memory allowed in view (b) (default: 32)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--predictions", default=None,
                     help="predicted rows (python -m core.predict), shown in their own section (default: "
                          "benchmarks/results/predicted where it exists)")
     a = ap.parse_args(argv)
+    if a.save_baseline:  # it writes the baseline only: what shapes the report would be silently ignored
+        unused = [f for f, v in (("--out", a.out), ("--host-budget-gib", a.host_budget_gib),
+                                 ("--predictions", a.predictions)) if v is not None] + (["--no-plots"] if a.no_plots else [])
+        if unused:
+            print(f"report: {unused[0]} does nothing with --save-baseline (it writes the baseline only): leave it out, "
+                  "or make the report in a second command", file=sys.stderr)
+            return 2
+    a.out = a.out if a.out is not None else str(ROOT / "benchmarks" / "BENCHMARKS.md")
+    a.host_budget_gib = 32.0 if a.host_budget_gib is None else a.host_budget_gib
     given_baseline = a.baseline is not None and a.baseline != "none"
     given_predictions = a.predictions is not None and a.predictions != "none"
     no_predictions = a.predictions == "none"
@@ -382,6 +392,15 @@ def main(argv=None) -> int:
                               "(python -m core.predict writes them), or leave --predictions out")
         if no_baseline and a.save_baseline:
             raise ReportError("--save-baseline needs a file to write: name one, e.g. --baseline benchmarks/baseline.jsonl")
+        for flag, path, given in (("--baseline", a.baseline, given_baseline),
+                                  ("--predictions", a.predictions, given_predictions)):
+            if given and not a.save_baseline and Path(path).exists() and not (Path(path).is_file() or Path(path).is_dir()):
+                raise ReportError(f"{flag} {path} is not a regular file (a device, a FIFO, ...): name a file of rows, "
+                                  f"or {flag} none")
+            if given and not a.save_baseline and Path(path).is_file() and Path(path).stat().st_size == 0:
+                raise ReportError(f"{flag} {path} is empty: name a file of rows, or {flag} none")
+            if given and Path(path).is_dir() and not sorted(Path(path).glob("*.jsonl")):
+                raise ReportError(f"{flag} {path} holds no .jsonl file: name a folder or file of rows, or {flag} none")
         for flag, path in (("--baseline", a.baseline), ("--predictions", a.predictions)):
             if not a.save_baseline and Path(path).is_file() and path_has_no_rows(path):
                 raise ReportError(f"{flag} {path} holds no rows (no line is a JSON object with a row's model and tps): name a file of rows, or "

@@ -218,6 +218,9 @@ def _hardware(cfg, ctx) -> dict:
         raise UserError(str(e)) from None
     detected = hardware.profile_for(ctx.gpu_name) if ctx.device == "cuda" or ctx.gpu_name is None else None
     chosen = cfg.hardware.get("name")
+    if cfg.get("hardware_as_label", False) and chosen == "auto":
+        raise UserError("hardware_as_label=true takes hardware=<name> as the row's label: add hardware=h100 (or "
+                        "another profile), or leave hardware_as_label out")
     if chosen != "auto" and detected and hardware.load(detected)["name"] != chosen \
             and not cfg.get("hardware_as_label", False):
         raise UserError(f"hardware={str(chosen).lower()} does not match this machine ({ctx.gpu_name or 'CPU'}): "

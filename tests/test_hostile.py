@@ -366,12 +366,12 @@ CASES = [
     ("report", ["--results", "{tmp}", "--save-baseline", "--baseline", "{rows}"], "is an input"),
     ("report", ["--results", "{rows}", "--save-baseline", "--baseline", "{file}/b.jsonl"], "--baseline"),
     ("report", ["--results", "{rows}", "--save-baseline", "--baseline", "{dir}"], "--baseline"),
-    ("report", ["--results", "{rows}", "--bogus"], "unrecognized arguments: --bogus"),
+    ("report", ["--results", "{rows}", "--bogus"], "report: unrecognized arguments: --bogus"),
     ("report", ["--results"], "--results"),
     ("report", ["--results", "{rows}", "stray"], "no such results file or folder: stray"),
     ("report", ["--results", "{rows}", "--save-baseline", "--baseline", ""], "--baseline is empty"),
     ("report", ["--results", "{rows}", "--out", "{rows}", "--save-baseline", "--baseline", "{base}"],
-     "nothing written"),
+     "--out does nothing with --save-baseline"),
     # --- predict
     ("predict", ["model=qwen3_4b", "hardware=h200", "+sweep=cpu_smoke"], "predict makes one row"),
     ("predict", ["model=qwen3_4b", "hardware=h200", "gpus=0"], "e.g. gpus=8"),
@@ -452,6 +452,11 @@ CASES = [
     (B, ["results=/proc/stepbench-x.jsonl"], "takes no new file"),
     ("report", ["--results", "{rows}", "--out", "/proc/stepbench-report.md"], "takes no new file"),
     ("report", ["--results", "{rows}", "--predictions", "{tmp}/missing-predictions"], "does not exist"),
+    ("report", ["--results", "{rows}", "--baseline", "/dev/null"], "is not a regular file"),
+    ("report", ["--results", "{rows}", "--predictions", "{dir}"], "holds no .jsonl file"),
+    ("report", ["--results", "{rows}", "--save-baseline", "--baseline", "{tmp}/b.jsonl", "--out", "{tmp}/x.md"],
+     "--out does nothing with --save-baseline"),
+    (B, ["hardware_as_label=true"], "add hardware=h100"),
     ("predict", ["model=qwen3_4b", "hardware=h200", "+peer=hf_eager"], "leave +peer out"),
     # --- the stepbench script
     ("cli", ["benchh"], "did you mean 'stepbench bench'?"),
@@ -521,6 +526,8 @@ def _own_outputs(tool: str, args: list[str]) -> list[str]:
         return ["report", *_own_outputs("report", args[1:])]
     if tool != "report":
         return args
+    if "--save-baseline" in args:  # it writes the baseline only (the report's options are refused with it)
+        return [*args, *(["--baseline", "none"] if "--baseline" not in args else [])]
     extra = {"--out": "{tmp}/B.md", "--baseline": "none", "--predictions": "none"}
     return [*args, *(x for k, v in extra.items() if k not in args for x in (k, v)), "--no-plots"]
 

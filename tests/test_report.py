@@ -66,8 +66,7 @@ def test_cli_writes_views_baseline_and_failed_rows(tmp_path):
                 # failed before its type was known: still reaches the Failed section
                 {"status": "failed", "error": "refused: bad overrides (nope)", "overrides": ["+attn=nope"]}])
     base = tmp_path / "base.jsonl"
-    assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", str(base),
-                 "--save-baseline"]) == 0
+    assert main(["--results", str(res), "--baseline", str(base), "--save-baseline"]) == 0
     assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", str(base)]) == 0
     md = (tmp_path / "B.md").read_text()
     assert "View (a): same configuration" in md and "View (b)" in md
@@ -145,7 +144,7 @@ def test_report_refuses_to_write_from_zero_rows(tmp_path, capsys, args):
     base.write_text("keep\n")
     (tmp_path / "empty.jsonl").write_text("")
     args = [a.replace("EMPTY", str(tmp_path / "empty.jsonl")) for a in args]
-    assert main([*args, "--out", str(out), "--baseline", str(base)]) == 2
+    assert main([*args, *([] if "--save-baseline" in args else ["--out", str(out)]), "--baseline", str(base)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ("nothing written" in err[0] or "no such results" in err[0] or "holds no rows" in err[0])
     assert not out.exists() and base.read_text() == "keep\n"

@@ -150,6 +150,36 @@ def _nearest(word: str, choices) -> str:
 
 
 @lru_cache(maxsize=None)
+def _word(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+@lru_cache(maxsize=None)
+def _primary_group(group: str) -> dict:
+    """The primary config's defaults of a group (``ac: {name, mode, inside}``), without ``name``."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(OmegaConf.load(CONF / "bench.yaml"), resolve=False).get(group)
+    return {k: v for k, v in node.items() if k != "name"} if isinstance(node, dict) else {}
+
+
+@lru_cache(maxsize=None)
+def plugin_own_keys(group: str, name) -> frozenset:
+    """The keys a plugin's own config files declare (every file of the group whose ``name`` is
+    ``name``): the options it reads. Empty where it has no config file."""
+    from omegaconf import OmegaConf
+
+    from core.paths import plugin_conf_dirs
+
+    keys: set = set()
+    for d in [CONF, *plugin_conf_dirs()]:
+        for f in sorted((d / group).glob("*.yaml")):
+            node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
+            if isinstance(node, dict) and node.get("name") == name:
+                keys |= set(node)
+    return frozenset(keys)
+
+
 def group_schema(group: str, name: str) -> dict:
     """Keys and default values a group option may have: from every yaml file of the group whose
     ``name`` is ``name`` (plugin options share a plugin name), in stepbench's configs and those of
@@ -268,3 +298,12 @@ def validate(cfg) -> None:
                 raise OptionError(f"unknown option '{group}.{k}'{_nearest(k, schema)} for {group} "
                                   f"'{which}': its options are {', '.join(sorted(schema))}")
             _typed(f"{group}.{k}", v, schema[k])
+        own = plugin_own_keys(group, node.get("name")) if group in ("attn", "ac", "sync", "kernels") else set()
+        primary = _primary_group(group)
+        for k, v in node.items():  # a default every plugin of the group gets, set for one that does not read it
+            if own and k != "name" and k in primary and k not in own and v != primary[k]:
+                raise OptionError(f"{group}.{k}={_word(v)} does nothing for +{group}={node.get('name')} (its options: "
+                                  f"{', '.join(sorted(own - {'name'})) or 'none'}): leave {group}.{k} out")
+    if plain.get("compile") is False and plain.get("compile_head") is False:
+        raise OptionError("compile_head=false switches off compiling the log-prob head, and compile=false compiles "
+                          "nothing: leave compile_head out")

@@ -457,6 +457,9 @@ CASES = [
     ("report", ["--results", "{rows}", "--save-baseline", "--baseline", "{tmp}/b.jsonl", "--out", "{tmp}/x.md"],
      "--out does nothing with --save-baseline"),
     (B, ["hardware_as_label=true"], "add hardware=h100"),
+    (B, ["+ac=none", "ac.mode=selective"], "ac.mode=selective does nothing for +ac=none"),
+    (B, ["+ac=offload", "ac.inside=false"], "leave ac.inside out"),
+    (B, ["compile=false", "compile_head=false"], "leave compile_head out"),
     ("predict", ["model=qwen3_4b", "hardware=h200", "+peer=hf_eager"], "leave +peer out"),
     # --- the stepbench script
     ("cli", ["benchh"], "did you mean 'stepbench bench'?"),

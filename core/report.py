@@ -405,6 +405,10 @@ def main(argv=None) -> int:
             if not a.save_baseline and Path(path).is_file() and path_has_no_rows(path):
                 raise ReportError(f"{flag} {path} holds no rows (no line is a JSON object with a row's model and tps): name a file of rows, or "
                                   f"leave {flag} out")
+        if given_predictions and not a.save_baseline and Path(a.predictions).exists() \
+                and not [r for r in read_rows(a.predictions)[0] if r.get("kind") == "prediction"]:
+            raise ReportError(f"--predictions {a.predictions} holds no predicted rows (kind: prediction, as python -m "
+                              "core.predict writes them): name its output, or --predictions none")
         rows, dirty, failed, runs = _gather_quietly(a.results)
         if a.save_baseline and not rows:
             raise ReportError("no headline rows to save as the baseline: nothing written")

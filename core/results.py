@@ -41,6 +41,9 @@ def _destination(raw: str, what: str, example: str) -> Path:
     if any(len(part.encode()) > 255 for part in Path(raw).parts):  # before the filesystem is asked
         raise ResultsError(f"{arg}: a name in it is longer than the 255 bytes a filesystem takes: name a "
                            f"shorter file, e.g. {eg}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):  # a newline or tab typed into a name by mistake
+        raise ResultsError(f"{arg!r} has a control character (a newline, a tab) in its name: name a file without one, "
+                           f"e.g. {eg}")
     path = Path(raw).expanduser()
     if raw.endswith(("/", os.sep)) or path.is_dir():  # Path() drops a trailing slash: look at the text
         raise ResultsError(f"{arg} is a directory: name a file, e.g. {what}{sep}{path / Path(example).name}")

@@ -460,6 +460,9 @@ CASES = [
     (B, ["+ac=none", "ac.mode=selective"], "ac.mode=selective does nothing for +ac=none"),
     (B, ["+ac=offload", "ac.inside=false"], "leave ac.inside out"),
     (B, ["compile=false", "compile_head=false"], "leave compile_head out"),
+    (B, ["+sync=filesystem", "sync.writer=write", "sync.unmap=inline", "sync.dir={tmp}/w"], "leave sync.unmap out"),
+    ("report", ["--results", "{rows}", "--out", "{tmp}/a\nb.md"], "has a control character"),
+    ("report", ["--results", "{rows}", "--predictions", "{rows}"], "holds no"),
     ("predict", ["model=qwen3_4b", "hardware=h200", "+peer=hf_eager"], "leave +peer out"),
     # --- the stepbench script
     ("cli", ["benchh"], "did you mean 'stepbench bench'?"),

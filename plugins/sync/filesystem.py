@@ -238,6 +238,9 @@ class Filesystem(WeightSync):
         self.writer = writer
         if unmap not in UNMAP:
             raise ValueError(f"sync.unmap={unmap} is not one of {', '.join(UNMAP)}: try sync.unmap=background")
+        if writer != "mapped" and unmap != "background":
+            raise ValueError(f"sync.unmap={unmap} is where the mapped writer unmaps, and sync.writer={writer} maps "
+                             "nothing: leave sync.unmap out, or use sync.writer=mapped")
         self.unmap = unmap
         self.prep_pool = ThreadPoolExecutor(1, thread_name_prefix="stepbench-prepare") if writer == "mapped" else None
         self.prepared: dict[int, Future] = {}  # step -> its prepared file

@@ -241,11 +241,9 @@ def check_overrides(argv: list[str]):
             plus = "+" if group in APPENDED else ""
             for v in values:
                 if v not in options:  # the nearest name (case and typos), else the first
-                    import difflib
+                    from core.options import nearest_name
 
-                    low = {o.lower(): o for o in options}
-                    near = low.get(v.lower()) or next(iter(difflib.get_close_matches(v, options, n=1, cutoff=0.5)),
-                                                      options[0])
+                    near = nearest_name(v, options) or options[0]
                     raise UserError(f"unknown {group} '{v}': choose one of {', '.join(options)} "
                                     f"(e.g. {plus}{group}={near})")
             if group in APPENDED and o.input_line.startswith(group):

@@ -144,12 +144,20 @@ OPTIONS = {
 }
 
 
-def _nearest(word: str, choices) -> str:
+def nearest_name(word: str, choices) -> str | None:
+    """The choice ``word`` most likely meant (a typo or another case), or None."""
+    low = {str(c).lower(): c for c in choices}
+    if str(word).lower() in low:
+        return low[str(word).lower()]
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]}?)" if close else ""
+    return close[0] if close else None
 
 
-@lru_cache(maxsize=None)
+def _nearest(word: str, choices) -> str:
+    close = nearest_name(word, choices)
+    return f" (did you mean {close}?)" if close else ""
+
+
 def _word(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -157,46 +165,41 @@ def _word(v) -> str:
 @lru_cache(maxsize=None)
 def _primary_group(group: str) -> dict:
     """The primary config's defaults of a group (``ac: {name, mode, inside}``), without ``name``."""
+    from core.resolve import _primary_defaults
+
+    node = _primary_defaults().get(group)
+    return {k: v for k, v in node.items() if k != "name"} if isinstance(node, dict) else {}
+
+
+@lru_cache(maxsize=None)
+def _group_nodes(group: str) -> tuple:
+    """Every yaml file of a group, in stepbench's configs and those of the installed plugin packages
+    (:func:`core.paths.plugin_conf_dirs`), as dicts (files that are not mappings left out)."""
     from omegaconf import OmegaConf
 
-    node = OmegaConf.to_container(OmegaConf.load(CONF / "bench.yaml"), resolve=False).get(group)
-    return {k: v for k, v in node.items() if k != "name"} if isinstance(node, dict) else {}
+    from core.paths import plugin_conf_dirs
+
+    files = [f for d in [CONF, *plugin_conf_dirs()] for f in sorted((d / group).glob("*.yaml"))]
+    nodes = (OmegaConf.to_container(OmegaConf.load(f), resolve=False) for f in files)
+    return tuple(n for n in nodes if isinstance(n, dict))
 
 
 @lru_cache(maxsize=None)
 def plugin_own_keys(group: str, name) -> frozenset:
     """The keys a plugin's own config files declare (every file of the group whose ``name`` is
     ``name``): the options it reads. Empty where it has no config file."""
-    from omegaconf import OmegaConf
-
-    from core.paths import plugin_conf_dirs
-
-    keys: set = set()
-    for d in [CONF, *plugin_conf_dirs()]:
-        for f in sorted((d / group).glob("*.yaml")):
-            node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
-            if isinstance(node, dict) and node.get("name") == name:
-                keys |= set(node)
-    return frozenset(keys)
+    return frozenset(k for n in _group_nodes(group) if n.get("name") == name for k in n)
 
 
+@lru_cache(maxsize=None)
 def group_schema(group: str, name: str) -> dict:
     """Keys and default values a group option may have: from every yaml file of the group whose
     ``name`` is ``name`` (plugin options share a plugin name), in stepbench's configs and those of
     the installed plugin packages (:func:`core.paths.plugin_conf_dirs`), and the primary config's
     default. Read once per (group, name); callers must not change the dict."""
-    from omegaconf import OmegaConf
-
-    from core.paths import plugin_conf_dirs
-
-    schema: dict = {}
-    primary = OmegaConf.to_container(OmegaConf.load(CONF / "bench.yaml"), resolve=False).get(group)
-    if isinstance(primary, dict):  # an appended group merges onto the primary config's defaults
-        schema.update({k: v for k, v in primary.items() if k != "name"})
-    files = [f for d in [CONF, *plugin_conf_dirs()] for f in sorted((d / group).glob("*.yaml"))]
-    for f in files:
-        node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
-        if isinstance(node, dict) and (node.get("name") == name or group in ("model", "hardware")):
+    schema: dict = dict(_primary_group(group))  # an appended group merges onto the primary config's defaults
+    for node in _group_nodes(group):
+        if node.get("name") == name or group in ("model", "hardware"):
             for k, v in node.items():
                 schema.setdefault(k, v)
     if len(schema) and "name" not in schema:

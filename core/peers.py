@@ -76,10 +76,8 @@ def check(cfg, r) -> "object":
         if cfg.get(opt) is not None:
             raise UserError(f"{opt} refuses rows by stepbench's predicted memory, and +peer={name}'s memory is its "
                             f"own (a peer that runs out is a failed row): leave {opt} out")
-    from core.resolve import _primary_defaults as defaults
-
     for opt in ("busy_step", "memory_profile", "ops_profile", "ops_trace"):  # stepbench's profiling of its own step
-        if cfg.get(opt) != defaults().get(opt):
+        if cfg.get(opt) != _primary_defaults().get(opt):
             raise UserError(f"{opt}={str(cfg.get(opt)).lower()} profiles stepbench's own step, which +peer={name} does not run: "
                             f"leave {opt} out")
     if r.family_obj.own_loop(r.args):  # e.g. model.plain=true: a loop of its own inside stepbench's harness

@@ -120,6 +120,15 @@ def same_call(a: dict, b: dict, window_s: float = 1800.0) -> bool:
     return abs((ta - tb).total_seconds()) <= window_s
 
 
+def by_call(rows: list[dict]) -> list[list[dict]]:
+    """Rows grouped by the call they ran in (:func:`same_call`), in the order each call first appears."""
+    calls: list[list[dict]] = []
+    for r in rows:
+        home = next((c for c in calls if same_call(c[0], r)), None)
+        home.append(r) if home is not None else calls.append([r])
+    return calls
+
+
 class Peers:
     """The peers view's rows: each key's run of every implementation (``impl``: who ran the model,
     as its family declares), the runs of every call, and the failed peer rows. Native rows are keyed
@@ -305,10 +314,7 @@ def reruns_view(pool: list[dict]) -> str:
             groups.setdefault((row_key(r), digest), []).append(r)
     lines, spreads = [], []
     for (_, digest), rs in groups.items():
-        calls: list[list[dict]] = []
-        for r in rs:
-            home = next((c for c in calls if same_call(c[0], r)), None)
-            home.append(r) if home is not None else calls.append([r])
+        calls = by_call(rs)
         if len(calls) < 2:
             continue
         tps = [sorted(x["tps"] for x in c)[(len(c) - 1) // 2] for c in calls]
@@ -492,10 +498,6 @@ def trainers_view(pool: list[dict], failed: list[dict], published: list[dict], h
     def base(r):
         return model_name(r), r["type"], r["seq_len"], r.get("hardware_label")
 
-    def cell(r, with_kernel=False):
-        out = f"{r['tps'] / 1e3:.2f}k ({r['peak_mem_gib']:.1f} GiB)" if r.get("peak_mem_gib") else f"{r['tps'] / 1e3:.2f}k"
-        return f"{out} [{r['ac']}, {r['attn']}]" if with_kernel else out
-
     # (1) the same configuration: the latest run of each trainer, configuration and call
     latest: dict = {}
     for r in sorted(runs, key=lambda r: str(r.get("time", ""))):
@@ -511,8 +513,8 @@ def trainers_view(pool: list[dict], failed: list[dict], published: list[dict], h
         x = nat["tps"] / r["tps"] if nat else None
         if x:
             same_ratios.setdefault(impl, []).append(x)
-        lines.append(f"| {b[0]} | {b[1]} | {b[2]} | {ac} | {attn} | {b[3]} | {impl} | {_compiled(r)} | {cell(r)} | "
-                     f"{cell(nat) if nat else '-'} | {f'{x:.2f}x' if x else '-'} |")
+        lines.append(f"| {b[0]} | {b[1]} | {b[2]} | {ac} | {attn} | {b[3]} | {impl} | {_compiled(r)} | {_cell(r)} | "
+                     f"{_cell(nat)} | {f'{x:.2f}x' if x else '-'} |")
     for r in broke:
         lines.append(f"| {model_name(r)} | {r['type']} | {r['seq_len']} | {r.get('ac')} | {r.get('attn')} | "
                      f"{r.get('hardware_label')} | {r.get('impl')} | - | failed: {str(r.get('error') or 'error')[:80]} | "
@@ -522,10 +524,7 @@ def trainers_view(pool: list[dict], failed: list[dict], published: list[dict], h
 
     # (2) each side's fastest within the published row's memory, per call
     best_lines, best_ratios = [], {}
-    calls: list[list[dict]] = []
-    for r in runs:
-        home = next((c for c in calls if same_call(c[0], r)), None)
-        home.append(r) if home is not None else calls.append([r])
+    calls = by_call(runs)
     for p in published:
         pb, limit = (p["model"], p["type"], p["seq_len"], p["hardware_label"]), p.get("peak_mem_gib")
         if not limit:
@@ -543,14 +542,14 @@ def trainers_view(pool: list[dict], failed: list[dict], published: list[dict], h
                 if fit and nat:
                     x = nat["tps"] / fit["tps"]
                     best_ratios.setdefault(impl, []).append(x)
-                    verdict, peer_cell = f"{x:.2f}x", cell(fit, True)
+                    verdict, peer_cell = f"{x:.2f}x", _loop_cell(fit, None)
                 else:
                     low = min(theirs, key=lambda r: r.get("peak_mem_gib") or math.inf)
-                    peer_cell = f"none within (its least: {cell(low, True)})"
+                    peer_cell = f"none within (its least: {_loop_cell(low, None)})"
                     verdict = (f"no run within (any memory: {nat['tps'] / max(r['tps'] for r in theirs):.2f}x)"
                                if nat else "-")
                 best_lines.append(f"| {pb[0]} | {pb[1]} | {pb[2]} | {p['ac']}, {p['attn']}: {p['tps'] / 1e3:.2f}k "
-                                  f"({p['peak_mem_gib']:.1f} GiB) | {impl} | {peer_cell} | {cell(nat, True) if nat else '-'} | "
+                                  f"({p['peak_mem_gib']:.1f} GiB) | {impl} | {peer_cell} | {_loop_cell(nat, None)} | "
                                   f"{verdict} |")
     if best_lines:
         lines += ["", "### Each side's fastest within the published row's memory\n",

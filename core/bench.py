@@ -277,7 +277,64 @@ def check_overrides(argv: list[str]):
         if not multirun and o.key_or_group in SWEEP_ONLY:
             raise UserError(f"{o.key_or_group} applies to sweeps (-m or +sweep=...), not to a single row: leave it "
                             "out, or add -m")
+    contradictions(parsed, cfg)
     return cfg
+
+
+#: top-level options outside a row's key (core.results.KEY_FIELDS and the variant): a sweep over one
+#: of them makes rows of one key, so every value after the first would be skipped as already done
+NOT_IN_KEY = ("steps", "measure_s", "seed", "tag", "max_memory_gib", "max_host_gib", "memory_profile",
+              "ops_profile", "ops_trace", "busy_step", "hardware_as_label", "device")
+
+
+def contradictions(parsed, cfg) -> None:
+    """Overrides that each parse and type-check but together say two things (one line each)."""
+    chose = {o.key_or_group: o.get_value_element_as_str() for o in parsed
+             if not o.is_sweep_override() and o.key_or_group in GROUPS}
+    for o in parsed:
+        key = o.key_or_group
+        if key == "model.family":  # the entry's family with another family's code: another model in disguise
+            raise UserError(f"{o.input_line}: a model's family comes with its entry (model={chose.get('model', 'auto')}"
+                            "), and another family's code would build another model under its name: pick the model "
+                            "instead, e.g. model=qwen3_moe_tiny (python -m core.bench --list)")
+        if key in NOT_IN_KEY and o.is_sweep_override() and len(list(o.sweep_string_iterator())) > 1 \
+                and cfg.get("redo") is not True:
+            raise UserError(f"{o.input_line}: {key} is not part of a row's key, so the sweep would measure its first "
+                            f"value and skip the others as already in results: add redo=true to measure each"
+                            + (" (or repeats=N to repeat a row)" if key == "seed" else ""))
+    if cfg.get("fuse") is True and (cfg.get("adapter") or {}).get("name") == "lora":
+        targets = (cfg.adapter.get("targets") or None)
+        fused = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
+        if targets is None or fused <= {str(t).rsplit(".", 1)[-1] for t in targets}:
+            raise UserError("fuse=true adds the plain (not adapted) q/k/v and gate/up layers to fuse=lora's, and "
+                            "adapter=lora adapts all of them: it is fuse=lora, the default; leave fuse out")
+    if cfg.get("fuse") != "lora" and (cfg.get("model") or {}).get("family") == "hf":
+        raise UserError(f"fuse={str(cfg.get('fuse')).lower()}: fuse= sets how stepbench's native blocks fuse their "
+                        "projections, and the hf family runs transformers' own modules: leave fuse out")
+    if chose.get("sync") == "filesystem_shm" and any(o.key_or_group == "sync.dir" for o in parsed):
+        fs = mount_type(str(cfg.sync.dir))
+        if fs is not None and fs not in ("tmpfs", "ramfs"):
+            raise UserError(f"+sync=filesystem_shm keeps the weights in shared memory, and sync.dir={cfg.sync.dir} "
+                            f"is on a {fs} filesystem: use +sync=filesystem for a folder on disk, or a folder under "
+                            "/dev/shm")
+
+
+def mount_type(path: str) -> str | None:
+    """The filesystem type (``tmpfs``, ``ext4``, ...) of the mount that holds ``path`` (the longest
+    mount point above it, in /proc/mounts); None where /proc/mounts cannot be read."""
+    import os
+
+    try:
+        mounts = [line.split()[1:3] for line in open("/proc/mounts", encoding="utf-8", errors="replace")]
+    except OSError:
+        return None
+    real = os.path.realpath(os.path.expanduser(path))
+    best, kind = "", None
+    for point, fs in mounts:
+        point = point.replace("\\040", " ")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, fs
+    return kind
 
 
 #: options that only a sweep reads (a single row would ignore them)

@@ -40,7 +40,10 @@ class BuildError(Exception):
 
 
 def say(msg: str) -> None:
-    print(f"fa3_build: {msg}", file=sys.stderr, flush=True)
+    """One line to stderr, prefixed as the tool was called: ``stepbench fa3-build:`` from the console
+    command (which sets ``sys.argv[0]``), ``fa3_build:`` from ``python -m core.fa3_build``."""
+    name = sys.argv[0] if sys.argv and str(sys.argv[0]).startswith("stepbench ") else "fa3_build"
+    print(f"{name}: {msg}", file=sys.stderr, flush=True)
 
 
 def build_env(jobs: int) -> dict:

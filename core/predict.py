@@ -166,8 +166,15 @@ def declare(cfg) -> Declared:
     fam = registry().get("model_family", family).factory
     a = _model_args(cfg, fam, family, flavour)
     p = make_plugins(cfg, RunContext("cuda", world_size=1))
-    p["sync"].check(SyncContext(device="cuda", adapter_only=p["adapter"].frozen_base, task=cfg.task.name,
-                                handoff=p["adapter"].handoff))  # a method chosen by the row says so now
+    if hasattr(p["sync"], "root"):  # a folder of weights: probed, and what the probe made removed again
+        from plugins.sync.filesystem import dir_problem
+
+        why = dir_problem(p["sync"].root)
+    else:  # a method the row cannot use says so now
+        why = p["sync"].check(SyncContext(device="cuda", adapter_only=p["adapter"].frozen_base, task=cfg.task.name,
+                                          handoff=p["adapter"].handoff))
+    if why:
+        raise UserError(f"sync '{cfg.sync.name}': {why}")
     config = OmegaConf.to_container(cfg, resolve=True)
     if config.get("compile") == "auto":
         config["compile"] = True  # what a GPU row runs

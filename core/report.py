@@ -220,6 +220,11 @@ ROW_OPTIONAL = {"env": dict, "spread": dict, "peak_mem_gib": (int, float, type(N
                 "ac_info": dict, "config": dict, "step_budget": (dict, type(None))}
 
 
+#: bounds no measured row reaches (a billion tokens a second; a step of a day): a row beyond them was
+#: typed or corrupted, and would print a 300-digit cell
+MAX_TPS, MAX_STEP_S = 1e9, 86400.0
+
+
 def malformed(r: dict) -> str | None:
     """Why a successful row cannot be reported (a field missing or of another type), or None."""
     for k, t in ROW_FIELDS.items():
@@ -230,6 +235,9 @@ def malformed(r: dict) -> str | None:
             return f"its {k} is a {type(r[k]).__name__}"
     if not r["tps"] > 0 or not r["step_time"] > 0:
         return "its tps and step_time must be above 0"
+    if r["tps"] >= MAX_TPS or r["step_time"] >= MAX_STEP_S:
+        return (f"its tps {r['tps']:.3g} or step_time {r['step_time']:.3g} s is beyond any measurement "
+                f"(tps below {MAX_TPS:.0e}, a step below {MAX_STEP_S:.0e} s)")
     return None
 
 
@@ -246,6 +254,11 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict], list
     all_rows = [r for r in all_rows if not r.get("profiled") and "memory_profile" not in r and "kind" not in r]
     ok = []
     for r in all_rows:
+        if r.get("status") not in ("ok", "failed"):
+            print(f"report: skipped a row of {r.get('model')!r}: its status is "
+                  f"{'missing' if 'status' not in r else repr(r['status'])} (stepbench's rows say ok or failed)",
+                  file=sys.stderr)
+            continue
         if r.get("status") != "ok":
             continue
         why = malformed(r)

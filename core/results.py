@@ -215,7 +215,7 @@ def read_rows(*paths: str | Path) -> tuple[list[dict], list[str]]:
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw.decode("utf-8"))
+                obj = json.loads(raw.decode("utf-8").lstrip("\ufeff"))  # a byte-order mark from an editor
             except UnicodeDecodeError:
                 problems.append(f"{f}:{i}: not UTF-8")
                 continue

@@ -469,6 +469,16 @@ CASES = [
     ("cli", ["report", "--results", "{rows}", "--host-budget-gib", "abc"], "--host-budget-gib 32"),
     ("cli", ["predict", "model=qwen3_4b", "hardware=h200", "gpus=0"], "e.g. gpus=8"),
     ("cli", ["fa3-build", "--source", "{fa}", "--jobs", "0"], "--jobs"),
+    # --- round six: contradictions, sweeps that would measure nothing, the console's prefix
+    (B, ["model.family=qwen3_moe"], "a model's family comes with its entry"),
+    (B, ["-m", "seed=3,4"], "seed is not part of a row's key"),
+    (B, ["-m", "tag=a,b"], "add redo=true to measure each"),
+    (B, ["-m", "steps=2,3"], "steps is not part of a row's key"),
+    (B, ["adapter=lora", "fuse=true"], "it is fuse=lora, the default"),
+    (B, ["model=hf_qwen3_tiny", "fuse=false"], "the hf family runs transformers' own modules"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "+sync=filesystem", "sync.dir=/proc/stepbench-x"],
+     "cannot write weights to sync.dir=/proc/stepbench-x"),
+    ("cli", ["fa3-build", "--source", "{tmp}/nothere"], "stepbench fa3-build: "),
 ]
 
 #: bench cases also run as ``python -m core.bench`` (end to end: status, stderr, results untouched)

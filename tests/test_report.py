@@ -244,3 +244,26 @@ def test_reruns_view_shows_the_same_code_in_other_calls(tmp_path):
     assert "20.00k" in line and "21.00k" in line and "30.00k" not in line  # call a's median: 20.00k
     assert line.rstrip(" |").endswith("5.0%") and "5.00k" not in view
     assert "1 rows run again: median spread 5.0%, largest 5.0%." in view
+
+
+def test_rows_read_through_a_bom_and_odd_rows_each_get_a_line(tmp_path, capsys):
+    """A byte-order mark (an editor's) does not cost the row behind it; a line without a status and
+    a tps beyond any measurement are each skipped with a line that says why, and the rest reported."""
+    import json
+
+    published, _, _ = parse_published()
+    p = h100(published)
+    good = ours(p, tps=p["tps"] * 1.5, status="ok")
+    res = tmp_path / "rows.jsonl"
+    res.write_bytes(b"\xef\xbb\xbf" + json.dumps(good).encode() + b"\n"
+                    + json.dumps({"model": "qwen3-tiny", "tps": "fast"}).encode() + b"\n"
+                    + json.dumps({**good, "tps": 1e308}).encode() + b"\n")
+    capsys.readouterr()
+    assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", "none", "--predictions",
+                 "none", "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "BOM" not in err and "not JSON" not in err, err
+    assert "skipped a row of 'qwen3-tiny': its status is missing" in err
+    assert "is beyond any measurement" in err
+    md = (tmp_path / "B.md").read_text()
+    assert "1 rows: geomean 1.50x" in md and "e+" not in md and len(max(md.splitlines(), key=len)) < 2000

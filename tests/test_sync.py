@@ -357,3 +357,28 @@ def test_a_receiver_that_dies_at_start_ends_the_row_within_seconds(dist_group, m
     with pytest.raises(RuntimeError, match="receiver exited with status 3 before joining"):
         sync.setup(b.model, SyncContext(device="cpu", row_id="r", handoff=b.adapter.handoff))
     assert time.time() - t < 30
+
+
+def test_shm_plugin_with_a_folder_on_disk_is_refused(monkeypatch):
+    """+sync=filesystem_shm names shared memory: a sync.dir on another filesystem contradicts it
+    (one line, what to type instead); one on tmpfs is taken. The mount table is the host's
+    (core.bench.mount_type), faked here so the test does not depend on where /tmp lives."""
+    from core import bench
+    from core.resolve import UserError
+
+    argv = ["+sync=filesystem_shm", "sync.dir=/somewhere/w", "model=qwen3_tiny", "device=cpu"]
+    monkeypatch.setattr(bench, "mount_type", lambda path: "ext4")
+    with pytest.raises(UserError, match="is on a ext4 filesystem: use \\+sync=filesystem for a folder on disk"):
+        bench.check_overrides(argv)
+    monkeypatch.setattr(bench, "mount_type", lambda path: "tmpfs")
+    assert bench.check_overrides(argv).sync.dir == "/somewhere/w"
+    bench.check_overrides(["+sync=filesystem", "sync.dir=/somewhere/w", "model=qwen3_tiny"])  # disk is fine there
+
+
+def test_mount_type_reads_the_mount_table():
+    from core.bench import mount_type
+
+    if mount_type("/") is None:
+        pytest.skip("no /proc/mounts here")
+    assert mount_type("/proc/self") == "proc"
+    assert mount_type("/") not in (None, "proc")

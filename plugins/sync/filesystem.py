@@ -218,6 +218,31 @@ def complete_steps(out: str | Path) -> list[int]:
     return sorted(int(p.parent.name.split("_", 1)[1]) for p in out.glob(f"step_*/{MARKER}"))
 
 
+def dir_problem(root: str | Path) -> str | None:
+    """Why weights cannot be written under ``root`` (None where they can), found by making the
+    missing folders and a temporary file there and removing all of it again: what
+    ``python -m core.predict`` checks without leaving anything behind."""
+    root = Path(root).expanduser()
+    made, p = [], root
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        return f"cannot write weights to sync.dir={root} ({e.strerror}): pick another, e.g. " \
+               "sync.dir=/dev/shm/stepbench-weights or +sync=none"
+    finally:
+        for d in made:  # the deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+    return None
+
+
 class Filesystem(WeightSync):
     name = "filesystem"
 

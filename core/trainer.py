@@ -267,6 +267,10 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
         apply_fsdp(model, device.type, replicated)
     model.to_empty(device=device)
     init_weights(model, seed, adapter)
+    if not sharded and fuse is not False:  # LoRA's frozen q/k/v and gate/up weights as one tensor each
+        from core.models.fused import pack_frozen_bases
+
+        pack_frozen_bases(model)
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.01, fused=fused,

@@ -88,7 +88,7 @@ def test_default_fuses_lora_layers_only(monkeypatch):
 
     calls = []
     real = fused._FusedLinears.apply
-    monkeypatch.setattr(fused._FusedLinears, "apply", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(fused._FusedLinears, "apply", lambda *a: calls.append(a[2] > 0) or real(*a))  # LoRA factors given
     x = torch.randn(3, 16, dtype=torch.float64)
     plain, lora = _layers("linear", 16, (8, 4), False, 0), _layers("lora", 16, (8, 4), False, 0)
     for layers, fuse, want in ((plain, "lora", []), (plain, True, [False]), (lora, "lora", [True]), (lora, False, [])):
@@ -309,3 +309,42 @@ def test_replicate_refused_where_the_model_would_compute_fp32(dist_group):
                                           "device=cpu"])
     with pytest.raises(UserError, match="hf models would run it in fp32: use adapter.replicate=auto$"):
         resolve(cfg)  # the row is refused before anything is built
+
+
+def test_lora_frozen_bases_packed_once(dist_group, monkeypatch):
+    """Unsharded LoRA (one GPU): each q/k/v and gate/up group's frozen base weights live in one
+    tensor that the layers' weights view, so the step multiplies by it instead of concatenating
+    the weights at every forward, recompute and backward (no torch.cat of weights in a step); the
+    state dict is unchanged. Sharded bases (FSDP2) and fuse=false are left as they were. The step
+    itself equals FSDP2's bit for bit (test_one_gpu_lora_runs_without_fsdp)."""
+    import core.models.fused as fused
+    from core.models.common import MLP, Attention
+    from core.plugins import registry
+    from core.trainer import build
+
+    args, reg = QWEN3["tiny"], registry()
+
+    def built(fsdp, fuse="lora"):
+        return build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", "recompute").make({}),
+                     reg.get("adapter", "lora").make({}), torch.device("cpu"), seed=0, fsdp=fsdp, fuse=fuse)
+
+    b = built("auto")
+    groups = [m for m in b.model.modules() if isinstance(m, (Attention, MLP))]
+    assert groups and all(hasattr(m, "packed_base") for m in groups)
+    for m in groups:
+        names = fused.PACKED_GROUPS[type(m).__name__]
+        ptrs = {getattr(m, k).base_layer.weight.untyped_storage().data_ptr() for k in names}
+        assert ptrs == {m.packed_base.untyped_storage().data_ptr()}
+        assert torch.equal(torch.cat([getattr(m, k).base_layer.weight for k in names]), m.packed_base)
+    assert not any("packed_base" in k for k in b.model.state_dict())
+    assert set(b.model.state_dict()) == set(built("auto", fuse=False).model.state_dict())
+    assert not any(hasattr(m, "packed_base") for m in built(True).model.modules())  # FSDP2 shards them
+    assert not any(hasattr(m, "packed_base") for m in built("auto", fuse=False).model.modules())
+
+    cats = []
+    real = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda ts, *a, **k: cats.extend(t.untyped_storage().data_ptr() for t in ts)
+                        or real(ts, *a, **k))
+    grads_after_step(b, args)
+    weights = {m.packed_base.untyped_storage().data_ptr() for m in groups}
+    assert cats and not weights & set(cats)  # activations' and factors' cats only, never a base weight's

@@ -132,7 +132,7 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, meta: AttnMeta):
         T = x.shape[0]
-        q, k, v = project(x, (self.q_proj, self.k_proj, self.v_proj), self.fuse)
+        q, k, v = project(x, (self.q_proj, self.k_proj, self.v_proj), self.fuse, getattr(self, "packed_base", None))
         q, k, v = q.view(T, self.n_heads, self.hd), k.view(T, self.n_kv, self.hd), v.view(T, self.n_kv, self.hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -154,7 +154,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x):
-        g, u = project(x, (self.gate_proj, self.up_proj), self.fuse)
+        g, u = project(x, (self.gate_proj, self.up_proj), self.fuse, getattr(self, "packed_base", None))
         return linear(kernels_of(self).swiglu(g, u), self.down_proj)
 
 

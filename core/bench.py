@@ -302,15 +302,32 @@ def contradictions(parsed, cfg) -> None:
             raise UserError(f"{o.input_line}: {key} is not part of a row's key, so the sweep would measure its first "
                             f"value and skip the others as already in results: add redo=true to measure each"
                             + (" (or repeats=N to repeat a row)" if key == "seed" else ""))
-    if cfg.get("fuse") is True and (cfg.get("adapter") or {}).get("name") == "lora":
-        targets = (cfg.adapter.get("targets") or None)
+    if cfg.get("fuse") is True and cfg.get("adapter"):  # the adapter's own targets, read from the plugin
+        from omegaconf import OmegaConf
+
+        from core.plugins import make
+
+        try:
+            adapted = getattr(make("adapter", OmegaConf.to_container(cfg.adapter, resolve=True)), "targets", None)
+        except Exception:  # a bad adapter option is refused where the adapter is made, with its own line
+            adapted = None
         fused = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
-        if targets is None or fused <= {str(t).rsplit(".", 1)[-1] for t in targets}:
-            raise UserError("fuse=true adds the plain (not adapted) q/k/v and gate/up layers to fuse=lora's, and "
-                            "adapter=lora adapts all of them: it is fuse=lora, the default; leave fuse out")
-    if cfg.get("fuse") != "lora" and (cfg.get("model") or {}).get("family") == "hf":
-        raise UserError(f"fuse={str(cfg.get('fuse')).lower()}: fuse= sets how stepbench's native blocks fuse their "
-                        "projections, and the hf family runs transformers' own modules: leave fuse out")
+        if adapted and fused <= {str(t).rsplit(".", 1)[-1] for t in adapted}:
+            raise UserError(f"fuse=true adds the plain (not adapted) q/k/v and gate/up layers to fuse=lora's, and "
+                            f"adapter={cfg.adapter.get('name')} adapts all of them: it is fuse=lora, the default; "
+                            "leave fuse out")
+    family = (cfg.get("model") or {}).get("family")
+    if cfg.get("fuse") != "lora" and family:
+        from core.plugins import PluginError, registry
+
+        try:
+            fuses = getattr(registry().get("model_family", str(family)).factory, "fuses_projections", True)
+        except PluginError:  # an unknown family is refused where the model is resolved
+            fuses = True
+        if not fuses:
+            raise UserError(f"fuse={str(cfg.get('fuse')).lower()}: fuse= sets how stepbench's native blocks fuse "
+                            f"their projections, and the {family} family runs its own modules (it fuses none): "
+                            "leave fuse out")
     if chose.get("sync") == "filesystem_shm" and any(o.key_or_group == "sync.dir" for o in parsed):
         fs = mount_type(str(cfg.sync.dir))
         if fs is not None and fs not in ("tmpfs", "ramfs"):

@@ -475,7 +475,7 @@ CASES = [
     (B, ["-m", "tag=a,b"], "add redo=true to measure each"),
     (B, ["-m", "steps=2,3"], "steps is not part of a row's key"),
     (B, ["adapter=lora", "fuse=true"], "it is fuse=lora, the default"),
-    (B, ["model=hf_qwen3_tiny", "fuse=false"], "the hf family runs transformers' own modules"),
+    (B, ["model=hf_qwen3_tiny", "fuse=false"], "the hf family runs its own modules"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "+sync=filesystem", "sync.dir=/proc/stepbench-x"],
      "cannot write weights to sync.dir=/proc/stepbench-x"),
     ("cli", ["fa3-build", "--source", "{tmp}/nothere"], "stepbench fa3-build: "),

@@ -14,6 +14,7 @@ context, true peak memory; a crash, OOM or timeout becomes a failed row) and the
 from __future__ import annotations
 
 import os
+import re
 import resource
 import sys
 import traceback
@@ -249,6 +250,10 @@ def check_overrides(argv: list[str]):
             if group in APPENDED and o.input_line.startswith(group):
                 raise UserError(f"'{group}' is an appended group: type +{o.input_line}")
         for o in parsed:
+            if o.is_sweep_override() and multirun and not flagged:  # +sweep=NAME: its rows come from its file
+                raise UserError(f"'{o.input_line}' lists several values, and +sweep=... takes its rows from "
+                                "conf/sweep/: give one value, or sweep with -m and "
+                                "lists instead of +sweep")
             if o.is_sweep_override() and not multirun:
                 raise UserError(f"'{o.input_line}' lists several values, which is a sweep: add -m (python -m "
                                 f"core.bench -m {o.input_line}), or give one value")
@@ -334,6 +339,70 @@ def contradictions(parsed, cfg) -> None:
             raise UserError(f"+sync=filesystem_shm keeps the weights in shared memory, and sync.dir={cfg.sync.dir} "
                             f"is on a {fs} filesystem: use +sync=filesystem for a folder on disk, or a folder under "
                             "/dev/shm")
+
+
+#: what a row id may be (it names a folder under sync.dir): a sweep's child gets a uuid's hex
+ROW_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_launch(env) -> None:
+    """The environment a launcher set (torchrun's WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and
+    MASTER_PORT; a sweep's STEPBENCH_CHILD_ROW_ID), checked before anything starts (one line)."""
+    sizes = {}
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        v = env.get(var)
+        if v is None:
+            continue
+        try:
+            sizes[var] = int(v)
+        except ValueError:
+            raise UserError(f"{var}={v!r} is not a whole number (torchrun sets it): launch with torchrun "
+                            f"--nproc-per-node=N -m core.bench ..., or unset {var}") from None
+    world, rank = sizes.get("WORLD_SIZE", 1), sizes.get("RANK", 0)
+    if world < 1 or not 0 <= rank < world or sizes.get("LOCAL_RANK", 0) < 0:
+        raise UserError(f"WORLD_SIZE={world} with RANK={rank} is no process group (0 <= RANK < WORLD_SIZE): launch "
+                        "with torchrun --nproc-per-node=N -m core.bench ..., or unset WORLD_SIZE and RANK")
+    if "RANK" in env and "WORLD_SIZE" in env:  # torch's env:// rendezvous reads the two below
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not env.get(v)]
+        if missing:
+            raise UserError(f"RANK and WORLD_SIZE are set but {' and '.join(missing)} not, so no process group can "
+                            "form: launch with torchrun --nproc-per-node=N -m core.bench ..., or unset WORLD_SIZE and "
+                            "RANK for one process")
+        port = env["MASTER_PORT"]
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise UserError(f"MASTER_PORT={port!r} is not a port (1-65535): let torchrun set it, or unset it")
+    child = env.get(CHILD_ENV)
+    if child is not None and not ROW_ID.fullmatch(child):
+        raise UserError(f"{CHILD_ENV}={child!r} is not a row id (letters, digits, _ and -, at most 64; a sweep sets "
+                        f"it for the rows it runs): unset {CHILD_ENV}")
+
+
+#: Hydra's flags that print the composed config instead of running: flag -> the values it takes
+INFO_FLAGS = {"--cfg": ("job", "hydra", "all"), "-c": ("job", "hydra", "all"),
+              "--info": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"),
+              "-i": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")}
+
+
+def without_info_flags(argv: list[str]) -> list[str]:
+    """``argv`` without Hydra's --cfg/--info flags and their values (checked here, one line), so the
+    overrides they print are checked like a row's."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a not in INFO_FLAGS:
+            out.append(a)
+            i += 1
+            continue
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        takes = INFO_FLAGS[a]
+        if nxt in takes:
+            i += 2
+        elif a in ("--cfg", "-c") or (nxt is not None and not nxt.startswith("-")):
+            raise UserError(f"{a} takes one of {', '.join(takes)}" + (f", not {nxt!r}" if nxt else "")
+                            + f": e.g. python -m core.bench model=qwen3_4b {a} {takes[0] if a in ('--cfg', '-c') else 'config'}")
+        else:
+            i += 1
+    return out
 
 
 def mount_type(path: str) -> str | None:
@@ -428,9 +497,10 @@ def _main() -> None:
             say(first_line(e) if not hasattr(e, "args") or not e.args else str(e.args[0]))
             sys.exit(2)
         return
-    if not any(a in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info") for a in argv):
+    if not any(a in ("--help", "-h", "--hydra-help") for a in argv):
         try:
-            check_overrides(argv)
+            check_launch(os.environ)
+            check_overrides(without_info_flags(argv))
         except UserError as e:
             say(str(e))
             sys.exit(2)

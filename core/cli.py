@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] == "--version":
+        if argv[1:]:
+            print(f"stepbench: --version takes nothing else (got {' '.join(argv[1:])}): type stepbench --version",
+                  file=sys.stderr)
+            return 2
         print(f"stepbench {_version()}")
         return 0
     name, rest = argv[0], argv[1:]

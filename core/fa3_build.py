@@ -74,6 +74,9 @@ def check_source(src: Path, cutlass: Path | None) -> Path:
         if not (cutlass / "include" / "cutlass").is_dir():
             raise BuildError(f"--cutlass {cutlass} has no include/cutlass: point it at a CUTLASS checkout")
         target = src / "csrc" / "cutlass"
+        if target.exists() and not target.is_symlink() and (not target.is_dir() or any(target.iterdir())):
+            raise BuildError(f"{target} holds something other than a CUTLASS checkout (no include/cutlass) and is not "
+                             "empty: move it aside (--cutlass links a checkout there), or check CUTLASS out there")
         if target.is_symlink() or (target.exists() and not any(target.iterdir())):
             target.unlink() if target.is_symlink() else target.rmdir()
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -291,7 +291,8 @@ def predicted_step_s(cfg) -> float:
 # ------------------------------------------------------------------------------ entry point
 #: bench options a prediction does not read (what is measured, where rows go, the machine it runs on)
 NOT_PREDICTED = ("steps", "measure_s", "results", "device", "tag", "repeats", "redo", "row_timeout_s",
-                 "memory_profile", "ops_profile", "ops_trace", "busy_step", "max_host_gib", "seed")
+                 "memory_profile", "ops_profile", "ops_trace", "busy_step", "max_host_gib", "seed",
+                 "packing", "hardware_as_label")
 
 
 def _gpus(argv: list[str]) -> tuple[int, list[str]]:
@@ -334,7 +335,7 @@ def _published_inputs() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.results import ResultsError, check_output, write_atomic
+    from core.results import ROWS, ResultsError, check_output, write_atomic
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -351,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
                                     "e.g. python -m core.predict --published --out benchmarks/PREDICTIONS.md")
             inputs = _published_inputs()
             what = "an input of the prediction (our rows, the published tables or the configs)"
-            out = check_output(out, "--out", "benchmarks/PREDICTIONS.md", inputs, what)
+            out = check_output(out, "--out", "benchmarks/PREDICTIONS.md", inputs, what,
+                               holds=(lambda line: line == HEADER[0], "a stepbench prediction"))
             rows_out = check_output(rows_out, "--rows", "benchmarks/results/predicted/published.jsonl",
-                                    [*inputs, out], what + " or --out")
+                                    [*inputs, out], what + " or --out", holds=ROWS)
             current, sync_fits, fits = fits_from_rows()
             preds, md = predict_published(fits, sync_fits, current)
             write_atomic(out, md + "\n")

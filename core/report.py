@@ -220,9 +220,18 @@ ROW_OPTIONAL = {"env": dict, "spread": dict, "peak_mem_gib": (int, float, type(N
                 "ac_info": dict, "config": dict, "step_budget": (dict, type(None))}
 
 
+#: the numeric fields of a row's step spread that the report formats
+SPREAD_NUMBERS = ("cv", "n", "min", "max", "median", "mean", "std")
+
 #: bounds no measured row reaches (a billion tokens a second; a step of a day): a row beyond them was
 #: typed or corrupted, and would print a 300-digit cell
 MAX_TPS, MAX_STEP_S = 1e9, 86400.0
+
+
+def who() -> str:
+    """The prefix of the report's one-line errors: ``stepbench report`` from the console command
+    (which sets ``sys.argv[0]``), ``report`` from ``python -m core.report``."""
+    return sys.argv[0] if sys.argv and str(sys.argv[0]).startswith("stepbench ") else "report"
 
 
 def malformed(r: dict) -> str | None:
@@ -233,6 +242,9 @@ def malformed(r: dict) -> str | None:
     for k, t in ROW_OPTIONAL.items():
         if k in r and not isinstance(r[k], t):
             return f"its {k} is a {type(r[k]).__name__}"
+    for k, v in (r.get("spread") or {}).items():  # the step spread's numbers (cv, n, min, max, ...)
+        if k in SPREAD_NUMBERS and v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            return f"its spread's {k} is a {type(v).__name__}"
     if not r["tps"] > 0 or not r["step_time"] > 0:
         return "its tps and step_time must be above 0"
     if r["tps"] >= MAX_TPS or r["step_time"] >= MAX_STEP_S:
@@ -349,7 +361,7 @@ def path_has_no_rows(path) -> bool:
 
 def main(argv=None) -> int:
     from core.cli import arg_parser
-    from core.results import ResultsError, check_output, write_atomic
+    from core.results import ROWS, ResultsError, check_output, write_atomic
 
     ap = arg_parser("core.report", __doc__.splitlines()[0],
                     "--results benchmarks/results --out benchmarks/BENCHMARKS.md")
@@ -369,7 +381,7 @@ def main(argv=None) -> int:
         unused = [f for f, v in (("--out", a.out), ("--host-budget-gib", a.host_budget_gib),
                                  ("--predictions", a.predictions)) if v is not None] + (["--no-plots"] if a.no_plots else [])
         if unused:
-            print(f"report: {unused[0]} does nothing with --save-baseline (it writes the baseline only): leave it out, "
+            print(f"{who()}: {unused[0]} does nothing with --save-baseline (it writes the baseline only): leave it out, "
                   "or make the report in a second command", file=sys.stderr)
             return 2
     a.out = a.out if a.out is not None else str(ROOT / "benchmarks" / "BENCHMARKS.md")
@@ -390,10 +402,11 @@ def main(argv=None) -> int:
                 raise ReportError(f"{flag} is empty: name a file or folder, e.g. {flag} {eg}")
         if a.save_baseline:
             base_out = check_output(a.baseline, "--baseline", "benchmarks/baseline.jsonl", a.results,
-                                    "an input (one of the --results)")
+                                    "an input (one of the --results)", holds=ROWS)
         else:
             out = check_output(a.out, "--out", "benchmarks/BENCHMARKS.md", [*a.results, a.baseline, a.predictions],
-                               "an input of this report (--results, --baseline or --predictions)")
+                               "an input of this report (--results, --baseline or --predictions)",
+                               holds=(lambda line: line == HEADER.splitlines()[0], "a stepbench report"))
         if not a.save_baseline and Path(a.baseline).is_dir():
             raise ReportError(f"--baseline {a.baseline} is a folder: name the baseline file, e.g. --baseline "
                               "benchmarks/baseline.jsonl")
@@ -426,7 +439,7 @@ def main(argv=None) -> int:
         if a.save_baseline and not rows:
             raise ReportError("no headline rows to save as the baseline: nothing written")
     except (ReportError, ResultsError) as e:
-        print(f"report: {e}", file=sys.stderr)
+        print(f"{who()}: {e}", file=sys.stderr)
         return 2
     if a.save_baseline:
         keep = ("model", "hf_name", "type", "seq_len", "ac", "attn", "hardware_label", "micro_batches", "packing",

@@ -265,6 +265,16 @@ def resolve(cfg, world: int = 1) -> Resolved:
             if cfg.get(opt):
                 raise UserError(f"{opt} needs a CUDA GPU (it profiles the GPU's memory or kernels): leave it out on "
                                 "the CPU")
+        if cfg.get("busy_step") is False:
+            raise UserError("busy_step=false switches off the GPU's busy step, and this row runs on the CPU, which "
+                            "has none: leave busy_step out")
+    if cfg.compile is False and cfg.get("compile_head") is False:  # compile=auto on the CPU: nothing compiles
+        raise UserError("compile_head=false switches off compiling the log-prob head, and this row compiles nothing "
+                        f"(compile={'auto, eager on the CPU' if not compile_given else 'false'}): leave compile_head out")
+    pack = cfg.get("packing")
+    if isinstance(pack, str) and pack.startswith("fixed:") and int(pack[6:]) >= seq_len:  # seq_len the model chose
+        raise UserError(f"packing={pack}: documents of {pack[6:]} tokens fill no more than one of the row's "
+                        f"{seq_len} tokens: use packing=single, or N below {seq_len} (e.g. packing=fixed:{max(2, seq_len // 4)})")
     ctx = RunContext(ctx.device, ctx.gpu_name, ctx.capability, world, hardware=hw)
     p = make_plugins(cfg, ctx)
     _check_available(p["entries"], ctx)

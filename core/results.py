@@ -84,13 +84,50 @@ def _destination(raw: str, what: str, example: str) -> Path:
     return real
 
 
+def first_line(path: Path) -> str | None:
+    """The first non-empty line of an existing file (a BOM dropped; from its first 64 KiB), or None
+    where it has none or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), None)
+
+
+def is_row_line(line: str) -> bool:
+    """A line of a rows file: a JSON object."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+#: what an output file may already hold to be written over or appended to: (test of its first
+#: line, what it is called in a refusal)
+ROWS = (is_row_line, "rows (JSON lines)")
+
+
+def _holds(path: Path, holds, arg: str, eg: str, verb: str = "written over") -> None:
+    if holds is None or not path.is_file():
+        return
+    line = first_line(path)
+    if line is not None and not holds[0](line):
+        raise ResultsError(f"{arg} exists and holds something other than {holds[1]} (its first line: {line[:40]!r}): "
+                           f"it would be {verb}; name another file, e.g. {eg}")
+
+
 def check_writable(path: str | Path) -> Path:
     """Make sure rows can be appended to ``path`` (called before a row is measured); returns the
-    regular file it names (symbolic links followed)."""
+    regular file it names (symbolic links followed). A file that holds something other than rows
+    is refused: a row appended to it would damage it."""
     raw = str(path)
     if not raw.strip():
         raise ResultsError("results is empty: name a file, e.g. results=runs/rows.jsonl")
-    return _destination(raw, "results=", "runs/rows.jsonl")
+    real = _destination(raw, "results=", "runs/rows.jsonl")
+    _holds(real, ROWS, f"results={raw}", "results=runs/rows.jsonl", "appended to")
+    return real
 
 
 def rescue_row(row: dict, error: BaseException) -> Path:
@@ -151,10 +188,11 @@ def _resolved(path: Path) -> Path | None:
         return None
 
 
-def check_output(value, flag: str, example: str, inputs=(), what: str = "an input") -> Path:
+def check_output(value, flag: str, example: str, inputs=(), what: str = "an input", holds=None) -> Path:
     """An output file named by ``flag``: not empty, not a folder, not any of ``inputs`` (files, or
-    folders whose ``*.jsonl`` files are inputs), and in a place where it can be created. Raises
-    :class:`ResultsError` with one line saying what to type instead."""
+    folders whose ``*.jsonl`` files are inputs), and in a place where it can be created. ``holds``:
+    ``(test, name)``, what an existing file there must hold (its first line passes ``test``) to be
+    written over. Raises :class:`ResultsError` with one line saying what to type instead."""
     raw = "" if value is None else str(value)
     if not raw.strip():
         raise ResultsError(f"{flag} is empty: name a file, e.g. {flag} {example}")
@@ -169,6 +207,7 @@ def check_output(value, flag: str, example: str, inputs=(), what: str = "an inpu
     if any(i.is_dir() and path.parent == i.resolve() and path.suffix == ".jsonl" for i in map(Path, inputs)):
         raise ResultsError(f"{flag} {raw} is a .jsonl file in a folder of inputs: the next read would take it "
                            f"for rows; name another file, e.g. {flag} {example}")
+    _holds(path, holds, f"{flag} {raw}", f"{flag} {example}")
     if path.exists() and not os.access(path, os.W_OK):
         raise ResultsError(f"{flag} {raw}: permission denied: name a file you can write, e.g. {flag} {example}")
     try:  # its folder, made now: a place where none can be made is refused before any work

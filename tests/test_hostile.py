@@ -479,6 +479,26 @@ CASES = [
     ("predict", ["model=qwen3_4b", "hardware=h100", "+sync=filesystem", "sync.dir=/proc/stepbench-x"],
      "cannot write weights to sync.dir=/proc/stepbench-x"),
     ("cli", ["fa3-build", "--source", "{tmp}/nothere"], "stepbench fa3-build: "),
+    # --- round seven: options that do nothing here, destinations that hold something else
+    (B, ["+ac=selective", "ac.save=[]"], "which is +ac=recompute"),
+    (B, ["+ac=selective", "ac.save=[no_such_op_xyz]"], "matches no operator"),
+    (B, ["+sync=filesystem", "sync.dir={tmp}/w", "sync.writer=write", "sync.touch=false"], "maps nothing"),
+    (B, ["compile_head=false"], "this row compiles nothing"),
+    (B, ["busy_step=false"], "leave busy_step out"),
+    (B, ["model=auto", "seq_len=1024", "packing=fixed:600"], "fill no more than one of the row's 512 tokens"),
+    (B, ["results={file}"], "holds something other than rows"),
+    (B, ["+sweep=cpu_smoke", "seq_len=128,256"], "+sweep=... takes its rows from conf/sweep/"),
+    ("report", ["--results", "{base}", "--save-baseline", "--baseline", "{file}"], "holds something other than rows"),
+    ("report", ["--results", "{base}", "--out", "{rows}"], "holds something other than a stepbench report"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "packing=random"], "changes nothing in a prediction"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "hardware_as_label=true"], "changes nothing in a prediction"),
+    ("cli", ["--version", "extra"], "--version takes nothing else"),
+    ("cli", ["report", "--results", "{base}", "--save-baseline", "--out", "{tmp}/x.md", "--baseline", "{tmp}/b.jsonl"],
+     "stepbench report: --out does nothing"),
+    ("cli", ["bench", "--info", "model=nope"], "--info takes one of"),
+    ("cli", ["bench", "--cfg", "job", "model=nope"], "unknown model 'nope'"),
+    ("fa3_build", ["--source", "{fa_busy}", "--cutlass", "{cut}", "--no-install", "--wheel-dir", "{tmp}/wh"],
+     "holds something other than a CUTLASS checkout"),
 ]
 
 #: bench cases also run as ``python -m core.bench`` (end to end: status, stderr, results untouched)
@@ -507,11 +527,18 @@ def _layout(tmp: Path) -> dict:
     (fa / "hopper" / "instantiations").mkdir(parents=True)
     (fa / "hopper" / "setup.py").write_text("raise SystemExit('never built in tests')\n")
     (fa / "csrc" / "cutlass").mkdir(parents=True)
+    busy = tmp / "fa_busy"  # a checkout whose csrc/cutlass holds a file that is not CUTLASS
+    (busy / "hopper" / "instantiations").mkdir(parents=True)
+    (busy / "hopper" / "setup.py").write_text("raise SystemExit('never built in tests')\n")
+    (busy / "csrc" / "cutlass").mkdir(parents=True)
+    (busy / "csrc" / "cutlass" / "README").write_text("mine\n")
+    (tmp / "cut" / "include" / "cutlass").mkdir(parents=True)
     for name, body in HF_CONFIGS.items():
         (tmp / name).write_text(body if isinstance(body, str) else json.dumps(body))
     return {"tmp": str(tmp), "res": str(tmp / "res.jsonl"), "file": str(tmp / "afile.txt"),
             "dir": str(tmp / "adir"), "notjson": str(tmp / "notjson.jsonl"), "rows": str(tmp / "rows.jsonl"),
-            "base": str(tmp / "base.jsonl"), "pred": str(tmp / "pred.jsonl"), "fa": str(fa)}
+            "base": str(tmp / "base.jsonl"), "pred": str(tmp / "pred.jsonl"), "fa": str(fa),
+            "fa_busy": str(busy), "cut": str(tmp / "cut")}
 
 
 def _fill(argv: list[str], where: dict) -> list[str]:
@@ -681,3 +708,42 @@ def test_the_table_is_big_enough():
     tools = {c[0] for c in CASES}
     assert len(CASES) >= 150 and {"bench", "report", "predict", "fa3_build"} <= tools
     assert len({(c[0], tuple(c[1])) for c in CASES}) == len(CASES), "a case is listed twice"
+
+
+#: the environment a launcher sets, wrong (round seven): one line before anything starts
+LAUNCH = [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR and MASTER_PORT not"),
+    ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}, "0 <= RANK < WORLD_SIZE"),
+    ({"WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "http"}, "is not a port"),
+    ({"STEPBENCH_CHILD_ROW_ID": "/tmp/victim"}, "is not a row id"),
+    ({"STEPBENCH_CHILD_ROW_ID": ".."}, "is not a row id"),
+]
+
+
+@pytest.mark.parametrize("env,needle", LAUNCH, ids=[" ".join(f"{k}={v}" for k, v in e.items()) for e, _ in LAUNCH])
+def test_launch_environment_checked_first(env, needle):
+    from core.bench import check_launch
+    from core.resolve import UserError
+
+    with pytest.raises(UserError) as e:
+        check_launch(env)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    check_launch({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "29500",
+                  "STEPBENCH_CHILD_ROW_ID": "0f3a9c_row-1"})  # what torchrun and a sweep set passes
+
+
+def test_auto_attention_with_nothing_to_pick_is_refused_before_the_row(monkeypatch):
+    """A blocklist that leaves attn=auto no backend: refused by its availability check (resolve),
+    not as a failed row after the model is built."""
+    import core.plugins
+    from core.contracts import RunContext
+    from plugins.attention.auto import why_not
+
+    class Nothing:
+        def names(self, kind):
+            return []
+
+    assert why_not(RunContext("cpu")) is None  # sdpa is registered here
+    monkeypatch.setattr(core.plugins, "registry", lambda: Nothing())
+    assert "STEPBENCH_BLOCK_PLUGINS" in why_not(RunContext("cpu"))

@@ -141,13 +141,13 @@ def test_repeats_show_the_median_run_and_spread(tmp_path):
 @pytest.mark.parametrize("args", [["--results", "benchmarks/reslts"], ["--save-baseline", "--results", "EMPTY"]])
 def test_report_refuses_to_write_from_zero_rows(tmp_path, capsys, args):
     out, base = tmp_path / "B.md", tmp_path / "base.jsonl"
-    base.write_text("keep\n")
+    base.write_text('{"model": "keep"}\n')  # a baseline of rows (a file of anything else is refused first)
     (tmp_path / "empty.jsonl").write_text("")
     args = [a.replace("EMPTY", str(tmp_path / "empty.jsonl")) for a in args]
     assert main([*args, *([] if "--save-baseline" in args else ["--out", str(out)]), "--baseline", str(base)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ("nothing written" in err[0] or "no such results" in err[0] or "holds no rows" in err[0])
-    assert not out.exists() and base.read_text() == "keep\n"
+    assert not out.exists() and base.read_text() == '{"model": "keep"}\n'
 
 
 def test_unreadable_lines_are_reported_and_skipped(tmp_path, capsys):
@@ -257,7 +257,8 @@ def test_rows_read_through_a_bom_and_odd_rows_each_get_a_line(tmp_path, capsys):
     res = tmp_path / "rows.jsonl"
     res.write_bytes(b"\xef\xbb\xbf" + json.dumps(good).encode() + b"\n"
                     + json.dumps({"model": "qwen3-tiny", "tps": "fast"}).encode() + b"\n"
-                    + json.dumps({**good, "tps": 1e308}).encode() + b"\n")
+                    + json.dumps({**good, "tps": 1e308}).encode() + b"\n"
+                    + json.dumps({**good, "spread": {"cv": "high", "n": "five"}}).encode() + b"\n")
     capsys.readouterr()
     assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", "none", "--predictions",
                  "none", "--no-plots"]) == 0
@@ -265,5 +266,6 @@ def test_rows_read_through_a_bom_and_odd_rows_each_get_a_line(tmp_path, capsys):
     assert "BOM" not in err and "not JSON" not in err, err
     assert "skipped a row of 'qwen3-tiny': its status is missing" in err
     assert "is beyond any measurement" in err
+    assert "its spread's cv is a str" in err
     md = (tmp_path / "B.md").read_text()
     assert "1 rows: geomean 1.50x" in md and "e+" not in md and len(max(md.splitlines(), key=len)) < 2000

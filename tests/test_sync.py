@@ -382,3 +382,25 @@ def test_mount_type_reads_the_mount_table():
         pytest.skip("no /proc/mounts here")
     assert mount_type("/proc/self") == "proc"
     assert mount_type("/") not in (None, "proc")
+
+
+def test_filesystem_removes_only_what_it_wrote(dist_group, tmp_path):
+    """The row's folder under sync.dir is named by its id: an id that is a path, or a folder of that
+    name holding a file stepbench did not write, is refused and nothing is removed (round seven: a
+    row id of /tmp/victim emptied that folder)."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep me")
+    b = built(QWEN3["tiny"])
+    for row_id, root in ((str(victim), tmp_path / "w"), ("..", victim / "w"), ("victim", tmp_path)):
+        fs = Filesystem(str(root))
+        with pytest.raises(ValueError, match="not a folder name|did not write"):
+            fs.setup(b.model, SyncContext(device="cpu", row_id=row_id, handoff=b.adapter.handoff))
+        fs.finish()
+        assert (victim / "keep.txt").read_text() == "keep me"
+    (tmp_path / "w" / "again").mkdir(parents=True)  # a folder a run of the same row left: step files only
+    (tmp_path / "w" / "again" / "step_3").mkdir()
+    fs = Filesystem(str(tmp_path / "w"))
+    fs.setup(b.model, SyncContext(device="cpu", row_id="again", handoff=b.adapter.handoff))
+    assert not (tmp_path / "w" / "again" / "step_3").exists()
+    fs.finish()

@@ -126,6 +126,19 @@ class Auto(AttentionBackend):
         return b(q, k, v, meta, **features)
 
 
+def why_not(ctx) -> str | None:
+    """None where some backend auto picks from is registered and runs here (checked before anything
+    is built: a blocklist or a missing package may leave none)."""
+    from core.plugins import registry
+
+    reg = registry()
+    names = ("fa3", "fa2", "sdpa") if ctx.device == "cuda" else ("sdpa",)
+    if any(n in reg.names("attn") and not reg.get("attn", n).unavailable(ctx) for n in names):
+        return None
+    return (f"none of the backends it picks from ({', '.join(names)}) is registered and runs here: unblock one "
+            "(STEPBENCH_BLOCK_PLUGINS) or pick one with +attn=<name> (python -m core.bench --list)")
+
+
 @hookimpl
 def stepbench_register_attention(register):
-    register("auto", lambda options, ctx: Auto(ctx), doc="fastest backend that runs here")
+    register("auto", lambda options, ctx: Auto(ctx), why_not=why_not, doc="fastest backend that runs here")

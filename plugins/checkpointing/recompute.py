@@ -45,6 +45,35 @@ def save_policy(patterns: list[str]):
     return policy
 
 
+def op_names() -> list[str]:
+    """Every operator registered with the dispatcher now, as ``str(op)`` spells its default overload
+    (``aten.mm.default``): what a ``save`` pattern is matched against."""
+    try:
+        names = torch._C._dispatch_get_all_op_names()
+    except AttributeError:  # a torch without it: nothing to check against
+        return []
+    return [n.replace("::", ".") + ("" if "." in n.split("::", 1)[-1] else ".default") for n in names]
+
+
+def check_save(save: list) -> None:
+    """``ac.save`` names what selective recompute keeps: a kind (``attention``, ``matmul``) or a
+    pattern over operator names. An empty list would save nothing but the block inputs (``+ac=recompute``);
+    a pattern that matches no registered operator saves nothing it names."""
+    if not save:
+        raise ValueError("ac.save=[] keeps nothing beyond the block inputs, which is +ac=recompute: use "
+                         "+ac=recompute, or name what to keep, e.g. ac.save=[attention]")
+    names = None
+    for p in save:
+        p = str(p)
+        if p in SAVE_PATTERNS:
+            continue
+        names = op_names() if names is None else names
+        rx = re.compile(p)
+        if names and not any(rx.search(n) for n in names):
+            raise ValueError(f"ac.save: {p!r} matches no operator (kinds: {', '.join(SAVE_PATTERNS)}; or a pattern "
+                             "over names such as aten.mm.default): e.g. ac.save=[attention]")
+
+
 def _recompute(ctx, func, *args, **kwargs):
     return CheckpointPolicy.MUST_RECOMPUTE
 
@@ -68,6 +97,8 @@ class Recompute(ActivationMemory):
         if mode not in ("full", "selective"):
             raise ValueError(f"recompute mode '{mode}' is unknown: use ac.mode=full or ac.mode=selective")
         self.mode, self.save, self.inside = mode, list(save), bool(inside)
+        if mode == "selective":
+            check_save(self.save)
         self.context_fn = (
             partial(create_selective_checkpoint_contexts, save_policy(self.save)) if mode == "selective" else None
         )

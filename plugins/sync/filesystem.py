@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -266,6 +267,9 @@ class Filesystem(WeightSync):
         if writer != "mapped" and unmap != "background":
             raise ValueError(f"sync.unmap={unmap} is where the mapped writer unmaps, and sync.writer={writer} maps "
                              "nothing: leave sync.unmap out, or use sync.writer=mapped")
+        if writer != "mapped" and touch is not True:
+            raise ValueError(f"sync.touch=false leaves the mapped writer's page faults to the copy, and "
+                             f"sync.writer={writer} maps nothing: leave sync.touch out, or use sync.writer=mapped")
         self.unmap = unmap
         self.prep_pool = ThreadPoolExecutor(1, thread_name_prefix="stepbench-prepare") if writer == "mapped" else None
         self.prepared: dict[int, Future] = {}  # step -> its prepared file
@@ -312,7 +316,17 @@ class Filesystem(WeightSync):
 
     def setup(self, model, ctx) -> None:
         self.rank, self.adapter_only = ctx.rank, ctx.adapter_only
-        self.out = self.root / (ctx.row_id or "row")
+        name = ctx.row_id or "row"
+        if Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"row id {name!r} is not a folder name (the row's weights go to sync.dir/<row id>)")
+        out = self.root / name
+        if self.rank == 0 and (out.exists() or out.is_symlink()):  # a folder a run of this row left: step files only
+            foreign = [p.name for p in out.iterdir() if not re.fullmatch(r"step_\d+", p.name)] \
+                if out.is_dir() and not out.is_symlink() else [out.name]
+            if foreign:
+                raise ValueError(f"{out} exists and holds what stepbench did not write ({foreign[0]}): move it, or "
+                                 "pick another sync.dir")
+        self.out = out  # what finish() removes: set only once it is known to be this row's
         if self.rank == 0:
             shutil.rmtree(self.out, ignore_errors=True)
             self.out.mkdir(parents=True, exist_ok=True)

@@ -305,6 +305,9 @@ def resolve(cfg, world: int = 1) -> Resolved:
     peer = None if peer is None or peer.runs_stepbench else peer
     host = predict_host_gib(args, seq_len, ac, layout.kv_repeated)
     host_avail = host_available_gib()
+    if cfg.get("max_host_gib") is not None and not host and peer is None:
+        raise UserError(f"max_host_gib caps the host memory an activation strategy pins, and {ac.label} pins none: "
+                        "leave max_host_gib out (or use it with an offload strategy, e.g. +ac=offload)")
     limit = cfg.get("max_host_gib") or host_avail
     if host and limit and host > limit and peer is None:  # a peer's memory is its own
         raise UserError(f"{ac.label} would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "

@@ -485,6 +485,7 @@ CASES = [
     (B, ["+sync=filesystem", "sync.dir={tmp}/w", "sync.writer=write", "sync.touch=false"], "maps nothing"),
     (B, ["compile_head=false"], "this row compiles nothing"),
     (B, ["busy_step=false"], "leave busy_step out"),
+    (B, ["+ac=recompute", "max_host_gib=0.001"], "pins none: leave max_host_gib out"),
     (B, ["model=auto", "seq_len=1024", "packing=fixed:600"], "fill no more than one of the row's 512 tokens"),
     (B, ["results={file}"], "holds something other than rows"),
     (B, ["+sweep=cpu_smoke", "seq_len=128,256"], "+sweep=... takes its rows from conf/sweep/"),

@@ -23,7 +23,7 @@ BAD = [
     (["+seq_lenn=128"], "unknown option 'seq_lenn' (did you mean seq_len?)"),
     (["foo=1"], "unknown option 'foo'"),
     (["adapter=lora", "+adapter.rnk=4"], "unknown option 'adapter.rnk' (did you mean rank?)"),
-    (["hardware=a6000"], "hardware=a6000 does not match this machine"),
+    (["hardware=a6000"], "hardware=a6000 names a GPU profile, and this row runs on the CPU"),
     (["steps=1"], "steps must be at least 2"),
     (["micro_batches=0"], "micro_batches must be at least 1"),
     (["device=gpu"], "device 'gpu' is unknown: use device=auto"),

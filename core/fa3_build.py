@@ -130,6 +130,10 @@ def build(hopper: Path, wheel_dir: Path, jobs: int) -> Path:
     """Run the upstream build (``pip wheel`` of hopper/) with the switches; returns the wheel."""
     if not shutil.which("nvcc") and not os.environ.get("CUDA_HOME"):
         raise BuildError("nvcc is not on PATH and CUDA_HOME is unset: install the CUDA toolkit (12.3+)")
+    home = os.environ.get("CUDA_HOME")
+    if home and not (Path(home) / "bin" / "nvcc").is_file():  # the build takes CUDA_HOME's nvcc over PATH's
+        raise BuildError(f"CUDA_HOME={home} has no bin/nvcc: point it at a CUDA toolkit (12.3+), or unset it to use "
+                         f"{shutil.which('nvcc') or 'the nvcc on PATH'}")
     import torch
 
     if torch.version.cuda is None:

@@ -749,3 +749,18 @@ def test_auto_attention_with_nothing_to_pick_is_refused_before_the_row(monkeypat
     assert why_not(RunContext("cpu")) is None  # sdpa is registered here
     monkeypatch.setattr(core.plugins, "registry", lambda: Nothing())
     assert "STEPBENCH_BLOCK_PLUGINS" in why_not(RunContext("cpu"))
+
+
+def test_fa3_build_with_a_cuda_home_that_has_no_nvcc(tmp_path, monkeypatch, capsys):
+    """CUDA_HOME pointing nowhere: one line before the build starts (it ran 13 lines of pip's
+    output before, round seven)."""
+    fa = tmp_path / "fa"
+    (fa / "hopper" / "instantiations").mkdir(parents=True)
+    (fa / "hopper" / "setup.py").write_text("raise SystemExit('never built in tests')\n")
+    (fa / "csrc" / "cutlass" / "include" / "cutlass").mkdir(parents=True)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nowhere"))
+    assert _call("fa3_build", ["--source", str(fa), "--no-install", "--wheel-dir", str(tmp_path / "wh")],
+                 monkeypatch) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "has no bin/nvcc" in lines[0], lines
+    assert not (tmp_path / "wh").exists()

@@ -236,14 +236,24 @@ PLUGIN_MIN = {"adapter.rank": 1, "adapter.alpha": 1, "sync.keep": 1, "sync.bucke
 PLUGIN_PATTERNS = ("ac.save",)
 
 
+#: hardware profile numbers a GPU can have (a typo's 1e-320 or 1e300 would make every figure absurd)
+HARDWARE_RANGE = {"hardware.peak_flops": (1e12, 1e17), "hardware.memory_gib": (1.0, 4096.0),
+                  "hardware.mm_tflops": (1.0, 1e5), "hardware.attn_tflops": (1.0, 1e5),
+                  "hardware.attn_tflops_fa2": (1.0, 1e5), "hardware.hbm_tbps": (0.01, 1000.0),
+                  "hardware.link_gbps": (0.1, 1e5)}
+
+
 def _typed(name: str, v, default):
     if default is None or isinstance(default, str):
         return
     group = name.split(".", 1)[0]
     if isinstance(default, bool):
         _bool(name, v)
-    elif isinstance(default, int) and group == "hardware":
+    elif isinstance(default, (int, float)) and group == "hardware":
         _float(name, v, 0.0, example=default, strict=True)
+        lo, hi = HARDWARE_RANGE.get(name, (0.0, float("inf")))
+        if not lo <= v <= hi:
+            raise OptionError(f"{name}={v:g} is outside what a GPU has ({lo:g} to {hi:g}): try {name}={default:g}")
     elif isinstance(default, int):
         _int(name, v, example=default)
         lo = PLUGIN_MIN.get(name, 0)

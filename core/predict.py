@@ -292,7 +292,7 @@ def predicted_step_s(cfg) -> float:
 #: bench options a prediction does not read (what is measured, where rows go, the machine it runs on)
 NOT_PREDICTED = ("steps", "measure_s", "results", "device", "tag", "repeats", "redo", "row_timeout_s",
                  "memory_profile", "ops_profile", "ops_trace", "busy_step", "max_host_gib", "seed",
-                 "packing", "hardware_as_label")
+                 "packing", "hardware_as_label", "max_memory_gib")
 
 
 def _gpus(argv: list[str]) -> tuple[int, list[str]]:
@@ -409,7 +409,9 @@ def _one(argv: list[str]) -> int:
         raise UserError("name the model to predict: model=qwen3_0_6b, qwen3_4b, qwen3_30b_a3b or intellect3")
     d = declare(cfg)
     _, sync_fits, fits = fits_from_rows()
-    hw = hardware.load(hw_name)
+    from omegaconf import OmegaConf
+
+    hw = hardware.resolve(OmegaConf.to_container(cfg.hardware, resolve=True), None)  # with hardware.* overrides
     measured = sorted({k[0] for k in fits})
     if backend_of(d.attn) not in measured:
         if d.kernel:  # a named kernel nobody measured: nothing to fit its compute on

@@ -104,3 +104,15 @@ def test_predicted_rows_never_share_a_report_section_with_measured_rows(tmp_path
     head, tail = text.split("## Predicted rows (not measured)")
     assert "123.46k" not in head and "123.46k" in tail  # the prediction only in its own section
     assert "8xH200" not in head
+
+
+def test_hardware_overrides_reach_the_prediction(capsys):
+    """hardware.* overrides are the profile the prediction uses (they were read from the yaml
+    alone, round seven): a halved link bandwidth slows the 8-GPU step's collectives."""
+    from core.predict import main
+
+    assert main(["model=qwen3_4b", "hardware=h100", "gpus=8"]) == 0
+    base = capsys.readouterr().out
+    assert main(["model=qwen3_4b", "hardware=h100", "gpus=8", "hardware.link_gbps=36"]) == 0
+    slow = capsys.readouterr().out
+    assert "at 360 GB/s" in base and "at 36 GB/s" in slow

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.provenance import row_provenance  # noqa: E402
 from core.published import host_gib, implementation, parse_published, section_name, sync_per_step  # noqa: E402
+from core.errors import first_line  # noqa: E402
 from core.results import read_rows, row_key, row_variant  # noqa: E402
 from core.views import (best_at_no_more_memory, budget_view, failures_view, peers_view, plot_views,  # noqa: E402
                         reruns_view, trainers_view, versus_published)
@@ -200,6 +201,8 @@ def verify_source(r: dict) -> None:
     commit, digest = env.get("git_commit"), env.get("source_digest")
     if not commit or not digest or env.get("git_dirty") is not False:
         return
+    if not isinstance(commit, str) or not isinstance(digest, str):  # not what stepbench writes: left as recorded
+        return
     at = source_digest_at(commit)  # cached per commit
     if at is None or at == digest:
         return
@@ -253,7 +256,12 @@ def malformed(r: dict) -> str | None:
     return None
 
 
-def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+def fingerprint(r: dict) -> str:
+    """A row's content, as one string (a row and its copies have one fingerprint)."""
+    return json.dumps(r, sort_keys=True, default=repr, ensure_ascii=True)
+
+
+def gather(results: list[str], exclude=frozenset()) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """(headline rows: the median run of each key, rows left out for provenance, failed rows, every
     clean run) from the results files."""
     missing = [p for p in results if not Path(p).exists()]
@@ -263,27 +271,33 @@ def gather(results: list[str]) -> tuple[list[dict], list[dict], list[dict], list
     all_rows, problems = read_rows(*results)
     for p in problems:
         print(f"report: skipped {p}", file=sys.stderr)
-    all_rows = [r for r in all_rows if not r.get("profiled") and "memory_profile" not in r and "kind" not in r]
-    ok = []
+    all_rows = [r for r in all_rows if not r.get("profiled") and "memory_profile" not in r and "kind" not in r
+                and not (exclude and fingerprint(r) in exclude)]  # rows found unreportable: said by the caller
+    ok, failed_rows = [], []
     for r in all_rows:
         if r.get("status") not in ("ok", "failed"):
             print(f"report: skipped a row of {r.get('model')!r}: its status is "
                   f"{'missing' if 'status' not in r else repr(r['status'])} (stepbench's rows say ok or failed)",
                   file=sys.stderr)
             continue
-        if r.get("status") != "ok":
-            continue
-        why = malformed(r)
+        why = malformed(r) if r.get("status") == "ok" else None
+        try:  # what every view reads of a row: its key (hashable) and provenance
+            hash(row_key(r))
+            row_provenance(r)
+        except Exception as e:
+            why = why or f"its key or provenance cannot be read ({first_line(e)})"
         if why:
-            print(f"report: skipped a row of {r.get('model')!r}: {why}", file=sys.stderr)
-        else:
+            print(f"report: skipped a row of {printable(str(r.get('model')))!r}: {why}", file=sys.stderr)
+        elif r.get("status") == "ok":
             ok.append(r)
+        else:
+            failed_rows.append(r)
     for r in ok:
         verify_source(r)
     clean = [r for r in ok if row_provenance(r) == "clean"]
     dirty = [r for r in ok if row_provenance(r) != "clean"]
     ok_keys = {row_key(r) for r in ok}
-    failed = [r for r in all_rows if r.get("status") == "failed" and row_key(r) not in ok_keys]
+    failed = [r for r in failed_rows if row_key(r) not in ok_keys]
     if not ok and not failed:
         raise ReportError(f"no rows in {', '.join(results)}: nothing written (point --results at the rows' "
                           "JSONL files or folder)")
@@ -327,7 +341,7 @@ def _budget(v: str) -> float:
     return x
 
 
-def _gather_quietly(results: list[str]):
+def _gather_quietly(results: list[str], exclude=frozenset()):
     """:func:`gather`, with the lines it skipped said on stderr only where there are rows to report;
     where there are none, the refusal's one line counts them."""
     import contextlib
@@ -336,7 +350,7 @@ def _gather_quietly(results: list[str]):
     buf = io.StringIO()
     try:
         with contextlib.redirect_stderr(buf):
-            got = gather(results)
+            got = gather(results, exclude)
     except ReportError as e:
         skipped = [ln[len("report: skipped "):] for ln in buf.getvalue().splitlines()
                    if ln.startswith("report: skipped ")]
@@ -357,6 +371,61 @@ def path_has_no_rows(path) -> bool:
         return False
     rows, _ = read_rows(path)
     return not [r for r in rows if "model" in r and "tps" in r]
+
+
+def num(v) -> bool:
+    """A number (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def printable(text: str) -> str:
+    """``text`` as UTF-8 can write it (a file name's undecodable bytes, a lone surrogate: replaced)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") \
+        .encode("utf-8", "replace").decode("utf-8")
+
+
+def compose(rows, dirty, failed, runs, baseline, sources, a, no_predictions) -> str:
+    """The report's text (every view, without the plots); raises where a row's field cannot be
+    reported. The text is checked to be writable as UTF-8."""
+    commits = sorted({str((r.get("env") or {}).get("git_commit")) for r in rows
+                      if (r.get("env") or {}).get("git_commit") is not None}) or ["unknown"]
+    text = render(rows, baseline, failed, commit=", ".join(c[:12] for c in commits), sources=sources)
+    published, _, _ = parse_published()
+    native = [r for r in rows if implementation(r) == "native"]  # the views compare stepbench's own rows
+    text += "\n" + versus_published(native, published)
+    text += "\n" + best_at_no_more_memory(native, published, a.host_budget_gib)
+    peers = peers_view(rows, published, failed, runs)
+    if peers:
+        text += "\n" + peers
+    trainers = trainers_view(runs, failed, published, a.host_budget_gib)
+    if trainers:
+        text += "\n" + trainers
+    failures = failures_view(rows, failed, parse_published()[2])
+    if failures:
+        text += "\n" + failures
+    reruns = reruns_view(runs)
+    if reruns:
+        text += "\n" + reruns
+    budget = budget_view(native)
+    if budget:
+        text += "\n" + budget
+    lo = left_out(dirty)
+    if lo:
+        text += "\n" + lo
+    if not no_predictions and Path(a.predictions).exists():
+        text += "\n" + predictions_section(read_rows(a.predictions)[0])
+    text.encode("utf-8")  # a lone surrogate in a field would fail the write after all the work
+    return text
+
+
+def _breaks(r, baseline, sources, a) -> BaseException | None:
+    """The error a report of ``r`` alone raises (None where it reports)."""
+    try:
+        failed = r.get("status") == "failed"
+        compose([] if failed else [r], [], [r] if failed else [], [] if failed else [r], baseline, sources, a, True)
+    except Exception as e:
+        return e
+    return None
 
 
 def main(argv=None) -> int:
@@ -448,34 +517,35 @@ def main(argv=None) -> int:
                                        for r in rows))
         print(f"baseline: {len(rows)} rows -> {a.baseline}")
         return 0
-    commits = sorted({(r.get("env") or {}).get("git_commit") for r in rows} - {None}) or ["unknown"]
-    baseline = read_rows(a.baseline)[0] if not no_baseline and Path(a.baseline).exists() else []
-    text = render(rows, baseline, failed, commit=", ".join(c[:12] for c in commits),
-                  sources=", ".join(Path(p).name for p in a.results))
-    published, _, _ = parse_published()
-    native = [r for r in rows if implementation(r) == "native"]  # the views compare stepbench's own rows
-    text += "\n" + versus_published(native, published)
-    text += "\n" + best_at_no_more_memory(native, published, a.host_budget_gib)
-    peers = peers_view(rows, published, failed, runs)
-    if peers:
-        text += "\n" + peers
-    trainers = trainers_view(runs, failed, published, a.host_budget_gib)
-    if trainers:
-        text += "\n" + trainers
-    failures = failures_view(rows, failed, parse_published()[2])
-    if failures:
-        text += "\n" + failures
-    reruns = reruns_view(runs)
-    if reruns:
-        text += "\n" + reruns
-    budget = budget_view(native)
-    if budget:
-        text += "\n" + budget
-    lo = left_out(dirty)
-    if lo:
-        text += "\n" + lo
-    if not no_predictions and Path(a.predictions).exists():
-        text += "\n" + predictions_section(read_rows(a.predictions)[0])
+    baseline = [b for b in (read_rows(a.baseline)[0] if not no_baseline and Path(a.baseline).exists() else [])
+                if all(b.get(k) is None or num(b.get(k)) for k in ("tps", "mfu", "step_time", "peak_mem_gib"))]
+    sources = ", ".join(printable(Path(p).name) for p in a.results)
+    published = parse_published()[0]
+    try:
+        text = compose(rows, dirty, failed, runs, baseline, sources, a, no_predictions)
+    except Exception as e:  # a row whose fields cannot be reported: find it, say so, and report the rest
+        every = list({id(r): r for r in [*rows, *failed, *dirty, *runs]}.values())
+        bad = {id(r): (r, err) for r in every if (err := _breaks(r, baseline, sources, a)) is not None}
+        said = list(dict.fromkeys(  # a row and its copy among the runs: one line
+            f"a row of {printable(str(r.get('model')))!r}: a field cannot be reported ({first_line(err)})"
+            for r, err in bad.values()))
+        try:  # gathered again without them: a good run of the same key becomes the headline
+            rows, dirty, failed, runs = _gather_quietly(a.results, {fingerprint(r) for r, _ in bad.values()}
+                                                        | {fingerprint(r) for r in every if id(r) in bad})
+        except ReportError:
+            rows = dirty = failed = runs = []
+        if not rows and not failed:
+            print(f"{who()}: no row in {', '.join(a.results)} can be reported: nothing written [{len(said)} skipped, "
+                  f"the first {said[0] if said else first_line(e)}]", file=sys.stderr)
+            return 2
+        for line in said:
+            print(f"report: skipped {line}", file=sys.stderr)
+        try:
+            text = compose(rows, dirty, failed, runs, baseline, sources, a, no_predictions)
+        except Exception:
+            print(f"{who()}: the rows cannot be reported ({first_line(e)}): nothing written", file=sys.stderr)
+            return 2
+    native = [r for r in rows if implementation(r) == "native"]
     out.parent.mkdir(parents=True, exist_ok=True)
     if not a.no_plots:
         from core.plots import plots

@@ -269,3 +269,32 @@ def test_rows_read_through_a_bom_and_odd_rows_each_get_a_line(tmp_path, capsys):
     assert "its spread's cv is a str" in err
     md = (tmp_path / "B.md").read_text()
     assert "1 rows: geomean 1.50x" in md and "e+" not in md and len(max(md.splitlines(), key=len)) < 2000
+
+
+@pytest.mark.parametrize("change", [
+    {"env": {"git_commit": 5, "git_dirty": False, "source_digest": "x"}},
+    {"ac_info": {"host_offload_gib": "lots"}},
+    {"roofline_frac": "high"},
+    {"peer": "hf"},
+    {"variant": ["a", "b"]},
+], ids=["commit-int", "acinfo-str", "roofline-str", "peer-str", "variant-list"])
+def test_a_row_with_an_odd_field_is_skipped_and_the_rest_reported(tmp_path, capsys, change):
+    """A field of a type stepbench never writes (round eight): the row is skipped with one line, a
+    good run of the same key is reported, nothing raises; alone, it is one line and status 2."""
+    import json
+
+    published, _, _ = parse_published()
+    p = h100(published)
+    good = ours(p, tps=p["tps"] * 1.5, status="ok", roofline_frac=0.5)
+    bad = {**good, **change}
+    args = ["--out", str(tmp_path / "B.md"), "--baseline", "none", "--predictions", "none", "--no-plots"]
+    (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
+    (tmp_path / "good.jsonl").write_text(json.dumps(good) + "\n")
+    capsys.readouterr()
+    assert main(["--results", str(tmp_path / "bad.jsonl"), *args]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "nothing written" in err[0] and not (tmp_path / "B.md").exists(), err
+    assert main(["--results", str(tmp_path / "bad.jsonl"), str(tmp_path / "good.jsonl"), *args]) == 0
+    err = capsys.readouterr().err
+    assert "skipped a row of" in err and "Traceback" not in err
+    assert "1 rows: geomean 1.50x" in (tmp_path / "B.md").read_text()

@@ -41,9 +41,9 @@ def run_row(cfg) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     try:
-        r = resolve(cfg, world)
-        if rank == 0:
+        if rank == 0:  # first: resolving makes sync.dir, which a refused destination would leave behind
             check_writable(cfg.results)
+        r = resolve(cfg, world)
         spec = None
         if r.peer is not None:  # refused before anything starts where the peer cannot run the row
             from core import peers

@@ -77,11 +77,33 @@ def check_source(src: Path, cutlass: Path | None) -> Path:
         if target.exists() and not target.is_symlink() and (not target.is_dir() or any(target.iterdir())):
             raise BuildError(f"{target} holds something other than a CUTLASS checkout (no include/cutlass) and is not "
                              "empty: move it aside (--cutlass links a checkout there), or check CUTLASS out there")
-        if target.is_symlink() or (target.exists() and not any(target.iterdir())):
-            target.unlink() if target.is_symlink() else target.rmdir()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(cutlass.resolve(), target_is_directory=True)
     return hopper
+
+
+def link_cutlass(src: Path, cutlass: Path | None) -> None:
+    """Link ``csrc/cutlass`` (empty, or a link) to ``cutlass``, where it has no include/cutlass: done
+    only when a build runs, after everything else was checked (the checkout is changed last)."""
+    target = src / "csrc" / "cutlass"
+    if cutlass is None or (target / "include" / "cutlass").is_dir():
+        return
+    if target.is_symlink() or (target.exists() and not any(target.iterdir())):
+        target.unlink() if target.is_symlink() else target.rmdir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(cutlass.resolve(), target_is_directory=True)
+
+
+def check_toolkit() -> None:
+    """A CUDA toolkit and a CUDA build of torch, before a build changes anything."""
+    if not shutil.which("nvcc") and not os.environ.get("CUDA_HOME"):
+        raise BuildError("nvcc is not on PATH and CUDA_HOME is unset: install the CUDA toolkit (12.3+)")
+    home = os.environ.get("CUDA_HOME")
+    if home and not (Path(home) / "bin" / "nvcc").is_file():  # the build takes CUDA_HOME's nvcc over PATH's
+        raise BuildError(f"CUDA_HOME={home} has no bin/nvcc: point it at a CUDA toolkit (12.3+), or unset it to use "
+                         f"{shutil.which('nvcc') or 'the nvcc on PATH'}")
+    import torch
+
+    if torch.version.cuda is None:
+        raise BuildError(f"torch {torch.__version__} is a CPU build: FA3 needs a CUDA build of torch")
 
 
 def cache_key(hopper: Path) -> str:
@@ -128,16 +150,7 @@ def clone(dest: Path) -> Path:
 
 def build(hopper: Path, wheel_dir: Path, jobs: int) -> Path:
     """Run the upstream build (``pip wheel`` of hopper/) with the switches; returns the wheel."""
-    if not shutil.which("nvcc") and not os.environ.get("CUDA_HOME"):
-        raise BuildError("nvcc is not on PATH and CUDA_HOME is unset: install the CUDA toolkit (12.3+)")
-    home = os.environ.get("CUDA_HOME")
-    if home and not (Path(home) / "bin" / "nvcc").is_file():  # the build takes CUDA_HOME's nvcc over PATH's
-        raise BuildError(f"CUDA_HOME={home} has no bin/nvcc: point it at a CUDA toolkit (12.3+), or unset it to use "
-                         f"{shutil.which('nvcc') or 'the nvcc on PATH'}")
-    import torch
-
-    if torch.version.cuda is None:
-        raise BuildError(f"torch {torch.__version__} is a CPU build: FA3 needs a CUDA build of torch")
+    check_toolkit()
     wheel_dir.mkdir(parents=True, exist_ok=True)
     say(f"building FA3 (bf16, head dim 128, varlen, causal, fwd+bwd, SM90) with {jobs} jobs: about "
         f"{estimate_s(jobs) / 60:.0f} min (measured {MEASURED_S:.0f} s with {MEASURED_JOBS} jobs); wheel -> {wheel_dir}")
@@ -175,6 +188,13 @@ def _jobs(v: str) -> int:
     return int(v)
 
 
+def _folder(v: str) -> Path:
+    """A folder argument: not empty (``Path("")`` would be the current folder)."""
+    if not v.strip():
+        raise argparse.ArgumentTypeError("is empty: name a folder, e.g. --wheel-dir ~/.cache/stepbench/fa3-wheels")
+    return Path(v)
+
+
 def check_paths(a) -> None:
     """The folders named on the command line, before anything is cloned, built or installed."""
     if a.cutlass is not None and not (a.cutlass.expanduser() / "include" / "cutlass").is_dir():
@@ -197,12 +217,15 @@ def main(argv=None) -> int:
                      help=f"clone {UPSTREAM} at {PINNED_COMMIT} into this folder (needs the network)")
     ap.add_argument("--cutlass", type=Path, help=f"a CUTLASS checkout for an empty csrc/cutlass ({CUTLASS_COMMIT[:8]})")
     ap.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 4)
-    ap.add_argument("--wheel-dir", type=Path, default=Path.home() / ".cache" / "stepbench" / "fa3-wheels")
+    ap.add_argument("--wheel-dir", type=_folder, default=Path.home() / ".cache" / "stepbench" / "fa3-wheels")
     ap.add_argument("--target", help="install into this folder (pip --target) instead of site-packages")
     ap.add_argument("--no-install", action="store_true")
     ap.add_argument("--no-test", action="store_true")
     a = ap.parse_args(argv)
     try:
+        if a.no_install and a.no_test:
+            raise BuildError("--no-test skips the tests of an installed build, and --no-install installs nothing: "
+                             "leave --no-test out")
         check_paths(a)
         source = clone(a.clone.expanduser()) if a.clone else a.source.expanduser()
         hopper = check_source(source, a.cutlass and a.cutlass.expanduser())
@@ -212,6 +235,8 @@ def main(argv=None) -> int:
             say(f"cached wheel {wheels[-1]} (same source, torch, CUDA and switches): not rebuilding")
             wheel = wheels[-1]
         else:
+            check_toolkit()
+            link_cutlass(source, a.cutlass and a.cutlass.expanduser())
             wheel = build(hopper, cached, a.jobs)
         if not a.no_install:
             install(wheel, a.target)

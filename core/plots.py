@@ -6,6 +6,7 @@ memory for the same bars."""
 
 from __future__ import annotations
 
+import glob
 import re
 from pathlib import Path
 
@@ -132,6 +133,24 @@ def _draw(plt, title: str, pubs: list[dict], bars: dict[str, list], names: dict,
                ncol=k, fontsize=8, frameon=False)
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def foreign_plots(out_dir: Path, prefix: str) -> list[Path]:
+    """Files named like the report's plots (``<prefix>-plot-*.png``) beside it that are not PNG
+    images: a plot would write over them."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{prefix}-plot-")
+    out = []
+    for p in sorted(Path(out_dir).glob(f"{glob.escape(name)}*.png")):
+        try:
+            with open(p, "rb") as f:
+                if f.read(8) != PNG_SIGNATURE:
+                    out.append(p)
+        except OSError:
+            out.append(p)
+    return out
 
 
 def plots(rows: list[dict], published: list[dict], out_dir: Path, prefix: str,

@@ -504,6 +504,13 @@ def main(argv=None) -> int:
                 and not [r for r in read_rows(a.predictions)[0] if r.get("kind") == "prediction"]:
             raise ReportError(f"--predictions {a.predictions} holds no predicted rows (kind: prediction, as python -m "
                               "core.predict writes them): name its output, or --predictions none")
+        if not a.save_baseline and not a.no_plots:
+            from core.plots import foreign_plots
+
+            foreign = foreign_plots(out.parent, out.stem)
+            if foreign:
+                raise ReportError(f"{foreign[0]} is named like one of this report's plots but is not a PNG image: it "
+                                  "would be written over; move it, name another --out, or add --no-plots")
         rows, dirty, failed, runs = _gather_quietly(a.results)
         if a.save_baseline and not rows:
             raise ReportError("no headline rows to save as the baseline: nothing written")

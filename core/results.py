@@ -72,15 +72,16 @@ def _destination(raw: str, what: str, example: str) -> Path:
     if not os.access(anc, os.W_OK) or (anc != real and not os.access(anc, os.X_OK)):
         raise ResultsError(f"cannot write {arg} (permission denied): pick another file, e.g. {eg}")
     folder = anc if anc != real else real.parent
-    if not real.exists():  # a folder that says it is writable and takes no file (/proc, a read-only mount)
-        import tempfile
+    # a folder that says it is writable and takes no file (/proc, a read-only mount); an existing file
+    # too: it is replaced through a temporary file beside it (outputs), or locked beside it (results)
+    import tempfile
 
-        try:
-            with tempfile.TemporaryFile(dir=folder, prefix=".stepbench-probe-"):
-                pass
-        except OSError as e:
-            raise ResultsError(f"cannot write {arg}: {folder} takes no new file ({e.strerror or e}): pick a file "
-                               f"in another folder, e.g. {eg}") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".stepbench-probe-"):
+            pass
+    except OSError as e:
+        raise ResultsError(f"cannot write {arg}: {folder} takes no new file ({e.strerror or e}): pick a file "
+                           f"in another folder, e.g. {eg}") from None
     return real
 
 
@@ -127,6 +128,10 @@ def check_writable(path: str | Path) -> Path:
         raise ResultsError("results is empty: name a file, e.g. results=runs/rows.jsonl")
     real = _destination(raw, "results=", "runs/rows.jsonl")
     _holds(real, ROWS, f"results={raw}", "results=runs/rows.jsonl", "appended to")
+    lock = real.with_name(real.name + ".lock")  # what a sweep holds while it writes a row (core.sweep)
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+        raise ResultsError(f"results={raw}: {lock} (the lock a sweep holds beside it) is not a file: move it, or "
+                           "name another results file")
     return real
 
 

@@ -504,6 +504,8 @@ CASES = [
     ("cli", ["bench", "--cfg", "job", "model=nope"], "unknown model 'nope'"),
     ("fa3_build", ["--source", "{fa_busy}", "--cutlass", "{cut}", "--no-install", "--wheel-dir", "{tmp}/wh"],
      "holds something other than a CUTLASS checkout"),
+    ("fa3_build", ["--source", "{fa}", "--no-install", "--no-test"], "leave --no-test out"),
+    ("fa3_build", ["--source", "{fa}", "--wheel-dir", ""], "--wheel-dir: is empty"),
 ]
 
 #: bench cases also run as ``python -m core.bench`` (end to end: status, stderr, results untouched)
@@ -767,3 +769,23 @@ def test_fa3_build_with_a_cuda_home_that_has_no_nvcc(tmp_path, monkeypatch, caps
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "has no bin/nvcc" in lines[0], lines
     assert not (tmp_path / "wh").exists()
+
+
+def test_fa3_build_changes_no_checkout_before_its_checks(tmp_path, monkeypatch, capsys):
+    """Without a CUDA toolkit the build is refused before csrc/cutlass is linked (round eight: the
+    checkout's empty folder, or a user's link, was replaced first)."""
+    from core import fa3_build
+
+    fa = tmp_path / "fa"
+    (fa / "hopper" / "instantiations").mkdir(parents=True)
+    (fa / "hopper" / "setup.py").write_text("raise SystemExit('never built in tests')\n")
+    (fa / "csrc" / "cutlass").mkdir(parents=True)
+    (tmp_path / "cut" / "include" / "cutlass").mkdir(parents=True)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setattr(fa3_build.shutil, "which", lambda name: None)
+    assert _call("fa3_build", ["--source", str(fa), "--cutlass", str(tmp_path / "cut"), "--no-install",
+                               "--wheel-dir", str(tmp_path / "wh")], monkeypatch) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "nvcc is not on PATH" in lines[0], lines
+    target = fa / "csrc" / "cutlass"
+    assert target.is_dir() and not target.is_symlink() and not any(target.iterdir())

@@ -307,7 +307,7 @@ def contradictions(parsed, cfg) -> None:
             raise UserError(f"{o.input_line}: {key} is not part of a row's key, so the sweep would measure its first "
                             f"value and skip the others as already in results: add redo=true to measure each"
                             + (" (or repeats=N to repeat a row)" if key == "seed" else ""))
-    if cfg.get("fuse") is True and cfg.get("adapter"):  # the adapter's own targets, read from the plugin
+    if cfg.get("fuse") in (True, False) and cfg.get("adapter"):  # the adapter's own targets, read from the plugin
         from omegaconf import OmegaConf
 
         from core.plugins import make
@@ -315,9 +315,13 @@ def contradictions(parsed, cfg) -> None:
         try:
             adapted = getattr(make("adapter", OmegaConf.to_container(cfg.adapter, resolve=True)), "targets", None)
         except Exception:  # a bad adapter option is refused where the adapter is made, with its own line
-            adapted = None
+            adapted = ()
+        if cfg.get("fuse") is False and adapted is None:
+            raise UserError(f"fuse=false unfuses the adapted layers' projections, and adapter={cfg.adapter.get('name')} "
+                            "adds none (fuse=lora, the default, fuses nothing here either): leave fuse out, or fuse "
+                            "the plain layers with fuse=true")
         fused = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
-        if adapted and fused <= {str(t).rsplit(".", 1)[-1] for t in adapted}:
+        if cfg.get("fuse") is True and adapted and fused <= {str(t).rsplit(".", 1)[-1] for t in adapted}:
             raise UserError(f"fuse=true adds the plain (not adapted) q/k/v and gate/up layers to fuse=lora's, and "
                             f"adapter={cfg.adapter.get('name')} adapts all of them: it is fuse=lora, the default; "
                             "leave fuse out")
@@ -359,9 +363,16 @@ def check_launch(env) -> None:
             raise UserError(f"{var}={v!r} is not a whole number (torchrun sets it): launch with torchrun "
                             f"--nproc-per-node=N -m core.bench ..., or unset {var}") from None
     world, rank = sizes.get("WORLD_SIZE", 1), sizes.get("RANK", 0)
-    if world < 1 or not 0 <= rank < world or sizes.get("LOCAL_RANK", 0) < 0:
+    if sizes.get("LOCAL_RANK", 0) < 0:
+        raise UserError(f"LOCAL_RANK={sizes['LOCAL_RANK']} is no GPU index (0 or more; torchrun sets it): unset "
+                        "LOCAL_RANK")
+    if world < 1 or not 0 <= rank < world:
         raise UserError(f"WORLD_SIZE={world} with RANK={rank} is no process group (0 <= RANK < WORLD_SIZE): launch "
                         "with torchrun --nproc-per-node=N -m core.bench ..., or unset WORLD_SIZE and RANK")
+    if world > 1 and "TORCHELASTIC_RUN_ID" not in env:  # rank 0 would wait for ranks nobody started
+        raise UserError(f"WORLD_SIZE={world} is set but this process was not started by torchrun, so the other "
+                        f"ranks would never join and the row would wait forever: launch with torchrun "
+                        f"--nproc-per-node={world} -m core.bench ..., or unset WORLD_SIZE")
     if "RANK" in env and "WORLD_SIZE" in env:  # torch's env:// rendezvous reads the two below
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not env.get(v)]
         if missing:
@@ -389,6 +400,14 @@ def without_info_flags(argv: list[str]) -> list[str]:
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
+        if a.split("=", 1)[0] in ("-p", "--package", "-sc", "--shell-completion"):
+            raise UserError(f"{a.split('=', 1)[0]} is Hydra's, and stepbench does not take it: --cfg job prints the whole "
+                            "config (e.g. python -m core.bench model=qwen3_4b --cfg job)")
+        if a == "--resolve":
+            if not any(x in ("--cfg", "-c") for x in argv):
+                raise UserError("--resolve goes with --cfg: e.g. python -m core.bench model=qwen3_4b --cfg job --resolve")
+            i += 1
+            continue
         if a not in INFO_FLAGS:
             out.append(a)
             i += 1
@@ -403,6 +422,21 @@ def without_info_flags(argv: list[str]) -> list[str]:
         else:
             i += 1
     return out
+
+
+def check_workdir() -> None:
+    """Hydra writes each run's config under ``runs/hydra/`` in the current folder: one that takes no
+    file is one line now, not Hydra's traceback."""
+    import tempfile
+    from pathlib import Path
+
+    base = Path("runs") if Path("runs").is_dir() else Path(".")
+    try:
+        with tempfile.TemporaryFile(dir=base, prefix=".stepbench-probe-"):
+            pass
+    except OSError as e:
+        raise UserError(f"this folder ({Path.cwd()}) takes no new file ({e.strerror or e}), and each run writes its "
+                        "config under runs/hydra/ here: run from a folder you can write") from None
 
 
 def mount_type(path: str) -> str | None:
@@ -501,6 +535,7 @@ def _main() -> None:
         try:
             check_launch(os.environ)
             check_overrides(without_info_flags(argv))
+            check_workdir()
         except UserError as e:
             say(str(e))
             sys.exit(2)

@@ -154,7 +154,7 @@ def test_every_sweep_row_composes_and_validates(sweep):
 @pytest.mark.parametrize("overrides,variant", [
     ([], ""),
     (["+attn=fa2", "+ac=recompute", "+sync=filesystem", "fuse=lora", "sync.writer=mapped"], ""),  # defaults spelled out
-    (["fuse=false"], "fuse=false"),
+    (["adapter=lora", "fuse=false"], "fuse=false"),
     (["fuse=true"], "fuse=true"),
     (["+ac=recompute", "ac.inside=false", "+sync=filesystem", "sync.writer=write"], "ac.inside=false sync.writer=write"),
     (["+attn=fa2", "attn.via=varlen", "compile_head=false"], "compile_head=false attn.via=varlen"),
@@ -171,3 +171,23 @@ def test_row_variant_names_options_off_their_defaults(overrides, variant):
     assert variant_label(cfg) == variant
     old = {"model": "m", "seq_len": 8}
     assert row_key(old) == row_key({**old, "variant": ""}) != row_key({**old, "variant": "fuse=false"})
+
+
+def test_every_committed_sweep_row_passes_the_checks():
+    """Each row of conf/sweep/*.yaml is a command line the checks take (a new refusal must not leave
+    a committed sweep unrunnable)."""
+    import yaml
+
+    from core.bench import check_overrides
+    from core.resolve import UserError
+
+    bad = []
+    for f in sorted(CONF.glob("sweep/*.yaml")):
+        if f.stem == "cpu_checks":  # its bad rows are on purpose: a sweep's failed rows
+            continue
+        for row in yaml.safe_load(f.read_text()).get("rows") or []:
+            try:
+                check_overrides(str(row).split())
+            except UserError as e:
+                bad.append(f"{f.name}: {row}: {e}")
+    assert not bad, "\n".join(bad)

@@ -720,8 +720,10 @@ def test_the_table_is_big_enough():
 #: the environment a launcher sets, wrong (round seven): one line before anything starts
 LAUNCH = [
     ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
-    ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR and MASTER_PORT not"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "x"}, "MASTER_ADDR and MASTER_PORT not"),
     ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}, "0 <= RANK < WORLD_SIZE"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}, "not started by torchrun"),
+    ({"LOCAL_RANK": "-1"}, "LOCAL_RANK=-1 is no GPU index"),
     ({"WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "http"}, "is not a port"),
     ({"STEPBENCH_CHILD_ROW_ID": "/tmp/victim"}, "is not a row id"),
     ({"STEPBENCH_CHILD_ROW_ID": ".."}, "is not a row id"),
@@ -737,7 +739,7 @@ def test_launch_environment_checked_first(env, needle):
         check_launch(env)
     assert needle in str(e.value) and "\n" not in str(e.value)
     check_launch({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "29500",
-                  "STEPBENCH_CHILD_ROW_ID": "0f3a9c_row-1"})  # what torchrun and a sweep set passes
+                  "TORCHELASTIC_RUN_ID": "none", "STEPBENCH_CHILD_ROW_ID": "0f3a9c_row-1"})  # what torchrun and a sweep set passes
 
 
 def test_auto_attention_with_nothing_to_pick_is_refused_before_the_row(monkeypatch):

@@ -69,9 +69,14 @@ def check_save(save: list) -> None:
             continue
         names = op_names() if names is None else names
         rx = re.compile(p)
-        if names and not any(rx.search(n) for n in names):
+        hits = [n for n in names if rx.search(n)] if names else None
+        if names and not hits:
             raise ValueError(f"ac.save: {p!r} matches no operator (kinds: {', '.join(SAVE_PATTERNS)}; or a pattern "
                              "over names such as aten.mm.default): e.g. ac.save=[attention]")
+        inplace = [n for n in hits or () if n.split(".")[1].endswith("_")]  # aten.add_.Tensor: writes its input
+        if inplace:
+            raise ValueError(f"ac.save: {p!r} matches in-place operators (e.g. {inplace[0]}), whose outputs are "
+                             "their inputs, changed later, so they cannot be kept: narrow it, e.g. ac.save=[matmul]")
 
 
 def _recompute(ctx, func, *args, **kwargs):

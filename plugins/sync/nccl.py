@@ -54,6 +54,11 @@ class Broadcast(WeightSync):
         if not isinstance(bucket_mib, int) or bucket_mib <= 0:
             raise ValueError(f"sync.bucket_mib must be a positive integer (got {bucket_mib!r}): try sync.bucket_mib=256")
         self.want, self.bucket_bytes, self.overlap, self.verify = backend, bucket_mib * 2**20, bool(overlap), bool(verify)
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda:\d{1,3}", str(receiver_device)):
+            raise ValueError(f"sync.receiver_device={receiver_device} is not a device the receiver can take: use "
+                             "sync.receiver_device=auto, cpu or cuda:N (a GPU the trainer does not use)")
         self.receiver_device = receiver_device
         self.timed = Timed()
         self.proc = None

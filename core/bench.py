@@ -307,7 +307,23 @@ def contradictions(parsed, cfg) -> None:
             raise UserError(f"{o.input_line}: {key} is not part of a row's key, so the sweep would measure its first "
                             f"value and skip the others as already in results: add redo=true to measure each"
                             + (" (or repeats=N to repeat a row)" if key == "seed" else ""))
-    if cfg.get("fuse") in (True, False) and cfg.get("adapter"):  # the adapter's own targets, read from the plugin
+    family = (cfg.get("model") or {}).get("family")
+    if cfg.get("fuse") != "lora" and family:
+        from core.plugins import PluginError, registry
+
+        try:
+            fuses = getattr(registry().get("model_family", str(family)).factory, "fuses_projections", True)
+        except PluginError:  # an unknown family is refused where the model is resolved
+            fuses = True
+        if not fuses:
+            raise UserError(f"fuse={str(cfg.get('fuse')).lower()}: fuse= sets how stepbench's native blocks fuse "
+                            f"their projections, and the {family} family runs its own modules (it fuses none): "
+                            "leave fuse out")
+    from core.resolve import _primary_defaults
+
+    default_peer = _primary_defaults()["peer"]["name"]  # another trainer refuses fuse= as stepbench's own
+    peer = (cfg.get("peer") or {}).get("name", default_peer) != default_peer
+    if cfg.get("fuse") in (True, False) and cfg.get("adapter") and not peer:  # the adapter's own targets, read from the plugin
         from omegaconf import OmegaConf
 
         from core.plugins import make
@@ -324,18 +340,6 @@ def contradictions(parsed, cfg) -> None:
         if cfg.get("fuse") is True and adapted and fused <= {str(t).rsplit(".", 1)[-1] for t in adapted}:
             raise UserError(f"fuse=true adds the plain (not adapted) q/k/v and gate/up layers to fuse=lora's, and "
                             f"adapter={cfg.adapter.get('name')} adapts all of them: it is fuse=lora, the default; "
-                            "leave fuse out")
-    family = (cfg.get("model") or {}).get("family")
-    if cfg.get("fuse") != "lora" and family:
-        from core.plugins import PluginError, registry
-
-        try:
-            fuses = getattr(registry().get("model_family", str(family)).factory, "fuses_projections", True)
-        except PluginError:  # an unknown family is refused where the model is resolved
-            fuses = True
-        if not fuses:
-            raise UserError(f"fuse={str(cfg.get('fuse')).lower()}: fuse= sets how stepbench's native blocks fuse "
-                            f"their projections, and the {family} family runs its own modules (it fuses none): "
                             "leave fuse out")
     if chose.get("sync") == "filesystem_shm" and any(o.key_or_group == "sync.dir" for o in parsed):
         fs = mount_type(str(cfg.sync.dir))

@@ -64,7 +64,8 @@ def check(cfg, r) -> "object":
         raise UserError(f"+peer={name} does the published rows' per-step work (the default hand-off: the bf16 weights "
                         f"to host memory for RL full fine-tuning, else nothing): leave +sync={cfg.sync.name} out")
     # the adapter's options are the row's configuration (the spec carries rank, alpha and targets)
-    ours = [w for w in variant_label(cfg).split() if not w.startswith(("peer.", "adapter."))]
+    ours = [w for w in variant_label(cfg).split()  # adapter.replicate, adapter.experts: how stepbench runs it
+            if not w.startswith(("peer.", "adapter.rank=", "adapter.alpha=", "adapter.targets="))]
     if ours:
         raise UserError(f"{ours[0]} is an option of stepbench's own step, which +peer={name} does not run: leave it out")
     if cfg.get("measure_s"):

@@ -295,12 +295,31 @@ NOT_PREDICTED = ("steps", "measure_s", "results", "device", "tag", "repeats", "r
                  "packing", "hardware_as_label", "max_memory_gib")
 
 
+#: options a prediction cannot model: option -> why (its fits are of stepbench's default step)
+NOT_MODELLED = {
+    "compile": "the fits are of compiled rows, and an eager step is not predicted",
+    "compile_head": "the fits are of rows with the compiled head",
+    "ac.inside": "the fits are of rows that checkpoint inside each block",
+    "attn.via": "the fits are of each backend's default entry point",
+    "model.plain": "the predictor models stepbench's own step, not transformers' plain loop",
+}
+
+
+#: the values of those options that are the fitted step (taken)
+MODELLED_VALUES = {"compile": ("auto", "true"), "compile_head": ("true",), "ac.inside": ("true",),
+                   "model.plain": ("false",), "attn.via": ("auto",)}
+
+
 def _gpus(argv: list[str]) -> tuple[int, list[str]]:
     gpus, rest = 1, []
     if sum(a.startswith("gpus=") for a in argv) > 1:
         raise UserError("gpus= is given twice: keep one, e.g. gpus=8")
     for a in argv:
         key = a.split("=", 1)[0].lstrip("+~")
+        if key == "gpus" and not a.startswith("gpus="):
+            raise UserError(f"{a}: gpus is the predictor's own option: type gpus=N without + or ~ (e.g. gpus=8)")
+        if key in NOT_MODELLED and a.split("=", 1)[-1].strip().lower() not in MODELLED_VALUES.get(key, ()):
+            raise UserError(f"{a.lstrip('+~')}: {NOT_MODELLED[key]}: leave {key} out")
         if key in NOT_PREDICTED:
             raise UserError(f"{key}= changes nothing in a prediction (it is a measured row's option): leave it out")
         if a.startswith("gpus="):

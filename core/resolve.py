@@ -119,9 +119,9 @@ def model_choice(cfg, device: str) -> tuple[str, str, int, list[str]]:
         if not choice.get(k) or not isinstance(choice.get(k), (str, int, float)):
             raise UserError(f"model.by_device.{device}.{k} is missing or not a name (got {choice.get(k)!r}): {fix}")
     cap = choice.get("max_seq_len")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 128):
-        raise UserError(f"model.by_device.{device}.max_seq_len must be a whole number of tokens, 128 or more "
-                        f"(got {cap!r}): try model.by_device.{device}.max_seq_len=512")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 128 or cap % 128):
+        raise UserError(f"model.by_device.{device}.max_seq_len must be a whole number of tokens, a multiple of 128 "
+                        f"(as seq_len; got {cap!r}): try model.by_device.{device}.max_seq_len=512")
     notes = []
     if cap and seq_len > cap:
         notes.append(f"seq_len={seq_len} is above this machine's {cap} for the default model: running at {cap} "
@@ -218,6 +218,11 @@ def _hardware(cfg, ctx) -> dict:
         raise UserError(str(e)) from None
     detected = hardware.profile_for(ctx.gpu_name) if ctx.device == "cuda" or ctx.gpu_name is None else None
     chosen = cfg.hardware.get("name")
+    extra = sorted(k for k in cfg.hardware if k != "name")
+    if chosen == "auto" and extra:  # auto loads the detected profile as it is: the numbers would be dropped
+        raise UserError(f"hardware.{extra[0]} changes a named profile's number, and hardware=auto takes the detected "
+                        "profile as it is: name the profile (e.g. hardware=h100 hardware."
+                        f"{extra[0]}=...), or leave hardware.{extra[0]} out")
     if cfg.get("hardware_as_label", False) and chosen == "auto":
         raise UserError("hardware_as_label=true takes hardware=<name> as the row's label: add hardware=h100 (or "
                         "another profile), or leave hardware_as_label out")
@@ -263,6 +268,13 @@ def resolve(cfg, world: int = 1) -> Resolved:
     flavour = args.name if fam.from_config is not None else flavour
     if cfg.task.name not in ("rl", "sft"):
         raise UserError(f"task '{cfg.task.name}' is unknown: use task=rl or task=sft")
+    if fam.own_loop(args):  # transformers' plain loop: its own checkpointing and full-logits head
+        if (cfg.get("ac") or {}).get("inside") is False:
+            raise UserError("ac.inside=false sets where stepbench checkpoints a block, and the plain loop checkpoints "
+                            "with transformers' own: leave ac.inside out (or model.plain=false)")
+        if cfg.get("head_budget_mib") != _primary_defaults().get("head_budget_mib"):
+            raise UserError("head_budget_mib sizes stepbench's chunked log-prob head, and the plain loop computes full "
+                            "logits: leave head_budget_mib out (or model.plain=false)")
     hw = _hardware(cfg, ctx)
     if ctx.device != "cuda":  # the profilers read CUDA's allocator and kernels: on a CPU they would do nothing
         for opt in ("memory_profile", "ops_profile", "ops_trace"):
@@ -282,6 +294,13 @@ def resolve(cfg, world: int = 1) -> Resolved:
     ctx = RunContext(ctx.device, ctx.gpu_name, ctx.capability, world, hardware=hw)
     p = make_plugins(cfg, ctx)
     _check_available(p["entries"], ctx)
+    if world == 1 and cfg.get("sync") and "gather_mib" in cfg.sync:  # how several ranks gather their shards
+        from core.options import group_schema
+
+        default = group_schema("sync", cfg.sync.name).get("gather_mib")
+        if default is not None and cfg.sync.gather_mib != default:
+            raise UserError(f"sync.gather_mib={cfg.sync.gather_mib} sets how several ranks gather their shards, and this "
+                            "row runs one process: leave sync.gather_mib out (or run under torchrun)")
     attention, ac, adapter, sync = p["attn"], p["ac"], p["adapter"], p["sync"]
     if not getattr(p["kernels"], "torch_ops", False) and not fam.takes_kernels:
         default = _primary_defaults()["kernels"]["name"]

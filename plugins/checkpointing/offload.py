@@ -312,6 +312,10 @@ class Offload(ActivationMemory):
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
             raise ValueError(f"ac.keep_last must be a whole number of blocks >= 0 (got {keep_last!r}): try ac.keep_last=1")
         self.mode, self.keep_last = mode, keep_last
+        if mode == "attention" and [str(x) for x in save] != ["attention"]:
+            raise ValueError(f"ac.save={list(save)} names what selective recompute keeps, and ac.mode=attention offloads "
+                             "attention's saved tensors and recomputes the rest: leave ac.save out, or use "
+                             "ac.mode=selective")
         self.checkpointer = Recompute("full" if mode == "attention" else mode, save)
         self.label = "Offload" + (f" ({mode})" if mode != "full" else "")
         self.recompute = RecomputeFacts(blocks=True, attention=mode == "full")

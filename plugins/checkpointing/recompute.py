@@ -104,6 +104,9 @@ class Recompute(ActivationMemory):
         self.mode, self.save, self.inside = mode, list(save), bool(inside)
         if mode == "selective":
             check_save(self.save)
+        elif [str(x) for x in self.save] != ["attention"]:  # the default, set by selective's yaml
+            raise ValueError(f"ac.save={self.save} names what selective recompute keeps, and ac.mode={mode} keeps "
+                             "none of it: leave ac.save out, or use ac.mode=selective")
         self.context_fn = (
             partial(create_selective_checkpoint_contexts, save_policy(self.save)) if mode == "selective" else None
         )

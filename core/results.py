@@ -247,7 +247,15 @@ def read_rows(*paths: str | Path) -> tuple[list[dict], list[str]]:
     for p in paths:
         p = Path(p)
         files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    seen = set()
     for f in files:
+        try:  # a file named as itself and again through its folder (or a link) is read once
+            real = f.resolve()
+        except (OSError, RuntimeError):
+            real = f
+        if real in seen:
+            continue
+        seen.add(real)
         try:
             if not f.is_file():
                 continue

@@ -59,7 +59,7 @@ def _config_dict(value) -> dict:
         p = p / "config.json"
     if p.is_file():
         try:
-            d = json.loads(p.read_text(encoding="utf-8"))
+            d = json.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark from an editor
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(f"model.config={value}: not a readable config.json ({why}): pass a model's "

@@ -137,7 +137,7 @@ def _hydra_task(cfg) -> None:
         from core.results import ResultsError, check_writable
 
         try:
-            check_writable(cfg.results)
+            check_writable(cfg.results, sweep=True)
         except ResultsError as e:
             say(str(e))
             sys.exit(2)
@@ -266,6 +266,7 @@ def check_overrides(argv: list[str]):
             msg = first_line(e, with_type=False) or type(e).__name__
             if "Could not override" in msg or "Key '" in msg:
                 key = msg.split("'")[1] if "'" in msg else "?"
+                scalar_parent(key, overrides)
                 group = key.split(".")[0]
                 if group in APPENDED and "." in key:  # an option of a plugin not (or not yet) chosen
                     raise UserError(plugin_option_hint(group, key, overrides)) from None
@@ -487,6 +488,28 @@ def unknown_key_hint(key: str, overrides: list[str]) -> str:
         return f"unknown option '{key}'{_nearest(opt, keys)}: no {group} config has it"
     return f"{which} has no option '{opt}': {', '.join(have[:4])} {'have' if len(have) > 1 else 'has'} it: type " \
            f"{group}={have[0]} {key}=..."
+
+
+def scalar_parent(key: str, overrides: list[str]) -> None:
+    """Raise the one line for ``a.b.c=...`` where ``a.b`` is a value, not a group of options (Hydra
+    says only that it cannot override ``a.b.c``)."""
+    from hydra import compose
+    from omegaconf import DictConfig
+
+    rest = [x for x in overrides if x.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        node = compose("bench", overrides=rest)
+    except Exception:  # another override is wrong too: the caller's line names this one
+        return
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+        if node is None:
+            return
+        if not isinstance(node, DictConfig):
+            prefix = ".".join(parts[:i + 1])
+            raise UserError(f"{key}: {prefix} is a value ({node}), not a group of options: set it whole, e.g. "
+                            f"{prefix}={node}")
 
 
 def plugin_option_hint(group: str, key: str, overrides: list[str]) -> str:

@@ -32,7 +32,7 @@ def row_key(row: dict) -> tuple:
     return tuple(row_variant(row) if k == "variant" else row.get(k) for k in KEY_FIELDS)
 
 
-def _destination(raw: str, what: str, example: str) -> Path:
+def _destination(raw: str, what: str, example: str, replaced: bool = True) -> Path:
     """The regular file (existing, or to be created in an existing folder) a path names, following
     symbolic links: refuses what a row or a report cannot be written into whole (a folder, a FIFO, a
     device, a link into a missing folder or a loop, a name longer than the filesystem takes)."""
@@ -72,16 +72,17 @@ def _destination(raw: str, what: str, example: str) -> Path:
     if not os.access(anc, os.W_OK) or (anc != real and not os.access(anc, os.X_OK)):
         raise ResultsError(f"cannot write {arg} (permission denied): pick another file, e.g. {eg}")
     folder = anc if anc != real else real.parent
-    # a folder that says it is writable and takes no file (/proc, a read-only mount); an existing file
-    # too: it is replaced through a temporary file beside it (outputs), or locked beside it (results)
-    import tempfile
+    # a folder that says it is writable and takes no file (/proc, a read-only mount); for an existing
+    # file too where it is replaced through a temporary file beside it (``replaced``: outputs)
+    if replaced or not real.exists():
+        import tempfile
 
-    try:
-        with tempfile.TemporaryFile(dir=folder, prefix=".stepbench-probe-"):
-            pass
-    except OSError as e:
-        raise ResultsError(f"cannot write {arg}: {folder} takes no new file ({e.strerror or e}): pick a file "
-                           f"in another folder, e.g. {eg}") from None
+        try:
+            with tempfile.TemporaryFile(dir=folder, prefix=".stepbench-probe-"):
+                pass
+        except OSError as e:
+            raise ResultsError(f"cannot write {arg}: {folder} takes no new file ({e.strerror or e}): pick a file "
+                               f"in another folder, e.g. {eg}") from None
     return real
 
 
@@ -119,14 +120,15 @@ def _holds(path: Path, holds, arg: str, eg: str, verb: str = "written over") -> 
                            f"it would be {verb}; name another file, e.g. {eg}")
 
 
-def check_writable(path: str | Path) -> Path:
+def check_writable(path: str | Path, sweep: bool = False) -> Path:
     """Make sure rows can be appended to ``path`` (called before a row is measured); returns the
     regular file it names (symbolic links followed). A file that holds something other than rows
-    is refused: a row appended to it would damage it."""
+    is refused: a row appended to it would damage it. ``sweep``: its lock beside it
+    (``<results>.lock``) must be possible too."""
     raw = str(path)
     if not raw.strip():
         raise ResultsError("results is empty: name a file, e.g. results=runs/rows.jsonl")
-    real = _destination(raw, "results=", "runs/rows.jsonl")
+    real = _destination(raw, "results=", "runs/rows.jsonl", replaced=sweep)
     _holds(real, ROWS, f"results={raw}", "results=runs/rows.jsonl", "appended to")
     lock = real.with_name(real.name + ".lock")  # what a sweep holds while it writes a row (core.sweep)
     if lock.is_symlink() or (lock.exists() and not lock.is_file()):

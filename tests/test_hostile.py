@@ -110,7 +110,7 @@ CASES = [
     (B, ["+ac.bogus=1"], "unknown option 'ac.bogus'"),
     (B, ["sync.writer=write"], "type +sync=filesystem sync.writer=..."),
     (B, ["attn.via=aten"], "type +attn=fa2 attn.via=..."),
-    (B, ["seq_len.x=1"], "python -m core.bench --list"),
+    (B, ["seq_len.x=1"], "seq_len is a value"),
     # --- bench: wrong types
     (B, ["seq_len=abc"], "try seq_len=8192"),
     (B, ["seq_len=1.5"], "seq_len must be an integer"),
@@ -518,6 +518,7 @@ CASES = [
     (B, ["+hardware.memory_gib=1"], "hardware=auto takes the detected profile as it is"),
     (B, ["+sync=host", "sync.gather_mib=64"], "this row runs one process"),
     (B, ["model=auto", "model.by_device.cpu.max_seq_len=200"], "a multiple of 128"),
+    (B, ["model=auto", "model.by_device.cpu.family.x=1"], "model.by_device.cpu.family is a value (qwen3)"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "compile=false"], "leave compile out"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "+attn=fa2", "attn.via=varlen"], "leave attn.via out"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "+gpus=8"], "without + or ~"),

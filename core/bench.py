@@ -548,7 +548,7 @@ def _main() -> None:
 
     argv = sys.argv[1:]
     if "--list" in argv and len(argv) > 1:
-        say(f"--list takes nothing else (got {' '.join(a for a in argv if a != '--list')}): type python -m "
+        say(f"--list takes nothing else (got {' '.join(a for a in argv if a != '--list') or '--list twice'}): type python -m "
             "core.bench --list")
         sys.exit(2)
     if "--list" in argv:

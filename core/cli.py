@@ -87,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Returns its exit status; a command that is not one exits with status 2 and
     one line on stderr (as the tools' own bad input does)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["help"] and len(argv) == 2 and argv[1] in COMMANDS:  # stepbench help report
+        argv = [argv[1], "--help"]
     if not argv or argv[0] in ("-h", "--help", "help"):
+        if argv[1:]:
+            print(f"stepbench: {argv[0]} takes nothing else (got {' '.join(argv[1:])}): type stepbench --help, or "
+                  f"stepbench COMMAND --help (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+            return 2
         print(usage())
         return 0
     if argv[0] == "--version":

@@ -236,6 +236,10 @@ PLUGIN_MIN = {"adapter.rank": 1, "adapter.alpha": 1, "sync.keep": 1, "sync.bucke
 PLUGIN_PATTERNS = ("ac.save",)
 
 
+#: plugin options whose yaml default is a whole number but which take any number (LoRA's alpha: peft's
+#: lora_alpha is a float; the update is scaled by alpha / rank)
+FLOAT_OPTIONS = ("adapter.alpha",)
+
 #: hardware profile numbers a GPU can have (a typo's 1e-320 or 1e300 would make every figure absurd)
 HARDWARE_RANGE = {"hardware.peak_flops": (1e12, 1e17), "hardware.memory_gib": (1.0, 4096.0),
                   "hardware.mm_tflops": (1.0, 1e5), "hardware.attn_tflops": (1.0, 1e5),
@@ -254,6 +258,8 @@ def _typed(name: str, v, default):
         lo, hi = HARDWARE_RANGE.get(name, (0.0, float("inf")))
         if not lo <= v <= hi:
             raise OptionError(f"{name}={v:g} is outside what a GPU has ({lo:g} to {hi:g}): try {name}={default:g}")
+    elif isinstance(default, int) and name in FLOAT_OPTIONS:  # an int default, a real-valued option
+        _float(name, v, 0.0, example=default, strict=True)
     elif isinstance(default, int):
         _int(name, v, example=default)
         lo = PLUGIN_MIN.get(name, 0)

@@ -26,6 +26,14 @@ def reference_dir() -> Path:
     return checkout if checkout.is_dir() else HERE / "reference"
 
 
+def autoload_disabled() -> bool:
+    """``STEPBENCH_DISABLE_PLUGIN_AUTOLOAD`` set to a true value (``1``, ``true``, ...; not ``0``,
+    ``false``, ``no``, ``off`` or empty): built-in plugins only."""
+    import os
+
+    return os.environ.get("STEPBENCH_DISABLE_PLUGIN_AUTOLOAD", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def plugin_conf_dirs() -> list[Path]:
     """The config folders of the installed third-party plugin packages: ``<package>/conf`` of each
     ``stepbench`` entry point's top-level package where it has one (the folder its Hydra
@@ -35,7 +43,7 @@ def plugin_conf_dirs() -> list[Path]:
     import os
     from importlib.metadata import entry_points
 
-    if os.environ.get("STEPBENCH_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0"):
+    if autoload_disabled():
         return []
     out = []
     for ep in entry_points(group="stepbench"):

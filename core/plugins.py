@@ -21,6 +21,7 @@ from typing import Any, Callable
 import pluggy
 
 from core import PROJECT, hookspecs
+from core.paths import autoload_disabled
 from core.contracts import RunContext
 from core.errors import first_line
 
@@ -125,7 +126,7 @@ def make_manager(blocked: set[str] | None = None) -> tuple[pluggy.PluginManager,
         if short in blocked or mod in blocked:
             continue
         pm.register(importlib.import_module(mod), name=mod)
-    if os.environ.get(NO_AUTOLOAD_ENV, "") not in ("", "0"):
+    if autoload_disabled():
         return pm, broken
     for ep in entry_points(group=PROJECT):
         if ep.name in blocked:
@@ -147,7 +148,7 @@ def collect(pm: pluggy.PluginManager, broken=(), blocked: set[str] | None = None
     reg = Registry(broken=list(broken), blocked=set(blocked))
     for mod in BUILTIN_PLUGINS:
         reg.matched.update({mod, mod.rsplit(".", 1)[-1]} & blocked)
-    if os.environ.get(NO_AUTOLOAD_ENV, "") in ("", "0"):
+    if not autoload_disabled():
         reg.matched.update({ep.name for ep in entry_points(group=PROJECT)} & blocked)
     for hook_name, kind in KINDS.items():
         reg.entries.setdefault(kind, {})

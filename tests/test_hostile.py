@@ -495,6 +495,7 @@ CASES = [
     ("predict", ["model=qwen3_4b", "hardware=h100", "packing=random"], "changes nothing in a prediction"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "hardware_as_label=true"], "changes nothing in a prediction"),
     ("cli", ["--version", "extra"], "--version takes nothing else"),
+    ("cli", ["help", "bogus"], "help takes nothing else"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "hardware.peak_flops=1e-320"], "is outside what a GPU has"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "gpus=8", "hardware.link_gbps=1e-300"], "is outside what a GPU has"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "max_memory_gib=10"], "changes nothing in a prediction"),
@@ -810,3 +811,20 @@ def test_fa3_build_changes_no_checkout_before_its_checks(tmp_path, monkeypatch, 
     assert len(lines) == 1 and "nvcc is not on PATH" in lines[0], lines
     target = fa / "csrc" / "cutlass"
     assert target.is_dir() and not target.is_symlink() and not any(target.iterdir())
+
+
+def test_lora_alpha_takes_a_real_number():
+    """adapter.alpha is peft's lora_alpha, a float: 8.5 is taken (it was refused as "an integer")."""
+    from core.bench import check_overrides
+
+    cfg = check_overrides(["adapter=lora", "adapter.alpha=8.5", "model=qwen3_tiny", "device=cpu"])
+    assert cfg.adapter.alpha == 8.5
+
+
+def test_autoload_switch_reads_false_as_off(monkeypatch):
+    """STEPBENCH_DISABLE_PLUGIN_AUTOLOAD=false leaves autoloading on (only a true value disables it)."""
+    from core import paths
+
+    for off, disabled in (("false", False), ("0", False), ("no", False), ("1", True), ("true", True)):
+        monkeypatch.setenv("STEPBENCH_DISABLE_PLUGIN_AUTOLOAD", off)
+        assert paths.autoload_disabled() is disabled, off

@@ -302,12 +302,13 @@ NOT_MODELLED = {
     "ac.inside": "the fits are of rows that checkpoint inside each block",
     "attn.via": "the fits are of each backend's default entry point",
     "model.plain": "the predictor models stepbench's own step, not transformers' plain loop",
+    "sync.verify": "the fits of the hand-off do not include the receiver's checksum",
 }
 
 
 #: the values of those options that are the fitted step (taken)
 MODELLED_VALUES = {"compile": ("auto", "true"), "compile_head": ("true",), "ac.inside": ("true",),
-                   "model.plain": ("false",), "attn.via": ("auto",)}
+                   "model.plain": ("false",), "attn.via": ("auto",), "sync.verify": ("false",)}
 
 
 def _gpus(argv: list[str]) -> tuple[int, list[str]]:

@@ -99,11 +99,13 @@ def first_line(path: Path) -> str | None:
 
 
 def is_row_line(line: str) -> bool:
-    """A line of a rows file: a JSON object."""
+    """A line of a rows file: a JSON object with a row's fields (a measured or failed row has
+    ``status`` and ``model``, a predicted one ``kind``)."""
     try:
-        return isinstance(json.loads(line), dict)
+        obj = json.loads(line)
     except ValueError:
         return False
+    return isinstance(obj, dict) and any(k in obj for k in ("status", "model", "kind"))
 
 
 #: what an output file may already hold to be written over or appended to: (test of its first
@@ -128,6 +130,9 @@ def check_writable(path: str | Path, sweep: bool = False) -> Path:
     raw = str(path)
     if not raw.strip():
         raise ResultsError("results is empty: name a file, e.g. results=runs/rows.jsonl")
+    if raw.strip() == "-":
+        raise ResultsError("results=- would make a file named '-' (rows are not written to standard output): name "
+                           "a file, e.g. results=runs/rows.jsonl")
     real = _destination(raw, "results=", "runs/rows.jsonl", replaced=sweep)
     _holds(real, ROWS, f"results={raw}", "results=runs/rows.jsonl", "appended to")
     lock = real.with_name(real.name + ".lock")  # what a sweep holds while it writes a row (core.sweep)

@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"model": "qwen3_tiny", "device": "cpu", "steps": "2", "seq_len": "128"}
-RESULTS_BEFORE = b'{"pre": "existing row"}\n'
+RESULTS_BEFORE = b'{"status": "ok", "pre": "existing row"}\n'
 FAILED_ROW = {"status": "failed", "error": "refused: bad overrides (nope)", "overrides": ["+attn=nope"]}
 PREDICTED = ROOT / "benchmarks" / "results" / "predicted"
 RESULT_INPUT = ROOT / "benchmarks" / "results" / "h100-table.jsonl"
@@ -496,6 +496,11 @@ CASES = [
     ("predict", ["model=qwen3_4b", "hardware=h100", "hardware_as_label=true"], "changes nothing in a prediction"),
     ("cli", ["--version", "extra"], "--version takes nothing else"),
     ("cli", ["help", "bogus"], "help takes nothing else"),
+    # --- round nine
+    (B, ["+sync=host", "sync.overlap=true"], "leave sync.overlap out"),
+    (B, ["results=-"], "would make a file named '-'"),
+    (B, ["results={notrow}"], "holds something other than rows"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "+sync=nccl", "sync.verify=true"], "leave sync.verify out"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "hardware.peak_flops=1e-320"], "is outside what a GPU has"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "gpus=8", "hardware.link_gbps=1e-300"], "is outside what a GPU has"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "max_memory_gib=10"], "changes nothing in a prediction"),
@@ -543,6 +548,7 @@ def _layout(tmp: Path) -> dict:
     (tmp / "afile.txt").write_text("a file, not a folder\n")
     (tmp / "adir").mkdir()
     (tmp / "notjson.jsonl").write_text("this is not JSON\n")
+    (tmp / "notrow.json").write_text('{"keep": 1}\n')  # JSON, and not a row
     (tmp / "rows.jsonl").write_text(json.dumps(FAILED_ROW) + "\n")
     (tmp / "base.jsonl").write_text(json.dumps({"model": "x", "type": "RL Full", "tps": 1.0}) + "\n")
     (tmp / "pred.jsonl").write_text(json.dumps({"kind": "prediction", "tps": 1.0}) + "\n")
@@ -565,7 +571,8 @@ def _layout(tmp: Path) -> dict:
     return {"tmp": str(tmp), "res": str(tmp / "res.jsonl"), "file": str(tmp / "afile.txt"),
             "dir": str(tmp / "adir"), "notjson": str(tmp / "notjson.jsonl"), "rows": str(tmp / "rows.jsonl"),
             "base": str(tmp / "base.jsonl"), "pred": str(tmp / "pred.jsonl"), "fa": str(fa),
-            "fa_busy": str(busy), "cut": str(tmp / "cut")}
+            "fa_busy": str(busy), "cut": str(tmp / "cut"),
+            "notrow": str(tmp / "notrow.json")}
 
 
 def _fill(argv: list[str], where: dict) -> list[str]:

@@ -33,6 +33,9 @@ class Host(WeightSync):
     def check(self, ctx) -> str | None:
         from core.memory import GIB, host_available_gib
 
+        if self.overlap and ctx.device != "cuda":  # the overlap is a CUDA side stream's copy
+            return ("sync.overlap copies the weights on a CUDA side stream beside the step, and this row runs on the "
+                    "CPU, where the copy is inline: leave sync.overlap out")
         avail = host_available_gib()
         if ctx.rank == 0 and avail is not None and ctx.predicted_bytes / GIB > avail:
             return (f"the hand-off needs {ctx.predicted_bytes / GIB:.2f} GiB of pinned host memory but "

@@ -101,11 +101,12 @@ def first_line(path: Path) -> str | None:
 def is_row_line(line: str) -> bool:
     """A line of a rows file: a JSON object with a row's fields (a measured or failed row has
     ``status`` and ``model``, a predicted one ``kind``)."""
+    keys = ("status", "model", "kind")
     try:
         obj = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(obj, dict) and any(k in obj for k in ("status", "model", "kind"))
+    except ValueError:  # a row torn by a crash mid-write (append_row closes it before the next row)
+        return line.startswith("{") and any(f'"{k}"' in line for k in keys)
+    return isinstance(obj, dict) and any(k in obj for k in keys)
 
 
 #: what an output file may already hold to be written over or appended to: (test of its first

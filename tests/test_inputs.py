@@ -189,3 +189,17 @@ def test_ctrl_c_stops_a_sweep_with_one_line_and_status_130(tmp_path):
     q = subprocess.run(_sweep_cmd(res), env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert q.returncode == 0, q.stderr[-2000:]
     assert q.stderr.count("skipped: already in results") == done and len(read_rows(res)[0]) == 2
+
+
+def test_a_results_file_whose_only_row_is_torn_still_takes_rows(tmp_path):
+    """A crash mid-write leaves a torn first row: the file is still a rows file (the next row closes
+    the torn line), while a file of another kind is refused."""
+    from core.results import ResultsError, check_writable
+
+    res = tmp_path / "r.jsonl"
+    res.write_text('{"status": "ok", "half": ')
+    assert check_writable(res) == res.resolve()
+    other = tmp_path / "o.json"
+    other.write_text('{"keep": 1}\n')
+    with pytest.raises(ResultsError, match="holds something other than rows"):
+        check_writable(other)

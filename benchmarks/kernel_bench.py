@@ -1,6 +1,6 @@
 """Time and bytes moved of each block operation per kernels provider, at the published shapes (GPU).
 
-    python benchmarks/kernel_bench.py [--providers eager,compile,triton,liger] [--out FILE.jsonl]
+    python benchmarks/kernel_bench.py [--providers eager,inductor,triton,liger] [--out FILE.jsonl]
 
 Shapes: one micro-batch of the published rows (8192 and 16384 tokens) at Qwen3-0.6B's widths
 (hidden 1024, MLP 3072, 16 query heads of 128) and Qwen3-4B's (2560, 9728, 32 heads). For each
@@ -9,7 +9,7 @@ operation, forward and forward+backward are timed (median of CUDA-event-timed re
 once, bf16; RMSNorm's fp32 per-row rstd) over the time give GB/s, reported as a fraction of the
 copy bandwidth measured in the same process (a 1 GiB device-to-device copy: read + write), the
 ceiling a memory-bound kernel can reach. ``eager`` runs the PyTorch ops uncompiled (what an
-uncompiled block does); ``compile`` is inductor's fused kernel of each operation.
+uncompiled block does); ``inductor`` is inductor's fused kernel of each operation.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def time_pass(provider, fn, inputs, backward: bool) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--providers", default="eager,compile,triton,liger")
+    ap.add_argument("--providers", default="eager,inductor,triton,liger")
     ap.add_argument("--out", default=None, help="append one JSON row per measurement")
     ap.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
     a = ap.parse_args()

@@ -195,6 +195,13 @@ def _folder(v: str) -> Path:
     return Path(v)
 
 
+def _checkout(v: str) -> Path:
+    """--source, --clone and --cutlass: a folder, not an empty string."""
+    if not v.strip():
+        raise argparse.ArgumentTypeError("is empty: name the checkout's folder")
+    return Path(v)
+
+
 def check_paths(a) -> None:
     """The folders named on the command line, before anything is cloned, built or installed."""
     if a.cutlass is not None and not (a.cutlass.expanduser() / "include" / "cutlass").is_dir():
@@ -212,10 +219,10 @@ def main(argv=None) -> int:
 
     ap = arg_parser("core.fa3_build", __doc__.splitlines()[0], "--source ~/src/flash-attention")
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--source", type=Path, help="a flash-attention checkout (with csrc/cutlass, or --cutlass)")
-    src.add_argument("--clone", type=Path, nargs="?", const=Path.home() / ".cache" / "stepbench" / "flash-attention",
+    src.add_argument("--source", type=_checkout, help="a flash-attention checkout (with csrc/cutlass, or --cutlass)")
+    src.add_argument("--clone", type=_checkout, nargs="?", const=Path.home() / ".cache" / "stepbench" / "flash-attention",
                      help=f"clone {UPSTREAM} at {PINNED_COMMIT} into this folder (needs the network)")
-    ap.add_argument("--cutlass", type=Path, help=f"a CUTLASS checkout for an empty csrc/cutlass ({CUTLASS_COMMIT[:8]})")
+    ap.add_argument("--cutlass", type=_checkout, help=f"a CUTLASS checkout for an empty csrc/cutlass ({CUTLASS_COMMIT[:8]})")
     ap.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 4)
     ap.add_argument("--wheel-dir", type=_folder, default=Path.home() / ".cache" / "stepbench" / "fa3-wheels")
     ap.add_argument("--target", help="install into this folder (pip --target) instead of site-packages")

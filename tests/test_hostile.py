@@ -404,6 +404,8 @@ CASES = [
     ("predict", ["--published", "model=qwen3_4b"], "--published takes only --out"),
     ("predict", ["--published", "--out", "{tmp}/a.md", "--out", "{tmp}/b.md"], "give it once"),
     # --- fa3_build (nothing is built, cloned or installed: subprocess is fenced off)
+    ("fa3_build", ["--source", ""], "--source: is empty"),
+    ("fa3_build", ["--source", "{dir}", "--cutlass", " "], "--cutlass: is empty"),
     ("fa3_build", ["--source", "{tmp}/nope"], "point --source at one"),
     ("fa3_build", ["--source", "{file}"], "point --source at one"),
     ("fa3_build", ["--source", "{dir}"], "point --source at one"),

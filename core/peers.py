@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -181,3 +182,15 @@ def peer_error(rc: int, tail: list[str]) -> str:
             return f"{m.group(1).split('.')[-1]}: {m.group(3).strip()}"[:300]
     return child_error(rc, tail)
 
+
+def checkout_commit(path: Path) -> str:
+    """The checkout's commit: an exported tree's ``UPSTREAM_COMMIT`` file where it has one (a
+    ``git archive`` keeps no history), else ``git rev-parse HEAD``."""
+    stamp = path / "UPSTREAM_COMMIT"
+    if stamp.is_file():
+        return stamp.read_text().strip()[:40] + " (exported tree)"
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown commit"
+    return out.stdout.strip() if out.returncode == 0 else "unknown commit (not a git checkout)"

@@ -53,6 +53,7 @@ BUILTIN_PLUGINS = (
     "plugins.peers.none",
     "plugins.peers.hf",
     "plugins.peers.prime_rl",
+    "plugins.peers.torchtitan",
 )
 
 #: hook name -> registry kind (also the Hydra group a user selects it with)

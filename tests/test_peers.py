@@ -84,14 +84,14 @@ def test_peers_registered_and_conform():
     from core.testing import check_peer
 
     reg = registry()
-    assert {"none", "hf_compiled", "hf_eager", "prime_rl"} <= set(reg.names("peer"))
+    assert {"none", "hf_compiled", "hf_eager", "prime_rl", "torchtitan"} <= set(reg.names("peer"))
     for name in reg.names("peer"):
         p = reg.get("peer", name).factory({"name": name}, None)
         assert isinstance(p, Peer) and p.name == name and p.label
         out = check_peer(p, run=name == "hf_eager")
         if name == "hf_eager":
             assert out["tps"] > 0 and out["steps"] == 2
-        if name == "prime_rl":
+        if name in ("prime_rl", "torchtitan"):
             assert "peer.path=" in out["why_not"]
     assert make("peer", {"name": "none"}).runs_stepbench
     assert not make("peer", {"name": "hf_eager"}).runs_stepbench

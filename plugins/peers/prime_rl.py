@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from core import hookimpl
 from core.contracts import PeerCommand, PeerResult, PeerSpec
+from core.peers import checkout_commit
 
 ATTN = {"fa3": "flash_attention_3", "fa2": "flash_attention_2", "sdpa": "sdpa"}
 AC_NAMES = ("none", "recompute", "offload")
@@ -70,19 +70,6 @@ def model_folder(spec: PeerSpec, folder: Path, tokenizer: str | None) -> Path:
     else:
         write_tokenizer(folder)
     return folder
-
-
-def checkout_commit(path: Path) -> str:
-    """The checkout's commit: an exported tree's ``UPSTREAM_COMMIT`` file where it has one (a
-    ``git archive`` keeps no history), else ``git rev-parse HEAD``."""
-    stamp = path / "UPSTREAM_COMMIT"
-    if stamp.is_file():
-        return stamp.read_text().strip()[:40] + " (exported tree)"
-    try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown commit"
-    return out.stdout.strip() if out.returncode == 0 else "unknown commit (not a git checkout)"
 
 
 class PrimeRL:

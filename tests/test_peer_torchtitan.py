@@ -152,7 +152,7 @@ def test_launcher_runs_torchtitans_train_with_the_rows_spec(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "backends ['FLASH_ATTENTION']" in p.stdout
     r = read_result(work, str(checkout(tmp_path / "co")))
-    assert r.tps == 2500.0 and r.peak_mem_gib == 13.0 and r.step_s == [0.25, 0.5 / 3]
+    assert r.tps == 3000.0 and r.peak_mem_gib == 13.0 and r.step_s == [0.5 / 3]  # steps 1-2 warm up
     assert r.version == "torchtitan " + "d" * 40 + " (exported tree)" and len(r.extra["logged"]) == 3
 
 
@@ -160,9 +160,10 @@ def test_result_errors_are_one_line(tmp_path):
     (tmp_path / "spec.json").write_text(json.dumps(asdict(spec())))
     with pytest.raises(ValueError, match="no metrics.jsonl"):
         read_result(tmp_path, None)
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "throughput(tps)": 1.0}) + "\n")
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "throughput(tps)": 1.0}) + "\n"
+                                                    for i in (1, 2)))
     with pytest.raises(ValueError, match="no timed one"):
         read_result(tmp_path, None)
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2, "throughput(tps)": 1.0}) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 3, "throughput(tps)": 1.0}) + "\n")
     with pytest.raises(ValueError, match="end_to_end"):
         read_result(tmp_path, None)

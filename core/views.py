@@ -14,7 +14,7 @@ from core.results import row_key, row_variant
 
 def ratio_summary(label: str, ratios: list[float]) -> str:
     """The closing line of a comparison view over its (non-empty) ratios."""
-    return f"\n{label}, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, min {min(ratios):.2f}x."
+    return f"\n{label}, {len(ratios)} row{'s' if len(ratios) != 1 else ''}: geomean {_geomean(ratios):.2f}x, min {min(ratios):.2f}x."
 
 
 def _geomean(xs: list[float]) -> float:
@@ -58,7 +58,7 @@ def versus_published(rows: list[dict], published: list[dict]) -> str:
                      f"{'yes' if r.get('compile') else 'no'} | {r['tps'] / 1e3:.2f}k / {p['tps'] / 1e3:.2f}k | "
                      f"{ratio:.2f}x | {r['peak_mem_gib']:.1f} / {p['peak_mem_gib']:.1f} GiB |")
     if ratios:
-        lines.append(f"\nSame configuration, {len(ratios)} rows: geomean {_geomean(ratios):.2f}x, "
+        lines.append(f"\nSame configuration, {len(ratios)} row{'s' if len(ratios) != 1 else ''}: geomean {_geomean(ratios):.2f}x, "
                      f"min {min(ratios):.2f}x, max {max(ratios):.2f}x.")
     else:
         lines.append("\nNo row of ours matches a published row with the same per-step work yet.")
@@ -492,7 +492,9 @@ def trainers_view(pool: list[dict], failed: list[dict], published: list[dict], h
     broke = [r for r in failed if r.get("peer") and all(k in r for k in ("type", "seq_len", "hardware_label"))]
     if not runs and not broke:
         return ""
-    natives = [r for r in pool if implementation(r) == NATIVE and not r.get("peer") and not row_variant(r)
+    # stepbench's side: its own step, on its native model code or on a transformers model (the hf
+    # family), not a loop of another's run inside its harness (``own_loop``: model.plain=true)
+    natives = [r for r in pool if not r.get("own_loop") and not r.get("peer") and not row_variant(r)
                and same_work(r, {"type": r["type"]})]
 
     def base(r):
@@ -509,7 +511,7 @@ def trainers_view(pool: list[dict], failed: list[dict], published: list[dict], h
              "stepbench, same call (peak) | stepbench / trainer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (impl, b, ac, attn, _), r in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
         nat = _pick(natives, lambda n: base(n) == b and n["ac"] == ac and n["attn"] == attn and same_call(n, r),
-                    better=lambda n: str(n.get("time", "")))
+                    better=lambda n: (implementation(n) == NATIVE, str(n.get("time", ""))))
         x = nat["tps"] / r["tps"] if nat else None
         if x:
             same_ratios.setdefault(impl, []).append(x)

@@ -228,8 +228,8 @@ def test_report_peers_view_and_hf_rows_stay_out_of_the_headline_views(tmp_path):
     plain_cell, ratio, same_cell, same_ratio = [c.strip() for c in line.strip("| ").split("|")][-4:]
     assert plain_cell.startswith("8.00k") and plain_cell.endswith("[Recompute, SDPA]") and ratio == "2.50x"
     assert same_cell.startswith("10.00k") and same_cell.endswith("[Recompute, FA3]") and same_ratio == "2.00x"
-    assert "native / plain HF, 1 rows: geomean 2.50x" in peers
-    assert "native / plain HF with the same attention kernel, 1 rows: geomean 2.00x" in peers
+    assert "native / plain HF, 1 row: geomean 2.50x" in peers
+    assert "native / plain HF with the same attention kernel, 1 row: geomean 2.00x" in peers
 
 
 def test_peers_ratio_counts_only_rows_of_one_call(tmp_path):
@@ -303,7 +303,7 @@ def test_peers_take_the_plain_hf_run_of_the_native_rows_call(tmp_path):
     peers = out.read_text().split("## Peers")[1]
     line = next(ln for ln in peers.splitlines() if ln.startswith("| Qwen3-0.6B | RL LoRA(r=16) | 65536 | Offload | FA3"))
     assert "10.00k" in line and [c.strip() for c in line.strip("| ").split("|")][-3] == "2.00x"
-    assert "native / plain HF, 1 rows" in peers
+    assert "native / plain HF, 1 row" in peers
 
 
 def peer_cells(text: str, line: str) -> dict:

@@ -228,10 +228,10 @@ def test_report_shows_peer_rows_beside_native(tmp_path):
     assert len(lines) == 2 and all("40.00k" in ln for ln in lines)
     assert any("| HF compiled | yes | 20.00k" in ln and ln.endswith("| 2.00x |") for ln in lines)
     assert any("| prime-rl | yes | 8.00k" in ln and ln.endswith("| 5.00x |") for ln in lines)
-    assert "stepbench / HF compiled, same configuration and call, 1 rows: geomean 2.00x" in peers
-    assert "stepbench / prime-rl, same configuration and call, 1 rows: geomean 5.00x" in peers
+    assert "stepbench / HF compiled, same configuration and call, 1 row: geomean 2.00x" in peers
+    assert "stepbench / prime-rl, same configuration and call, 1 row: geomean 5.00x" in peers
     best = peers.split("### Each side's fastest within the published row's memory")[1]
-    assert "stepbench / prime-rl, fastest within the published memory, 1 rows: geomean 5.00x" in best
+    assert "stepbench / prime-rl, fastest within the published memory, 1 row: geomean 5.00x" in best
     assert "- **native**, RL Full: AdamW step on fp32 master weights; weight hand-off: host" in peers and "- **HF compiled**, RL Full: x" in peers and "- **prime-rl**, RL Full: y" in peers
 
 

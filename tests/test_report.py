@@ -70,7 +70,7 @@ def test_cli_writes_views_baseline_and_failed_rows(tmp_path):
     assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", str(base)]) == 0
     md = (tmp_path / "B.md").read_text()
     assert "View (a): same configuration" in md and "View (b)" in md
-    assert "1 rows: geomean 1.50x, min 1.50x" in md
+    assert "1 row: geomean 1.50x, min 1.50x" in md
     assert "refused: bad overrides (nope)" in md and "+attn=nope" in md
     assert list(tmp_path.glob("B-plot-Qwen3-0.6B-*.png"))  # one figure per model and hardware
 
@@ -268,7 +268,7 @@ def test_rows_read_through_a_bom_and_odd_rows_each_get_a_line(tmp_path, capsys):
     assert "is beyond any measurement" in err
     assert "its spread's cv is a str" in err
     md = (tmp_path / "B.md").read_text()
-    assert "1 rows: geomean 1.50x" in md and "e+" not in md and len(max(md.splitlines(), key=len)) < 2000
+    assert "1 row: geomean 1.50x" in md and "e+" not in md and len(max(md.splitlines(), key=len)) < 2000
 
 
 @pytest.mark.parametrize("change", [
@@ -297,4 +297,4 @@ def test_a_row_with_an_odd_field_is_skipped_and_the_rest_reported(tmp_path, caps
     assert main(["--results", str(tmp_path / "bad.jsonl"), str(tmp_path / "good.jsonl"), *args]) == 0
     err = capsys.readouterr().err
     assert "skipped a row of" in err and "Traceback" not in err
-    assert "1 rows: geomean 1.50x" in (tmp_path / "B.md").read_text()
+    assert "1 row: geomean 1.50x" in (tmp_path / "B.md").read_text()

@@ -202,6 +202,17 @@ def _checkout(v: str) -> Path:
     return Path(v)
 
 
+def _probe_folder(path: Path) -> None:
+    """Raise OSError where ``path`` could not be made or written: a folder is made and removed in
+    its nearest existing ancestor (or in it), so nothing is left behind."""
+    import tempfile
+
+    base = path
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    os.rmdir(tempfile.mkdtemp(dir=base, prefix=".stepbench-probe-"))
+
+
 def check_paths(a) -> None:
     """The folders named on the command line, before anything is cloned, built or installed."""
     if a.cutlass is not None and not (a.cutlass.expanduser() / "include" / "cutlass").is_dir():
@@ -212,6 +223,12 @@ def check_paths(a) -> None:
             raise BuildError(f"{flag} is empty: name a folder, e.g. {flag} ~/.cache/stepbench/fa3")
         if path is not None and path.expanduser().exists() and not path.expanduser().is_dir():
             raise BuildError(f"{flag} {path} is a file: name a folder, e.g. {flag} ~/.cache/stepbench/fa3")
+        if path is not None:  # a folder that cannot be made is refused before the checkout is touched
+            try:
+                _probe_folder(path.expanduser())
+            except OSError as e:
+                raise BuildError(f"{flag} {path} cannot be made ({e.strerror or e}): name a folder you can write, e.g. "
+                                 f"{flag} ~/.cache/stepbench/fa3") from None
 
 
 def main(argv=None) -> int:

@@ -355,7 +355,7 @@ def _published_inputs() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.results import ROWS, ResultsError, check_output, write_atomic
+    from core.results import PREDICTIONS, ResultsError, check_output, write_atomic
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             out = check_output(out, "--out", "benchmarks/PREDICTIONS.md", inputs, what,
                                holds=(lambda line: line == HEADER[0], "a stepbench prediction"))
             rows_out = check_output(rows_out, "--rows", "benchmarks/results/predicted/published.jsonl",
-                                    [*inputs, out], what + " or --out", holds=ROWS)
+                                    [*inputs, out], what + " or --out", holds=PREDICTIONS)
             current, sync_fits, fits = fits_from_rows()
             preds, md = predict_published(fits, sync_fits, current)
             write_atomic(out, md + "\n")

@@ -430,7 +430,7 @@ def _breaks(r, baseline, sources, a) -> BaseException | None:
 
 def main(argv=None) -> int:
     from core.cli import arg_parser
-    from core.results import ROWS, ResultsError, check_output, write_atomic
+    from core.results import BASELINE, ResultsError, check_output, write_atomic
 
     ap = arg_parser("core.report", __doc__.splitlines()[0],
                     "--results benchmarks/results --out benchmarks/BENCHMARKS.md")
@@ -471,7 +471,7 @@ def main(argv=None) -> int:
                 raise ReportError(f"{flag} is empty: name a file or folder, e.g. {flag} {eg}")
         if a.save_baseline:
             base_out = check_output(a.baseline, "--baseline", "benchmarks/baseline.jsonl", a.results,
-                                    "an input (one of the --results)", holds=ROWS)
+                                    "an input (one of the --results)", holds=BASELINE)
         else:
             out = check_output(a.out, "--out", "benchmarks/BENCHMARKS.md", [*a.results, a.baseline, a.predictions],
                                "an input of this report (--results, --baseline or --predictions)",

@@ -114,6 +114,33 @@ def is_row_line(line: str) -> bool:
 ROWS = (is_row_line, "rows (JSON lines)")
 
 
+def _object(line: str):
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def is_baseline_line(line: str) -> bool:
+    """A line of a baseline as ``core.report --save-baseline`` writes it: a row's key and figures,
+    with neither a measured row's ``status`` nor a predicted row's ``kind``."""
+    obj = _object(line)
+    return obj is not None and "model" in obj and "status" not in obj and "kind" not in obj
+
+
+def is_prediction_line(line: str) -> bool:
+    """A line of predicted rows as ``core.predict`` writes them (``kind: prediction``)."""
+    obj = _object(line)
+    return obj is not None and obj.get("kind") == "prediction"
+
+
+#: a baseline file (written over only by another baseline) and a file of predicted rows (only by
+#: predictions): a file of measured rows is never either, so neither write can replace measurements
+BASELINE = (is_baseline_line, "a baseline (as --save-baseline writes it)")
+PREDICTIONS = (is_prediction_line, "predicted rows (as python -m core.predict writes them)")
+
+
 def _holds(path: Path, holds, arg: str, eg: str, verb: str = "written over") -> None:
     if holds is None or not path.is_file():
         return

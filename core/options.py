@@ -63,6 +63,18 @@ def _float_max(name, v, hi: float, example):
     return v
 
 
+def _tag(v):
+    """``tag``: text, or a number Hydra read from it; not one JSON cannot hold (nan, inf)."""
+    import math
+
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        _not_text("tag", v)
+    if isinstance(v, float) and not math.isfinite(v):
+        raise OptionError(f"tag={v} is read as a number a row cannot store (JSON has no {v}): quote it for Hydra "
+                          f"inside the shell's quotes, e.g. \"tag='{v}'\"")
+    return v
+
+
 def _not_text(name, v):
     raise OptionError(f"{name} must be text (got {v!r}): quote it for Hydra inside the shell's quotes, e.g. "
                       f"\"{name}='a,b'\"")
@@ -127,10 +139,10 @@ OPTIONS = {
         f"fuse '{v}' is unknown: use fuse=lora, fuse=true or fuse=false"),
     "fsdp": lambda v: v if v is True or v == "auto" else _fail(
         f"fsdp={v!r} is unknown: use fsdp=auto (FSDP2 unless one GPU has nothing for it to train) or fsdp=true"),
-    "head_budget_mib": lambda v: _int("head_budget_mib", v, 1, example=512),
+    "head_budget_mib": lambda v: _int("head_budget_mib", v, 1, example=512, hi=1 << 20),
     "device": lambda v: _choice("device", v, ("auto", "cuda", "cpu")),
     "results": _results,
-    "tag": lambda v: v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else _not_text("tag", v),
+    "tag": lambda v: _tag(v),
     "row_timeout_s": lambda v: _float("row_timeout_s", v, 0.0, 1800, strict=True),
     "redo": lambda v: _bool("redo", v),
     "repeats": lambda v: _int("repeats", v, 1, example=3, hi=100),

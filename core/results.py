@@ -164,6 +164,9 @@ def check_writable(path: str | Path, sweep: bool = False) -> Path:
     real = _destination(raw, "results=", "runs/rows.jsonl", replaced=sweep)
     _holds(real, ROWS, f"results={raw}", "results=runs/rows.jsonl", "appended to")
     lock = real.with_name(real.name + ".lock")  # what a sweep holds while it writes a row (core.sweep)
+    if len(os.fsencode(lock.name)) > 255:
+        raise ResultsError(f"results={raw}: its name is too long for the lock a sweep keeps beside it ({real.name}.lock "
+                           "passes 255 bytes): name a shorter file, e.g. results=runs/rows.jsonl")
     if lock.is_symlink() or (lock.exists() and not lock.is_file()):
         raise ResultsError(f"results={raw}: {lock} (the lock a sweep holds beside it) is not a file: move it, or "
                            "name another results file")
@@ -236,6 +239,9 @@ def check_output(value, flag: str, example: str, inputs=(), what: str = "an inpu
     raw = "" if value is None else str(value)
     if not raw.strip():
         raise ResultsError(f"{flag} is empty: name a file, e.g. {flag} {example}")
+    if raw.strip() == "-":
+        raise ResultsError(f"{flag} - would make a file named '-' (nothing is written to standard output): name a "
+                           f"file, e.g. {flag} {example}")
     path = _destination(raw, flag, example)
     mine = path
     for i in inputs:

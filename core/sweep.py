@@ -296,19 +296,24 @@ def table(rows: list[dict]) -> str:
 
 @contextlib.contextmanager
 def results_lock(results: str):
-    """Hold ``<results>.lock`` exclusively: two sweeps writing one results file take turns at a row
-    (check what is done, measure, write), so neither measures a key the other has done."""
-    path = Path(f"{results}.lock")
+    """Hold ``<results>.lock`` (beside the file the path resolves to) and the results file itself
+    exclusively: two sweeps writing one results file take turns at a row (check what is done,
+    measure, write), so neither measures a key the other has done, whether they name it by one
+    path, through a symbolic link or by another hard link."""
+    real = Path(os.path.realpath(results))
+    path = real.with_name(real.name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"  waiting for another sweep writing to {results}")
-            fcntl.flock(f, fcntl.LOCK_EX)
+    with open(path, "a") as f, open(real, "a") as rows:  # the rows file's lock follows its inode
+        for handle in (f, rows):
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                say(f"  waiting for another sweep writing to {results}")
+                fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
+            fcntl.flock(rows, fcntl.LOCK_UN)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

@@ -203,3 +203,22 @@ def test_a_results_file_whose_only_row_is_torn_still_takes_rows(tmp_path):
     other.write_text('{"keep": 1}\n')
     with pytest.raises(ResultsError, match="holds something other than rows"):
         check_writable(other)
+
+
+def test_the_sweep_lock_holds_the_rows_file_by_any_name(tmp_path):
+    """Two sweeps naming one results file by a symbolic link or another hard link take turns (round
+    ten: each locked the name it was given, and both measured one key)."""
+    import fcntl
+
+    from core.sweep import results_lock
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("")
+    (tmp_path / "sym.jsonl").symlink_to(rows)
+    os.link(rows, tmp_path / "hard.jsonl")
+    for name, held in (("sym.jsonl", (rows, tmp_path / "rows.jsonl.lock")), ("hard.jsonl", (rows,))):
+        with results_lock(str(tmp_path / name)):
+            for other in held:
+                with open(other, "a") as f, pytest.raises(BlockingIOError):
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not (tmp_path / "sym.jsonl.lock").exists()

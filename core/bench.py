@@ -403,6 +403,10 @@ def without_info_flags(argv: list[str]) -> list[str]:
     """``argv`` without Hydra's --cfg/--info flags and their values (checked here, one line), so the
     overrides they print are checked like a row's."""
     out, i = [], 0
+    modes = [a for a in argv if a in ("-m", "--multirun", "--cfg", "-c", "--info")]
+    if len({{"--multirun": "-m", "-c": "--cfg"}.get(m, m) for m in modes}) > 1:
+        raise UserError(f"{modes[0]} and {modes[1]} do not go together (Hydra takes one of -m, --cfg and --info): "
+                        "--cfg job prints one row's config, e.g. python -m core.bench model=qwen3_4b --cfg job")
     while i < len(argv):
         a = argv[i]
         if a.split("=", 1)[0] in ("-p", "--package", "-sc", "--shell-completion"):

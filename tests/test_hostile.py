@@ -353,6 +353,7 @@ CASES = [
     ("report", ["--results", "{rows}", "--out", "-"], "--out - would make a file named '-'"),
     ("predict", ["--published", "--out", "-"], "--out - would make a file named '-'"),
     (B, ["tag=nan"], "tag=nan is read as a number"),
+    (B, ["-m", "--cfg", "job"], "-m and --cfg do not go together"),
     (B, ["tag=1e400"], "tag=inf is read as a number"),
     (B, ["head_budget_mib=9223372036854775807"], "head_budget_mib must be at most"),
     ("report", ["--results", "{rows}", "--baseline", ""], "--baseline is empty"),
@@ -623,12 +624,12 @@ def _own_outputs(tool: str, args: list[str]) -> list[str]:
 def _bench_in_process(argv: list[str]) -> tuple[int, str]:
     """What ``python -m core.bench ARGV`` checks before it allocates anything, in this process:
     (status, the line it would print)."""
-    from core.bench import check_overrides
+    from core.bench import check_overrides, without_info_flags
     from core.resolve import UserError, first_line, resolve
     from core.results import ResultsError, check_writable
 
     try:
-        cfg = check_overrides(argv)
+        cfg = check_overrides(without_info_flags(argv))
     except UserError as e:
         return 2, str(e)
     except Exception as e:  # core.bench.main reduces Hydra's own errors to one line

@@ -565,10 +565,21 @@ def main(argv=None) -> int:
                 k = row_key(r)
                 fastest[k] = max(fastest.get(k, r), r, key=lambda x: x["tps"])
         drawn = [r for r in rows if not r.get("peer")] + list(fastest.values())
-        pngs = plots(drawn, published, out.parent, out.stem, plot_views(native, published, a.host_budget_gib))
+        try:
+            pngs = plots(drawn, published, out.parent, out.stem, plot_views(native, published, a.host_budget_gib))
+        except OSError as e:  # a plot's file that cannot be written (read-only, immutable): the report is not written
+            print(f"{who()}: a plot cannot be written in {out.parent} ({e.strerror or first_line(e)}: "
+                  f"{getattr(e, 'filename', '') or ''}): nothing written; free it, name another --out, or add "
+                  "--no-plots", file=sys.stderr)
+            return 2
         if pngs:
             text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
-    write_atomic(out, text)
+    try:
+        write_atomic(out, text)
+    except OSError as e:
+        print(f"{who()}: --out {out} cannot be written ({e.strerror or first_line(e)}): nothing written; name a file you "
+              "can write", file=sys.stderr)
+        return 2
     print(f"{len(rows)} rows ({len(dirty)} left out), {len(failed)} failed -> {out}")
     return 0
 

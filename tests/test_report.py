@@ -298,3 +298,24 @@ def test_a_row_with_an_odd_field_is_skipped_and_the_rest_reported(tmp_path, caps
     err = capsys.readouterr().err
     assert "skipped a row of" in err and "Traceback" not in err
     assert "1 row: geomean 1.50x" in (tmp_path / "B.md").read_text()
+
+
+def test_a_plot_that_cannot_be_written_is_one_line_and_nothing_written(tmp_path, monkeypatch, capsys):
+    """Round ten: an immutable plot file ended the report in a PermissionError traceback."""
+    import core.plots
+
+    published, _, _ = parse_published()
+    res = tmp_path / "rows.jsonl"
+    p = h100(published)
+    write(res, [ours(p, tps=p["tps"] * 1.5)])
+
+    def refuse(*a, **k):
+        raise PermissionError(1, "Operation not permitted", str(tmp_path / "B-plot.png"))
+
+    monkeypatch.setattr(core.plots, "plots", refuse)
+    capsys.readouterr()
+    assert main(["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", "none",
+                 "--predictions", "none"]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "a plot cannot be written" in lines[0] and "--no-plots" in lines[0], lines
+    assert not (tmp_path / "B.md").exists()

@@ -184,12 +184,17 @@ def check_shapes(d: dict) -> None:
     if (d.get("first_k_dense_replace") or 0) > d["num_hidden_layers"]:
         raise ValueError(f"model.config: first_k_dense_replace ({d['first_k_dense_replace']}) exceeds "
                          f"num_hidden_layers ({d['num_hidden_layers']}): set it to at most that")
-    for k, example in (("rms_norm_eps", "1e-06"), ("rope_theta", 1000000)):
+    # rms_norm_eps below 1 (a norm's epsilon); rope_theta at least 1 (below it, the rotary
+    # frequencies theta^(-2i/d) grow with i instead of falling: the loss is NaN at step 0)
+    for k, example, lo, hi in (("rms_norm_eps", "1e-06", 0.0, 1.0), ("rope_theta", 1000000, 1.0, 1e30)):
         v = d.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v
                               or v == float("inf")):
             raise ValueError(f"model.config: {k} must be a number above 0 (got {v!r}): set \"{k}\": {example} "
                              "or the model's own value")
+        if v is not None and not lo <= v <= hi:
+            raise ValueError(f"model.config: {k} {v!r} is outside {lo:g}..{hi:g}, no model's value: set \"{k}\": "
+                             f"{example} or the model's own value")
 
 
 #: config fields that must be above 0 where present (None allowed), with an example value

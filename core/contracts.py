@@ -159,6 +159,10 @@ class ActivationMemory(Protocol):
         """Pinned host bytes it will use (0 without offload); a row that would pin more than the
         host has is refused before it starts."""
 
+    # Optional: ``why_not(args) -> str | None``, one line saying why its options do nothing (or
+    # cannot work) for this model (e.g. offload keeping every block on the GPU); the row is
+    # refused with it before anything is allocated.
+
 
 # ---------------------------------------------------------------------------------------- adapter
 @runtime_checkable

@@ -321,6 +321,9 @@ def resolve(cfg, world: int = 1) -> Resolved:
     why = missing_features(attention, args, ctx)
     if why:
         raise UserError(f"attn '{attention.name}' cannot run {args.name}: {why}")
+    why = ac.why_not(args) if hasattr(ac, "why_not") else None  # e.g. options that do nothing for this model
+    if why:
+        raise UserError(f"+ac={ac.name} on {args.name}: {why}")
     config = OmegaConf.to_container(cfg, resolve=True)
     layout = layout_of(config, ac, adapter, fam)
     layout = type(layout)(**{**layout.as_dict(), "kv_repeated": bool(attention.repeats_kv)})

@@ -357,6 +357,7 @@ CASES = [
     (B, ["tag=nan"], "tag=nan is read as a number"),
     (B, ["-m", "--cfg", "job"], "-m and --cfg do not go together"),
     (B, hf("tiny_theta.json"), "rope_theta 1e-300 is outside"),
+    (B, ["+ac=offload", "ac.keep_last=99"], "keeps all 2 blocks on the GPU"),
     (B, hf("huge_eps.json"), "rms_norm_eps 1e+300 is outside"),
     (B, ["tag=1e400"], "tag=inf is read as a number"),
     (B, ["head_budget_mib=9223372036854775807"], "head_budget_mib must be at most"),

@@ -322,6 +322,12 @@ class Offload(ActivationMemory):
         self.off = None  # the host offloader (its CUDA streams) is made by apply, not the factory
         self.model = None
 
+    def why_not(self, args) -> str | None:
+        if self.keep_last >= args.n_layers:
+            return (f"ac.keep_last={self.keep_last} keeps all {args.n_layers} blocks on the GPU, so nothing is offloaded: "
+                    f"use ac.keep_last below {args.n_layers} (e.g. ac.keep_last=1), or +ac=recompute")
+        return None
+
     def saved_bytes(self, shape) -> float:
         """Two block inputs stay on the GPU (the one being copied out, the one being fetched), and
         in selective mode attention's outputs."""

@@ -70,12 +70,13 @@ def run_row(cfg) -> int:
         else:
             row = {**base, **measure(cfg, r, base["id"]), "env": environment()}
     except Exception as e:  # a failed row keeps the first line of its error
+        from core.errors import RowError
         from core.peers import PeerError
 
         status = 2 if isinstance(e, UserError) else 1
-        if status == 1 and not isinstance(e, (NonFiniteError, PeerError)):
+        if status == 1 and not isinstance(e, (NonFiniteError, PeerError, RowError)):
             traceback.print_exc()
-        if isinstance(e, PeerError) and rank == 0:  # the peer's own output came before: its one line last
+        if isinstance(e, (PeerError, RowError)) and rank == 0:  # a peer's own output came before: its one line last
             say(str(e))
         row = {**base, **row_labels(cfg, r, world), "status": "failed", "error": first_line(e),
                "predicted_mem_gib": r.predicted_gib, "env": environment()}

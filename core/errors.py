@@ -7,6 +7,11 @@ class UserError(Exception):
     """Bad input: reported as one line, exit status 2."""
 
 
+class RowError(RuntimeError):
+    """A row that failed for a reason its one line states (a helper process that died, ...): the
+    row is a failed row with that line, and no traceback of stepbench's is printed."""
+
+
 def first_line(e: BaseException, with_type: bool | None = None) -> str:
     """The one line a failed row or a refusal keeps of an exception: its message's first line, after
     its type's name (``with_type``; by default for anything but a :class:`UserError`)."""

@@ -359,6 +359,27 @@ def test_a_receiver_that_dies_at_start_ends_the_row_within_seconds(dist_group, m
     assert time.time() - t < 30
 
 
+DIES_AFTER_JOINING = ("import sys; from plugins.sync.nccl import make_group; "
+                      "make_group('gloo', '127.0.0.1', int(sys.argv[sys.argv.index('--port') + 1]), 1); sys.exit(5)")
+
+
+def test_a_receiver_that_dies_mid_run_is_one_line(dist_group, monkeypatch):
+    """Round ten: a receiver killed after it joined ended the row in a 34-line traceback (gloo's
+    chained connection errors); now the row fails with one line naming the receiver's exit."""
+    import sys
+
+    from core.errors import RowError
+    from plugins.sync.nccl import Broadcast
+
+    b = built(QWEN3["tiny"], "full")
+    sync = Broadcast(backend="gloo")
+    monkeypatch.setattr(Broadcast, "receiver", (sys.executable, "-c", DIES_AFTER_JOINING))
+    sync.setup(b.model, SyncContext(device="cpu", row_id="r", handoff=b.adapter.handoff))
+    with pytest.raises(RowError, match=r"receiver died \(exit status 5\)"):
+        sync.before_update()
+        sync.after_step(0)
+
+
 def test_shm_plugin_with_a_folder_on_disk_is_refused(monkeypatch):
     """+sync=filesystem_shm names shared memory: a sync.dir on another filesystem contradicts it
     (one line, what to type instead); one on tmpfs is taken. The mount table is the host's

@@ -131,7 +131,9 @@ class Broadcast(WeightSync):
             rc = self.proc.poll()
             if t.is_alive() and rc is not None:
                 self.proc = None
-                raise RuntimeError(f"the weight-sync receiver exited with status {rc} before joining the sync "
+                from core.errors import RowError
+
+                raise RowError(f"the weight-sync receiver exited with status {rc} before joining the sync "
                                    "group (its output is above): try +sync=host or +sync=filesystem")
         if not out:
             raise RuntimeError("the weight-sync group could not be formed (see the error above)")
@@ -176,12 +178,25 @@ class Broadcast(WeightSync):
         self.checked += 1
 
     def _send(self, step: int):
-        if self.rank == 0:
-            self._control(STEP, step)
-        if self.backend == "nccl":
-            self._send_gpu(step)
-        else:
-            self._send_host(step)
+        try:
+            if self.rank == 0:
+                self._control(STEP, step)
+            if self.backend == "nccl":
+                self._send_gpu(step)
+            else:
+                self._send_host(step)
+        except RuntimeError as e:
+            if getattr(self, "proc", None) is None:
+                raise
+            try:  # a closed connection is seen before the receiver's exit is: give it a moment
+                rc = self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                raise e from None
+            self.proc = None
+            from core.errors import RowError
+
+            raise RowError(f"the weight-sync receiver died (exit status {rc}) during step {step}'s hand-off: the row is "
+                           "stopped; try +sync=host or +sync=filesystem") from None
 
     def before_update(self) -> None:
         if self.stager is not None:

@@ -13,6 +13,11 @@ context, true peak memory; a crash, OOM or timeout becomes a failed row) and the
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the heavy imports: Ctrl-C while starting is one line, status 130
+    from core.errors import exit_on_ctrl_c_while_starting
+
+    exit_on_ctrl_c_while_starting("stepbench")
+
 import os
 import re
 import resource
@@ -128,6 +133,9 @@ def format_row(row: dict) -> str:
 
 # ----------------------------------------------------------------------------- entry points
 def _hydra_task(cfg) -> None:
+    from core.errors import raise_on_ctrl_c
+
+    raise_on_ctrl_c()  # the configuration is composed: rows run from here, and Ctrl-C stops them cleanly
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -86,6 +86,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Returns its exit status; a command that is not one exits with status 2 and
     one line on stderr (as the tools' own bad input does)."""
+    from_command_line = argv is None  # the console script (not a caller in a process of its own)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["help"] and len(argv) == 2 and argv[1] in COMMANDS:  # stepbench help report
         argv = [argv[1], "--help"]
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stepbench: unknown command '{name}': {hint}choose one of {', '.join(COMMANDS)} (stepbench --help)",
               file=sys.stderr)
         raise SystemExit(2)
+    if name == "bench" and from_command_line:
+        from core.errors import exit_on_ctrl_c_while_starting
+
+        exit_on_ctrl_c_while_starting("stepbench")
     module = import_module(COMMANDS[name][0])
     saved = sys.argv
     try:

@@ -32,3 +32,29 @@ def run_main(main, name: str) -> None:
     except KeyboardInterrupt:
         print(f"{name}: interrupted (Ctrl-C); nothing half-written was left", file=sys.stderr, flush=True)
         sys.exit(130)
+
+
+def exit_on_ctrl_c_while_starting(name: str) -> None:
+    """Until :func:`raise_on_ctrl_c`: Ctrl-C ends the process at once with one line and status 130.
+    While Python imports torch, numpy and Hydra, a KeyboardInterrupt can be swallowed by an import
+    guard (the row then ran to the end), turned into another error (a RecursionError in a lazy
+    import, a failed row) or abort the interpreter; nothing has been measured or written yet, so
+    leaving at once loses nothing."""
+    import os
+    import signal
+
+    def handler(signum, frame):
+        try:
+            os.write(2, f"{name}: interrupted (Ctrl-C) while starting: nothing was measured\n".encode())
+        finally:
+            os._exit(130)
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def raise_on_ctrl_c() -> None:
+    """Ctrl-C raises KeyboardInterrupt again (Python's own handler): from here on the code that runs
+    rows stops its children and says what was kept."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)

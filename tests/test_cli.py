@@ -194,3 +194,20 @@ def test_every_committed_sweep_row_passes_the_checks():
             except UserError as e:
                 bad.append(f"{f.name}: {row}: {e}")
     assert not bad, "\n".join(bad)
+
+
+def test_ctrl_c_while_starting_is_one_line_and_130():
+    """Round ten: Ctrl-C while torch and Hydra were imported was swallowed by an import guard (the row
+    ran and was written), became a RecursionError row, or aborted the interpreter. Until the rows
+    start, the bench now leaves at once: one line, status 130."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time; from core.errors import exit_on_ctrl_c_while_starting; "
+            "exit_on_ctrl_c_while_starting('stepbench'); os.kill(os.getpid(), signal.SIGINT); time.sleep(30)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 130 and p.stderr.strip() == "stepbench: interrupted (Ctrl-C) while starting: nothing was measured"
+    bench = (ROOT / "core" / "bench.py").read_text()
+    assert bench.index("exit_on_ctrl_c_while_starting(") < bench.index("\nimport os"), "installed before the imports"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # importing core.bench installs nothing

@@ -354,6 +354,8 @@ CASES = [
     ("predict", ["--published", "--out", "{tmp}/P.md", "--rows", "{res}"], "holds something other than predicted rows"),
     ("report", ["--results", "{rows}", "--out", "-"], "--out - would make a file named '-'"),
     ("predict", ["--published", "--out", "-"], "--out - would make a file named '-'"),
+    ("predict", ["model=hf_gpt_oss_20b", "hardware=h100", "+attn=fa3"], "learned per-head sink logits"),
+    ("predict", ["model=qwen3_tiny", "hardware=h100", "+ac=offload", "ac.keep_last=9"], "keeps all 2 blocks"),
     (B, ["tag=nan"], "tag=nan is read as a number"),
     (B, ["-m", "--cfg", "job"], "-m and --cfg do not go together"),
     (B, hf("tiny_theta.json"), "rope_theta 1e-300 is outside"),

@@ -288,12 +288,43 @@ def check_overrides(argv: list[str]):
         validate(cfg)
     except OptionError as e:
         raise UserError(str(e)) from None
+    if flagged:  # each value a -m sweep lists, checked now: a bad one is refused before any row runs
+        check_sweep_values(parsed, overrides)
     for o in parsed:
         if not multirun and o.key_or_group in SWEEP_ONLY:
             raise UserError(f"{o.key_or_group} applies to sweeps (-m or +sweep=...), not to a single row: leave it "
                             "out, or add -m")
     contradictions(parsed, cfg)
     return cfg
+
+
+def check_sweep_values(parsed, overrides: list[str]) -> None:
+    """Compose and validate the config once per value of each listed option (groups are checked by
+    name above): ``seq_len=8192,abc`` is refused with its one line before the first row is measured,
+    not after it as a failed row."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from core.options import OptionError, conf_dir, validate
+
+    fixed = [x for x in overrides if not OverridesParser.create().parse_override(x).is_sweep_override()]
+    for o in parsed:
+        if not o.is_sweep_override() or o.key_or_group in GROUPS:
+            continue
+        key = o.input_line.split("=", 1)[0]
+        for v in o.sweep_string_iterator():
+            GlobalHydra.instance().clear()
+            try:
+                with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+                    cfg = compose("bench", overrides=[*fixed, f"{key}={v}"])
+                validate(cfg)
+            except OptionError as e:
+                raise UserError(f"{o.input_line}: {e}") from None
+            except Exception as e:
+                raise UserError(f"{o.input_line}: the value {v!r} does not compose ({first_line(e, with_type=False)})") from None
+            finally:
+                GlobalHydra.instance().clear()
 
 
 #: top-level options outside a row's key (core.results.KEY_FIELDS and the variant): a sweep over one

@@ -87,11 +87,22 @@ def _destination(raw: str, what: str, example: str, replaced: bool = True) -> Pa
 
 
 def first_line(path: Path) -> str | None:
-    """The first non-empty line of an existing file (a BOM dropped; from its first 64 KiB), or None
-    where it has none or cannot be read."""
+    """The first non-empty line of an existing file (a BOM dropped; past any run of blank lines, up
+    to 64 MiB into the file), or None where it has none or cannot be read."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
+            while head.strip() == b"" and head and f.tell() < (1 << 26):  # blank so far: read on
+                more = f.read(1 << 16)
+                if not more:
+                    break
+                head = more
+            if head.strip():  # the line that starts in this chunk, whole (up to 64 KiB more)
+                start = len(head) - len(head.lstrip())
+                rest = head[start:]
+                if b"\n" not in rest:
+                    rest += f.read(1 << 16)
+                head = rest
     except OSError:
         return None
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff")

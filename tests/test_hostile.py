@@ -768,6 +768,9 @@ def test_the_table_is_big_enough():
 
 #: the environment a launcher sets, wrong (round seven): one line before anything starts
 LAUNCH = [
+    ({"STEPBENCH_RUN_ID": "a\nb"}, "is not a run id"),
+    ({"STEPBENCH_GIT_COMMIT": "not a sha"}, "is not a commit"),
+    ({"STEPBENCH_GIT_DIRTY": "maybe"}, "is not 0 or 1"),
     ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
     ({"WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "x"}, "MASTER_ADDR and MASTER_PORT not"),
     ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}, "0 <= RANK < WORLD_SIZE"),

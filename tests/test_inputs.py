@@ -222,3 +222,14 @@ def test_the_sweep_lock_holds_the_rows_file_by_any_name(tmp_path):
                 with open(other, "a") as f, pytest.raises(BlockingIOError):
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert not (tmp_path / "sym.jsonl.lock").exists()
+
+
+def test_a_file_of_blank_lines_then_prose_takes_no_row(tmp_path):
+    """Round ten: 70,000 blank lines hid the prose after them from the first 64 KiB that were read,
+    and a row was appended to the file."""
+    from core.results import ResultsError, check_writable
+
+    f = tmp_path / "notes.jsonl"
+    f.write_bytes(b"\n" * 70000 + b"my notes\n")
+    with pytest.raises(ResultsError, match="holds something other than rows"):
+        check_writable(f)

@@ -432,15 +432,15 @@ def check_launch(env) -> None:
         raise UserError(f"{CHILD_ENV}={child!r} is not a row id (letters, digits, _ and -, at most 64; a sweep sets "
                         f"it for the rows it runs): unset {CHILD_ENV}")
     run = env.get("STEPBENCH_RUN_ID")  # stored in every row: what names the call rows are compared within
-    if run is not None and not ROW_ID.fullmatch(run):
+    if run and not ROW_ID.fullmatch(run):  # empty: unset (a new id is made)
         raise UserError(f"STEPBENCH_RUN_ID={run!r} is not a run id (letters, digits, _ and -, at most 64): e.g. "
                         "STEPBENCH_RUN_ID=call7, or unset it")
     commit = env.get("STEPBENCH_GIT_COMMIT")  # the commit a copy without .git runs (stored in every row)
-    if commit is not None and not re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", commit):
+    if commit and not re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", commit):
         raise UserError(f"STEPBENCH_GIT_COMMIT={commit!r} is not a commit (7 to 40 hex digits, from git rev-parse "
                         "HEAD): set it so, or unset it where .git is present")
     dirty = env.get("STEPBENCH_GIT_DIRTY")
-    if dirty is not None and dirty not in ("0", "1"):
+    if dirty and dirty not in ("0", "1"):
         raise UserError(f"STEPBENCH_GIT_DIRTY={dirty!r} is not 0 or 1 (whether the copy has uncommitted changes): set "
                         "STEPBENCH_GIT_DIRTY=0 or 1")
 

@@ -273,6 +273,10 @@ def check_overrides(argv: list[str]):
                                               if not OverridesParser.create().parse_override(x).is_sweep_override()])
         except Exception as e:
             msg = first_line(e, with_type=False) or type(e).__name__
+            if "Could not append to config. An item is already at" in msg:
+                key = msg.split("'")[1] if "'" in msg else "?"
+                raise UserError(f"{key} is in the config already, so +{key}= cannot add it: drop the + "
+                                f"({key}=...)") from None
             if "Could not override" in msg or "Key '" in msg:
                 key = msg.split("'")[1] if "'" in msg else "?"
                 scalar_parent(key, overrides)

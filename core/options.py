@@ -111,6 +111,8 @@ def check_packing(v) -> str:
     if isinstance(v, str) and v.startswith("fixed:"):
         n = v.split(":", 1)[1]
         if n.isascii() and n.isdigit() and int(n) >= 2:
+            if n != str(int(n)):  # one row key per length: fixed:0002 would be stored apart from fixed:2
+                raise OptionError(f"packing={v}: write the length without leading zeros: packing=fixed:{int(n)}")
             return v
     raise OptionError(f"packing={v!r} is unknown: use packing=single, packing=random or packing=fixed:N (documents "
                       "of N tokens, N >= 2, e.g. packing=fixed:1024)")

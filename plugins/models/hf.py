@@ -57,6 +57,8 @@ def _config_dict(value) -> dict:
             raise ValueError(f"model.config={value} is a folder without config.json: pass the config.json path "
                              "(or a folder holding one)")
         p = p / "config.json"
+    if p.exists() and not p.is_file():
+        raise ValueError(f"model.config={value} is not a regular file (a device, a FIFO, ...): pass a config.json path")
     if p.is_file():
         try:
             d = json.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark from an editor

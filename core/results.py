@@ -174,6 +174,11 @@ def check_writable(path: str | Path, sweep: bool = False) -> Path:
                            "a file, e.g. results=runs/rows.jsonl")
     real = _destination(raw, "results=", "runs/rows.jsonl", replaced=sweep)
     _holds(real, ROWS, f"results={raw}", "results=runs/rows.jsonl", "appended to")
+    line = first_line(real) if real.is_file() else None
+    if line is not None and (is_prediction_line(line) or is_baseline_line(line)):
+        what = "predicted rows (python -m core.predict)" if is_prediction_line(line) else "a baseline (--save-baseline)"
+        raise ResultsError(f"results={raw} holds {what}, not measured rows: a measured row appended there would be "
+                           "taken for one of them; name another file, e.g. results=runs/rows.jsonl")
     lock = real.with_name(real.name + ".lock")  # what a sweep holds while it writes a row (core.sweep)
     if len(os.fsencode(lock.name)) > 255:
         raise ResultsError(f"results={raw}: its name is too long for the lock a sweep keeps beside it ({real.name}.lock "

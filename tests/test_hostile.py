@@ -362,6 +362,8 @@ CASES = [
     (B, ["-m", "seq_len=128,96"], "seq_len=128,96: seq_len must be a positive multiple of 128"),
     (B, ["-m", "steps=2,1"], "steps=2,1: steps must be at least 2"),
     (B, ["packing=fixed:0002"], "packing=fixed:2"),
+    (B, ["results={pred}"], "holds predicted rows (python -m core.predict), not measured rows"),
+    (B, ["results={base}"], "holds a baseline (--save-baseline), not measured rows"),
     (B, ["+steps=3"], "drop the +"),
     (B, ["model=hf", "model.config=/dev/zero"], "is not a regular file"),
     (B, hf("tiny_theta.json"), "rope_theta 1e-300 is outside"),

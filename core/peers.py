@@ -194,3 +194,37 @@ def checkout_commit(path: Path) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown commit"
     return out.stdout.strip() if out.returncode == 0 else "unknown commit (not a git checkout)"
+
+
+class CheckoutPeer:
+    """The options of a peer run from a checkout the user points at: ``peer.path`` (the checkout),
+    ``peer.python`` (its environment's interpreter, default this one) and ``peer.pythonpath``
+    (folders added to the child's import path), plus any other ``path_options`` a subclass names.
+    Paths are made absolute from where stepbench runs (the child runs elsewhere)."""
+
+    label = "the peer"
+    path_options = ("path", "python", "pythonpath")
+    example = "/opt/peer"  #: shown in the refusal of a value that is not a path
+
+    def __init__(self, options: dict):
+        for key in self.path_options:
+            v = options.get(key)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"peer.{key} must be a path (got {v!r}): e.g. peer.{key}={self.example}")
+        self.path = self.absolute(options.get("path"))
+        python = options.get("python")
+        self.python = self.absolute(python) if python and os.sep in python else (python or sys.executable)
+        self.pythonpath = os.pathsep.join(self.absolute(p) for p in (options.get("pythonpath") or "").split(os.pathsep)
+                                          if p)
+
+    @staticmethod
+    def absolute(p):
+        return str(Path(p).expanduser().resolve()) if p else p
+
+    def python_missing(self) -> str | None:
+        """One line where ``peer.python`` is no interpreter here, else None."""
+        import shutil
+
+        if shutil.which(self.python) or Path(self.python).expanduser().is_file():
+            return None
+        return f"peer.python={self.python} is not an interpreter here: name {self.label}'s environment's python"

@@ -160,7 +160,7 @@ def declare(cfg) -> Declared:
     from core.contracts import RunContext, SyncContext
     from core.memory import layout_of
     from core.plugins import registry
-    from core.resolve import _model_args, make_plugins, missing_features, model_choice
+    from core.resolve import _model_args, make_plugins, model_choice, refuse_unfit
 
     family, flavour, seq_len, _ = model_choice(cfg, "cuda")
     fam = registry().get("model_family", family).factory
@@ -168,15 +168,7 @@ def declare(cfg) -> Declared:
     ctx = RunContext("cuda", world_size=1)
     p = make_plugins(cfg, ctx)
     # what the bench refuses for the model itself (not for what is installed here) is refused here too
-    why = missing_features(p["attn"], a, ctx)
-    if why:
-        raise UserError(f"attn '{p['attn'].name}' cannot run {a.name}: {why}")
-    why = p["adapter"].supports(a) if hasattr(p["adapter"], "supports") else None
-    if why:
-        raise UserError(f"adapter '{p['adapter'].name}': {why}")
-    why = p["ac"].why_not(a) if hasattr(p["ac"], "why_not") else None
-    if why:
-        raise UserError(f"+ac={p['ac'].name} on {a.name}: {why}")
+    refuse_unfit(a, p["attn"], p["adapter"], p["ac"], ctx, installed=False)
     if hasattr(p["sync"], "root"):  # a folder of weights: probed, and what the probe made removed again
         from plugins.sync.filesystem import dir_problem
 

@@ -150,6 +150,22 @@ def _model_args(cfg, fam, family: str, flavour: str):
     return fam.flavours[flavour]
 
 
+def refuse_unfit(args, attention, adapter, ac, ctx, installed: bool = True) -> None:
+    """``UserError`` where the row's plugins cannot run this model: the adapter's ``supports``, the
+    attention backend's ``supports`` (with ``installed``: it may read what is installed here, so
+    ``core.predict`` leaves it out), the attention features the model needs, and the AC strategy's
+    optional ``why_not`` (e.g. options that do nothing for this model)."""
+    why = adapter.supports(args) if hasattr(adapter, "supports") else None
+    if why:
+        raise UserError(f"adapter '{adapter.name}': {why}")
+    why = (attention.supports(args) if installed else None) or missing_features(attention, args, ctx)
+    if why:
+        raise UserError(f"attn '{attention.name}' cannot run {args.name}: {why}")
+    why = ac.why_not(args) if hasattr(ac, "why_not") else None
+    if why:
+        raise UserError(f"+ac={ac.name} on {args.name}: {why}")
+
+
 def missing_features(attention, args, ctx) -> str | None:
     """Why ``attention`` cannot honour what the model's attention needs (sliding windows, another
     scale, soft-capping, sinks: ``args.attn_features``), naming the backends here that can; None when
@@ -312,18 +328,7 @@ def resolve(cfg, world: int = 1) -> Resolved:
     if adapter.replicate is True and not fam.casts_adapters:
         raise UserError(f"adapter.replicate=true needs a model whose layers compute the adapter in bf16 (the "
                         f"native families); {family} models would run it in fp32: use adapter.replicate=auto")
-    why = adapter.supports(args) if hasattr(adapter, "supports") else None
-    if why:
-        raise UserError(f"adapter '{adapter.name}': {why}")
-    why = attention.supports(args)  # can the backend run this model's attention at all?
-    if why:
-        raise UserError(f"attn '{attention.name}' cannot run {args.name}: {why}")
-    why = missing_features(attention, args, ctx)
-    if why:
-        raise UserError(f"attn '{attention.name}' cannot run {args.name}: {why}")
-    why = ac.why_not(args) if hasattr(ac, "why_not") else None  # e.g. options that do nothing for this model
-    if why:
-        raise UserError(f"+ac={ac.name} on {args.name}: {why}")
+    refuse_unfit(args, attention, adapter, ac, ctx)
     config = OmegaConf.to_container(cfg, resolve=True)
     layout = layout_of(config, ac, adapter, fam)
     layout = type(layout)(**{**layout.as_dict(), "kv_repeated": bool(attention.repeats_kv)})

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from core import hookimpl
 from core.contracts import PeerCommand, PeerResult, PeerSpec
-from core.peers import checkout_commit
+from core.peers import CheckoutPeer, checkout_commit
 
 ATTN = {"fa3": "flash_attention_3", "fa2": "flash_attention_2", "sdpa": "sdpa"}
 AC_NAMES = ("none", "recompute", "offload")
@@ -72,24 +71,14 @@ def model_folder(spec: PeerSpec, folder: Path, tokenizer: str | None) -> Path:
     return folder
 
 
-class PrimeRL:
+class PrimeRL(CheckoutPeer):
     name, label, runs_stepbench = "prime_rl", "prime-rl", False
     measured_options = ()  # where its checkout and environment are changes nothing measured
+    path_options, example = (*CheckoutPeer.path_options, "tokenizer"), "/opt/prime-rl"
 
     def __init__(self, options: dict):
-        for key in ("path", "python", "pythonpath", "tokenizer"):
-            v = options.get(key)
-            if v is not None and not isinstance(v, str):
-                raise ValueError(f"peer.{key} must be a path (got {v!r}): e.g. peer.{key}=/opt/prime-rl")
-
-        def absolute(p):  # the child runs in the checkout: paths are taken from where stepbench runs
-            return str(Path(p).expanduser().resolve()) if p else p
-
-        self.path = absolute(options.get("path"))
-        python = options.get("python")
-        self.python = absolute(python) if python and os.sep in python else (python or sys.executable)
-        self.pythonpath = os.pathsep.join(absolute(p) for p in (options.get("pythonpath") or "").split(os.pathsep) if p)
-        self.tokenizer = absolute(options.get("tokenizer"))
+        super().__init__(options)
+        self.tokenizer = self.absolute(options.get("tokenizer"))
 
     def script(self, spec: PeerSpec) -> Path:
         return Path(self.path).expanduser() / "src" / "prime_rl" / "trainer" / spec.task / "train.py"
@@ -116,11 +105,7 @@ class PrimeRL:
             return "prime-rl's trainer needs a CUDA GPU (it initialises NCCL): run this row on a GPU machine"
         if self.tokenizer and not Path(self.tokenizer).expanduser().is_dir():
             return f"peer.tokenizer={self.tokenizer} is not a folder: name the folder of the model's tokenizer files"
-        import shutil
-
-        if not (shutil.which(self.python) or Path(self.python).expanduser().is_file()):
-            return f"peer.python={self.python} is not an interpreter here: name prime-rl's environment's python"
-        return None
+        return self.python_missing()
 
     def command(self, spec: PeerSpec, workdir: str) -> PeerCommand:
         work = Path(workdir)

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from core import hookimpl
 from core.contracts import PeerCommand, PeerResult, PeerSpec
-from core.peers import checkout_commit
+from core.peers import CheckoutPeer, checkout_commit
 
 #: SDPA kernels torchtitan's attention can be held to (+attn=cudnn: its own order, cuDNN first)
 ATTN = {"cudnn": "SDPA, cuDNN first (torchtitan's order)", "fa2": "SDPA flash kernel (FA2)"}
@@ -39,23 +38,10 @@ AC = {"none": "none", "recompute": "full"}
 WARMUP_STEPS = 2
 
 
-class TorchTitan:
+class TorchTitan(CheckoutPeer):
     name, label, runs_stepbench = "torchtitan", "torchtitan", False
     measured_options = ()  # where its checkout and environment are changes nothing measured
-
-    def __init__(self, options: dict):
-        for key in ("path", "python", "pythonpath"):
-            v = options.get(key)
-            if v is not None and not isinstance(v, str):
-                raise ValueError(f"peer.{key} must be a path (got {v!r}): e.g. peer.{key}=/opt/torchtitan")
-
-        def absolute(p):  # the child runs in its work folder: paths are taken from where stepbench runs
-            return str(Path(p).expanduser().resolve()) if p else p
-
-        self.path = absolute(options.get("path"))
-        python = options.get("python")
-        self.python = absolute(python) if python and os.sep in python else (python or sys.executable)
-        self.pythonpath = os.pathsep.join(absolute(p) for p in (options.get("pythonpath") or "").split(os.pathsep) if p)
+    example = "/opt/torchtitan"
 
     def why_not(self, spec: PeerSpec) -> str | None:
         if not self.path:
@@ -81,11 +67,7 @@ class TorchTitan:
                     f"steps={WARMUP_STEPS + 1} or more")
         if spec.device != "cuda":
             return "torchtitan's trainer needs a CUDA GPU (it sets a CUDA device and initialises NCCL): run this row on a GPU machine"
-        import shutil
-
-        if not (shutil.which(self.python) or Path(self.python).is_file()):
-            return f"peer.python={self.python} is not an interpreter here: name torchtitan's environment's python"
-        return None
+        return self.python_missing()
 
     def command(self, spec: PeerSpec, workdir: str) -> PeerCommand:
         work = Path(workdir)

@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "plugins.attention.cudnn",
     "plugins.attention.fa2",
     "plugins.attention.fa3",
+    "plugins.attention.flex",
     "plugins.attention.auto",
     "plugins.checkpointing.none",
     "plugins.checkpointing.recompute",

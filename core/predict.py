@@ -437,9 +437,14 @@ def _one(argv: list[str]) -> int:
     hw = hardware.resolve(OmegaConf.to_container(cfg.hardware, resolve=True), None)  # with hardware.* overrides
     measured = sorted({k[0] for k in fits})
     if backend_of(d.attn) not in measured:
-        if d.kernel:  # a named kernel nobody measured: nothing to fit its compute on
-            raise UserError(f"+attn={cfg.attn.name}: no measured rows to fit its compute on (measured: "
-                            f"{', '.join(measured)}): use +attn={measured[-1]}")
+        if d.kernel:  # a named kernel nobody measured: its memory, but nothing to fit its compute on
+            p = predict_config(Declared(**{**d.__dict__, "attn": measured[-1]}), hw, gpus, fits, sync_fits)
+            label = (f"{d.args.name} {cfg.task.name.upper()} {d.adapter.label} {cfg.seq_len} {d.ac.label} "
+                     f"{d.attn} on {gpus}x{hw['label']}")
+            print("\n".join(format_prediction(label, p).splitlines()[:2]))
+            print(f"  time: not predicted (no measured rows of +attn={cfg.attn.name} to fit its compute on; "
+                  f"measured: {', '.join(measured)})")
+            return _fits_or_not(p, hw)
         # a backend that picks its kernel when it runs: the fastest measured one
         tried = {k: predict_config(Declared(**{**d.__dict__, "attn": k}), hw, gpus, fits, sync_fits) for k in measured}
         best = max(tried, key=lambda k: tried[k]["tps"])
@@ -456,6 +461,10 @@ def _one(argv: list[str]) -> int:
     label = (f"{d.args.name} {cfg.task.name.upper()} {d.adapter.label} {cfg.seq_len} {d.ac.label} {d.attn} "
              f"on {gpus}x{hw['label']}")
     print(format_prediction(label, p))
+    return _fits_or_not(p, hw)
+
+
+def _fits_or_not(p: dict, hw: dict) -> int:
     if p["peak_mem_gib"] > float(hw["memory_gib"]):
         say(f"predicted peak {p['peak_mem_gib']:.1f} GiB per GPU exceeds the {hw['memory_gib']:g} GiB of one "
             f"{hw['label']}: this row would not fit")

@@ -36,7 +36,7 @@ def test_attention_cpu(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["sdpa", "fa2", "fa3", "cudnn", "auto"])
+@pytest.mark.parametrize("name", ["sdpa", "fa2", "fa3", "cudnn", "flex", "auto"])
 def test_attention_gpu(name):
     ctx = cuda_ctx("attn", name)
     out = kit.check_attention(make("attn", options("attn", name), ctx), device="cuda")

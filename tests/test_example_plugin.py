@@ -34,7 +34,7 @@ def test_masked_sdpa_conforms():
     assert out["provider"].endswith("dense document mask") and not out["declined"]
 
 
-@pytest.mark.parametrize("name", ["flex", "masked_sdpa"])
+@pytest.mark.parametrize("name", ["doc_flex", "masked_sdpa"])
 def test_options_roundtrip(name):
     assert kit.check_options_roundtrip("attn", conf(name))["name"] == name
 
@@ -57,7 +57,7 @@ def test_blocking_the_plugin_by_name():
 @pytest.mark.gpu
 def test_flex_conforms_gpu():
     ctx = RunContext.detect()
-    why = registry().get("attn", "flex").unavailable(ctx)
+    why = registry().get("attn", "doc_flex").unavailable(ctx)
     if why:
         pytest.skip(why)
-    kit.check_attention(make("attn", {"name": "flex"}, ctx), device="cuda")
+    kit.check_attention(make("attn", {"name": "doc_flex"}, ctx), device="cuda")

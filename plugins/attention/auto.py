@@ -2,7 +2,7 @@
 
 CUDA: fa3 where it can run (its import and a tiny call are tried once, in :meth:`Auto.prepare`; on
 failure auto falls back with one line saying why; head dims the FA3 build has no kernels for go to
-fa2); else cuDNN for micro-batches of one document and fa2 for packed ones. CPU: sdpa. Only
+fa2); else cuDNN for micro-batches of one document and fa2 for packed ones; attention features those cannot honour (gpt-oss's sinks) go to flex. CPU: sdpa. Only
 registered (not blocked) backends are considered. The row records the provider that ran, and its
 roofline uses the measured ceilings of the kernel that ran.
 """
@@ -78,8 +78,11 @@ class Auto(AttentionBackend):
                 fa2 = _make(reg, ctx, "fa2")
                 self.packed = fa2 or _make(reg, ctx, "sdpa")
                 self.single = _make(reg, ctx, "cudnn") or self.packed
-        if "sdpa" in reg.names("attn") and not reg.get("attn", "sdpa").unavailable(ctx):
-            self.fallback = reg.get("attn", "sdpa").factory({"name": "sdpa"}, ctx)  # every feature, slowly
+        # every feature: flex (compiled) on a GPU, else sdpa's explicit computation (slowly)
+        for name in ("flex", "sdpa") if ctx.device == "cuda" else ("sdpa",):
+            if name in reg.names("attn") and not reg.get("attn", name).unavailable(ctx):
+                self.fallback = reg.get("attn", name).factory({"name": name}, ctx)
+                break
         if self.single is None or self.packed is None:
             raise ValueError("attn auto found no registered attention backend that runs here: "
                              "unblock one (STEPBENCH_BLOCK_PLUGINS) or pick one with +attn=<name>")

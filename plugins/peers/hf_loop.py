@@ -8,7 +8,8 @@ measures is what a transformers user gets, not stepbench's code under another na
 * the model: ``AutoModelForCausalLM.from_config`` of the row's ``config.json`` (random weights),
   attention through transformers' own implementations (``flash_attention_3`` for ``fa3``; ``sdpa``
   otherwise, held to one torch kernel where the row names one: ``fa2`` -> torch's FlashAttention-2,
-  ``cudnn`` -> cuDNN attention; ``sdpa`` -> torch's pick);
+  ``cudnn`` -> cuDNN attention; ``sdpa`` -> torch's pick; ``flex`` -> transformers' ``flex_attention``,
+  the one fast implementation of gpt-oss's sinks);
 * precision ``amp`` (the default): transformers' ``Trainer`` at ``bf16=True``: fp32 weights and
   fp32 AdamW, the step under bf16 autocast; LoRA: the frozen base in bf16, peft's fp32 adapters.
   ``bf16``: bf16 weights and a bf16 AdamW (a lighter recipe, labelled as such);
@@ -43,7 +44,8 @@ import torch
 RATIO_LOW, RATIO_HIGH = 0.125, 8.0  # prime-rl's importance-ratio mask (the same as stepbench's rows)
 #: the row's attention -> (transformers implementation, the torch sdpa kernel it is held to or None)
 ATTENTION = {"fa3": ("flash_attention_3", None), "fa2": ("sdpa", "FLASH_ATTENTION"),
-             "cudnn": ("sdpa", "CUDNN_ATTENTION"), "sdpa": ("sdpa", None), "auto": ("sdpa", None)}
+             "cudnn": ("sdpa", "CUDNN_ATTENTION"), "sdpa": ("sdpa", None), "auto": ("sdpa", None),
+             "flex": ("flex_attention", None)}
 #: the row's AC -> whether the loop checkpoints its decoder layers (``offload``: transformers' checkpointing
 #: with the saved inputs in pinned host memory, ``activation_checkpointing_enable(offload=True)``)
 CHECKPOINTS = {"none": False, "recompute": True, "offload": True}

@@ -1,7 +1,8 @@
 """Two attention backends from a third-party package.
 
-``flex``: FlexAttention over packed documents (block mask: same document and causal); its
-backward needs a GPU. ``masked_sdpa``: one SDPA call per micro-batch with a dense
+``doc_flex``: FlexAttention over packed documents (block mask: same document and causal); its
+backward needs a GPU. (stepbench's built-in ``flex`` does the same with every attention feature;
+this one stays as the example of a backend from another package.) ``masked_sdpa``: one SDPA call per micro-batch with a dense
 document-causal mask (CPU and GPU; memory grows with tokens^2, for small batches).
 
 Both follow :class:`core.contracts.AttentionBackend`; :func:`core.testing.check_attention`
@@ -17,7 +18,7 @@ from core.contracts import AttentionBackend
 
 
 class Flex(AttentionBackend):
-    name, label = "flex", "Flex"
+    name, label = "doc_flex", "Flex (example)"
     kernel = "flex"  # no measured ceilings of its own: the roofline uses the hardware profile's figure
 
     def __init__(self):
@@ -73,6 +74,6 @@ def flex_why_not(ctx):
 
 @hookimpl
 def stepbench_register_attention(register):
-    register("flex", lambda options, ctx: Flex(), flex_why_not,
+    register("doc_flex", lambda options, ctx: Flex(), flex_why_not,
              doc="FlexAttention with a document mask (example plugin)")
     register("masked_sdpa", lambda options, ctx: MaskedSDPA(), doc="SDPA with a dense document mask (example plugin)")

@@ -57,13 +57,23 @@ def test_eight_gpus_shard_state_pay_collectives_and_scale_below_linear(fitted):
     (["model=qwen3_4b", "hardware=h200", "gpus=0"], "gpus=0"),
     (["model=qwen3_4b", "hardware=h200", "gpus=eight"], "gpus=eight"),
     (["model=qwen3_4b", "gpus=8"], "name the hardware"),
-    (["model=qwen3_4b", "hardware=h200", "+attn=sdpa"], "use +attn=fa3"),
     (["model=qwen3_4b", "hardware=h200", "adapter=lora", "adapter.rank=0"], "adapter.rank=16"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, args, needle):
     assert P.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+def test_an_unmeasured_kernel_gets_its_peak_and_no_time(capsys):
+    """A kernel no row measured (sdpa here): the peak is predicted (memory does not depend on the
+    kernel's speed), the time is said not to be, and nothing else is printed as a prediction."""
+    assert P.main(["model=qwen3_4b", "hardware=h200", "+attn=sdpa"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("predicted (not measured): Qwen3-4B RL") and out[0].endswith("on 1xH200")
+    assert out[1].startswith("  peak memory per GPU ") and " GiB = states " in out[1]
+    assert out[2].startswith("  time: not predicted (no measured rows of +attn=sdpa") and len(out) == 3
+    assert "TPS" not in "\n".join(out)
 
 
 def test_one_prediction_prints_its_terms(capsys):

@@ -18,12 +18,14 @@ if __name__ == "__main__":  # before the heavy imports: Ctrl-C while starting is
 
     exit_on_ctrl_c_while_starting("stepbench")
 
+import math
 import os
 import re
 import resource
 import sys
 import traceback
 import uuid
+from pathlib import Path
 
 from core.measure import say
 from core.resolve import UserError, first_line
@@ -294,6 +296,7 @@ def check_overrides(argv: list[str]):
         raise UserError(str(e)) from None
     if flagged:  # each value a -m sweep lists, checked now: a bad one is refused before any row runs
         check_sweep_values(parsed, overrides)
+        check_sweep_rows(parsed, overrides)
     for o in parsed:
         if not multirun and o.key_or_group in SWEEP_ONLY:
             raise UserError(f"{o.key_or_group} applies to sweeps (-m or +sweep=...), not to a single row: leave it "
@@ -329,6 +332,39 @@ def check_sweep_values(parsed, overrides: list[str]) -> None:
                 raise UserError(f"{o.input_line}: the value {v!r} does not compose ({first_line(e, with_type=False)})") from None
             finally:
                 GlobalHydra.instance().clear()
+
+
+#: sweeps with more rows than this are not resolved up front (their rows still refuse themselves)
+MAX_CHECKED_ROWS = 256
+
+
+def check_sweep_rows(parsed, overrides: list[str]) -> None:
+    """Resolve every row of the sweep (each combination of its listed values) before the first runs,
+    in one short-lived child process (:mod:`core.sweepcheck`; this process stays off the GPU), so a
+    combination the row itself would refuse (``fuse=false`` with an hf model, a backend that cannot
+    run a model) is refused now with its one line, not after the rows before it ran. Rows refused
+    only for capacity (predicted not to fit) still run as failed rows."""
+    import itertools
+    import json
+    import subprocess
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lists = [(o.input_line.split("=", 1)[0], list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()]
+    if not lists or math.prod(len(v) for _, v in lists) > MAX_CHECKED_ROWS:
+        return
+    fixed = [x for x in overrides if not OverridesParser.create().parse_override(x).is_sweep_override()]
+    combos = [[f"{k}={v}" for (k, _), v in zip(lists, vals)] for vals in itertools.product(*(v for _, v in lists))]
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)}
+    try:
+        p = subprocess.run([sys.executable, "-m", "core.sweepcheck"], input=json.dumps({"fixed": fixed, "combos": combos}),
+                           capture_output=True, text=True, timeout=600, env=env)
+    except subprocess.TimeoutExpired:
+        return
+    lines = p.stdout.strip().splitlines()
+    if p.returncode == 2 and lines:
+        raise UserError(lines[-1])
 
 
 #: top-level options outside a row's key (core.results.KEY_FIELDS and the variant): a sweep over one

@@ -7,6 +7,10 @@ class UserError(Exception):
     """Bad input: reported as one line, exit status 2."""
 
 
+class CapacityError(UserError):
+    """A row refused because it would not fit (GPU or host memory): a sweep still runs its other rows."""
+
+
 class RowError(RuntimeError):
     """A row that failed for a reason its one line states (a helper process that died, ...): the
     row is a failed row with that line, and no traceback of stepbench's is printed."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from core.errors import UserError, first_line  # noqa: F401 (both are this module's interface too)
+from core.errors import CapacityError, UserError, first_line  # noqa: F401 (UserError, first_line: this module's interface too)
 from core.options import OptionError, validate
 
 
@@ -341,7 +341,7 @@ def resolve(cfg, world: int = 1) -> Resolved:
                         "leave max_host_gib out (or use it with an offload strategy, e.g. +ac=offload)")
     limit = cfg.get("max_host_gib") or host_avail
     if host and limit and host > limit and peer is None:  # a peer's memory is its own
-        raise UserError(f"{ac.label} would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
+        raise CapacityError(f"{ac.label} would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
                         "try a shorter seq_len, or an activation strategy that pins less (python -m core.bench --list)")
     if peer is not None and world > 1:
         raise UserError(f"+peer={peer.name} runs the peer on one GPU: run it without torchrun")
@@ -349,7 +349,7 @@ def resolve(cfg, world: int = 1) -> Resolved:
     mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else host_avail)
     if mem_limit and pred > mem_limit and peer is None:  # a peer's memory is its own (it may run out: a failed row)
         lean = ac.leaner or "a shorter seq_len"
-        raise UserError(f"predicted peak memory {pred:.1f} GiB exceeds the {mem_limit:.1f} GiB available "
+        raise CapacityError(f"predicted peak memory {pred:.1f} GiB exceeds the {mem_limit:.1f} GiB available "
                         f"({'GPU' if ctx.device == 'cuda' else 'host'}): try {lean}, another adapter, more GPUs, "
                         "or max_memory_gib=<GiB> to run it anyway")
     sync_ctx = SyncContext(rank=0, world_size=world, device=ctx.device, adapter_only=adapter.frozen_base,

@@ -558,6 +558,9 @@ CASES = [
     ("cli", ["bench", "--resolve"], "--resolve goes with --cfg"),
     ("cli", ["bench", "--cfg", "job", "--package", "x"], "stepbench does not take it"),
     ("fa3_build", ["--source", "{fa}", "--wheel-dir", ""], "--wheel-dir: is empty"),
+    # --- round eleven: a sweep's rows resolved before the first runs (core.sweepcheck)
+    (B, ["-m", "model=qwen3_tiny,hf_qwen3_tiny", "adapter=lora", "fuse=false"], "the row model=hf_qwen3_tiny: fuse=false"),
+    (B, ["-m", "+attn=sdpa,fa3", "model=qwen3_tiny"], "the row +attn=fa3: attn 'fa3' cannot run here"),
 ]
 
 #: bench cases also run as ``python -m core.bench`` (end to end: status, stderr, results untouched)
@@ -865,3 +868,18 @@ def test_autoload_switch_reads_false_as_off(monkeypatch):
     for off, disabled in (("false", False), ("0", False), ("no", False), ("1", True), ("true", True)):
         monkeypatch.setenv("STEPBENCH_DISABLE_PLUGIN_AUTOLOAD", off)
         assert paths.autoload_disabled() is disabled, off
+
+
+def test_sweep_check_lets_capacity_refusals_run_as_rows():
+    """core.sweepcheck refuses a sweep for a row its own checks would refuse, but not for one that
+    only would not fit (a predicted peak above max_memory_gib): that row still runs, and fails as a
+    row, beside the others."""
+    def check(fixed, combos):
+        return subprocess.run([sys.executable, "-m", "core.sweepcheck"], cwd=ROOT, capture_output=True, text=True,
+                              input=json.dumps({"fixed": fixed, "combos": combos}), timeout=300)
+
+    fits_not = check(["model=qwen3_tiny", "device=cpu", "max_memory_gib=0.01"], [["+attn=sdpa"], ["+attn=auto"]])
+    assert fits_not.returncode == 0 and not fits_not.stdout.strip(), fits_not.stdout + fits_not.stderr[-2000:]
+    bad = check(["model=qwen3_tiny", "device=cpu"], [["+attn=sdpa"], ["+attn=fa3"]])
+    assert bad.returncode == 2 and bad.stdout.strip().startswith("the row +attn=fa3: attn 'fa3' cannot run here"), \
+        bad.stdout + bad.stderr[-2000:]

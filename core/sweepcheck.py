@@ -1,0 +1,49 @@
+"""Resolve every row of a ``-m`` sweep before the first one runs (``core.bench`` starts this module
+as one short-lived child process, so the sweep's own process never touches the GPU).
+
+Reads ``{"fixed": [...], "combos": [[...], ...]}`` (overrides) on stdin. Each combination is
+composed and checked exactly as its row will be (:func:`core.bench.contradictions`, then
+:func:`core.resolve.resolve`, which allocates nothing); the first one refused for any reason other than capacity (a row predicted not to fit is
+still run, and fails as a row) is printed as one line and the status is 2. Status 0: every row
+resolves (or fails only for capacity, or for a reason resolving cannot tell).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main() -> int:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from core.bench import contradictions
+
+    from core.errors import CapacityError, UserError
+    from core.options import conf_dir
+    from core.resolve import resolve
+
+    spec = json.load(sys.stdin)
+    for combo in spec["combos"]:
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+                cfg = compose("bench", overrides=[*spec["fixed"], *combo])
+            contradictions(OverridesParser.create().parse_overrides([*spec["fixed"], *combo]), cfg)
+            resolve(cfg)
+        except CapacityError:
+            continue
+        except UserError as e:
+            print(f"the row {' '.join(combo)}: {e}", flush=True)
+            return 2
+        except Exception:  # noqa: BLE001 - not a refusal: the row itself will say what it is
+            continue
+        finally:
+            GlobalHydra.instance().clear()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

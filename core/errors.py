@@ -7,8 +7,10 @@ class UserError(Exception):
     """Bad input: reported as one line, exit status 2."""
 
 
-class CapacityError(UserError):
-    """A row refused because it would not fit (GPU or host memory): a sweep still runs its other rows."""
+class NotHereError(UserError):
+    """A row refused because this machine cannot run it (it would not fit in GPU or host memory, a
+    backend or a GPU it needs is missing), not because the input is wrong: in a sweep it is a failed
+    row beside the others (:mod:`core.sweepcheck` lets it through)."""
 
 
 class RowError(RuntimeError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from core.errors import CapacityError, UserError, first_line  # noqa: F401 (UserError, first_line: this module's interface too)
+from core.errors import NotHereError, UserError, first_line  # noqa: F401 (UserError, first_line: this module's interface too)
 from core.options import OptionError, validate
 
 
@@ -222,7 +222,7 @@ def _check_available(entries: dict, ctx) -> None:
             raise UserError(f"{e.kind} '{e.name}' ({e.provider}) failed its availability check: "
                             f"{first_line(err)}") from None
         if why:
-            raise UserError(f"{e.kind} '{e.name}' cannot run here: {why}")
+            raise NotHereError(f"{e.kind} '{e.name}' cannot run here: {why}")
 
 
 def _hardware(cfg, ctx) -> dict:
@@ -267,7 +267,7 @@ def resolve(cfg, world: int = 1) -> Resolved:
     from core.plugins import PluginError, registry
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA GPU is visible: use device=cpu (or device=auto)")
+        raise NotHereError("device=cuda but no CUDA GPU is visible: use device=cpu (or device=auto)")
     ctx = RunContext.detect(world) if cfg.device != "cpu" else RunContext("cpu", world_size=world)
     compile_given = cfg.compile != "auto"
     if not compile_given:  # the row records what ran: compiled on a GPU, eager on a CPU
@@ -341,7 +341,7 @@ def resolve(cfg, world: int = 1) -> Resolved:
                         "leave max_host_gib out (or use it with an offload strategy, e.g. +ac=offload)")
     limit = cfg.get("max_host_gib") or host_avail
     if host and limit and host > limit and peer is None:  # a peer's memory is its own
-        raise CapacityError(f"{ac.label} would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
+        raise NotHereError(f"{ac.label} would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
                         "try a shorter seq_len, or an activation strategy that pins less (python -m core.bench --list)")
     if peer is not None and world > 1:
         raise UserError(f"+peer={peer.name} runs the peer on one GPU: run it without torchrun")
@@ -349,7 +349,7 @@ def resolve(cfg, world: int = 1) -> Resolved:
     mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else host_avail)
     if mem_limit and pred > mem_limit and peer is None:  # a peer's memory is its own (it may run out: a failed row)
         lean = ac.leaner or "a shorter seq_len"
-        raise CapacityError(f"predicted peak memory {pred:.1f} GiB exceeds the {mem_limit:.1f} GiB available "
+        raise NotHereError(f"predicted peak memory {pred:.1f} GiB exceeds the {mem_limit:.1f} GiB available "
                         f"({'GPU' if ctx.device == 'cuda' else 'host'}): try {lean}, another adapter, more GPUs, "
                         "or max_memory_gib=<GiB> to run it anyway")
     sync_ctx = SyncContext(rank=0, world_size=world, device=ctx.device, adapter_only=adapter.frozen_base,

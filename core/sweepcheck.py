@@ -3,9 +3,10 @@ as one short-lived child process, so the sweep's own process never touches the G
 
 Reads ``{"fixed": [...], "combos": [[...], ...]}`` (overrides) on stdin. Each combination is
 composed and checked exactly as its row will be (:func:`core.bench.contradictions`, then
-:func:`core.resolve.resolve`, which allocates nothing); the first one refused for any reason other than capacity (a row predicted not to fit is
-still run, and fails as a row) is printed as one line and the status is 2. Status 0: every row
-resolves (or fails only for capacity, or for a reason resolving cannot tell).
+:func:`core.resolve.resolve`, which allocates nothing); the first one refused for its input is printed as one line and the status is 2. A row this
+machine cannot run (:class:`core.errors.NotHereError`: predicted not to fit, a backend or GPU
+missing) is let through: it runs, and fails as a row beside the others. Status 0: every row
+resolves (or fails only for the machine, or for a reason resolving cannot tell).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def main() -> int:
 
     from core.bench import contradictions
 
-    from core.errors import CapacityError, UserError
+    from core.errors import NotHereError, UserError
     from core.options import conf_dir
     from core.resolve import resolve
 
@@ -33,7 +34,7 @@ def main() -> int:
                 cfg = compose("bench", overrides=[*spec["fixed"], *combo])
             contradictions(OverridesParser.create().parse_overrides([*spec["fixed"], *combo]), cfg)
             resolve(cfg)
-        except CapacityError:
+        except NotHereError:
             continue
         except UserError as e:
             print(f"the row {' '.join(combo)}: {e}", flush=True)

@@ -152,10 +152,14 @@ def _hydra_task(cfg) -> None:
         except ResultsError as e:
             say(str(e))
             sys.exit(2)
-        if cfg.get("sweep") is not None:
-            run_sweep_config(cfg, list(hc.overrides.task))
-        else:
-            sweep_row(cfg, list(hc.overrides.task))
+        try:
+            if cfg.get("sweep") is not None:
+                run_sweep_config(cfg, list(hc.overrides.task))
+            else:
+                sweep_row(cfg, list(hc.overrides.task))
+        except UserError as e:  # the results file stopped taking rows: the sweep cannot go on
+            say(str(e))
+            sys.exit(2)
         return
     status = run_row(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker: the row is written

@@ -7,6 +7,8 @@ never swallows the next row: ``append_row`` starts a new line first. Lines that 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -291,8 +293,18 @@ def append_row(path: str | Path, row: dict) -> None:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
+        try:
+            done = 0
+            while done < len(line):  # a full disk writes part of the line and then nothing: an error
+                n = os.write(fd, line[done:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, f"wrote {done} of the row's {len(line)} bytes")
+                done += n
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # no torn row: the file as it was before
+                os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
 

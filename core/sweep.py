@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from core.errors import first_line
+from core.errors import UserError, first_line
 from core.measure import say
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,23 +165,38 @@ def stream_child(cmd: list[str], env: dict, timeout_s: float, out=None, prefix: 
     it started are stopped: status -1 and a TimeoutError line."""
     out = out or sys.stderr
     tail: list[str] = []
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
                             start_new_session=True)
     deadline = time.time() + float(timeout_s)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
+    fd, pending = proc.stdout.fileno(), b""
+
+    def emit(raw: bytes) -> None:
+        nonlocal tail
+        line = raw.decode("utf-8", "replace")
+        out.write(prefix + line + ("" if line.endswith("\n") else "\n"))
+        out.flush()
+        tail = (tail + [line.rstrip()])[-50:]
+
     try:
         while True:
             if time.time() > deadline:
                 _stop(proc)
+                if pending:
+                    emit(pending)
                 return -1, tail + [f"TimeoutError: the row exceeded {timeout_s:g} s"]
             if sel.select(timeout=1.0):
-                line = proc.stdout.readline()
-                if not line:
+                # what the pipe holds, never more: a child that wrote half a line and stalls (a progress
+                # bar, a hung download) must not block this loop past the deadline
+                chunk = os.read(fd, 65536)
+                if not chunk:
                     break
-                out.write(prefix + line)
-                out.flush()
-                tail = (tail + [line.rstrip()])[-50:]
+                *lines, pending = (pending + chunk).split(b"\n")
+                for raw in lines:
+                    emit(raw + b"\n")
+        if pending:
+            emit(pending)
         return proc.wait(), tail
     finally:
         if proc.poll() is None:  # interrupted (Ctrl-C): the child and what it started go too
@@ -207,6 +222,23 @@ def child_env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), path])))
 
 
+def append_or_stop(results: str, row: dict) -> None:
+    """Append a failed row the sweep itself writes; where the results file cannot take it (a full
+    disk), the row is kept apart (:func:`core.results.rescue_row`) and the sweep stops with one line
+    (a :class:`core.errors.UserError`: status 2), since the rows after it could not be written either."""
+    from core.results import append_row, rescue_row
+
+    try:
+        append_row(results, row)
+    except OSError as e:
+        try:
+            where = f"the row is in {rescue_row(row, e)}"
+        except OSError:
+            where = "the row could not be kept anywhere"
+        raise UserError(f"results={results} did not take a row ({first_line(e)}): {where}; the sweep stopped: free "
+                        "space (or pick another results=) and run the same command to resume") from None
+
+
 def run_child(overrides: list[str], results: str, timeout_s: float, base: dict, labels: dict | None = None,
               nproc: int = 1, out=None, prefix: str = "    ") -> tuple[int, bool]:
     """Run one row as ``python -m core.bench OVERRIDES results=RESULTS`` in a fresh process (under
@@ -224,8 +256,8 @@ def run_child(overrides: list[str], results: str, timeout_s: float, base: dict, 
     written = any(x.get("id") == base["id"] for x in load_rows(results))
     if not written:
         error = child_error(rc, tail)
-        append_row(results, {**base, **(labels or {"model": " ".join(overrides)}), "status": "failed",
-                             "error": error})
+        append_or_stop(results, {**base, **(labels or {"model": " ".join(overrides)}), "status": "failed",
+                                 "error": error})
         say(f"  failed: {error}")
     return rc, written
 
@@ -255,7 +287,7 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
             e = row_cfg
             msg = f"refused: bad overrides ({first_line(e, with_type=False) or type(e).__name__})"
             say(f"[row] {' '.join(overrides)}: {msg}")
-            append_row(cfg.results, failed_row(base_row(None, overrides), None, msg))
+            append_or_stop(cfg.results, failed_row(base_row(None, overrides), None, msg))
             continue
         sweep_row(row_cfg, overrides, left[i + 1:])
     finish_sweep(cfg.results)
@@ -337,7 +369,7 @@ def sweep_row(cfg, overrides: list[str], predicted_left: list[float | None] = ()
     except Exception as e:  # noqa: BLE001 - a refused row, or a plugin that breaks while resolving, fails its row only
         p.failed += 1
         why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-        append_row(cfg.results, failed_row(base_row(cfg, overrides), cfg, f"refused: {why}"))
+        append_or_stop(cfg.results, failed_row(base_row(cfg, overrides), cfg, f"refused: {why}"))
         say(f"  refused: {why}")
         return 0
     labels = row_labels(cfg, r, 1)

@@ -885,3 +885,64 @@ def test_sweep_check_lets_rows_this_machine_cannot_run_through():
     bad = check(["device=cpu", "+attn=sdpa"], [["model=qwen3_tiny", "fuse=false"], ["model=hf_qwen3_tiny", "fuse=true"]])
     assert bad.returncode == 2, bad.stdout + bad.stderr[-2000:]
     assert bad.stdout.strip().startswith("the row model=qwen3_tiny fuse=false: fuse=false unfuses"), bad.stdout
+
+
+def test_a_short_write_leaves_no_torn_row(tmp_path, monkeypatch):
+    """A full disk writes part of the row and then fails: append_row raises and the file is as it
+    was (the measured row is then kept apart by the caller, core.results.rescue_row)."""
+    from core import results
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n')
+    real = os.write
+
+    def short(fd, data):
+        if len(data) > 10:
+            return real(fd, data[:10])  # the first call: part of the line
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(results.os, "write", short)
+    with pytest.raises(OSError, match="No space left"):
+        results.append_row(path, {"b": 2, "c": "x" * 50})
+    assert path.read_text() == '{"a": 1}\n'
+    calls = iter([5, 0])  # a write that takes nothing without raising is an error too
+    monkeypatch.setattr(results.os, "write", lambda fd, data: next(calls))
+    with pytest.raises(OSError, match="wrote 5 of the row"):
+        results.append_row(path, {"b": 2})
+    assert path.read_text() == '{"a": 1}\n'
+
+
+def test_a_child_stalled_mid_line_is_stopped_at_its_deadline():
+    """core.sweep.stream_child (row_timeout_s, peer.timeout_s): a child that wrote half a line and
+    stalls is stopped at the deadline, not when (if ever) it ends the line; its half line is kept."""
+    import io
+    import time
+
+    from core.sweep import stream_child
+
+    code = "import sys, time; print('one'); sys.stdout.write('downloading 12%'); sys.stdout.flush(); time.sleep(60)"
+    out, t = io.StringIO(), time.time()
+    rc, tail = stream_child([sys.executable, "-c", code], dict(os.environ), timeout_s=2, out=out)
+    assert rc == -1 and time.time() - t < 10
+    assert tail[:2] == ["one", "downloading 12%"] and tail[-1].startswith("TimeoutError: the row exceeded 2 s")
+
+
+def test_a_sweep_whose_results_stop_taking_rows_stops_with_one_line(tmp_path, monkeypatch):
+    """core.sweep.append_or_stop: the failed row a sweep writes itself, on a results file that no
+    longer takes rows (a full disk), is kept apart and the sweep stops with one line (status 2 in
+    core.bench), never a traceback."""
+    from core import results, sweep
+    from core.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    real = results.append_row
+
+    def full(path, row):
+        if Path(path).name == "rows.jsonl":
+            raise OSError(28, "No space left on device")
+        real(path, row)
+
+    monkeypatch.setattr(results, "append_row", full)
+    with pytest.raises(UserError, match="did not take a row .*No space left.*the row is in .*stepbench-row-x1.jsonl"):
+        sweep.append_or_stop(str(tmp_path / "rows.jsonl"), {"id": "x1", "status": "failed"})
+    assert json.loads((tmp_path / "stepbench-row-x1.jsonl").read_text())["id"] == "x1"

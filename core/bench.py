@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from core.measure import say
+from core.errors import ignore_further_ctrl_c
 from core.resolve import UserError, first_line
 from core.sweep import CHILD_ENV
 
@@ -161,6 +162,9 @@ def _hydra_task(cfg) -> None:
             say(str(e))
             sys.exit(2)
         return
+    from core.errors import watch_ctrl_c
+
+    watch_ctrl_c("stepbench")  # one row in this process: Ctrl-C ends it even inside a long kernel
     status = run_row(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker: the row is written
         from core.trainer import exit_now
@@ -638,6 +642,7 @@ def main() -> None:
     try:
         _main()
     except KeyboardInterrupt:  # before the row started (reading configs): nothing written
+        ignore_further_ctrl_c()
         say("interrupted (Ctrl-C): nothing was measured")
         sys.exit(130)
 
@@ -677,6 +682,7 @@ def _main() -> None:
     try:
         hydra.main(config_path=str(conf_dir()), config_name="bench", version_base="1.3")(_hydra_task)()
     except KeyboardInterrupt:  # rows that finished are written; the one in flight is not
+        ignore_further_ctrl_c()
         say("interrupted (Ctrl-C): rows that finished are in the results; run the same command to resume")
         sys.exit(130)
     from core.sweep import PROGRESS

@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [f"stepbench {name}", *rest]  # argparse's usage line says `stepbench report ...`
         return module.main(rest) or 0
     except KeyboardInterrupt:
+        from core.errors import ignore_further_ctrl_c
+
+        ignore_further_ctrl_c()
         print(f"stepbench {name}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
         return 130
     finally:

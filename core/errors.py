@@ -36,6 +36,7 @@ def run_main(main, name: str) -> None:
     try:
         sys.exit(main())
     except KeyboardInterrupt:
+        ignore_further_ctrl_c()
         print(f"{name}: interrupted (Ctrl-C); nothing half-written was left", file=sys.stderr, flush=True)
         sys.exit(130)
 
@@ -64,3 +65,58 @@ def raise_on_ctrl_c() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def ignore_further_ctrl_c() -> None:
+    """Called first where a Ctrl-C is handled: a second one (a user pressing it twice, ``timeout``
+    signalling the process and then its group) no longer interrupts the exit with a traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+#: process groups of the children running now (core.sweep.stream_child): ended with the process
+#: where :func:`watch_ctrl_c` has to leave without the normal clean-up
+LIVE_GROUPS: set[int] = set()
+
+
+def watch_ctrl_c(name: str, grace_s: float = 10.0) -> None:
+    """Ctrl-C ends a row within ``grace_s`` even where the main thread sits in one long kernel
+    (Python runs its handler, which raises KeyboardInterrupt, only when that call returns; a CPU
+    attention call can take many minutes). The signal's arrival is written to a pipe by the C-level
+    handler (``signal.set_wakeup_fd``); a daemon thread reading it waits ``grace_s`` for the normal
+    exit and otherwise leaves with one line and status 130. Rows that finished are written whole
+    (:func:`core.results.append_row`); the one in flight is not. Torch's kernels release the GIL,
+    so the thread runs while they do."""
+    import os
+    import signal
+    import threading
+    import time
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:
+        return
+
+    def watch():
+        while signal.SIGINT not in os.read(r, 64):
+            pass
+        time.sleep(grace_s)
+        try:
+            for pgid in list(LIVE_GROUPS):  # a peer or helper child must not outlive the row
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except OSError:
+                    pass
+            os.write(2, f"{name}: interrupted (Ctrl-C) inside a long kernel: stopped; rows that finished are in the "
+                        "results\n".encode())
+        finally:
+            os._exit(130)
+
+    threading.Thread(target=watch, name="ctrl-c-watch", daemon=True).start()

@@ -358,7 +358,7 @@ def _published_inputs() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.results import PREDICTIONS, ResultsError, check_output, write_atomic
+    from core.results import PREDICTIONS, ResultsError, check_output, write_all_atomic
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -381,8 +381,12 @@ def main(argv: list[str] | None = None) -> int:
                                     [*inputs, out], what + " or --out", holds=PREDICTIONS)
             current, sync_fits, fits = fits_from_rows()
             preds, md = predict_published(fits, sync_fits, current)
-            write_atomic(out, md + "\n")
-            write_atomic(rows_out, "".join(json.dumps(p, sort_keys=True) + "\n" for p in preds))
+            try:  # both or neither: the table and its rows never disagree
+                write_all_atomic([(out, md + "\n"),
+                                  (rows_out, "".join(json.dumps(p, sort_keys=True) + "\n" for p in preds))])
+            except OSError as e:
+                raise UserError(f"--out {out} and --rows {rows_out} could not be written ({first_line(e)}): neither "
+                                "was; free space or pick other paths") from None
             print(md.split("Per hardware", 1)[1].split("Fits used", 1)[0].strip())
             say(f"{len(preds)} predicted rows -> {out} and {rows_out}")
             return 0

@@ -211,34 +211,40 @@ def write_atomic(path: str | Path, text) -> Path:
     ``path`` whole or not at all: into a unique temporary file beside it (never a name another
     writer or an input could have), then renamed over ``path`` in one step. The new file keeps the
     mode of the one it replaces. Returns ``path``."""
+    return write_all_atomic([(path, text)])[0]
+
+
+def write_all_atomic(outputs: list) -> list[Path]:
+    """:func:`write_atomic` for several files that belong together: every one is written to its
+    temporary file first, and only when all were (a full disk fails one of them) are they renamed
+    into place; else none is, and the temporary files are removed."""
     import tempfile
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = []
     try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False) as f:
-        tmp = Path(f.name)
-        try:
-            text(f) if callable(text) else f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException:
-            f.close()
-            tmp.unlink(missing_ok=True)  # ours: made just above
-            raise
-    try:
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        for path, text in outputs:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                mode = path.stat().st_mode & 0o777
+            except FileNotFoundError:
+                umask = os.umask(0)
+                os.umask(umask)
+                mode = 0o666 & ~umask
+            with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                             delete=False) as f:
+                staged.append((Path(f.name), path))
+                text(f) if callable(text) else f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(f.name, mode)
+        for tmp, path in staged:
+            os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)  # ours: made above (a renamed one is gone from its temporary name)
         raise
-    return path
+    return [path for _, path in staged]
 
 
 def _resolved(path: Path) -> Path | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from core.errors import UserError, first_line
+from core.errors import LIVE_GROUPS, UserError, first_line
 from core.measure import say
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,6 +167,7 @@ def stream_child(cmd: list[str], env: dict, timeout_s: float, out=None, prefix: 
     tail: list[str] = []
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
                             start_new_session=True)
+    LIVE_GROUPS.add(proc.pid)
     deadline = time.time() + float(timeout_s)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -201,6 +202,7 @@ def stream_child(cmd: list[str], env: dict, timeout_s: float, out=None, prefix: 
     finally:
         if proc.poll() is None:  # interrupted (Ctrl-C): the child and what it started go too
             _stop(proc)
+        LIVE_GROUPS.discard(proc.pid)
 
 
 def child_error(rc: int, tail: list[str]) -> str:

@@ -946,3 +946,44 @@ def test_a_sweep_whose_results_stop_taking_rows_stops_with_one_line(tmp_path, mo
     with pytest.raises(UserError, match="did not take a row .*No space left.*the row is in .*stepbench-row-x1.jsonl"):
         sweep.append_or_stop(str(tmp_path / "rows.jsonl"), {"id": "x1", "status": "failed"})
     assert json.loads((tmp_path / "stepbench-row-x1.jsonl").read_text())["id"] == "x1"
+
+
+def test_outputs_that_belong_together_are_written_both_or_neither(tmp_path, monkeypatch):
+    """core.results.write_all_atomic (predict --published's table and rows): the second failing (a
+    full disk) leaves neither written and no temporary file behind."""
+    from core import results
+
+    (tmp_path / "P.md").write_text("old table\n")
+    calls = []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(results.os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space"):
+        results.write_all_atomic([(tmp_path / "P.md", "new table\n"), (tmp_path / "p.jsonl", "{}\n")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["P.md"] and (tmp_path / "P.md").read_text() == "old table\n"
+
+
+def test_ctrl_c_inside_a_long_kernel_ends_the_row_within_its_grace():
+    """core.errors.watch_ctrl_c: the main thread in one long torch call (Python would raise
+    KeyboardInterrupt only when it returns) still ends with one line and status 130 soon after
+    Ctrl-C; a second Ctrl-C after the first is handled adds no traceback (ignore_further_ctrl_c)."""
+    import signal
+    import time
+
+    code = ("import sys, torch; from core.errors import raise_on_ctrl_c, watch_ctrl_c; raise_on_ctrl_c(); "
+            "watch_ctrl_c('stepbench', grace_s=1.0); torch.set_num_threads(1); a = torch.rand(1500, 1500) / 1500; "
+            "print('ready', flush=True); torch.linalg.matrix_power(a, 2 ** 40 - 1); print('returned', flush=True)")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    t = time.time()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and time.time() - t < 20, (p.returncode, err[-2000:])
+    assert err.strip().splitlines() == ["stepbench: interrupted (Ctrl-C) inside a long kernel: stopped; rows that "
+                                        "finished are in the results"] and "returned" not in out

@@ -3,6 +3,7 @@ against the same transformers model's own forward (eager attention, full fp32 lo
 and packed documents (the reference runs each document alone, so packing must isolate them)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -210,5 +211,6 @@ def test_each_family_writes_a_row(family, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     (row,) = [json.loads(x) for x in res.read_text().splitlines()]
     assert row["status"] == "ok" and row["family"] == "hf" and row["tps"] > 0
-    assert row["model"] == f"{config(family)['model_type']} (hf)"
+    # a config of one's own is named by its model type and its fingerprint (never taken for another's rows)
+    assert re.fullmatch(rf"{config(family)['model_type']} \[config [0-9a-f]{{8}}\] \(hf\)", row["model"]), row["model"]
     assert row["predicted_mem_gib"] > 0 and row["flops_per_token_prime_rl"] > 0 and row["hw_tflops"] > 0

@@ -987,3 +987,23 @@ def test_ctrl_c_inside_a_long_kernel_ends_the_row_within_its_grace():
     assert p.returncode == 130 and time.time() - t < 20, (p.returncode, err[-2000:])
     assert err.strip().splitlines() == ["stepbench: interrupted (Ctrl-C) inside a long kernel: stopped; rows that "
                                         "finished are in the results"] and "returned" not in out
+
+
+def test_a_changed_or_own_config_is_named_by_its_fingerprint(tmp_path):
+    """hf rows: an entry with a config field changed, or a config.json of one's own, is named by its
+    config's fingerprint, so two models are never one row key (a sweep would skip the second) and
+    model.hf_name cannot put another model's name on a config."""
+    from plugins.models import hf
+
+    def name(node):
+        return hf.from_config({"model": {"family": "hf", **node}}).name
+
+    cfg = json.loads(hf._entries()["hf_qwen3_tiny"][1])
+    assert name({"flavour": "qwen3-tiny", "config": cfg}) == "qwen3-tiny (hf)"
+    four = name({"flavour": "qwen3-tiny", "config": {**cfg, "num_hidden_layers": 4}})
+    two = name({"flavour": "qwen3-tiny", "config": {**cfg, "num_hidden_layers": 1}})
+    assert four != two and four.startswith("qwen3-tiny [config ") and four.endswith("] (hf)")
+    with pytest.raises(ValueError, match="names conf/model/hf_qwen3_4b.yaml, whose config this one is not"):
+        name({"flavour": "qwen3-tiny", "config": cfg, "hf_name": "Qwen/Qwen3-4B-Instruct-2507"})
+    with pytest.raises(ValueError, match="names no model of conf/model/"):
+        name({"config": cfg, "hf_name": "Qwen/Qwen3-4B"})

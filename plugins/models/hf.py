@@ -29,6 +29,8 @@ over full fp32 logits (log-softmax over the vocabulary); LoRA through peft as ab
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -42,6 +44,34 @@ from core.contracts import ModelFamily
 from core.models.common import CausalLM, ModelArgs, rope_inv_freq, run_block
 
 HF_SUFFIX, PLAIN_SUFFIX = " (hf)", " (plain HF)"
+
+
+def _canonical(d: dict) -> str:
+    """A config's fields as one string (sorted keys): two configs are the same model when equal."""
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=1)
+def _entries() -> dict[str, tuple[str, str, str]]:
+    """hf_name -> (the conf/model entry, its config as :func:`_canonical`, its flavour) of the committed hf
+    entries with a config mapping. A row whose config is none of these (an entry with a field
+    overridden, a config.json of one's own) is named with its config's fingerprint, so it is never
+    taken for (or skipped as) another model's row; ``model.hf_name`` naming an entry whose config
+    differs is refused."""
+    from omegaconf import OmegaConf
+
+    from core.options import conf_dir
+
+    out = {}
+    for f in sorted((conf_dir() / "model").glob("*.yaml")):
+        try:
+            node = OmegaConf.to_container(OmegaConf.load(f), resolve=True)
+        except Exception:  # noqa: BLE001 - an entry that does not load is refused where it is chosen
+            continue
+        if isinstance(node, dict) and node.get("family") == "hf" and isinstance(node.get("config"), dict):
+            out[str(node.get("hf_name") or f.stem)] = (f.stem, _canonical(dict(node["config"])),
+                                                        str(node.get("flavour") or ""))
+    return out
 
 
 def _config_dict(value) -> dict:
@@ -499,9 +529,21 @@ def from_config(cfg: dict) -> ModelArgs:
             raise ValueError("model.plain=true runs one document per micro-batch (transformers' sdpa path has no "
                              "packed documents): use packing=single")
     base = str(node.get("flavour") or "custom")
+    hf_name = str(node.get("hf_name") or "")
+    entries = _entries()
+    if hf_name and hf_name not in entries:
+        raise ValueError(f"model.hf_name={hf_name} names no model of conf/model/, and a config's rows are named by the "
+                         "config (its name and fingerprint): leave model.hf_name out")
+    if hf_name and entries[hf_name][1] != _canonical(d):
+        if entries[hf_name][2] != base:  # another entry's name on this config
+            raise ValueError(f"model.hf_name={hf_name} names conf/model/{entries[hf_name][0]}.yaml, whose config this "
+                             f"one is not: use model={entries[hf_name][0]}, or leave model.hf_name out")
+        hf_name = ""  # the entry with a field changed: another model, named by its fingerprint below
     if base in ("custom", "auto", "None"):
         base = str(d.get("_name_or_path") or d.get("model_type"))
-    args = args_from_config(d, base + (PLAIN_SUFFIX if plain else HF_SUFFIX), str(node.get("hf_name") or ""))
+    if _canonical(d) not in {c for _, c, _ in entries.values()}:  # not a committed entry's config as it is
+        base += f" [config {hashlib.sha1(_canonical(d).encode()).hexdigest()[:8]}]"
+    args = args_from_config(d, base + (PLAIN_SUFFIX if plain else HF_SUFFIX), hf_name)
     adapter = cfg.get("adapter") or {}
     if args.n_experts and adapter.get("name") == "lora" and adapter.get("experts", "grouped") in ("grouped", True):
         raise ValueError("adapter.experts=grouped adapts stepbench's own expert module; transformers' experts "

@@ -192,14 +192,14 @@ def _folder(v: str) -> Path:
     """A folder argument: not empty (``Path("")`` would be the current folder)."""
     if not v.strip():
         raise argparse.ArgumentTypeError("is empty: name a folder, e.g. --wheel-dir ~/.cache/stepbench/fa3-wheels")
-    return Path(v)
+    return Path(v).expanduser()  # a quoted '~/...' as the shell would have expanded it
 
 
 def _checkout(v: str) -> Path:
     """--source, --clone and --cutlass: a folder, not an empty string."""
     if not v.strip():
         raise argparse.ArgumentTypeError("is empty: name the checkout's folder")
-    return Path(v)
+    return Path(v).expanduser()
 
 
 def _probe_folder(path: Path) -> None:
@@ -247,6 +247,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-test", action="store_true")
     a = ap.parse_args(argv)
     try:
+        if a.no_install and a.target is not None:
+            raise BuildError("--target names where to install, and --no-install installs nothing: leave --target out")
+        if a.target is not None and a.target.strip():
+            a.target = str(Path(a.target).expanduser())
         if a.no_install and a.no_test:
             raise BuildError("--no-test skips the tests of an installed build, and --no-install installs nothing: "
                              "leave --no-test out")

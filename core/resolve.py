@@ -328,6 +328,9 @@ def resolve(cfg, world: int = 1) -> Resolved:
     if adapter.replicate is True and not fam.casts_adapters:
         raise UserError(f"adapter.replicate=true needs a model whose layers compute the adapter in bf16 (the "
                         f"native families); {family} models would run it in fp32: use adapter.replicate=auto")
+    if adapter.replicate is True and world == 1:  # auto replicates there already: the same row under two keys
+        raise UserError("adapter.replicate=true is what adapter.replicate=auto does in one process: leave it out (it "
+                        "applies to rows under torchrun)")
     refuse_unfit(args, attention, adapter, ac, ctx)
     config = OmegaConf.to_container(cfg, resolve=True)
     layout = layout_of(config, ac, adapter, fam)

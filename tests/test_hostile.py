@@ -38,6 +38,7 @@ HF_MOE = {**HF_OK, "model_type": "qwen3_moe", "moe_intermediate_size": 32, "num_
 NO_HEAD_DIM = {k: v for k, v in HF_OK.items() if k != "head_dim"}
 #: config.json files written into each test's folder: name -> contents (a dict is written as JSON)
 HF_CONFIGS = {
+    "ok.json": HF_OK,
     "zero_heads.json": {**HF_OK, "num_attention_heads": 0},
     "zero_kv_heads.json": {**HF_OK, "num_key_value_heads": 0},
     "neg_hidden.json": {**HF_OK, "hidden_size": -64},
@@ -558,6 +559,12 @@ CASES = [
     ("cli", ["bench", "--resolve"], "--resolve goes with --cfg"),
     ("cli", ["bench", "--cfg", "job", "--package", "x"], "stepbench does not take it"),
     ("fa3_build", ["--source", "{fa}", "--wheel-dir", ""], "--wheel-dir: is empty"),
+    ("fa3_build", ["--source", "{fa}", "--no-install", "--target", "{tmp}/t"], "leave --target out"),
+    (B, ["adapter=lora", "adapter.replicate=true"], "what adapter.replicate=auto does in one process"),
+    (B, ["adapter=lora", "adapter.targets=[]"], "is not a list of layer names"),
+    (B, ["adapter=lora", "adapter.targets=q_proj"], "is not a list of layer names"),
+    (B, ["adapter=lora", "adapter.targets=[q_proj,bogus]"], "names bogus, which qwen3-tiny has no linear layer of"),
+    (B, [*hf("ok.json"), "model.hf_name=Qwen/Qwen3-4B"], "names no model of conf/model/"),
     # --- round eleven: a sweep's rows resolved before the first runs (core.sweepcheck)
     (B, ["-m", "model=qwen3_tiny,hf_qwen3_tiny", "adapter=lora", "fuse=false"], "the row model=hf_qwen3_tiny: fuse=false"),
     (B, ["-m", "model=qwen3_tiny,hf_qwen3_tiny", "+kernels=inductor"], "the row model=hf_qwen3_tiny: kernels 'inductor'"),

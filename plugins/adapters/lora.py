@@ -94,6 +94,10 @@ class LoRA(Adapter):
         if experts not in EXPERT_MODES:
             raise ValueError(f"adapter.experts={experts!r} is not one of {', '.join(EXPERT_MODES)}: "
                              "try adapter.experts=grouped")
+        if targets is not None and (isinstance(targets, (str, bytes)) or not isinstance(targets, (list, tuple))
+                                    or not targets or not all(isinstance(t, str) and t.strip() for t in targets)):
+            raise ValueError(f"adapter.targets={targets!r} is not a list of layer names: e.g. "
+                             "adapter.targets=[q_proj,v_proj], or leave it out (every linear layer of the blocks)")
         self.rank, self.alpha = rank, alpha
         self.chosen = list(targets) if targets else None  # adapter.targets=[...]: the user's, else the model's
         self.targets = list(targets or DENSE_TARGETS)
@@ -109,6 +113,13 @@ class LoRA(Adapter):
                     f"try adapter.rank={min(16, args.dim)}")
         if self.experts != EXPERT_MODES[0] and not args.n_experts:
             return f"adapter.experts={self.experts} applies to models with routed experts; {args.name} has none: leave it out"
+        if self.chosen:
+            known = ([n for n, _ in args.lora_dims] if getattr(args, "lora_dims", None) is not None
+                     else list(DENSE_TARGETS))
+            unknown = [t for t in self.chosen if t not in known]
+            if unknown:
+                return (f"adapter.targets names {', '.join(unknown)}, which {args.name} has no linear layer of: choose "
+                        f"from {', '.join(known)}")
         return None
 
     def model_targets(self, args) -> tuple[list, list]:

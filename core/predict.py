@@ -429,6 +429,18 @@ def _one(argv: list[str]) -> int:
     if (cfg.get("kernels") or {}).get("name") != _primary_defaults()["kernels"]["name"]:
         raise UserError(f"+kernels={cfg.kernels.name}: the predictor has no fit of that provider's step (its fits are "
                         "of rows with the default kernels): leave +kernels out")
+    from core.options import group_schema
+
+    sync = dict(cfg.get("sync") or {})
+    defaults = group_schema("sync", str(sync.get("name"))) if sync else {}
+    moved = [k for k, v in sync.items() if k != "name" and k in defaults and v != defaults[k]]
+    if moved:  # how the hand-off writes, cleans up or gathers: not its bytes, so not the prediction
+        v = sync[moved[0]]
+        raise UserError(f"sync.{moved[0]}={str(v).lower() if isinstance(v, bool) else v}: the predictor models the hand-off's bytes and time, which "
+                        f"sync.{moved[0]} does not change: leave it out")
+    if (cfg.get("adapter") or {}).get("replicate", "auto") != "auto":
+        raise UserError(f"adapter.replicate={str(cfg.adapter.replicate).lower()}: the predictor models FSDP2's sharding of the "
+                        "adapter as auto does: leave it out")
     hw_name = str(cfg.hardware.name).lower()
     if hw_name in ("auto", "cpu"):
         raise UserError("name the hardware to predict for: hardware=h100, h200, b200 or a6000 (with gpus=N)")

@@ -505,7 +505,7 @@ CASES = [
     (B, ["adapter=lora", "fuse=true"], "it is fuse=lora, the default"),
     (B, ["model=hf_qwen3_tiny", "fuse=false"], "the hf family runs its own modules"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "+sync=filesystem", "sync.dir=/proc/stepbench-x"],
-     "cannot write weights to sync.dir=/proc/stepbench-x"),
+     "which sync.dir does not change"),
     ("cli", ["fa3-build", "--source", "{tmp}/nothere"], "stepbench fa3-build: "),
     # --- round seven: options that do nothing here, destinations that hold something else
     (B, ["+ac=selective", "ac.save=[]"], "which is +ac=recompute"),
@@ -565,6 +565,10 @@ CASES = [
     (B, ["adapter=lora", "adapter.targets=q_proj"], "is not a list of layer names"),
     (B, ["adapter=lora", "adapter.targets=[q_proj,bogus]"], "names bogus, which qwen3-tiny has no linear layer of"),
     (B, [*hf("ok.json"), "model.hf_name=Qwen/Qwen3-4B"], "names no model of conf/model/"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "+sync=filesystem", "sync.keep=3"], "sync.keep=3: the predictor"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "+sync=filesystem", "sync.fsync=true"], "sync.fsync=true: the"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "gpus=8", "+sync=host", "sync.gather_mib=64"], "which sync.gather_mib"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "adapter=lora", "adapter.replicate=true"], "adapter.replicate=true: the"),
     # --- round eleven: a sweep's rows resolved before the first runs (core.sweepcheck)
     (B, ["-m", "model=qwen3_tiny,hf_qwen3_tiny", "adapter=lora", "fuse=false"], "the row model=hf_qwen3_tiny: fuse=false"),
     (B, ["-m", "model=qwen3_tiny,hf_qwen3_tiny", "+kernels=inductor"], "the row model=hf_qwen3_tiny: kernels 'inductor'"),

@@ -1018,3 +1018,16 @@ def test_a_changed_or_own_config_is_named_by_its_fingerprint(tmp_path):
         name({"flavour": "qwen3-tiny", "config": cfg, "hf_name": "Qwen/Qwen3-4B-Instruct-2507"})
     with pytest.raises(ValueError, match="names no model of conf/model/"):
         name({"config": cfg, "hf_name": "Qwen/Qwen3-4B"})
+
+
+@pytest.mark.parametrize("opt", ["steps=50", "seed=7"])
+def test_prime_rl_refuses_steps_and_seed_its_bench_mode_ignores(tmp_path, opt):
+    """prime-rl's bench mode runs four steps from its own seed: another steps= or seed= would be
+    stored in the row and not run, so the row is refused before anything starts."""
+    script = tmp_path / "prime-rl" / "src" / "prime_rl" / "trainer" / "rl" / "train.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("")
+    status, line = _bench_in_process(["+peer=prime_rl", f"peer.path={tmp_path / 'prime-rl'}", "model=qwen3_tiny",
+                                      "+attn=sdpa", "device=cpu", opt, f"results={tmp_path / 'r.jsonl'}"])
+    assert status == 2 and f"{opt} changes nothing for +peer=prime_rl" in line and "leave" in line, line
+    assert not (tmp_path / "r.jsonl").exists()

@@ -101,6 +101,12 @@ class PrimeRL(CheckoutPeer):
             return f"prime-rl runs full fine-tuning or LoRA, not adapter '{spec.adapter}'"
         if spec.task == "sft" and spec.adapter == "lora":
             return "prime-rl's SFT bench rows are full fine-tuning: use adapter=full"
+        from core.resolve import _primary_defaults
+
+        for key in ("steps", "seed"):  # bench mode fixes both: a row's other value would be stored, not run
+            if getattr(spec, key) != _primary_defaults()[key]:
+                return (f"{key}={getattr(spec, key)} changes nothing for +peer=prime_rl: its bench mode runs "
+                        f"{BENCH_STEPS} steps ({BENCH_STEPS - 1} timed) from its own seed: leave {key} out")
         if spec.device != "cuda":
             return "prime-rl's trainer needs a CUDA GPU (it initialises NCCL): run this row on a GPU machine"
         if self.tokenizer and not Path(self.tokenizer).expanduser().is_dir():

@@ -25,7 +25,6 @@ import resource
 import sys
 import traceback
 import uuid
-from pathlib import Path
 
 from core.measure import say
 from core.errors import ignore_further_ctrl_c
@@ -354,8 +353,6 @@ def check_sweep_rows(parsed, overrides: list[str]) -> None:
     rows before it ran. Rows this machine cannot run (predicted not to fit, a backend missing here)
     still run as failed rows."""
     import itertools
-    import json
-    import subprocess
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -364,16 +361,9 @@ def check_sweep_rows(parsed, overrides: list[str]) -> None:
         return
     fixed = [x for x in overrides if not OverridesParser.create().parse_override(x).is_sweep_override()]
     combos = [[f"{k}={v}" for (k, _), v in zip(lists, vals)] for vals in itertools.product(*(v for _, v in lists))]
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)}
-    try:
-        p = subprocess.run([sys.executable, "-m", "core.sweepcheck"], input=json.dumps({"fixed": fixed, "combos": combos}),
-                           capture_output=True, text=True, timeout=600, env=env)
-    except subprocess.TimeoutExpired:
-        return
-    lines = p.stdout.strip().splitlines()
-    if p.returncode == 2 and lines:
-        raise UserError(lines[-1])
+    from core.sweep import check_rows
+
+    check_rows(fixed, combos)
 
 
 #: top-level options outside a row's key (core.results.KEY_FIELDS and the variant): a sweep over one

@@ -224,6 +224,24 @@ def child_env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), path])))
 
 
+def check_rows(fixed: list[str], combos: list[list[str]]) -> None:
+    """Check every row of a sweep (``fixed`` overrides plus each of ``combos``) as the row itself
+    will be, in one short-lived child process (:mod:`core.sweepcheck`: this process stays off the
+    GPU); the first row refused for its input raises :class:`UserError` with that row's one line."""
+    import json
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)}
+    try:
+        p = subprocess.run([sys.executable, "-m", "core.sweepcheck"], input=json.dumps({"fixed": fixed, "combos": combos}),
+                           capture_output=True, text=True, timeout=600, env=env)
+    except subprocess.TimeoutExpired:
+        return
+    lines = p.stdout.strip().splitlines()
+    if p.returncode == 2 and lines:
+        raise UserError(lines[-1])
+
+
 def append_or_stop(results: str, row: dict) -> None:
     """Append a failed row the sweep itself writes; where the results file cannot take it (a full
     disk), the row is kept apart (:func:`core.results.rescue_row`) and the sweep stops with one line
@@ -273,9 +291,10 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
 
     rows = list(cfg.sweep.rows)
     extra = [o for o in base_overrides if override_key(o) != "sweep"]
+    specs = [merge_overrides(shlex.split(spec), extra) for spec in rows]
+    check_rows([], specs)  # a row refused for its input stops the sweep before the first row runs
     say(f"sweep '{cfg.sweep.get('name', '?')}': {len(rows)} rows x {cfg.repeats} -> {cfg.results}")
     PROGRESS.total = len(rows)
-    specs = [merge_overrides(shlex.split(spec), extra) for spec in rows]
     composed = []
     for overrides in specs:
         try:

@@ -33,7 +33,11 @@ def main() -> int:
             with initialize_config_dir(str(conf_dir()), version_base="1.3"):
                 cfg = compose("bench", overrides=[*spec["fixed"], *combo])
             contradictions(OverridesParser.create().parse_overrides([*spec["fixed"], *combo]), cfg)
-            resolve(cfg)
+            r = resolve(cfg)
+            if r.peer is not None:  # what the peer refuses (a missing peer.path, an option it ignores)
+                from core import peers
+
+                peers.check(cfg, r)
         except NotHereError:
             continue
         except UserError as e:

@@ -570,6 +570,9 @@ CASES = [
     ("predict", ["model=qwen3_4b", "hardware=h100", "gpus=8", "+sync=host", "sync.gather_mib=64"], "which sync.gather_mib"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "adapter=lora", "adapter.replicate=true"], "adapter.replicate=true: the"),
     # --- round eleven: a sweep's rows resolved before the first runs (core.sweepcheck)
+    (B, ["+sweep=cpu_smoke", "+peer=prime_rl"], "peer prime_rl runs a prime-rl checkout you point at"),
+    (B, ["-m", "+peer=none,prime_rl", "+attn=sdpa"], "the row +peer=prime_rl: peer 'prime_rl': peer prime_rl runs a"),
+    (B, ["-m", f"model.config={{tmp}}/ok.json,{{tmp}}/heads_not_divide.json", "model=hf"], "the row model.config="),
     (B, ["-m", "model=qwen3_tiny,hf_qwen3_tiny", "adapter=lora", "fuse=false"], "the row model=hf_qwen3_tiny: fuse=false"),
     (B, ["-m", "model=qwen3_tiny,hf_qwen3_tiny", "+kernels=inductor"], "the row model=hf_qwen3_tiny: kernels 'inductor'"),
 ]
@@ -578,7 +581,8 @@ CASES = [
 SUBPROCESS = [
     ["foo=1"], ["+attn=bogus"], ["attn=fa3"], ["seq_len=0"], ["adapter=lora", "adapter.rank=0"], ["hardware=h100"],
     ["results={dir}"], ["results={file}/rows.jsonl"], ["seed=99999999999999999999"], ["model=hf"],
-    ["packing=fixed:0"], [*hf("zero_heads.json")],
+    ["packing=fixed:0"], [*hf("zero_heads.json")], ["+sweep=cpu_smoke", "+peer=prime_rl"],
+    ["-m", "+peer=none,prime_rl", "+attn=sdpa"],
 ]
 
 

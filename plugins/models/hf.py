@@ -359,7 +359,8 @@ def _attention_of(layer: nn.Module):
         if hasattr(m, "scaling") and hasattr(m, "head_dim") and m is not layer:
             return m
     raise ValueError(f"{type(layer).__name__} has no attention module with a scaling and head_dim (transformers' "
-                     "convention): this model cannot run under stepbench; use model.plain=true")
+                     "convention): stepbench reads a decoder-only causal LM's attention from it (for its FLOPs and "
+                     "memory, in its own step and in the plain loop alike), so this model cannot run")
 
 
 def _experts_count(c) -> tuple[int, int]:
@@ -378,7 +379,8 @@ def tree_facts(c, lm: nn.Module) -> dict:
     layers = getattr(base, "layers", None)
     if not isinstance(layers, nn.ModuleList) or not isinstance(getattr(base, "embed_tokens", None), nn.Embedding):
         raise ValueError(f"{type(lm).__name__} keeps no decoder layers at model.layers with an embed_tokens "
-                         "embedding (transformers' decoder layout): use model.plain=true")
+                         "embedding (transformers' decoder layout): stepbench measures decoder-only causal LMs laid "
+                         "out so (in its own step and in the plain loop alike), and this one cannot run")
     n_experts, top_k = _experts_count(c)
     windows, features, head_dims, mm, lora, experts = [], set(), set(), [], {}, {}
     for layer in layers:

@@ -57,6 +57,8 @@ class TorchTitan(CheckoutPeer):
         if cfg.get("model_type") != "qwen3":
             return (f"the torchtitan peer builds dense Qwen3 models, not model_type '{cfg.get('model_type')}': pick a "
                     "Qwen3 model (model=qwen3_0_6b, model=qwen3_4b, ...)")
+        if spec.device != "cuda":  # before the kernels: none of them runs on a CPU
+            return "torchtitan's trainer needs a CUDA GPU (it sets a CUDA device and initialises NCCL): run this row on a GPU machine"
         if spec.attn not in ATTN:
             return f"torchtitan runs SDPA here, not '{spec.attn}': use +attn=cudnn (its default order) or +attn=fa2"
         if spec.ac not in AC or spec.ac_mode != "full":
@@ -65,8 +67,6 @@ class TorchTitan(CheckoutPeer):
         if spec.steps <= WARMUP_STEPS:
             return (f"steps={spec.steps}: torchtitan's first {WARMUP_STEPS} steps warm up and are not timed: give the row "
                     f"steps={WARMUP_STEPS + 1} or more")
-        if spec.device != "cuda":
-            return "torchtitan's trainer needs a CUDA GPU (it sets a CUDA device and initialises NCCL): run this row on a GPU machine"
         return self.python_missing()
 
     def command(self, spec: PeerSpec, workdir: str) -> PeerCommand:

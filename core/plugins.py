@@ -107,7 +107,8 @@ class Registry:
             return self.entries[kind][name]
         except KeyError:
             choices = ", ".join(self.names(kind)) or "(none)"
-            raise PluginError(f"unknown {kind} '{name}': choose one of {choices}") from None
+            blocked = f" ({BLOCK_ENV}={os.environ[BLOCK_ENV]} blocks plugins here)" if _blocklist() else ""
+            raise PluginError(f"unknown {kind} '{name}'{blocked}: choose one of {choices}") from None
 
 
 def _blocklist() -> set[str]:

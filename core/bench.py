@@ -277,6 +277,12 @@ def check_overrides(argv: list[str]):
                                 f"core.bench -m {o.input_line}), or give one value")
             if o.is_sweep_override() and not list(o.sweep_string_iterator()):
                 raise UserError(f"'{o.input_line}' sweeps over no value: give at least one")
+            if o.is_sweep_override():
+                vals = list(o.sweep_string_iterator())
+                twice = next((v for i, v in enumerate(vals) if v in vals[:i]), None)
+                if twice is not None:  # the same row twice in one call (with redo=true, measured twice)
+                    raise UserError(f"'{o.input_line}' lists {twice} twice: give each value once (repeats=N measures "
+                                    "a row N times)")
         try:
             cfg = compose("bench", overrides=[x for x in overrides
                                               if not OverridesParser.create().parse_override(x).is_sweep_override()])

@@ -65,6 +65,9 @@ def raise_on_ctrl_c() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM (timeout, kill, a batch scheduler) stops rows the same way: a sweep's row child, in a
+    # session of its own, is stopped with it instead of living on and writing a row after the sweep
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def ignore_further_ctrl_c() -> None:
@@ -75,6 +78,7 @@ def ignore_further_ctrl_c() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 #: process groups of the children running now (core.sweep.stream_child): ended with the process
@@ -105,7 +109,7 @@ def watch_ctrl_c(name: str, grace_s: float = 10.0) -> None:
         return
 
     def watch():
-        while signal.SIGINT not in os.read(r, 64):
+        while not {signal.SIGINT, signal.SIGTERM} & set(os.read(r, 64)):
             pass
         time.sleep(grace_s)
         try:

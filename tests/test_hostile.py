@@ -39,6 +39,7 @@ NO_HEAD_DIM = {k: v for k, v in HF_OK.items() if k != "head_dim"}
 #: config.json files written into each test's folder: name -> contents (a dict is written as JSON)
 HF_CONFIGS = {
     "ok.json": HF_OK,
+    "type_list.json": {**HF_OK, "model_type": ["qwen3"]},
     "zero_heads.json": {**HF_OK, "num_attention_heads": 0},
     "zero_kv_heads.json": {**HF_OK, "num_key_value_heads": 0},
     "neg_hidden.json": {**HF_OK, "hidden_size": -64},
@@ -569,6 +570,8 @@ CASES = [
     ("predict", ["model=qwen3_4b", "hardware=h100", "+sync=filesystem", "sync.fsync=true"], "sync.fsync=true: the"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "gpus=8", "+sync=host", "sync.gather_mib=64"], "which sync.gather_mib"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "adapter=lora", "adapter.replicate=true"], "adapter.replicate=true: the"),
+    (B, hf("type_list.json"), "model_type is \"['qwen3']\", not a name"),
+    (B, ["-m", "seq_len=128,128", "redo=true"], "lists 128 twice"),
     # --- round eleven: a sweep's rows resolved before the first runs (core.sweepcheck)
     (B, ["+sweep=cpu_smoke", "+peer=prime_rl"], "peer prime_rl runs a prime-rl checkout you point at"),
     (B, ["-m", "+peer=none,prime_rl", "+attn=sdpa"], "the row +peer=prime_rl: peer 'prime_rl': peer prime_rl runs a"),

@@ -138,6 +138,9 @@ def hf_config(d: dict):
     model_type = d.pop("model_type", None)
     if model_type is None:
         raise ValueError("model.config has no model_type: add the model's own, e.g. \"model_type\": \"llama\"")
+    if not isinstance(model_type, str) or not model_type.strip():
+        raise ValueError(f"model.config's model_type is {str(model_type)[:40]!r}, not a name: give the model's own, "
+                         "e.g. \"model_type\": \"llama\"")
     try:
         return AutoConfig.for_model(model_type, **d)
     except (ValueError, KeyError) as e:
@@ -455,6 +458,9 @@ def args_from_config(d: dict, name: str, hf_name: str = "") -> ModelArgs:
 
     if d.get("model_type") is None:
         raise ValueError("model.config has no model_type: add the model's own, e.g. \"model_type\": \"llama\"")
+    if not isinstance(d["model_type"], str) or not d["model_type"].strip():
+        raise ValueError(f"model.config's model_type is {str(d['model_type'])[:40]!r}, not a name: give the model's "
+                         "own, e.g. \"model_type\": \"llama\"")
     if d["model_type"] not in CONFIG_MAPPING:
         raise ValueError(f"transformers {_tf_version()} cannot build model_type '{d['model_type']}' (it knows no such "
                          "model): check model_type (a decoder-only model transformers has, e.g. llama, qwen2, "

@@ -573,7 +573,6 @@ CASES = [
     (B, hf("type_list.json"), "model_type is \"['qwen3']\", not a name"),
     (B, ["-m", "seq_len=128,128", "redo=true"], "lists 128 twice"),
     # --- round eleven: a sweep's rows resolved before the first runs (core.sweepcheck)
-    (B, ["+sweep=cpu_smoke", "+peer=prime_rl"], "peer prime_rl runs a prime-rl checkout you point at"),
     (B, ["-m", "+peer=none,prime_rl", "+attn=sdpa"], "the row +peer=prime_rl: peer 'prime_rl': peer prime_rl runs a"),
     (B, ["-m", f"model.config={{tmp}}/ok.json,{{tmp}}/heads_not_divide.json", "model=hf"], "the row model.config="),
     (B, ["-m", "model=qwen3_tiny,hf_qwen3_tiny", "adapter=lora", "fuse=false"], "the row model=hf_qwen3_tiny: fuse=false"),
@@ -584,7 +583,7 @@ CASES = [
 SUBPROCESS = [
     ["foo=1"], ["+attn=bogus"], ["attn=fa3"], ["seq_len=0"], ["adapter=lora", "adapter.rank=0"], ["hardware=h100"],
     ["results={dir}"], ["results={file}/rows.jsonl"], ["seed=99999999999999999999"], ["model=hf"],
-    ["packing=fixed:0"], [*hf("zero_heads.json")], ["+sweep=cpu_smoke", "+peer=prime_rl"],
+    ["packing=fixed:0"], [*hf("zero_heads.json")],
     ["-m", "+peer=none,prime_rl", "+attn=sdpa"],
 ]
 

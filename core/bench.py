@@ -352,11 +352,10 @@ MAX_CHECKED_ROWS = 256
 
 
 def check_sweep_rows(parsed, overrides: list[str]) -> None:
-    """Resolve every row of the sweep (each combination of its listed values) before the first runs,
-    in one short-lived child process (:mod:`core.sweepcheck`; this process stays off the GPU), so a
-    combination the row itself would refuse for its input (``fuse=false`` with an hf model, a
-    backend that cannot run the model's attention) is refused now with its one line, not after the
-    rows before it ran. Rows this machine cannot run (predicted not to fit, a backend missing here)
+    """Resolve every row of the sweep (each combination of its listed values) before the first runs
+    (:mod:`core.sweepcheck`, which allocates nothing), so a combination the row itself would refuse
+    for its input (``fuse=false`` with an hf model, a backend that cannot run the model's attention)
+    is refused now with its one line, not after the rows before it ran. Rows this machine cannot run (predicted not to fit, a backend missing here)
     still run as failed rows."""
     import itertools
 

@@ -226,20 +226,13 @@ def child_env() -> dict:
 
 def check_rows(fixed: list[str], combos: list[list[str]]) -> None:
     """Check every row of a sweep (``fixed`` overrides plus each of ``combos``) as the row itself
-    will be, in one short-lived child process (:mod:`core.sweepcheck`: this process stays off the
-    GPU); the first row refused for its input raises :class:`UserError` with that row's one line."""
-    import json
+    will be (:func:`core.sweepcheck.first_refusal`); the first row refused for its input raises
+    :class:`UserError` with that row's one line."""
+    from core.sweepcheck import first_refusal
 
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)}
-    try:
-        p = subprocess.run([sys.executable, "-m", "core.sweepcheck"], input=json.dumps({"fixed": fixed, "combos": combos}),
-                           capture_output=True, text=True, timeout=600, env=env)
-    except subprocess.TimeoutExpired:
-        return
-    lines = p.stdout.strip().splitlines()
-    if p.returncode == 2 and lines:
-        raise UserError(lines[-1])
+    line = first_refusal(fixed, combos)
+    if line:
+        raise UserError(line)
 
 
 def append_or_stop(results: str, row: dict) -> None:

@@ -1,10 +1,9 @@
-"""Resolve every row of a ``-m`` sweep before the first one runs (``core.bench`` starts this module
-as one short-lived child process, so the sweep's own process never touches the GPU).
-
-Reads ``{"fixed": [...], "combos": [[...], ...]}`` (overrides) on stdin. Each combination is
+"""Resolve every row of a ``-m`` sweep before the first one runs (:func:`first_refusal`, called by
+``core.bench`` in the sweep's process, which resolves each row again as it comes; ``python -m
+core.sweepcheck`` reads ``{"fixed": [...], "combos": [[...], ...]}`` on stdin). Each combination is
 composed and checked exactly as its row will be (:func:`core.bench.contradictions`, then
-:func:`core.resolve.resolve`, which allocates nothing); the first one refused for its input is printed as one line and the status is 2. A row this
-machine cannot run (:class:`core.errors.NotHereError`: predicted not to fit, a backend or GPU
+:func:`core.resolve.resolve`, which allocates nothing, and the peer's check); the first one refused
+for its input is the sweep's one line (status 2). A row this machine cannot run (:class:`core.errors.NotHereError`: predicted not to fit, a backend or GPU
 missing) is let through: it runs, and fails as a row beside the others. Status 0: every row
 resolves (or fails only for the machine, or for a reason resolving cannot tell).
 """
@@ -15,24 +14,23 @@ import json
 import sys
 
 
-def main() -> int:
+def first_refusal(fixed: list[str], combos: list[list[str]]) -> str | None:
+    """The one line of the first row of ``combos`` refused for its input, or None."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from core.bench import contradictions
-
     from core.errors import NotHereError, UserError
     from core.options import conf_dir
     from core.resolve import resolve
 
-    spec = json.load(sys.stdin)
-    for combo in spec["combos"]:
+    for combo in combos:
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-                cfg = compose("bench", overrides=[*spec["fixed"], *combo])
-            contradictions(OverridesParser.create().parse_overrides([*spec["fixed"], *combo]), cfg)
+                cfg = compose("bench", overrides=[*fixed, *combo])
+            contradictions(OverridesParser.create().parse_overrides([*fixed, *combo]), cfg)
             r = resolve(cfg)
             if r.peer is not None:  # what the peer refuses (a missing peer.path, an option it ignores)
                 from core import peers
@@ -41,12 +39,20 @@ def main() -> int:
         except NotHereError:
             continue
         except UserError as e:
-            print(f"the row {' '.join(combo)}: {e}", flush=True)
-            return 2
+            return f"the row {' '.join(combo)}: {e}"
         except Exception:  # noqa: BLE001 - not a refusal: the row itself will say what it is
             continue
         finally:
             GlobalHydra.instance().clear()
+    return None
+
+
+def main() -> int:
+    spec = json.load(sys.stdin)
+    line = first_refusal(spec["fixed"], spec["combos"])
+    if line:
+        print(line, flush=True)
+        return 2
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -248,6 +249,9 @@ def malformed(r: dict) -> str | None:
     for k, v in (r.get("spread") or {}).items():  # the step spread's numbers (cv, n, min, max, ...)
         if k in SPREAD_NUMBERS and v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
             return f"its spread's {k} is a {type(v).__name__}"
+    for k in ("mfu", "peak_mem_gib"):  # NaN or infinity would print as "nan%" and travel into a baseline
+        if isinstance(r.get(k), float) and not math.isfinite(r[k]):
+            return f"its {k} is {r[k]}, not a finite number"
     if not r["tps"] > 0 or not r["step_time"] > 0:
         return "its tps and step_time must be above 0"
     if r["tps"] >= MAX_TPS or r["step_time"] >= MAX_STEP_S:

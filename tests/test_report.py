@@ -277,7 +277,9 @@ def test_rows_read_through_a_bom_and_odd_rows_each_get_a_line(tmp_path, capsys):
     {"roofline_frac": "high"},
     {"peer": "hf"},
     {"variant": ["a", "b"]},
-], ids=["commit-int", "acinfo-str", "roofline-str", "peer-str", "variant-list"])
+    {"mfu": float("nan")},
+    {"peak_mem_gib": float("inf")},
+], ids=["commit-int", "acinfo-str", "roofline-str", "peer-str", "variant-list", "mfu-nan", "peak-inf"])
 def test_a_row_with_an_odd_field_is_skipped_and_the_rest_reported(tmp_path, capsys, change):
     """A field of a type stepbench never writes (round eight): the row is skipped with one line, a
     good run of the same key is reported, nothing raises; alone, it is one line and status 2."""

@@ -131,6 +131,12 @@ def clone(dest: Path) -> Path:
                          f"build what is there with --source {dest}")
     if not shutil.which("git"):
         raise BuildError("git is not installed: install it, or download flash-attention and pass --source PATH")
+    if not fresh:  # switching commits in a checkout of another repository would change a user's work
+        r = subprocess.run(["git", "remote", "get-url", "origin"], cwd=dest, capture_output=True, text=True)
+        origin = r.stdout.strip()
+        if r.returncode or "flash-attention" not in origin:
+            raise BuildError(f"--clone {dest} is a git checkout of {origin or 'a repository without an origin'}, not of "
+                             f"{UPSTREAM}: name a new (or empty) folder, or a flash-attention checkout")
     if fresh:
         say(f"cloning {UPSTREAM} into {dest}")
         r = subprocess.run(["git", "clone", "--quiet", "--filter=blob:none", UPSTREAM, str(dest)],

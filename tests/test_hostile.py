@@ -1037,3 +1037,21 @@ def test_prime_rl_refuses_steps_and_seed_its_bench_mode_ignores(tmp_path, opt):
                                       "+attn=sdpa", "device=cpu", opt, f"results={tmp_path / 'r.jsonl'}"])
     assert status == 2 and f"{opt} changes nothing for +peer=prime_rl" in line and "leave" in line, line
     assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("git"), reason="needs git")
+def test_fa3_build_clone_leaves_another_repositorys_checkout_alone(tmp_path, capsys):
+    """--clone naming a git checkout of another repository is refused before any git command that
+    would switch its commit."""
+    from core.fa3_build import main
+
+    repo = tmp_path / "mine"
+    repo.mkdir()
+    for cmd in (["git", "init", "-q"], ["git", "remote", "add", "origin", "https://example.com/me/mine.git"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+    (repo / "work.txt").write_text("mine\n")
+    capsys.readouterr()
+    assert main(["--clone", str(repo), "--no-install"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "is a git checkout of https://example.com/me/mine.git, not of" in err[0], err
+    assert (repo / "work.txt").read_text() == "mine\n"

@@ -355,8 +355,8 @@ def check_sweep_rows(parsed, overrides: list[str]) -> None:
     """Resolve every row of the sweep (each combination of its listed values) before the first runs
     (:mod:`core.sweepcheck`, which allocates nothing), so a combination the row itself would refuse
     for its input (``fuse=false`` with an hf model, a backend that cannot run the model's attention)
-    is refused now with its one line, not after the rows before it ran. Rows this machine cannot run (predicted not to fit, a backend missing here)
-    still run as failed rows."""
+    is refused now with its one line, not after the rows before it ran. Rows this machine cannot
+    run (predicted not to fit, a backend missing here) still run as failed rows."""
     import itertools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -366,9 +366,11 @@ def check_sweep_rows(parsed, overrides: list[str]) -> None:
         return
     fixed = [x for x in overrides if not OverridesParser.create().parse_override(x).is_sweep_override()]
     combos = [[f"{k}={v}" for (k, _), v in zip(lists, vals)] for vals in itertools.product(*(v for _, v in lists))]
-    from core.sweep import check_rows
+    from core.sweepcheck import first_refusal
 
-    check_rows(fixed, combos)
+    line = first_refusal(fixed, combos)
+    if line:
+        raise UserError(line)
 
 
 #: top-level options outside a row's key (core.results.KEY_FIELDS and the variant): a sweep over one

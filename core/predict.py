@@ -436,11 +436,11 @@ def _one(argv: list[str]) -> int:
     moved = [k for k, v in sync.items() if k != "name" and k in defaults and v != defaults[k]]
     if moved:  # how the hand-off writes, cleans up or gathers: not its bytes, so not the prediction
         v = sync[moved[0]]
-        raise UserError(f"sync.{moved[0]}={str(v).lower() if isinstance(v, bool) else v}: the predictor models the hand-off's bytes and time, which "
-                        f"sync.{moved[0]} does not change: leave it out")
+        raise UserError(f"sync.{moved[0]}={str(v).lower() if isinstance(v, bool) else v}: the predictor models the "
+                        f"hand-off's bytes and time, which sync.{moved[0]} does not change: leave it out")
     if (cfg.get("adapter") or {}).get("replicate", "auto") != "auto":
-        raise UserError(f"adapter.replicate={str(cfg.adapter.replicate).lower()}: the predictor models FSDP2's sharding of the "
-                        "adapter as auto does: leave it out")
+        raise UserError(f"adapter.replicate={str(cfg.adapter.replicate).lower()}: the predictor models FSDP2's "
+                        "sharding of the adapter as auto does: leave it out")
     hw_name = str(cfg.hardware.name).lower()
     if hw_name in ("auto", "cpu"):
         raise UserError("name the hardware to predict for: hardware=h100, h200, b200 or a6000 (with gpus=N)")

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from core.errors import NotHereError, UserError, first_line  # noqa: F401 (UserError, first_line: this module's interface too)
+# UserError and first_line are this module's interface too
+from core.errors import NotHereError, UserError, first_line  # noqa: F401
 from core.options import OptionError, validate
 
 
@@ -345,7 +346,7 @@ def resolve(cfg, world: int = 1) -> Resolved:
     limit = cfg.get("max_host_gib") or host_avail
     if host and limit and host > limit and peer is None:  # a peer's memory is its own
         raise NotHereError(f"{ac.label} would pin {host:.3g} GiB of host memory but {limit:.3g} GiB is available: "
-                        "try a shorter seq_len, or an activation strategy that pins less (python -m core.bench --list)")
+                           "try a shorter seq_len, or an activation strategy that pins less (python -m core.bench --list)")
     if peer is not None and world > 1:
         raise UserError(f"+peer={peer.name} runs the peer on one GPU: run it without torchrun")
     pred = predict_peak_gib(args, seq_len, adapter, ac, world, cfg.head_budget_mib, layout)
@@ -353,8 +354,8 @@ def resolve(cfg, world: int = 1) -> Resolved:
     if mem_limit and pred > mem_limit and peer is None:  # a peer's memory is its own (it may run out: a failed row)
         lean = ac.leaner or "a shorter seq_len"
         raise NotHereError(f"predicted peak memory {pred:.1f} GiB exceeds the {mem_limit:.1f} GiB available "
-                        f"({'GPU' if ctx.device == 'cuda' else 'host'}): try {lean}, another adapter, more GPUs, "
-                        "or max_memory_gib=<GiB> to run it anyway")
+                           f"({'GPU' if ctx.device == 'cuda' else 'host'}): try {lean}, another adapter, more GPUs, "
+                           "or max_memory_gib=<GiB> to run it anyway")
     sync_ctx = SyncContext(rank=0, world_size=world, device=ctx.device, adapter_only=adapter.frozen_base,
                            predicted_bytes=2 * adapter.handoff_params(args), task=cfg.task.name,
                            handoff=adapter.handoff)

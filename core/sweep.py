@@ -224,17 +224,6 @@ def child_env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), path])))
 
 
-def check_rows(fixed: list[str], combos: list[list[str]]) -> None:
-    """Check every row of a sweep (``fixed`` overrides plus each of ``combos``) as the row itself
-    will be (:func:`core.sweepcheck.first_refusal`); the first row refused for its input raises
-    :class:`UserError` with that row's one line."""
-    from core.sweepcheck import first_refusal
-
-    line = first_refusal(fixed, combos)
-    if line:
-        raise UserError(line)
-
-
 def append_or_stop(results: str, row: dict) -> None:
     """Append a failed row the sweep itself writes; where the results file cannot take it (a full
     disk), the row is kept apart (:func:`core.results.rescue_row`) and the sweep stops with one line

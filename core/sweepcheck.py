@@ -3,9 +3,10 @@
 core.sweepcheck`` reads ``{"fixed": [...], "combos": [[...], ...]}`` on stdin). Each combination is
 composed and checked exactly as its row will be (:func:`core.bench.contradictions`, then
 :func:`core.resolve.resolve`, which allocates nothing, and the peer's check); the first one refused
-for its input is the sweep's one line (status 2). A row this machine cannot run (:class:`core.errors.NotHereError`: predicted not to fit, a backend or GPU
-missing) is let through: it runs, and fails as a row beside the others. Status 0: every row
-resolves (or fails only for the machine, or for a reason resolving cannot tell).
+for its input is the sweep's one line (status 2). A row this machine cannot run
+(:class:`core.errors.NotHereError`: predicted not to fit, a backend or GPU missing) is let through:
+it runs, and fails as a row beside the others. Status 0: every row resolves (or fails only for the
+machine, or for a reason resolving cannot tell).
 """
 
 from __future__ import annotations

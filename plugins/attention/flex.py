@@ -17,23 +17,20 @@ is made eagerly. GPU only: FlexAttention has no backward on the CPU.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from core import hookimpl
 from core.contracts import AttentionBackend
 from plugins.attention.common import need_cuda
 
-_COMPILED = None
-
-
+@functools.lru_cache(maxsize=1)
 def compiled_flex():
     """``torch.compile(flex_attention)``, made once per process (every layer shares its kernels)."""
-    global _COMPILED
-    if _COMPILED is None:
-        from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
-        _COMPILED = torch.compile(flex_attention, dynamic=False)
-    return _COMPILED
+    return torch.compile(flex_attention, dynamic=False)
 
 
 class Flex(AttentionBackend):

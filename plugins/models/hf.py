@@ -53,8 +53,8 @@ def _canonical(d: dict) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _entries() -> dict[str, tuple[str, str, str]]:
-    """hf_name -> (the conf/model entry, its config as :func:`_canonical`, its flavour) of the committed hf
-    entries with a config mapping. A row whose config is none of these (an entry with a field
+    """hf_name -> (the conf/model entry, its config as :func:`_canonical`, its flavour) of the
+    committed hf entries with a config mapping. A row whose config is none of these (an entry with a field
     overridden, a config.json of one's own) is named with its config's fingerprint, so it is never
     taken for (or skipped as) another model's row; ``model.hf_name`` naming an entry whose config
     differs is refused."""
@@ -72,6 +72,15 @@ def _entries() -> dict[str, tuple[str, str, str]]:
             out[str(node.get("hf_name") or f.stem)] = (f.stem, _canonical(dict(node["config"])),
                                                         str(node.get("flavour") or ""))
     return out
+
+
+def _check_model_type(model_type) -> None:
+    """ValueError (one line) unless a config's ``model_type`` is a name."""
+    if model_type is None:
+        raise ValueError("model.config has no model_type: add the model's own, e.g. \"model_type\": \"llama\"")
+    if not isinstance(model_type, str) or not model_type.strip():
+        raise ValueError(f"model.config's model_type is {str(model_type)[:40]!r}, not a name: give the model's own, "
+                         "e.g. \"model_type\": \"llama\"")
 
 
 def _config_dict(value) -> dict:
@@ -136,11 +145,7 @@ def hf_config(d: dict):
 
     d = dict(d)
     model_type = d.pop("model_type", None)
-    if model_type is None:
-        raise ValueError("model.config has no model_type: add the model's own, e.g. \"model_type\": \"llama\"")
-    if not isinstance(model_type, str) or not model_type.strip():
-        raise ValueError(f"model.config's model_type is {str(model_type)[:40]!r}, not a name: give the model's own, "
-                         "e.g. \"model_type\": \"llama\"")
+    _check_model_type(model_type)
     try:
         return AutoConfig.for_model(model_type, **d)
     except (ValueError, KeyError) as e:
@@ -456,11 +461,7 @@ def args_from_config(d: dict, name: str, hf_name: str = "") -> ModelArgs:
     the module tree of the model built on the meta device (no per-family tables)."""
     from transformers import CONFIG_MAPPING
 
-    if d.get("model_type") is None:
-        raise ValueError("model.config has no model_type: add the model's own, e.g. \"model_type\": \"llama\"")
-    if not isinstance(d["model_type"], str) or not d["model_type"].strip():
-        raise ValueError(f"model.config's model_type is {str(d['model_type'])[:40]!r}, not a name: give the model's "
-                         "own, e.g. \"model_type\": \"llama\"")
+    _check_model_type(d.get("model_type"))
     if d["model_type"] not in CONFIG_MAPPING:
         raise ValueError(f"transformers {_tf_version()} cannot build model_type '{d['model_type']}' (it knows no such "
                          "model): check model_type (a decoder-only model transformers has, e.g. llama, qwen2, "
@@ -538,19 +539,19 @@ def from_config(cfg: dict) -> ModelArgs:
                              "packed documents): use packing=single")
     base = str(node.get("flavour") or "custom")
     hf_name = str(node.get("hf_name") or "")
-    entries = _entries()
+    entries, canonical = _entries(), _canonical(d)
     if hf_name and hf_name not in entries:
         raise ValueError(f"model.hf_name={hf_name} names no model of conf/model/, and a config's rows are named by the "
                          "config (its name and fingerprint): leave model.hf_name out")
-    if hf_name and entries[hf_name][1] != _canonical(d):
+    if hf_name and entries[hf_name][1] != canonical:
         if entries[hf_name][2] != base:  # another entry's name on this config
             raise ValueError(f"model.hf_name={hf_name} names conf/model/{entries[hf_name][0]}.yaml, whose config this "
                              f"one is not: use model={entries[hf_name][0]}, or leave model.hf_name out")
         hf_name = ""  # the entry with a field changed: another model, named by its fingerprint below
     if base in ("custom", "auto", "None"):
         base = str(d.get("_name_or_path") or d.get("model_type"))
-    if _canonical(d) not in {c for _, c, _ in entries.values()}:  # not a committed entry's config as it is
-        base += f" [config {hashlib.sha1(_canonical(d).encode()).hexdigest()[:8]}]"
+    if canonical not in {c for _, c, _ in entries.values()}:  # not a committed entry's config as it is
+        base += f" [config {hashlib.sha1(canonical.encode()).hexdigest()[:8]}]"
     args = args_from_config(d, base + (PLAIN_SUFFIX if plain else HF_SUFFIX), hf_name)
     adapter = cfg.get("adapter") or {}
     if args.n_experts and adapter.get("name") == "lora" and adapter.get("experts", "grouped") in ("grouped", True):

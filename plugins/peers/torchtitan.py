@@ -58,7 +58,8 @@ class TorchTitan(CheckoutPeer):
             return (f"the torchtitan peer builds dense Qwen3 models, not model_type '{cfg.get('model_type')}': pick a "
                     "Qwen3 model (model=qwen3_0_6b, model=qwen3_4b, ...)")
         if spec.device != "cuda":  # before the kernels: none of them runs on a CPU
-            return "torchtitan's trainer needs a CUDA GPU (it sets a CUDA device and initialises NCCL): run this row on a GPU machine"
+            return ("torchtitan's trainer needs a CUDA GPU (it sets a CUDA device and initialises NCCL): run this row "
+                    "on a GPU machine")
         if spec.attn not in ATTN:
             return f"torchtitan runs SDPA here, not '{spec.attn}': use +attn=cudnn (its default order) or +attn=fa2"
         if spec.ac not in AC or spec.ac_mode != "full":

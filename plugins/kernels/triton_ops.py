@@ -1,5 +1,7 @@
 """stepbench's Triton kernels for the block operations (:data:`core.contracts.KERNEL_OPS`), each a
-torch custom op with its backward, so torch.compile treats it as one opaque call.
+``torch.library.triton_op`` with its backward: in eager code it is one call; torch.compile traces
+into it, so the compiled block launches the Triton kernel from its own generated code (no custom-op
+dispatch on the host per call, and the op's allocations and reductions are compiled with the rest).
 
 - ``rms_norm``: one program per row, fp32 inside; backward recomputes ``x * rstd`` from the saved
   per-row ``rstd`` and sums the weight gradient over programs of ``ROWS`` rows each.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 #: rows per program of the RMSNorm backward (each program writes one partial weight gradient)
 ROWS = 64
@@ -66,7 +69,7 @@ def _rms_norm_bwd(DY, X, W, RSTD, DX, DW, stride_dy, stride_x, stride_dx, N, D, 
     tl.store(DW + pid * D + cols, dw, mask=m)
 
 
-@torch.library.custom_op("stepbench::rms_norm", mutates_args=())
+@torch.library.triton_op("stepbench::rms_norm", mutates_args=())
 def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     x2 = _rows(x)
     n, d = x2.shape
@@ -74,18 +77,13 @@ def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torc
     rstd = torch.empty(n, dtype=torch.float32, device=x.device)
     if n:
         block = triton.next_power_of_2(d)
-        _rms_norm_fwd[(n,)](x2, weight.contiguous(), y, rstd, x2.stride(0), y.stride(0), d, eps,
+        wrap_triton(_rms_norm_fwd)[(n,)](x2, weight.contiguous(), y, rstd, x2.stride(0), y.stride(0), d, eps,
                             BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return y.view(x.shape), rstd
 
 
-@rms_norm_op.register_fake
-def _(x, weight, eps):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.numel() // x.shape[-1],
-                                                                                     dtype=torch.float32)
 
-
-@torch.library.custom_op("stepbench::rms_norm_backward", mutates_args=())
+@torch.library.triton_op("stepbench::rms_norm_backward", mutates_args=())
 def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                          rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x2, dy2 = _rows(x), _rows(dy)
@@ -95,14 +93,10 @@ def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     dw = torch.zeros((programs, d), dtype=torch.float32, device=x.device)
     if n:
         block = triton.next_power_of_2(d)
-        _rms_norm_bwd[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, dw, dy2.stride(0), x2.stride(0),
+        wrap_triton(_rms_norm_bwd)[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, dw, dy2.stride(0), x2.stride(0),
                                    dx.stride(0), n, d, ROWS, BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return dx.view(x.shape), dw.sum(0).to(weight.dtype)
 
-
-@rms_norm_backward_op.register_fake
-def _(dy, x, weight, rstd):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight)
 
 
 def _rms_setup(ctx, inputs, output):
@@ -150,38 +144,29 @@ def _swiglu_bwd(DY, G, U, DG, DU, cols_n, sdy, sg, su, sdg, sdu, BLOCK: tl.const
 SWIGLU_BLOCK = 1024
 
 
-@torch.library.custom_op("stepbench::swiglu", mutates_args=())
+@torch.library.triton_op("stepbench::swiglu", mutates_args=())
 def swiglu_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     g2, u2 = _rows(gate), _rows(up)
     n, c = g2.shape
     y = torch.empty((n, c), dtype=gate.dtype, device=gate.device)
     if n and c:
-        _swiglu_fwd[(n, triton.cdiv(c, SWIGLU_BLOCK))](g2, u2, y, c, g2.stride(0), u2.stride(0), y.stride(0),
+        wrap_triton(_swiglu_fwd)[(n, triton.cdiv(c, SWIGLU_BLOCK))](g2, u2, y, c, g2.stride(0), u2.stride(0), y.stride(0),
                                                        BLOCK=SWIGLU_BLOCK)
     return y.view(gate.shape)
 
 
-@swiglu_op.register_fake
-def _(gate, up):
-    return torch.empty_like(gate, memory_format=torch.contiguous_format)
 
-
-@torch.library.custom_op("stepbench::swiglu_backward", mutates_args=())
+@torch.library.triton_op("stepbench::swiglu_backward", mutates_args=())
 def swiglu_backward_op(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dy2, g2, u2 = _rows(dy), _rows(gate), _rows(up)
     n, c = g2.shape
     dg = torch.empty((n, c), dtype=gate.dtype, device=gate.device)
     du = torch.empty((n, c), dtype=up.dtype, device=up.device)
     if n and c:
-        _swiglu_bwd[(n, triton.cdiv(c, SWIGLU_BLOCK))](dy2, g2, u2, dg, du, c, dy2.stride(0), g2.stride(0),
+        wrap_triton(_swiglu_bwd)[(n, triton.cdiv(c, SWIGLU_BLOCK))](dy2, g2, u2, dg, du, c, dy2.stride(0), g2.stride(0),
                                                        u2.stride(0), dg.stride(0), du.stride(0), BLOCK=SWIGLU_BLOCK)
     return dg.view(gate.shape), du.view(up.shape)
 
-
-@swiglu_backward_op.register_fake
-def _(dy, gate, up):
-    return (torch.empty_like(gate, memory_format=torch.contiguous_format),
-            torch.empty_like(up, memory_format=torch.contiguous_format))
 
 
 def _swiglu_setup(ctx, inputs, output):
@@ -241,21 +226,17 @@ def _rope_launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward
     if T and H:
         half, rest = rot // 2, D - rot
         block_h, block = triton.next_power_of_2(H), triton.next_power_of_2(half)
-        _rope[(T,)](x, cos2, sin2, y, x.stride(0), x.stride(1), y.stride(0), y.stride(1), cos2.stride(0),
+        wrap_triton(_rope)[(T,)](x, cos2, sin2, y, x.stride(0), x.stride(1), y.stride(0), y.stride(1), cos2.stride(0),
                     sin2.stride(0), H, half, rest, BACKWARD=backward, BLOCK_H=block_h, BLOCK=block,
                     BLOCK_PASS=triton.next_power_of_2(rest) if rest else 0,
                     num_warps=8 if block_h * block >= 4096 else 4)
     return y
 
 
-@torch.library.custom_op("stepbench::rope", mutates_args=())
+@torch.library.triton_op("stepbench::rope", mutates_args=())
 def rope_op(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool) -> torch.Tensor:
     return _rope_launch(x, cos, sin, backward)
 
-
-@rope_op.register_fake
-def _(x, cos, sin, backward):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _rope_setup(ctx, inputs, output):

@@ -128,3 +128,15 @@ def test_providers_on_the_gpu(name):
     if why:
         pytest.skip(why)
     check_kernels(e.make({}), device="cuda")
+
+
+@pytest.mark.gpu
+def test_triton_kernels_compiled_on_the_gpu():
+    """The triton provider's ops inside torch.compile(fullgraph=True), as a compiled block calls
+    them (triton_op: inductor launches the kernels from its own code): outputs and gradients against
+    float32 PyTorch ops, no graph break."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch._dynamo.reset()
+    r = check_kernels(registry().get("kernels", "triton").make({}), device="cuda", compiled=True)
+    assert len(r["cases"]) == 10

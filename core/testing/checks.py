@@ -430,12 +430,14 @@ def check_model_family(family: ModelFamily, flavours=None, device: str = "cpu", 
 KERNELS_TOL = 2e-2
 
 
-def check_kernels(provider, device: str = "cpu", tol: float = KERNELS_TOL) -> dict:
+def check_kernels(provider, device: str = "cpu", tol: float = KERNELS_TOL, compiled: bool = False) -> dict:
     """``provider`` (a :class:`core.contracts.Kernels`, made by its factory) against the float32
     PyTorch ops of :mod:`core.kernels`: each operation it lists in ``ops``, outputs and every input
     gradient of random bf16 inputs, on several shapes (rows that are not a power of two, widths of
     the published models, gate/up as column slices of one fused output, partial rotary). Also checks
-    the contract's members. Returns the relative errors per operation and shape."""
+    the contract's members. ``compiled``: each operation runs inside ``torch.compile(fullgraph=True)``
+    (how a compiled block calls it; a graph break fails). Returns the relative errors per operation
+    and shape."""
     import torch
 
     from core import kernels as ref
@@ -458,6 +460,8 @@ def check_kernels(provider, device: str = "cpu", tol: float = KERNELS_TOL) -> di
         """``fn`` on bf16 ``inputs`` against ``ref_fn`` on their float32 copies, output and the
         gradients of the inputs at the positions ``grad_of``."""
         xs = [t.clone().requires_grad_(i in grad_of) for i, t in enumerate(inputs)]
+        if compiled:
+            fn = torch.compile(fn, fullgraph=True, dynamic=False)
         out = fn(*xs)
         if out.shape != ref_fn(*[t.float() for t in inputs]).shape or out.dtype != inputs[0].dtype:
             _fail(what, f"{op} {case}: returned {tuple(out.shape)} {out.dtype}; expected the input's shape and dtype")

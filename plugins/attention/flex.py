@@ -12,7 +12,8 @@
 This is the fast path for models whose attention FA2/FA3 cannot honour (gpt-oss's sinks on head_dim
 64, soft-capping where torch's vendored FA2 has none). ``flex_attention`` is compiled once (inductor
 writes its Triton kernels); the backend itself is kept out of the blocks' graphs, so the block mask
-is made eagerly. GPU only: FlexAttention has no backward on the CPU.
+is made eagerly. GPU only: FlexAttention has no backward on the CPU (its forward logic is checked
+there, eagerly, by tests/test_conformance.py::test_flex_forward_cpu).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels (hydra, omegaconf, antlr4, FA3 where built), optionally
-# build FA3, run the GPU tests named in GPU_TESTS, then the rows in ROWS_FILE (one row's overrides a
+# build FA3, run the GPU tests named in GPU_TESTS (GPU_K: a pytest -k expression), then the rows in ROWS_FILE (one row's overrides a
 # line) through benchmarks/run_rows.py; the rows and logs go to $OUT. The rows record the commit in
 # STEPBENCH_GIT_COMMIT (the device copy's .git may be stale); BASE_TREE=path also runs the rows of
 # BASE_ROWS_FILE from that tree (an older commit, BASE_COMMIT), in the same call.
@@ -18,7 +18,7 @@ if [ -n "${BUILD_FA3:-}" ] && ! python3 -c "import flash_attn_interface" 2>/dev/
   find /tmp/fa3w -name '*.whl' -exec cp {} "$OUT/" \;
 fi
 if [ -n "${GPU_TESTS:-}" ]; then
-  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS ${GPU_K:+-k "$GPU_K"} 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
 fi
 export STEPBENCH_RUN_ID=${STEPBENCH_RUN_ID:-$(python3 -c "import uuid; print(uuid.uuid4().hex[:16])")}
 if [ -n "${BASE_TREE:-}" ]; then

@@ -27,7 +27,7 @@ import traceback
 import uuid
 
 from core.measure import say
-from core.errors import ignore_further_ctrl_c
+from core.errors import ignore_further_ctrl_c, stopped
 from core.resolve import UserError, first_line
 from core.sweep import CHILD_ENV
 
@@ -307,6 +307,13 @@ def check_overrides(argv: list[str]):
         validate(cfg)
     except OptionError as e:
         raise UserError(str(e)) from None
+    if multirun and not any(o.key_or_group == "results" and o.is_sweep_override() for o in parsed):
+        from core.results import ResultsError, check_writable
+
+        try:  # before Hydra launches the jobs and prints its own lines
+            check_writable(cfg.results, sweep=True)
+        except ResultsError as e:
+            raise UserError(str(e)) from None
     if flagged:  # each value a -m sweep lists, checked now: a bad one is refused before any row runs
         check_sweep_values(parsed, overrides)
         check_sweep_rows(parsed, overrides)
@@ -329,6 +336,10 @@ def check_sweep_values(parsed, overrides: list[str]) -> None:
     from core.options import OptionError, conf_dir, validate
 
     fixed = [x for x in overrides if not OverridesParser.create().parse_override(x).is_sweep_override()]
+    n = sum(len(list(o.sweep_string_iterator())) for o in parsed
+            if o.is_sweep_override() and o.key_or_group not in GROUPS)
+    if n > 20:  # each value is composed and validated: say so before a long silence
+        say(f"checking the {n} values the sweep lists before its first row ...")
     for o in parsed:
         if not o.is_sweep_override() or o.key_or_group in GROUPS:
             continue
@@ -640,8 +651,9 @@ def main() -> None:
         _main()
     except KeyboardInterrupt:  # before the row started (reading configs): nothing written
         ignore_further_ctrl_c()
-        say("interrupted (Ctrl-C): nothing was measured")
-        sys.exit(130)
+        words, status = stopped()
+        say(f"{words}: nothing was measured")
+        sys.exit(status)
 
 
 def _main() -> None:
@@ -680,8 +692,9 @@ def _main() -> None:
         hydra.main(config_path=str(conf_dir()), config_name="bench", version_base="1.3")(_hydra_task)()
     except KeyboardInterrupt:  # rows that finished are written; the one in flight is not
         ignore_further_ctrl_c()
-        say("interrupted (Ctrl-C): rows that finished are in the results; run the same command to resume")
-        sys.exit(130)
+        words, status = stopped()
+        say(f"{words}: rows that finished are in the results; run the same command to resume")
+        sys.exit(status)
     from core.sweep import PROGRESS
 
     if PROGRESS.failed:  # a sweep goes on past a failed row, then says so in its exit status

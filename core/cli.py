@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["help"] and len(argv) == 2 and argv[1] in COMMANDS:  # stepbench help report
         argv = [argv[1], "--help"]
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # no command is bad input: one line, as the tools' own
+        print(f"stepbench: name a command: {', '.join(COMMANDS)} (e.g. stepbench bench; stepbench --help says what "
+              "each does)", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         if argv[1:]:
             print(f"stepbench: {argv[0]} takes nothing else (got {' '.join(argv[1:])}): type stepbench --help, or "
                   f"stepbench COMMAND --help (commands: {', '.join(COMMANDS)})", file=sys.stderr)
@@ -128,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [f"stepbench {name}", *rest]  # argparse's usage line says `stepbench report ...`
         return module.main(rest) or 0
     except KeyboardInterrupt:
-        from core.errors import ignore_further_ctrl_c
+        from core.errors import ignore_further_ctrl_c, stopped
 
         ignore_further_ctrl_c()
-        print(f"stepbench {name}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
-        return 130
+        words, status = stopped()
+        print(f"stepbench {name}: {words}", file=sys.stderr, flush=True)
+        return status
     finally:
         sys.argv = saved
 

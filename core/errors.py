@@ -28,6 +28,22 @@ def first_line(e: BaseException, with_type: bool | None = None) -> str:
     return f"{type(e).__name__}: {first}".strip().rstrip(":") if with_type else first
 
 
+#: the signal that stopped the run: SIGINT (Ctrl-C) unless SIGTERM's handler says otherwise
+_STOPPED_BY = [2]
+
+
+def stopped() -> tuple[str, int]:
+    """What stopped the run, as the words of its one line and its exit status: ``("interrupted
+    (Ctrl-C)", 130)``, or ``("terminated (SIGTERM)", 143)`` after a SIGTERM (timeout, kill, a batch
+    scheduler), 128 + the signal's number as a shell reports it."""
+    return ("terminated (SIGTERM)", 143) if _STOPPED_BY[0] == 15 else ("interrupted (Ctrl-C)", 130)
+
+
+def _on_sigterm(signum, frame):
+    _STOPPED_BY[0] = signum
+    raise KeyboardInterrupt
+
+
 def run_main(main, name: str) -> None:
     """``sys.exit(main())`` for a tool's ``python -m`` entry: Ctrl-C ends it with one line and
     status 130 (what it wrote is whole: outputs are written atomically)."""
@@ -37,8 +53,9 @@ def run_main(main, name: str) -> None:
         sys.exit(main())
     except KeyboardInterrupt:
         ignore_further_ctrl_c()
-        print(f"{name}: interrupted (Ctrl-C); nothing half-written was left", file=sys.stderr, flush=True)
-        sys.exit(130)
+        words, status = stopped()
+        print(f"{name}: {words}; nothing half-written was left", file=sys.stderr, flush=True)
+        sys.exit(status)
 
 
 def exit_on_ctrl_c_while_starting(name: str) -> None:
@@ -67,7 +84,7 @@ def raise_on_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # SIGTERM (timeout, kill, a batch scheduler) stops rows the same way: a sweep's row child, in a
     # session of its own, is stopped with it instead of living on and writing a row after the sweep
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def ignore_further_ctrl_c() -> None:
@@ -109,8 +126,10 @@ def watch_ctrl_c(name: str, grace_s: float = 10.0) -> None:
         return
 
     def watch():
-        while not {signal.SIGINT, signal.SIGTERM} & set(os.read(r, 64)):
+        while not (got := {signal.SIGINT, signal.SIGTERM} & set(os.read(r, 64))):
             pass
+        if signal.SIGTERM in got:
+            _STOPPED_BY[0] = signal.SIGTERM
         time.sleep(grace_s)
         try:
             for pgid in list(LIVE_GROUPS):  # a peer or helper child must not outlive the row
@@ -118,9 +137,9 @@ def watch_ctrl_c(name: str, grace_s: float = 10.0) -> None:
                     os.killpg(pgid, signal.SIGKILL)
                 except OSError:
                     pass
-            os.write(2, f"{name}: interrupted (Ctrl-C) inside a long kernel: stopped; rows that finished are in the "
+            os.write(2, f"{name}: {stopped()[0]} inside a long kernel: stopped; rows that finished are in the "
                         "results\n".encode())
         finally:
-            os._exit(130)
+            os._exit(stopped()[1])
 
     threading.Thread(target=watch, name="ctrl-c-watch", daemon=True).start()

@@ -213,7 +213,8 @@ def group_schema(group: str, name: str) -> dict:
     the installed plugin packages (:func:`core.paths.plugin_conf_dirs`), and the primary config's
     default. Read once per (group, name); callers must not change the dict."""
     schema: dict = dict(_primary_group(group))  # an appended group merges onto the primary config's defaults
-    for node in _group_nodes(group):
+    nodes = _group_nodes(group)  # the named node's values first (they are its examples), then the others' keys
+    for node in [n for n in nodes if n.get("name") == name] + [n for n in nodes if n.get("name") != name]:
         if node.get("name") == name or group in ("model", "hardware"):
             for k, v in node.items():
                 schema.setdefault(k, v)

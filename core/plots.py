@@ -7,6 +7,7 @@ memory for the same bars."""
 from __future__ import annotations
 
 import glob
+import os
 import re
 from pathlib import Path
 
@@ -131,24 +132,57 @@ def _draw(plt, title: str, pubs: list[dict], bars: dict[str, list], names: dict,
     fig.suptitle(title, fontsize=12)
     fig.legend(handles=[Patch(color=names[s][1], label=names[s][0]) for s in bars], loc="outside lower center",
                ncol=k, fontsize=8, frameon=False)
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, metadata={"Software": PLOT_SOFTWARE}))
     plt.close(fig)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+#: the PNG ``Software`` text of stepbench's plots (matplotlib's own, "Matplotlib version...", marks
+#: the plots written before stepbench named itself there)
+PLOT_SOFTWARE = "stepbench report"
+
+
+def png_software(path: Path) -> str | None:
+    """The ``Software`` text chunk of a PNG (read up to its image data), or None."""
+    import struct
+
+    with open(path, "rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return None
+        for _ in range(64):
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            size, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND") or size > 1 << 20:
+                return None
+            data = f.read(size)
+            f.read(4)  # CRC
+            if kind == b"tEXt" and data.startswith(b"Software\0"):
+                return data[9:].decode("latin-1")
+    return None
+
+
 def foreign_plots(out_dir: Path, prefix: str) -> list[Path]:
-    """Files named like the report's plots (``<prefix>-plot-*.png``) beside it that are not PNG
-    images: a plot would write over them."""
+    """Files named like the report's plots (``<prefix>-plot-*.png``) beside it that a plot must not
+    write over: anything but a regular file (a FIFO, a device, a folder: never opened, so a FIFO
+    cannot block the report), and PNG images that stepbench's plots (matplotlib's) did not write."""
+    import stat
+
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{prefix}-plot-")
     out = []
     for p in sorted(Path(out_dir).glob(f"{glob.escape(name)}*.png")):
         try:
-            with open(p, "rb") as f:
-                if f.read(8) != PNG_SIGNATURE:
-                    out.append(p)
+            if not stat.S_ISREG(os.stat(p).st_mode):
+                out.append(p)
+                continue
+            software = png_software(p)
         except OSError:
+            out.append(p)
+            continue
+        if software is None or not software.startswith((PLOT_SOFTWARE, "Matplotlib")):
             out.append(p)
     return out
 

@@ -416,6 +416,15 @@ def _one(argv: list[str]) -> int:
     if any(a.lstrip("+").startswith("sweep=") for a in argv):
         raise UserError("predict makes one row: leave +sweep=... out (python -m core.predict --published predicts "
                         "every published row)")
+    from core.options import conf_dir
+    from core.paths import plugin_conf_dirs
+
+    profiles = {p.stem for d in (conf_dir(), *plugin_conf_dirs()) for p in (Path(d) / "hardware").glob("*.yaml")}
+    for a in argv:  # a hardware name the predictor has no profile for: the ones it has, not every config's
+        if a.split("=", 1)[0].lstrip("+~") == "hardware" and "=" in a:
+            v = a.split("=", 1)[1]
+            if v not in profiles and "," not in v:
+                raise UserError(f"unknown hardware '{v}': predict for hardware=h100, h200, b200 or a6000 (with gpus=N)")
     try:
         cfg = check_overrides(argv)
     except UserError:

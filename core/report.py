@@ -277,6 +277,7 @@ def gather(results: list[str], exclude=frozenset()) -> tuple[list[dict], list[di
         print(f"report: skipped {p}", file=sys.stderr)
     all_rows = [r for r in all_rows if not r.get("profiled") and "memory_profile" not in r and "kind" not in r
                 and not (exclude and fingerprint(r) in exclude)]  # rows found unreportable: said by the caller
+    all_rows = [cell_safe(r) for r in all_rows]
     ok, failed_rows = [], []
     for r in all_rows:
         if r.get("status") not in ("ok", "failed"):
@@ -380,6 +381,18 @@ def path_has_no_rows(path) -> bool:
 def num(v) -> bool:
     """A number (not a bool)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def cell_safe(row: dict) -> dict:
+    """The row with its top-level text fields fit for one markdown table cell or heading: control
+    characters (a newline, an escape sequence) shown as spaces, ``|`` escaped (it would add a
+    column)."""
+    import re
+
+    def clean(v):
+        return re.sub(r"[\x00-\x1f\x7f]", " ", v).replace("|", "\\|") if isinstance(v, str) else v
+
+    return {k: clean(v) for k, v in row.items()}
 
 
 def printable(text: str) -> str:
@@ -513,8 +526,9 @@ def main(argv=None) -> int:
 
             foreign = foreign_plots(out.parent, out.stem)
             if foreign:
-                raise ReportError(f"{foreign[0]} is named like one of this report's plots but is not a PNG image: it "
-                                  "would be written over; move it, name another --out, or add --no-plots")
+                raise ReportError(f"{foreign[0]} is named like one of this report's plots but is not one (not a "
+                                  "stepbench plot, or not a regular file): it would be written over; move it, name "
+                                  "another --out, or add --no-plots")
         rows, dirty, failed, runs = _gather_quietly(a.results)
         if a.save_baseline and not rows:
             raise ReportError("no headline rows to save as the baseline: nothing written")

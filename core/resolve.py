@@ -151,6 +151,18 @@ def _model_args(cfg, fam, family: str, flavour: str):
     return fam.flavours[flavour]
 
 
+def max_positions(args, fam) -> int | None:
+    """The model's ``max_position_embeddings`` (from its transformers config), where it states one."""
+    conf = getattr(args, "hf_config", None)
+    if conf is None and callable(getattr(fam, "hf_config", None)):
+        try:
+            conf = fam.hf_config(args)
+        except Exception:  # a family's own config function: a note is not worth a failed row
+            conf = None
+    v = (conf or {}).get("max_position_embeddings") if isinstance(conf, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
 def refuse_unfit(args, attention, adapter, ac, ctx, installed: bool = True) -> None:
     """``UserError`` where the row's plugins cannot run this model: the adapter's ``supports``, the
     attention backend's ``supports`` (with ``installed``: it may read what is installed here, so
@@ -283,6 +295,11 @@ def resolve(cfg, world: int = 1) -> Resolved:
                         f"has named flavours: use model=hf model.config=..., or leave model.config out")
     args = _model_args(cfg, fam, family, flavour)
     flavour = args.name if fam.from_config is not None else flavour
+    limit = max_positions(args, fam)
+    if limit and seq_len > limit:  # not refused: the published 65536 rows run Qwen3 past its 40960 too
+        notes.append(f"seq_len={seq_len} is above {args.name}'s max_position_embeddings ({limit}): RoPE runs past "
+                     "the positions the model was trained on, as the published long rows did (speed and memory "
+                     "are what they measure)")
     if cfg.task.name not in ("rl", "sft"):
         raise UserError(f"task '{cfg.task.name}' is unknown: use task=rl or task=sft")
     if fam.own_loop(args):  # transformers' plain loop: its own checkpointing and full-logits head
@@ -305,7 +322,7 @@ def resolve(cfg, world: int = 1) -> Resolved:
             raise UserError("busy_step=false switches off the GPU's busy step, and this row runs on the CPU, which "
                             "has none: leave busy_step out")
     if cfg.get("cudagraphs") and ctx.device != "cuda":
-        raise UserError("cudagraphs=true replays the compiled blocks as CUDA graphs, and this row runs on the CPU: "
+        raise NotHereError("cudagraphs=true replays the compiled blocks as CUDA graphs, and this row runs on the CPU: "
                         "leave cudagraphs out")
     if cfg.get("cudagraphs") and cfg.compile is False:
         raise UserError("cudagraphs=true replays the compiled blocks as CUDA graphs, and compile=false compiles none: "

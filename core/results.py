@@ -111,6 +111,24 @@ def first_line(path: Path) -> str | None:
     return next((ln.strip() for ln in text.splitlines() if ln.strip()), None)
 
 
+def last_line(path: Path) -> str | None:
+    """The last non-empty line of an existing file (read from its last 64 KiB; a longer last line
+    is its tail), or None where it has none or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - (1 << 16)))
+            tail = f.read()
+    except OSError:
+        return None
+    lines = [ln for ln in tail.splitlines() if ln.strip()]
+    if not lines:
+        return None
+    whole = size <= (1 << 16) or len(lines) > 1  # the read began inside the line otherwise
+    return lines[-1].decode("utf-8", "replace").strip() if whole else None
+
+
 def is_row_line(line: str) -> bool:
     """A line of a rows file: a JSON object with a row's fields (a measured or failed row has
     ``status`` and ``model``, a predicted one ``kind``)."""
@@ -176,6 +194,11 @@ def check_writable(path: str | Path, sweep: bool = False) -> Path:
                            "a file, e.g. results=runs/rows.jsonl")
     real = _destination(raw, "results=", "runs/rows.jsonl", replaced=sweep)
     _holds(real, ROWS, f"results={raw}", "results=runs/rows.jsonl", "appended to")
+    last = last_line(real) if real.is_file() else None
+    # rows first, then other text: the row would follow it (a row torn by a crash starts with "{")
+    if last is not None and not last.startswith("{"):
+        raise ResultsError(f"results={raw} ends with a line that is not a row ({last[:40]!r}): a row appended there "
+                           "would follow text of another kind; name another file, e.g. results=runs/rows.jsonl")
     line = first_line(real) if real.is_file() else None
     if line is not None and (is_prediction_line(line) or is_baseline_line(line)):
         what = "predicted rows (python -m core.predict)" if is_prediction_line(line) else "a baseline (--save-baseline)"

@@ -265,16 +265,54 @@ def run_child(overrides: list[str], results: str, timeout_s: float, base: dict, 
 
 
 # ---------------------------------------------------------------------------------- sweeps
+def sweep_file_rows(node, name: str) -> list[list[str]]:
+    """The rows of a ``+sweep=`` file, each split into its overrides, before any row runs: the file
+    holds ``name`` (optional, a string) and ``rows``, a non-empty list of override lines. Anything
+    else is refused with one line (:class:`core.resolve.UserError`), so a malformed file appends
+    nothing; a row that is well-formed text but a bad configuration stays a failed row."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    from core.resolve import UserError
+
+    where = f"+sweep={name} (conf/sweep/{name}.yaml)"
+    eg = "rows: ['model=qwen3_0_6b +attn=fa3 +ac=recompute']"
+    if not isinstance(node, DictConfig):
+        raise UserError(f"{where} is not a mapping of name and rows: write it as name: {name} and {eg}")
+    extra = sorted(set(node.keys()) - {"name", "rows"})
+    if extra:
+        raise UserError(f"{where} has {extra[0]!r}, which a sweep file does not take (only name and rows): put "
+                        f"{extra[0]}=... into its rows, or after +sweep={name} on the command line")
+    rows = node.get("rows")
+    if not isinstance(rows, ListConfig):
+        raise UserError(f"{where} has no list of rows (rows: {OmegaConf.to_container(node).get('rows')!r}): write "
+                        f"{eg}")
+    if not len(rows):
+        raise UserError(f"{where} lists no rows, so the sweep would measure nothing: add one, e.g. {eg}")
+    out = []
+    for i, spec in enumerate(rows, 1):
+        if not isinstance(spec, str) or not spec.strip():
+            shown = OmegaConf.to_container(spec) if isinstance(spec, (DictConfig, ListConfig)) else spec
+            raise UserError(f"{where}: row {i} is {shown!r}, not a line of overrides: write it as "
+                            "'model=qwen3_0_6b +attn=fa3' (quote a line that holds ':' or '#')")
+        try:
+            out.append(shlex.split(spec))
+        except ValueError as e:
+            raise UserError(f"{where}: row {i} ({spec!r}) cannot be split into overrides ({e}): close its "
+                            "quotation or drop the stray quote") from None
+    return out
+
+
 def run_sweep_config(cfg, base_overrides: list[str]) -> None:
     """``+sweep=<name>``: run the rows listed in ``conf/sweep/<name>.yaml`` as a sweep."""
     from hydra import compose
 
     from core.results import append_row
 
-    rows = list(cfg.sweep.rows)
+    rows = sweep_file_rows(cfg.sweep, next((o.split("=", 1)[1] for o in base_overrides
+                                            if override_key(o) == "sweep"), "?"))
     extra = [o for o in base_overrides if override_key(o) != "sweep"]
-    specs = [merge_overrides(shlex.split(spec), extra) for spec in rows]
-    say(f"sweep '{cfg.sweep.get('name', '?')}': {len(rows)} rows x {cfg.repeats} -> {cfg.results}")
+    specs = [merge_overrides(spec, extra) for spec in rows]
+    say(f"sweep '{cfg.sweep.get('name') or '?'}': {len(rows)} rows x {cfg.repeats} -> {cfg.results}")
     PROGRESS.total = len(rows)
     composed = []
     for overrides in specs:

@@ -49,7 +49,15 @@ def first_refusal(fixed: list[str], combos: list[list[str]]) -> str | None:
 
 
 def main() -> int:
-    spec = json.load(sys.stdin)
+    try:
+        spec = json.load(sys.stdin)
+        ok = isinstance(spec, dict) and isinstance(spec.get("fixed"), list) and isinstance(spec.get("combos"), list)
+    except ValueError:
+        ok = False
+    if not ok:
+        print('stepbench: core.sweepcheck reads {"fixed": [overrides], "combos": [[overrides], ...]} on stdin (as '
+              "python -m core.bench -m writes it): pass that JSON object", file=sys.stderr, flush=True)
+        return 2
     line = first_refusal(spec["fixed"], spec["combos"])
     if line:
         print(line, flush=True)

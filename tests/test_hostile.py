@@ -87,6 +87,8 @@ HF_CONFIGS = {
     "local_theta.json": {**HF_OK, "model_type": "gemma3_text", "rope_local_base_freq": 0},
     "list.json": [1, 2, 3],
     "notjson.json": "{ this is not json",
+    "llava.json": {"model_type": "llava", "text_config": {**HF_OK, "model_type": "llama"}},
+    "bigint.json": '{"model_type": "qwen3", "hidden_size": ' + "9" * 5000 + "}",
 }
 
 
@@ -263,6 +265,8 @@ CASES = [
     (B, hf("nope.json"), "no such file or folder: pass a config.json path"),
     (B, ["model=hf", "model.config={dir}"], "is a folder without config.json: pass the config.json path"),
     (B, hf("notjson.json"), "not a readable config.json (Expecting"),
+    (B, hf("llava.json"), "is a composite (multimodal) config (model_type 'llava')"),
+    (B, hf("bigint.json"), "not a readable config.json (Exceeds the limit (4300 digits)"),
     (B, hf("list.json"), "not a JSON object"),
     (B, hf("zero_heads.json"), "num_attention_heads"),
     (B, hf("zero_kv_heads.json"), "num_key_value_heads"),
@@ -513,10 +517,15 @@ CASES = [
     (B, ["+ac=selective", "ac.save=[no_such_op_xyz]"], "matches no operator"),
     (B, ["+sync=filesystem", "sync.dir={tmp}/w", "sync.writer=write", "sync.touch=false"], "maps nothing"),
     (B, ["compile_head=false"], "this row compiles nothing"),
+    (B, ["-m", "seed=0,1", "redo=true", "results={notjson}"], "holds something other than rows"),
+    (B, ["-m", "+attn=sdpa", "results={dir}"], "is a directory"),
+    (B, ["+sync=filesystem", "sync.dir={tmp}/a\tb"], "has a control character (a newline, a tab)"),
     (B, ["cudagraphs=maybe"], "cudagraphs=true or cudagraphs=false"),
     (B, ["cudagraphs=true"], "this row runs on the CPU: leave cudagraphs out"),
     (B, ["model=hf_qwen3_tiny", "model.plain=true", "+attn=sdpa", "cudagraphs=true"], "the plain loop runs transformers' own"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "cudagraphs=true"], "leave cudagraphs out"),
+    ("predict", ["model=qwen3_4b", "hardware=tpu"], "predict for hardware=h100, h200, b200 or a6000"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "hardware.memory_gib=0"], "try hardware.memory_gib=79.2"),
     (B, ["busy_step=false"], "leave busy_step out"),
     (B, ["+ac=recompute", "max_host_gib=0.001"], "pins none: leave max_host_gib out"),
     (B, ["hardware=h100", "hardware_as_label=true"], "leave hardware= out and hardware_as_label out"),
@@ -988,7 +997,11 @@ def test_outputs_that_belong_together_are_written_both_or_neither(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["P.md"] and (tmp_path / "P.md").read_text() == "old table\n"
 
 
-def test_ctrl_c_inside_a_long_kernel_ends_the_row_within_its_grace():
+@pytest.mark.parametrize("sig,line,status", [
+    ("SIGINT", "interrupted (Ctrl-C)", 130),
+    ("SIGTERM", "terminated (SIGTERM)", 143),  # round twelve: it said Ctrl-C and 130
+])
+def test_ctrl_c_inside_a_long_kernel_ends_the_row_within_its_grace(sig, line, status):
     """core.errors.watch_ctrl_c: the main thread in one long torch call (Python would raise
     KeyboardInterrupt only when it returns) still ends with one line and status 130 soon after
     Ctrl-C; a second Ctrl-C after the first is handled adds no traceback (ignore_further_ctrl_c)."""
@@ -1003,10 +1016,10 @@ def test_ctrl_c_inside_a_long_kernel_ends_the_row_within_its_grace():
     assert p.stdout.readline().strip() == "ready"
     time.sleep(0.5)
     t = time.time()
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, sig))
     out, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and time.time() - t < 20, (p.returncode, err[-2000:])
-    assert err.strip().splitlines() == ["stepbench: interrupted (Ctrl-C) inside a long kernel: stopped; rows that "
+    assert p.returncode == status and time.time() - t < 20, (p.returncode, err[-2000:])
+    assert err.strip().splitlines() == [f"stepbench: {line} inside a long kernel: stopped; rows that "
                                         "finished are in the results"] and "returned" not in out
 
 
@@ -1059,3 +1072,40 @@ def test_fa3_build_clone_leaves_another_repositorys_checkout_alone(tmp_path, cap
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "is a git checkout of https://example.com/me/mine.git, not of" in err[0], err
     assert (repo / "work.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("body,first", [
+    ({"name": "x"}, "has no list of rows (rows: None)"),
+    ({"rows": [42, ["a", "b"]]}, "row 1 is 42, not a line of overrides"),
+    ({"rows": ["steps=2", {"x": 1}]}, "row 2 is {'x': 1}, not a line of overrides"),
+    ({"rows": ["model=qwen3_tiny tag='oops"]}, "cannot be split into overrides (No closing quotation)"),
+    ({"rows": "model=qwen3_tiny steps=2"}, "has no list of rows (rows: 'model=qwen3_tiny steps=2')"),
+    ({"rows": []}, "lists no rows, so the sweep would measure nothing"),
+    ({"rows": ["steps=2"], "seq_len": 999}, "has 'seq_len', which a sweep file does not take"),
+    ({"rows": ["  "]}, "row 1 is '  ', not a line of overrides"),
+])
+def test_a_malformed_sweep_file_is_one_line_before_any_row(body, first):
+    """Round twelve: a +sweep= file without a list of override lines gave a traceback, or ran each
+    character of a string as a failed row; an empty list or a stray key did nothing, silently."""
+    from omegaconf import OmegaConf
+
+    from core.resolve import UserError
+    from core.sweep import sweep_file_rows
+
+    with pytest.raises(UserError) as e:
+        sweep_file_rows(OmegaConf.create(body), "mine")
+    assert first in str(e.value) and "\n" not in str(e.value) and "+sweep=mine" in str(e.value)
+    assert sweep_file_rows(OmegaConf.create({"name": "ok", "rows": ["a=1 'b=c d'"]}), "ok") == [["a=1", "b=c d"]]
+
+
+def test_a_results_file_that_ends_in_other_text_is_refused(tmp_path):
+    """Round twelve: a row on line 1 and other text after it passed the check (only the first line
+    was read), and the row was appended after the text. A torn last row (a crash) is still taken."""
+    from core.results import ResultsError, check_writable
+
+    res = tmp_path / "rt.jsonl"
+    res.write_text('{"status": "ok", "model": "m"}\nmy diary entry\n')
+    with pytest.raises(ResultsError, match="ends with a line that is not a row \\('my diary entry'\\)"):
+        check_writable(res)
+    res.write_text('{"status": "ok", "model": "m"}\n{"ac": "Recomp')
+    assert check_writable(res) == res.resolve()

@@ -92,8 +92,11 @@ def test_cli_help_lists_commands(capsys):
         assert name in COMMANDS
         (line,) = [ln for ln in out.splitlines() if ln.strip().startswith(name + " ")]
         assert f"python -m {COMMANDS[name][0]}" in line
-    assert main([]) == 0
+    assert main(["help"]) == 0
     assert capsys.readouterr().out == out
+    assert main([]) == 2  # no command: one line on stderr
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("stepbench: name a command: bench, report, predict, fa3-build")
 
 
 def test_cli_unknown_command_one_line_exit_2(capsys):

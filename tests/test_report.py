@@ -321,3 +321,43 @@ def test_a_plot_that_cannot_be_written_is_one_line_and_nothing_written(tmp_path,
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "a plot cannot be written" in lines[0] and "--no-plots" in lines[0], lines
     assert not (tmp_path / "B.md").exists()
+
+
+def test_plots_replace_their_own_and_refuse_other_files(tmp_path):
+    """Round twelve: a FIFO named like a plot hung the report (it was opened to read its signature),
+    and a user's PNG named like one was written over. Plots carry stepbench's PNG Software text; a
+    report replaces its own plots, and refuses a FIFO or another program's PNG in one line."""
+    import os
+
+    from core.plots import PLOT_SOFTWARE, png_software
+
+    published, _, _ = parse_published()
+    res = tmp_path / "rows.jsonl"
+    p = h100(published)
+    write(res, [ours(p, tps=p["tps"] * 1.5)])
+    args = ["--results", str(res), "--out", str(tmp_path / "B.md"), "--baseline", "none", "--predictions", "none"]
+    assert main(args) == 0
+    plot = next(tmp_path.glob("B-plot-*.png"))
+    assert png_software(plot) == PLOT_SOFTWARE
+    assert main(args) == 0  # its own plots are replaced
+    mine = tmp_path / plot.name.replace("B-plot-", "B-plot-zz-")
+    mine.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0\0\0\rIHDR" + b"\0" * 17)  # another program's PNG
+    assert main(args) == 2 and mine.read_bytes().startswith(b"\x89PNG")
+    mine.unlink()
+    os.mkfifo(tmp_path / "B-plot-fifo.png")
+    assert main(args) == 2  # returns at once: the FIFO is not opened
+
+
+def test_odd_text_in_a_row_cannot_break_the_report(tmp_path):
+    """Round twelve: a model name holding a newline, an escape sequence and a '|' broke the report's
+    headings and tables (a new line, an extra column) and wrote the escape byte into it."""
+    published, _, _ = parse_published()
+    res = tmp_path / "rows.jsonl"
+    p = h100(published)
+    write(res, [ours(p, tps=p["tps"] * 1.5), ours(p, model="Odd\nname \x1b[31m|x", tps=1.0, attn="A|B")])
+    out = tmp_path / "R.md"
+    assert main(["--results", str(res), "--out", str(out), "--baseline", "none", "--predictions", "none",
+                 "--no-plots"]) == 0
+    md = out.read_text()
+    assert "\x1b" not in md and "Odd\nname" not in md
+    assert "| A\\|B |" in md and "| A|B |" not in md  # one cell, not two

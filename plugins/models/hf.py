@@ -101,8 +101,8 @@ def _config_dict(value) -> dict:
     if p.is_file():
         try:
             d = json.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark from an editor
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        except (OSError, ValueError) as e:  # ValueError: bad JSON, bad UTF-8, an integer of thousands of digits
+            why = str(e).splitlines()[0].split(";")[0] if str(e) else type(e).__name__
             raise ValueError(f"model.config={value}: not a readable config.json ({why}): pass a model's "
                              "config.json (a JSON object)") from None
         if not isinstance(d, dict):
@@ -185,6 +185,12 @@ def check_shapes(d: dict) -> None:
     """The shape fields of a config.json, before transformers builds anything: each stated, a
     positive whole number, and consistent (heads divide evenly, an even head dim, top-k within the
     experts). Raises ValueError with one line that says what to set."""
+    text = d.get("text_config")
+    if isinstance(text, dict) and d.get("hidden_size") is None:  # llava, mllama, gemma3, qwen2_vl, ...
+        inner = text.get("model_type")
+        raise ValueError(f"model.config is a composite (multimodal) config (model_type {d.get('model_type')!r}) whose "
+                         f"language model is its text_config{f' (model_type {inner!r})' if inner else ''}: save "
+                         "text_config as a config.json of its own and pass that")
     for k, example in SHAPE_FIELDS.items():
         if k not in d or d[k] is None:
             raise ValueError(f"model.config has no {k}: add \"{k}\": {example} (the model's value; a "

@@ -88,8 +88,21 @@ def measured_rows(files: list[Path] | None = None) -> list[dict]:
             continue
         if not any(g in str(r.get("hardware_label", "")) for g in ("H100", "H200")) or r.get("num_gpus", 1) != 1:
             continue
+        if longer_than_default(r):
+            continue
         out.append(r)
     return out
+
+
+def longer_than_default(r: dict) -> bool:
+    """A row measured over more steps than the default (``steps=``, ``measure_s=``): the fits and
+    predictions are of the default window (5 measured steps), and a longer run can measure another
+    regime (the filesystem hand-off of 8 GB a step slowed from 2 s to 7 s as the page cache filled
+    over 10 steps on an H100 host, s21e)."""
+    from core.resolve import _primary_defaults
+
+    d, c = _primary_defaults(), r.get("config") or {}
+    return (c.get("steps") or d["steps"]) > d["steps"] or (c.get("measure_s") or 0) > (d.get("measure_s") or 0)
 
 
 @dataclass

@@ -189,7 +189,7 @@ def build_row(cfg, r, rank: int, world: int, device, row_id: str):
     b = build(r.args, r.attention, r.ac, r.adapter, device, seed=cfg.seed, compile=cfg.compile,
               head_budget_mib=cfg.head_budget_mib, model_builder=r.family_obj.build,
               compile_head=bool(cfg.get("compile_head", True)), fuse=cfg.get("fuse", "lora"),
-              fsdp=cfg.get("fsdp", "auto"), kernels=r.kernels, cudagraphs=bool(cfg.get("cudagraphs", False)))
+              fsdp=cfg.get("fsdp", "auto"), kernels=r.kernels)
     r.sync_ctx.rank, r.sync_ctx.world_size, r.sync_ctx.row_id = rank, world, row_id
     r.sync.setup(b.model, r.sync_ctx)
     b.sync = r.sync

@@ -137,7 +137,6 @@ OPTIONS = {
     "seed": lambda v: _int("seed", v, 0, example=0, hi=SEED_MAX),
     "compile": lambda v: v if v == "auto" else _bool("compile", v),
     "compile_head": lambda v: _bool("compile_head", v),
-    "cudagraphs": lambda v: _bool("cudagraphs", v),
     "fuse": lambda v: v if isinstance(v, bool) or v == "lora" else _fail(
         f"fuse '{v}' is unknown: use fuse=lora, fuse=true or fuse=false"),
     "fsdp": lambda v: v if v is True or v == "auto" else _fail(

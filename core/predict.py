@@ -302,7 +302,6 @@ NOT_PREDICTED = ("steps", "measure_s", "results", "device", "tag", "repeats", "r
 NOT_MODELLED = {
     "compile": "the fits are of compiled rows, and an eager step is not predicted",
     "compile_head": "the fits are of rows with the compiled head",
-    "cudagraphs": "the fits are of rows without CUDA graphs (their graphs' memory pool is not modelled)",
     "ac.inside": "the fits are of rows that checkpoint inside each block",
     "attn.via": "the fits are of each backend's default entry point",
     "model.plain": "the predictor models stepbench's own step, not transformers' plain loop",
@@ -311,7 +310,7 @@ NOT_MODELLED = {
 
 
 #: the values of those options that are the fitted step (taken)
-MODELLED_VALUES = {"compile": ("auto", "true"), "compile_head": ("true",), "cudagraphs": ("false",), "ac.inside": ("true",),
+MODELLED_VALUES = {"compile": ("auto", "true"), "compile_head": ("true",), "ac.inside": ("true",),
                    "model.plain": ("false",), "attn.via": ("auto",), "sync.verify": ("false",)}
 
 

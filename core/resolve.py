@@ -43,7 +43,7 @@ class Resolved:
 
 
 #: top-level options outside the other key fields that change what a row measures
-VARIANT_OPTIONS = ("compile_head", "fuse", "head_budget_mib", "fsdp", "cudagraphs")
+VARIANT_OPTIONS = ("compile_head", "fuse", "head_budget_mib", "fsdp")
 #: plugin options the other key fields already say (ac.mode in the AC column, sync.dir and
 #: sync.overlap in the Sync column) or that change nothing measured
 VARIANT_SKIP = {"ac": {"mode"}, "sync": {"dir", "overlap", "cleanup"}}
@@ -306,9 +306,6 @@ def resolve(cfg, world: int = 1) -> Resolved:
         if (cfg.get("ac") or {}).get("inside") is False:
             raise UserError("ac.inside=false sets where stepbench checkpoints a block, and the plain loop checkpoints "
                             "with transformers' own: leave ac.inside out (or model.plain=false)")
-        if cfg.get("cudagraphs"):
-            raise UserError("cudagraphs=true replays stepbench's compiled blocks, and the plain loop runs transformers' "
-                            "own: leave cudagraphs out (or model.plain=false)")
         if cfg.get("head_budget_mib") != _primary_defaults().get("head_budget_mib"):
             raise UserError("head_budget_mib sizes stepbench's chunked log-prob head, and the plain loop computes full "
                             "logits: leave head_budget_mib out (or model.plain=false)")
@@ -321,12 +318,6 @@ def resolve(cfg, world: int = 1) -> Resolved:
         if cfg.get("busy_step") is False:
             raise UserError("busy_step=false switches off the GPU's busy step, and this row runs on the CPU, which "
                             "has none: leave busy_step out")
-    if cfg.get("cudagraphs") and ctx.device != "cuda":
-        raise NotHereError("cudagraphs=true replays the compiled blocks as CUDA graphs, and this row runs on the CPU: "
-                        "leave cudagraphs out")
-    if cfg.get("cudagraphs") and cfg.compile is False:
-        raise UserError("cudagraphs=true replays the compiled blocks as CUDA graphs, and compile=false compiles none: "
-                        "leave compile=false out (or cudagraphs)")
     if cfg.compile is False and cfg.get("compile_head") is False:  # compile=auto on the CPU: nothing compiles
         raise UserError("compile_head=false switches off compiling the log-prob head, and this row compiles nothing "
                         f"(compile={'auto, eager on the CPU' if not compile_given else 'false'}): leave compile_head out")

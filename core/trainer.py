@@ -34,9 +34,6 @@ class Built:
     replicated: tuple = ()
     #: whether FSDP2 wraps the model (:func:`needs_fsdp`)
     fsdp: bool = True
-    #: the compiled blocks replay as CUDA graphs (``cudagraphs=true``): each micro-batch marks a new
-    #: step for torch's CUDA-graph trees (:func:`forward_backward`)
-    cudagraphs: bool = False
 
 
 # ------------------------------------------------------------------ distributed
@@ -96,14 +93,11 @@ def set_fuse(model: nn.Module, on) -> None:
             m.fuse = on
 
 
-def apply_compile(model: nn.Module, head: bool = True, cudagraphs: bool = False) -> None:
+def apply_compile(model: nn.Module, head: bool = True) -> None:
     """Compile each transformer block (after checkpointing wrapped it) and, with ``head``, the
-    log-prob head's per-chunk work (a model that has the chunked head). ``cudagraphs``: each block's
-    forward and backward are captured once and replayed as CUDA graphs (inductor's
-    ``reduce-overhead`` mode): one launch where a block launched each of its kernels, for a step
-    that leaves the GPU idle while the host launches."""
+    log-prob head's per-chunk work (a model that has the chunked head)."""
     for block in model.layers:
-        block.compile(mode="reduce-overhead" if cudagraphs else None)
+        block.compile()
     if head and hasattr(model, "head_compiled"):
         model.head_compiled = True
 
@@ -240,7 +234,7 @@ def set_dtypes(model: nn.Module, adapter) -> None:
 # ------------------------------------------------------------------ the one place
 def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, compile: bool = False,
           head_budget_mib: int = 512, lr: float = 1e-6, model_builder=None, compile_head: bool = True,
-          fuse="lora", fsdp="auto", kernels=None, cudagraphs: bool = False) -> Built:
+          fuse="lora", fsdp="auto", kernels=None) -> Built:
     """Compose a trainable model in one fixed order.
 
     model on meta -> adapter -> attention binding -> activation checkpointing / offload ->
@@ -263,7 +257,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
     bind_kernels(model, kernels)
     ac.apply(model)
     if compile:
-        apply_compile(model, head=compile_head, cudagraphs=cudagraphs)
+        apply_compile(model, head=compile_head)
     world = world_size()
     replicated = replicated_params(model, adapter, world)
     # adapters asked sharded (replicate=false), or peft's expert LoRA (its fp32 delta is not cast)
@@ -282,8 +276,7 @@ def build(args, attention, ac, adapter, device: torch.device, seed: int = 0, com
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.01, fused=fused,
                             foreach=None if fused else True)
     replicated = tuple(p for p in params if replicated and not hasattr(p, "device_mesh"))  # after to_empty
-    return Built(model, opt, params, device, attention, ac, adapter, replicated=replicated, fsdp=sharded,
-                 cudagraphs=bool(compile and cudagraphs))
+    return Built(model, opt, params, device, attention, ac, adapter, replicated=replicated, fsdp=sharded)
 
 
 # ------------------------------------------------------------------ data and the step
@@ -299,8 +292,6 @@ def make_batches(args, task: str, seq_len: int, micro_batches: int, packing: str
 
 def forward_backward(b: Built, mb: MicroBatch, task: str, scale: float) -> dict:
     """One micro-batch: forward, loss, backward. Returns device tensors (no host sync)."""
-    if b.cudagraphs:  # the previous micro-batch's graphs' outputs are done with (its backward ran)
-        torch.compiler.cudagraph_mark_step_begin()
     with b.ac.step_context():
         lp, ent = b.model(mb.input_ids, mb.position_ids, mb.meta, mb.targets)
         if task == "rl":

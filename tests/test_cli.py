@@ -156,7 +156,6 @@ def test_every_sweep_row_composes_and_validates(sweep):
     (["+attn=fa2", "+ac=recompute", "+sync=filesystem", "fuse=lora", "sync.writer=mapped"], ""),  # defaults spelled out
     (["adapter=lora", "fuse=false"], "fuse=false"),
     (["fuse=true"], "fuse=true"),
-    (["cudagraphs=true"], "cudagraphs=true"),
     (["+ac=recompute", "ac.inside=false", "+sync=filesystem", "sync.writer=write"], "ac.inside=false sync.writer=write"),
     (["+attn=fa2", "attn.via=varlen", "compile_head=false"], "compile_head=false attn.via=varlen"),
     (["+ac=offload_selective", "+sync=filesystem_shm"], ""),  # in the AC and Sync columns already

@@ -104,58 +104,6 @@ def test_compiled_equals_eager_cuda(dist_group, adapter, ac, ac_cfg):
         assert err < 2e-2, (n, err.item())
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("adapter", ["full", "lora"])
-@pytest.mark.parametrize("ac", ["recompute", "none"])
-def test_cudagraphs_equal_eager_cuda(dist_group, adapter, ac):
-    """cudagraphs=true (each compiled block's forward and backward captured and replayed): the
-    third pass over the same micro-batches (warm-up, capture, then replays) gives the eager model's
-    loss and gradients within bf16 tolerance; a replay that read stale inputs would not."""
-    args = FAMILIES["qwen3"]
-    reg = registry()
-
-    def built(compile, cudagraphs=False):
-        return build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", ac).make({}),
-                     reg.get("adapter", adapter).make({}), torch.device("cuda"), seed=0, compile=compile,
-                     cudagraphs=cudagraphs)
-
-    ref_loss, ref = grads_after_step(built(False), args, packing="single", device="cuda")
-    b = built(True, cudagraphs=True)
-    assert b.cudagraphs
-    for _ in range(3):
-        b.optimizer.zero_grad(set_to_none=True)
-        loss, got = grads_after_step(b, args, packing="single", device="cuda")
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-2, atol=1e-3)
-    assert ref.keys() == got.keys()
-    for n in ref:
-        err = (got[n] - ref[n]).float().norm() / ref[n].float().norm().clamp_min(1e-12)
-        assert err < 2e-2, (n, err.item())
-
-
-def test_cudagraphs_compiles_blocks_in_reduce_overhead_mode(dist_group, monkeypatch):
-    """cudagraphs=true asks inductor's reduce-overhead mode for every block (CUDA graphs), and
-    the trainer marks each micro-batch as a new step for the graph trees; without it, the default."""
-    args = FAMILIES["qwen3"]
-    reg = registry()
-    modes = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
-    marks = []
-    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-
-    def built(cudagraphs):
-        modes.clear()
-        return build(args, reg.get("attn", "sdpa").make({}), reg.get("ac", "recompute").make({}),
-                     reg.get("adapter", "full").make({}), torch.device("cpu"), seed=0, compile=True,
-                     compile_head=False, cudagraphs=cudagraphs)
-
-    b = built(True)
-    assert modes == ["reduce-overhead"] * args.n_layers and b.cudagraphs
-    grads_after_step(b, args)
-    assert len(marks) == 2  # one per micro-batch
-    b = built(False)
-    assert modes == [None] * args.n_layers and not b.cudagraphs
-
-
 def _saved_shapes(device, mode):
     """Shapes of the tensors the compiled, checkpointed LoRA model saves for backward in one forward
     (LoRA: its fused q/k/v and gate/up groups and single o/down layers are traced too)."""

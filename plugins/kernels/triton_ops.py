@@ -55,27 +55,25 @@ def _rms_norm_fwd(X, W, Y, RSTD, stride_x, stride_y, D, eps, BLOCK: tl.constexpr
 
 @triton.jit
 def _rms_norm_bwd(DY, X, W, RSTD, DX, DW, stride_dy, stride_x, stride_dx, N, D, rows: tl.constexpr,
-                  R: tl.constexpr, BLOCK: tl.constexpr):
+                  BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     m = cols < D
     w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK], dtype=tl.float32)
     start = pid.to(tl.int64) * rows
-    for k in range(0, rows, R):  # R rows a step: an [R, BLOCK] tile, so each load is R rows wide
-        i = k + tl.arange(0, R)
-        r = start + i
-        ok = (r < N) & (i < rows)
-        mk = ok[:, None] & m[None, :]
-        x = tl.load(X + r[:, None] * stride_x + cols[None, :], mask=mk, other=0.0).to(tl.float32)
-        dy = tl.load(DY + r[:, None] * stride_dy + cols[None, :], mask=mk, other=0.0).to(tl.float32)
+    for k in range(0, rows):
+        r = start + k
+        ok = r < N
+        mk = m & ok
+        x = tl.load(X + r * stride_x + cols, mask=mk, other=0.0).to(tl.float32)
+        dy = tl.load(DY + r * stride_dy + cols, mask=mk, other=0.0).to(tl.float32)
         rstd = tl.load(RSTD + r, mask=ok, other=0.0)
-        xhat = x * rstd[:, None]
-        wdy = w[None, :] * dy
-        c = tl.sum(xhat * wdy, 1) / D
-        dx = (wdy - xhat * c[:, None]) * rstd[:, None]
-        tl.store(DX + r[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mk)
-        dw += tl.sum(dy * xhat, 0)
+        xhat = x * rstd
+        wdy = w * dy
+        c = tl.sum(xhat * wdy, 0) / D
+        tl.store(DX + r * stride_dx + cols, ((wdy - xhat * c) * rstd).to(DX.dtype.element_ty), mask=mk)
+        dw += dy * xhat
     tl.store(DW + pid * D + cols, dw, mask=m)
 
 
@@ -105,7 +103,7 @@ def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     if n:
         block = triton.next_power_of_2(d)
         wrap_triton(_rms_norm_bwd)[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, dw, dy2.stride(0), x2.stride(0),
-                                   dx.stride(0), n, d, rows, R=max(1, min(16, 8192 // block)), BLOCK=block, num_warps=8 if block >= 2048 else 4)
+                                   dx.stride(0), n, d, rows, BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return dx.view(x.shape), dw.sum(0).to(weight.dtype)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class UserError(Exception):
     """Bad input: reported as one line, exit status 2."""
@@ -29,14 +31,14 @@ def first_line(e: BaseException, with_type: bool | None = None) -> str:
 
 
 #: the signal that stopped the run: SIGINT (Ctrl-C) unless SIGTERM's handler says otherwise
-_STOPPED_BY = [2]
+_STOPPED_BY = [signal.SIGINT]
 
 
 def stopped() -> tuple[str, int]:
     """What stopped the run, as the words of its one line and its exit status: ``("interrupted
     (Ctrl-C)", 130)``, or ``("terminated (SIGTERM)", 143)`` after a SIGTERM (timeout, kill, a batch
     scheduler), 128 + the signal's number as a shell reports it."""
-    return ("terminated (SIGTERM)", 143) if _STOPPED_BY[0] == 15 else ("interrupted (Ctrl-C)", 130)
+    return ("terminated (SIGTERM)", 143) if _STOPPED_BY[0] == signal.SIGTERM else ("interrupted (Ctrl-C)", 130)
 
 
 def _on_sigterm(signum, frame):
@@ -65,7 +67,6 @@ def exit_on_ctrl_c_while_starting(name: str) -> None:
     import, a failed row) or abort the interpreter; nothing has been measured or written yet, so
     leaving at once loses nothing."""
     import os
-    import signal
 
     def handler(signum, frame):
         try:
@@ -79,7 +80,6 @@ def exit_on_ctrl_c_while_starting(name: str) -> None:
 def raise_on_ctrl_c() -> None:
     """Ctrl-C raises KeyboardInterrupt again (Python's own handler): from here on the code that runs
     rows stops its children and says what was kept."""
-    import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # SIGTERM (timeout, kill, a batch scheduler) stops rows the same way: a sweep's row child, in a
@@ -90,7 +90,6 @@ def raise_on_ctrl_c() -> None:
 def ignore_further_ctrl_c() -> None:
     """Called first where a Ctrl-C is handled: a second one (a user pressing it twice, ``timeout``
     signalling the process and then its group) no longer interrupts the exit with a traceback."""
-    import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
@@ -112,7 +111,6 @@ def watch_ctrl_c(name: str, grace_s: float = 10.0) -> None:
     (:func:`core.results.append_row`); the one in flight is not. Torch's kernels release the GIL,
     so the thread runs while they do."""
     import os
-    import signal
     import threading
     import time
 

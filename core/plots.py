@@ -7,7 +7,6 @@ memory for the same bars."""
 from __future__ import annotations
 
 import glob
-import os
 import re
 from pathlib import Path
 
@@ -169,19 +168,13 @@ def foreign_plots(out_dir: Path, prefix: str) -> list[Path]:
     """Files named like the report's plots (``<prefix>-plot-*.png``) beside it that a plot must not
     write over: anything but a regular file (a FIFO, a device, a folder: never opened, so a FIFO
     cannot block the report), and PNG images that stepbench's plots (matplotlib's) did not write."""
-    import stat
-
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{prefix}-plot-")
     out = []
     for p in sorted(Path(out_dir).glob(f"{glob.escape(name)}*.png")):
         try:
-            if not stat.S_ISREG(os.stat(p).st_mode):
-                out.append(p)
-                continue
-            software = png_software(p)
+            software = png_software(p) if p.is_file() else None
         except OSError:
-            out.append(p)
-            continue
+            software = None
         if software is None or not software.startswith((PLOT_SOFTWARE, "Matplotlib")):
             out.append(p)
     return out

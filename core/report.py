@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -383,16 +384,14 @@ def num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def cell_safe(row: dict) -> dict:
     """The row with its top-level text fields fit for one markdown table cell or heading: control
     characters (a newline, an escape sequence) shown as spaces, ``|`` escaped (it would add a
     column)."""
-    import re
-
-    def clean(v):
-        return re.sub(r"[\x00-\x1f\x7f]", " ", v).replace("|", "\\|") if isinstance(v, str) else v
-
-    return {k: clean(v) for k, v in row.items()}
+    return {k: _CONTROL.sub(" ", v).replace("|", "\\|") if isinstance(v, str) else v for k, v in row.items()}
 
 
 def printable(text: str) -> str:

@@ -34,6 +34,11 @@ def row_key(row: dict) -> tuple:
     return tuple(row_variant(row) if k == "variant" else row.get(k) for k in KEY_FIELDS)
 
 
+def has_control_char(text: str) -> bool:
+    """A newline, tab or other control character: typed into a name by mistake."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
 def _destination(raw: str, what: str, example: str, replaced: bool = True) -> Path:
     """The regular file (existing, or to be created in an existing folder) a path names, following
     symbolic links: refuses what a row or a report cannot be written into whole (a folder, a FIFO, a
@@ -43,7 +48,7 @@ def _destination(raw: str, what: str, example: str, replaced: bool = True) -> Pa
     if any(len(part.encode()) > 255 for part in Path(raw).parts):  # before the filesystem is asked
         raise ResultsError(f"{arg}: a name in it is longer than the 255 bytes a filesystem takes: name a "
                            f"shorter file, e.g. {eg}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in raw):  # a newline or tab typed into a name by mistake
+    if has_control_char(raw):
         raise ResultsError(f"{arg!r} has a control character (a newline, a tab) in its name: name a file without one, "
                            f"e.g. {eg}")
     path = Path(raw).expanduser()

@@ -17,6 +17,8 @@ Imported only where the ``triton`` provider is made (on a GPU, or on a CPU under
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -28,9 +30,13 @@ from torch.library import wrap_triton
 PROGRAMS_PER_SM = 4
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
+
 def _rows_per_program(n: int, device) -> int:
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    return max(1, triton.cdiv(n, PROGRAMS_PER_SM * sms))
+    return max(1, triton.cdiv(n, PROGRAMS_PER_SM * _sm_count(device)))
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -86,9 +92,8 @@ def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torc
     if n:
         block = triton.next_power_of_2(d)
         wrap_triton(_rms_norm_fwd)[(n,)](x2, weight.contiguous(), y, rstd, x2.stride(0), y.stride(0), d, eps,
-                            BLOCK=block, num_warps=8 if block >= 2048 else 4)
+                                         BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return y.view(x.shape), rstd
-
 
 
 @torch.library.triton_op("stepbench::rms_norm_backward", mutates_args=())
@@ -102,10 +107,10 @@ def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     dw = torch.zeros((programs, d), dtype=torch.float32, device=x.device)
     if n:
         block = triton.next_power_of_2(d)
-        wrap_triton(_rms_norm_bwd)[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, dw, dy2.stride(0), x2.stride(0),
-                                   dx.stride(0), n, d, rows, BLOCK=block, num_warps=8 if block >= 2048 else 4)
+        wrap_triton(_rms_norm_bwd)[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, dw, dy2.stride(0),
+                                                x2.stride(0), dx.stride(0), n, d, rows, BLOCK=block,
+                                                num_warps=8 if block >= 2048 else 4)
     return dx.view(x.shape), dw.sum(0).to(weight.dtype)
-
 
 
 def _rms_setup(ctx, inputs, output):
@@ -159,10 +164,9 @@ def swiglu_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     n, c = g2.shape
     y = torch.empty((n, c), dtype=gate.dtype, device=gate.device)
     if n and c:
-        wrap_triton(_swiglu_fwd)[(n, triton.cdiv(c, SWIGLU_BLOCK))](g2, u2, y, c, g2.stride(0), u2.stride(0), y.stride(0),
-                                                       BLOCK=SWIGLU_BLOCK)
+        wrap_triton(_swiglu_fwd)[(n, triton.cdiv(c, SWIGLU_BLOCK))](g2, u2, y, c, g2.stride(0), u2.stride(0),
+                                                                    y.stride(0), BLOCK=SWIGLU_BLOCK)
     return y.view(gate.shape)
-
 
 
 @torch.library.triton_op("stepbench::swiglu_backward", mutates_args=())
@@ -172,10 +176,10 @@ def swiglu_backward_op(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -
     dg = torch.empty((n, c), dtype=gate.dtype, device=gate.device)
     du = torch.empty((n, c), dtype=up.dtype, device=up.device)
     if n and c:
-        wrap_triton(_swiglu_bwd)[(n, triton.cdiv(c, SWIGLU_BLOCK))](dy2, g2, u2, dg, du, c, dy2.stride(0), g2.stride(0),
-                                                       u2.stride(0), dg.stride(0), du.stride(0), BLOCK=SWIGLU_BLOCK)
+        wrap_triton(_swiglu_bwd)[(n, triton.cdiv(c, SWIGLU_BLOCK))](dy2, g2, u2, dg, du, c, dy2.stride(0),
+                                                                    g2.stride(0), u2.stride(0), dg.stride(0),
+                                                                    du.stride(0), BLOCK=SWIGLU_BLOCK)
     return dg.view(gate.shape), du.view(up.shape)
-
 
 
 def _swiglu_setup(ctx, inputs, output):
@@ -235,17 +239,16 @@ def _rope_launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward
     if T and H:
         half, rest = rot // 2, D - rot
         block_h, block = triton.next_power_of_2(H), triton.next_power_of_2(half)
-        wrap_triton(_rope)[(T,)](x, cos2, sin2, y, x.stride(0), x.stride(1), y.stride(0), y.stride(1), cos2.stride(0),
-                    sin2.stride(0), H, half, rest, BACKWARD=backward, BLOCK_H=block_h, BLOCK=block,
-                    BLOCK_PASS=triton.next_power_of_2(rest) if rest else 0,
-                    num_warps=8 if block_h * block >= 4096 else 4)
+        wrap_triton(_rope)[(T,)](x, cos2, sin2, y, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
+                                 cos2.stride(0), sin2.stride(0), H, half, rest, BACKWARD=backward, BLOCK_H=block_h,
+                                 BLOCK=block, BLOCK_PASS=triton.next_power_of_2(rest) if rest else 0,
+                                 num_warps=8 if block_h * block >= 4096 else 4)
     return y
 
 
 @torch.library.triton_op("stepbench::rope", mutates_args=())
 def rope_op(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool) -> torch.Tensor:
     return _rope_launch(x, cos, sin, backward)
-
 
 
 def _rope_setup(ctx, inputs, output):

@@ -255,7 +255,9 @@ class Filesystem(WeightSync):
         if dir is None or not str(dir).strip():
             raise ValueError("sync.dir is empty (the weights would land in the current folder): name a folder, e.g. "
                              "sync.dir=runs/weights")
-        if any(ord(c) < 32 or ord(c) == 127 for c in str(dir)):  # a tab or newline typed into it by mistake
+        from core.results import has_control_char
+
+        if has_control_char(str(dir)):
             raise ValueError(f"sync.dir={str(dir)!r} has a control character (a newline, a tab) in its name: name a "
                              "folder without one, e.g. sync.dir=runs/weights")
         if not isinstance(gather_mib, int) or isinstance(gather_mib, bool) or gather_mib < 0:

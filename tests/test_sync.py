@@ -425,3 +425,42 @@ def test_filesystem_removes_only_what_it_wrote(dist_group, tmp_path):
     fs.setup(b.model, SyncContext(device="cpu", row_id="again", handoff=b.adapter.handoff))
     assert not (tmp_path / "w" / "again" / "step_3").exists()
     fs.finish()
+
+
+def test_mapped_writer_reuses_dropped_steps_files_unless_a_reader_holds_them(dist_group, tmp_path):
+    """``sync.reuse`` (the default): from the third step on, the next step's file is a dropped step's
+    (older than the newest ``keep``), renamed and rewritten, and every published step still reads
+    back bit for bit; a dropped step a reader holds open is left to the reader (a new file instead),
+    and what the reader holds is unchanged."""
+    args = QWEN3["tiny"]
+    b = built(args)
+    fs = Filesystem(str(tmp_path), keep=1, cleanup=False)
+    fs.setup(b.model, SyncContext(rank=0, world_size=1, device="cpu", adapter_only=False, row_id="r",
+                                  handoff=b.adapter.handoff))
+    b.sync = fs
+    held = None
+    for step in range(6):
+        train_step(b, make_batches(args, "rl", 128, 1, "random", 0, step, "cpu"), "rl", step=step)
+        path = tmp_path / "r" / f"step_{step}" / "model.safetensors"
+        got = load_file(str(path))  # may map the file: let it go before the next step's reuse
+        assert all(torch.equal(got[n], full(p).to(torch.bfloat16)) for n, p in b.model.named_parameters())
+        del got
+        if step == 2:  # a reader opens step 2's file and keeps it open
+            held, held_bytes = open(path, "rb"), path.read_bytes()
+        for fut in fs.prepared.values():
+            fut.result()
+    # prepared after steps 0-5: steps 2..7; dropped when each is prepared: none, 0, 1, 2 (held), 3, 4
+    assert fs.reused == [False, True, True, False, True, True]
+    assert held.read() == held_bytes  # the held file was not reused: the reader's bytes are the step's
+    held.close()
+    fs.finish()
+    assert complete_steps(tmp_path / "r") == [5]
+    assert sorted(q.name for q in (tmp_path / "r").iterdir()) == ["step_5"]  # the held step removed too
+    assert fs.describe()["reused"] == fs.reused
+
+
+def test_reuse_is_refused_where_it_does_nothing(tmp_path):
+    with pytest.raises(ValueError, match="sync.reuse must be true or false"):
+        Filesystem(str(tmp_path), reuse="yes")
+    with pytest.raises(ValueError, match="sync.writer=write prepares none"):
+        Filesystem(str(tmp_path), writer="write", reuse=False)

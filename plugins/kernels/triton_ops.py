@@ -4,8 +4,8 @@ into it, so the compiled block launches the Triton kernel from its own generated
 dispatch on the host per call, and the op's allocations and reductions are compiled with the rest).
 
 - ``rms_norm``: one program per row, fp32 inside; backward recomputes ``x * rstd`` from the saved
-  per-row ``rstd`` and sums the weight gradient over programs of a run of rows each (about four
-  programs per SM).
+  per-row ``rstd``, a tile of rows a step, each program over a contiguous run of rows writing one
+  fp32 partial weight gradient, which a second kernel sums and casts.
 - ``swiglu``: ``silu(gate) * up`` and its two gradients, elementwise, fp32 inside; ``gate`` and
   ``up`` may be column slices of one fused GEMM output (any row stride).
 - ``rope``: rotate-half RoPE of one token (all its heads, a [heads, half] tile) per program, the
@@ -24,10 +24,12 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-#: programs of the RMSNorm backward per streaming multiprocessor: each program takes a run of rows
-#: and writes one partial weight gradient; enough programs to keep every SM's loads in flight
-#: (64 rows a program left 0.6B/8192 with 128 programs on 132 SMs: 0.25 of the copy bandwidth)
+#: the RMSNorm backward's launch per (rows, width): programs per streaming multiprocessor (each takes
+#: a contiguous run of rows and writes one fp32 partial weight gradient), rows per step (an [R, width]
+#: tile, so each program keeps R rows' loads in flight) and warps per program. ``rms_norm_bwd_config``
+#: chooses; ``benchmarks/rmsnorm_bwd_sweep.py`` measures the alternatives on a GPU.
 PROGRAMS_PER_SM = 4
+TILE_ELEMENTS = 8192
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,8 +37,11 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
-def _rows_per_program(n: int, device) -> int:
-    return max(1, triton.cdiv(n, PROGRAMS_PER_SM * _sm_count(device)))
+def rms_norm_bwd_config(n: int, d: int, device) -> tuple[int, int, int]:
+    """(programs per SM, rows per step R, warps) of the RMSNorm backward for ``n`` rows of width ``d``."""
+    block = triton.next_power_of_2(d)
+    r = max(1, min(16, TILE_ELEMENTS // block))
+    return PROGRAMS_PER_SM, r, 8 if block * r >= 8192 else 4
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -60,27 +65,41 @@ def _rms_norm_fwd(X, W, Y, RSTD, stride_x, stride_y, D, eps, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _rms_norm_bwd(DY, X, W, RSTD, DX, DW, stride_dy, stride_x, stride_dx, N, D, rows: tl.constexpr,
-                  BLOCK: tl.constexpr):
+def _rms_norm_bwd(DY, X, W, RSTD, DX, DW, stride_dy, stride_x, stride_dx, N, D, rows_per_program,
+                  R: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     m = cols < D
     w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK], dtype=tl.float32)
-    start = pid.to(tl.int64) * rows
-    for k in range(0, rows):
-        r = start + k
-        ok = r < N
-        mk = m & ok
-        x = tl.load(X + r * stride_x + cols, mask=mk, other=0.0).to(tl.float32)
-        dy = tl.load(DY + r * stride_dy + cols, mask=mk, other=0.0).to(tl.float32)
+    acc = tl.zeros([R, BLOCK], dtype=tl.float32)
+    start = pid.to(tl.int64) * rows_per_program
+    end = tl.minimum(start + rows_per_program, N)
+    for k in range(start, end, R):  # an [R, BLOCK] tile of rows a step
+        r = k + tl.arange(0, R)
+        ok = r < end
+        mk = ok[:, None] & m[None, :]
+        x = tl.load(X + r[:, None] * stride_x + cols[None, :], mask=mk, other=0.0).to(tl.float32)
+        dy = tl.load(DY + r[:, None] * stride_dy + cols[None, :], mask=mk, other=0.0).to(tl.float32)
         rstd = tl.load(RSTD + r, mask=ok, other=0.0)
-        xhat = x * rstd
-        wdy = w * dy
-        c = tl.sum(xhat * wdy, 0) / D
-        tl.store(DX + r * stride_dx + cols, ((wdy - xhat * c) * rstd).to(DX.dtype.element_ty), mask=mk)
-        dw += dy * xhat
-    tl.store(DW + pid * D + cols, dw, mask=m)
+        xhat = x * rstd[:, None]
+        wdy = w[None, :] * dy
+        c = tl.sum(xhat * wdy, 1) / D
+        dx = (wdy - xhat * c[:, None]) * rstd[:, None]
+        tl.store(DX + r[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mk)
+        acc += dy * xhat
+    tl.store(DW + pid * D + cols, tl.sum(acc, 0), mask=m)
+
+
+@triton.jit
+def _sum_rows_cast(P, OUT, programs, D, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """OUT[d] = sum over p of P[p, d] (fp32), stored in OUT's dtype: the partial weight gradients."""
+    cols = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    m = cols < D
+    acc = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
+    for p in range(0, programs, BLOCK_P):
+        rows = p + tl.arange(0, BLOCK_P)
+        acc += tl.load(P + rows[:, None] * D + cols[None, :], mask=(rows < programs)[:, None] & m[None, :], other=0.0)
+    tl.store(OUT + cols, tl.sum(acc, 0).to(OUT.dtype.element_ty), mask=m)
 
 
 @torch.library.triton_op("stepbench::rms_norm", mutates_args=())
@@ -96,21 +115,32 @@ def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torc
     return y.view(x.shape), rstd
 
 
-@torch.library.triton_op("stepbench::rms_norm_backward", mutates_args=())
-def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                         rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rms_norm_backward_launch(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
+                             config: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RMSNorm backward's two kernels (``config``: ``rms_norm_bwd_config``'s triple, or its choice):
+    ``dx`` and the weight gradient in the weight's dtype."""
     x2, dy2 = _rows(x), _rows(dy)
     n, d = x2.shape
     dx = torch.empty((n, d), dtype=x.dtype, device=x.device)
-    rows = _rows_per_program(n, x.device)
+    dw = torch.empty(d, dtype=weight.dtype, device=x.device)
+    pps, r, warps = config or rms_norm_bwd_config(n, d, x.device)
+    rows = max(r, triton.cdiv(triton.cdiv(max(n, 1), pps * _sm_count(x.device)), r) * r)
     programs = max(triton.cdiv(n, rows), 1)
-    dw = torch.zeros((programs, d), dtype=torch.float32, device=x.device)
-    if n:
-        block = triton.next_power_of_2(d)
-        wrap_triton(_rms_norm_bwd)[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, dw, dy2.stride(0),
-                                                x2.stride(0), dx.stride(0), n, d, rows, BLOCK=block,
-                                                num_warps=8 if block >= 2048 else 4)
-    return dx.view(x.shape), dw.sum(0).to(weight.dtype)
+    partial = torch.empty((programs, d), dtype=torch.float32, device=x.device)  # every program writes its row
+    block = triton.next_power_of_2(d)
+    wrap_triton(_rms_norm_bwd)[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, partial, dy2.stride(0),
+                                            x2.stride(0), dx.stride(0), n, d, rows, R=r, BLOCK=block,
+                                            num_warps=warps)
+    block_d = 32
+    wrap_triton(_sum_rows_cast)[(triton.cdiv(d, block_d),)](partial, dw, programs, d, BLOCK_P=32,
+                                                             BLOCK_D=block_d, num_warps=4)
+    return dx.view(x.shape), dw
+
+
+@torch.library.triton_op("stepbench::rms_norm_backward", mutates_args=())
+def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return rms_norm_backward_launch(dy, x, weight, rstd)
 
 
 def _rms_setup(ctx, inputs, output):

@@ -26,10 +26,15 @@ from torch.library import wrap_triton
 
 #: the RMSNorm backward's launch per (rows, width): programs per streaming multiprocessor (each takes
 #: a contiguous run of rows and writes one fp32 partial weight gradient), rows per step (an [R, width]
-#: tile, so each program keeps R rows' loads in flight) and warps per program. ``rms_norm_bwd_config``
-#: chooses; ``benchmarks/rmsnorm_bwd_sweep.py`` measures the alternatives on a GPU.
-PROGRAMS_PER_SM = 4
-TILE_ELEMENTS = 8192
+#: tile) and warps per program, and whether each step loads the next tile before it computes (so a
+#: program keeps two tiles' loads in flight). ``rms_norm_bwd_config`` chooses, from
+#: ``benchmarks/rmsnorm_bwd_sweep.py`` on the H100 (explore/2026-12-07-s22a-rmsnorm-sweep.jsonl): two
+#: programs per SM and a tile of about 4096 elements were at or near the fastest at every shape.
+PROGRAMS_PER_SM = 2
+TILE_ELEMENTS = 4096
+PREFETCH = False
+#: the partial weight gradients' sum: (rows, columns) of its tile and its warps
+REDUCE = (32, 32, 4)
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,11 +42,11 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
-def rms_norm_bwd_config(n: int, d: int, device) -> tuple[int, int, int]:
-    """(programs per SM, rows per step R, warps) of the RMSNorm backward for ``n`` rows of width ``d``."""
+def rms_norm_bwd_config(n: int, d: int, device) -> tuple[int, int, int, bool]:
+    """(programs per SM, rows per step R, warps, prefetch) of the RMSNorm backward for ``n`` rows of
+    width ``d``."""
     block = triton.next_power_of_2(d)
-    r = max(1, min(16, TILE_ELEMENTS // block))
-    return PROGRAMS_PER_SM, r, 8 if block * r >= 8192 else 4
+    return PROGRAMS_PER_SM, max(1, min(64, TILE_ELEMENTS // block)), 8 if block < 1024 else 4, PREFETCH
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +71,7 @@ def _rms_norm_fwd(X, W, Y, RSTD, stride_x, stride_y, D, eps, BLOCK: tl.constexpr
 
 @triton.jit
 def _rms_norm_bwd(DY, X, W, RSTD, DX, DW, stride_dy, stride_x, stride_dx, N, D, rows_per_program,
-                  R: tl.constexpr, BLOCK: tl.constexpr):
+                  R: tl.constexpr, BLOCK: tl.constexpr, PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     m = cols < D
@@ -74,12 +79,29 @@ def _rms_norm_bwd(DY, X, W, RSTD, DX, DW, stride_dy, stride_x, stride_dx, N, D, 
     acc = tl.zeros([R, BLOCK], dtype=tl.float32)
     start = pid.to(tl.int64) * rows_per_program
     end = tl.minimum(start + rows_per_program, N)
+    if PREFETCH:  # the first tile, loaded before the loop
+        r0 = start + tl.arange(0, R)
+        mk0 = (r0 < end)[:, None] & m[None, :]
+        x_next = tl.load(X + r0[:, None] * stride_x + cols[None, :], mask=mk0, other=0.0)
+        dy_next = tl.load(DY + r0[:, None] * stride_dy + cols[None, :], mask=mk0, other=0.0)
+    else:
+        x_next = tl.zeros([R, BLOCK], dtype=X.dtype.element_ty)
+        dy_next = tl.zeros([R, BLOCK], dtype=DY.dtype.element_ty)
     for k in range(start, end, R):  # an [R, BLOCK] tile of rows a step
         r = k + tl.arange(0, R)
         ok = r < end
         mk = ok[:, None] & m[None, :]
-        x = tl.load(X + r[:, None] * stride_x + cols[None, :], mask=mk, other=0.0).to(tl.float32)
-        dy = tl.load(DY + r[:, None] * stride_dy + cols[None, :], mask=mk, other=0.0).to(tl.float32)
+        if PREFETCH:  # this tile was loaded by the step before; load the next one now
+            x, dy = x_next, dy_next
+            rn = r + R
+            mkn = (rn < end)[:, None] & m[None, :]
+            x_next = tl.load(X + rn[:, None] * stride_x + cols[None, :], mask=mkn, other=0.0)
+            dy_next = tl.load(DY + rn[:, None] * stride_dy + cols[None, :], mask=mkn, other=0.0)
+        else:
+            x = tl.load(X + r[:, None] * stride_x + cols[None, :], mask=mk, other=0.0)
+            dy = tl.load(DY + r[:, None] * stride_dy + cols[None, :], mask=mk, other=0.0)
+        x = x.to(tl.float32)
+        dy = dy.to(tl.float32)
         rstd = tl.load(RSTD + r, mask=ok, other=0.0)
         xhat = x * rstd[:, None]
         wdy = w[None, :] * dy
@@ -116,24 +138,25 @@ def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torc
 
 
 def rms_norm_backward_launch(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
-                             config: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The RMSNorm backward's two kernels (``config``: ``rms_norm_bwd_config``'s triple, or its choice):
-    ``dx`` and the weight gradient in the weight's dtype."""
+                             config: tuple | None = None, reduce: tuple | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RMSNorm backward's two kernels (``config``: as ``rms_norm_bwd_config`` returns, or its
+    choice; ``reduce``: as :data:`REDUCE`): ``dx`` and the weight gradient in the weight's dtype."""
     x2, dy2 = _rows(x), _rows(dy)
     n, d = x2.shape
     dx = torch.empty((n, d), dtype=x.dtype, device=x.device)
     dw = torch.empty(d, dtype=weight.dtype, device=x.device)
-    pps, r, warps = config or rms_norm_bwd_config(n, d, x.device)
+    pps, r, warps, prefetch = config or rms_norm_bwd_config(n, d, x.device)
     rows = max(r, triton.cdiv(triton.cdiv(max(n, 1), pps * _sm_count(x.device)), r) * r)
     programs = max(triton.cdiv(n, rows), 1)
     partial = torch.empty((programs, d), dtype=torch.float32, device=x.device)  # every program writes its row
     block = triton.next_power_of_2(d)
     wrap_triton(_rms_norm_bwd)[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, partial, dy2.stride(0),
                                             x2.stride(0), dx.stride(0), n, d, rows, R=r, BLOCK=block,
-                                            num_warps=warps)
-    block_d = 32
-    wrap_triton(_sum_rows_cast)[(triton.cdiv(d, block_d),)](partial, dw, programs, d, BLOCK_P=32,
-                                                             BLOCK_D=block_d, num_warps=4)
+                                            PREFETCH=bool(prefetch), num_warps=warps)
+    block_p, block_d, reduce_warps = reduce or REDUCE
+    wrap_triton(_sum_rows_cast)[(triton.cdiv(d, block_d),)](partial, dw, programs, d, BLOCK_P=block_p,
+                                                             BLOCK_D=block_d, num_warps=reduce_warps)
     return dx.view(x.shape), dw
 
 

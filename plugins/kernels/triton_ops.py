@@ -28,13 +28,15 @@ from torch.library import wrap_triton
 #: a contiguous run of rows and writes one fp32 partial weight gradient), rows per step (an [R, width]
 #: tile) and warps per program, and whether each step loads the next tile before it computes (so a
 #: program keeps two tiles' loads in flight). ``rms_norm_bwd_config`` chooses, from
-#: ``benchmarks/rmsnorm_bwd_sweep.py`` on the H100 (explore/2026-12-07-s22a-rmsnorm-sweep.jsonl): two
-#: programs per SM and a tile of about 4096 elements were at or near the fastest at every shape.
+#: ``benchmarks/rmsnorm_bwd_sweep.py`` on the H100 (benchmarks/results/explore/2026-12-07-s22{a,b}-*):
+#: two programs per SM, a tile of about 4096 elements and the prefetch were at or near the fastest
+#: launch at every shape (the prefetch gained 5-12%).
 PROGRAMS_PER_SM = 2
 TILE_ELEMENTS = 4096
-PREFETCH = False
-#: the partial weight gradients' sum: (rows, columns) of its tile and its warps
-REDUCE = (32, 32, 4)
+PREFETCH = True
+#: the partial weight gradients' sum: (rows, columns) of its tile and its warps (2.3-2.5 us at every
+#: shape of the s22b sweep, where (32, 32, 4) took 2.8-3.0)
+REDUCE = (64, 16, 4)
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,7 +48,7 @@ def rms_norm_bwd_config(n: int, d: int, device) -> tuple[int, int, int, bool]:
     """(programs per SM, rows per step R, warps, prefetch) of the RMSNorm backward for ``n`` rows of
     width ``d``."""
     block = triton.next_power_of_2(d)
-    return PROGRAMS_PER_SM, max(1, min(64, TILE_ELEMENTS // block)), 8 if block < 1024 else 4, PREFETCH
+    return PROGRAMS_PER_SM, max(1, min(64, TILE_ELEMENTS // block)), 4 if block in (1024, 2048) else 8, PREFETCH
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,8 @@ def run_row(cfg) -> int:
         by = f" by peer {r.peer.name}" if r.peer is not None else ""
         say(f"row: {r.args.name} {cfg.task.name} {r.adapter.label} seq_len={r.seq_len} attn={r.attention.name} "
             f"ac={r.ac.label} sync={r.sync.label} on {world}x{r.hw['label']} ({r.ctx.device}){by}")
+        if r.peer is None and r.args.n_layers > MANY_LAYERS:  # building and warming so many blocks takes a while
+            say(f"  building {r.args.n_layers} layers, then a warm-up step through each: this takes a while")
     status = 0
     try:
         if r.peer is not None:
@@ -102,6 +104,10 @@ def run_row(cfg) -> int:
         dist.barrier()  # rank 0 has written the row; no rank tears down while another works
         dist.destroy_process_group()
     return status
+
+
+#: a model with more layers than any published one: its row says why the start is slow
+MANY_LAYERS = 128
 
 
 def format_row(row: dict) -> str:
@@ -204,6 +210,12 @@ def check_overrides(argv: list[str]):
 
     from core.options import APPENDED, conf_dir
 
+    from core.paths import autoload_disabled
+
+    try:  # the environment's switches, before anything reads them
+        autoload_disabled()
+    except ValueError as e:
+        raise UserError(str(e)) from None
     valued = {"-p", "--package"}
     seen: dict = {}
     for prev, a in zip([None, *argv], argv):
@@ -216,7 +228,11 @@ def check_overrides(argv: list[str]):
             seen[key] = a
             if "${" in a.split("=", 1)[1]:
                 raise UserError(f"{a}: interpolations (${{...}}) are not taken on the command line: type the value")
-            if key.startswith("hydra.") or key == "hydra":
+            if key in {f"{g}.name" for g in GROUPS if g != "sweep"}:
+                g = key.split(".")[0]
+                raise UserError(f"{a} renames the chosen {g} plugin without choosing it: type "
+                                f"{'+' if g in APPENDED else ''}{g}={a.split('=', 1)[1]}")
+            if key.startswith(("hydra.", "hydra/")) or key == "hydra":
                 raise UserError(f"{a}: Hydra's own settings are stepbench's (outputs under runs/hydra): leave "
                                 f"{key} out")
         if a.startswith("-") and a.split("=", 1)[0] not in HYDRA_FLAGS:
@@ -226,9 +242,9 @@ def check_overrides(argv: list[str]):
             raise UserError(f"'{a}' is not an override: type key=value (e.g. seq_len=8192), or +group=name "
                             "(e.g. +attn=fa3); python -m core.bench --list shows them")
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
-    for flag in ("-m", "--multirun"):
-        if argv.count(flag) > 1:
-            raise UserError(f"{flag} is given {argv.count(flag)} times: give it once")
+    flags = [a for a in argv if a in ("-m", "--multirun")]
+    if len(flags) > 1:
+        raise UserError(f"{' and '.join(flags)} are one flag given {len(flags)} times: give -m once")
     parser = OverridesParser.create()
     for o in overrides:  # one at a time: the message names the override that does not parse
         try:
@@ -307,13 +323,20 @@ def check_overrides(argv: list[str]):
         validate(cfg)
     except OptionError as e:
         raise UserError(str(e)) from None
-    if multirun and not any(o.key_or_group == "results" and o.is_sweep_override() for o in parsed):
+    if multirun:
         from core.results import ResultsError, check_writable
 
-        try:  # before Hydra launches the jobs and prints its own lines
-            check_writable(cfg.results, sweep=True)
+        swept = next((o for o in parsed if o.key_or_group == "results" and o.is_sweep_override()), None)
+        try:  # before Hydra launches the jobs and prints its own lines; every value of a swept results=
+            for path in list(swept.sweep_string_iterator()) if swept is not None else [cfg.results]:
+                check_writable(path, sweep=True)
         except ResultsError as e:
             raise UserError(str(e)) from None
+    if multirun and not flagged:  # +sweep=NAME: the file's own keys are not the rows' options
+        own = next((o for o in parsed if o.key_or_group.startswith("sweep.")), None)
+        if own is not None:
+            raise UserError(f"'{own.input_line}' changes the sweep file itself, not its rows: edit "
+                            "conf/sweep/<name>.yaml, or put row options (key=value) after +sweep=<name>")
     if flagged:  # each value a -m sweep lists, checked now: a bad one is refused before any row runs
         check_sweep_values(parsed, overrides)
         check_sweep_rows(parsed, overrides)

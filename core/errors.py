@@ -38,7 +38,15 @@ def stopped() -> tuple[str, int]:
     """What stopped the run, as the words of its one line and its exit status: ``("interrupted
     (Ctrl-C)", 130)``, or ``("terminated (SIGTERM)", 143)`` after a SIGTERM (timeout, kill, a batch
     scheduler), 128 + the signal's number as a shell reports it."""
-    return ("terminated (SIGTERM)", 143) if _STOPPED_BY[0] == signal.SIGTERM else ("interrupted (Ctrl-C)", 130)
+    n = _STOPPED_BY[0]
+    if n in TERMINATING:
+        return f"terminated ({signal.Signals(n).name})", 128 + int(n)
+    return "interrupted (Ctrl-C)", 130
+
+
+#: signals that stop a run as Ctrl-C does, each named in its one line: SIGTERM (timeout, kill, a batch
+#: scheduler) and SIGHUP (the terminal closed)
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _on_sigterm(signum, frame):
@@ -51,6 +59,13 @@ def run_main(main, name: str) -> None:
     status 130 (what it wrote is whole: outputs are written atomically)."""
     import sys
 
+    from core.paths import autoload_disabled
+
+    try:  # the environment's switches, before anything reads them
+        autoload_disabled()
+    except ValueError as e:
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     try:
         sys.exit(main())
     except KeyboardInterrupt:
@@ -84,7 +99,8 @@ def raise_on_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # SIGTERM (timeout, kill, a batch scheduler) stops rows the same way: a sweep's row child, in a
     # session of its own, is stopped with it instead of living on and writing a row after the sweep
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for sig in TERMINATING:
+        signal.signal(sig, _on_sigterm)
 
 
 def ignore_further_ctrl_c() -> None:
@@ -93,8 +109,8 @@ def ignore_further_ctrl_c() -> None:
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, *TERMINATING):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 #: process groups of the children running now (core.sweep.stream_child): ended with the process
@@ -124,10 +140,11 @@ def watch_ctrl_c(name: str, grace_s: float = 10.0) -> None:
         return
 
     def watch():
-        while not (got := {signal.SIGINT, signal.SIGTERM} & set(os.read(r, 64))):
+        while not (got := {signal.SIGINT, *TERMINATING} & set(os.read(r, 64))):
             pass
-        if signal.SIGTERM in got:
-            _STOPPED_BY[0] = signal.SIGTERM
+        for sig in TERMINATING:
+            if sig in got:
+                _STOPPED_BY[0] = sig
         time.sleep(grace_s)
         try:
             for pgid in list(LIVE_GROUPS):  # a peer or helper child must not outlive the row

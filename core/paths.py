@@ -31,7 +31,11 @@ def autoload_disabled() -> bool:
     ``false``, ``no``, ``off`` or empty): built-in plugins only."""
     import os
 
-    return os.environ.get("STEPBENCH_DISABLE_PLUGIN_AUTOLOAD", "").strip().lower() not in ("", "0", "false", "no", "off")
+    value = os.environ.get("STEPBENCH_DISABLE_PLUGIN_AUTOLOAD", "").strip().lower()
+    if value not in ("", "0", "false", "no", "off", "1", "true", "yes", "on"):
+        raise ValueError(f"STEPBENCH_DISABLE_PLUGIN_AUTOLOAD={value!r} is neither on nor off: set it to 1 (no "
+                         "third-party plugins) or 0, or unset it")
+    return value not in ("", "0", "false", "no", "off")
 
 
 def plugin_conf_dirs() -> list[Path]:

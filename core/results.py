@@ -65,6 +65,9 @@ def _destination(raw: str, what: str, example: str, replaced: bool = True) -> Pa
     if real.exists() and not real.is_file():
         raise ResultsError(f"{arg} is not a regular file (a device, a FIFO, ...): name a file, e.g. "
                            f"{eg}")
+    if real.parts[:2] in (("/", "proc"), ("/", "sys")):  # the kernel's files: they look regular and hold no rows
+        raise ResultsError(f"{arg} is one of the kernel's files ({'/'.join(real.parts[:2])[1:]}), not a file that "
+                           f"keeps what is written: name a file, e.g. {eg}")
     anc = next((p for p in (real, *real.parents) if p.exists()), None)
     if anc is None or (anc != real and not anc.is_dir()):
         raise ResultsError(f"{arg}: {anc} is a file, not a folder: name a file in a folder, e.g. "
@@ -131,7 +134,7 @@ def last_line(path: Path) -> str | None:
     if not lines:
         return None
     whole = size <= (1 << 16) or len(lines) > 1  # the read began inside the line otherwise
-    return lines[-1].decode("utf-8", "replace").strip() if whole else None
+    return lines[-1].decode("utf-8", "replace").lstrip("\ufeff").strip() if whole else None
 
 
 def is_row_line(line: str) -> bool:

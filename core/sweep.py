@@ -288,18 +288,52 @@ def sweep_file_rows(node, name: str) -> list[list[str]]:
                         f"{eg}")
     if not len(rows):
         raise UserError(f"{where} lists no rows, so the sweep would measure nothing: add one, e.g. {eg}")
+    if node.get("name") is not None and not isinstance(node.get("name"), (str, int)):
+        raise UserError(f"{where}: name is {OmegaConf.to_container(node)['name']!r}, not a name: write name: {name}")
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
     out = []
-    for i, spec in enumerate(rows, 1):
+    for i, spec in enumerate(OmegaConf.to_container(rows, resolve=False), 1):  # ${...} left as typed
         if not isinstance(spec, str) or not spec.strip():
-            shown = OmegaConf.to_container(spec) if isinstance(spec, (DictConfig, ListConfig)) else spec
+            shown = spec
             raise UserError(f"{where}: row {i} is {shown!r}, not a line of overrides: write it as "
                             "'model=qwen3_0_6b +attn=fa3' (quote a line that holds ':' or '#')")
         try:
-            out.append(shlex.split(spec))
+            row = shlex.split(spec)
         except ValueError as e:
             raise UserError(f"{where}: row {i} ({spec!r}) cannot be split into overrides ({e}): close its "
                             "quotation or drop the stray quote") from None
+        for o in row:
+            key = override_key(o)
+            if not o.startswith("-"):
+                try:
+                    parsed = parser.parse_override(o)
+                except Exception:
+                    raise UserError(f"{where}: row {i}: cannot parse {o!r}: type key=value, and quote a value with "
+                                    "other characters, e.g. \"tag='a#b'\"") from None
+                if parsed.is_sweep_override():
+                    raise UserError(f"{where}: row {i} ({o}) lists several values, and a sweep file's row is one "
+                                    "row: write each value as a row of its own")
+                if "${" in o.split("=", 1)[-1]:
+                    raise UserError(f"{where}: row {i} ({o}): interpolations (${{...}}) are not taken in a row: type "
+                                    "the value")
+            if o.startswith("-"):
+                raise UserError(f"{where}: row {i} holds the flag {o}, and a sweep file's rows are overrides only: "
+                                "drop it (+sweep= is a sweep already)")
+            if key == "sweep" or key.startswith("sweep."):
+                raise UserError(f"{where}: row {i} ({o}) would start a sweep inside the sweep: list that sweep's rows "
+                                "in this file instead")
+            if key in SWEEP_KEYS:
+                raise UserError(f"{where}: row {i} sets {key}, which belongs to the whole sweep, not to a row: put "
+                                f"{key}=... after +sweep={name} on the command line")
+        out.append(row)
     return out
+
+
+#: options that apply to a whole sweep (where its rows go, whether done rows are redone, how often and how
+#: long each runs), refused inside a sweep file's row
+SWEEP_KEYS = ("results", "redo", "repeats", "row_timeout_s")
 
 
 def run_sweep_config(cfg, base_overrides: list[str]) -> None:

@@ -89,6 +89,17 @@ HF_CONFIGS = {
     "notjson.json": "{ this is not json",
     "llava.json": {"model_type": "llava", "text_config": {**HF_OK, "model_type": "llama"}},
     "bigint.json": '{"model_type": "qwen3", "hidden_size": ' + "9" * 5000 + "}",
+    # round thirteen: transformers 5 keeps rope_theta in rope_parameters; NaN factors; storage fields
+    "rp_theta0.json": {**HF_OK, "model_type": "llama", "rope_parameters": {"rope_type": "default", "rope_theta": 0}},
+    "rp_theta_neg.json": {**HF_OK, "model_type": "llama", "rope_parameters": {"rope_type": "default",
+                                                                              "rope_theta": -10000}},
+    "rs_nan.json": '{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, '
+                   '"num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 512, '
+                   '"rope_scaling": {"rope_type": "linear", "factor": NaN}}',
+    "prf_tiny.json": {**HF_OK, "model_type": "glm4", "partial_rotary_factor": 1e-9},
+    "dupkeys.json": '{"model_type": "qwen3", "hidden_size": 64, "hidden_size": 128}',
+    "quantized.json": {**HF_OK, "quantization_config": {"load_in_4bit": True}},
+    "dtype_int8.json": {**HF_OK, "dtype": "int8"},
 }
 
 
@@ -1105,3 +1116,110 @@ def test_a_results_file_that_ends_in_other_text_is_refused(tmp_path):
         check_writable(res)
     res.write_text('{"status": "ok", "model": "m"}\n{"ac": "Recomp')
     assert check_writable(res) == res.resolve()
+
+
+#: round thirteen (tests/test_hostile.py's table machinery, the bench's checks in this process)
+CASES_13 = [
+    (B, ["hydra/job_logging=none"], "Hydra's own settings are stepbench's"),
+    (B, ["peer.name=hf_eager"], "type +peer=hf_eager"),
+    (B, ["kernels.name=triton"], "type +kernels=triton"),
+    (B, ["-m", "--multirun", "+attn=sdpa,flex"], "give -m once"),
+    (B, ["results=/proc/self/clear_refs"], "one of the kernel's files"),
+    (B, ["-m", "+attn=sdpa,flex", "results={tmp}/a.jsonl,/proc/x.jsonl"], "one of the kernel's files"),
+    (B, ["-m", "+attn=sdpa,flex", "results={tmp}/a.jsonl,{dir}"], "is a directory"),
+    (B, [*hf("rp_theta0.json")], "rope_parameters.rope_theta 0 is outside 1..1e30"),
+    (B, [*hf("rp_theta_neg.json")], "rope_parameters.rope_theta -10000 is outside"),
+    (B, [*hf("rs_nan.json")], "rope_scaling.factor is nan, not a finite number"),
+    (B, [*hf("prf_tiny.json")], "rotates no pair of features"),
+    (B, [*hf("dupkeys.json")], "the field 'hidden_size' is given twice"),
+    (B, [*hf("quantized.json")], "has a quantization_config"),
+    (B, [*hf("dtype_int8.json")], "dtype 'int8' is not a checkpoint dtype"),
+    (B, ["model=hf_qwen3_tiny", "model.flavour=Qwen3-4B"], "renames conf/model/hf_qwen3_tiny.yaml's model"),
+    ("predict", ["model=hf", "model.config={tmp}/rp_theta0.json", "hardware=h100"], "rope_parameters.rope_theta 0"),
+]
+
+
+@pytest.mark.parametrize("case", CASES_13, ids=[_case_id(c) for c in CASES_13])
+def test_round_thirteen_one_line_status_2(case, tmp_path, capsys, monkeypatch):
+    """Round thirteen's failures (a hostile pass of 392 cases): Hydra's group syntax past the hydra.*
+    refusal, a plugin renamed by <group>.name, -m given twice as -m and --multirun, kernel files and
+    swept results checked only after a row ran, rope fields in rope_parameters that gave NaN rows,
+    duplicate or storage fields, and a tiny model's rows named as the 4B's."""
+    test_bad_input_one_line_status_2(case, tmp_path, capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("body,first", [
+    ({"rows": ["model=qwen3_tiny +sweep=cpu_smoke"]}, "would start a sweep inside the sweep"),
+    ({"rows": ["model=qwen3_tiny results=/tmp/x.jsonl"]}, "sets results, which belongs to the whole sweep"),
+    ({"rows": ["model=qwen3_tiny repeats=2"]}, "sets repeats, which belongs to the whole sweep"),
+    ({"rows": ["-m model=qwen3_tiny"]}, "holds the flag -m"),
+    ({"rows": ["seed=0,1"]}, "lists several values, and a sweep file's row is one row"),
+    ({"rows": ["tag=a#b"]}, "cannot parse 'tag=a#b'"),
+    ({"rows": ["tag=${oc.env:HOME}"]}, "interpolations (${...}) are not taken in a row"),
+    ({"name": ["a", "b"], "rows": ["steps=2"]}, "not a name"),
+])
+def test_a_sweep_file_row_is_one_row_of_overrides(body, first):
+    """Round thirteen: a row holding +sweep= deadlocked on its parent's results lock; results=,
+    repeats=, flags, several values and interpolations in a row were dropped, ran twice, failed as
+    rows or were resolved from the environment."""
+    from omegaconf import OmegaConf
+
+    from core.resolve import UserError
+    from core.sweep import sweep_file_rows
+
+    with pytest.raises(UserError) as e:
+        sweep_file_rows(OmegaConf.create(body), "mine")
+    assert first in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sweep_file_options_on_the_command_line_are_refused():
+    from core.bench import check_overrides
+    from core.resolve import UserError
+
+    with pytest.raises(UserError, match="changes the sweep file itself"):
+        check_overrides(["+sweep=cpu_smoke", "sweep.name=x"])
+
+
+def test_a_bom_before_the_first_row_is_taken(tmp_path):
+    """Round thirteen: a rows file beginning with a byte-order mark (one row) was refused as ending in
+    a line that is not a row."""
+    from core.results import check_writable
+
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b'\xef\xbb\xbf{"status": "ok", "model": "m"}\n')
+    assert check_writable(f) == f
+
+
+@pytest.mark.parametrize("value,ok", [("maybe", False), ("1", True), ("off", True), ("", True)])
+def test_the_autoload_switch_takes_on_or_off_only(monkeypatch, value, ok):
+    from core.paths import autoload_disabled
+
+    monkeypatch.setenv("STEPBENCH_DISABLE_PLUGIN_AUTOLOAD", value)
+    if ok:
+        autoload_disabled()
+    else:
+        with pytest.raises(ValueError, match="neither on nor off"):
+            autoload_disabled()
+
+
+def test_sighup_stops_a_row_with_one_line_and_129():
+    """Round thirteen: SIGHUP (the terminal closed) exited 129 without a word."""
+    import signal
+    import time
+
+    import tempfile
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    with tempfile.TemporaryDirectory() as d:
+        p = subprocess.Popen([sys.executable, "-m", "core.bench", "model=qwen3_tiny", "device=cpu", "steps=100000",
+                              "seq_len=128", f"results={d}/r.jsonl"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                             env=env)
+        deadline = time.time() + 240
+        seen = ""
+        while time.time() < deadline and "step 1:" not in seen:
+            seen += p.stderr.readline()
+        p.send_signal(signal.SIGHUP)
+        err = seen + p.stderr.read()
+        assert p.wait(timeout=60) == 129
+        assert "terminated (SIGHUP)" in err

@@ -100,7 +100,10 @@ def _config_dict(value) -> dict:
         raise ValueError(f"model.config={value} is not a regular file (a device, a FIFO, ...): pass a config.json path")
     if p.is_file():
         try:
-            d = json.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark from an editor
+            d = json.loads(p.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicate_keys)  # BOM dropped
+        except DuplicateKey as e:
+            raise ValueError(f"model.config={value}: the field {e} is given twice (JSON keeps the last silently): "
+                             "keep one") from None
         except (OSError, ValueError) as e:  # ValueError: bad JSON, bad UTF-8, an integer of thousands of digits
             why = str(e).splitlines()[0].split(";")[0] if str(e) else type(e).__name__
             raise ValueError(f"model.config={value}: not a readable config.json ({why}): pass a model's "
@@ -241,6 +244,25 @@ def check_shapes(d: dict) -> None:
         if v is not None and not lo <= v <= hi:
             raise ValueError(f"model.config: {k} {v!r} is outside {lo:g}..{hi:g}, no model's value: set \"{k}\": "
                              f"{example} or the model's own value")
+    for field in ("rope_parameters", "rope_scaling"):  # transformers 5 keeps rope_theta in rope_parameters
+        rope = d.get(field)
+        if not isinstance(rope, dict):
+            continue
+        for k, v in rope.items():
+            for x in v if isinstance(v, list) else [v]:
+                if isinstance(x, (int, float)) and not isinstance(x, bool) and not -float("inf") < x < float("inf"):
+                    raise ValueError(f"model.config: {field}.{k} is {x!r}, not a finite number: set the model's own "
+                                     "value")
+        theta, factor = rope.get("rope_theta"), rope.get("factor")
+        if isinstance(theta, (int, float)) and not isinstance(theta, bool) and not 1.0 <= theta <= 1e30:
+            raise ValueError(f"model.config: {field}.rope_theta {theta!r} is outside 1..1e30, no model's value: set "
+                             "it to the model's own (e.g. 500000.0)")
+        if isinstance(factor, (int, float)) and not isinstance(factor, bool) and not factor > 0:
+            raise ValueError(f"model.config: {field}.factor {factor!r} must be above 0: set the model's own (e.g. 8.0)")
+    prf = d.get("partial_rotary_factor")
+    if isinstance(prf, (int, float)) and not isinstance(prf, bool) and 0 < prf <= 1 and int(head_dim * prf) < 2:
+        raise ValueError(f"model.config: partial_rotary_factor {prf!r} of head_dim {head_dim} rotates no pair of "
+                         "features: set it so that head_dim * factor is at least 2 (e.g. 0.5)")
 
 
 #: config fields that must be above 0 where present (None allowed), with an example value
@@ -252,6 +274,24 @@ POSITIVE_NUMBERS = {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0
 #: the model type has a default for it
 STATED = ("intermediate_size", "num_key_value_heads", "head_dim", "moe_intermediate_size", "num_experts",
           "num_local_experts", "n_routed_experts", "num_experts_per_tok")
+
+
+class DuplicateKey(ValueError):
+    """A config.json object that names a field twice (the message is the field)."""
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    seen = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise DuplicateKey(repr(k))
+        seen.add(k)
+    return dict(pairs)
+
+
+#: config.json fields of a checkpoint's storage, which a benchmark from random weights does not use:
+#: accepted with these values (a checkpoint's own), anything else refused
+STORAGE_DTYPES = ("bfloat16", "float16", "float32", "auto", None)
 
 
 def check_fields(d: dict, cls) -> None:
@@ -282,6 +322,13 @@ def check_fields(d: dict, cls) -> None:
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1):
         raise ValueError(f"model.config: partial_rotary_factor must be above 0 and at most 1 (got {v!r}): set "
                          "\"partial_rotary_factor\": 0.5 or the model's own value")
+    if d.get("quantization_config") is not None:
+        raise ValueError("model.config has a quantization_config: stepbench trains bf16 weights with fp32 masters "
+                         "(a quantized checkpoint's training step is not what it measures): remove the field")
+    for k in ("torch_dtype", "dtype"):
+        if d.get(k) not in STORAGE_DTYPES:
+            raise ValueError(f"model.config: {k} {d.get(k)!r} is not a checkpoint dtype stepbench takes (it trains "
+                             f"bf16 with fp32 masters whatever the checkpoint's): set \"{k}\": \"bfloat16\" or leave it out")
     vocab = d["vocab_size"]
     if vocab < 2:
         raise ValueError(f"model.config: vocab_size {vocab} leaves nothing to predict: set the model's own (e.g. 151936)")
@@ -554,6 +601,10 @@ def from_config(cfg: dict) -> ModelArgs:
             raise ValueError(f"model.hf_name={hf_name} names conf/model/{entries[hf_name][0]}.yaml, whose config this "
                              f"one is not: use model={entries[hf_name][0]}, or leave model.hf_name out")
         hf_name = ""  # the entry with a field changed: another model, named by its fingerprint below
+    same = next((e for e in entries.values() if e[1] == canonical), None)
+    if same is not None and base not in ("custom", "auto", "None") and base != same[2]:
+        raise ValueError(f"model.flavour={base} renames conf/model/{same[0]}.yaml's model (its rows are named "
+                         f"{same[2]!r}, and a row is keyed by that name): leave model.flavour out")
     if base in ("custom", "auto", "None"):
         base = str(d.get("_name_or_path") or d.get("model_type"))
     if canonical not in {c for _, c, _ in entries.values()}:  # not a committed entry's config as it is

@@ -51,6 +51,8 @@ def run_row(cfg) -> int:
         if rank == 0:  # first: resolving makes sync.dir, which a refused destination would leave behind
             check_writable(cfg.results)
         r = resolve(cfg, world)
+        if rank == 0:
+            gpu_record(cfg.results, r.ctx.device)
         spec = None
         if r.peer is not None:  # refused before anything starts where the peer cannot run the row
             from core import peers
@@ -104,6 +106,18 @@ def run_row(cfg) -> int:
         dist.barrier()  # rank 0 has written the row; no rank tears down while another works
         dist.destroy_process_group()
     return status
+
+
+def gpu_record(results, device) -> None:
+    """A CPU row is not appended to the checkout's benchmarks/results/ (the GPU rows the report and
+    the predictor read, committed): refused with one line."""
+    from pathlib import Path
+
+    if str(device).startswith("cpu"):
+        record = (Path(__file__).resolve().parent.parent / "benchmarks" / "results").resolve()
+        if Path(str(results)).expanduser().resolve().is_relative_to(record):
+            raise UserError(f"results={results} is in benchmarks/results/, the GPU rows the report reads, and this "
+                            "row runs on the CPU: name another file, e.g. results=runs/rows.jsonl")
 
 
 #: a model with more layers than any published one: its row says why the start is slow

@@ -51,6 +51,9 @@ def _destination(raw: str, what: str, example: str, replaced: bool = True) -> Pa
     if has_control_char(raw):
         raise ResultsError(f"{arg!r} has a control character (a newline, a tab) in its name: name a file without one, "
                            f"e.g. {eg}")
+    if "$" in raw:  # a variable the shell left alone (single quotes): a folder named '$HOME' would be made
+        raise ResultsError(f"{arg} holds '$', a variable the shell did not expand (it was in single quotes): type the "
+                           f"path itself, e.g. {eg}")
     path = Path(raw).expanduser()
     if raw.endswith(("/", os.sep)) or path.is_dir():  # Path() drops a trailing slash: look at the text
         raise ResultsError(f"{arg} is a directory: name a file, e.g. {what}{sep}{path / Path(example).name}")

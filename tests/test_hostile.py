@@ -679,7 +679,7 @@ def _own_outputs(tool: str, args: list[str]) -> list[str]:
 def _bench_in_process(argv: list[str]) -> tuple[int, str]:
     """What ``python -m core.bench ARGV`` checks before it allocates anything, in this process:
     (status, the line it would print)."""
-    from core.bench import check_overrides, without_info_flags
+    from core.bench import check_overrides, gpu_record, without_info_flags
     from core.resolve import UserError, first_line, resolve
     from core.results import ResultsError, check_writable
 
@@ -692,6 +692,7 @@ def _bench_in_process(argv: list[str]) -> tuple[int, str]:
     try:
         r = resolve(cfg)
         check_writable(cfg.results)
+        gpu_record(cfg.results, r.ctx.device)
         if r.peer is not None:
             from core import peers
 
@@ -1136,6 +1137,11 @@ CASES_13 = [
     (B, [*hf("dtype_int8.json")], "dtype 'int8' is not a checkpoint dtype"),
     (B, ["model=hf_qwen3_tiny", "model.flavour=Qwen3-4B"], "renames conf/model/hf_qwen3_tiny.yaml's model"),
     ("predict", ["model=hf", "model.config={tmp}/rp_theta0.json", "hardware=h100"], "rope_parameters.rope_theta 0"),
+    (B, ["results=$HOME/x.jsonl"], "holds '$', a variable the shell did not expand"),
+    (B, ["+sync=filesystem", "sync.dir=$HOME/w"], "holds '$', a variable the shell did not expand"),
+    (B, ["results=benchmarks/results/h100-table.jsonl"], "this row runs on the CPU"),
+    (B, ["-m", "+attn=sdpa,flex", "row_timeout_s=1e30"], "row_timeout_s must be at most"),
+    ("report", ["--results", "{rows}", "--out", "{tmp}/x.png"], "the report is Markdown"),
 ]
 
 

@@ -350,7 +350,10 @@ class Filesystem(WeightSync):
         self.prep_pool = ThreadPoolExecutor(1, thread_name_prefix="stepbench-prepare") if writer == "mapped" else None
         self.prepared: dict[int, Future] = {}  # step -> its prepared file
         self.prepare_wait: list[float] = []  # per step: seconds the hand-off waited for its file
-        self.root, self.keep, self.overlap, self.fsync = Path(dir), keep, bool(overlap), bool(fsync)
+        if "$" in str(dir):
+            raise ValueError(f"sync.dir={dir} holds '$', a variable the shell did not expand (it was in single quotes): "
+                             "type the folder itself, e.g. sync.dir=runs/weights")
+        self.root, self.keep, self.overlap, self.fsync = Path(dir).expanduser(), keep, bool(overlap), bool(fsync)
         self.cleanup, self.touch = bool(cleanup), bool(touch)
         self.out = None
         self.timed = Timed()

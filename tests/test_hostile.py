@@ -1105,3 +1105,21 @@ def test_a_results_file_that_ends_in_other_text_is_refused(tmp_path):
         check_writable(res)
     res.write_text('{"status": "ok", "model": "m"}\n{"ac": "Recomp')
     assert check_writable(res) == res.resolve()
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize("args", [["core.predict", "--help"], ["core.cli", "--help"]],
+                         ids=["predict --help", "stepbench --help"])
+def test_a_reader_of_stdout_that_goes_away_is_quiet(args, unbuffered):
+    """Round thirteen: ``python -m core.predict --help | head -1`` and ``stepbench --help | head -1``
+    printed a BrokenPipeError traceback. Here stdout is a pipe whose reader is already gone: nothing
+    on stderr, and the status a shell gives a process SIGPIPE ended (core.errors.quiet_broken_pipe)."""
+    r, w = os.pipe()
+    os.close(r)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": unbuffered}
+    try:
+        p = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, stdout=w, stderr=subprocess.PIPE, text=True,
+                           env=env, timeout=120)
+    finally:
+        os.close(w)
+    assert p.stderr == "" and p.returncode == 141, (p.returncode, p.stderr[-2000:])

@@ -1123,3 +1123,21 @@ def test_a_reader_of_stdout_that_goes_away_is_quiet(args, unbuffered):
     finally:
         os.close(w)
     assert p.stderr == "" and p.returncode == 141, (p.returncode, p.stderr[-2000:])
+
+
+@pytest.mark.parametrize("stdin", [
+    "[" * 100000,  # round thirteen: a RecursionError traceback
+    '{"fixed": [], "combos": [[1, 2]]}',  # combos that are not override strings: status 0
+    '{"fixed": [], "combos": ["seq_len=128"]}',  # a string where a list of overrides goes: status 0
+    '{"fixed": [3], "combos": [["seq_len=128"]]}',
+    "not JSON",
+], ids=["nested", "int combos", "string combo", "int fixed", "not json"])
+def test_sweepcheck_refuses_what_is_not_lists_of_overrides(stdin):
+    """python -m core.sweepcheck: anything but {"fixed": [str], "combos": [[str]]} is the one line
+    it prints for bad JSON, status 2 (nothing is composed)."""
+    p = subprocess.run([sys.executable, "-m", "core.sweepcheck"], cwd=ROOT, capture_output=True, text=True,
+                       input=stdin, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr[-2000:])
+    assert "core.sweepcheck reads" in lines[0] and "lists of override strings" in lines[0], lines
+    assert p.stdout == ""

@@ -451,6 +451,11 @@ CASES = [
     ("fa3_build", ["--source", "{fa}", "--clone", "{tmp}/c"], "--clone"),
     ("fa3_build", ["--clone", "{file}"], "--clone"),
     ("fa3_build", ["--clone", "{fa}"], "no git checkout: name a new (or empty) folder"),
+    # round thirteen: a control character printed raw (two lines); git started before the destination failed
+    ("fa3_build", ["--source", "{tmp}/a\nb"], "--source '"),
+    ("fa3_build", ["--source", "{fa}", "--wheel-dir", "{tmp}/w\tx"], "has a control character (a newline, a tab)"),
+    ("fa3_build", ["--clone", "/proc/stepbench-fa"], "--clone /proc/stepbench-fa cannot be made"),
+    ("fa3_build", ["--clone", "{file}/fa"], "/afile.txt/fa cannot be made (Not a directory)"),
     ("fa3_build", ["--source", "{fa}", "--wheel-dir", "{file}"], "--wheel-dir"),
     ("fa3_build", ["--source", "{fa}", "--target", "{file}"], "--target"),
     ("fa3_build", ["--source", "{fa}", "--bogus"], "unrecognized arguments: --bogus"),
@@ -1141,3 +1146,25 @@ def test_sweepcheck_refuses_what_is_not_lists_of_overrides(stdin):
     assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr[-2000:])
     assert "core.sweepcheck reads" in lines[0] and "lists of override strings" in lines[0], lines
     assert p.stdout == ""
+
+
+def test_fa3_build_clone_offline_is_one_line_before_git(tmp_path, monkeypatch, capsys):
+    """Round thirteen: --clone (its default folder) on a machine that is offline printed the
+    "cloning ..." line and then git's failure. The host is looked up first: one line, git never runs."""
+    import socket
+
+    from core import fa3_build
+
+    def no_dns(*a, **k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for v in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(fa3_build.shutil, "which", lambda name: "/usr/bin/" + name)
+    capsys.readouterr()
+    assert _call("fa3_build", ["--clone"], monkeypatch) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot reach github.com (Name or service not known)" in lines[0], lines
+    assert "--source PATH" in lines[0] and not (tmp_path / ".cache" / "stepbench" / "flash-attention").exists()

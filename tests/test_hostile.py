@@ -571,6 +571,13 @@ CASES = [
     ("predict", ["model=qwen3_4b", "hardware=h100", "compile=false"], "leave compile out"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "+attn=fa2", "attn.via=varlen"], "leave attn.via out"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "+gpus=8"], "without + or ~"),
+    # round thirteen: FA3 (SM90 only) predicted on an A6000; the profiles it runs on come from their capability
+    ("predict", ["model=qwen3_4b", "hardware=a6000", "+attn=fa3"],
+     "+attn=fa3 does not run on A6000: FA3 needs an SM90 GPU (this is SM86); use +attn=fa2, or predict for "
+     "hardware=h100 or h200"),
+    ("predict", ["model=qwen3_4b", "hardware=b200", "+attn=fa3", "gpus=8"], "(this is SM100)"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "+attn=fa3", "hardware.capability=abc"],
+     "hardware.capability=abc is not a CUDA compute capability"),
     ("cli", ["bench", "--resolve"], "--resolve goes with --cfg"),
     ("cli", ["bench", "--cfg", "job", "--package", "x"], "stepbench does not take it"),
     ("fa3_build", ["--source", "{fa}", "--wheel-dir", ""], "--wheel-dir: is empty"),
@@ -1168,3 +1175,18 @@ def test_fa3_build_clone_offline_is_one_line_before_git(tmp_path, monkeypatch, c
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "cannot reach github.com (Name or service not known)" in lines[0], lines
     assert "--source PATH" in lines[0] and not (tmp_path / ".cache" / "stepbench" / "flash-attention").exists()
+
+
+def test_predict_asks_the_attention_plugin_about_the_profiles_gpu_only():
+    """core.predict.refuse_a_backend_the_gpu_cannot_run: FA3 on an SM90 profile is predicted even
+    where no FA3 is installed (this CPU machine); a profile that names no capability is not checked."""
+    from core.errors import UserError
+    from core.hardware import load
+    from core.predict import refuse_a_backend_the_gpu_cannot_run
+
+    for name in ("h100", "h200"):
+        refuse_a_backend_the_gpu_cannot_run("fa3", load(name), 8)
+    refuse_a_backend_the_gpu_cannot_run("fa3", {k: v for k, v in load("a6000").items() if k != "capability"}, 1)
+    refuse_a_backend_the_gpu_cannot_run("fa2", load("a6000"), 1)
+    with pytest.raises(UserError, match="predict for hardware=h100 or h200$"):
+        refuse_a_backend_the_gpu_cannot_run("fa3", {**load("h100"), "capability": "8.9"}, 1)

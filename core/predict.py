@@ -173,9 +173,12 @@ def declare(cfg) -> Declared:
         from plugins.sync.filesystem import dir_problem
 
         why = dir_problem(p["sync"].root)
-    else:  # a method the row cannot use says so now
-        why = p["sync"].check(SyncContext(device="cuda", adapter_only=p["adapter"].frozen_base, task=cfg.task.name,
-                                          handoff=p["adapter"].handoff))
+    else:  # a method the row cannot use says so now (sync=auto: the method it picks is not registered)
+        try:
+            why = p["sync"].check(SyncContext(device="cuda", adapter_only=p["adapter"].frozen_base,
+                                              task=cfg.task.name, handoff=p["adapter"].handoff))
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if why:
         raise UserError(f"sync '{cfg.sync.name}': {why}")
     config = OmegaConf.to_container(cfg, resolve=True)

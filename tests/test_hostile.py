@@ -1190,3 +1190,19 @@ def test_predict_asks_the_attention_plugin_about_the_profiles_gpu_only():
     refuse_a_backend_the_gpu_cannot_run("fa2", load("a6000"), 1)
     with pytest.raises(UserError, match="predict for hardware=h100 or h200$"):
         refuse_a_backend_the_gpu_cannot_run("fa3", {**load("h100"), "capability": "8.9"}, 1)
+
+
+def test_sync_auto_with_its_method_blocked_is_one_line(tmp_path):
+    """Round thirteen: STEPBENCH_BLOCK_PLUGINS=host left sync=auto (RL full: host) to Hydra's
+    traceback of PluginError. It is one line naming +sync=none, status 2, nothing appended."""
+    from core.sweep import RUN_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != RUN_ENV}
+    env.update(PYTHONPATH=str(ROOT), STEPBENCH_BLOCK_PLUGINS="host")
+    res = tmp_path / "rows.jsonl"
+    p = subprocess.run([sys.executable, "-m", "core.bench", *(f"{k}={v}" for k, v in TINY.items()), f"results={res}"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr[-2000:])
+    assert "sync=auto hands this row's weights off with host" in lines[0] and "+sync=none" in lines[0], lines
+    assert not res.exists() and p.stdout.strip() == ""

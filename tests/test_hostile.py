@@ -1206,3 +1206,22 @@ def test_sync_auto_with_its_method_blocked_is_one_line(tmp_path):
     assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr[-2000:])
     assert "sync=auto hands this row's weights off with host" in lines[0] and "+sync=none" in lines[0], lines
     assert not res.exists() and p.stdout.strip() == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_row_whose_stdout_cannot_be_written_says_where_the_row_is(tmp_path):
+    """Round thirteen: ``python -m core.bench ... >/dev/full`` appended the row and then printed an
+    OSError traceback. Now one line says stdout could not be written and where the row is; status 1."""
+    from core.sweep import RUN_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != RUN_ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    res = tmp_path / "rows.jsonl"
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "core.bench", *(f"{k}={v}" for k, v in TINY.items()),
+                            f"results={res}"], cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                           timeout=300)
+    said = [ln for ln in p.stderr.splitlines() if "stdout cannot be written" in ln]
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr[-3000:]
+    assert len(said) == 1 and said[0].startswith("stepbench: ") and f"the row is in {res}" in said[0], said
+    assert [json.loads(ln)["status"] for ln in res.read_text().splitlines()] == ["ok"]

@@ -98,8 +98,17 @@ def run_row(cfg) -> int:
             where = rescue_row(row, e)
             say(f"results={cfg.results} did not take the row ({first_line(e)}): the row is in {where}")
             status = status or 2
+        else:
+            where = cfg.results
         notify_row(row)
-        print(format_row(row), flush=True)
+        try:
+            print(format_row(row), flush=True)
+        except OSError as e:  # stdout a full disk, a closed pipe: the row is kept all the same
+            from core.errors import drop_stdout
+
+            drop_stdout()  # what is still buffered would fail again at exit
+            say(f"stdout cannot be written ({first_line(e)}): the row is in {where}")
+            status = status or 1
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -85,8 +85,17 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Returns its exit status; a command that is not one exits with status 2 and
-    one line on stderr (as the tools' own bad input does)."""
-    from_command_line = argv is None  # the console script (not a caller in a process of its own)
+    one line on stderr (as the tools' own bad input does). From the command line, a reader of
+    stdout that goes away (``stepbench --help | head -1``) ends it quietly."""
+    if argv is None:  # the console script (not a caller in a process of its own)
+        from core.errors import quiet_broken_pipe
+
+        return quiet_broken_pipe(_main, None)
+    return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["help"] and len(argv) == 2 and argv[1] in COMMANDS:  # stepbench help report
         argv = [argv[1], "--help"]

@@ -33,6 +33,9 @@ class RunContext:
     world_size: int = 1
     compute_dtype: str = "bfloat16"  #: the dtype every layer computes in
     hardware: dict = field(default_factory=dict, compare=False)  #: the hardware profile (conf/hardware)
+    #: False: a hardware profile predicted for (core.predict), not this machine: a ``why_not`` answers
+    #: for the GPU only (its compute capability), not for what is installed here
+    installed: bool = True
 
     @staticmethod
     def detect(world_size: int = 1, hardware: dict | None = None) -> "RunContext":

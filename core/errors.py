@@ -54,9 +54,11 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_main(main, name: str) -> None:
-    """``sys.exit(main())`` for a tool's ``python -m`` entry: Ctrl-C ends it with one line and
-    status 130 (what it wrote is whole: outputs are written atomically)."""
+def drop_stdout() -> None:
+    """Point stdout at /dev/null: its reader has gone (``... | head``) or it cannot be written (a full
+    disk), so what is still buffered, and any later print, goes nowhere instead of raising again
+    (Python's flush at exit would print "Exception ignored ... BrokenPipeError")."""
+    import os
     import sys
 
     from core.paths import autoload_disabled
@@ -67,7 +69,44 @@ def run_main(main, name: str) -> None:
         print(f"{name}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     try:
-        sys.exit(main())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout closed or not a file: nothing left to flush into
+        pass
+
+
+#: exit status where stdout's reader went away: 128 + SIGPIPE, as a shell reports a process the
+#: signal ended (``yes | head``)
+BROKEN_PIPE_STATUS = 141
+
+
+def quiet_broken_pipe(main, *args):
+    """``main(*args)``, then stdout flushed; where stdout's reader has gone (``stepbench --help |
+    head -1``) nothing is printed and the status is :data:`BROKEN_PIPE_STATUS`, not a
+    BrokenPipeError traceback. A ``SystemExit`` (argparse's ``--help``) is returned as its code."""
+    import sys
+
+    try:
+        try:
+            status = main(*args)
+        except SystemExit as e:
+            status = e.code
+        sys.stdout.flush()
+    except BrokenPipeError:
+        drop_stdout()
+        return BROKEN_PIPE_STATUS
+    return status
+
+
+def run_main(main, name: str) -> None:
+    """``sys.exit(main())`` for a tool's ``python -m`` entry: Ctrl-C ends it with one line and
+    status 130 (what it wrote is whole: outputs are written atomically); a reader of stdout that goes
+    away (``| head``) ends it quietly (:func:`quiet_broken_pipe`)."""
+    import sys
+
+    try:
+        sys.exit(quiet_broken_pipe(main))
     except KeyboardInterrupt:
         ignore_further_ctrl_c()
         words, status = stopped()

@@ -120,6 +120,22 @@ def cache_key(hopper: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def unreachable(url: str) -> str | None:
+    """``host (why)`` where the host of ``url`` has no address (offline: no DNS), else None. Behind
+    a proxy (``https_proxy``, ``all_proxy``) git asks the proxy, so nothing is looked up here."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
+        return None
+    host = urlparse(url).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:  # socket.gaierror is an OSError
+        return f"{host} ({getattr(e, 'strerror', None) or e})"
+    return None
+
+
 def clone(dest: Path) -> Path:
     """Clone the upstream repository at the pinned commit (needs the network)."""
     if dest.exists() and not dest.is_dir():
@@ -138,6 +154,10 @@ def clone(dest: Path) -> Path:
             raise BuildError(f"--clone {dest} is a git checkout of {origin or 'a repository without an origin'}, not of "
                              f"{UPSTREAM}: name a new (or empty) folder, or a flash-attention checkout")
     if fresh:
+        offline = unreachable(UPSTREAM)
+        if offline:  # one line, before the "cloning" line (git would only fail after it)
+            raise BuildError(f"cannot reach {offline}, so --clone cannot download flash-attention: clone {UPSTREAM} "
+                             "on a machine that is online and pass the checkout with --source PATH")
         say(f"cloning {UPSTREAM} into {dest}")
         r = subprocess.run(["git", "clone", "--quiet", "--filter=blob:none", UPSTREAM, str(dest)],
                            capture_output=True, text=True)
@@ -221,20 +241,33 @@ def _probe_folder(path: Path) -> None:
 
 def check_paths(a) -> None:
     """The folders named on the command line, before anything is cloned, built or installed."""
+    from core.results import has_control_char
+
+    for flag, path in (("--source", a.source), ("--clone", a.clone), ("--cutlass", a.cutlass),
+                       ("--wheel-dir", a.wheel_dir), ("--target", a.target)):
+        if path is not None and has_control_char(str(path)):
+            raise BuildError(f"{flag} {str(path)!r} has a control character (a newline, a tab) in its name: name a "
+                             f"folder without one, e.g. {flag} {EXAMPLES.get(flag, '~/src/flash-attention')}")
     if a.cutlass is not None and not (a.cutlass.expanduser() / "include" / "cutlass").is_dir():
         raise BuildError(f"--cutlass {a.cutlass} has no include/cutlass: point it at a CUTLASS checkout "
                          f"(at {CUTLASS_COMMIT[:8]}), or leave --cutlass out where csrc/cutlass is checked out")
-    for flag, path in (("--wheel-dir", a.wheel_dir), ("--target", a.target and Path(a.target))):
+    for flag, path in (("--clone", a.clone), ("--wheel-dir", a.wheel_dir), ("--target", a.target and Path(a.target))):
+        eg = EXAMPLES[flag]
         if path is not None and str(path).strip() == "":
-            raise BuildError(f"{flag} is empty: name a folder, e.g. {flag} ~/.cache/stepbench/fa3")
+            raise BuildError(f"{flag} is empty: name a folder, e.g. {flag} {eg}")
         if path is not None and path.expanduser().exists() and not path.expanduser().is_dir():
-            raise BuildError(f"{flag} {path} is a file: name a folder, e.g. {flag} ~/.cache/stepbench/fa3")
-        if path is not None:  # a folder that cannot be made is refused before the checkout is touched
+            raise BuildError(f"{flag} {path} is a file: name a folder, e.g. {flag} {eg}")
+        if path is not None:  # a folder that cannot be made is refused before git or the build starts
             try:
                 _probe_folder(path.expanduser())
             except OSError as e:
                 raise BuildError(f"{flag} {path} cannot be made ({e.strerror or e}): name a folder you can write, e.g. "
-                                 f"{flag} ~/.cache/stepbench/fa3") from None
+                                 f"{flag} {eg}") from None
+
+
+#: an example folder for each path option, in its one-line refusals
+EXAMPLES = {"--clone": "~/.cache/stepbench/flash-attention", "--wheel-dir": "~/.cache/stepbench/fa3",
+            "--target": "~/.cache/stepbench/fa3", "--cutlass": "~/src/cutlass", "--source": "~/src/flash-attention"}
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,28 @@ def load(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"), resolve=True)
 
 
+def profiles() -> dict[str, dict]:
+    """Every named hardware profile (stepbench's conf/hardware and the installed plugin packages'),
+    by file name; ``auto`` is a choice, not a profile."""
+    from core.paths import plugin_conf_dirs
+
+    files = {p.stem: p for d in (*plugin_conf_dirs(), conf_dir()) for p in sorted((d / "hardware").glob("*.yaml"))}
+    return {n: OmegaConf.to_container(OmegaConf.load(p), resolve=True) for n, p in sorted(files.items()) if n != "auto"}
+
+
+def capability(hw: dict) -> tuple[int, int] | None:
+    """A profile's CUDA compute capability (``capability: "9.0"`` -> (9, 0)); None where it has none
+    (the CPU's). ``ValueError`` with one line for a value that is not MAJOR.MINOR."""
+    v = hw.get("capability")
+    if v is None:
+        return None
+    parts = str(v).strip().split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"hardware.capability={v} is not a CUDA compute capability: type MAJOR.MINOR, e.g. "
+                         "hardware.capability=9.0")
+    return int(parts[0]), int(parts[1])
+
+
 def resolve(hw_cfg: dict, gpu_name: str | None) -> dict:
     """The hardware profile to use: the selected one, or the detected one for ``auto``."""
     hw = dict(hw_cfg)

@@ -173,9 +173,12 @@ def declare(cfg) -> Declared:
         from plugins.sync.filesystem import dir_problem
 
         why = dir_problem(p["sync"].root)
-    else:  # a method the row cannot use says so now
-        why = p["sync"].check(SyncContext(device="cuda", adapter_only=p["adapter"].frozen_base, task=cfg.task.name,
-                                          handoff=p["adapter"].handoff))
+    else:  # a method the row cannot use says so now (sync=auto: the method it picks is not registered)
+        try:
+            why = p["sync"].check(SyncContext(device="cuda", adapter_only=p["adapter"].frozen_base,
+                                              task=cfg.task.name, handoff=p["adapter"].handoff))
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if why:
         raise UserError(f"sync '{cfg.sync.name}': {why}")
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -460,6 +463,7 @@ def _one(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
     hw = hardware.resolve(OmegaConf.to_container(cfg.hardware, resolve=True), None)  # with hardware.* overrides
+    refuse_a_backend_the_gpu_cannot_run(str(cfg.attn.name), hw, gpus)
     measured = sorted({k[0] for k in fits})
     if backend_of(d.attn) not in measured:
         if d.kernel:  # a named kernel nobody measured: its memory, but nothing to fit its compute on
@@ -487,6 +491,33 @@ def _one(argv: list[str]) -> int:
              f"on {gpus}x{hw['label']}")
     print(format_prediction(label, p))
     return _fits_or_not(p, hw)
+
+
+def refuse_a_backend_the_gpu_cannot_run(attn: str, hw: dict, gpus: int) -> None:
+    """``UserError`` where the attention backend ``attn`` cannot run on the profile's GPU (FA3 on an
+    A6000's SM86): its plugin's ``why_not`` asked for the profile's compute capability (not for what is
+    installed here), naming the profiles whose GPU it runs on."""
+    from core import hardware
+    from core.contracts import RunContext
+    from core.plugins import registry
+
+    entry = registry().get("attn", attn)
+
+    def why(profile: dict) -> str | None:
+        cap = hardware.capability(profile)
+        if cap is None:  # a profile that does not say which GPU it is: nothing to check
+            return None
+        return entry.unavailable(RunContext("cuda", str(profile.get("label")), cap, gpus, hardware=profile,
+                                            installed=False))
+
+    try:
+        reason = why(hw)
+    except ValueError as e:  # hardware.capability=<not MAJOR.MINOR>
+        raise UserError(str(e)) from None
+    if reason:
+        runs = [n for n, prof in hardware.profiles().items() if hardware.capability(prof) and not why(prof)]
+        where = f"predict for hardware={' or '.join(runs)}" if runs else "no hardware profile has a GPU it runs on"
+        raise UserError(f"+attn={attn} does not run on {hw['label']}: {reason}, or {where}")
 
 
 def _fits_or_not(p: dict, hw: dict) -> int:

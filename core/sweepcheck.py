@@ -48,15 +48,22 @@ def first_refusal(fixed: list[str], combos: list[list[str]]) -> str | None:
     return None
 
 
+def _strings(v) -> bool:
+    """A list of override strings (``["seq_len=128", "+attn=sdpa"]``)."""
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
 def main() -> int:
     try:
         spec = json.load(sys.stdin)
-        ok = isinstance(spec, dict) and isinstance(spec.get("fixed"), list) and isinstance(spec.get("combos"), list)
-    except ValueError:
-        ok = False
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+        spec = None
+    ok = isinstance(spec, dict) and _strings(spec.get("fixed")) and isinstance(spec.get("combos"), list) \
+        and all(_strings(c) for c in spec["combos"])
     if not ok:
-        print('stepbench: core.sweepcheck reads {"fixed": [overrides], "combos": [[overrides], ...]} on stdin (as '
-              "python -m core.bench -m writes it): pass that JSON object", file=sys.stderr, flush=True)
+        print('stepbench: core.sweepcheck reads {"fixed": ["key=value", ...], "combos": [["key=value", ...], ...]} '
+              "on stdin, lists of override strings (as python -m core.bench -m writes it): pass that JSON object",
+              file=sys.stderr, flush=True)
         return 2
     line = first_refusal(spec["fixed"], spec["combos"])
     if line:

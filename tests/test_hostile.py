@@ -462,6 +462,11 @@ CASES = [
     ("fa3_build", ["--source", "{fa}", "--clone", "{tmp}/c"], "--clone"),
     ("fa3_build", ["--clone", "{file}"], "--clone"),
     ("fa3_build", ["--clone", "{fa}"], "no git checkout: name a new (or empty) folder"),
+    # round thirteen: a control character printed raw (two lines); git started before the destination failed
+    ("fa3_build", ["--source", "{tmp}/a\nb"], "--source '"),
+    ("fa3_build", ["--source", "{fa}", "--wheel-dir", "{tmp}/w\tx"], "has a control character (a newline, a tab)"),
+    ("fa3_build", ["--clone", "/proc/stepbench-fa"], "--clone /proc/stepbench-fa cannot be made"),
+    ("fa3_build", ["--clone", "{file}/fa"], "/afile.txt/fa cannot be made (Not a directory)"),
     ("fa3_build", ["--source", "{fa}", "--wheel-dir", "{file}"], "--wheel-dir"),
     ("fa3_build", ["--source", "{fa}", "--target", "{file}"], "--target"),
     ("fa3_build", ["--source", "{fa}", "--bogus"], "unrecognized arguments: --bogus"),
@@ -577,6 +582,13 @@ CASES = [
     ("predict", ["model=qwen3_4b", "hardware=h100", "compile=false"], "leave compile out"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "+attn=fa2", "attn.via=varlen"], "leave attn.via out"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "+gpus=8"], "without + or ~"),
+    # round thirteen: FA3 (SM90 only) predicted on an A6000; the profiles it runs on come from their capability
+    ("predict", ["model=qwen3_4b", "hardware=a6000", "+attn=fa3"],
+     "+attn=fa3 does not run on A6000: FA3 needs an SM90 GPU (this is SM86); use +attn=fa2, or predict for "
+     "hardware=h100 or h200"),
+    ("predict", ["model=qwen3_4b", "hardware=b200", "+attn=fa3", "gpus=8"], "(this is SM100)"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "+attn=fa3", "hardware.capability=abc"],
+     "hardware.capability=abc is not a CUDA compute capability"),
     ("cli", ["bench", "--resolve"], "--resolve goes with --cfg"),
     ("cli", ["bench", "--cfg", "job", "--package", "x"], "stepbench does not take it"),
     ("fa3_build", ["--source", "{fa}", "--wheel-dir", ""], "--wheel-dir: is empty"),
@@ -1229,3 +1241,111 @@ def test_sighup_stops_a_row_with_one_line_and_129():
         err = seen + p.stderr.read()
         assert p.wait(timeout=60) == 129
         assert "terminated (SIGHUP)" in err
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize("args", [["core.predict", "--help"], ["core.cli", "--help"]],
+                         ids=["predict --help", "stepbench --help"])
+def test_a_reader_of_stdout_that_goes_away_is_quiet(args, unbuffered):
+    """Round thirteen: ``python -m core.predict --help | head -1`` and ``stepbench --help | head -1``
+    printed a BrokenPipeError traceback. Here stdout is a pipe whose reader is already gone: nothing
+    on stderr, and the status a shell gives a process SIGPIPE ended (core.errors.quiet_broken_pipe)."""
+    r, w = os.pipe()
+    os.close(r)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": unbuffered}
+    try:
+        p = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, stdout=w, stderr=subprocess.PIPE, text=True,
+                           env=env, timeout=120)
+    finally:
+        os.close(w)
+    assert p.stderr == "" and p.returncode == 141, (p.returncode, p.stderr[-2000:])
+
+
+@pytest.mark.parametrize("stdin", [
+    "[" * 100000,  # round thirteen: a RecursionError traceback
+    '{"fixed": [], "combos": [[1, 2]]}',  # combos that are not override strings: status 0
+    '{"fixed": [], "combos": ["seq_len=128"]}',  # a string where a list of overrides goes: status 0
+    '{"fixed": [3], "combos": [["seq_len=128"]]}',
+    "not JSON",
+], ids=["nested", "int combos", "string combo", "int fixed", "not json"])
+def test_sweepcheck_refuses_what_is_not_lists_of_overrides(stdin):
+    """python -m core.sweepcheck: anything but {"fixed": [str], "combos": [[str]]} is the one line
+    it prints for bad JSON, status 2 (nothing is composed)."""
+    p = subprocess.run([sys.executable, "-m", "core.sweepcheck"], cwd=ROOT, capture_output=True, text=True,
+                       input=stdin, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr[-2000:])
+    assert "core.sweepcheck reads" in lines[0] and "lists of override strings" in lines[0], lines
+    assert p.stdout == ""
+
+
+def test_fa3_build_clone_offline_is_one_line_before_git(tmp_path, monkeypatch, capsys):
+    """Round thirteen: --clone (its default folder) on a machine that is offline printed the
+    "cloning ..." line and then git's failure. The host is looked up first: one line, git never runs."""
+    import socket
+
+    from core import fa3_build
+
+    def no_dns(*a, **k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for v in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(fa3_build.shutil, "which", lambda name: "/usr/bin/" + name)
+    capsys.readouterr()
+    assert _call("fa3_build", ["--clone"], monkeypatch) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot reach github.com (Name or service not known)" in lines[0], lines
+    assert "--source PATH" in lines[0] and not (tmp_path / ".cache" / "stepbench" / "flash-attention").exists()
+
+
+def test_predict_asks_the_attention_plugin_about_the_profiles_gpu_only():
+    """core.predict.refuse_a_backend_the_gpu_cannot_run: FA3 on an SM90 profile is predicted even
+    where no FA3 is installed (this CPU machine); a profile that names no capability is not checked."""
+    from core.errors import UserError
+    from core.hardware import load
+    from core.predict import refuse_a_backend_the_gpu_cannot_run
+
+    for name in ("h100", "h200"):
+        refuse_a_backend_the_gpu_cannot_run("fa3", load(name), 8)
+    refuse_a_backend_the_gpu_cannot_run("fa3", {k: v for k, v in load("a6000").items() if k != "capability"}, 1)
+    refuse_a_backend_the_gpu_cannot_run("fa2", load("a6000"), 1)
+    with pytest.raises(UserError, match="predict for hardware=h100 or h200$"):
+        refuse_a_backend_the_gpu_cannot_run("fa3", {**load("h100"), "capability": "8.9"}, 1)
+
+
+def test_sync_auto_with_its_method_blocked_is_one_line(tmp_path):
+    """Round thirteen: STEPBENCH_BLOCK_PLUGINS=host left sync=auto (RL full: host) to Hydra's
+    traceback of PluginError. It is one line naming +sync=none, status 2, nothing appended."""
+    from core.sweep import RUN_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != RUN_ENV}
+    env.update(PYTHONPATH=str(ROOT), STEPBENCH_BLOCK_PLUGINS="host")
+    res = tmp_path / "rows.jsonl"
+    p = subprocess.run([sys.executable, "-m", "core.bench", *(f"{k}={v}" for k, v in TINY.items()), f"results={res}"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr[-2000:])
+    assert "sync=auto hands this row's weights off with host" in lines[0] and "+sync=none" in lines[0], lines
+    assert not res.exists() and p.stdout.strip() == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_row_whose_stdout_cannot_be_written_says_where_the_row_is(tmp_path):
+    """Round thirteen: ``python -m core.bench ... >/dev/full`` appended the row and then printed an
+    OSError traceback. Now one line says stdout could not be written and where the row is; status 1."""
+    from core.sweep import RUN_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != RUN_ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    res = tmp_path / "rows.jsonl"
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "core.bench", *(f"{k}={v}" for k, v in TINY.items()),
+                            f"results={res}"], cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                           timeout=300)
+    said = [ln for ln in p.stderr.splitlines() if "stdout cannot be written" in ln]
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr[-3000:]
+    assert len(said) == 1 and said[0].startswith("stepbench: ") and f"the row is in {res}" in said[0], said
+    assert [json.loads(ln)["status"] for ln in res.read_text().splitlines()] == ["ok"]

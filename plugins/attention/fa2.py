@@ -123,6 +123,8 @@ def why_not(ctx):
         return need_cuda(ctx)
     if ctx.capability and ctx.capability < (8, 0):
         return "FlashAttention-2 needs an SM80+ GPU; use +attn=sdpa"
+    if not ctx.installed:  # a profile predicted for: what is installed here does not count
+        return None
     if not has_module("flash_attn") and not has_module("torch.nn.attention.varlen"):
         return "FA2 needs the flash_attn package or torch>=2.10 (torch.nn.attention.varlen)"
     return None

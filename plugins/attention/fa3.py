@@ -90,8 +90,10 @@ class FA3(AttentionBackend):
 def why_not(ctx):
     if ctx.device != "cuda":
         return need_cuda(ctx).replace("+attn=sdpa", "+attn=sdpa (FA3 needs an SM90 GPU)")
-    if ctx.capability != (9, 0):
+    if ctx.capability is not None and tuple(ctx.capability) != (9, 0):
         return f"FA3 needs an SM90 GPU (this is SM{ctx.capability[0]}{ctx.capability[1]}); use +attn=fa2"
+    if not ctx.installed:  # a profile predicted for: what is installed here does not count
+        return None
     missing = missing_parts()
     if missing:
         return f"{missing}: build FA3 with python -m core.fa3_build --source PATH, or use +attn=fa2"

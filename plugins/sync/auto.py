@@ -8,6 +8,8 @@ is labelled with the chosen method's name.
 
 from __future__ import annotations
 
+import os
+
 from core import hookimpl
 from core.contracts import WeightSync
 
@@ -22,7 +24,17 @@ class Auto(WeightSync):
         from core.plugins import registry
 
         name = "host" if (sync_ctx.task == "rl" and not sync_ctx.adapter_only) else "none"
-        self.chosen = registry().get("sync", name).factory({"name": name}, self.ctx)
+        reg = registry()
+        if name not in reg.names("sync"):  # blocked (STEPBENCH_BLOCK_PLUGINS): another method would measure other work
+            from core.plugins import BLOCK_ENV
+
+            others = [n for n in reg.names("sync") if n not in ("auto", name)]
+            instead = " or ".join(f"+sync={n}" for n in (["none"] if "none" in others else others[:1])) \
+                or "another method (python -m core.bench --list)"
+            raise ValueError(f"sync=auto hands this row's weights off with {name}, which is not registered here "
+                             f"({BLOCK_ENV}={os.environ.get(BLOCK_ENV, '')} blocks it): pick the method, e.g. {instead} "
+                             f"(registered: {', '.join(others) or 'none'}), or unblock {name}")
+        self.chosen = reg.get("sync", name).factory({"name": name}, self.ctx)
         return self.chosen
 
     @property

@@ -251,7 +251,7 @@ def check_overrides(argv: list[str]):
             seen[key] = a
             if "${" in a.split("=", 1)[1]:
                 raise UserError(f"{a}: interpolations (${{...}}) are not taken on the command line: type the value")
-            if key in {f"{g}.name" for g in GROUPS if g != "sweep"}:
+            if key in {f"{g}.name" for g in ("attn", "ac", "sync", "kernels", "peer", "adapter")}:
                 g = key.split(".")[0]
                 raise UserError(f"{a} renames the chosen {g} plugin without choosing it: type "
                                 f"{'+' if g in APPENDED else ''}{g}={a.split('=', 1)[1]}")

@@ -489,12 +489,12 @@ def main(argv=None) -> int:
             base_out = check_output(a.baseline, "--baseline", "benchmarks/baseline.jsonl", a.results,
                                     "an input (one of the --results)", holds=BASELINE)
         else:
-            if Path(a.out).suffix.lower() not in ("", ".md", ".markdown", ".txt"):  # a Markdown table in a .png
-                raise ReportError(f"--out {a.out} ends in {Path(a.out).suffix}, and the report is Markdown: name a .md "
-                                  "file, e.g. --out benchmarks/BENCHMARKS.md")
             out = check_output(a.out, "--out", "benchmarks/BENCHMARKS.md", [*a.results, a.baseline, a.predictions],
                                "an input of this report (--results, --baseline or --predictions)",
                                holds=(lambda line: line == HEADER.splitlines()[0], "a stepbench report"))
+            if Path(a.out).suffix.lower() not in ("", ".md", ".markdown", ".txt"):  # a Markdown table in a .png
+                raise ReportError(f"--out {a.out} ends in {Path(a.out).suffix}, and the report is Markdown: name a .md "
+                                  "file, e.g. --out benchmarks/BENCHMARKS.md")
         if not a.save_baseline and Path(a.baseline).is_dir():
             raise ReportError(f"--baseline {a.baseline} is a folder: name the baseline file, e.g. --baseline "
                               "benchmarks/baseline.jsonl")

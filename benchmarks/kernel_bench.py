@@ -1,6 +1,6 @@
 """Time and bytes moved of each block operation per kernels provider, at the published shapes (GPU).
 
-    python benchmarks/kernel_bench.py [--providers eager,inductor,triton,liger] [--out FILE.jsonl]
+    python benchmarks/kernel_bench.py [--providers eager,inductor,triton,liger] [--ops rms_norm] [--out FILE.jsonl]
 
 Shapes: one micro-batch of the published rows (8192 and 16384 tokens) at Qwen3-0.6B's widths
 (hidden 1024, MLP 3072, 16 query heads of 128) and Qwen3-4B's (2560, 9728, 32 heads). For each
@@ -98,6 +98,7 @@ def main():
     ap.add_argument("--providers", default="eager,inductor,triton,liger")
     ap.add_argument("--out", default=None, help="append one JSON row per measurement")
     ap.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
+    ap.add_argument("--ops", default="rms_norm,swiglu,rope", help="the operations to time")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_bench: needs a CUDA GPU (the CPU suite checks the kernels' numerics instead)")
@@ -119,7 +120,7 @@ def main():
         for label in a.shapes.split(","):
             _, tokens, hidden, ffn, heads, hd = known[label]
             for op, fn, inputs, bytes_fwd, bytes_bwd in cases(tokens, hidden, ffn, heads, hd):
-                if op not in k.ops:
+                if op not in k.ops or op not in a.ops.split(","):
                     continue
                 w_fwd, t_fwd = time_pass(k, fn, inputs, False)
                 w_all, t_all = time_pass(k, fn, inputs, True)

@@ -239,6 +239,9 @@ def check_overrides(argv: list[str]):
         autoload_disabled()
     except ValueError as e:
         raise UserError(str(e)) from None
+    if os.environ.get("STEPBENCH_GIT_DIRTY") is not None and not os.environ.get("STEPBENCH_GIT_COMMIT"):
+        raise UserError("STEPBENCH_GIT_DIRTY is read only with STEPBENCH_GIT_COMMIT (the commit a copy without .git "
+                        "ran): set both, or unset STEPBENCH_GIT_DIRTY and let git say")
     valued = {"-p", "--package"}
     seen: dict = {}
     for prev, a in zip([None, *argv], argv):

@@ -244,7 +244,8 @@ def timed_steps(cfg, r, b, rank: int, world: int, device) -> Samples:
             prof = kernel_profiler(host=bool(ops_trace)) if profiled else contextlib.nullcontext()
             gc_pauses.take()
             t = time.perf_counter()
-            with prof:
+            beat = heartbeat("warm-up" if step == 0 else f"step {step}") if rank == 0 else contextlib.nullcontext()
+            with prof, beat:
                 out = train_step(b, batches, cfg.task.name, step=step)
                 cuda_sync()
             dt = time.perf_counter() - t
@@ -289,6 +290,31 @@ def _report_profile(prof, ops_trace, step: int) -> None:
         write_trace(prof, ops_trace)
         say(f"trace of step {step} written to {ops_trace} (host and device; open in ui.perfetto.dev, "
             "or python benchmarks/trace_summary.py " + str(ops_trace) + ")")
+
+
+#: seconds a step runs before (and between) its "still running" lines
+HEARTBEAT_S = 60.0
+
+
+@contextlib.contextmanager
+def heartbeat(tag: str, every: float | None = None):
+    """A line every ``every`` seconds (:data:`HEARTBEAT_S`) while a step runs long (a warm-up of many
+    micro-batches, a CPU row of a long sequence): a row is never silent for minutes."""
+    import threading
+
+    every = HEARTBEAT_S if every is None else every
+    stop, start = threading.Event(), time.monotonic()
+
+    def beat():
+        while not stop.wait(every):
+            say(f"  {tag}: still running ({time.monotonic() - start:.0f} s)")
+
+    thread = threading.Thread(target=beat, name="stepbench-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _cuda_sync(cuda: bool):

@@ -382,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
                                holds=(lambda line: line == HEADER[0], "a stepbench prediction"))
             rows_out = check_output(rows_out, "--rows", "benchmarks/results/predicted/published.jsonl",
                                     [*inputs, out], what + " or --out", holds=PREDICTIONS)
+            measured, predicted = RESULTS.resolve(), (RESULTS / "predicted").resolve()
+            for flag, path in (("--rows", rows_out), ("--out", out)):  # the report reads measured rows there
+                real = Path(path).resolve()
+                if real.is_relative_to(measured) and not real.is_relative_to(predicted):
+                    raise UserError(f"{flag} {path} is among the measured rows (benchmarks/results/), which the "
+                                    "report and the fits read: put predictions under benchmarks/results/predicted/")
             current, sync_fits, fits = fits_from_rows()
             preds, md = predict_published(fits, sync_fits, current)
             try:  # both or neither: the table and its rows never disagree

@@ -1154,6 +1154,10 @@ CASES_13 = [
     (B, ["results=benchmarks/results/h100-table.jsonl"], "this row runs on the CPU"),
     (B, ["-m", "+attn=sdpa,flex", "row_timeout_s=1e30"], "row_timeout_s must be at most"),
     ("report", ["--results", "{rows}", "--out", "{tmp}/x.png"], "the report is Markdown"),
+    ("predict", ["--published", "--out", "{tmp}/P.md", "--rows", "benchmarks/results/new.jsonl"],
+     "is among the measured rows"),
+    ("predict", ["--published", "--out", "benchmarks/results/x.md", "--rows", "{tmp}/P.jsonl"],
+     "is among the measured rows"),
 ]
 
 
@@ -1349,3 +1353,30 @@ def test_a_row_whose_stdout_cannot_be_written_says_where_the_row_is(tmp_path):
     assert p.returncode == 1 and "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr[-3000:]
     assert len(said) == 1 and said[0].startswith("stepbench: ") and f"the row is in {res}" in said[0], said
     assert [json.loads(ln)["status"] for ln in res.read_text().splitlines()] == ["ok"]
+
+
+def test_a_long_step_says_it_is_still_running(capsys):
+    """Round thirteen: a warm-up of 1024 micro-batches, or a CPU step of a million tokens, was silent
+    for minutes; a step now says every HEARTBEAT_S seconds that it still runs."""
+    import time
+
+    from core.measure import heartbeat
+
+    with heartbeat("warm-up", every=0.05):
+        time.sleep(0.3)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "warm-up: still running" in ln]
+    assert len(lines) >= 3
+    with heartbeat("step 1", every=5.0):
+        time.sleep(0.05)
+    assert "still running" not in capsys.readouterr().err  # a short step prints nothing more
+
+
+def test_git_dirty_without_a_commit_is_refused(monkeypatch):
+    """Round thirteen: STEPBENCH_GIT_DIRTY=1 alone was ignored without a word."""
+    from core.bench import check_overrides
+    from core.resolve import UserError
+
+    monkeypatch.delenv("STEPBENCH_GIT_COMMIT", raising=False)
+    monkeypatch.setenv("STEPBENCH_GIT_DIRTY", "1")
+    with pytest.raises(UserError, match="read only with STEPBENCH_GIT_COMMIT"):
+        check_overrides(["model=qwen3_tiny"])

@@ -124,7 +124,10 @@ def gpu_record(results, device) -> None:
 
     if str(device).startswith("cpu"):
         record = (Path(__file__).resolve().parent.parent / "benchmarks" / "results").resolve()
-        if Path(str(results)).expanduser().resolve().is_relative_to(record):
+        path = Path(str(results)).expanduser().resolve()
+        linked = path.is_file() and record.is_dir() and any(  # a hard link to one of them
+            f.is_file() and os.path.samefile(f, path) for f in record.rglob("*.jsonl"))
+        if path.is_relative_to(record) or linked:
             raise UserError(f"results={results} is in benchmarks/results/, the GPU rows the report reads, and this "
                             "row runs on the CPU: name another file, e.g. results=runs/rows.jsonl")
 
@@ -389,11 +392,16 @@ def check_sweep_values(parsed, overrides: list[str]) -> None:
             if o.is_sweep_override() and o.key_or_group not in GROUPS)
     if n > 20:  # each value is composed and validated: say so before a long silence
         say(f"checking the {n} values the sweep lists before its first row ...")
+    from core.sweep import Ticker
+
+    ticker, checked = Ticker(n, "values checked"), 0
     for o in parsed:
         if not o.is_sweep_override() or o.key_or_group in GROUPS:
             continue
         key = o.input_line.split("=", 1)[0]
         for v in o.sweep_string_iterator():
+            checked += 1
+            ticker.tick(checked)
             GlobalHydra.instance().clear()
             try:
                 with initialize_config_dir(str(conf_dir()), version_base="1.3"):

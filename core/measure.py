@@ -128,11 +128,19 @@ class GCPauses:
         gc.callbacks.append(self._cb)
 
     def _cb(self, phase, info):
-        if phase == "start":
-            self._t = time.perf_counter()
-        elif self._t is not None:
-            self.total += time.perf_counter() - self._t
-            self._t = None
+        try:
+            if phase == "start":
+                self._t = self._now()
+            elif self._t is not None:
+                self.total += self._now() - self._t
+                self._t = None
+        except KeyboardInterrupt:  # Python ignores what a gc callback raises: a Ctrl-C or SIGTERM that
+            import signal  # landed here is raised again from another thread, after the callback returns
+            import threading
+
+            threading.Timer(0.01, signal.raise_signal, (signal.SIGINT,)).start()
+
+    _now = staticmethod(time.perf_counter)
 
     def take(self) -> float:
         t, self.total = self.total, 0.0

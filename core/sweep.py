@@ -76,6 +76,21 @@ def merge_overrides(row: list[str], extra: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- progress
+class Ticker:
+    """A line every ``every`` seconds while a long preparation runs (``what: i of n``), so it is
+    never silent for minutes."""
+
+    def __init__(self, total: int, what: str, every: float = 10.0):
+        self.total, self.what, self.every = total, what, every
+        self.start = self.last = time.monotonic()
+
+    def tick(self, i: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            say(f"  {self.what}: {i} of {self.total} ({now - self.start:.0f} s)")
+
+
 def _clock(s: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(max(0.0, s)))
 
@@ -349,12 +364,18 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
     say(f"sweep '{cfg.sweep.get('name') or '?'}': {len(rows)} rows x {cfg.repeats} -> {cfg.results}")
     PROGRESS.total = len(rows)
     composed = []
-    for overrides in specs:
+    ticker = Ticker(len(specs), "rows composed")
+    for i, overrides in enumerate(specs, 1):
         try:
             composed.append(compose("bench", overrides=overrides))
         except Exception as e:  # a bad row in the sweep file is a failed row
             composed.append(e)
-    left = [predicted_row_s(c) if not isinstance(c, Exception) else 0.0 for c in composed]
+        ticker.tick(i)
+    ticker = Ticker(len(composed), "rows' times predicted")
+    left = []
+    for i, c in enumerate(composed, 1):
+        left.append(predicted_row_s(c) if not isinstance(c, Exception) else 0.0)
+        ticker.tick(i)
     for i, (overrides, row_cfg) in enumerate(zip(specs, composed)):
         if isinstance(row_cfg, Exception):
             PROGRESS.failed += 1

@@ -1380,3 +1380,59 @@ def test_git_dirty_without_a_commit_is_refused(monkeypatch):
     monkeypatch.setenv("STEPBENCH_GIT_DIRTY", "1")
     with pytest.raises(UserError, match="read only with STEPBENCH_GIT_COMMIT"):
         check_overrides(["model=qwen3_tiny"])
+
+
+def test_a_long_preparation_says_how_far_it_is(capsys):
+    """Round thirteen: composing a 3000-row sweep file, or checking 8191 values of a -m sweep, was
+    silent for minutes; a line now says how far it is every ten seconds."""
+    from core.sweep import Ticker
+
+    t = Ticker(3, "values checked", every=0.0)
+    t.tick(1)
+    Ticker(3, "values checked", every=60.0).tick(2)  # within the interval: nothing
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "values checked" in ln]
+    assert len(lines) == 1 and "values checked: 1 of 3" in lines[0]
+
+
+def test_a_cpu_row_into_a_hard_link_of_the_gpu_record_is_refused(tmp_path):
+    """Round thirteen: a hard link to benchmarks/results/h100-table.jsonl passed as results= took a
+    CPU row into the committed GPU rows."""
+    from core.bench import gpu_record
+    from core.resolve import UserError
+
+    import shutil
+    import tempfile
+
+    folder = tmp_path
+    try:
+        os.link(RESULT_INPUT, folder / "hl.jsonl")
+    except OSError:  # /tmp on another filesystem than the checkout: a folder beside it instead
+        folder = Path(tempfile.mkdtemp(dir=ROOT, prefix=".test-link-"))
+        os.link(RESULT_INPUT, folder / "hl.jsonl")
+    try:
+        with pytest.raises(UserError, match="this row runs on the CPU"):
+            gpu_record(str(folder / "hl.jsonl"), "cpu")
+        gpu_record(str(folder / "mine.jsonl"), "cpu")  # another file is taken
+        gpu_record(str(folder / "hl.jsonl"), "cuda")  # a GPU row may go there
+    finally:
+        if folder != tmp_path:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_ctrl_c_that_lands_in_the_gc_callback_still_stops_the_row():
+    """Round thirteen: a SIGTERM whose KeyboardInterrupt was raised inside the garbage collector's
+    timing callback was ignored by Python (gc callbacks cannot raise), and the row ran on."""
+    import time
+
+    from core.measure import GCPauses
+
+    g = GCPauses()
+    g.close()
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    g._now = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        g._cb("start", {})  # swallowed here, as Python would
+        time.sleep(5)  # delivered again from another thread

@@ -351,14 +351,37 @@ def sweep_file_rows(node, name: str) -> list[list[str]]:
 SWEEP_KEYS = ("results", "redo", "repeats", "row_timeout_s")
 
 
+def no_defaults_list(name: str) -> None:
+    """A sweep file with a Hydra ``defaults:`` list (which Hydra merges away before stepbench sees the
+    file) is refused with one line: a sweep file is its name and its own rows."""
+    import yaml
+
+    from core.options import conf_dir
+    from core.paths import plugin_conf_dirs
+    from core.resolve import UserError
+
+    for folder in (conf_dir(), *plugin_conf_dirs()):
+        path = folder / "sweep" / f"{name}.yaml"
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError, yaml.YAMLError):
+            return  # Hydra itself says what is wrong with the file
+        if isinstance(raw, dict) and "defaults" in raw:
+            raise UserError(f"+sweep={name} ({path.name}) has a defaults list, which a sweep file does not take (only "
+                            "name and rows): list the rows in this file")
+        if raw is not None:
+            return
+
+
 def run_sweep_config(cfg, base_overrides: list[str]) -> None:
     """``+sweep=<name>``: run the rows listed in ``conf/sweep/<name>.yaml`` as a sweep."""
     from hydra import compose
 
     from core.results import append_row
 
-    rows = sweep_file_rows(cfg.sweep, next((o.split("=", 1)[1] for o in base_overrides
-                                            if override_key(o) == "sweep"), "?"))
+    name = next((o.split("=", 1)[1] for o in base_overrides if override_key(o) == "sweep"), "?")
+    no_defaults_list(name)
+    rows = sweep_file_rows(cfg.sweep, name)
     extra = [o for o in base_overrides if override_key(o) != "sweep"]
     specs = [merge_overrides(spec, extra) for spec in rows]
     say(f"sweep '{cfg.sweep.get('name') or '?'}': {len(rows)} rows x {cfg.repeats} -> {cfg.results}")

@@ -1436,3 +1436,19 @@ def test_a_ctrl_c_that_lands_in_the_gc_callback_still_stops_the_row():
     with pytest.raises(KeyboardInterrupt):
         g._cb("start", {})  # swallowed here, as Python would
         time.sleep(5)  # delivered again from another thread
+
+
+def test_a_sweep_file_with_a_defaults_list_is_refused(tmp_path, monkeypatch):
+    """Round thirteen: a sweep file's Hydra defaults list was merged away without a word."""
+    import core.options
+    from core.resolve import UserError
+    from core.sweep import no_defaults_list
+
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "mine.yaml").write_text("defaults:\n  - other\nname: mine\nrows:\n  - steps=2\n")
+    (tmp_path / "sweep" / "plain.yaml").write_text("name: plain\nrows:\n  - steps=2\n")
+    monkeypatch.setattr(core.options, "conf_dir", lambda: tmp_path)
+    with pytest.raises(UserError, match="has a defaults list, which a sweep file does not take"):
+        no_defaults_list("mine")
+    no_defaults_list("plain")
+    no_defaults_list("cpu_smoke")  # not in this folder: nothing to say

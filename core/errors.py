@@ -61,13 +61,6 @@ def drop_stdout() -> None:
     import os
     import sys
 
-    from core.paths import autoload_disabled
-
-    try:  # the environment's switches, before anything reads them
-        autoload_disabled()
-    except ValueError as e:
-        print(f"{name}: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -105,6 +98,13 @@ def run_main(main, name: str) -> None:
     away (``| head``) ends it quietly (:func:`quiet_broken_pipe`)."""
     import sys
 
+    from core.paths import autoload_disabled
+
+    try:  # the environment's switches, before anything reads them
+        autoload_disabled()
+    except ValueError as e:
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     try:
         sys.exit(quiet_broken_pipe(main))
     except KeyboardInterrupt:

@@ -1452,3 +1452,13 @@ def test_a_sweep_file_with_a_defaults_list_is_refused(tmp_path, monkeypatch):
         no_defaults_list("mine")
     no_defaults_list("plain")
     no_defaults_list("cpu_smoke")  # not in this folder: nothing to say
+
+
+@pytest.mark.parametrize("tool", ["core.predict", "core.report"])
+def test_the_tools_refuse_an_autoload_switch_that_is_neither_on_nor_off(tool):
+    """Round thirteen: predict and report check the switch first (core.errors.run_main), one line, 2."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STEPBENCH_DISABLE_PLUGIN_AUTOLOAD": "maybe"}
+    p = subprocess.run([sys.executable, "-m", tool, "--help"], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and "nanobind" not in ln and not ln.startswith(" - ")]
+    assert p.returncode == 2 and len(lines) == 1 and "neither on nor off" in lines[0], p.stderr

@@ -91,8 +91,7 @@ def main():
                             "prefetch": pre, "us": ms * 1e3, "frac": frac, "matches_default": ok,
                             "default": cfg == default})
         # the partial sums' kernel alone, at the default's number of programs
-        programs = triton.cdiv(n, max(default[1], triton.cdiv(triton.cdiv(n, default[0] * t._sm_count(x.device)),
-                                                              default[1]) * default[1]))
+        _, programs = t.rms_norm_bwd_grid(n, default[0], default[1], x.device)
         partial = torch.randn(programs, d, device="cuda")
         out = torch.empty(d, device="cuda", dtype=torch.bfloat16)
         for red in ((32, 32, 4), (64, 16, 4), (16, 64, 4), (128, 8, 4), (8, 128, 4), (64, 32, 8), (256, 8, 8)):

@@ -122,10 +122,12 @@ def gpu_record(results, device) -> None:
     the predictor read, committed): refused with one line."""
     from pathlib import Path
 
+    from core.sweep import ROOT
+
     if str(device).startswith("cpu"):
-        record = (Path(__file__).resolve().parent.parent / "benchmarks" / "results").resolve()
+        record = (ROOT / "benchmarks" / "results").resolve()
         path = Path(str(results)).expanduser().resolve()
-        linked = path.is_file() and record.is_dir() and any(  # a hard link to one of them
+        linked = path.is_file() and path.stat().st_nlink > 1 and any(  # a hard link to one of them
             f.is_file() and os.path.samefile(f, path) for f in record.rglob("*.jsonl"))
         if path.is_relative_to(record) or linked:
             raise UserError(f"results={results} is in benchmarks/results/, the GPU rows the report reads, and this "
@@ -236,15 +238,6 @@ def check_overrides(argv: list[str]):
 
     from core.options import APPENDED, conf_dir
 
-    from core.paths import autoload_disabled
-
-    try:  # the environment's switches, before anything reads them
-        autoload_disabled()
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if os.environ.get("STEPBENCH_GIT_DIRTY") is not None and not os.environ.get("STEPBENCH_GIT_COMMIT"):
-        raise UserError("STEPBENCH_GIT_DIRTY is read only with STEPBENCH_GIT_COMMIT (the commit a copy without .git "
-                        "ran): set both, or unset STEPBENCH_GIT_DIRTY and let git say")
     valued = {"-p", "--package"}
     seen: dict = {}
     for prev, a in zip([None, *argv], argv):
@@ -557,6 +550,15 @@ def check_launch(env) -> None:
     if dirty and dirty not in ("0", "1"):
         raise UserError(f"STEPBENCH_GIT_DIRTY={dirty!r} is not 0 or 1 (whether the copy has uncommitted changes): set "
                         "STEPBENCH_GIT_DIRTY=0 or 1")
+    if dirty is not None and not commit:
+        raise UserError("STEPBENCH_GIT_DIRTY is read only with STEPBENCH_GIT_COMMIT (the commit a copy without .git "
+                        "ran): set both, or unset STEPBENCH_GIT_DIRTY and let git say")
+    from core.paths import autoload_disabled
+
+    try:  # the plugin switch, before anything reads it
+        autoload_disabled()
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 #: Hydra's flags that print the composed config instead of running: flag -> the values it takes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 from core.options import conf_dir
@@ -29,12 +31,18 @@ def load(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"), resolve=True)
 
 
-def profiles() -> dict[str, dict]:
-    """Every named hardware profile (stepbench's conf/hardware and the installed plugin packages'),
-    by file name; ``auto`` is a choice, not a profile."""
+def profile_files() -> dict[str, Path]:
+    """The hardware group's files (stepbench's conf/hardware and the installed plugin packages', the
+    built-in one where both have a name), by name, ``auto`` included."""
     from core.paths import plugin_conf_dirs
 
-    files = {p.stem: p for d in (*plugin_conf_dirs(), conf_dir()) for p in sorted((d / "hardware").glob("*.yaml"))}
+    return {p.stem: p for d in (*plugin_conf_dirs(), conf_dir()) for p in sorted((d / "hardware").glob("*.yaml"))}
+
+
+def profiles() -> dict[str, dict]:
+    """Every named hardware profile (:func:`profile_files`), by file name; ``auto`` is a choice, not a
+    profile."""
+    files = profile_files()
     return {n: OmegaConf.to_container(OmegaConf.load(p), resolve=True) for n, p in sorted(files.items()) if n != "auto"}
 
 

@@ -424,10 +424,9 @@ def _one(argv: list[str]) -> int:
     if any(a.lstrip("+").startswith("sweep=") for a in argv):
         raise UserError("predict makes one row: leave +sweep=... out (python -m core.predict --published predicts "
                         "every published row)")
-    from core.options import conf_dir
-    from core.paths import plugin_conf_dirs
+    from core.hardware import profile_files
 
-    profiles = {p.stem for d in (conf_dir(), *plugin_conf_dirs()) for p in (Path(d) / "hardware").glob("*.yaml")}
+    profiles = profile_files()
     for a in argv:  # a hardware name the predictor has no profile for: the ones it has, not every config's
         if a.split("=", 1)[0].lstrip("+~") == "hardware" and "=" in a:
             v = a.split("=", 1)[1]

@@ -311,8 +311,7 @@ def sweep_file_rows(node, name: str) -> list[list[str]]:
     out = []
     for i, spec in enumerate(OmegaConf.to_container(rows, resolve=False), 1):  # ${...} left as typed
         if not isinstance(spec, str) or not spec.strip():
-            shown = spec
-            raise UserError(f"{where}: row {i} is {shown!r}, not a line of overrides: write it as "
+            raise UserError(f"{where}: row {i} is {spec!r}, not a line of overrides: write it as "
                             "'model=qwen3_0_6b +attn=fa3' (quote a line that holds ':' or '#')")
         try:
             row = shlex.split(spec)
@@ -320,22 +319,21 @@ def sweep_file_rows(node, name: str) -> list[list[str]]:
             raise UserError(f"{where}: row {i} ({spec!r}) cannot be split into overrides ({e}): close its "
                             "quotation or drop the stray quote") from None
         for o in row:
-            key = override_key(o)
-            if not o.startswith("-"):
-                try:
-                    parsed = parser.parse_override(o)
-                except Exception:
-                    raise UserError(f"{where}: row {i}: cannot parse {o!r}: type key=value, and quote a value with "
-                                    "other characters, e.g. \"tag='a#b'\"") from None
-                if parsed.is_sweep_override():
-                    raise UserError(f"{where}: row {i} ({o}) lists several values, and a sweep file's row is one "
-                                    "row: write each value as a row of its own")
-                if "${" in o.split("=", 1)[-1]:
-                    raise UserError(f"{where}: row {i} ({o}): interpolations (${{...}}) are not taken in a row: type "
-                                    "the value")
             if o.startswith("-"):
                 raise UserError(f"{where}: row {i} holds the flag {o}, and a sweep file's rows are overrides only: "
                                 "drop it (+sweep= is a sweep already)")
+            try:
+                parsed = parser.parse_override(o)
+            except Exception:
+                raise UserError(f"{where}: row {i}: cannot parse {o!r}: type key=value, and quote a value with "
+                                "other characters, e.g. \"tag='a#b'\"") from None
+            if parsed.is_sweep_override():
+                raise UserError(f"{where}: row {i} ({o}) lists several values, and a sweep file's row is one "
+                                "row: write each value as a row of its own")
+            if "${" in o.split("=", 1)[-1]:
+                raise UserError(f"{where}: row {i} ({o}): interpolations (${{...}}) are not taken in a row: type "
+                                "the value")
+            key = override_key(o)
             if key == "sweep" or key.startswith("sweep."):
                 raise UserError(f"{where}: row {i} ({o}) would start a sweep inside the sweep: list that sweep's rows "
                                 "in this file instead")

@@ -1373,13 +1373,13 @@ def test_a_long_step_says_it_is_still_running(capsys):
 
 def test_git_dirty_without_a_commit_is_refused(monkeypatch):
     """Round thirteen: STEPBENCH_GIT_DIRTY=1 alone was ignored without a word."""
-    from core.bench import check_overrides
+    from core.bench import check_launch
     from core.resolve import UserError
 
     monkeypatch.delenv("STEPBENCH_GIT_COMMIT", raising=False)
     monkeypatch.setenv("STEPBENCH_GIT_DIRTY", "1")
     with pytest.raises(UserError, match="read only with STEPBENCH_GIT_COMMIT"):
-        check_overrides(["model=qwen3_tiny"])
+        check_launch(os.environ)
 
 
 def test_a_long_preparation_says_how_far_it_is(capsys):

@@ -44,6 +44,12 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
+def rms_norm_bwd_grid(n: int, programs_per_sm: int, r: int, device) -> tuple[int, int]:
+    """(rows per program, a whole number of R-row tiles; programs) of the RMSNorm backward over ``n`` rows."""
+    rows = max(r, triton.cdiv(triton.cdiv(max(n, 1), programs_per_sm * _sm_count(device)), r) * r)
+    return rows, max(triton.cdiv(n, rows), 1)
+
+
 def rms_norm_bwd_config(n: int, d: int, device) -> tuple[int, int, int, bool]:
     """(programs per SM, rows per step R, warps, prefetch) of the RMSNorm backward for ``n`` rows of
     width ``d``."""
@@ -149,8 +155,7 @@ def rms_norm_backward_launch(dy: torch.Tensor, x: torch.Tensor, weight: torch.Te
     dx = torch.empty((n, d), dtype=x.dtype, device=x.device)
     dw = torch.empty(d, dtype=weight.dtype, device=x.device)
     pps, r, warps, prefetch = config or rms_norm_bwd_config(n, d, x.device)
-    rows = max(r, triton.cdiv(triton.cdiv(max(n, 1), pps * _sm_count(x.device)), r) * r)
-    programs = max(triton.cdiv(n, rows), 1)
+    rows, programs = rms_norm_bwd_grid(n, pps, r, x.device)
     partial = torch.empty((programs, d), dtype=torch.float32, device=x.device)  # every program writes its row
     block = triton.next_power_of_2(d)
     wrap_triton(_rms_norm_bwd)[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, partial, dy2.stride(0),

@@ -250,17 +250,17 @@ def check_shapes(d: dict) -> None:
             continue
         for k, v in rope.items():
             for x in v if isinstance(v, list) else [v]:
-                if isinstance(x, (int, float)) and not isinstance(x, bool) and not -float("inf") < x < float("inf"):
+                if _real(x) and not math.isfinite(x):
                     raise ValueError(f"model.config: {field}.{k} is {x!r}, not a finite number: set the model's own "
                                      "value")
         theta, factor = rope.get("rope_theta"), rope.get("factor")
-        if isinstance(theta, (int, float)) and not isinstance(theta, bool) and not 1.0 <= theta <= 1e30:
+        if _real(theta) and not 1.0 <= theta <= 1e30:
             raise ValueError(f"model.config: {field}.rope_theta {theta!r} is outside 1..1e30, no model's value: set "
                              "it to the model's own (e.g. 500000.0)")
-        if isinstance(factor, (int, float)) and not isinstance(factor, bool) and not factor > 0:
+        if _real(factor) and not factor > 0:
             raise ValueError(f"model.config: {field}.factor {factor!r} must be above 0: set the model's own (e.g. 8.0)")
     prf = d.get("partial_rotary_factor")
-    if isinstance(prf, (int, float)) and not isinstance(prf, bool) and 0 < prf <= 1 and int(head_dim * prf) < 2:
+    if _real(prf) and 0 < prf <= 1 and int(head_dim * prf) < 2:
         raise ValueError(f"model.config: partial_rotary_factor {prf!r} of head_dim {head_dim} rotates no pair of "
                          "features: set it so that head_dim * factor is at least 2 (e.g. 0.5)")
 
@@ -274,6 +274,11 @@ POSITIVE_NUMBERS = {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0
 #: the model type has a default for it
 STATED = ("intermediate_size", "num_key_value_heads", "head_dim", "moe_intermediate_size", "num_experts",
           "num_local_experts", "n_routed_experts", "num_experts_per_tok")
+
+
+def _real(x) -> bool:
+    """A JSON number (not a bool, which Python counts as an int)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 class DuplicateKey(ValueError):

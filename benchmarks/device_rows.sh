@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels (hydra, omegaconf, antlr4, FA3 where built), optionally
-# build FA3, run the GPU tests named in GPU_TESTS (GPU_K: a pytest -k expression), then the rows in ROWS_FILE (one row's overrides a
+# build FA3 (BUILD_FA3=1; DURING_BUILD runs meanwhile), run the GPU tests named in GPU_TESTS (GPU_K: a pytest -k expression), then the rows in ROWS_FILE (one row's overrides a
 # line) through benchmarks/run_rows.py; the rows and logs go to $OUT. The rows record the commit in
 # STEPBENCH_GIT_COMMIT (the device copy's .git may be stale); BASE_TREE=path also runs the rows of
 # BASE_ROWS_FILE from that tree (an older commit, BASE_COMMIT), in the same call.
@@ -13,9 +13,14 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 if [ -n "${BUILD_FA3:-}" ] && ! python3 -c "import flash_attn_interface" 2>/dev/null; then
-  python3 -m core.fa3_build --source .fa3src/flash-attention --cutlass .fa3src/cutlass --jobs 16 \
+  # DURING_BUILD (a shell command, e.g. a kernel benchmark that times only GPU kernels) runs while
+  # FA3 compiles; rows wait for the build, so no row's host side shares the CPU with the compiler.
+  (python3 -m core.fa3_build --source .fa3src/flash-attention --cutlass .fa3src/cutlass --jobs 14 \
     --wheel-dir /tmp/fa3w --target /tmp/site --no-test 2>&1 | tail -3
-  find /tmp/fa3w -name '*.whl' -exec cp {} "$OUT/" \;
+   find /tmp/fa3w -name '*.whl' -exec cp {} "$OUT/" \;) &
+  build=$!
+  if [ -n "${DURING_BUILD:-}" ]; then bash -c "$DURING_BUILD"; fi
+  wait $build
 fi
 if [ -n "${GPU_TESTS:-}" ]; then
   timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS ${GPU_K:+-k "$GPU_K"} 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"

@@ -538,6 +538,13 @@ def check_launch(env) -> None:
     if child is not None and not ROW_ID.fullmatch(child):
         raise UserError(f"{CHILD_ENV}={child!r} is not a row id (letters, digits, _ and -, at most 64; a sweep sets "
                         f"it for the rows it runs): unset {CHILD_ENV}")
+    if child is not None:  # a row id a sweep gave its child; one typed by hand would be reused by every row
+        from core.sweep import CHILD_OF_ENV, started_by
+
+        parent = env.get(CHILD_OF_ENV, "")
+        if not (parent.isdigit() and started_by(int(parent))):
+            raise UserError(f"{CHILD_ENV} is set, and a sweep sets it only for the rows it starts (this row was not "
+                            f"started by one): unset {CHILD_ENV} {CHILD_OF_ENV}")
     run = env.get("STEPBENCH_RUN_ID")  # stored in every row: what names the call rows are compared within
     if run and not ROW_ID.fullmatch(run):  # empty: unset (a new id is made)
         raise UserError(f"STEPBENCH_RUN_ID={run!r} is not a run id (letters, digits, _ and -, at most 64): e.g. "

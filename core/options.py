@@ -246,8 +246,9 @@ def family_keys(family: str) -> frozenset:
 
 
 #: plugin options whose least value is not 0 (every other number of a plugin group is a count, a size
-#: or a rate: 0 or more); hardware profile numbers are all above 0
-PLUGIN_MIN = {"adapter.rank": 1, "adapter.alpha": 1, "sync.keep": 1, "sync.bucket_mib": 1, "peer.timeout_s": 1}
+#: or a rate: 0 or more); hardware profile numbers are all above 0. LoRA's alpha below 0.01 scales the
+#: update by less than 1e-3 at r=16: a typo (1e-30 would leave the adapters' gradients underflowing)
+PLUGIN_MIN = {"adapter.rank": 1, "adapter.alpha": 0.01, "sync.keep": 1, "sync.bucket_mib": 1, "peer.timeout_s": 1}
 #: plugin options that are lists of regular expressions (op names to save)
 PLUGIN_PATTERNS = ("ac.save",)
 
@@ -276,6 +277,9 @@ def _typed(name: str, v, default):
             raise OptionError(f"{name}={v:g} is outside what a GPU has ({lo:g} to {hi:g}): try {name}={default:g}")
     elif isinstance(default, int) and name in FLOAT_OPTIONS:  # an int default, a real-valued option
         _float(name, v, 0.0, example=default, strict=True)
+        if v < PLUGIN_MIN.get(name, 0):
+            raise OptionError(f"{name}={v:g} is below {PLUGIN_MIN[name]:g} (it would scale the update to nothing): "
+                              f"try {name}={default}")
     elif isinstance(default, int):
         _int(name, v, example=default)
         lo = PLUGIN_MIN.get(name, 0)

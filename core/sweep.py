@@ -24,6 +24,8 @@ from core.measure import say
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD_ENV = "STEPBENCH_CHILD_ROW_ID"
+#: the pid of the sweep that set CHILD_ENV (a row takes that id only where the sweep is its ancestor)
+CHILD_OF_ENV = "STEPBENCH_CHILD_OF"
 #: one id for every row of one invocation (a sweep's children inherit it; export it to make several
 #: invocations on one machine one run): the report compares rows as "same call" by it
 RUN_ENV = "STEPBENCH_RUN_ID"
@@ -239,6 +241,27 @@ def child_env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), path])))
 
 
+def started_by(pid: int, depth: int = 8) -> bool:
+    """Whether process ``pid`` is this process's parent, or the parent's parent, ... (``depth``
+    levels: a sweep, torchrun, a rank). True where /proc cannot tell (not Linux)."""
+    if not os.path.isdir("/proc/self"):
+        return True
+    p = os.getppid()
+    if pid <= 1:  # init is everyone's ancestor: only as the direct parent (a sweep that is a container's pid 1)
+        return p == pid == 1
+    for _ in range(depth):
+        if p == pid:
+            return True
+        if p <= 1:
+            return False
+        try:
+            with open(f"/proc/{p}/stat") as f:  # "pid (comm) state ppid ...": comm may hold spaces
+                p = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
 def append_or_stop(results: str, row: dict) -> None:
     """Append a failed row the sweep itself writes; where the results file cannot take it (a full
     disk), the row is kept apart (:func:`core.results.rescue_row`) and the sweep stops with one line
@@ -266,7 +289,7 @@ def run_child(overrides: list[str], results: str, timeout_s: float, base: dict, 
 
     launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
     cmd = [sys.executable, *launch, "-m", "core.bench", *overrides, f"results={results}"]
-    rc, tail = stream_child(cmd, {**child_env(), CHILD_ENV: base["id"]}, timeout_s, out, prefix)
+    rc, tail = stream_child(cmd, {**child_env(), CHILD_ENV: base["id"], CHILD_OF_ENV: str(os.getpid())}, timeout_s, out, prefix)
     if rc == -1:  # the sweep's limit, said with what to change
         tail = tail[:-1] + [f"TimeoutError: the row exceeded row_timeout_s={timeout_s:g} s and was stopped: raise "
                             "row_timeout_s"]
@@ -382,7 +405,6 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
     rows = sweep_file_rows(cfg.sweep, name)
     extra = [o for o in base_overrides if override_key(o) != "sweep"]
     specs = [merge_overrides(spec, extra) for spec in rows]
-    say(f"sweep '{cfg.sweep.get('name') or '?'}': {len(rows)} rows x {cfg.repeats} -> {cfg.results}")
     PROGRESS.total = len(rows)
     composed = []
     ticker = Ticker(len(specs), "rows composed")
@@ -392,6 +414,8 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
         except Exception as e:  # a bad row in the sweep file is a failed row
             composed.append(e)
         ticker.tick(i)
+    blame_extra(extra, rows, specs, composed)
+    say(f"sweep '{cfg.sweep.get('name') or '?'}': {len(rows)} rows x {cfg.repeats} -> {cfg.results}")
     ticker = Ticker(len(composed), "rows' times predicted")
     left = []
     for i, c in enumerate(composed, 1):
@@ -407,6 +431,31 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
             continue
         sweep_row(row_cfg, overrides, left[i + 1:])
     finish_sweep(cfg.results)
+
+
+def blame_extra(extra: list[str], rows: list[list[str]], specs: list[list[str]], composed: list) -> None:
+    """The options typed after ``+sweep=NAME`` apply to every row: where they make a row of the file
+    refused for its input that resolves without them (``+peer=prime_rl`` with no ``peer.path``), the
+    sweep stops now with that one line (:class:`UserError`, status 2), not one failed row per row. A
+    row the file itself gets wrong stays a failed row."""
+    from hydra import compose
+
+    from core.sweepcheck import refusal
+
+    row_extra = [o for o in extra if override_key(o) not in SWEEP_KEYS]
+    if not row_extra:
+        return
+    ticker = Ticker(len(specs), "rows checked with the options after +sweep=")
+    for i, (row, spec, cfg) in enumerate(zip(rows, specs, composed), 1):
+        line = None if isinstance(cfg, Exception) else refusal(cfg, spec)
+        if line:
+            try:
+                own = refusal(compose("bench", overrides=row), row)
+            except Exception:  # noqa: BLE001 - the row does not compose alone: the file's own fault
+                own = "?"
+            if own is None:
+                raise UserError(f"{' '.join(row_extra)} (after +sweep=): row {i} ({' '.join(row)}): {line}")
+        ticker.tick(i)
 
 
 def finish_sweep(results: str) -> None:

@@ -19,32 +19,46 @@ def first_refusal(fixed: list[str], combos: list[list[str]]) -> str | None:
     """The one line of the first row of ``combos`` refused for its input, or None."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from core.bench import contradictions
-    from core.errors import NotHereError, UserError
     from core.options import conf_dir
-    from core.resolve import resolve
 
     for combo in combos:
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(str(conf_dir()), version_base="1.3"):
                 cfg = compose("bench", overrides=[*fixed, *combo])
-            contradictions(OverridesParser.create().parse_overrides([*fixed, *combo]), cfg)
-            r = resolve(cfg)
-            if r.peer is not None:  # what the peer refuses (a missing peer.path, an option it ignores)
-                from core import peers
-
-                peers.check(cfg, r)
-        except NotHereError:
-            continue
-        except UserError as e:
-            return f"the row {' '.join(combo)}: {e}"
+                line = refusal(cfg, [*fixed, *combo])
         except Exception:  # noqa: BLE001 - not a refusal: the row itself will say what it is
             continue
         finally:
             GlobalHydra.instance().clear()
+        if line:
+            return f"the row {' '.join(combo)}: {line}"
+    return None
+
+
+def refusal(cfg, overrides: list[str]) -> str | None:
+    """The one line a row composed as ``cfg`` (of ``overrides``) is refused with for its input, or None
+    (it resolves, or only this machine cannot run it, or it fails for a reason resolving cannot tell)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from core.bench import contradictions
+    from core.errors import NotHereError, UserError
+    from core.resolve import resolve
+
+    try:
+        contradictions(OverridesParser.create().parse_overrides(overrides), cfg)
+        r = resolve(cfg)
+        if r.peer is not None:  # what the peer refuses (a missing peer.path, an option it ignores)
+            from core import peers
+
+            peers.check(cfg, r)
+    except NotHereError:
+        return None
+    except UserError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - not a refusal: the row itself will say what it is
+        return None
     return None
 
 

@@ -837,6 +837,10 @@ LAUNCH = [
     ({"WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "http"}, "is not a port"),
     ({"STEPBENCH_CHILD_ROW_ID": "/tmp/victim"}, "is not a row id"),
     ({"STEPBENCH_CHILD_ROW_ID": ".."}, "is not a row id"),
+    # round fourteen: a row id typed by hand (every row would reuse it), or with a pid that started nothing
+    ({"STEPBENCH_CHILD_ROW_ID": "abc"}, "this row was not started by one"),
+    ({"STEPBENCH_CHILD_ROW_ID": "abc", "STEPBENCH_CHILD_OF": "1"}, "this row was not started by one"),
+    ({"STEPBENCH_CHILD_ROW_ID": "abc", "STEPBENCH_CHILD_OF": "4194305"}, "this row was not started by one"),
 ]
 
 
@@ -849,7 +853,8 @@ def test_launch_environment_checked_first(env, needle):
         check_launch(env)
     assert needle in str(e.value) and "\n" not in str(e.value)
     check_launch({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "29500",
-                  "TORCHELASTIC_RUN_ID": "none", "STEPBENCH_CHILD_ROW_ID": "0f3a9c_row-1"})  # what torchrun and a sweep set passes
+                  "TORCHELASTIC_RUN_ID": "none", "STEPBENCH_CHILD_ROW_ID": "0f3a9c_row-1",
+                  "STEPBENCH_CHILD_OF": str(os.getppid())})  # what torchrun and a sweep set passes
 
 
 def test_auto_attention_with_nothing_to_pick_is_refused_before_the_row(monkeypatch):
@@ -1462,3 +1467,28 @@ def test_the_tools_refuse_an_autoload_switch_that_is_neither_on_nor_off(tool):
                        timeout=120)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip() and "nanobind" not in ln and not ln.startswith(" - ")]
     assert p.returncode == 2 and len(lines) == 1 and "neither on nor off" in lines[0], p.stderr
+
+
+#: round fourteen (the left-overs of round thirteen, then the fresh pass's failures)
+CASES_14 = [
+    (B, ["adapter=lora", "adapter.alpha=1e-30"], "adapter.alpha=1e-30 is below 0.01"),
+    (B, ["adapter=lora", "adapter.alpha=0.001"], "adapter.alpha=0.001 is below 0.01"),
+]
+
+
+@pytest.mark.parametrize("case", CASES_14, ids=[_case_id(c) for c in CASES_14])
+def test_round_fourteen_one_line_status_2(case, tmp_path, capsys, monkeypatch):
+    """Round fourteen: a LoRA alpha that scales the update to nothing was taken."""
+    test_bad_input_one_line_status_2(case, tmp_path, capsys, monkeypatch)
+
+
+def test_options_after_a_sweep_file_that_every_row_refuses_stop_it_at_once(tmp_path):
+    """+peer=prime_rl without peer.path after +sweep=NAME was refused row by row (three failed
+    rows); it is one line and status 2 before any row, with nothing appended."""
+    res = tmp_path / "r.jsonl"
+    p = subprocess.run([sys.executable, "-m", "core.bench", "+sweep=cpu_smoke", "+peer=prime_rl", f"results={res}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+    assert lines[0].startswith("stepbench: +peer=prime_rl (after +sweep=): row 1 (") and "peer.path=" in lines[0]
+    assert not res.exists()

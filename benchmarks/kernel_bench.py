@@ -1,6 +1,6 @@
 """Time and bytes moved of each block operation per kernels provider, at the published shapes (GPU).
 
-    python benchmarks/kernel_bench.py [--providers eager,inductor,triton,liger] [--ops rms_norm] [--out FILE.jsonl]
+    python benchmarks/kernel_bench.py [--providers eager,inductor,triton,liger] [--ops rms_norm,add_rms_norm] [--out FILE.jsonl]
 
 Shapes: one micro-batch of the published rows (8192 and 16384 tokens) at Qwen3-0.6B's widths
 (hidden 1024, MLP 3072, 16 query heads of 128) and Qwen3-4B's (2560, 9728, 32 heads). For each
@@ -10,7 +10,8 @@ uncompiled block) and ``gpu`` (the device time of the kernels the pass launched,
 profiler over repetitions: what the kernels themselves cost, the figure against the bandwidth
 ceiling). Wall above gpu is host work (dispatch, autograd, guards, launches) the GPU waited for.
 The bytes each pass must move at least (every input read once, every output written once, bf16;
-RMSNorm's fp32 per-row rstd) over the gpu time give GB/s, reported as a fraction of the copy
+RMSNorm's fp32 per-row rstd; ``add_rms_norm`` reads x and the residual and writes the norm and the
+sum, and its backward reads both outputs' gradients) over the gpu time give GB/s, reported as a fraction of the copy
 bandwidth measured in the same process (a 1 GiB device-to-device copy: read + write), the ceiling
 a memory-bound kernel can reach. ``eager`` runs the PyTorch ops uncompiled (what an
 uncompiled block does); ``inductor`` is inductor's fused kernel of each operation.
@@ -50,6 +51,7 @@ def cases(tokens, hidden, ffn, heads, hd):
     """(op, forward fn, inputs needing grad, bytes forward, bytes backward) per operation."""
     dev, bf = "cuda", torch.bfloat16
     x = torch.randn(tokens, hidden, device=dev, dtype=bf)
+    res = torch.randn(tokens, hidden, device=dev, dtype=bf)
     w = torch.randn(hidden, device=dev, dtype=bf)
     g, u = (torch.randn(tokens, ffn, device=dev, dtype=bf) for _ in range(2))
     q = torch.randn(tokens, heads, hd, device=dev, dtype=bf)
@@ -60,6 +62,8 @@ def cases(tokens, hidden, ffn, heads, hd):
     return [
         ("rms_norm", lambda k, a, b: k.rms_norm(a, b, 1e-6), (x, w), (2 * n + hidden) * B + tokens * 4,
          (3 * n + 2 * hidden) * B + tokens * 4),
+        ("add_rms_norm", lambda k, a, b, c: k.add_rms_norm(a, b, c, 1e-6), (x, res, w),
+         (4 * n + hidden) * B + tokens * 4, (4 * n + 2 * hidden) * B + tokens * 4),
         ("swiglu", lambda k, a, b: k.swiglu(a, b), (g, u), 3 * m * B, 5 * m * B),
         ("rope", lambda k, a: k.rope(a, cos, sin), (q,), (2 * r + 2 * tokens * hd) * B, (2 * r + 2 * tokens * hd) * B),
     ]
@@ -74,12 +78,13 @@ def time_pass(provider, fn, inputs, backward: bool, reps: int = 20) -> tuple[flo
 
     xs = [t.clone().requires_grad_(backward) for t in inputs]
     out = fn(provider, *xs)
-    grad = torch.randn_like(out)
+    outs = tuple(out) if isinstance(out, tuple) else (out,)  # add_rms_norm: the norm and the sum
+    grads = [torch.randn_like(o) for o in outs]
 
     def run():
         y = fn(provider, *xs)
         if backward:
-            torch.autograd.grad(y, xs, grad)
+            torch.autograd.grad(y if isinstance(y, tuple) else (y,), xs, grads)
 
     wall = do_bench(run, warmup=25, rep=100, return_mode="median") * 1e-3
     torch.cuda.synchronize()
@@ -98,7 +103,7 @@ def main():
     ap.add_argument("--providers", default="eager,inductor,triton,liger")
     ap.add_argument("--out", default=None, help="append one JSON row per measurement")
     ap.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
-    ap.add_argument("--ops", default="rms_norm,swiglu,rope", help="the operations to time")
+    ap.add_argument("--ops", default="rms_norm,add_rms_norm,swiglu,rope", help="the operations to time")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_bench: needs a CUDA GPU (the CPU suite checks the kernels' numerics instead)")
@@ -137,10 +142,10 @@ def main():
                     append_row(a.out, row)
     print("\ngpu us: the kernels' device time; frac: bytes over gpu time / copy bandwidth; wall us: one call "
           "timed by events (host work included)")
-    print(f"{'op':<9} {'shape':<11} {'provider':<8} {'fwd gpu':>8} {'frac':>5} {'wall':>7} {'bwd gpu':>8} "
+    print(f"{'op':<12} {'shape':<11} {'provider':<8} {'fwd gpu':>8} {'frac':>5} {'wall':>7} {'bwd gpu':>8} "
           f"{'frac':>5} {'wall':>7}")
     for r in rows:
-        print(f"{r['op']:<9} {r['shape']:<11} {r['provider_name']:<8} {r['fwd_us']:8.1f} {r['fwd_frac']:5.2f} "
+        print(f"{r['op']:<12} {r['shape']:<11} {r['provider_name']:<8} {r['fwd_us']:8.1f} {r['fwd_frac']:5.2f} "
               f"{r['fwd_wall_us']:7.1f} {r['bwd_us']:8.1f} {r['bwd_frac']:5.2f} {r['bwd_wall_us']:7.1f}")
 
 

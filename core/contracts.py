@@ -283,6 +283,8 @@ KERNEL_OPS = {
     "rms_norm": "rms_norm(x [..., dim], weight [dim], eps) -> x / rms(x) * weight (in x's dtype, fp32 inside)",
     "swiglu": "swiglu(gate [..., ffn], up [..., ffn]) -> silu(gate) * up",
     "rope": "rope(x [tokens, heads, head_dim], cos, sin [tokens, 1, rot]) -> x rotated (rotate-half, first rot dims)",
+    "add_rms_norm": "add_rms_norm(x [..., dim], residual [..., dim], weight [dim], eps) -> (rms_norm(h, weight, eps), "
+                    "h) with h = x + residual in x's dtype: a block's residual add and the norm after it",
 }
 
 
@@ -291,8 +293,9 @@ class Kernels(Protocol):
     """``+kernels=<name>``: the non-attention operations of a decoder block (:data:`KERNEL_OPS`).
 
     The trainer binds the provider to every module of a model that computes one of these (the
-    native families' norms, MLPs and experts, attention's RoPE); an operation the provider does not
-    list in ``ops`` runs as PyTorch ops (:mod:`core.kernels`). Each operation is differentiable
+    native families' norms, MLPs and experts, attention's RoPE, the residual add before each block's
+    second norm); an operation the provider does not list in ``ops`` runs as PyTorch ops
+    (:mod:`core.kernels`), ``add_rms_norm`` as the add followed by the provider's ``rms_norm``. Each operation is differentiable
     (autograd) and must be traceable by torch.compile (a custom op, or plain PyTorch)."""
 
     name: str
@@ -312,6 +315,10 @@ class Kernels(Protocol):
     def swiglu(self, gate, up): ...
 
     def rope(self, x, cos, sin): ...
+
+    def add_rms_norm(self, x, residual, weight, eps: float):
+        """Optional: a provider that lists only ``rms_norm`` gets ``x + residual`` as a PyTorch op
+        followed by its own ``rms_norm`` (:class:`core.kernels.Bound`)."""
 
 
 @dataclass(kw_only=True)

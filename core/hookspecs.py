@@ -76,8 +76,8 @@ def stepbench_register_kernels(register):
     """Register kernels providers: factories of :class:`core.contracts.Kernels`.
 
     The trainer calls the provider's ``prepare()`` on the device, then binds it to every module of
-    the model that computes a block operation it lists in ``ops`` (RMSNorm, SwiGLU, RoPE of the
-    native families); the other operations run as PyTorch ops.
+    the model that computes a block operation it lists in ``ops`` (RMSNorm, the residual add with
+    RMSNorm, SwiGLU, RoPE of the native families); the other operations run as PyTorch ops.
     """
 
 

@@ -25,11 +25,21 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return out if xp is None else torch.cat([out, xp], -1)
 
 
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    """A block's residual add and the norm after it: ``(rms_norm(h), h)`` with ``h = x + residual``."""
+    h = x + residual
+    return rms_norm(h, weight, eps), h
+
+
+#: every operation of :data:`core.contracts.KERNEL_OPS`, in its order
+OPS = ("rms_norm", "swiglu", "rope", "add_rms_norm")
+
+
 class TorchOps:
     """PyTorch ops for every operation (torch.compile fuses them where blocks are compiled): what a
     model computes when no provider is bound; the built-in ``eager`` provider is this."""
 
-    ops = frozenset({"rms_norm", "swiglu", "rope"})
+    ops = frozenset(OPS)
     torch_ops = True  #: nothing to bind: the models compute these ops anyway
     provider = f"torch {torch.__version__} (PyTorch ops)"
 
@@ -39,6 +49,7 @@ class TorchOps:
     rms_norm = staticmethod(rms_norm)
     swiglu = staticmethod(swiglu)
     rope = staticmethod(rope)
+    add_rms_norm = staticmethod(add_rms_norm)
 
 
 EAGER = TorchOps()
@@ -48,7 +59,7 @@ class LoadedOps:
     """A provider whose operation functions are made on first use (``load()`` returns them by
     name: compiled, or imported kernels), so the factory stays cheap and ``prepare()`` loads them."""
 
-    ops = frozenset({"rms_norm", "swiglu", "rope"})
+    ops = frozenset(OPS)
 
     def __init__(self):
         self._fns = None
@@ -73,14 +84,24 @@ class LoadedOps:
     def rope(self, x, cos, sin):
         return self._get("rope")(x, cos, sin)
 
+    def add_rms_norm(self, x, residual, weight, eps):
+        return self._get("add_rms_norm")(x, residual, weight, eps)
+
 
 class Bound:
     """A provider with PyTorch ops for what it does not implement (what the trainer binds)."""
 
     def __init__(self, provider):
         self.provider = provider
-        for op in ("rms_norm", "swiglu", "rope"):
+        for op in OPS:
             setattr(self, op, getattr(provider, op) if op in provider.ops else getattr(EAGER, op))
+        if "add_rms_norm" not in provider.ops and "rms_norm" in provider.ops:
+            self.add_rms_norm = self._add_then_norm
+
+    def _add_then_norm(self, x, residual, weight, eps):
+        """The residual add as a PyTorch op, then the provider's own norm."""
+        h = x + residual
+        return self.rms_norm(h, weight, eps), h
 
 
 def kernels_of(module) -> object:

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("name", ["eager", "inductor"])
 def test_torch_providers_pass_the_kit(name):
     r = check_kernels(registry().get("kernels", name).make({}))
-    assert set(r["ops"]) == {"rms_norm", "swiglu", "rope"} and len(r["cases"]) == 10
+    assert set(r["ops"]) == {"rms_norm", "swiglu", "rope", "add_rms_norm"} and len(r["cases"]) == 13
 
 
 def test_triton_kernels_pass_the_kit_under_the_interpreter():
@@ -33,7 +33,7 @@ def test_triton_kernels_pass_the_kit_under_the_interpreter():
                        env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT})
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    assert r["n"] == 10 and r["worst"] < 2e-2 and "interpreter" in r["provider"]
+    assert r["n"] == 13 and r["worst"] < 2e-2 and "interpreter" in r["provider"]
 
 
 def test_the_kit_catches_a_wrong_kernel():

@@ -88,6 +88,11 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         return kernels_of(self).rms_norm(x, self.weight.to(x.dtype), self.eps)
 
+    def add(self, x, residual):
+        """``(norm(x + residual), x + residual)``: the residual add before this norm, fused where the
+        provider fuses it (``add_rms_norm``)."""
+        return kernels_of(self).add_rms_norm(x, residual, self.weight.to(x.dtype), self.eps)
+
 
 def rope_inv_freq(rot: int, theta: float, device) -> torch.Tensor:
     """The default RoPE's inverse frequencies (fp32) for ``rot`` rotated dims."""
@@ -172,8 +177,8 @@ class Block(nn.Module):
             self.mlp = MLP(a.dim, a.ffn_dim)
 
     def forward(self, x, rope, meta):
-        x = x + self.self_attn(self.input_layernorm(x), rope, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        y, h = self.post_attention_layernorm.add(self.self_attn(self.input_layernorm(x), rope, meta), x)
+        return h + self.mlp(y)
 
 
 def run_block(block: nn.Module, x, rope, meta):

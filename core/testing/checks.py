@@ -430,6 +430,10 @@ def check_model_family(family: ModelFamily, flavours=None, device: str = "cpu", 
 KERNELS_TOL = 2e-2
 
 
+def _tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
 def check_kernels(provider, device: str = "cpu", tol: float = KERNELS_TOL, compiled: bool = False) -> dict:
     """``provider`` (a :class:`core.contracts.Kernels`, made by its factory) against the float32
     PyTorch ops of :mod:`core.kernels`: each operation it lists in ``ops``, outputs and every input
@@ -462,16 +466,20 @@ def check_kernels(provider, device: str = "cpu", tol: float = KERNELS_TOL, compi
         xs = [t.clone().requires_grad_(i in grad_of) for i, t in enumerate(inputs)]
         if compiled:
             fn = torch.compile(fn, fullgraph=True, dynamic=False)
-        out = fn(*xs)
-        if out.shape != ref_fn(*[t.float() for t in inputs]).shape or out.dtype != inputs[0].dtype:
-            _fail(what, f"{op} {case}: returned {tuple(out.shape)} {out.dtype}; expected the input's shape and dtype")
-        g = torch.randn(out.shape, device=device, generator=gen).bfloat16()
-        grads = torch.autograd.grad(out, [xs[i] for i in grad_of], g)
+        outs = fn(*xs)  # one tensor, or a tuple (add_rms_norm: the norm and the sum)
+        outs = tuple(outs) if isinstance(outs, (tuple, list)) else (outs,)
+        shapes = [o.shape for o in _tuple(ref_fn(*[t.float() for t in inputs]))]
+        if [o.shape for o in outs] != shapes or any(o.dtype != inputs[0].dtype for o in outs):
+            _fail(what, f"{op} {case}: returned {[(tuple(o.shape), o.dtype) for o in outs]}; expected "
+                        f"{[tuple(x) for x in shapes]} in the input's dtype")
+        gs = [torch.randn(o.shape, device=device, generator=gen).bfloat16() for o in outs]
+        grads = torch.autograd.grad(outs, [xs[i] for i in grad_of], gs)
         rs = [t.detach().float().requires_grad_(i in grad_of) for i, t in enumerate(inputs)]
-        want = ref_fn(*rs)
-        wants = torch.autograd.grad(want, [rs[i] for i in grad_of], g.float())
+        wants_out = _tuple(ref_fn(*rs))
+        wants = torch.autograd.grad(wants_out, [rs[i] for i in grad_of], [g.float() for g in gs])
         errs = {}
-        for name, got, exp in zip(["out"] + [f"d{i}" for i in grad_of], (out, *grads), (want, *wants)):
+        names = ["out"] if len(outs) == 1 else [f"out{i}" for i in range(len(outs))]
+        for name, got, exp in zip(names + [f"d{i}" for i in grad_of], (*outs, *grads), (*wants_out, *wants)):
             errs[name] = _rel(got, exp)
             if not errs[name] < tol:
                 _fail(what, f"{op} {case}: {name} differs from float32 PyTorch ops by {errs[name]:.2e} (relative; "
@@ -484,6 +492,12 @@ def check_kernels(provider, device: str = "cpu", tol: float = KERNELS_TOL, compi
             results[f"rms_norm {rows}x{dim}"] = compare(
                 "rms_norm", f"[{rows}, {dim}]", lambda x, w: provider.rms_norm(x, w, 1e-6),
                 lambda x, w: ref.rms_norm(x, w, 1e-6), [rnd(rows, dim), rnd(dim, scale=0.2, shift=1.0)], (0, 1))
+    if "add_rms_norm" in provider.ops:  # the norm's input is the sum (rounded to bf16, as the block adds)
+        for rows, dim in ((37, 96), (130, 1024), (3, 2560)):
+            results[f"add_rms_norm {rows}x{dim}"] = compare(
+                "add_rms_norm", f"[{rows}, {dim}]", lambda x, r, w: provider.add_rms_norm(x, r, w, 1e-6),
+                lambda x, r, w: ref.add_rms_norm(x, r, w, 1e-6),
+                [rnd(rows, dim), rnd(rows, dim, scale=2.0), rnd(dim, scale=0.2, shift=1.0)], (0, 1, 2))
     if "swiglu" in provider.ops:
         for rows, ffn in ((29, 80), (64, 3072)):
             fused = rnd(rows, 2 * ffn)  # gate and up as the two halves of one GEMM's output (column slices)

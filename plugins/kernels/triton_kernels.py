@@ -1,4 +1,5 @@
-"""``triton``: stepbench's Triton kernels for RMSNorm, SwiGLU and RoPE (``triton_ops``).
+"""``triton``: stepbench's Triton kernels for RMSNorm (alone and after the residual add), SwiGLU and
+RoPE (``triton_ops``).
 
 Runs on a CUDA GPU; on a CPU only under ``TRITON_INTERPRET=1`` (Triton's interpreter: slow, for
 the numerics checks). The kernels are torch custom ops with their backward, opaque to
@@ -51,4 +52,4 @@ def why_not(ctx):
 @hookimpl
 def stepbench_register_kernels(register):
     register("triton", lambda options, ctx: TritonKernels(), why_not,
-             doc="stepbench's Triton kernels: RMSNorm, SwiGLU, RoPE (fwd+bwd, custom ops)")
+             doc="stepbench's Triton kernels: RMSNorm (with the residual add), SwiGLU, RoPE (fwd+bwd, custom ops)")

@@ -6,6 +6,8 @@ dispatch on the host per call, and the op's allocations and reductions are compi
 - ``rms_norm``: one program per row, fp32 inside; backward recomputes ``x * rstd`` from the saved
   per-row ``rstd``, a tile of rows a step, each program over a contiguous run of rows writing one
   fp32 partial weight gradient, which a second kernel sums and casts.
+- ``add_rms_norm``: the residual add in the norm's forward (``h`` written beside ``y``: one read of
+  each input, no separate add kernel); backward is RMSNorm's, adding ``h``'s own gradient to ``dx``.
 - ``swiglu``: ``silu(gate) * up`` and its two gradients, elementwise, fp32 inside; ``gate`` and
   ``up`` may be column slices of one fused GEMM output (any row stride).
 - ``rope``: rotate-half RoPE of one token (all its heads, a [heads, half] tile) per program, the
@@ -71,6 +73,24 @@ def _rms_norm_fwd(X, W, Y, RSTD, stride_x, stride_y, D, eps, BLOCK: tl.constexpr
     cols = tl.arange(0, BLOCK)
     m = cols < D
     x = tl.load(X + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+    _norm_row(x, W, Y, RSTD, row, stride_y, cols, m, D, eps)
+
+
+@triton.jit
+def _add_rms_norm_fwd(X, RES, W, Y, H, RSTD, stride_x, stride_r, stride_y, stride_h, D, eps, BLOCK: tl.constexpr):
+    """h = x + residual (rounded to h's dtype, as the PyTorch add is), then the norm of h."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    m = cols < D
+    x = tl.load(X + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+    r = tl.load(RES + row * stride_r + cols, mask=m, other=0.0).to(tl.float32)
+    h = (x + r).to(H.dtype.element_ty)
+    tl.store(H + row * stride_h + cols, h, mask=m)
+    _norm_row(h.to(tl.float32), W, Y, RSTD, row, stride_y, cols, m, D, eps)
+
+
+@triton.jit
+def _norm_row(x, W, Y, RSTD, row, stride_y, cols, m, D, eps):
     rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / D + eps)
     w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
     tl.store(Y + row * stride_y + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=m)
@@ -78,8 +98,10 @@ def _rms_norm_fwd(X, W, Y, RSTD, stride_x, stride_y, D, eps, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _rms_norm_bwd(DY, X, W, RSTD, DX, DW, stride_dy, stride_x, stride_dx, N, D, rows_per_program,
-                  R: tl.constexpr, BLOCK: tl.constexpr, PREFETCH: tl.constexpr):
+def _rms_norm_bwd(DY, X, W, RSTD, DX, DW, DH, stride_dy, stride_x, stride_dx, stride_dh, N, D, rows_per_program,
+                  R: tl.constexpr, BLOCK: tl.constexpr, PREFETCH: tl.constexpr, HAS_DH: tl.constexpr):
+    """dx (plus DH, the gradient reaching the norm's input by another path, where HAS_DH: the
+    residual of ``add_rms_norm``) and one fp32 partial weight gradient per program."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     m = cols < D
@@ -115,6 +137,8 @@ def _rms_norm_bwd(DY, X, W, RSTD, DX, DW, stride_dy, stride_x, stride_dx, N, D, 
         wdy = w[None, :] * dy
         c = tl.sum(xhat * wdy, 1) / D
         dx = (wdy - xhat * c[:, None]) * rstd[:, None]
+        if HAS_DH:
+            dx += tl.load(DH + r[:, None] * stride_dh + cols[None, :], mask=mk, other=0.0).to(tl.float32)
         tl.store(DX + r[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mk)
         acc += dy * xhat
     tl.store(DW + pid * D + cols, tl.sum(acc, 0), mask=m)
@@ -146,11 +170,13 @@ def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torc
 
 
 def rms_norm_backward_launch(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
-                             config: tuple | None = None, reduce: tuple | None = None
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+                             config: tuple | None = None, reduce: tuple | None = None,
+                             dh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The RMSNorm backward's two kernels (``config``: as ``rms_norm_bwd_config`` returns, or its
-    choice; ``reduce``: as :data:`REDUCE`): ``dx`` and the weight gradient in the weight's dtype."""
+    choice; ``reduce``: as :data:`REDUCE`): ``dx`` (plus ``dh`` where given) and the weight gradient
+    in the weight's dtype."""
     x2, dy2 = _rows(x), _rows(dy)
+    dh2 = _rows(dh) if dh is not None else dy2  # DH is not read without HAS_DH
     n, d = x2.shape
     dx = torch.empty((n, d), dtype=x.dtype, device=x.device)
     dw = torch.empty(d, dtype=weight.dtype, device=x.device)
@@ -158,9 +184,10 @@ def rms_norm_backward_launch(dy: torch.Tensor, x: torch.Tensor, weight: torch.Te
     rows, programs = rms_norm_bwd_grid(n, pps, r, x.device)
     partial = torch.empty((programs, d), dtype=torch.float32, device=x.device)  # every program writes its row
     block = triton.next_power_of_2(d)
-    wrap_triton(_rms_norm_bwd)[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, partial, dy2.stride(0),
-                                            x2.stride(0), dx.stride(0), n, d, rows, R=r, BLOCK=block,
-                                            PREFETCH=bool(prefetch), num_warps=warps)
+    wrap_triton(_rms_norm_bwd)[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, partial, dh2, dy2.stride(0),
+                                            x2.stride(0), dx.stride(0), dh2.stride(0), n, d, rows, R=r,
+                                            BLOCK=block, PREFETCH=bool(prefetch), HAS_DH=dh is not None,
+                                            num_warps=warps)
     block_p, block_d, reduce_warps = reduce or REDUCE
     wrap_triton(_sum_rows_cast)[(triton.cdiv(d, block_d),)](partial, dw, programs, d, BLOCK_P=block_p,
                                                              BLOCK_D=block_d, num_warps=reduce_warps)
@@ -189,6 +216,46 @@ rms_norm_op.register_autograd(_rms_backward, setup_context=_rms_setup)
 
 def rms_norm(x, weight, eps):
     return rms_norm_op(x, weight, float(eps))[0]
+
+
+@torch.library.triton_op("stepbench::add_rms_norm", mutates_args=())
+def add_rms_norm_op(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x2, r2 = _rows(x), _rows(residual)
+    n, d = x2.shape
+    y = torch.empty((n, d), dtype=x.dtype, device=x.device)
+    h = torch.empty((n, d), dtype=x.dtype, device=x.device)
+    rstd = torch.empty(n, dtype=torch.float32, device=x.device)
+    if n:
+        block = triton.next_power_of_2(d)
+        wrap_triton(_add_rms_norm_fwd)[(n,)](x2, r2, weight.contiguous(), y, h, rstd, x2.stride(0), r2.stride(0),
+                                             y.stride(0), h.stride(0), d, eps, BLOCK=block,
+                                             num_warps=8 if block >= 2048 else 4)
+    return y.view(x.shape), h.view(x.shape), rstd
+
+
+@torch.library.triton_op("stepbench::add_rms_norm_backward", mutates_args=())
+def add_rms_norm_backward_op(dy: torch.Tensor, dh: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
+                             rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return rms_norm_backward_launch(dy, h, weight, rstd, dh=dh)
+
+
+def _add_rms_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], inputs[2], output[2])
+
+
+def _add_rms_backward(ctx, dy, dh, _drstd):
+    h, weight, rstd = ctx.saved_tensors
+    dx, dw = add_rms_norm_backward_op(dy, dh, h, weight, rstd)
+    return dx, dx, dw, None  # x and residual reach h alike
+
+
+add_rms_norm_op.register_autograd(_add_rms_backward, setup_context=_add_rms_setup)
+
+
+def add_rms_norm(x, residual, weight, eps):
+    y, h, _ = add_rms_norm_op(x, residual, weight, float(eps))
+    return y, h
 
 
 # ------------------------------------------------------------------------------------- SwiGLU

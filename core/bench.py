@@ -27,7 +27,7 @@ import traceback
 import uuid
 
 from core.measure import say
-from core.errors import ignore_further_ctrl_c, stopped
+from core.errors import StdoutError, ignore_further_ctrl_c, stopped
 from core.resolve import UserError, first_line
 from core.sweep import CHILD_ENV
 
@@ -560,6 +560,14 @@ def check_launch(env) -> None:
     if dirty is not None and not commit:
         raise UserError("STEPBENCH_GIT_DIRTY is read only with STEPBENCH_GIT_COMMIT (the commit a copy without .git "
                         "ran): set both, or unset STEPBENCH_GIT_DIRTY and let git say")
+    logs = env.get("TORCH_LOGS", "")
+    if logs.strip():  # torch parses it as it is imported, and a bad one fails that import
+        try:
+            import torch  # noqa: F401
+        except ValueError:
+            raise UserError(f"TORCH_LOGS={logs!r} is not a setting torch takes (a comma-separated list of log and "
+                            "artifact names, e.g. TORCH_LOGS=recompiles; TORCH_LOGS=help lists them): fix it, or "
+                            "unset TORCH_LOGS") from None
     from core.paths import autoload_disabled
 
     try:  # the plugin switch, before anything reads it
@@ -713,6 +721,9 @@ def plugin_option_hint(group: str, key: str, overrides: list[str]) -> str:
 
 
 def main() -> None:
+    from core.errors import BROKEN_PIPE_STATUS, drop_stdout, guard_stdout
+
+    guard_stdout()
     try:
         _main()
     except KeyboardInterrupt:  # before the row started (reading configs): nothing written
@@ -720,6 +731,13 @@ def main() -> None:
         words, status = stopped()
         say(f"{words}: nothing was measured")
         sys.exit(status)
+    except StdoutError as e:  # --list into a full disk (a row's own line says where its row is)
+        drop_stdout()
+        say(f"standard output cannot be written ({e.strerror}): send it elsewhere (> FILE)")
+        sys.exit(1)
+    except BrokenPipeError:  # --list | head: its reader has gone
+        drop_stdout()
+        sys.exit(BROKEN_PIPE_STATUS)
 
 
 def _main() -> None:
@@ -735,6 +753,8 @@ def _main() -> None:
     if "--list" in argv:
         try:
             list_plugins()
+        except (StdoutError, BrokenPipeError):
+            raise
         except Exception as e:  # duplicate names, a registration hook that raises
             say(first_line(e) if not hasattr(e, "args") or not e.args else str(e.args[0]))
             sys.exit(2)

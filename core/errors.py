@@ -74,12 +74,51 @@ def drop_stdout() -> None:
 BROKEN_PIPE_STATUS = 141
 
 
-def quiet_broken_pipe(main, *args):
-    """``main(*args)``, then stdout flushed; where stdout's reader has gone (``stepbench --help |
-    head -1``) nothing is printed and the status is :data:`BROKEN_PIPE_STATUS`, not a
-    BrokenPipeError traceback. A ``SystemExit`` (argparse's ``--help``) is returned as its code."""
+class StdoutError(OSError):
+    """Standard output could not be written (a full disk, an I/O error; a closed pipe stays a
+    BrokenPipeError)."""
+
+
+class _Stdout:
+    """``sys.stdout`` whose write errors other than a closed pipe are :class:`StdoutError`, so a
+    tool tells them from a failing output file (:func:`guard_stdout`)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def _call(self, name, *args):
+        try:
+            return getattr(self._inner, name)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise StdoutError(e.errno, e.strerror or str(e)) from None
+
+    def write(self, text):
+        return self._call("write", text)
+
+    def flush(self):
+        return self._call("flush")
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def guard_stdout() -> None:
     import sys
 
+    if sys.stdout is not None and not isinstance(sys.stdout, _Stdout):
+        sys.stdout = _Stdout(sys.stdout)
+
+
+def quiet_broken_pipe(main, *args, name: str = "stepbench"):
+    """``main(*args)``, then stdout flushed; where stdout's reader has gone (``stepbench --help |
+    head -1``) nothing is printed and the status is :data:`BROKEN_PIPE_STATUS`, not a
+    BrokenPipeError traceback; where stdout cannot be written (``> /dev/full``), one line on stderr
+    and status 1. A ``SystemExit`` (argparse's ``--help``) is returned as its code."""
+    import sys
+
+    guard_stdout()
     try:
         try:
             status = main(*args)
@@ -89,6 +128,11 @@ def quiet_broken_pipe(main, *args):
     except BrokenPipeError:
         drop_stdout()
         return BROKEN_PIPE_STATUS
+    except StdoutError as e:
+        drop_stdout()
+        print(f"{name}: standard output cannot be written ({e.strerror}): send it elsewhere (> FILE), the "
+              "files this command writes are written before it prints", file=sys.stderr, flush=True)
+        return 1
     return status
 
 
@@ -106,7 +150,7 @@ def run_main(main, name: str) -> None:
         print(f"{name}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     try:
-        sys.exit(quiet_broken_pipe(main))
+        sys.exit(quiet_broken_pipe(main, name=name))
     except KeyboardInterrupt:
         ignore_further_ctrl_c()
         words, status = stopped()

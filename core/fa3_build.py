@@ -241,10 +241,13 @@ def _probe_folder(path: Path) -> None:
 
 def check_paths(a) -> None:
     """The folders named on the command line, before anything is cloned, built or installed."""
-    from core.results import has_control_char
+    from core.results import has_control_char, too_long
 
     for flag, path in (("--source", a.source), ("--clone", a.clone), ("--cutlass", a.cutlass),
                        ("--wheel-dir", a.wheel_dir), ("--target", a.target)):
+        if path is not None and too_long(path):
+            raise BuildError(f"{flag} {too_long(path)}: name a shorter path, e.g. {flag} "
+                             f"{EXAMPLES.get(flag, '~/src/flash-attention')}")
         if path is not None and has_control_char(str(path)):
             raise BuildError(f"{flag} {str(path)!r} has a control character (a newline, a tab) in its name: name a "
                              f"folder without one, e.g. {flag} {EXAMPLES.get(flag, '~/src/flash-attention')}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import re
+import sys
 from pathlib import Path
 
 from core.published import implementation, model_name
@@ -186,6 +187,12 @@ def plots(rows: list[dict], published: list[dict], out_dir: Path, prefix: str,
     ``<prefix>-plot-<model>-<hardware>.png``, and return their paths ([] without matplotlib).
     ``views``: {config_key: {"same": row or None, "best": row or None}} from the caller; without it,
     "same" is our fastest native row of the configuration and "best" is left out."""
+    import os
+
+    # PNG files: matplotlib's Agg whatever MPLBACKEND says (a bogus one fails matplotlib's import);
+    # set before the first import of matplotlib in this process
+    if "matplotlib" not in sys.modules:
+        os.environ["MPLBACKEND"] = "Agg"
     try:
         import matplotlib
 

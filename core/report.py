@@ -446,7 +446,7 @@ def _breaks(r, baseline, sources, a) -> BaseException | None:
 
 def main(argv=None) -> int:
     from core.cli import arg_parser
-    from core.results import BASELINE, ResultsError, check_output, write_atomic
+    from core.results import BASELINE, ResultsError, check_output, too_long, write_atomic
 
     ap = arg_parser("core.report", __doc__.splitlines()[0],
                     "--results benchmarks/results --out benchmarks/BENCHMARKS.md")
@@ -485,6 +485,8 @@ def main(argv=None) -> int:
                             *(("--results", r, "benchmarks/results") for r in a.results)):
             if not str(v).strip():
                 raise ReportError(f"{flag} is empty: name a file or folder, e.g. {flag} {eg}")
+            if too_long(v):
+                raise ReportError(f"{flag} {too_long(v)}: name a shorter path, e.g. {flag} {eg}")
         if a.save_baseline:
             base_out = check_output(a.baseline, "--baseline", "benchmarks/baseline.jsonl", a.results,
                                     "an input (one of the --results)", holds=BASELINE)

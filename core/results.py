@@ -39,12 +39,29 @@ def has_control_char(text: str) -> bool:
     return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
+#: the longest path a Linux system call takes (PATH_MAX, its terminating NUL included)
+PATH_MAX = 4096
+
+
+def too_long(raw) -> str | None:
+    """Where the path ``raw`` (made absolute) is longer than a system call takes: the reason, its
+    start and its length in one line (the path itself may be pages long); else None."""
+    try:
+        n = len(os.fsencode(os.path.abspath(os.path.expanduser(str(raw)))))
+    except (ValueError, OSError):  # a NUL byte, a vanished working directory: said by the checks after
+        return None
+    return f"{str(raw)[:40]}... is {n} bytes as a full path, above the {PATH_MAX - 1} a path may have" \
+        if n >= PATH_MAX else None
+
+
 def _destination(raw: str, what: str, example: str, replaced: bool = True) -> Path:
     """The regular file (existing, or to be created in an existing folder) a path names, following
     symbolic links: refuses what a row or a report cannot be written into whole (a folder, a FIFO, a
     device, a link into a missing folder or a loop, a name longer than the filesystem takes)."""
     sep = "" if what.endswith("=") else " "
     arg, eg = f"{what}{sep}{raw}", f"{what}{sep}{example}"
+    if too_long(raw):
+        raise ResultsError(f"{what}{sep}{too_long(raw)}: name a shorter path, e.g. {eg}")
     if any(len(part.encode()) > 255 for part in Path(raw).parts):  # before the filesystem is asked
         raise ResultsError(f"{arg}: a name in it is longer than the 255 bytes a filesystem takes: name a "
                            f"shorter file, e.g. {eg}")

@@ -1470,15 +1470,23 @@ def test_the_tools_refuse_an_autoload_switch_that_is_neither_on_nor_off(tool):
 
 
 #: round fourteen (the left-overs of round thirteen, then the fresh pass's failures)
+LONG = "/".join(["d" * 200] * 25)  # 5000 bytes: each name fits a filesystem, the path no system call
 CASES_14 = [
     (B, ["adapter=lora", "adapter.alpha=1e-30"], "adapter.alpha=1e-30 is below 0.01"),
     (B, ["adapter=lora", "adapter.alpha=0.001"], "adapter.alpha=0.001 is below 0.01"),
+    (B, [f"results={{tmp}}/{LONG}/r.jsonl"], "bytes as a full path, above the 4095 a path may have"),
+    ("report", ["--results", f"{{tmp}}/{LONG}/r.jsonl"], "bytes as a full path, above the 4095"),
+    ("report", ["--results", "{rows}", "--out", f"{{tmp}}/{LONG}/B.md"], "bytes as a full path, above the 4095"),
+    ("predict", ["--published", "--out", f"{{tmp}}/{LONG}/P.md", "--rows", "{tmp}/P.jsonl"],
+     "bytes as a full path, above the 4095"),
+    ("fa3_build", ["--source", f"{{tmp}}/{LONG}"], "bytes as a full path, above the 4095"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES_14, ids=[_case_id(c) for c in CASES_14])
 def test_round_fourteen_one_line_status_2(case, tmp_path, capsys, monkeypatch):
-    """Round fourteen: a LoRA alpha that scales the update to nothing was taken."""
+    """Round fourteen: a LoRA alpha that scales the update to nothing was taken; a path longer than
+    PATH_MAX (each name short enough) was a traceback (ENAMETOOLONG) in every tool."""
     test_bad_input_one_line_status_2(case, tmp_path, capsys, monkeypatch)
 
 
@@ -1492,3 +1500,37 @@ def test_options_after_a_sweep_file_that_every_row_refuses_stop_it_at_once(tmp_p
     assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
     assert lines[0].startswith("stepbench: +peer=prime_rl (after +sweep=): row 1 (") and "peer.path=" in lines[0]
     assert not res.exists()
+
+
+def _tool(args: list[str], env: dict | None = None, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=300)
+
+
+def test_torch_logs_torch_refuses_is_one_line_before_the_row(tmp_path):
+    """TORCH_LOGS that torch cannot parse failed torch's import inside Hydra's job: a traceback."""
+    p = _tool(["core.bench", "model=qwen3_tiny", "device=cpu", f"results={tmp_path}/r.jsonl"], {"TORCH_LOGS": "bogus_x"})
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "TORCH_LOGS='bogus_x' is not a setting torch takes" in lines[0], \
+        p.stderr[-2000:]
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_the_report_draws_its_plots_whatever_mplbackend_says(tmp_path):
+    """MPLBACKEND=bogus failed matplotlib's import in the report (a traceback, no report)."""
+    p = _tool(["core.report", "--results", str(RESULT_INPUT), "--out", str(tmp_path / "B.md")], {"MPLBACKEND": "bogus"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (tmp_path / "B.md").is_file() and list(tmp_path.glob("B-plot-*.png"))
+
+
+@pytest.mark.parametrize("args", [["core.report", "--results", str(RESULT_INPUT), "--out", "{tmp}/B.md"],
+                                  ["core.bench", "--list"]], ids=["report", "bench --list"])
+def test_stdout_on_a_full_disk_is_one_line_and_status_1(args, tmp_path):
+    """stdout that cannot be written (> /dev/full) was a traceback (report, predict) or 'stepbench: 28'
+    (bench --list); the report's file is written before it prints."""
+    with open("/dev/full", "w") as full:
+        p = _tool([a.replace("{tmp}", str(tmp_path)) for a in args], stdout=full)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 1 and len(lines) == 1, p.stderr[-2000:]
+    assert "standard output cannot be written (No space left on device)" in lines[0]
+    assert args[0] != "core.report" or (tmp_path / "B.md").is_file()

@@ -285,6 +285,11 @@ def check_overrides(argv: list[str]):
     if flagged and any(o.key_or_group == "sweep" for o in parsed):
         raise UserError("+sweep=... is a sweep already: leave -m out (or sweep with -m and lists, without +sweep)")
     multirun = flagged or any(o.key_or_group == "sweep" for o in parsed)
+    sweep_file = next((o for o in parsed if o.key_or_group == "sweep" and not o.is_sweep_override()), None)
+    if sweep_file is not None and isinstance(sweep_file.value(), str):  # before Hydra reads (and expands) it
+        from core.sweep import no_defaults_list
+
+        no_defaults_list(sweep_file.value())
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
@@ -305,6 +310,8 @@ def check_overrides(argv: list[str]):
                                     f"(e.g. {plus}{group}={near})")
             if group in APPENDED and o.input_line.startswith(group):
                 raise UserError(f"'{group}' is an appended group: type +{o.input_line}")
+        if flagged:  # before any list of values is made: range(128, 10**9, 128) is millions
+            check_sweep_size(parsed)
         for o in parsed:
             if o.is_sweep_override() and multirun and not flagged:  # +sweep=NAME: its rows come from its file
                 raise UserError(f"'{o.input_line}' lists several values, and +sweep=... takes its rows from "
@@ -316,8 +323,8 @@ def check_overrides(argv: list[str]):
             if o.is_sweep_override() and not list(o.sweep_string_iterator()):
                 raise UserError(f"'{o.input_line}' sweeps over no value: give at least one")
             if o.is_sweep_override():
-                vals = list(o.sweep_string_iterator())
-                twice = next((v for i, v in enumerate(vals) if v in vals[:i]), None)
+                seen: set = set()
+                twice = next((v for v in o.sweep_string_iterator() if v in seen or seen.add(v)), None)
                 if twice is not None:  # the same row twice in one call (with redo=true, measured twice)
                     raise UserError(f"'{o.input_line}' lists {twice} twice: give each value once (repeats=N measures "
                                     "a row N times)")
@@ -381,11 +388,8 @@ def check_sweep_values(parsed, overrides: list[str]) -> None:
     from core.options import OptionError, conf_dir, validate
 
     fixed = [x for x in overrides if not OverridesParser.create().parse_override(x).is_sweep_override()]
-    n = sum(len(list(o.sweep_string_iterator())) for o in parsed
-            if o.is_sweep_override() and o.key_or_group not in GROUPS)
-    if n > 20:  # each value is composed and validated: say so before a long silence
-        say(f"checking the {n} values the sweep lists before its first row ...")
-    from core.sweep import Ticker
+    n = sum(sweep_count(o) for o in parsed if o.is_sweep_override() and o.key_or_group not in GROUPS)
+    from core.sweep import Ticker  # each value is composed and validated: a line every ten seconds
 
     ticker, checked = Ticker(n, "values checked"), 0
     for o in parsed:
@@ -410,6 +414,30 @@ def check_sweep_values(parsed, overrides: list[str]) -> None:
 
 #: sweeps with more rows than this are not resolved up front (their rows still refuse themselves)
 MAX_CHECKED_ROWS = 256
+#: the most rows one sweep may have (ten thousand rows of the shortest CPU row are hours; a range
+#: typed with a missing step is millions)
+MAX_SWEEP_ROWS = 10_000
+
+
+def sweep_count(o) -> int:
+    """How many values a swept override lists, without listing them (``range(128, 10**9, 128)``)."""
+    from hydra.core.override_parser.types import RangeSweep
+
+    v = o.value()
+    if isinstance(v, RangeSweep) and v.step:
+        return max(0, math.ceil((v.stop - v.start) / v.step))
+    return sum(1 for _ in o.sweep_string_iterator())
+
+
+def check_sweep_size(parsed) -> None:
+    """A ``-m`` sweep of more than :data:`MAX_SWEEP_ROWS` rows is refused before its values are listed."""
+    swept = [o for o in parsed if o.is_sweep_override()]
+    counts = [(o, sweep_count(o)) for o in swept]
+    rows = math.prod(c for _, c in counts)
+    if rows > MAX_SWEEP_ROWS:
+        big = max(counts, key=lambda oc: oc[1])[0]
+        raise UserError(f"this sweep has {rows:,} rows, more than the {MAX_SWEEP_ROWS:,} one sweep may have "
+                        f"({big.input_line} alone lists {sweep_count(big):,}): list fewer values, or split it")
 
 
 def check_sweep_rows(parsed, overrides: list[str]) -> None:
@@ -450,6 +478,10 @@ def contradictions(parsed, cfg) -> None:
             raise UserError(f"{o.input_line}: a model's family comes with its entry (model={chose.get('model', 'auto')}"
                             "), and another family's code would build another model under its name: pick the model "
                             "instead, e.g. model=qwen3_moe_tiny (python -m core.bench --list)")
+        if key in ("redo", "repeats", "row_timeout_s") and o.is_sweep_override() \
+                and len(set(o.sweep_string_iterator())) > 1:
+            raise UserError(f"{o.input_line}: {key} applies to the whole sweep, so it takes one value: give it one "
+                            f"(e.g. {key}={next(iter(o.sweep_string_iterator()))}), or run the sweep once per value")
         if key in NOT_IN_KEY and o.is_sweep_override() and len(list(o.sweep_string_iterator())) > 1 \
                 and cfg.get("redo") is not True:
             raise UserError(f"{o.input_line}: {key} is not part of a row's key, so the sweep would measure its first "
@@ -557,6 +589,9 @@ def check_launch(env) -> None:
     if dirty and dirty not in ("0", "1"):
         raise UserError(f"STEPBENCH_GIT_DIRTY={dirty!r} is not 0 or 1 (whether the copy has uncommitted changes): set "
                         "STEPBENCH_GIT_DIRTY=0 or 1")
+    if commit and dirty == "0" and commit.endswith("-dirty"):
+        raise UserError(f"STEPBENCH_GIT_COMMIT={commit!r} says the copy had changes and STEPBENCH_GIT_DIRTY=0 says it "
+                        "had none: drop -dirty, or set STEPBENCH_GIT_DIRTY=1")
     if dirty is not None and not commit:
         raise UserError("STEPBENCH_GIT_DIRTY is read only with STEPBENCH_GIT_COMMIT (the commit a copy without .git "
                         "ran): set both, or unset STEPBENCH_GIT_DIRTY and let git say")

@@ -50,14 +50,19 @@ def lora_params(a: ModelArgs, rank: int, experts: bool = True, targets=None) -> 
     if a.lora_dims is not None:
         linear = sum(n for name, n in a.lora_dims if targets is None or name in targets)
         return rank * (linear + (sum(n for _, n in a.expert_dims or ()) if experts else 0))
-    attn = rank * (2 * a.dim + 2 * a.n_heads * a.head_dim + 2 * (a.dim + a.n_kv_heads * a.head_dim))
+    def on(*names) -> int:  # how many of these layers LoRA adapts (``targets``: the names it adapts)
+        return sum(1 for n in names if targets is None or n in targets)
+
+    q, kv = a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
+    attn = rank * (on("q_proj") * (a.dim + q) + on("k_proj", "v_proj") * (a.dim + kv) + on("o_proj") * (q + a.dim))
     total = 0
     for i in range(a.n_layers):
         if a.is_moe_layer(i):
             mlp = a.n_experts * rank * 3 * (a.dim + a.moe_ffn_dim) if experts else 0
-            mlp += rank * 3 * (a.dim + a.moe_ffn_dim * a.n_shared_experts) if a.n_shared_experts else 0
+            if a.n_shared_experts:
+                mlp += rank * on("gate_proj", "up_proj", "down_proj") * (a.dim + a.moe_ffn_dim * a.n_shared_experts)
         else:
-            mlp = rank * 3 * (a.dim + a.ffn_dim)
+            mlp = rank * on("gate_proj", "up_proj", "down_proj") * (a.dim + a.ffn_dim)
         total += attn + mlp
     return total
 

@@ -72,7 +72,14 @@ def _tag(v):
     if isinstance(v, float) and not math.isfinite(v):
         raise OptionError(f"tag={v} is read as a number a row cannot store (JSON has no {v}): quote it for Hydra "
                           f"inside the shell's quotes, e.g. \"tag='{v}'\"")
+    if len(str(v)) > TAG_MAX:  # it is in every printed row and table: a label, not a document
+        raise OptionError(f"tag is {len(str(v)):,} characters, more than the {TAG_MAX} a row's label may have: "
+                          "shorten it, e.g. tag=fa3-ab")
     return v
+
+
+#: the longest ``tag`` (a row's label, printed with it)
+TAG_MAX = 200
 
 
 def _not_text(name, v):
@@ -290,6 +297,12 @@ def _typed(name: str, v, default):
         _float(name, v, 0.0, example=default, strict=group == "hardware")
     elif isinstance(default, list) and not isinstance(v, (list, tuple)):
         raise OptionError(f"{name} must be a list (got {v!r}): try {name}=[{','.join(map(str, default))}]")
+    elif isinstance(default, list):  # a set of names: one twice would key the same row anew
+        seen: list = []
+        twice = next((x for x in v if x in seen or seen.append(x)), None)
+        if twice is not None:
+            raise OptionError(f"{name} lists {twice} twice: give each once, e.g. "
+                              f"{name}=[{','.join(map(str, dict.fromkeys(v)))}]")
     if name in PLUGIN_PATTERNS and isinstance(v, (list, tuple)):
         import re
 

@@ -360,6 +360,9 @@ def sweep_file_rows(node, name: str) -> list[list[str]]:
             if key == "sweep" or key.startswith("sweep."):
                 raise UserError(f"{where}: row {i} ({o}) would start a sweep inside the sweep: list that sweep's rows "
                                 "in this file instead")
+            if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+                raise UserError(f"{where}: row {i} ({o}): Hydra's own settings are stepbench's (outputs under "
+                                f"runs/hydra): leave {key} out")
             if key in SWEEP_KEYS:
                 raise UserError(f"{where}: row {i} sets {key}, which belongs to the whole sweep, not to a row: put "
                                 f"{key}=... after +sweep={name} on the command line")
@@ -373,8 +376,10 @@ SWEEP_KEYS = ("results", "redo", "repeats", "row_timeout_s")
 
 
 def no_defaults_list(name: str) -> None:
-    """A sweep file with a Hydra ``defaults:`` list (which Hydra merges away before stepbench sees the
-    file) is refused with one line: a sweep file is its name and its own rows."""
+    """A sweep file that Hydra would expand or merge before stepbench sees it is refused with one
+    line: YAML anchors and aliases (a few lines of aliases are billions of rows: checked on the
+    file's tokens, before anything is built), and a Hydra ``defaults:`` list. A sweep file is its
+    name and its own rows. Called before Hydra composes the file."""
     import yaml
 
     from core.options import conf_dir
@@ -383,15 +388,20 @@ def no_defaults_list(name: str) -> None:
 
     for folder in (conf_dir(), *plugin_conf_dirs()):
         path = folder / "sweep" / f"{name}.yaml"
+        if not path.is_file():
+            continue
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+            text = path.read_text(encoding="utf-8")
+            if any(isinstance(t, (yaml.AliasToken, yaml.AnchorToken)) for t in yaml.scan(text)):
+                raise UserError(f"+sweep={name} ({path.name}) uses YAML anchors or aliases (&name, *name), which a "
+                                "sweep file does not take: write each row out")
+            raw = yaml.safe_load(text)
         except (OSError, ValueError, yaml.YAMLError):
             return  # Hydra itself says what is wrong with the file
         if isinstance(raw, dict) and "defaults" in raw:
             raise UserError(f"+sweep={name} ({path.name}) has a defaults list, which a sweep file does not take (only "
                             "name and rows): list the rows in this file")
-        if raw is not None:
-            return
+        return
 
 
 def run_sweep_config(cfg, base_overrides: list[str]) -> None:

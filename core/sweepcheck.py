@@ -5,7 +5,7 @@ composed and checked exactly as its row will be (:func:`core.bench.contradiction
 :func:`core.resolve.resolve`, which allocates nothing, and the peer's check); the first one refused
 for its input is the sweep's one line (status 2). A row this machine cannot run
 (:class:`core.errors.NotHereError`: predicted not to fit, a backend or GPU missing) is let through:
-it runs, and fails as a row beside the others. Status 0: every row resolves (or fails only for the
+it runs, and fails as a row beside the others (its one line on stderr, status 2). Status 0: every row resolves (or fails only for the
 machine, or for a reason resolving cannot tell).
 """
 
@@ -80,8 +80,8 @@ def main() -> int:
               file=sys.stderr, flush=True)
         return 2
     line = first_refusal(spec["fixed"], spec["combos"])
-    if line:
-        print(line, flush=True)
+    if line:  # a refusal, like every tool's: one line on stderr
+        print(f"stepbench: {line}", file=sys.stderr, flush=True)
         return 2
     return 0
 

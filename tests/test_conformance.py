@@ -87,8 +87,8 @@ def test_adapter_full_predicts_its_counts_exactly():
 
 
 @pytest.mark.parametrize("args,extra", [(None, {}), (QWEN3_MOE["tiny"], {}), (QWEN3_MOE["tiny"], {"experts": "none"}),
-                                        (None, {"replicate": False})],
-                         ids=["dense", "moe-grouped", "moe-experts-none", "sharded-by-fsdp2"])
+                                        (None, {"replicate": False}), (None, {"targets": ["q_proj", "down_proj"]})],
+                         ids=["dense", "moe-grouped", "moe-experts-none", "sharded-by-fsdp2", "some-targets"])
 def test_adapter_lora(dist_group, args, extra):
     out = kit.check_adapter(make("adapter", {**options("adapter", "lora"), **extra}), args=args)
     assert out["counts"]["fully_trainable"] == 0 and out["fsdp"] == (extra.get("replicate") is False)
@@ -98,6 +98,9 @@ def test_adapter_lora_glm_shared_experts():
     """GLM's shared expert is an MLP whose gate/up/down peft adapts: counted in the prediction."""
     kit.check_adapter(make("adapter", {**options("adapter", "lora"), "experts": "none"}), args=GLM4_MOE["tiny"],
                       run_step=False)
+    # adapter.targets counted in the prediction (round fourteen: predict ignored them)
+    kit.check_adapter(make("adapter", {**options("adapter", "lora"), "experts": "none", "targets": ["k_proj", "up_proj"]}),
+                      args=GLM4_MOE["tiny"], run_step=False)
 
 
 # ------------------------------------------------------------------------------------ weight sync

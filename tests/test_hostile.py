@@ -841,6 +841,7 @@ LAUNCH = [
     ({"STEPBENCH_CHILD_ROW_ID": "abc"}, "this row was not started by one"),
     ({"STEPBENCH_CHILD_ROW_ID": "abc", "STEPBENCH_CHILD_OF": "1"}, "this row was not started by one"),
     ({"STEPBENCH_CHILD_ROW_ID": "abc", "STEPBENCH_CHILD_OF": "4194305"}, "this row was not started by one"),
+    ({"STEPBENCH_GIT_COMMIT": "abcdef1-dirty", "STEPBENCH_GIT_DIRTY": "0"}, "drop -dirty, or set STEPBENCH_GIT_DIRTY=1"),
 ]
 
 
@@ -936,10 +937,12 @@ def test_sweep_check_lets_rows_this_machine_cannot_run_through():
 
     not_here = check(["model=qwen3_tiny", "device=cpu"], [["max_memory_gib=0.01", "+attn=sdpa"],
                                                           ["max_memory_gib=64", "+attn=fa3"]])
-    assert not_here.returncode == 0 and not not_here.stdout.strip(), not_here.stdout + not_here.stderr[-2000:]
+    assert not_here.returncode == 0 and not not_here.stderr.strip(), not_here.stdout + not_here.stderr[-2000:]
     bad = check(["device=cpu", "+attn=sdpa"], [["model=qwen3_tiny", "fuse=false"], ["model=hf_qwen3_tiny", "fuse=true"]])
     assert bad.returncode == 2, bad.stdout + bad.stderr[-2000:]
-    assert bad.stdout.strip().startswith("the row model=qwen3_tiny fuse=false: fuse=false unfuses"), bad.stdout
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]  # round fourteen: on stderr, as every refusal
+    assert len(lines) == 1 and not bad.stdout.strip(), bad.stdout + bad.stderr
+    assert lines[0].startswith("stepbench: the row model=qwen3_tiny fuse=false: fuse=false unfuses"), lines
 
 
 def test_a_short_write_leaves_no_torn_row(tmp_path, monkeypatch):
@@ -1184,6 +1187,8 @@ def test_round_thirteen_one_line_status_2(case, tmp_path, capsys, monkeypatch):
     ({"rows": ["tag=a#b"]}, "cannot parse 'tag=a#b'"),
     ({"rows": ["tag=${oc.env:HOME}"]}, "interpolations (${...}) are not taken in a row"),
     ({"name": ["a", "b"], "rows": ["steps=2"]}, "not a name"),
+    ({"rows": ["steps=2 hydra.job.chdir=true"]}, "Hydra's own settings are stepbench's"),  # round fourteen
+    ({"rows": ["steps=2 hydra/job_logging=none"]}, "Hydra's own settings are stepbench's"),
 ])
 def test_a_sweep_file_row_is_one_row_of_overrides(body, first):
     """Round thirteen: a row holding +sweep= deadlocked on its parent's results lock; results=,
@@ -1480,6 +1485,16 @@ CASES_14 = [
     ("predict", ["--published", "--out", f"{{tmp}}/{LONG}/P.md", "--rows", "{tmp}/P.jsonl"],
      "bytes as a full path, above the 4095"),
     ("fa3_build", ["--source", f"{{tmp}}/{LONG}"], "bytes as a full path, above the 4095"),
+    ("fa3_build", ["--clone", f"{{tmp}}/{LONG}"], "bytes as a full path, above the 4095"),
+    ("report", ["--results", "{rows}", "--save-baseline", "--baseline", f"{{tmp}}/{LONG}/b.jsonl"],
+     "bytes as a full path, above the 4095"),
+    (B, ["-m", "seq_len=range(128,1000000000,128)"], "this sweep has 7,812,499 rows, more than the 10,000"),
+    (B, ["-m", "seed=0", "redo=true,false"], "redo applies to the whole sweep, so it takes one value"),
+    (B, ["-m", "seed=0,1", "redo=true", "repeats=1,2"], "repeats applies to the whole sweep"),
+    (B, ["-m", "seq_len=range(0,3200,128)"], "seq_len must be a positive multiple of 128 (got 0)"),  # one line
+    (B, ["+ac=selective", "ac.save=[attention,attention]"], "ac.save lists attention twice"),
+    (B, ["adapter=lora", "adapter.targets=[q_proj,q_proj]"], "adapter.targets lists q_proj twice"),
+    (B, ["tag=" + "x" * 300], "tag is 300 characters, more than the 200"),
 ]
 
 

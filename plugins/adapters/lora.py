@@ -98,6 +98,10 @@ class LoRA(Adapter):
                                     or not targets or not all(isinstance(t, str) and t.strip() for t in targets)):
             raise ValueError(f"adapter.targets={targets!r} is not a list of layer names: e.g. "
                              "adapter.targets=[q_proj,v_proj], or leave it out (every linear layer of the blocks)")
+        if targets is not None and len(set(targets)) < len(targets):  # the same adapter, keyed as another row
+            twice = next(t for i, t in enumerate(targets) if t in targets[:i])
+            raise ValueError(f"adapter.targets lists {twice} twice: give each once, e.g. "
+                             f"adapter.targets=[{','.join(dict.fromkeys(targets))}]")
         self.rank, self.alpha = rank, alpha
         self.chosen = list(targets) if targets else None  # adapter.targets=[...]: the user's, else the model's
         self.targets = list(targets or DENSE_TARGETS)

@@ -342,7 +342,7 @@ def check_output(value, flag: str, example: str, inputs=(), what: str = "an inpu
 def append_row(path: str | Path, row: dict) -> None:
     """Append one row as a single write, flushed and fsynced (an interrupted sweep loses nothing).
     A torn last line is closed first, so it never merges with this row."""
-    path = Path(path)
+    path = Path(path).expanduser()  # '~/rows.jsonl' quoted past the shell: the home folder, as it was checked
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row, sort_keys=True, default=str) + "\n").encode("utf-8")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -371,7 +371,7 @@ def read_rows(*paths: str | Path) -> tuple[list[dict], list[str]]:
     one ``file:line: reason`` per line that could not be read."""
     rows, problems, files = [], [], []
     for p in paths:
-        p = Path(p)
+        p = Path(p).expanduser()
         files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
     seen = set()
     for f in files:

@@ -396,8 +396,16 @@ def no_defaults_list(name: str) -> None:
                 raise UserError(f"+sweep={name} ({path.name}) uses YAML anchors or aliases (&name, *name), which a "
                                 "sweep file does not take: write each row out")
             raw = yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError):
-            return  # Hydra itself says what is wrong with the file
+        except yaml.YAMLError as e:  # also a !!python tag (Hydra's loader refuses it as well)
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            what = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise UserError(f"+sweep={name} ({path}) is not a sweep file's YAML{at} ({what}): fix it, e.g. "
+                            "name: mine and rows: ['model=qwen3_0_6b +attn=fa3']") from None
+        except ValueError:  # not UTF-8 text
+            raise UserError(f"+sweep={name} ({path}) is not UTF-8 text: a sweep file is YAML (name: and rows:)") from None
+        except OSError:
+            return  # unreadable: Hydra itself says so
         if isinstance(raw, dict) and "defaults" in raw:
             raise UserError(f"+sweep={name} ({path.name}) has a defaults list, which a sweep file does not take (only "
                             "name and rows): list the rows in this file")
@@ -507,7 +515,7 @@ def results_lock(results: str):
     exclusively: two sweeps writing one results file take turns at a row (check what is done,
     measure, write), so neither measures a key the other has done, whether they name it by one
     path, through a symbolic link or by another hard link."""
-    real = Path(os.path.realpath(results))
+    real = Path(os.path.realpath(os.path.expanduser(results)))
     path = real.with_name(real.name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f, open(real, "a") as rows:  # the rows file's lock follows its inode

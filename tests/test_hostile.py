@@ -90,6 +90,9 @@ HF_CONFIGS = {
     "llava.json": {"model_type": "llava", "text_config": {**HF_OK, "model_type": "llama"}},
     "bigint.json": '{"model_type": "qwen3", "hidden_size": ' + "9" * 5000 + "}",
     # round thirteen: transformers 5 keeps rope_theta in rope_parameters; NaN factors; storage fields
+    "init_nan.json": '{"model_type": "qwen3", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, '
+                     '"num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 512, '
+                     '"initializer_range": NaN}',
     "rp_theta0.json": {**HF_OK, "model_type": "llama", "rope_parameters": {"rope_type": "default", "rope_theta": 0}},
     "rp_theta_neg.json": {**HF_OK, "model_type": "llama", "rope_parameters": {"rope_type": "default",
                                                                               "rope_theta": -10000}},
@@ -1495,6 +1498,10 @@ CASES_14 = [
     (B, ["+ac=selective", "ac.save=[attention,attention]"], "ac.save lists attention twice"),
     (B, ["adapter=lora", "adapter.targets=[q_proj,q_proj]"], "adapter.targets lists q_proj twice"),
     (B, ["tag=" + "x" * 300], "tag is 300 characters, more than the 200"),
+    (B, ["model=hf_qwen3_tiny", "+model.config.num_hidden_layer=4"], "did you mean model.config.num_hidden_layers?"),
+    (B, [*hf("init_nan.json")], "initializer_range must be a number above 0 (got nan)"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "adapter=lora", "adapter.targets=[q_proj,q_proj]"],
+     "adapter.targets lists q_proj twice"),
 ]
 
 
@@ -1549,3 +1556,48 @@ def test_stdout_on_a_full_disk_is_one_line_and_status_1(args, tmp_path):
     assert p.returncode == 1 and len(lines) == 1, p.stderr[-2000:]
     assert "standard output cannot be written (No space left on device)" in lines[0]
     assert args[0] != "core.report" or (tmp_path / "B.md").is_file()
+
+
+BOMB = "name: bomb\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("bcdefg", "cdefgh")) + "rows: [*h]\n"
+
+
+@pytest.mark.parametrize("text,first", [
+    (BOMB, "uses YAML anchors or aliases"),  # nine to the eighth rows: Hydra never came back
+    ("name: x\nrows: [a\n", "is not a sweep file's YAML at line 3"),
+    ("name: !!python/object:os.system x\nrows: [steps=2]\n", "could not determine a constructor"),
+    (b"\xff\xfe\x00bin", "is not UTF-8 text"),
+], ids=["alias bomb", "bad yaml", "python tag", "binary"])
+def test_a_sweep_file_hydra_cannot_take_is_one_line_naming_it(text, first, tmp_path, monkeypatch):
+    """Round fourteen: an alias bomb hung the sweep; bad YAML, a !!python tag or a binary file was
+    "bad override: ..." naming no file. Checked on the file before Hydra reads it."""
+    import core.options
+    from core.resolve import UserError
+    from core.sweep import no_defaults_list
+
+    (tmp_path / "sweep").mkdir()
+    f = tmp_path / "sweep" / "mine.yaml"
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    monkeypatch.setattr(core.options, "conf_dir", lambda: tmp_path)
+    with pytest.raises(UserError) as e:
+        no_defaults_list("mine")
+    assert first in str(e.value) and "mine.yaml" in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_quoted_tilde_in_results_is_the_home_folder(tmp_path):
+    """Round fourteen: results='~/r.jsonl' (quoted past the shell, as the hint for the unquoted form
+    says) passed the check of ~/r.jsonl and then made a folder named '~' in the current folder."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir(), here.mkdir()
+    p = subprocess.run([sys.executable, "-m", "core.bench", "results='~/r.jsonl'", "model=qwen3_tiny", "device=cpu",
+                        "steps=2", "seq_len=128"], cwd=here, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(home)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert len(read_rows_of(home / "r.jsonl")) == 1 and not (here / "~").exists()
+
+
+def read_rows_of(path):
+    from core.results import load_rows
+
+    return load_rows(path)

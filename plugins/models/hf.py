@@ -268,7 +268,8 @@ def check_shapes(d: dict) -> None:
 #: config fields that must be above 0 where present (None allowed), with an example value
 POSITIVE_NUMBERS = {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "decoder_sparse_step": 1,
                     "router_aux_loss_coef": 0.001, "routed_scaling_factor": 1.0, "rope_local_base_freq": 10000.0,
-                    "sliding_window_pattern": 6, "n_group": 1, "topk_group": 1, "swiglu_limit": 7.0}
+                    "sliding_window_pattern": 6, "n_group": 1, "topk_group": 1, "swiglu_limit": 7.0,
+                    "initializer_range": 0.02}
 #: fields whose transformers default is another model's size: a config that leaves them out would
 #: silently get it (transformers' Llama intermediate_size is 11008), so each must be stated where
 #: the model type has a default for it
@@ -573,6 +574,54 @@ def args_from_config(d: dict, name: str, hf_name: str = "") -> ModelArgs:
     )
 
 
+#: fields transformers takes and turns into others (rope_theta and rope_scaling into rope_parameters)
+LEGACY_FIELDS = frozenset({"rope_theta", "rope_scaling", "torch_dtype", "dtype", "architectures", "_name_or_path",
+                           "transformers_version"})
+
+
+def _read_by_model(cls) -> set:
+    """The config fields the model type's modeling module reads (``config.x``, ``getattr(config, "x"``)."""
+    import importlib
+    import inspect
+    import re
+
+    try:
+        src = inspect.getsource(importlib.import_module(cls.__module__.replace(".configuration_", ".modeling_")))
+    except (ImportError, OSError, TypeError):
+        return set()
+    return set(re.findall(r"config\.(\w+)", src)) | set(re.findall(r"getattr\(\s*(?:self\.)?config,\s*[\"'](\w+)", src))
+
+
+def unknown_fields(d: dict) -> None:
+    """A config written in stepbench's YAML (a conf/model/ entry, ``+model.config.KEY=`` on the command
+    line) names only fields its transformers config class has: a misspelt one (``num_hidden_layer``)
+    would be kept and ignored. A config.json file is not checked so (real ones carry fields of their
+    own: architectures, auto_map, a trainer's keys)."""
+    import inspect
+
+    from transformers import CONFIG_MAPPING
+
+    cls = CONFIG_MAPPING[d["model_type"]] if d.get("model_type") in CONFIG_MAPPING else None
+    if cls is None:  # said where the model type is checked
+        return
+    with quiet_transformers():
+        known = set(cls().to_dict()) | set(getattr(cls, "attribute_map", {}) or {}) | LEGACY_FIELDS
+    try:
+        known |= set(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):
+        pass
+    bad = sorted(set(d) - known)
+    if bad:  # a field the config class keeps as an attribute and the modeling code reads (head_dim of qwen3_moe)
+        known |= _read_by_model(cls)
+        bad = sorted(set(d) - known)
+    if bad:
+        from core.options import nearest_name
+
+        near = nearest_name(bad[0], sorted(known))
+        raise ValueError(f"model.config.{bad[0]} is not a field of transformers' {d['model_type']} config (it would be "
+                         f"ignored): {f'did you mean model.config.{near}? ' if near else ''}fix or drop it")
+
+
 def from_config(cfg: dict) -> ModelArgs:
     """ModelArgs of a row's ``model`` node (``config``: a mapping or a path; ``plain``: the plain HF
     loop), checked against the rest of the row (``cfg``: the whole composed config)."""
@@ -582,6 +631,8 @@ def from_config(cfg: dict) -> ModelArgs:
         raise ValueError("the hf model family needs transformers: pip install 'stepbench[hf]'")
     node = cfg.get("model") or {}
     d = _config_dict(node.get("config"))
+    if isinstance(node.get("config"), dict):  # a conf/model/ entry's fields, and any +model.config.KEY typed
+        unknown_fields(d)
     plain = bool(node.get("plain", False))
     if plain:
         attn, ac = (cfg.get("attn") or {}), (cfg.get("ac") or {})

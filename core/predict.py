@@ -298,7 +298,7 @@ def predicted_step_s(cfg) -> float:
 #: bench options a prediction does not read (what is measured, where rows go, the machine it runs on)
 NOT_PREDICTED = ("steps", "measure_s", "results", "device", "tag", "repeats", "redo", "row_timeout_s",
                  "memory_profile", "ops_profile", "ops_trace", "busy_step", "max_host_gib", "seed",
-                 "packing", "hardware_as_label", "max_memory_gib")
+                 "packing", "hardware_as_label", "max_memory_gib", "adapter.alpha")  # alpha scales, costs nothing
 
 
 #: options a prediction cannot model: option -> why (its fits are of stepbench's default step)

@@ -369,10 +369,11 @@ def resolve(cfg, world: int = 1) -> Resolved:
     pred = predict_peak_gib(args, seq_len, adapter, ac, world, cfg.head_budget_mib, layout)
     mem_limit = cfg.get("max_memory_gib") or (hw["memory_gib"] if ctx.device == "cuda" else host_avail)
     if mem_limit and pred > mem_limit and peer is None:  # a peer's memory is its own (it may run out: a failed row)
-        lean = ac.leaner or "a shorter seq_len"
+        # on a CPU the activations are in host memory already: moving them there saves nothing
+        lean = (ac.leaner if ctx.device == "cuda" else None) or "a shorter seq_len"
         raise NotHereError(f"predicted peak memory {pred:.1f} GiB exceeds the {mem_limit:.1f} GiB available "
-                           f"({'GPU' if ctx.device == 'cuda' else 'host'}): try {lean}, another adapter, more GPUs, "
-                           "or max_memory_gib=<GiB> to run it anyway")
+                           f"({'GPU' if ctx.device == 'cuda' else 'host'}): try {lean}, another adapter, "
+                           f"{'more GPUs, ' if ctx.device == 'cuda' else ''}or max_memory_gib=<GiB> to run it anyway")
     sync_ctx = SyncContext(rank=0, world_size=world, device=ctx.device, adapter_only=adapter.frozen_base,
                            predicted_bytes=2 * adapter.handoff_params(args), task=cfg.task.name,
                            handoff=adapter.handoff)

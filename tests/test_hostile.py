@@ -1502,6 +1502,8 @@ CASES_14 = [
     (B, [*hf("init_nan.json")], "initializer_range must be a number above 0 (got nan)"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "adapter=lora", "adapter.targets=[q_proj,q_proj]"],
      "adapter.targets lists q_proj twice"),
+    ("predict", ["model=qwen3_4b", "hardware=h100", "adapter=lora", "adapter.alpha=8"],
+     "adapter.alpha= changes nothing in a prediction"),
 ]
 
 

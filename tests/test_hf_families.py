@@ -27,7 +27,7 @@ FAMILIES = {
         "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
     "mistral": {"model_type": "mistral", "sliding_window": 24},
-    "qwen2": {"model_type": "qwen2", "attention_bias": True},
+    "qwen2": {"model_type": "qwen2"},  # q/k/v biases always (transformers has no attention_bias for it)
     "qwen3": {"model_type": "qwen3"},
     "qwen3_moe": {"model_type": "qwen3_moe", **MOE, "num_experts": 8},
     "gemma3": {"model_type": "gemma3_text", **SLIDING, "query_pre_attn_scalar": 32, "hidden_activation": "gelu_pytorch_tanh"},

@@ -245,6 +245,9 @@ def check_overrides(argv: list[str]):
             continue
         if not a.startswith("-") and "=" in a:
             key = a.split("=", 1)[0].lstrip("+~")
+            if len(key) > 200:  # no option is named so (Hydra would look for a config file of that name)
+                raise UserError(f"unknown option '{key[:40]}...' ({len(key):,} characters): python -m core.bench --list "
+                                "shows every option")
             if key in seen:
                 raise UserError(f"{key} is given twice ({seen[key]} and {a}): keep one")
             seen[key] = a
@@ -583,9 +586,9 @@ def check_launch(env) -> None:
                         "STEPBENCH_RUN_ID=call7, or unset it")
     commit = env.get("STEPBENCH_GIT_COMMIT")  # the commit a copy without .git runs (stored in every row)
     if commit and not re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", commit):
-        raise UserError(f"STEPBENCH_GIT_COMMIT={commit!r} is not a commit (7 to 40 hex digits, from git rev-parse "
-                        "HEAD): set it so, or unset it where .git is present")
-    dirty = env.get("STEPBENCH_GIT_DIRTY")
+        raise UserError(f"STEPBENCH_GIT_COMMIT={commit!r} is not a commit (7 to 40 lowercase hex digits, as git "
+                        "rev-parse HEAD prints them): set it so, or unset it where .git is present")
+    dirty = env.get("STEPBENCH_GIT_DIRTY") or None  # empty: unset, as STEPBENCH_RUN_ID
     if dirty and dirty not in ("0", "1"):
         raise UserError(f"STEPBENCH_GIT_DIRTY={dirty!r} is not 0 or 1 (whether the copy has uncommitted changes): set "
                         "STEPBENCH_GIT_DIRTY=0 or 1")

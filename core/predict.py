@@ -369,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if "--published" in argv:
+            if argv.count("--published") > 1:
+                raise UserError("--published is given twice: give it once, e.g. python -m core.predict --published")
             rest = [a for a in argv if a != "--published"]
             out = _opt(rest, "--out", str(ROOT / "benchmarks" / "PREDICTIONS.md"))
             rows_out = _opt(rest, "--rows", str(RESULTS / "predicted" / "published.jsonl"))
@@ -382,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
                                holds=(lambda line: line == HEADER[0], "a stepbench prediction"))
             rows_out = check_output(rows_out, "--rows", "benchmarks/results/predicted/published.jsonl",
                                     [*inputs, out], what + " or --out", holds=PREDICTIONS)
+            for flag, path, kinds, eg in (("--out", out, (".md", ".markdown"), "benchmarks/PREDICTIONS.md"),
+                                          ("--rows", rows_out, (".jsonl",), "benchmarks/results/predicted/p.jsonl")):
+                if Path(path).suffix.lower() not in kinds:  # the Markdown table and the JSON rows, not swapped
+                    what = "the table, Markdown" if flag == "--out" else "the predicted rows, JSON lines"
+                    raise UserError(f"{flag} {path}: {flag} takes a {kinds[0]} file ({what}): e.g. {flag} {eg}")
             measured, predicted = RESULTS.resolve(), (RESULTS / "predicted").resolve()
             for flag, path in (("--rows", rows_out), ("--out", out)):  # the report reads measured rows there
                 real = Path(path).resolve()
@@ -421,6 +428,9 @@ def _one(argv: list[str]) -> int:
     from core.bench import check_overrides
 
     gpus, argv = _gpus(argv)
+    if gpus == 1 and any(a.lstrip("+~").startswith("hardware.link_gbps=") for a in argv):
+        raise UserError("hardware.link_gbps is the bandwidth between GPUs, and one GPU sends nothing over it: leave it "
+                        "out, or predict several GPUs (gpus=8)")
     if any(a.lstrip("+").startswith("sweep=") for a in argv):
         raise UserError("predict makes one row: leave +sweep=... out (python -m core.predict --published predicts "
                         "every published row)")

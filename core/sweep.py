@@ -328,6 +328,9 @@ def sweep_file_rows(node, name: str) -> list[list[str]]:
         raise UserError(f"{where} lists no rows, so the sweep would measure nothing: add one, e.g. {eg}")
     if node.get("name") is not None and not isinstance(node.get("name"), (str, int)):
         raise UserError(f"{where}: name is {OmegaConf.to_container(node)['name']!r}, not a name: write name: {name}")
+    if node.get("name") is not None and str(node.get("name")) != name:  # the sweep says one name, the file another
+        raise UserError(f"{where} is named {node.get('name')!r} inside: write name: {name} (or leave name out), so the "
+                        "sweep's lines and table say the file you ran")
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()

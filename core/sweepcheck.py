@@ -15,8 +15,9 @@ import json
 import sys
 
 
-def first_refusal(fixed: list[str], combos: list[list[str]]) -> str | None:
-    """The one line of the first row of ``combos`` refused for its input, or None."""
+def first_refusal(fixed: list[str], combos: list[list[str]], strict: bool = False) -> str | None:
+    """The one line of the first row of ``combos`` refused for its input, or None. ``strict`` (the
+    command): a row that does not compose is refused too (in a sweep, it fails as a row)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -27,13 +28,21 @@ def first_refusal(fixed: list[str], combos: list[list[str]]) -> str | None:
         try:
             with initialize_config_dir(str(conf_dir()), version_base="1.3"):
                 cfg = compose("bench", overrides=[*fixed, *combo])
+                if strict:
+                    from core.options import validate
+
+                    validate(cfg)
                 line = refusal(cfg, [*fixed, *combo])
-        except Exception:  # noqa: BLE001 - not a refusal: the row itself will say what it is
-            continue
+        except Exception as e:  # noqa: BLE001 - in a sweep not a refusal: the row itself will say what it is
+            if not strict:
+                continue
+            from core.errors import first_line
+
+            line = first_line(e, with_type=False) or type(e).__name__
         finally:
             GlobalHydra.instance().clear()
         if line:
-            return f"the row {' '.join(combo)}: {line}"
+            return f"the row {' '.join(combo) or ' '.join(fixed)}: {line}"
     return None
 
 
@@ -68,6 +77,11 @@ def _strings(v) -> bool:
 
 
 def main() -> int:
+    if len(sys.argv) > 1:
+        print(f"stepbench: core.sweepcheck takes no arguments (got {' '.join(sys.argv[1:])}): pass the sweep as JSON "
+              'on stdin, e.g. echo \'{"fixed": ["model=qwen3_tiny"], "combos": [["seq_len=128"]]}\' | python -m '
+              "core.sweepcheck", file=sys.stderr, flush=True)
+        return 2
     try:
         spec = json.load(sys.stdin)
     except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
@@ -79,7 +93,7 @@ def main() -> int:
               "on stdin, lists of override strings (as python -m core.bench -m writes it): pass that JSON object",
               file=sys.stderr, flush=True)
         return 2
-    line = first_refusal(spec["fixed"], spec["combos"])
+    line = first_refusal(spec["fixed"], spec["combos"] or [[]], strict=True)  # no combos: the fixed row alone
     if line:  # a refusal, like every tool's: one line on stderr
         print(f"stepbench: {line}", file=sys.stderr, flush=True)
         return 2

@@ -845,6 +845,7 @@ LAUNCH = [
     ({"STEPBENCH_CHILD_ROW_ID": "abc", "STEPBENCH_CHILD_OF": "1"}, "this row was not started by one"),
     ({"STEPBENCH_CHILD_ROW_ID": "abc", "STEPBENCH_CHILD_OF": "4194305"}, "this row was not started by one"),
     ({"STEPBENCH_GIT_COMMIT": "abcdef1-dirty", "STEPBENCH_GIT_DIRTY": "0"}, "drop -dirty, or set STEPBENCH_GIT_DIRTY=1"),
+    ({"STEPBENCH_GIT_COMMIT": "ABCDEF1"}, "7 to 40 lowercase hex digits"),
 ]
 
 
@@ -1190,6 +1191,7 @@ def test_round_thirteen_one_line_status_2(case, tmp_path, capsys, monkeypatch):
     ({"rows": ["tag=a#b"]}, "cannot parse 'tag=a#b'"),
     ({"rows": ["tag=${oc.env:HOME}"]}, "interpolations (${...}) are not taken in a row"),
     ({"name": ["a", "b"], "rows": ["steps=2"]}, "not a name"),
+    ({"name": "other", "rows": ["steps=2"]}, "is named 'other' inside: write name: mine"),  # round fourteen
     ({"rows": ["steps=2 hydra.job.chdir=true"]}, "Hydra's own settings are stepbench's"),  # round fourteen
     ({"rows": ["steps=2 hydra/job_logging=none"]}, "Hydra's own settings are stepbench's"),
 ])
@@ -1504,6 +1506,11 @@ CASES_14 = [
      "adapter.targets lists q_proj twice"),
     ("predict", ["model=qwen3_4b", "hardware=h100", "adapter=lora", "adapter.alpha=8"],
      "adapter.alpha= changes nothing in a prediction"),
+    # the re-check's questionable cases
+    ("predict", ["model=qwen3_4b", "hardware=h100", "hardware.link_gbps=1"], "one GPU sends nothing over it"),
+    ("predict", ["--published", "--published", "--out", "{tmp}/P.md"], "--published is given twice"),
+    ("predict", ["--published", "--out", "{tmp}/P.jsonl", "--rows", "{tmp}/p.jsonl"], "--out takes a .md file"),
+    (B, ["a" * 5000 + "=1"], "unknown option 'aaaa"),
 ]
 
 
@@ -1603,3 +1610,23 @@ def read_rows_of(path):
     from core.results import load_rows
 
     return load_rows(path)
+
+
+@pytest.mark.parametrize("stdin,args,first", [
+    ('{"fixed": [], "combos": [["=="]]}', [], "the row ==: Error parsing override"),
+    ('{"fixed": ["seq_len=abc"], "combos": []}', [], "seq_len must be an integer"),
+    ('{"fixed": [], "combos": []}', ["bogus"], "core.sweepcheck takes no arguments"),
+], ids=["unparsable row", "fixed alone", "argument"])
+def test_sweepcheck_refuses_what_its_rows_would(stdin, args, first):
+    """Round fourteen: a row that did not compose, the fixed overrides with no combos and a stray
+    argument passed with status 0 (in a sweep such a row fails as a row; asked directly, it is the answer)."""
+    p = subprocess.run([sys.executable, "-m", "core.sweepcheck", *args], cwd=ROOT, capture_output=True, text=True,
+                       input=stdin, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and first in lines[0], p.stderr[-2000:]
+
+
+def test_an_empty_git_dirty_is_unset():
+    from core.bench import check_launch
+
+    check_launch({"STEPBENCH_GIT_DIRTY": ""})  # as an empty STEPBENCH_RUN_ID: no commit needed

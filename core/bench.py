@@ -812,8 +812,18 @@ def _main() -> None:
 
     flags = [a for a in argv if a in ("-m", "--multirun")]
     sys.argv = [sys.argv[0], *flags, *[a for a in argv if a not in flags]]  # Hydra takes -m first only
+    shown = any(a in ("-c", "--cfg", "--info", "-i") for a in argv)  # Hydra prints the config and exits
     try:
-        hydra.main(config_path=str(conf_dir()), config_name="bench", version_base="1.3")(_hydra_task)()
+        if shown:  # printed by stepbench after Hydra, so a stdout that cannot take it is one line, not Hydra's traceback
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()) as text:
+                hydra.main(config_path=str(conf_dir()), config_name="bench", version_base="1.3")(_hydra_task)()
+            sys.stdout.write(text.getvalue())
+            sys.stdout.flush()
+        else:
+            hydra.main(config_path=str(conf_dir()), config_name="bench", version_base="1.3")(_hydra_task)()
     except KeyboardInterrupt:  # rows that finished are written; the one in flight is not
         ignore_further_ctrl_c()
         words, status = stopped()

@@ -1555,7 +1555,8 @@ def test_the_report_draws_its_plots_whatever_mplbackend_says(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["core.report", "--results", str(RESULT_INPUT), "--out", "{tmp}/B.md"],
-                                  ["core.bench", "--list"]], ids=["report", "bench --list"])
+                                  ["core.bench", "--list"], ["core.bench", "--cfg", "job"]],
+                         ids=["report", "bench --list", "bench --cfg"])
 def test_stdout_on_a_full_disk_is_one_line_and_status_1(args, tmp_path):
     """stdout that cannot be written (> /dev/full) was a traceback (report, predict) or 'stepbench: 28'
     (bench --list); the report's file is written before it prints."""

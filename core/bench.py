@@ -764,6 +764,7 @@ def main() -> None:
     guard_stdout()
     try:
         _main()
+        sys.stdout.flush()  # what is still buffered fails here, inside the handlers below, not at exit
     except KeyboardInterrupt:  # before the row started (reading configs): nothing written
         ignore_further_ctrl_c()
         words, status = stopped()
@@ -812,7 +813,7 @@ def _main() -> None:
 
     flags = [a for a in argv if a in ("-m", "--multirun")]
     sys.argv = [sys.argv[0], *flags, *[a for a in argv if a not in flags]]  # Hydra takes -m first only
-    shown = any(a in ("-c", "--cfg", "--info", "-i") for a in argv)  # Hydra prints the config and exits
+    shown = any(a in ("-c", "--cfg", "--info") for a in argv)  # Hydra prints the config and exits
     try:
         if shown:  # printed by stepbench after Hydra, so a stdout that cannot take it is one line, not Hydra's traceback
             import contextlib

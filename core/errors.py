@@ -100,6 +100,9 @@ class _Stdout:
     def flush(self):
         return self._call("flush")
 
+    def writelines(self, lines):
+        return self._call("writelines", lines)
+
     def __getattr__(self, name):
         return getattr(self._inner, name)
 

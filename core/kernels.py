@@ -85,7 +85,11 @@ class LoadedOps:
         return self._get("rope")(x, cos, sin)
 
     def add_rms_norm(self, x, residual, weight, eps):
-        return self._get("add_rms_norm")(x, residual, weight, eps)
+        self._get("rms_norm")
+        if "add_rms_norm" not in self._fns:  # a load() of the three older operations: the add, then its norm
+            h = x + residual
+            return self._fns["rms_norm"](h, weight, eps), h
+        return self._fns["add_rms_norm"](x, residual, weight, eps)
 
 
 class Bound:

@@ -297,7 +297,7 @@ def _typed(name: str, v, default):
         _float(name, v, 0.0, example=default, strict=group == "hardware")
     elif isinstance(default, list) and not isinstance(v, (list, tuple)):
         raise OptionError(f"{name} must be a list (got {v!r}): try {name}=[{','.join(map(str, default))}]")
-    elif isinstance(default, list):  # a set of names: one twice would key the same row anew
+    elif isinstance(default, list) and all(isinstance(x, str) for x in v):  # names: one twice keys a row anew
         seen: list = []
         twice = next((x for x in v if x in seen or seen.append(x)), None)
         if twice is not None:

@@ -189,10 +189,9 @@ def plots(rows: list[dict], published: list[dict], out_dir: Path, prefix: str,
     "same" is our fastest native row of the configuration and "best" is left out."""
     import os
 
-    # PNG files: matplotlib's Agg whatever MPLBACKEND says (a bogus one fails matplotlib's import);
-    # set before the first import of matplotlib in this process
-    if "matplotlib" not in sys.modules:
-        os.environ["MPLBACKEND"] = "Agg"
+    # PNG files: matplotlib's Agg whatever MPLBACKEND says (a bogus one fails matplotlib's import,
+    # which reads it): left out of the environment while matplotlib is imported, then put back
+    saved = os.environ.pop("MPLBACKEND", None) if "matplotlib" not in sys.modules else None
     try:
         import matplotlib
 
@@ -200,6 +199,9 @@ def plots(rows: list[dict], published: list[dict], out_dir: Path, prefix: str,
         import matplotlib.pyplot as plt
     except ImportError:
         return []
+    finally:
+        if saved is not None:
+            os.environ["MPLBACKEND"] = saved
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -44,14 +44,13 @@ PATH_MAX = 4096
 
 
 def too_long(raw) -> str | None:
-    """Where the path ``raw`` (made absolute) is longer than a system call takes: the reason, its
-    start and its length in one line (the path itself may be pages long); else None."""
-    try:
-        n = len(os.fsencode(os.path.abspath(os.path.expanduser(str(raw)))))
-    except (ValueError, OSError):  # a NUL byte, a vanished working directory: said by the checks after
+    """Where the path ``raw`` is longer than a system call takes: the reason, its start and its
+    length in one line (the path itself may be pages long); else None."""
+    try:  # as typed (a relative path is resolved by the kernel from the working folder, however deep)
+        n = len(os.fsencode(os.path.expanduser(str(raw))))
+    except (ValueError, OSError):  # a NUL byte: said by the checks after
         return None
-    return f"{str(raw)[:40]}... is {n} bytes as a full path, above the {PATH_MAX - 1} a path may have" \
-        if n >= PATH_MAX else None
+    return f"{str(raw)[:40]}... is {n} bytes long, above the {PATH_MAX - 1} a path may have" if n >= PATH_MAX else None
 
 
 def _destination(raw: str, what: str, example: str, replaced: bool = True) -> Path:

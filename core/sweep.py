@@ -241,24 +241,32 @@ def child_env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), path])))
 
 
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # "pid (comm) state ppid ...": comm may hold spaces
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def started_by(pid: int, depth: int = 8) -> bool:
-    """Whether process ``pid`` is this process's parent, or the parent's parent, ... (``depth``
-    levels: a sweep, torchrun, a rank). True where /proc cannot tell (not Linux)."""
+    """Whether process ``pid`` started this one: its parent, or the parent of the session this
+    process runs in (a sweep starts each row's child in a session of its own, and torchrun's ranks
+    and a peer's processes stay in it), or an ancestor up to ``depth`` levels. True where /proc
+    cannot tell (not Linux)."""
     if not os.path.isdir("/proc/self"):
         return True
     p = os.getppid()
-    if pid <= 1:  # init is everyone's ancestor: only as the direct parent (a sweep that is a container's pid 1)
-        return p == pid == 1
+    if p == pid or _parent_of(os.getsid(0)) == pid:
+        return True
+    if pid <= 1:  # init is every process's ancestor: only as the parent or the session's starter
+        return False
     for _ in range(depth):
+        if p is None or p <= 1:
+            return False
+        p = _parent_of(p)
         if p == pid:
             return True
-        if p <= 1:
-            return False
-        try:
-            with open(f"/proc/{p}/stat") as f:  # "pid (comm) state ppid ...": comm may hold spaces
-                p = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return False
     return False
 
 
@@ -328,7 +336,7 @@ def sweep_file_rows(node, name: str) -> list[list[str]]:
         raise UserError(f"{where} lists no rows, so the sweep would measure nothing: add one, e.g. {eg}")
     if node.get("name") is not None and not isinstance(node.get("name"), (str, int)):
         raise UserError(f"{where}: name is {OmegaConf.to_container(node)['name']!r}, not a name: write name: {name}")
-    if node.get("name") is not None and str(node.get("name")) != name:  # the sweep says one name, the file another
+    if node.get("name") is not None and str(node.get("name")) != name.rsplit("/", 1)[-1]:  # the sweep says one name, the file another
         raise UserError(f"{where} is named {node.get('name')!r} inside: write name: {name} (or leave name out), so the "
                         "sweep's lines and table say the file you ran")
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -457,8 +465,10 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
 def blame_extra(extra: list[str], rows: list[list[str]], specs: list[list[str]], composed: list) -> None:
     """The options typed after ``+sweep=NAME`` apply to every row: where they make a row of the file
     refused for its input that resolves without them (``+peer=prime_rl`` with no ``peer.path``), the
-    sweep stops now with that one line (:class:`UserError`, status 2), not one failed row per row. A
-    row the file itself gets wrong stays a failed row."""
+    sweep stops now with that row's one line (:class:`UserError`, status 2), not one failed row per
+    row: the options were typed for this file, and one of its rows cannot take them. A row the file
+    itself gets wrong stays a failed row. The first :data:`core.bench.MAX_CHECKED_ROWS` rows are
+    checked (each is resolved, which allocates nothing)."""
     from hydra import compose
 
     from core.sweepcheck import refusal
@@ -466,8 +476,10 @@ def blame_extra(extra: list[str], rows: list[list[str]], specs: list[list[str]],
     row_extra = [o for o in extra if override_key(o) not in SWEEP_KEYS]
     if not row_extra:
         return
-    ticker = Ticker(len(specs), "rows checked with the options after +sweep=")
-    for i, (row, spec, cfg) in enumerate(zip(rows, specs, composed), 1):
+    from core.bench import MAX_CHECKED_ROWS
+
+    ticker = Ticker(min(len(specs), MAX_CHECKED_ROWS), "rows checked with the options after +sweep=")
+    for i, (row, spec, cfg) in enumerate(zip(rows[:MAX_CHECKED_ROWS], specs, composed), 1):
         line = None if isinstance(cfg, Exception) else refusal(cfg, spec)
         if line:
             try:

@@ -1,6 +1,7 @@
 """Resolve every row of a ``-m`` sweep before the first one runs (:func:`first_refusal`, called by
 ``core.bench`` in the sweep's process, which resolves each row again as it comes; ``python -m
-core.sweepcheck`` reads ``{"fixed": [...], "combos": [[...], ...]}`` on stdin). Each combination is
+core.sweepcheck`` reads ``{"fixed": [...], "combos": [[...], ...]}`` on stdin, and there also refuses a row
+that does not compose). Each combination is
 composed and checked exactly as its row will be (:func:`core.bench.contradictions`, then
 :func:`core.resolve.resolve`, which allocates nothing, and the peer's check); the first one refused
 for its input is the sweep's one line (status 2). A row this machine cannot run
@@ -55,6 +56,9 @@ def refusal(cfg, overrides: list[str]) -> str | None:
     from core.errors import NotHereError, UserError
     from core.resolve import resolve
 
+    import copy
+
+    cfg = copy.deepcopy(cfg)  # resolve() settles compile=auto in place: the row's own config stays as composed
     try:
         contradictions(OverridesParser.create().parse_overrides(overrides), cfg)
         r = resolve(cfg)

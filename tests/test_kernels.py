@@ -140,3 +140,24 @@ def test_triton_kernels_compiled_on_the_gpu():
     torch._dynamo.reset()
     r = check_kernels(registry().get("kernels", "triton").make({}), device="cuda", compiled=True)
     assert len(r["cases"]) == 10
+
+
+def test_a_loaded_provider_of_the_three_older_ops_still_adds_then_norms():
+    """A LoadedOps subclass whose load() has no add_rms_norm (written before it was in the contract)
+    runs the add and then its own norm, not a KeyError at the first block."""
+    from core import kernels
+
+    calls = []
+
+    class Old(kernels.LoadedOps):
+        def load(self):
+            def norm(x, w, eps):
+                calls.append("rms_norm")
+                return kernels.rms_norm(x, w, eps)
+
+            return {"rms_norm": norm, "swiglu": kernels.swiglu, "rope": kernels.rope}
+
+    x, r, w = torch.randn(5, 8), torch.randn(5, 8), torch.rand(8) + 0.5
+    y, h = Old().add_rms_norm(x, r, w, 1e-6)
+    want_y, want_h = kernels.add_rms_norm(x, r, w, 1e-6)
+    assert calls == ["rms_norm"] and torch.equal(h, want_h) and torch.allclose(y, want_y)

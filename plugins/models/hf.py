@@ -580,16 +580,23 @@ LEGACY_FIELDS = frozenset({"rope_theta", "rope_scaling", "torch_dtype", "dtype",
 
 
 def _read_by_model(cls) -> set:
-    """The config fields the model type's modeling module reads (``config.x``, ``getattr(config, "x"``)."""
+    """The config fields the model type's code takes: what its modeling module reads (``config.x``,
+    ``getattr(config, "x"``), and every name its configuration module and transformers' RoPE
+    utilities spell out (a field taken from ``**kwargs`` and turned into another:
+    ``partial_rotary_factor`` into ``rope_parameters``, gemma3's ``sliding_window_pattern``)."""
     import importlib
     import inspect
     import re
 
-    try:
-        src = inspect.getsource(importlib.import_module(cls.__module__.replace(".configuration_", ".modeling_")))
-    except (ImportError, OSError, TypeError):
-        return set()
-    return set(re.findall(r"config\.(\w+)", src)) | set(re.findall(r"getattr\(\s*(?:self\.)?config,\s*[\"'](\w+)", src))
+    names: set = set()
+    for name in (cls.__module__.replace(".configuration_", ".modeling_"), cls.__module__,
+                 "transformers.modeling_rope_utils"):
+        try:
+            src = inspect.getsource(importlib.import_module(name))
+        except (ImportError, OSError, TypeError):
+            continue
+        names |= set(re.findall(r"config\.(\w+)", src)) | set(re.findall(r"[\"'](\w+)[\"']", src))
+    return names
 
 
 def unknown_fields(d: dict) -> None:
@@ -601,7 +608,8 @@ def unknown_fields(d: dict) -> None:
 
     from transformers import CONFIG_MAPPING
 
-    cls = CONFIG_MAPPING[d["model_type"]] if d.get("model_type") in CONFIG_MAPPING else None
+    mt = d.get("model_type")
+    cls = CONFIG_MAPPING[mt] if isinstance(mt, str) and mt in CONFIG_MAPPING else None
     if cls is None:  # said where the model type is checked
         return
     with quiet_transformers():

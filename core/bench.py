@@ -598,6 +598,17 @@ def check_launch(env) -> None:
     if dirty is not None and not commit:
         raise UserError("STEPBENCH_GIT_DIRTY is read only with STEPBENCH_GIT_COMMIT (the commit a copy without .git "
                         "ran): set both, or unset STEPBENCH_GIT_DIRTY and let git say")
+    cache = env.get("TORCHINDUCTOR_CACHE_DIR", "")
+    if cache.strip():  # inductor writes its kernels there on the first compile, mid-row
+        import tempfile
+
+        try:
+            os.makedirs(os.path.expanduser(cache), exist_ok=True)
+            with tempfile.TemporaryFile(dir=os.path.expanduser(cache)):
+                pass
+        except OSError as e:
+            raise UserError(f"TORCHINDUCTOR_CACHE_DIR={cache} cannot take inductor's files ({e.strerror or e}): point "
+                            "it at a folder you can write, or unset it") from None
     logs = env.get("TORCH_LOGS", "")
     if logs.strip():  # torch parses it as it is imported, and a bad one fails that import
         try:
@@ -749,6 +760,10 @@ def plugin_option_hint(group: str, key: str, overrides: list[str]) -> str:
     have = sorted(f.stem for f in (conf_dir() / group).glob("*.yaml") if opt in (OmegaConf.load(f) or {}))
     if chosen and "," in chosen and have:  # a sweep over plugins, some without the option
         lacking = [n for n in chosen.split(",") if n not in have]
+        if not lacking:  # Hydra composes a -m sweep once with the group's default, which lacks it
+            return (f"{key}: every {group} plugin this sweep lists has it, but Hydra composes a -m sweep once with the "
+                    f"default {group}, which has not: run one -m per plugin (+{group}={chosen.split(',')[0]} {key}=...), "
+                    f"or write the rows in a +sweep= file (conf/sweep/), each with its +{group}= and {key}=")
         return (f"{key} is an option of {', '.join(have)}, not of {', '.join(lacking)}: sweep only plugins that have it "
                 f"(-m +{group}={','.join(n for n in chosen.split(',') if n in have) or have[0]} {key}=...), or leave "
                 f"{key} out")

@@ -108,9 +108,12 @@ class _Stdout:
 
 
 def guard_stdout() -> None:
+    import os
     import sys
 
-    if sys.stdout is not None and not isinstance(sys.stdout, _Stdout):
+    if sys.stdout is None:  # started with stdout closed (>&-): what it prints goes nowhere, as into /dev/null
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout, for its whole life
+    if not isinstance(sys.stdout, _Stdout):
         sys.stdout = _Stdout(sys.stdout)
 
 
@@ -152,6 +155,7 @@ def run_main(main, name: str) -> None:
     except ValueError as e:
         print(f"{name}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    raise_on_ctrl_c()  # SIGTERM and SIGHUP end it as Ctrl-C does: one line, 143 or 129
     try:
         sys.exit(quiet_broken_pipe(main, name=name))
     except KeyboardInterrupt:

@@ -255,7 +255,7 @@ def _hardware(cfg, ctx) -> dict:
     if cfg.get("hardware_as_label", False) and chosen == "auto":
         raise UserError("hardware_as_label=true takes hardware=<name> as the row's label: add hardware=h100 (or "
                         "another profile), or leave hardware_as_label out")
-    if chosen not in ("auto", "cpu") and ctx.device != "cuda":  # a CPU row is labelled CPU: an H100's name on it would lie
+    if str(chosen).lower() not in ("auto", "cpu") and ctx.device != "cuda":  # the CPU profile's name is "CPU"  # a CPU row is labelled CPU: an H100's name on it would lie
         raise UserError(f"hardware={str(chosen).lower()} names a GPU profile, and this row runs on the CPU (its row "
                         "says CPU): leave hardware= out" + (" and hardware_as_label out" if cfg.get("hardware_as_label")
                                                             else "") + " (python -m core.predict takes hardware=)")

@@ -845,6 +845,8 @@ LAUNCH = [
     ({"STEPBENCH_CHILD_ROW_ID": "abc", "STEPBENCH_CHILD_OF": "4194305"}, "this row was not started by one"),
     ({"STEPBENCH_GIT_COMMIT": "abcdef1-dirty", "STEPBENCH_GIT_DIRTY": "0"}, "drop -dirty, or set STEPBENCH_GIT_DIRTY=1"),
     ({"STEPBENCH_GIT_COMMIT": "ABCDEF1"}, "7 to 40 lowercase hex digits"),
+    ({"TORCHINDUCTOR_CACHE_DIR": "/proc/nope"}, "TORCHINDUCTOR_CACHE_DIR=/proc/nope cannot take inductor's files"),
+    ({"TORCHINDUCTOR_CACHE_DIR": str(RESULT_INPUT)}, "cannot take inductor's files"),  # round fifteen: a file
 ]
 
 
@@ -1510,6 +1512,8 @@ CASES_14 = [
     ("predict", ["--published", "--published", "--out", "{tmp}/P.md"], "--published is given twice"),
     ("predict", ["--published", "--out", "{tmp}/P.jsonl", "--rows", "{tmp}/p.jsonl"], "--out takes a .md file"),
     (B, ["a" * 5000 + "=1"], "unknown option 'aaaa"),
+    # round fifteen
+    (B, ["-m", "+peer=hf_eager,hf_compiled", "peer.precision=bf16"], "run one -m per plugin (+peer=hf_eager"),
 ]
 
 
@@ -1664,3 +1668,39 @@ def test_fields_transformers_takes_from_kwargs_are_not_called_unknown(model_type
     shapes = {k: HF_OK[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                                       "intermediate_size", "vocab_size")}
     unknown_fields({"model_type": model_type, **shapes, **fields})
+
+
+def test_the_cpu_profile_is_taken_on_a_cpu_row():
+    """Round fifteen: hardware=cpu (the profile hardware=auto picks there) was refused as a GPU's."""
+    from core.bench import check_overrides
+    from core.resolve import resolve
+
+    r = resolve(check_overrides(["model=qwen3_tiny", "device=cpu", "hardware=cpu", "seq_len=128"]))
+    assert r.hw["label"] == "CPU"
+
+
+def test_a_tool_started_with_stdout_closed_runs_without_a_traceback(tmp_path):
+    """Round fifteen: `>&-` (no stdout at all) gave "'NoneType' object has no attribute 'flush'"."""
+    p = subprocess.run([sys.executable, "-m", "core.report", "--results", str(RESULT_INPUT), "--out",
+                        str(tmp_path / "B.md")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300, preexec_fn=lambda: os.close(1))
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert (tmp_path / "B.md").is_file()
+
+
+def test_sigterm_to_predict_is_one_line_and_143(tmp_path):
+    """Round fifteen: SIGTERM ended predict and report silently (143, no line)."""
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "core.predict", "--published", "--out", str(tmp_path / "P.md"),
+                          "--rows", str(tmp_path / "P.jsonl")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    time.sleep(2.0)
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=120)[1]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    if p.returncode == 0:  # it finished first on a fast machine: nothing to say
+        return
+    assert p.returncode == 143 and len(lines) == 1 and "terminated (SIGTERM)" in lines[0], err[-2000:]
+    assert not list(tmp_path.glob("*"))  # nothing half-written

@@ -204,6 +204,8 @@ def check_shapes(d: dict) -> None:
             continue
         low, top = (0 if k in ZERO_OK else 1), COUNT_MAX.get(k, SIZE_MAX)
         if not _whole(v, low, top):
+            if isinstance(v, float) and v.is_integer() and low <= v <= top:  # 16.0, as some exporters write
+                example = int(v)
             raise ValueError(f"model.config: {k} must be a whole number from {low} to {top} (got {v!r}): set "
                              f"\"{k}\": {example} or the model's own value")
     act = d.get("hidden_act", d.get("hidden_activation", "silu"))
@@ -403,14 +405,14 @@ def causal_lm_class(config):
                          f"{_tf_version()}: use a decoder-only model's config.json (llama, qwen2, gemma3_text, ...)")
     if not getattr(cls, "_supports_attention_backend", False):
         raise ValueError(f"{cls.__name__} computes its attention itself (it bypasses transformers' attention "
-                         "registry), so no stepbench backend can run it: use model.plain=true +attn=sdpa (its own "
-                         "loop) or another model")
+                         "registry), so no stepbench backend can run it: use another model (one whose attention goes "
+                         "through the registry: llama, qwen2, qwen3, gemma3_text, ...)")
     for k, off in HEAD_FIELDS.items():
         v = getattr(config, k, off)
         if v is not None and v != off:
             raise ValueError(f"{cls.__name__} changes its logits after the LM head ({k}={v}), which stepbench's "
-                             f"chunked log-prob head does not: set \"{k}\": {json.dumps(off)} in the config, or "
-                             "use model.plain=true (its own loop)")
+                             f"chunked log-prob head does not: set \"{k}\": {json.dumps(off)} in the config to time "
+                             "the model without it")
     return cls
 
 
@@ -676,8 +678,9 @@ def from_config(cfg: dict) -> ModelArgs:
     args = args_from_config(d, base + (PLAIN_SUFFIX if plain else HF_SUFFIX), hf_name)
     adapter = cfg.get("adapter") or {}
     if args.n_experts and adapter.get("name") == "lora" and adapter.get("experts", "grouped") in ("grouped", True):
-        raise ValueError("adapter.experts=grouped adapts stepbench's own expert module; transformers' experts "
-                         "take adapter.experts=peft (peft's target_parameters) or adapter.experts=none")
+        raise ValueError("adapter.experts=grouped (LoRA's default) adapts stepbench's own expert module, and this "
+                         "model's experts are transformers': add adapter.experts=peft (peft's target_parameters) or "
+                         "adapter.experts=none")
     return args
 
 

@@ -438,9 +438,9 @@ def check_sweep_size(parsed) -> None:
     counts = [(o, sweep_count(o)) for o in swept]
     rows = math.prod(c for _, c in counts)
     if rows > MAX_SWEEP_ROWS:
-        big = max(counts, key=lambda oc: oc[1])[0]
+        big, n = max(counts, key=lambda oc: oc[1])
         raise UserError(f"this sweep has {rows:,} rows, more than the {MAX_SWEEP_ROWS:,} one sweep may have "
-                        f"({big.input_line} alone lists {sweep_count(big):,}): list fewer values, or split it")
+                        f"({big.input_line} alone lists {n:,}): list fewer values, or split it")
 
 
 def check_sweep_rows(parsed, overrides: list[str]) -> None:

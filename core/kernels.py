@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from core.contracts import KERNEL_OPS
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), weight, eps)
@@ -32,7 +34,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
 
 
 #: every operation of :data:`core.contracts.KERNEL_OPS`, in its order
-OPS = ("rms_norm", "swiglu", "rope", "add_rms_norm")
+OPS = tuple(KERNEL_OPS)
 
 
 class TorchOps:

@@ -430,8 +430,7 @@ def run_sweep_config(cfg, base_overrides: list[str]) -> None:
     from core.results import append_row
 
     name = next((o.split("=", 1)[1] for o in base_overrides if override_key(o) == "sweep"), "?")
-    no_defaults_list(name)
-    rows = sweep_file_rows(cfg.sweep, name)
+    rows = sweep_file_rows(cfg.sweep, name)  # the file's own form was checked before Hydra read it (no_defaults_list)
     extra = [o for o in base_overrides if override_key(o) != "sweep"]
     specs = [merge_overrides(spec, extra) for spec in rows]
     PROGRESS.total = len(rows)

@@ -22,7 +22,8 @@ def first_refusal(fixed: list[str], combos: list[list[str]], strict: bool = Fals
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from core.options import conf_dir
+    from core.errors import first_line
+    from core.options import conf_dir, validate
 
     for combo in combos:
         GlobalHydra.instance().clear()
@@ -30,15 +31,11 @@ def first_refusal(fixed: list[str], combos: list[list[str]], strict: bool = Fals
             with initialize_config_dir(str(conf_dir()), version_base="1.3"):
                 cfg = compose("bench", overrides=[*fixed, *combo])
                 if strict:
-                    from core.options import validate
-
                     validate(cfg)
                 line = refusal(cfg, [*fixed, *combo])
         except Exception as e:  # noqa: BLE001 - in a sweep not a refusal: the row itself will say what it is
             if not strict:
                 continue
-            from core.errors import first_line
-
             line = first_line(e, with_type=False) or type(e).__name__
         finally:
             GlobalHydra.instance().clear()
